@@ -1,0 +1,33 @@
+//! Test harness for Stem's integration and end-to-end tests.
+//!
+//! This crate owns everything a test needs to run the real system locally:
+//!
+//! * [`RedisServer`]: a private `redis-server` child process on a free port,
+//!   in its own temporary directory, optionally with AOF persistence and TLS
+//!   or mutual TLS (see [`RedisOptions`] and [`TlsMode`]);
+//! * [`TlsAssets`]: a throw-away CA with server and client certificates (plus
+//!   an unrelated CA for "wrong CA is refused" tests), generated with rcgen;
+//! * [`ServiceProcess`]: one of the workspace's real binaries (`enqueuer`,
+//!   `worker`, `stem`) run as a child process with its output captured to a
+//!   log file, found through [`binary_path`];
+//! * [`wait_until`]: deadline-bounded polling instead of fixed sleeps.
+//!
+//! Every process started here is killed when its handle is dropped, and all
+//! files live in [`tempfile::TempDir`]s removed at the same time.
+
+pub mod process;
+pub mod redis;
+pub mod tls;
+pub mod wait;
+
+pub use process::{binary_path, free_port, ServiceProcess};
+pub use redis::{RedisOptions, RedisServer, TlsMode};
+pub use tls::TlsAssets;
+pub use wait::wait_until;
+
+/// Last `n` lines of `text` (all of it when it has fewer lines).
+pub(crate) fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join("\n")
+}

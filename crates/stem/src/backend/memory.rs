@@ -1,0 +1,168 @@
+//! In-process result backend with TTLs, the same monotonic status rule and
+//! group semantics as the Redis backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{GroupProgress, GroupView, ResultBackend};
+use crate::envelope::TaskStatus;
+use crate::error::Result;
+
+struct Expiring<T> {
+    value: T,
+    expires: Instant,
+}
+
+impl<T> Expiring<T> {
+    fn live(&self) -> bool {
+        self.expires > Instant::now()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    statuses: HashMap<String, Expiring<TaskStatus>>,
+    groups: HashMap<String, Expiring<(u64, BTreeMap<String, TaskStatus>)>>,
+    blobs: HashMap<String, Expiring<Vec<u8>>>,
+}
+
+/// The in-memory backend. Clones share state.
+#[derive(Clone)]
+pub struct MemoryBackend {
+    state: Arc<Mutex<State>>,
+    ttl: Duration,
+}
+
+impl MemoryBackend {
+    /// Records live for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        MemoryBackend {
+            state: Arc::new(Mutex::new(State::default())),
+            ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl ResultBackend for MemoryBackend {
+    async fn set_statuses(&self, statuses: &[TaskStatus]) -> Result<()> {
+        let mut st = self.lock();
+        let expires = Instant::now() + self.ttl;
+        for s in statuses {
+            let keep_old = st
+                .statuses
+                .get(&s.id)
+                .is_some_and(|old| old.live() && old.value.rank() > s.rank());
+            if !keep_old {
+                st.statuses.insert(
+                    s.id.clone(),
+                    Expiring {
+                        value: s.clone(),
+                        expires,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>> {
+        let st = self.lock();
+        Ok(ids
+            .iter()
+            .map(|id| {
+                st.statuses
+                    .get(id)
+                    .filter(|e| e.live())
+                    .map(|e| e.value.clone())
+            })
+            .collect())
+    }
+
+    async fn init_group(&self, id: &str, expected: u64) -> Result<()> {
+        let mut st = self.lock();
+        st.groups.insert(
+            id.to_string(),
+            Expiring {
+                value: (expected, BTreeMap::new()),
+                expires: Instant::now() + self.ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn add_group_results(
+        &self,
+        results: &[(String, TaskStatus)],
+    ) -> Result<Vec<GroupProgress>> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        for (gid, status) in results {
+            let Some(g) = st.groups.get_mut(gid).filter(|g| g.live()) else {
+                continue;
+            };
+            g.value.1.insert(status.id.clone(), status.clone());
+            out.push(GroupProgress {
+                group_id: gid.clone(),
+                completed: g.value.1.len() as u64,
+                expected: g.value.0,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_group(&self, id: &str) -> Result<Option<GroupView>> {
+        let st = self.lock();
+        Ok(st.groups.get(id).filter(|g| g.live()).map(|g| GroupView {
+            id: id.to_string(),
+            expected: g.value.0,
+            results: g.value.1.clone(),
+        }))
+    }
+
+    async fn put_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
+        let mut st = self.lock();
+        if let Some(e) = st.blobs.get(key).filter(|e| e.live()) {
+            return Ok(Some(String::from_utf8_lossy(&e.value).into_owned()));
+        }
+        st.blobs.insert(
+            key.to_string(),
+            Expiring {
+                value: value.as_bytes().to_vec(),
+                expires: Instant::now() + ttl,
+            },
+        );
+        Ok(None)
+    }
+
+    async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        self.lock().blobs.insert(
+            key.to_string(),
+            Expiring {
+                value: value.to_vec(),
+                expires: Instant::now() + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .lock()
+            .blobs
+            .get(key)
+            .filter(|e| e.live())
+            .map(|e| e.value.clone()))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! The [`ResultBackend`] trait: task statuses (monotonic), groups for the
+//! canvas, and small claim/blob records (idempotency keys, chord claims,
+//! chain steps). Redis and in-memory implementations share the contract
+//! suite.
+
+pub mod memory;
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::envelope::TaskStatus;
+use crate::error::Result;
+
+/// Aggregated view of a group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupView {
+    pub id: String,
+    pub expected: u64,
+    /// Terminal results recorded so far, by task id.
+    pub results: BTreeMap<String, TaskStatus>,
+}
+
+/// Where a group stands after a result was added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupProgress {
+    pub group_id: String,
+    pub completed: u64,
+    pub expected: u64,
+}
+
+/// Stores what happened to tasks.
+#[async_trait]
+pub trait ResultBackend: Send + Sync + 'static {
+    /// Writes statuses in one round trip. A write whose
+    /// [`rank`](TaskStatus::rank) is lower than the stored one is dropped,
+    /// so a status never moves backwards.
+    async fn set_statuses(&self, statuses: &[TaskStatus]) -> Result<()>;
+
+    /// Reads statuses in one round trip (`None` for unknown or expired ids).
+    async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>>;
+
+    /// Creates group `id` expecting `expected` results.
+    async fn init_group(&self, id: &str, expected: u64) -> Result<()>;
+
+    /// Records terminal results of group members. Unknown or expired
+    /// groups are skipped (no entry in the answer).
+    async fn add_group_results(
+        &self,
+        results: &[(String, TaskStatus)],
+    ) -> Result<Vec<GroupProgress>>;
+
+    /// The group and its results, or `None` when unknown or expired.
+    async fn get_group(&self, id: &str) -> Result<Option<GroupView>>;
+
+    /// Stores `value` under `key` unless the key exists; returns the
+    /// existing value when it does (idempotency keys, chord claims).
+    async fn put_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>>;
+
+    /// Stores a blob (chain steps, chord callbacks).
+    async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
+
+    /// Reads a blob.
+    async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Convenience: one status.
+pub async fn get_status(backend: &dyn ResultBackend, id: &str) -> Result<Option<TaskStatus>> {
+    Ok(backend
+        .get_statuses(&[id.to_string()])
+        .await?
+        .into_iter()
+        .next()
+        .flatten())
+}

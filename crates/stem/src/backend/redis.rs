@@ -1,0 +1,228 @@
+//! Redis result backend. Keys:
+//!
+//! | key | type | lifetime |
+//! | --- | --- | --- |
+//! | `stem:task:<id>` | string `"<rank>|<status JSON>"` | `STEM_RESULT_TTL` |
+//! | `stem:group:<id>` | string, expected count | `STEM_RESULT_TTL` |
+//! | `stem:group:<id>:results` | hash task id → status JSON | `STEM_RESULT_TTL` |
+//! | `stem:kv:<key>` | string (idempotency keys, claims, chain steps) | per call |
+//!
+//! Status writes go through one script per batch that drops writes whose
+//! rank is below the stored one (a status never moves backwards).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::{AsyncCommands, Client, Script};
+use async_trait::async_trait;
+
+use super::{GroupProgress, GroupView, ResultBackend};
+use crate::envelope::TaskStatus;
+use crate::error::{Result, StemError};
+use crate::redis_conn::{manager, COMMAND_TIMEOUT};
+
+/// Key of a task status.
+pub fn status_key(id: &str) -> String {
+    format!("stem:task:{id}")
+}
+fn group_key(id: &str) -> String {
+    format!("stem:group:{id}")
+}
+fn group_results_key(id: &str) -> String {
+    format!("stem:group:{id}:results")
+}
+fn kv_key(key: &str) -> String {
+    format!("stem:kv:{key}")
+}
+
+const SET_STATUSES: &str = r#"
+local ttl = ARGV[1]
+for i, k in ipairs(KEYS) do
+  local v = ARGV[i + 1]
+  local nr = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
+  local cur = redis.call('GET', k)
+  local keep = false
+  if cur then
+    local bar = string.find(cur, '|', 1, true)
+    if bar then
+      local cr = tonumber(string.sub(cur, 1, bar - 1))
+      if cr and cr > nr then keep = true end
+    end
+  end
+  if not keep then redis.call('SET', k, v, 'PX', ttl) end
+end
+return 0
+"#;
+
+fn decode_status(raw: &[u8]) -> Option<TaskStatus> {
+    let bar = raw.iter().position(|b| *b == b'|')?;
+    serde_json::from_slice(&raw[bar + 1..]).ok()
+}
+
+/// The Redis result backend.
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    ttl: Duration,
+    set_statuses: std::sync::Arc<Script>,
+}
+
+impl RedisBackend {
+    /// A backend on `client`; records live for `ttl`.
+    pub fn new(client: Client, ttl: Duration) -> Result<Self> {
+        Ok(RedisBackend {
+            conn: manager(client, COMMAND_TIMEOUT)?,
+            ttl,
+            set_statuses: std::sync::Arc::new(Script::new(SET_STATUSES)),
+        })
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+}
+
+#[async_trait]
+impl ResultBackend for RedisBackend {
+    async fn set_statuses(&self, statuses: &[TaskStatus]) -> Result<()> {
+        if statuses.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.set_statuses.prepare_invoke();
+        inv.arg(self.ttl_ms());
+        for s in statuses {
+            let mut v = format!("{}|", s.rank()).into_bytes();
+            v.extend(serde_json::to_vec(s)?);
+            inv.key(status_key(&s.id)).arg(v);
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| status_key(id)).collect();
+        let raw: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(raw
+            .into_iter()
+            .map(|r| r.as_deref().and_then(decode_status))
+            .collect())
+    }
+
+    async fn init_group(&self, id: &str, expected: u64) -> Result<()> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(group_key(id))
+            .arg(expected)
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .ignore()
+            .del(group_results_key(id))
+            .ignore();
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn add_group_results(
+        &self,
+        results: &[(String, TaskStatus)],
+    ) -> Result<Vec<GroupProgress>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for (gid, status) in results {
+            let rk = group_results_key(gid);
+            pipe.hset(&rk, &status.id, serde_json::to_vec(status)?)
+                .ignore()
+                .pexpire(&rk, self.ttl_ms() as i64)
+                .ignore()
+                .hlen(&rk)
+                .get(group_key(gid));
+        }
+        let answers: Vec<(u64, Option<u64>)> = {
+            let flat: Vec<::redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+            flat.chunks(2)
+                .map(|c| {
+                    let n: u64 = ::redis::from_redis_value_ref(&c[0]).unwrap_or(0);
+                    let e: Option<u64> = ::redis::from_redis_value_ref(&c[1]).unwrap_or(None);
+                    (n, e)
+                })
+                .collect()
+        };
+        Ok(results
+            .iter()
+            .zip(answers)
+            .filter_map(|((gid, _), (completed, expected))| {
+                expected.map(|expected| GroupProgress {
+                    group_id: gid.clone(),
+                    completed,
+                    expected,
+                })
+            })
+            .collect())
+    }
+
+    async fn get_group(&self, id: &str) -> Result<Option<GroupView>> {
+        let mut pipe = ::redis::pipe();
+        pipe.get(group_key(id)).hgetall(group_results_key(id));
+        let (expected, results): (Option<u64>, BTreeMap<String, Vec<u8>>) =
+            pipe.query_async(&mut self.conn.clone()).await?;
+        let Some(expected) = expected else {
+            return Ok(None);
+        };
+        let mut view = GroupView {
+            id: id.to_string(),
+            expected,
+            results: BTreeMap::new(),
+        };
+        for (tid, raw) in results {
+            let status: TaskStatus = serde_json::from_slice(&raw)
+                .map_err(|e| StemError::Malformed(format!("group result {tid}: {e}")))?;
+            view.results.insert(tid, status);
+        }
+        Ok(Some(view))
+    }
+
+    async fn put_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
+        let k = kv_key(key);
+        // SET NX GET answers the existing value, or nil when it was set.
+        let existing: Option<String> = ::redis::cmd("SET")
+            .arg(&k)
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(existing)
+    }
+
+    async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(kv_key(key), value, ttl.as_millis().max(1) as u64)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.conn.clone().get(kv_key(key)).await?)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = ::redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,382 @@
+//! In-process broker: the same semantics as the Redis broker (leases by idle
+//! time, delayed set, priority bands, dead letters) behind a mutex. Used by
+//! `stem dev` and by embedders who want no Redis; covered by the contract
+//! suite.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{Broker, DeadLetter, Delivery, Fetched, NewDeadLetter, Outgoing, QueueStats, Receipt};
+use crate::envelope::{now_ms, WireEnvelope, MAX_PRIORITY};
+use crate::error::Result;
+
+struct Pending {
+    band: u8,
+    wire: WireEnvelope,
+    consumer: String,
+    touched: Instant,
+}
+
+#[derive(Default)]
+struct MemQueue {
+    ready: [VecDeque<(u64, WireEnvelope)>; 10],
+    pending: BTreeMap<u64, Pending>,
+    delayed: BTreeMap<(i64, u64), (u8, WireEnvelope)>,
+    dead: BTreeMap<u64, DeadLetter>,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, MemQueue>,
+    next_id: u64,
+}
+
+impl State {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+    fn push_ready(&mut self, queue: &str, band: u8, wire: WireEnvelope) {
+        let id = self.id();
+        let band = band.min(MAX_PRIORITY);
+        self.queues.entry(queue.to_string()).or_default().ready[band as usize]
+            .push_back((id, wire));
+    }
+    fn take_pending(&mut self, r: &Receipt) -> Option<Pending> {
+        let id: u64 = r.entry_id.parse().ok()?;
+        self.queues.get_mut(&r.queue)?.pending.remove(&id)
+    }
+}
+
+/// The in-memory broker. Clones share state.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    state: Arc<std::sync::Mutex<State>>,
+    notify: Arc<Notify>,
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-update;
+        // the state is still structurally valid.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn delivery(queue: &str, band: u8, id: u64, wire: WireEnvelope) -> Fetched {
+    Fetched::Task(Delivery {
+        receipt: Receipt {
+            queue: queue.to_string(),
+            band,
+            entry_id: id.to_string(),
+        },
+        wire,
+    })
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, batch: Vec<Outgoing>) -> Result<()> {
+        let now = now_ms();
+        {
+            let mut st = self.lock();
+            for o in batch {
+                match o.not_before_ms {
+                    Some(t) if t > now => {
+                        let id = st.id();
+                        st.queues
+                            .entry(o.queue)
+                            .or_default()
+                            .delayed
+                            .insert((t, id), (o.priority.min(MAX_PRIORITY), o.wire));
+                    }
+                    _ => st.push_ready(&o.queue, o.priority, o.wire),
+                }
+            }
+        }
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn register_queues(&self, queues: &[String]) -> Result<()> {
+        let mut st = self.lock();
+        for q in queues {
+            st.queues.entry(q.clone()).or_default();
+        }
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Fetched>> {
+        let deadline = Instant::now() + block;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                let mut out = Vec::new();
+                for q in queues {
+                    let Some(mq) = st.queues.get_mut(q) else {
+                        continue;
+                    };
+                    for band in (0..=MAX_PRIORITY).rev() {
+                        while out.len() < max {
+                            let Some((id, wire)) = mq.ready[band as usize].pop_front() else {
+                                break;
+                            };
+                            mq.pending.insert(
+                                id,
+                                Pending {
+                                    band,
+                                    wire: wire.clone(),
+                                    consumer: consumer.to_string(),
+                                    touched: Instant::now(),
+                                },
+                            );
+                            out.push(delivery(q, band, id, wire));
+                        }
+                    }
+                }
+                if !out.is_empty() || max == 0 {
+                    return Ok(out);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let _ = tokio::time::timeout(deadline - now, notified).await;
+        }
+    }
+
+    async fn ack(&self, receipts: &[Receipt]) -> Result<()> {
+        let mut st = self.lock();
+        for r in receipts {
+            st.take_pending(r);
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, consumer: &str, receipts: &[Receipt]) -> Result<()> {
+        let mut st = self.lock();
+        for r in receipts {
+            let Ok(id) = r.entry_id.parse::<u64>() else {
+                continue;
+            };
+            if let Some(p) = st
+                .queues
+                .get_mut(&r.queue)
+                .and_then(|q| q.pending.get_mut(&id))
+            {
+                p.consumer = consumer.to_string();
+                p.touched = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        for q in queues {
+            let Some(mq) = st.queues.get_mut(q) else {
+                continue;
+            };
+            for (id, p) in mq.pending.iter_mut() {
+                if out.len() >= max {
+                    break;
+                }
+                if p.touched.elapsed() >= min_idle {
+                    p.consumer = consumer.to_string();
+                    p.touched = Instant::now();
+                    out.push(delivery(q, p.band, *id, p.wire.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn retry(
+        &self,
+        receipt: &Receipt,
+        wire: WireEnvelope,
+        priority: u8,
+        not_before_ms: i64,
+    ) -> Result<()> {
+        {
+            let mut st = self.lock();
+            st.take_pending(receipt);
+            let id = st.id();
+            st.queues
+                .entry(receipt.queue.clone())
+                .or_default()
+                .delayed
+                .insert((not_before_ms, id), (priority.min(MAX_PRIORITY), wire));
+        }
+        Ok(())
+    }
+
+    async fn requeue(&self, receipt: &Receipt, wire: WireEnvelope, priority: u8) -> Result<()> {
+        {
+            let mut st = self.lock();
+            st.take_pending(receipt);
+            st.push_ready(&receipt.queue, priority, wire);
+        }
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, letter: NewDeadLetter) -> Result<()> {
+        let mut st = self.lock();
+        st.take_pending(receipt);
+        let id = st.id();
+        st.queues
+            .entry(receipt.queue.clone())
+            .or_default()
+            .dead
+            .insert(
+                id,
+                DeadLetter {
+                    id: id.to_string(),
+                    queue: receipt.queue.clone(),
+                    reason: letter.reason,
+                    error: letter.error,
+                    dead_at_ms: now_ms(),
+                    wire: letter.wire,
+                    raw: letter.raw,
+                },
+            );
+        Ok(())
+    }
+
+    async fn promote_due(&self, queues: &[String], now_ms: i64) -> Result<usize> {
+        let mut moved = 0;
+        {
+            let mut st = self.lock();
+            for q in queues {
+                let due: Vec<(u8, WireEnvelope)> = {
+                    let Some(mq) = st.queues.get_mut(q) else {
+                        continue;
+                    };
+                    let later = mq.delayed.split_off(&(now_ms + 1, 0));
+                    let due = std::mem::replace(&mut mq.delayed, later);
+                    due.into_values().collect()
+                };
+                for (band, wire) in due {
+                    st.push_ready(q, band, wire);
+                    moved += 1;
+                }
+            }
+        }
+        if moved > 0 {
+            self.notify.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn list_dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        let st = self.lock();
+        Ok(st
+            .queues
+            .get(queue)
+            .map(|q| q.dead.values().rev().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn get_dead_letter(&self, queue: &str, id: &str) -> Result<Option<DeadLetter>> {
+        let st = self.lock();
+        let Ok(id) = id.parse::<u64>() else {
+            return Ok(None);
+        };
+        Ok(st.queues.get(queue).and_then(|q| q.dead.get(&id)).cloned())
+    }
+
+    async fn replay_dead_letter(&self, queue: &str, id: &str) -> Result<Option<WireEnvelope>> {
+        let Ok(num) = id.parse::<u64>() else {
+            return Ok(None);
+        };
+        let replayed = {
+            let mut st = self.lock();
+            let Some(letter) = st.queues.get_mut(queue).and_then(|q| q.dead.remove(&num)) else {
+                return Ok(None);
+            };
+            let Some(mut wire) = letter.wire else {
+                return Ok(None);
+            };
+            wire.attempt += 1;
+            let band = wire.spec().map(|s| s.priority).unwrap_or(0);
+            st.push_ready(queue, band, wire.clone());
+            wire
+        };
+        self.notify.notify_waiters();
+        Ok(Some(replayed))
+    }
+
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
+        let mut st = self.lock();
+        Ok(st
+            .queues
+            .get_mut(queue)
+            .map(|q| std::mem::take(&mut q.dead).len() as u64)
+            .unwrap_or(0))
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let mut st = self.lock();
+        let Some(q) = st.queues.get_mut(queue) else {
+            return Ok(0);
+        };
+        let mut n = std::mem::take(&mut q.delayed).len() as u64;
+        for band in q.ready.iter_mut() {
+            n += std::mem::take(band).len() as u64;
+        }
+        Ok(n)
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        let st = self.lock();
+        let mut s = QueueStats {
+            queue: queue.to_string(),
+            ..Default::default()
+        };
+        if let Some(q) = st.queues.get(queue) {
+            s.ready = q.ready.iter().map(|b| b.len() as u64).sum();
+            s.inflight = q.pending.len() as u64;
+            s.delayed = q.delayed.len() as u64;
+            s.dead = q.dead.len() as u64;
+        }
+        Ok(s)
+    }
+
+    async fn known_queues(&self) -> Result<Vec<String>> {
+        let st = self.lock();
+        let mut v: Vec<String> = st.queues.keys().cloned().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! The [`Broker`] trait: how envelopes move between producers and workers.
+//!
+//! Two implementations share one contract suite (`tests/contract.rs`):
+//! [`redis::RedisBroker`] on Redis Streams and [`memory::MemoryBroker`] in
+//! process. The broker owns delivery state (leases, delayed sets, dead
+//! letters); it never looks inside the signed body except to route.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::envelope::WireEnvelope;
+use crate::error::Result;
+
+/// Identifies one delivery so it can be acknowledged, renewed or retried.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    pub queue: String,
+    /// Priority band (0–9) the entry was read from.
+    pub band: u8,
+    /// Broker-specific entry id (a stream id on Redis).
+    pub entry_id: String,
+}
+
+/// A delivered envelope, leased to the consumer that fetched it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub receipt: Receipt,
+    pub wire: WireEnvelope,
+}
+
+/// An entry that could not be decoded as an envelope.
+#[derive(Clone, Debug)]
+pub struct MalformedEntry {
+    pub receipt: Receipt,
+    /// The raw entry, as text, for the dead-letter record.
+    pub raw: String,
+    pub error: String,
+}
+
+/// One fetched entry.
+#[derive(Clone, Debug)]
+pub enum Fetched {
+    Task(Delivery),
+    Malformed(MalformedEntry),
+}
+
+impl Fetched {
+    /// The entry's receipt.
+    pub fn receipt(&self) -> &Receipt {
+        match self {
+            Fetched::Task(d) => &d.receipt,
+            Fetched::Malformed(m) => &m.receipt,
+        }
+    }
+}
+
+/// An envelope to publish.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub queue: String,
+    pub priority: u8,
+    /// Epoch ms before which the task must not start (countdown, retry).
+    pub not_before_ms: Option<i64>,
+    pub wire: WireEnvelope,
+}
+
+/// What a dead-letter record holds.
+#[derive(Clone, Debug, Default)]
+pub struct NewDeadLetter {
+    /// `max-retries-exhausted`, `signature-invalid`, `malformed-envelope`,
+    /// `unregistered-task`, …
+    pub reason: String,
+    pub error: Option<String>,
+    /// The envelope, when it decoded.
+    pub wire: Option<WireEnvelope>,
+    /// The raw entry, when it did not.
+    pub raw: Option<String>,
+}
+
+/// A stored dead letter.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// Dead-letter entry id (for show/replay).
+    pub id: String,
+    pub queue: String,
+    pub reason: String,
+    pub error: Option<String>,
+    pub dead_at_ms: i64,
+    pub wire: Option<WireEnvelope>,
+    pub raw: Option<String>,
+}
+
+impl DeadLetter {
+    /// The task id inside the envelope, when it decodes.
+    pub fn task_id(&self) -> Option<String> {
+        self.wire.as_ref().and_then(|w| w.spec().ok()).map(|s| s.id)
+    }
+}
+
+/// Counts for one queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Ready and not yet delivered.
+    pub ready: u64,
+    /// Delivered and not yet acknowledged.
+    pub inflight: u64,
+    /// Waiting for their not-before time.
+    pub delayed: u64,
+    pub dead: u64,
+}
+
+/// Moves envelopes between producers and workers.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes a batch (one round trip on Redis). Envelopes with a future
+    /// `not_before_ms` go to the delayed set.
+    async fn publish(&self, batch: Vec<Outgoing>) -> Result<()>;
+
+    /// Prepares `queues` for consumption (consumer groups on Redis).
+    async fn register_queues(&self, queues: &[String]) -> Result<()>;
+
+    /// Leases up to `max` ready entries, highest priority first, waiting up
+    /// to `block` when none is ready.
+    async fn fetch(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Fetched>>;
+
+    /// Acknowledges and deletes delivered entries.
+    async fn ack(&self, receipts: &[Receipt]) -> Result<()>;
+
+    /// Renews the leases of entries `consumer` holds (resets their idle time).
+    async fn renew(&self, consumer: &str, receipts: &[Receipt]) -> Result<()>;
+
+    /// Takes over up to `max` entries whose lease has been idle for
+    /// `min_idle` (their consumer died).
+    async fn recover(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>>;
+
+    /// Acknowledges `receipt` and schedules `wire` (attempt already raised)
+    /// for `not_before_ms`, atomically.
+    async fn retry(
+        &self,
+        receipt: &Receipt,
+        wire: WireEnvelope,
+        priority: u8,
+        not_before_ms: i64,
+    ) -> Result<()>;
+
+    /// Acknowledges `receipt` and makes `wire` ready again at once
+    /// (graceful shutdown hands back work this way).
+    async fn requeue(&self, receipt: &Receipt, wire: WireEnvelope, priority: u8) -> Result<()>;
+
+    /// Acknowledges `receipt` and records a dead letter, atomically.
+    async fn dead_letter(&self, receipt: &Receipt, letter: NewDeadLetter) -> Result<()>;
+
+    /// Moves due delayed entries of `queues` to ready. Returns how many.
+    async fn promote_due(&self, queues: &[String], now_ms: i64) -> Result<usize>;
+
+    /// Newest dead letters first, at most `limit`.
+    async fn list_dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// One dead letter by id.
+    async fn get_dead_letter(&self, queue: &str, id: &str) -> Result<Option<DeadLetter>>;
+
+    /// Removes dead letter `id` and publishes its envelope again with
+    /// `attempt + 1` (same task id, same signature). Returns the republished
+    /// envelope, or `None` when the id is unknown or the entry was malformed.
+    async fn replay_dead_letter(&self, queue: &str, id: &str) -> Result<Option<WireEnvelope>>;
+
+    /// Deletes every dead letter of `queue`; returns how many.
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64>;
+
+    /// Deletes every ready and delayed entry of `queue`; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64>;
+
+    /// Counts for `queue`.
+    async fn stats(&self, queue: &str) -> Result<QueueStats>;
+
+    /// Queues this broker has seen published to or consumed from.
+    async fn known_queues(&self) -> Result<Vec<String>>;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,225 @@
+//! The canvas: group, chain and chord. Every envelope is signed by the
+//! producer when the canvas is built; workers only publish envelopes that
+//! were signed in advance (next chain step, chord callback), so workers
+//! never need a signing key.
+//!
+//! - **group**: tasks tagged with header `stem-group-id`; workers record
+//!   each terminal result in the group; `GET /group/{id}` aggregates.
+//! - **chain**: step i+1 is stored (signed) in the backend and published by
+//!   the worker that completes step i; a step reads the previous result
+//!   through [`TaskContext::chain_previous`](crate::task::TaskContext).
+//!   A failed step cancels the remaining steps.
+//! - **chord**: a group plus a stored callback; the worker that records the
+//!   last successful result claims the chord once and publishes the
+//!   callback, which reads the results through
+//!   [`TaskContext::chord_results`](crate::task::TaskContext).
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::{EnqueueRequest, Prepared, Stem};
+use crate::envelope::{TaskState, TaskStatus, WireEnvelope};
+use crate::error::{Result, StemError};
+
+/// Header naming a task's group.
+pub const GROUP_HEADER: &str = "stem-group-id";
+/// Header naming a task's chain.
+pub const CHAIN_HEADER: &str = "stem-chain-id";
+/// Header with a chain step's index.
+pub const CHAIN_INDEX_HEADER: &str = "stem-chain-index";
+/// Header with the previous chain step's task id.
+pub const CHAIN_PREV_HEADER: &str = "stem-chain-prev";
+/// Header naming the chord whose callback this is.
+pub const CHORD_HEADER: &str = "stem-chord-id";
+
+/// A signed envelope kept in the backend until a worker publishes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct StoredEnvelope {
+    pub queue: String,
+    pub priority: u8,
+    pub key_id: Option<String>,
+    pub signature: Option<String>,
+    pub body: String,
+}
+
+impl StoredEnvelope {
+    pub(crate) fn from_prepared(p: &Prepared) -> Result<Self> {
+        Ok(StoredEnvelope {
+            queue: p.spec.queue.clone(),
+            priority: p.spec.priority,
+            key_id: p.wire.key_id.clone(),
+            signature: p.wire.signature.clone(),
+            body: String::from_utf8(p.wire.body.to_vec())
+                .map_err(|e| StemError::Malformed(e.to_string()))?,
+        })
+    }
+
+    pub(crate) fn wire(&self) -> WireEnvelope {
+        WireEnvelope {
+            body: bytes::Bytes::from(self.body.clone().into_bytes()),
+            key_id: self.key_id.clone(),
+            signature: self.signature.clone(),
+            attempt: 0,
+        }
+    }
+}
+
+/// Backend key of chain step `index`.
+pub(crate) fn chain_step_key(chain_id: &str, index: usize) -> String {
+    format!("chain:{chain_id}:{index}")
+}
+/// Backend key of a chord's callback.
+pub(crate) fn chord_callback_key(chord_id: &str) -> String {
+    format!("chord:{chord_id}")
+}
+
+/// A dispatched group.
+#[derive(Clone, Debug)]
+pub struct GroupHandle {
+    pub group_id: String,
+    pub task_ids: Vec<String>,
+}
+
+/// A dispatched chain.
+#[derive(Clone, Debug)]
+pub struct ChainHandle {
+    pub chain_id: String,
+    /// Step task ids in order; the last one holds the chain's result.
+    pub task_ids: Vec<String>,
+}
+
+/// A dispatched chord.
+#[derive(Clone, Debug)]
+pub struct ChordHandle {
+    pub chord_id: String,
+    pub header_ids: Vec<String>,
+    pub callback_id: String,
+}
+
+impl Stem {
+    fn prepare_all(
+        &self,
+        requests: Vec<EnqueueRequest>,
+        tag: impl Fn(usize, &mut EnqueueRequest),
+    ) -> Result<Vec<Prepared>> {
+        requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut r)| {
+                tag(i, &mut r);
+                self.prepare(&r.name, r.args, &r.options)
+            })
+            .collect()
+    }
+
+    /// Enqueues `tasks` as one group.
+    pub async fn group(&self, tasks: Vec<EnqueueRequest>) -> Result<GroupHandle> {
+        if tasks.is_empty() {
+            return Err(StemError::InvalidArgument(
+                "a group needs at least one task".into(),
+            ));
+        }
+        let group_id = format!("grp-{}", uuid::Uuid::now_v7());
+        let prepared = self.prepare_all(tasks, |_, r| {
+            r.options
+                .headers
+                .insert(GROUP_HEADER.into(), group_id.clone());
+        })?;
+        self.backend()
+            .init_group(&group_id, prepared.len() as u64)
+            .await?;
+        self.submit(&prepared).await?;
+        Ok(GroupHandle {
+            group_id,
+            task_ids: prepared.into_iter().map(|p| p.spec.id).collect(),
+        })
+    }
+
+    /// Enqueues `steps` to run one after another.
+    pub async fn chain(&self, steps: Vec<EnqueueRequest>) -> Result<ChainHandle> {
+        if steps.is_empty() {
+            return Err(StemError::InvalidArgument(
+                "a chain needs at least one step".into(),
+            ));
+        }
+        let chain_id = format!("chain-{}", uuid::Uuid::now_v7());
+        // Ids are assigned in prepare; tag each step after the previous one
+        // is known by preparing sequentially.
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(steps.len());
+        for (i, mut r) in steps.into_iter().enumerate() {
+            r.options
+                .headers
+                .insert(CHAIN_HEADER.into(), chain_id.clone());
+            r.options
+                .headers
+                .insert(CHAIN_INDEX_HEADER.into(), i.to_string());
+            if let Some(prev) = prepared.last() {
+                r.options
+                    .headers
+                    .insert(CHAIN_PREV_HEADER.into(), prev.spec.id.clone());
+            }
+            prepared.push(self.prepare(&r.name, r.args, &r.options)?);
+        }
+        let ttl = crate::client::IDEMPOTENCY_WINDOW;
+        for (i, p) in prepared.iter().enumerate().skip(1) {
+            let stored = serde_json::to_vec(&StoredEnvelope::from_prepared(p)?)?;
+            self.backend()
+                .put_blob(&chain_step_key(&chain_id, i), &stored, ttl)
+                .await?;
+        }
+        let statuses: Vec<TaskStatus> = prepared
+            .iter()
+            .map(|p| TaskStatus::for_spec(&p.spec, TaskState::Queued, 0))
+            .collect();
+        self.backend().set_statuses(&statuses).await?;
+        self.broker().publish(vec![prepared[0].outgoing()]).await?;
+        Ok(ChainHandle {
+            chain_id,
+            task_ids: prepared.into_iter().map(|p| p.spec.id).collect(),
+        })
+    }
+
+    /// Enqueues `header` as a group and runs `callback` once all of them
+    /// succeeded.
+    pub async fn chord(
+        &self,
+        header: Vec<EnqueueRequest>,
+        mut callback: EnqueueRequest,
+    ) -> Result<ChordHandle> {
+        if header.is_empty() {
+            return Err(StemError::InvalidArgument(
+                "a chord needs at least one header task".into(),
+            ));
+        }
+        let chord_id = format!("chord-{}", uuid::Uuid::now_v7());
+        let prepared = self.prepare_all(header, |_, r| {
+            r.options
+                .headers
+                .insert(GROUP_HEADER.into(), chord_id.clone());
+        })?;
+        callback
+            .options
+            .headers
+            .insert(CHORD_HEADER.into(), chord_id.clone());
+        let cb = self.prepare(&callback.name, callback.args, &callback.options)?;
+        let stored = serde_json::to_vec(&StoredEnvelope::from_prepared(&cb)?)?;
+        self.backend()
+            .put_blob(
+                &chord_callback_key(&chord_id),
+                &stored,
+                crate::client::IDEMPOTENCY_WINDOW,
+            )
+            .await?;
+        self.backend()
+            .init_group(&chord_id, prepared.len() as u64)
+            .await?;
+        self.backend()
+            .set_statuses(&[TaskStatus::for_spec(&cb.spec, TaskState::Queued, 0)])
+            .await?;
+        self.submit(&prepared).await?;
+        Ok(ChordHandle {
+            chord_id,
+            header_ids: prepared.into_iter().map(|p| p.spec.id).collect(),
+            callback_id: cb.spec.id,
+        })
+    }
+}

@@ -1,0 +1,325 @@
+//! [`Stem`], the producer API: build envelopes, sign them, record `queued`,
+//! publish; read statuses and wait for results. The canvas entry points
+//! live in [`crate::canvas`] as further `impl Stem` blocks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::RedisBackend;
+use crate::backend::{get_status, ResultBackend};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, Outgoing};
+use crate::config::{validate_queue_name, StemConfig, StoreUrl};
+use crate::envelope::{
+    new_task_id, now_ms, TaskSpec, TaskState, TaskStatus, WireEnvelope, MAX_PRIORITY,
+};
+use crate::error::{Result, StemError};
+use crate::redis_conn;
+use crate::signing::Signer;
+use crate::task::{Task, TaskRegistry};
+
+/// How long an idempotency key remembers its task.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Per-call overrides for an enqueue.
+#[derive(Clone, Debug, Default)]
+pub struct EnqueueOptions {
+    pub queue: Option<String>,
+    pub priority: Option<u8>,
+    /// Delay before the task may start.
+    pub countdown: Option<Duration>,
+    /// A repeated key within 24 h returns the first task id.
+    pub idempotency_key: Option<String>,
+    /// Retry budget for tasks this producer does not have in its registry.
+    pub max_retries: Option<u32>,
+    pub headers: BTreeMap<String, String>,
+    pub meta: Map<String, Value>,
+}
+
+/// One task to enqueue by name.
+#[derive(Clone, Debug)]
+pub struct EnqueueRequest {
+    pub name: String,
+    pub args: Value,
+    pub options: EnqueueOptions,
+}
+
+/// What an enqueue returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    pub task_id: String,
+    /// True when an idempotency key matched an earlier enqueue.
+    pub duplicate: bool,
+}
+
+/// A prepared envelope: spec, signed wire form, and when it may start.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepared {
+    pub spec: TaskSpec,
+    pub wire: WireEnvelope,
+    pub not_before_ms: Option<i64>,
+}
+
+impl Prepared {
+    pub(crate) fn outgoing(&self) -> Outgoing {
+        Outgoing {
+            queue: self.spec.queue.clone(),
+            priority: self.spec.priority,
+            not_before_ms: self.not_before_ms,
+            wire: self.wire.clone(),
+        }
+    }
+}
+
+/// The producer client. Cheap to clone.
+#[derive(Clone)]
+pub struct Stem {
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    signer: Option<Signer>,
+    registry: TaskRegistry,
+}
+
+impl Stem {
+    /// Builds broker and backend from `config` (Redis or memory) and the
+    /// producer's signer. Connections are made lazily.
+    pub fn connect(config: &StemConfig) -> Result<Self> {
+        let broker: Arc<dyn Broker> = match &config.broker_url {
+            StoreUrl::Memory => Arc::new(MemoryBroker::new()),
+            StoreUrl::Redis(url) => Arc::new(RedisBroker::new(
+                redis_conn::client(url, &config.tls)?,
+                config.dead_letter_maxlen,
+            )?),
+        };
+        let backend: Arc<dyn ResultBackend> = match &config.result_backend_url {
+            StoreUrl::Memory => Arc::new(MemoryBackend::new(config.result_ttl)),
+            StoreUrl::Redis(url) => Arc::new(RedisBackend::new(
+                redis_conn::client(url, &config.tls)?,
+                config.result_ttl,
+            )?),
+        };
+        Ok(Stem {
+            broker,
+            backend,
+            signer: config.keys.signer()?,
+            registry: TaskRegistry::new(),
+        })
+    }
+
+    /// A client on fresh in-memory stores, without signing.
+    pub fn memory() -> Self {
+        Stem::from_parts(
+            Arc::new(MemoryBroker::new()),
+            Arc::new(MemoryBackend::new(Duration::from_secs(86_400))),
+            None,
+            TaskRegistry::new(),
+        )
+    }
+
+    /// A client on the given parts.
+    pub fn from_parts(
+        broker: Arc<dyn Broker>,
+        backend: Arc<dyn ResultBackend>,
+        signer: Option<Signer>,
+        registry: TaskRegistry,
+    ) -> Self {
+        Stem {
+            broker,
+            backend,
+            signer,
+            registry,
+        }
+    }
+
+    /// The same stores with another registry.
+    pub fn with_registry(mut self, registry: TaskRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> Arc<dyn Broker> {
+        self.broker.clone()
+    }
+    /// The result backend.
+    pub fn backend(&self) -> Arc<dyn ResultBackend> {
+        self.backend.clone()
+    }
+    /// The registry (task names, queues, retry budgets).
+    pub fn registry(&self) -> &TaskRegistry {
+        &self.registry
+    }
+    /// The signer, when this producer signs.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_ref()
+    }
+
+    /// Builds and signs an envelope for `name`.
+    pub(crate) fn prepare(
+        &self,
+        name: &str,
+        args: Value,
+        opts: &EnqueueOptions,
+    ) -> Result<Prepared> {
+        let defaults = self.registry.options(name);
+        let queue = opts
+            .queue
+            .clone()
+            .or_else(|| defaults.as_ref().map(|d| d.queue.clone()))
+            .unwrap_or_else(|| "default".into());
+        validate_queue_name("queue", &queue)
+            .map_err(|e| StemError::InvalidArgument(e.to_string()))?;
+        let priority = opts
+            .priority
+            .or_else(|| defaults.as_ref().map(|d| d.priority))
+            .unwrap_or(0);
+        if priority > MAX_PRIORITY {
+            return Err(StemError::InvalidArgument(format!(
+                "priority {priority} is above 9"
+            )));
+        }
+        let max_retries = defaults
+            .as_ref()
+            .map(|d| d.max_retries)
+            .or(opts.max_retries)
+            .unwrap_or(0);
+        let mut meta = defaults.map(|d| d.meta).unwrap_or_default();
+        meta.extend(opts.meta.clone());
+        let spec = TaskSpec {
+            id: new_task_id(),
+            name: name.to_string(),
+            queue,
+            args,
+            headers: opts.headers.clone(),
+            meta,
+            enqueued_at: now_ms(),
+            max_retries,
+            priority,
+        };
+        let wire = self.seal(&spec)?;
+        Ok(Prepared {
+            not_before_ms: opts
+                .countdown
+                .map(|c| spec.enqueued_at + c.as_millis() as i64),
+            spec,
+            wire,
+        })
+    }
+
+    /// Serialises and signs `spec`.
+    pub(crate) fn seal(&self, spec: &TaskSpec) -> Result<WireEnvelope> {
+        let body = spec.to_body()?;
+        let (key_id, signature) = match &self.signer {
+            Some(s) => (Some(s.key_id().to_string()), Some(s.sign(&body))),
+            None => (None, None),
+        };
+        Ok(WireEnvelope {
+            body,
+            key_id,
+            signature,
+            attempt: 0,
+        })
+    }
+
+    /// Records `queued` for every prepared envelope, then publishes them.
+    /// Writing the status first means a late `queued` can never hide a
+    /// worker's `running`.
+    pub(crate) async fn submit(&self, prepared: &[Prepared]) -> Result<()> {
+        let statuses: Vec<TaskStatus> = prepared
+            .iter()
+            .map(|p| TaskStatus::for_spec(&p.spec, TaskState::Queued, 0))
+            .collect();
+        self.backend.set_statuses(&statuses).await?;
+        self.broker
+            .publish(prepared.iter().map(Prepared::outgoing).collect())
+            .await
+    }
+
+    /// Enqueues a typed task with its registered options.
+    pub async fn enqueue<T: Task>(&self, args: T::Args) -> Result<String> {
+        self.enqueue_with::<T>(args, EnqueueOptions::default())
+            .await
+    }
+
+    /// Enqueues a typed task with overrides.
+    pub async fn enqueue_with<T: Task>(
+        &self,
+        args: T::Args,
+        opts: EnqueueOptions,
+    ) -> Result<String> {
+        let args = serde_json::to_value(args)?;
+        Ok(self.enqueue_raw(T::NAME, args, opts).await?.task_id)
+    }
+
+    /// Enqueues by name with JSON arguments.
+    pub async fn enqueue_raw(
+        &self,
+        name: &str,
+        args: Value,
+        opts: EnqueueOptions,
+    ) -> Result<Enqueued> {
+        let prepared = self.prepare(name, args, &opts)?;
+        if let Some(key) = &opts.idempotency_key {
+            let existing = self
+                .backend
+                .put_if_absent(
+                    &format!("idem:{key}"),
+                    &prepared.spec.id,
+                    IDEMPOTENCY_WINDOW,
+                )
+                .await?;
+            if let Some(task_id) = existing {
+                return Ok(Enqueued {
+                    task_id,
+                    duplicate: true,
+                });
+            }
+        }
+        self.submit(std::slice::from_ref(&prepared)).await?;
+        Ok(Enqueued {
+            task_id: prepared.spec.id,
+            duplicate: false,
+        })
+    }
+
+    /// Enqueues many tasks in two round trips (statuses, then envelopes).
+    /// Idempotency keys are not consulted here.
+    pub async fn enqueue_many(&self, requests: Vec<EnqueueRequest>) -> Result<Vec<String>> {
+        let prepared = requests
+            .into_iter()
+            .map(|r| self.prepare(&r.name, r.args, &r.options))
+            .collect::<Result<Vec<_>>>()?;
+        self.submit(&prepared).await?;
+        Ok(prepared.into_iter().map(|p| p.spec.id).collect())
+    }
+
+    /// The status of task `id`.
+    pub async fn status(&self, id: &str) -> Result<Option<TaskStatus>> {
+        get_status(self.backend.as_ref(), id).await
+    }
+
+    /// Polls until task `id` reaches a terminal state or `timeout` passes.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<TaskStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = Duration::from_millis(5);
+        loop {
+            if let Some(s) = self.status(id).await? {
+                if s.state.is_terminal() {
+                    return Ok(s);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StemError::Timeout(format!(
+                    "task {id} not finished after {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+}

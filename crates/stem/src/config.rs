@@ -1,0 +1,418 @@
+//! `StemConfig::from_env()`: every `STEM_*` variable this library reads,
+//! parsed and validated once at start-up. A bad value becomes
+//! [`StemError::Config`] naming the variable; binaries turn that into exit 78.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Result, StemError};
+use crate::signing::KeyRing;
+
+/// Where a store lives: Redis (plain or TLS) or the in-process memory adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `redis://` or `rediss://` URL, kept verbatim.
+    Redis(String),
+    /// `memory://`: the embedded in-memory adapter.
+    Memory,
+}
+
+impl StoreUrl {
+    /// Parses and validates a store URL; `variable` names the setting in errors.
+    pub fn parse(variable: &str, value: &str) -> Result<Self> {
+        let value = value.trim();
+        if value.starts_with("memory://") {
+            return Ok(StoreUrl::Memory);
+        }
+        if !(value.starts_with("redis://") || value.starts_with("rediss://")) {
+            return Err(StemError::config(
+                variable,
+                format!("malformed URL {value:?}: expected redis://, rediss:// or memory://"),
+            ));
+        }
+        redis::IntoConnectionInfo::into_connection_info(value)
+            .map_err(|e| StemError::config(variable, format!("malformed URL: {e}")))?;
+        Ok(StoreUrl::Redis(value.to_string()))
+    }
+
+    /// True for `rediss://` URLs.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, StoreUrl::Redis(u) if u.starts_with("rediss://"))
+    }
+
+    /// The URL with any password replaced by `***`, safe to log.
+    pub fn redacted(&self) -> String {
+        match self {
+            StoreUrl::Memory => "memory://".into(),
+            StoreUrl::Redis(u) => redact_url(u),
+        }
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    match rest.find('@') {
+        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// TLS settings for Redis connections (`STEM_TLS_*`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsSettings {
+    /// PEM CA bundle that verifies the server; system roots when absent.
+    pub ca_cert: Option<Vec<u8>>,
+    /// PEM client certificate (mTLS).
+    pub client_cert: Option<Vec<u8>>,
+    /// PEM client key (mTLS).
+    pub client_key: Option<Vec<u8>>,
+    /// Skip server verification (logged as a warning at start).
+    pub allow_insecure: bool,
+}
+
+/// Log output format (`STEM_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings shared by every process.
+#[derive(Clone, Debug)]
+pub struct StemConfig {
+    pub broker_url: StoreUrl,
+    pub result_backend_url: StoreUrl,
+    pub schedule_store_url: StoreUrl,
+    pub result_ttl: Duration,
+    pub keys: KeyRing,
+    pub tls: TlsSettings,
+    pub log_format: LogFormat,
+    /// How many dead letters a queue keeps (`STEM_DEAD_LETTER_MAXLEN`).
+    pub dead_letter_maxlen: usize,
+}
+
+/// Worker-only settings (`STEM_WORKER_*` and friends).
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub namespace: String,
+    pub concurrency: usize,
+    pub prefetch_multiplier: usize,
+    pub visibility_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Reads variables through a lookup function, so tests need not touch the
+/// process environment.
+pub trait Lookup {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+impl<F: Fn(&str) -> Option<String>> Lookup for F {
+    fn get(&self, key: &str) -> Option<String> {
+        self(key)
+    }
+}
+
+/// The process environment as a [`Lookup`].
+pub fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+fn non_empty(env: &dyn Lookup, key: &str) -> Option<String> {
+    env.get(key)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Parses `<n>ms|s|m|h|d`; a bare number is seconds.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "s" => n.checked_mul(1000)?,
+        "ms" => n,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+fn duration_var(env: &dyn Lookup, key: &str, default: Duration) -> Result<Duration> {
+    match non_empty(env, key) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).ok_or_else(|| {
+            StemError::config(key, format!("invalid duration {v:?} (use <n>ms|s|m|h)"))
+        }),
+    }
+}
+
+fn positive_var(env: &dyn Lookup, key: &str, default: usize) -> Result<usize> {
+    match non_empty(env, key) {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(StemError::config(
+                key,
+                format!("expected a positive integer, got {v:?}"),
+            )),
+        },
+    }
+}
+
+/// Parses a boolean variable (`1|true|yes|on`, `0|false|no|off`).
+pub fn bool_var(env: &dyn Lookup, key: &str, default: bool) -> Result<bool> {
+    match non_empty(env, key).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => Err(StemError::config(
+            key,
+            format!("expected true or false, got {v:?}"),
+        )),
+    }
+}
+
+fn read_pem(env: &dyn Lookup, key: &str) -> Result<Option<Vec<u8>>> {
+    match non_empty(env, key) {
+        None => Ok(None),
+        Some(path) => std::fs::read(PathBuf::from(&path))
+            .map(Some)
+            .map_err(|e| StemError::config(key, format!("cannot read {path}: {e}"))),
+    }
+}
+
+/// Default Redis URL when `STEM_BROKER_URL` is unset.
+pub const DEFAULT_BROKER_URL: &str = "redis://127.0.0.1:6379/0";
+
+impl StemConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads variables through `env`.
+    pub fn from_lookup(env: &dyn Lookup) -> Result<Self> {
+        let broker_raw =
+            non_empty(env, "STEM_BROKER_URL").unwrap_or_else(|| DEFAULT_BROKER_URL.to_string());
+        let broker_url = StoreUrl::parse("STEM_BROKER_URL", &broker_raw)?;
+        let result_backend_url = match non_empty(env, "STEM_RESULT_BACKEND_URL") {
+            Some(v) => StoreUrl::parse("STEM_RESULT_BACKEND_URL", &v)?,
+            None => broker_url.clone(),
+        };
+        let schedule_store_url = match non_empty(env, "STEM_SCHEDULE_STORE_URL") {
+            Some(v) => StoreUrl::parse("STEM_SCHEDULE_STORE_URL", &v)?,
+            None => broker_url.clone(),
+        };
+        let result_ttl = duration_var(env, "STEM_RESULT_TTL", Duration::from_secs(86_400))?;
+        let keys = KeyRing::from_lookup(env)?;
+        let tls = TlsSettings {
+            ca_cert: read_pem(env, "STEM_TLS_CA_CERT")?,
+            client_cert: read_pem(env, "STEM_TLS_CLIENT_CERT")?,
+            client_key: read_pem(env, "STEM_TLS_CLIENT_KEY")?,
+            allow_insecure: bool_var(env, "STEM_TLS_ALLOW_INSECURE", false)?,
+        };
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            let missing = if tls.client_cert.is_some() {
+                "STEM_TLS_CLIENT_KEY"
+            } else {
+                "STEM_TLS_CLIENT_CERT"
+            };
+            return Err(StemError::config(
+                missing,
+                "client certificate and key must be set together",
+            ));
+        }
+        let log_format = match non_empty(env, "STEM_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(StemError::config(
+                    "STEM_LOG_FORMAT",
+                    format!("expected text or json, got {other:?}"),
+                ))
+            }
+        };
+        let dead_letter_maxlen = positive_var(env, "STEM_DEAD_LETTER_MAXLEN", 100_000)?;
+        Ok(StemConfig {
+            broker_url,
+            result_backend_url,
+            schedule_store_url,
+            result_ttl,
+            keys,
+            tls,
+            log_format,
+            dead_letter_maxlen,
+        })
+    }
+
+    /// An all-in-memory configuration without signing (tests, examples).
+    pub fn memory() -> Self {
+        StemConfig {
+            broker_url: StoreUrl::Memory,
+            result_backend_url: StoreUrl::Memory,
+            schedule_store_url: StoreUrl::Memory,
+            result_ttl: Duration::from_secs(86_400),
+            keys: KeyRing::default(),
+            tls: TlsSettings::default(),
+            log_format: LogFormat::Text,
+            dead_letter_maxlen: 100_000,
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads variables through `env`.
+    pub fn from_lookup(env: &dyn Lookup) -> Result<Self> {
+        let queues_raw = non_empty(env, "STEM_WORKER_QUEUES")
+            .or_else(|| non_empty(env, "STEM_WORKER_QUEUE"))
+            .unwrap_or_else(|| "default".to_string());
+        let mut queues: Vec<String> = Vec::new();
+        for q in queues_raw
+            .split(',')
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+        {
+            validate_queue_name("STEM_WORKER_QUEUES", q)?;
+            if !queues.iter().any(|x| x == q) {
+                queues.push(q.to_string());
+            }
+        }
+        if queues.is_empty() {
+            return Err(StemError::config("STEM_WORKER_QUEUES", "no queue named"));
+        }
+        let name = non_empty(env, "STEM_WORKER_NAME").unwrap_or_else(default_worker_name);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(WorkerSettings {
+            name,
+            queues,
+            namespace: non_empty(env, "STEM_WORKER_NAMESPACE").unwrap_or_else(|| "stem".into()),
+            concurrency: positive_var(env, "STEM_WORKER_CONCURRENCY", cpus)?,
+            prefetch_multiplier: positive_var(env, "STEM_PREFETCH_MULTIPLIER", 2)?,
+            visibility_timeout: duration_var(
+                env,
+                "STEM_VISIBILITY_TIMEOUT",
+                Duration::from_secs(30),
+            )?,
+            heartbeat_interval: duration_var(
+                env,
+                "STEM_HEARTBEAT_INTERVAL",
+                Duration::from_secs(10),
+            )?,
+            shutdown_grace: duration_var(env, "STEM_SHUTDOWN_GRACE", Duration::from_secs(30))?,
+        })
+    }
+}
+
+/// `worker-<hostname>-<pid>`.
+pub fn default_worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("worker-{host}-{}", std::process::id())
+}
+
+/// Queue names become part of Redis keys: keep them to a safe alphabet.
+pub fn validate_queue_name(variable: &str, q: &str) -> Result<()> {
+    let ok = !q.is_empty()
+        && q.len() <= 128
+        && q.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StemError::config(
+            variable,
+            format!("invalid queue name {q:?}: use letters, digits, - _ . :"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("5y"), None);
+    }
+
+    #[test]
+    fn defaults_follow_the_broker_url() {
+        let cfg = StemConfig::from_lookup(&lookup(&[("STEM_BROKER_URL", "redis://h:1/2")]))
+            .expect("valid config");
+        assert_eq!(
+            cfg.result_backend_url,
+            StoreUrl::Redis("redis://h:1/2".into())
+        );
+        assert_eq!(cfg.schedule_store_url, cfg.broker_url);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let err = StemConfig::from_lookup(&lookup(&[("STEM_BROKER_URL", "http://x")]))
+            .expect_err("bad url");
+        assert!(err.to_string().starts_with("STEM_BROKER_URL"), "{err}");
+        let err =
+            StemConfig::from_lookup(&lookup(&[("STEM_RESULT_TTL", "soon")])).expect_err("bad ttl");
+        assert!(err.to_string().starts_with("STEM_RESULT_TTL"), "{err}");
+        let err = StemConfig::from_lookup(&lookup(&[("STEM_TLS_CA_CERT", "/nonexistent.pem")]))
+            .expect_err("bad ca");
+        assert!(err.to_string().starts_with("STEM_TLS_CA_CERT"), "{err}");
+        let err = WorkerSettings::from_lookup(&lookup(&[("STEM_WORKER_CONCURRENCY", "0")]))
+            .expect_err("bad concurrency");
+        assert!(
+            err.to_string().starts_with("STEM_WORKER_CONCURRENCY"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        let u = StoreUrl::parse("X", "redis://user:secret@host:6379/0").expect("url");
+        assert_eq!(u.redacted(), "redis://***@host:6379/0");
+    }
+
+    #[test]
+    fn worker_queues_are_deduplicated() {
+        let w = WorkerSettings::from_lookup(&lookup(&[("STEM_WORKER_QUEUES", "a, b,a")]))
+            .expect("valid");
+        assert_eq!(w.queues, vec!["a".to_string(), "b".to_string()]);
+    }
+}

@@ -1,0 +1,294 @@
+//! The task envelope and its wire form.
+//!
+//! An envelope has two parts:
+//! - [`TaskSpec`]: what the task *is* (id, name, args, queue, headers, meta,
+//!   enqueue time, retry budget, priority). Serialised once to JSON bytes at
+//!   enqueue; those exact bytes are signed and travel unchanged.
+//! - delivery state the broker mutates (attempt, not-before), carried beside
+//!   the body and never signed, so retries, lease renewals, requeues and
+//!   dead-letter replays keep signatures valid.
+//!
+//! [`TaskStatus`] is the record the result backend keeps per task.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Result, StemError};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 UTC text (millisecond precision) for epoch milliseconds.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A new time-ordered task id (UUID v7).
+pub fn new_task_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Highest priority; priorities run 0 (default) to 9.
+pub const MAX_PRIORITY: u8 = 9;
+
+/// The immutable, signed description of a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSpec {
+    pub id: String,
+    pub name: String,
+    pub queue: String,
+    #[serde(default)]
+    pub args: Value,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub meta: Map<String, Value>,
+    /// Epoch milliseconds of the first enqueue; kept across retries.
+    pub enqueued_at: i64,
+    #[serde(default)]
+    pub max_retries: u32,
+    #[serde(default)]
+    pub priority: u8,
+}
+
+impl TaskSpec {
+    /// Serialises the spec to the bytes that get signed.
+    pub fn to_body(&self) -> Result<Bytes> {
+        Ok(Bytes::from(serde_json::to_vec(self)?))
+    }
+
+    /// Decodes a body produced by [`TaskSpec::to_body`].
+    pub fn from_body(body: &[u8]) -> Result<Self> {
+        let spec: TaskSpec = serde_json::from_slice(body)
+            .map_err(|e| StemError::Malformed(format!("envelope body: {e}")))?;
+        if spec.id.is_empty() || spec.name.is_empty() || spec.queue.is_empty() {
+            return Err(StemError::Malformed(
+                "envelope body lacks id, name or queue".into(),
+            ));
+        }
+        if spec.priority > MAX_PRIORITY {
+            return Err(StemError::Malformed(format!(
+                "priority {} > 9",
+                spec.priority
+            )));
+        }
+        Ok(spec)
+    }
+}
+
+/// What travels through the broker: signed body bytes plus unsigned
+/// delivery state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireEnvelope {
+    /// The signed bytes of a [`TaskSpec`].
+    pub body: Bytes,
+    /// Id of the key that signed `body`, if signed.
+    pub key_id: Option<String>,
+    /// Base64 signature over `body`, if signed.
+    pub signature: Option<String>,
+    /// 0 for the first execution; +1 per retry.
+    pub attempt: u32,
+}
+
+impl WireEnvelope {
+    /// Decodes the body (does not verify the signature).
+    pub fn spec(&self) -> Result<TaskSpec> {
+        TaskSpec::from_body(&self.body)
+    }
+}
+
+/// Life-cycle state of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Retried,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    /// True for succeeded, failed and cancelled.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    /// Lower-case name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Retried => "retried",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    fn phase(self) -> u64 {
+        match self {
+            TaskState::Queued => 0,
+            TaskState::Running => 1,
+            TaskState::Retried => 2,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => 3,
+        }
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = StemError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => TaskState::Queued,
+            "running" => TaskState::Running,
+            "retried" => TaskState::Retried,
+            "succeeded" => TaskState::Succeeded,
+            "failed" => TaskState::Failed,
+            "cancelled" => TaskState::Cancelled,
+            other => {
+                return Err(StemError::InvalidArgument(format!(
+                    "unknown state {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// Why a task failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// Short machine-readable kind, e.g. `task-error`, `signature-invalid`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    /// Dead-letter reason when the task was dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Progress reported by a running task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0.0 to 1.0.
+    pub fraction: f64,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+}
+
+/// The result backend's record of one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatus {
+    pub id: String,
+    pub task: String,
+    pub queue: String,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub max_retries: u32,
+    pub result: Value,
+    pub error: Option<TaskError>,
+    pub progress: Option<Progress>,
+    pub meta: Map<String, Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl TaskStatus {
+    /// A status for `spec` in `state` at `attempt`, stamped now.
+    pub fn for_spec(spec: &TaskSpec, state: TaskState, attempt: u32) -> Self {
+        TaskStatus {
+            id: spec.id.clone(),
+            task: spec.name.clone(),
+            queue: spec.queue.clone(),
+            state,
+            attempt,
+            max_retries: spec.max_retries,
+            result: Value::Null,
+            error: None,
+            progress: None,
+            meta: spec.meta.clone(),
+            created_at: format_ms(spec.enqueued_at),
+            updated_at: format_ms(now_ms()),
+        }
+    }
+
+    /// Ordering key that only grows over a task's life: a write whose rank
+    /// is lower than the stored one is a late write and is dropped.
+    /// Retries and replays raise `attempt`, so a new run outranks an old
+    /// terminal state.
+    pub fn rank(&self) -> u64 {
+        u64::from(self.attempt) * 4 + self.state.phase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            id: new_task_id(),
+            name: "greeting.send".into(),
+            queue: "greetings".into(),
+            args: serde_json::json!({"name": "Ada"}),
+            headers: BTreeMap::new(),
+            meta: Map::new(),
+            enqueued_at: now_ms(),
+            max_retries: 5,
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn body_round_trips() -> Result<()> {
+        let s = spec();
+        assert_eq!(TaskSpec::from_body(&s.to_body()?)?, s);
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_bodies_are_malformed() {
+        assert!(matches!(
+            TaskSpec::from_body(b"nope"),
+            Err(StemError::Malformed(_))
+        ));
+        assert!(matches!(
+            TaskSpec::from_body(b"{}"),
+            Err(StemError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn ranks_only_grow_through_a_life_cycle() {
+        let s = spec();
+        let seq = [
+            (TaskState::Queued, 0),
+            (TaskState::Running, 0),
+            (TaskState::Retried, 0),
+            (TaskState::Running, 1),
+            (TaskState::Succeeded, 1),
+        ];
+        let ranks: Vec<u64> = seq
+            .iter()
+            .map(|(st, a)| TaskStatus::for_spec(&s, *st, *a).rank())
+            .collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
+        assert!(
+            TaskStatus::for_spec(&s, TaskState::Queued, 0).rank()
+                < TaskStatus::for_spec(&s, TaskState::Cancelled, 0).rank()
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! The library's error type: one enum, so callers can match on what went wrong
+//! (configuration, Redis, signing, encoding) without parsing strings.
+
+use thiserror::Error;
+
+/// Every fallible library operation returns this error.
+#[derive(Debug, Error)]
+pub enum StemError {
+    /// A configuration value is invalid. `variable` names the setting.
+    #[error("{variable}: {message}")]
+    Config { variable: String, message: String },
+    /// Redis could not be reached or answered with an error.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// An envelope failed signature verification.
+    #[error("signature invalid: {0}")]
+    Signature(String),
+    /// Bytes that should hold an envelope or status did not decode.
+    #[error("malformed data: {0}")]
+    Malformed(String),
+    /// JSON encoding or decoding failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The task name is not in the registry.
+    #[error("unknown task \"{0}\"")]
+    UnknownTask(String),
+    /// A caller passed an argument outside its allowed range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A wait or other bounded operation ran out of time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// TLS material could not be read or is invalid.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+impl StemError {
+    /// Shorthand for a configuration error naming `variable`.
+    pub fn config(variable: impl Into<String>, message: impl Into<String>) -> Self {
+        StemError::Config {
+            variable: variable.into(),
+            message: message.into(),
+        }
+    }
+
+    /// True when the error means the store is unreachable rather than the
+    /// request being wrong (used to answer 503 and to retry with backoff).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StemError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || matches!(e.kind(), redis::ErrorKind::Io)
+            }
+            StemError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Library result alias.
+pub type Result<T, E = StemError> = std::result::Result<T, E>;

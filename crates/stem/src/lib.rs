@@ -1,0 +1,65 @@
+//! # Stem
+//!
+//! Distributed background tasks on Redis Streams, with signed envelopes.
+//!
+//! The map of the crate:
+//! - [`config`]: every `STEM_*` variable, validated once.
+//! - [`envelope`]: [`TaskSpec`](envelope::TaskSpec) (the signed body),
+//!   [`WireEnvelope`](envelope::WireEnvelope) (body + delivery state),
+//!   [`TaskStatus`](envelope::TaskStatus).
+//! - [`signing`]: HMAC-SHA256 and Ed25519 key rings, signer, verifier.
+//! - [`broker`]: the [`Broker`](broker::Broker) trait, Redis Streams and
+//!   in-memory implementations.
+//! - [`backend`]: the [`ResultBackend`](backend::ResultBackend) trait
+//!   (statuses, groups), Redis and in-memory.
+//! - [`task`]: the [`Task`](task::Task) trait, registry and task context.
+//! - [`client`]: [`Stem`](client::Stem), the producer API (enqueue, status,
+//!   wait) and canvas entry points; [`canvas`] holds group/chain/chord.
+//! - [`worker`]: the runtime that fetches, leases, runs, retries and
+//!   dead-letters.
+//! - [`demo`]: the demo task catalogue shared by every binary.
+//! - [`redis_conn`]: URL + TLS → connections. [`telemetry`]: logging.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use stem::task::{Task, TaskContext, TaskResult};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Resize { width: u32 }
+//!
+//! struct ResizeImage;
+//!
+//! #[stem::async_trait]
+//! impl Task for ResizeImage {
+//!     const NAME: &'static str = "images.resize";
+//!     type Args = Resize;
+//!     type Output = String;
+//!     async fn run(&self, _ctx: TaskContext, args: Resize) -> TaskResult<String> {
+//!         Ok(format!("resized to {}", args.width))
+//!     }
+//! }
+//!
+//! # async fn demo() -> stem::Result<()> {
+//! let stem = stem::client::Stem::memory();
+//! stem.registry().register(ResizeImage);
+//! let id = stem.enqueue::<ResizeImage>(Resize { width: 64 }).await?;
+//! # let _ = id; Ok(()) }
+//! ```
+
+pub mod backend;
+pub mod broker;
+pub mod canvas;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod envelope;
+pub mod error;
+pub mod redis_conn;
+pub mod runtime;
+pub mod signing;
+pub mod task;
+pub mod telemetry;
+pub mod worker;
+
+pub use async_trait::async_trait;
+pub use error::{Result, StemError};

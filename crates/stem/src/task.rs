@@ -1,0 +1,285 @@
+//! Defining tasks: the typed [`Task`] trait, the name-keyed [`TaskRegistry`]
+//! the worker dispatches through, and the [`TaskContext`] a running task
+//! gets (progress, cancellation, soft time limit, canvas inputs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::ResultBackend;
+use crate::envelope::{format_ms, now_ms, Progress, TaskState, TaskStatus};
+
+/// Why a task body failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskFailure {
+    pub message: String,
+    /// `false` skips the remaining retry budget (dead-letter at once).
+    pub retryable: bool,
+}
+
+impl TaskFailure {
+    /// A failure that may be retried.
+    pub fn new(message: impl Into<String>) -> Self {
+        TaskFailure {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+    /// A failure that is not retried.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        TaskFailure {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for TaskFailure {
+    fn from(s: String) -> Self {
+        TaskFailure::new(s)
+    }
+}
+impl From<&str> for TaskFailure {
+    fn from(s: &str) -> Self {
+        TaskFailure::new(s)
+    }
+}
+impl From<crate::StemError> for TaskFailure {
+    fn from(e: crate::StemError) -> Self {
+        TaskFailure::new(e.to_string())
+    }
+}
+impl From<serde_json::Error> for TaskFailure {
+    fn from(e: serde_json::Error) -> Self {
+        TaskFailure::fatal(format!("invalid arguments: {e}"))
+    }
+}
+
+/// What a task body returns.
+pub type TaskResult<T> = std::result::Result<T, TaskFailure>;
+
+/// Per-task settings, shared by producers (queue, retry budget, priority)
+/// and workers (time limits).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskOptions {
+    pub queue: String,
+    /// Retries after the first attempt. Applies to every envelope of the
+    /// task, whichever producer sent it.
+    pub max_retries: u32,
+    pub priority: u8,
+    /// Soft limit: the context's [`TaskContext::soft_limit_reached`] fires.
+    pub soft_time_limit: Option<Duration>,
+    /// Hard limit: the body is stopped and the attempt fails.
+    pub time_limit: Option<Duration>,
+    /// Meta added to every envelope of the task.
+    pub meta: Map<String, Value>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            queue: "default".into(),
+            max_retries: 3,
+            priority: 0,
+            soft_time_limit: None,
+            time_limit: None,
+            meta: Map::new(),
+        }
+    }
+}
+
+/// A typed task.
+#[async_trait]
+pub trait Task: Send + Sync + 'static {
+    /// Registered name, e.g. `images.resize`.
+    const NAME: &'static str;
+    /// Arguments, carried as JSON.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// Result, stored as JSON.
+    type Output: Serialize + Send + 'static;
+
+    /// Queue, retry budget, limits.
+    fn options(&self) -> TaskOptions {
+        TaskOptions::default()
+    }
+
+    /// The body.
+    async fn run(&self, ctx: TaskContext, args: Self::Args) -> TaskResult<Self::Output>;
+}
+
+/// A task behind a name, with JSON in and out. [`Task`]s are adapted to
+/// this; dynamic catalogues implement it directly.
+#[async_trait]
+pub trait TaskHandler: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn options(&self) -> TaskOptions;
+    async fn call(&self, ctx: TaskContext, args: Value) -> TaskResult<Value>;
+}
+
+struct Typed<T: Task>(T);
+
+#[async_trait]
+impl<T: Task> TaskHandler for Typed<T> {
+    fn name(&self) -> &str {
+        T::NAME
+    }
+    fn options(&self) -> TaskOptions {
+        self.0.options()
+    }
+    async fn call(&self, ctx: TaskContext, args: Value) -> TaskResult<Value> {
+        let args: T::Args = serde_json::from_value(args)?;
+        let out = self.0.run(ctx, args).await?;
+        serde_json::to_value(out)
+            .map_err(|e| TaskFailure::fatal(format!("unserialisable result: {e}")))
+    }
+}
+
+/// Tasks by name. Cheap to clone; clones share entries.
+#[derive(Clone, Default)]
+pub struct TaskRegistry {
+    inner: Arc<RwLock<HashMap<String, Arc<dyn TaskHandler>>>>,
+}
+
+impl TaskRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a typed task.
+    pub fn register<T: Task>(&self, task: T) -> &Self {
+        self.register_handler(Arc::new(Typed(task)))
+    }
+
+    /// Registers a handler under its name (replacing an earlier one).
+    pub fn register_handler(&self, handler: Arc<dyn TaskHandler>) -> &Self {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handler.name().to_string(), handler);
+        self
+    }
+
+    /// The handler for `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn TaskHandler>> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Options of `name`, when registered.
+    pub fn options(&self, name: &str) -> Option<TaskOptions> {
+        self.get(name).map(|h| h.options())
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// What a running task can see and do.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub task_id: String,
+    pub name: String,
+    pub queue: String,
+    /// 0 on the first execution.
+    pub attempt: u32,
+    pub max_retries: u32,
+    pub headers: BTreeMap<String, String>,
+    pub meta: Map<String, Value>,
+    /// Result of the previous step when this task is a chain step.
+    pub chain_previous: Option<Value>,
+    /// Results of the header tasks when this task is a chord callback.
+    pub chord_results: Option<Vec<Value>>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) soft: CancellationToken,
+    pub(crate) progress: Option<(Arc<dyn ResultBackend>, Arc<TaskStatus>)>,
+}
+
+impl TaskContext {
+    /// A context for calling a task body directly (tests, examples).
+    pub fn detached(name: &str, args_meta: Map<String, Value>) -> Self {
+        TaskContext {
+            task_id: crate::envelope::new_task_id(),
+            name: name.to_string(),
+            queue: "default".into(),
+            attempt: 0,
+            max_retries: 0,
+            headers: BTreeMap::new(),
+            meta: args_meta,
+            chain_previous: None,
+            chord_results: None,
+            cancel: CancellationToken::new(),
+            soft: CancellationToken::new(),
+            progress: None,
+        }
+    }
+
+    /// Records progress (0.0–1.0 plus data) in the task's status, where
+    /// `GET /tasks/{id}` and the dashboard show it.
+    pub async fn progress(&self, fraction: f64, data: Value) {
+        let Some((backend, base)) = &self.progress else {
+            return;
+        };
+        let mut status = (**base).clone();
+        status.state = TaskState::Running;
+        status.progress = Some(Progress {
+            fraction: fraction.clamp(0.0, 1.0),
+            data,
+        });
+        status.updated_at = format_ms(now_ms());
+        if let Err(e) = backend.set_statuses(&[status]).await {
+            tracing::warn!(task_id = %self.task_id, error = %e, "progress not recorded");
+        }
+    }
+
+    /// True once the task was revoked, hit its hard limit, or the worker
+    /// is stopping without time to finish it.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when [`is_cancelled`](Self::is_cancelled) becomes true.
+    pub fn cancelled(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.cancel.cancelled())
+    }
+
+    /// True once the soft time limit passed.
+    pub fn soft_limit_reached(&self) -> bool {
+        self.soft.is_cancelled()
+    }
+
+    /// Sleeps for `d`, returning `false` early when cancelled.
+    pub async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Runs one delivery: waits for a concurrency slot, records `running`,
+//! calls the body in its own tokio task (so a panic is caught and reported
+//! as a failure), enforces the hard limit with `tokio::time::timeout`,
+//! fires the soft limit and cancellation through the context, and sends
+//! the outcome to the completer.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::get_status;
+use crate::broker::Delivery;
+use crate::canvas::{CHAIN_PREV_HEADER, CHORD_HEADER};
+use crate::envelope::{TaskSpec, TaskState, TaskStatus};
+use crate::task::{TaskContext, TaskFailure, TaskHandler};
+
+use super::{bump, Outcome, Shared};
+
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    d: Delivery,
+    spec: Arc<TaskSpec>,
+    handler: Arc<dyn TaskHandler>,
+) {
+    tokio::spawn(async move {
+        let permit = tokio::select! {
+            biased;
+            _ = shared.stopping.cancelled() => None,
+            p = shared.slots.clone().acquire_owned() => p.ok(),
+        };
+        let Some(permit) = permit else {
+            // Stopping before it started: hand it back untouched.
+            let _ = shared.outcomes.send(Outcome::Requeue {
+                receipt: d.receipt,
+                priority: spec.priority,
+                wire: d.wire,
+            });
+            return;
+        };
+        let outcome = run(&shared, d, spec, handler).await;
+        drop(permit);
+        let _ = shared.outcomes.send(outcome);
+    });
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    d: Delivery,
+    spec: Arc<TaskSpec>,
+    handler: Arc<dyn TaskHandler>,
+) -> Outcome {
+    let options = handler.options();
+    let cancel = CancellationToken::new();
+    if let Some(h) = shared
+        .held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(&d.receipt)
+    {
+        h.cancel = Some(cancel.clone());
+    }
+    let running = Arc::new(TaskStatus::for_spec(
+        &spec,
+        TaskState::Running,
+        d.wire.attempt,
+    ));
+    if let Err(e) = shared.backend.set_statuses(&[(*running).clone()]).await {
+        tracing::warn!(task_id = %spec.id, error = %e, "could not record running status");
+    }
+    bump(&shared.metrics.started);
+    tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
+
+    let chain_previous = match spec.headers.get(CHAIN_PREV_HEADER) {
+        Some(prev) => get_status(shared.backend.as_ref(), prev)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.result),
+        None => None,
+    };
+    let chord_results = match spec.headers.get(CHORD_HEADER) {
+        Some(gid) => shared.backend.get_group(gid).await.ok().flatten().map(|g| {
+            g.results
+                .into_values()
+                .map(|s| s.result)
+                .collect::<Vec<Value>>()
+        }),
+        None => None,
+    };
+    let soft = CancellationToken::new();
+    let ctx = TaskContext {
+        task_id: spec.id.clone(),
+        name: spec.name.clone(),
+        queue: spec.queue.clone(),
+        attempt: d.wire.attempt,
+        max_retries: options.max_retries,
+        headers: spec.headers.clone(),
+        meta: spec.meta.clone(),
+        chain_previous,
+        chord_results,
+        cancel: cancel.clone(),
+        soft: soft.clone(),
+        progress: Some((shared.backend.clone(), running)),
+    };
+    let soft_timer = options.soft_time_limit.map(|limit| {
+        let soft = soft.clone();
+        let task_id = spec.id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            tracing::warn!(task_id = %task_id, limit_ms = limit.as_millis() as u64, "soft time limit reached");
+            soft.cancel();
+        })
+    });
+
+    let args = spec.args.clone();
+    let body = tokio::spawn(async move { handler.call(ctx, args).await });
+    let abort = body.abort_handle();
+    let hard = options.time_limit;
+    let joined = async move {
+        match hard {
+            Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),
+            None => Ok(body.await),
+        }
+    };
+    let result = tokio::select! {
+        r = joined => match r {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) if join.is_panic() => {
+                let msg = panic_message(join.into_panic());
+                tracing::error!(task_id = %spec.id, panic = %msg, "task panicked");
+                Err(TaskFailure::new(format!("task panicked: {msg}")))
+            }
+            Ok(Err(_)) => Err(TaskFailure::new("task was aborted")),
+            Err(limit) => {
+                cancel.cancel();
+                abort.abort();
+                Err(TaskFailure::new(format!("hard time limit of {}ms exceeded", limit.as_millis())))
+            }
+        },
+        _ = shared.force.cancelled() => {
+            cancel.cancel();
+            abort.abort();
+            if let Some(t) = soft_timer { t.abort(); }
+            tracing::warn!(task_id = %spec.id, "stopped by shutdown; handing back");
+            return Outcome::Requeue { receipt: d.receipt, priority: spec.priority, wire: d.wire };
+        }
+    };
+    if let Some(t) = soft_timer {
+        t.abort();
+    }
+    Outcome::Finished {
+        receipt: d.receipt,
+        spec,
+        wire: d.wire,
+        result,
+        budget: options.max_retries,
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}

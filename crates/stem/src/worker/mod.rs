@@ -1,0 +1,415 @@
+//! The worker runtime.
+//!
+//! - **fetch** ([`Worker::run`]): never holds more than
+//!   `concurrency × prefetch_multiplier` entries; asks the broker for
+//!   exactly the free slots.
+//! - **admit** (`admit.rs`): verifies signatures, decodes, skips tasks whose
+//!   status is already final, dead-letters what cannot run.
+//! - **execute** (`execute.rs`): one tokio task per delivery under a
+//!   semaphore, with hard/soft limits, cancellation and panic capture.
+//! - **complete** (`complete.rs`): batches outcomes; writes statuses and
+//!   group results, *then* acknowledges, retries or dead-letters.
+//! - **leases**: every `visibility_timeout / 3` the worker renews the
+//!   entries it holds; every `visibility_timeout / 2` it recovers entries
+//!   whose owner died; every 200 ms it promotes due delayed entries.
+//! - **shutdown**: stop fetching, let running tasks finish within the
+//!   grace period, hand the rest back for immediate redelivery.
+
+mod admit;
+mod backoff;
+mod complete;
+mod execute;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use backoff::{retry_cap, retry_delay};
+
+use crate::backend::ResultBackend;
+use crate::broker::{Broker, Receipt};
+use crate::client::Stem;
+use crate::config::WorkerSettings;
+use crate::envelope::{TaskSpec, WireEnvelope};
+use crate::error::Result;
+use crate::signing::Verifier;
+use crate::task::TaskRegistry;
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub namespace: String,
+    pub concurrency: usize,
+    pub prefetch_multiplier: usize,
+    pub visibility_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// How long one fetch waits for work.
+    pub fetch_block: Duration,
+    /// Period of the delayed-task promoter.
+    pub promote_interval: Duration,
+}
+
+impl WorkerOptions {
+    /// Defaults for `queues`.
+    pub fn new(name: impl Into<String>, queues: &[&str]) -> Self {
+        WorkerOptions {
+            name: name.into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            namespace: "stem".into(),
+            concurrency: 4,
+            prefetch_multiplier: 2,
+            visibility_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            fetch_block: Duration::from_secs(1),
+            promote_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl From<&WorkerSettings> for WorkerOptions {
+    fn from(s: &WorkerSettings) -> Self {
+        WorkerOptions {
+            name: s.name.clone(),
+            queues: s.queues.clone(),
+            namespace: s.namespace.clone(),
+            concurrency: s.concurrency,
+            prefetch_multiplier: s.prefetch_multiplier,
+            visibility_timeout: s.visibility_timeout,
+            shutdown_grace: s.shutdown_grace,
+            fetch_block: Duration::from_secs(1),
+            promote_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Counters a worker keeps (exported as `stem_tasks_*_total`).
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    pub signature_invalid: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// An entry the worker holds (fetched, not yet settled).
+struct Held {
+    /// Set once the body runs; used to cancel it.
+    cancel: Option<CancellationToken>,
+}
+
+/// What happened to one delivery.
+pub(crate) enum Outcome {
+    /// The body returned.
+    Finished {
+        receipt: Receipt,
+        spec: Arc<TaskSpec>,
+        wire: WireEnvelope,
+        result: std::result::Result<serde_json::Value, crate::task::TaskFailure>,
+        budget: u32,
+    },
+    /// Not run (shutdown): hand back at the same attempt.
+    Requeue {
+        receipt: Receipt,
+        wire: WireEnvelope,
+        priority: u8,
+    },
+}
+
+pub(crate) struct Shared {
+    opts: WorkerOptions,
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    registry: TaskRegistry,
+    verifier: Option<Verifier>,
+    held: Mutex<HashMap<Receipt, Held>>,
+    settled: Notify,
+    slots: Arc<Semaphore>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    /// Cancelled when running bodies must stop (grace period over).
+    force: CancellationToken,
+    /// Cancelled when the worker stops fetching.
+    stopping: CancellationToken,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl Shared {
+    fn held_count(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+    fn held_receipts(&self) -> Vec<Receipt> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+    fn release(&self, receipts: &[Receipt]) {
+        {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            for r in receipts {
+                held.remove(r);
+            }
+        }
+        self.settled.notify_waiters();
+    }
+    fn bound(&self) -> usize {
+        self.opts.concurrency * self.opts.prefetch_multiplier
+    }
+}
+
+/// A worker process's runtime.
+pub struct Worker {
+    opts: WorkerOptions,
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    registry: TaskRegistry,
+    verifier: Option<Verifier>,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl Worker {
+    /// A worker on `stem`'s stores and registry. With `verifier`, every
+    /// envelope must carry a valid signature.
+    pub fn new(opts: WorkerOptions, stem: &Stem, verifier: Option<Verifier>) -> Self {
+        Worker {
+            opts,
+            broker: stem.broker(),
+            backend: stem.backend(),
+            registry: stem.registry().clone(),
+            verifier,
+            metrics: Arc::new(WorkerMetrics::default()),
+        }
+    }
+
+    /// The worker's counters.
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(self.opts.concurrency)),
+            opts: self.opts,
+            broker: self.broker,
+            backend: self.backend,
+            registry: self.registry,
+            verifier: self.verifier,
+            held: Mutex::new(HashMap::new()),
+            settled: Notify::new(),
+            outcomes: tx,
+            force: CancellationToken::new(),
+            stopping: shutdown.clone(),
+            metrics: self.metrics,
+        });
+        let o = &shared.opts;
+        if shared.verifier.is_none() {
+            tracing::warn!(worker = %o.name, "no verification keys configured: unsigned envelopes will run");
+        }
+        tracing::info!(
+            worker = %o.name, queues = ?o.queues, namespace = %o.namespace,
+            concurrency = o.concurrency, prefetch = shared.bound(),
+            visibility_timeout_ms = o.visibility_timeout.as_millis() as u64,
+            "worker starting"
+        );
+        register_with_retry(&shared, &shutdown).await;
+
+        let background = CancellationToken::new();
+        let completer = tokio::spawn(complete::run(shared.clone(), rx, background.clone()));
+        let mut loops = vec![
+            tokio::spawn(renew_loop(shared.clone(), background.clone())),
+            tokio::spawn(promote_loop(shared.clone(), background.clone())),
+            tokio::spawn(recover_loop(shared.clone(), background.clone())),
+        ];
+        tracing::info!(worker = %shared.opts.name, "worker ready");
+        fetch_loop(&shared, &shutdown).await;
+
+        // Drain: running tasks get the grace period.
+        let held = shared.held_count();
+        tracing::info!(worker = %shared.opts.name, held, grace_ms = shared.opts.shutdown_grace.as_millis() as u64, "worker stopping: draining");
+        let drained = tokio::time::timeout(shared.opts.shutdown_grace, async {
+            loop {
+                let notified = shared.settled.notified();
+                if shared.held_count() == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(worker = %shared.opts.name, left = shared.held_count(), "grace period over: handing running tasks back");
+            shared.force.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    let notified = shared.settled.notified();
+                    if shared.held_count() == 0 {
+                        break;
+                    }
+                    notified.await;
+                }
+            })
+            .await;
+        }
+        background.cancel();
+        for l in loops.drain(..) {
+            let _ = l.await;
+        }
+        drop(shared);
+        let _ = completer.await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+async fn register_with_retry(shared: &Arc<Shared>, shutdown: &CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        match shared.broker.register_queues(&shared.opts.queues).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!("broker reachable again");
+                }
+                return;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::error!(error = %e, "broker unavailable; retrying with backoff");
+                }
+                failures += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff::outage_delay(failures)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
+    let mut failures = 0u32;
+    let consumer = shared.opts.name.clone();
+    while !shutdown.is_cancelled() {
+        let notified = shared.settled.notified();
+        let free = shared.bound().saturating_sub(shared.held_count());
+        if free == 0 {
+            tokio::select! {
+                _ = notified => {}
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        // Not raced against shutdown: a read whose reply were dropped would
+        // leave entries leased to us until the visibility timeout.
+        match shared
+            .broker
+            .fetch(
+                &consumer,
+                &shared.opts.queues,
+                free,
+                shared.opts.fetch_block,
+            )
+            .await
+        {
+            Ok(batch) => {
+                if failures > 0 {
+                    tracing::info!(worker = %consumer, "broker reachable again; resuming");
+                    failures = 0;
+                }
+                if !batch.is_empty() {
+                    admit::admit(shared, batch).await;
+                }
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::error!(worker = %consumer, error = %e, "fetch failed: broker unavailable; retrying with backoff");
+                }
+                failures += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff::outage_delay(failures)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+}
+
+async fn renew_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let period = (shared.opts.visibility_timeout / 3).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
+        let receipts = shared.held_receipts();
+        if receipts.is_empty() {
+            continue;
+        }
+        if let Err(e) = shared.broker.renew(&shared.opts.name, &receipts).await {
+            tracing::warn!(error = %e, held = receipts.len(), "lease renewal failed");
+        }
+    }
+}
+
+async fn promote_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.opts.promote_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        match shared
+            .broker
+            .promote_due(&shared.opts.queues, crate::envelope::now_ms())
+            .await
+        {
+            Ok(n) if n > 0 => tracing::debug!(promoted = n, "delayed tasks promoted"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "promotion failed"),
+        }
+    }
+}
+
+async fn recover_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let vt = shared.opts.visibility_timeout;
+    let period = (vt / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
+        if shared.stopping.is_cancelled() {
+            continue;
+        }
+        let free = shared.bound().saturating_sub(shared.held_count());
+        if free == 0 {
+            continue;
+        }
+        match shared
+            .broker
+            .recover(&shared.opts.name, &shared.opts.queues, vt, free)
+            .await
+        {
+            Ok(batch) if !batch.is_empty() => {
+                tracing::info!(worker = %shared.opts.name, recovered = batch.len(), "recovered tasks whose worker stopped renewing its lease");
+                admit::admit(&shared, batch).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "recovery failed"),
+        }
+    }
+}
+
+/// Names the counter increments as `stem_tasks_*` (for logs and tests).
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

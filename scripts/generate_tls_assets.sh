@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Generate a private CA plus a server and a client certificate for running
+# Stem against a TLS / mutual-TLS Redis.
+#
+# Usage:
+#   scripts/generate_tls_assets.sh [out_dir=certs] [primary_host=redis] [alt_names_csv=redis,localhost,127.0.0.1]
+#
+# Environment:
+#   DAYS       validity in days of every certificate (default 365)
+#   CLIENT_CN  common name of the client certificate (default stem-client)
+#
+# Produces in out_dir:
+#   ca.key / ca.crt          CA (CN "<primary_host>-ca")
+#   server.key / server.crt  server certificate (CN primary_host, SAN = every
+#                            entry of alt_names_csv: IP addresses as "IP.n",
+#                            names as "DNS.n"), EKU serverAuth
+#   client.key / client.crt  client certificate (CN $CLIENT_CN), EKU clientAuth
+#
+# Keys are EC P-256, created under umask 077; certificates are made 0644.
+set -euo pipefail
+
+OUT_DIR="${1:-certs}"
+PRIMARY_HOST="${2:-redis}"
+ALT_NAMES_CSV="${3:-redis,localhost,127.0.0.1}"
+DAYS="${DAYS:-365}"
+CLIENT_CN="${CLIENT_CN:-stem-client}"
+
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "error: openssl not found on PATH (apt-get install openssl)" >&2
+    exit 1
+fi
+if ! [[ "$DAYS" =~ ^[0-9]+$ ]] || [ "$DAYS" -lt 1 ]; then
+    echo "error: DAYS must be a positive integer, got '$DAYS'" >&2
+    exit 1
+fi
+
+umask 077
+mkdir -p "$OUT_DIR"
+cd "$OUT_DIR"
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+is_ip() {
+    local s="$1"
+    # IPv4 dotted quad with each octet <= 255
+    if [[ "$s" =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]]; then
+        local o
+        for o in "${BASH_REMATCH[@]:1}"; do
+            if [ "$o" -gt 255 ]; then
+                return 1
+            fi
+        done
+        return 0
+    fi
+    # IPv6: hex digits and colons (optionally a trailing dotted quad), at least one colon
+    if [[ "$s" == *:* ]] && [[ "$s" =~ ^[0-9A-Fa-f:.]+$ ]]; then
+        return 0
+    fi
+    return 1
+}
+
+# Build the subjectAltName section: IP.n for addresses, DNS.n for names.
+SAN_SECTION=""
+dns_n=0
+ip_n=0
+IFS=',' read -r -a ALT_NAMES <<<"$ALT_NAMES_CSV"
+for raw in "${ALT_NAMES[@]}"; do
+    # trim surrounding whitespace
+    name="${raw#"${raw%%[![:space:]]*}"}"
+    name="${name%"${name##*[![:space:]]}"}"
+    [ -z "$name" ] && continue
+    if is_ip "$name"; then
+        ip_n=$((ip_n + 1))
+        SAN_SECTION+="IP.${ip_n} = ${name}"$'\n'
+    else
+        dns_n=$((dns_n + 1))
+        SAN_SECTION+="DNS.${dns_n} = ${name}"$'\n'
+    fi
+done
+if [ -z "$SAN_SECTION" ]; then
+    dns_n=1
+    SAN_SECTION="DNS.1 = ${PRIMARY_HOST}"$'\n'
+fi
+
+cat >"$WORK/ca.ext" <<EOF
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign, digitalSignature
+subjectKeyIdentifier = hash
+EOF
+
+cat >"$WORK/server.ext" <<EOF
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyAgreement
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+subjectAltName = @alt_names
+
+[alt_names]
+${SAN_SECTION}
+EOF
+
+cat >"$WORK/client.ext" <<EOF
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyAgreement
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+EOF
+
+gen_key() {
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null
+}
+
+# --- CA ---------------------------------------------------------------------
+gen_key ca.key
+# Self-signed via CSR + x509 -extfile: portable across openssl versions.
+openssl req -new -sha256 -key ca.key -subj "/CN=${PRIMARY_HOST}-ca" -out "$WORK/ca.csr"
+openssl x509 -req -sha256 -in "$WORK/ca.csr" -signkey ca.key -days "$DAYS" \
+    -extfile "$WORK/ca.ext" -out ca.crt 2>/dev/null
+
+# --- server -----------------------------------------------------------------
+gen_key server.key
+openssl req -new -sha256 -key server.key -subj "/CN=${PRIMARY_HOST}" -out "$WORK/server.csr"
+openssl x509 -req -sha256 -in "$WORK/server.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+    -days "$DAYS" -extfile "$WORK/server.ext" -out server.crt 2>/dev/null
+
+# --- client -----------------------------------------------------------------
+gen_key client.key
+openssl req -new -sha256 -key client.key -subj "/CN=${CLIENT_CN}" -out "$WORK/client.csr"
+openssl x509 -req -sha256 -in "$WORK/client.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+    -days "$DAYS" -extfile "$WORK/client.ext" -out client.crt 2>/dev/null
+
+rm -f ca.srl
+chmod 600 ./*.key
+chmod 644 ./*.crt
+
+openssl verify -CAfile ca.crt server.crt client.crt >/dev/null
+
+echo "TLS assets written to $(pwd):"
+echo "  ca.crt / ca.key          CN=${PRIMARY_HOST}-ca"
+echo "  server.crt / server.key  CN=${PRIMARY_HOST}, SAN: $(printf '%s' "$SAN_SECTION" | sed -e 's/ = /:/' | paste -sd ' ' -)"
+echo "  client.crt / client.key  CN=${CLIENT_CN} (clientAuth)"
+echo "  valid for ${DAYS} days"

@@ -1,0 +1,66 @@
+//! One error enum for the API whose `IntoResponse` always writes JSON
+//! `{"error": "<sentence>", …}` with the right status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+/// An API failure.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 with a sentence.
+    BadRequest(String),
+    /// 400 for an unknown task, listing the known ones.
+    UnknownTask { task: String, known: Vec<String> },
+    /// 404 with a sentence.
+    NotFound(String),
+    /// 405.
+    MethodNotAllowed,
+    /// 413.
+    TooLarge,
+    /// 503: Redis did not answer.
+    Unavailable(String),
+    /// 500.
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body): (StatusCode, Value) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
+            ApiError::UnknownTask { task, known } => (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("Unknown task \"{task}\"."), "knownTasks": known }),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({ "error": "Method not allowed for this route." }),
+            ),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": "Request body is larger than 1 MiB." }),
+            ),
+            ApiError::Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": format!("Broker unavailable: {m}") }),
+            ),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": m })),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<stem::StemError> for ApiError {
+    fn from(e: stem::StemError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.to_string())
+        } else if let stem::StemError::InvalidArgument(m) = e {
+            ApiError::BadRequest(m)
+        } else {
+            tracing::error!(error = %e, "request failed");
+            ApiError::Internal("Internal error; see the enqueuer log.".into())
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Enqueuer settings from `PORT`, `ENQUEUER_TLS_*` and
+//! `ENQUEUER_AUTOFILL_*`; invalid values name their variable.
+
+use std::path::PathBuf;
+
+use stem::config::{bool_var, process_env, Lookup};
+use stem::StemError;
+
+/// HTTPS material.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Demo traffic generator settings (reference §1.8).
+#[derive(Clone, Debug)]
+pub struct AutofillSettings {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub batch_size: u64,
+    pub failure_every: u64,
+}
+
+/// Everything the enqueuer reads besides [`stem::config::StemConfig`].
+#[derive(Clone, Debug)]
+pub struct EnqueuerSettings {
+    pub port: u16,
+    pub tls: Option<TlsFiles>,
+    pub autofill: AutofillSettings,
+}
+
+fn get(env: &dyn Lookup, key: &str) -> Option<String> {
+    env.get(key)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn positive(env: &dyn Lookup, key: &str, default: u64) -> Result<u64, StemError> {
+    match get(env, key) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(StemError::config(
+                key,
+                format!("expected a positive integer, got {v:?}"),
+            )),
+        },
+    }
+}
+
+fn readable(key: &str, path: String) -> Result<PathBuf, StemError> {
+    std::fs::metadata(&path)
+        .map_err(|e| StemError::config(key, format!("cannot read {path}: {e}")))?;
+    Ok(PathBuf::from(path))
+}
+
+impl EnqueuerSettings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, StemError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads through `env`.
+    pub fn from_lookup(env: &dyn Lookup) -> Result<Self, StemError> {
+        let port = match get(env, "PORT") {
+            None => 8081,
+            Some(p) => p.parse::<u16>().map_err(|_| {
+                StemError::config("PORT", format!("expected a port number, got {p:?}"))
+            })?,
+        };
+        let tls = match (get(env, "ENQUEUER_TLS_CERT"), get(env, "ENQUEUER_TLS_KEY")) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: readable("ENQUEUER_TLS_CERT", cert)?,
+                key: readable("ENQUEUER_TLS_KEY", key)?,
+                client_ca: get(env, "ENQUEUER_TLS_CLIENT_CA")
+                    .map(|p| readable("ENQUEUER_TLS_CLIENT_CA", p))
+                    .transpose()?,
+            }),
+            (None, None) => {
+                if get(env, "ENQUEUER_TLS_CLIENT_CA").is_some() {
+                    return Err(StemError::config(
+                        "ENQUEUER_TLS_CLIENT_CA",
+                        "needs ENQUEUER_TLS_CERT and ENQUEUER_TLS_KEY",
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => {
+                return Err(StemError::config(
+                    "ENQUEUER_TLS_KEY",
+                    "required with ENQUEUER_TLS_CERT",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(StemError::config(
+                    "ENQUEUER_TLS_CERT",
+                    "required with ENQUEUER_TLS_KEY",
+                ))
+            }
+        };
+        Ok(EnqueuerSettings {
+            port,
+            tls,
+            autofill: AutofillSettings {
+                enabled: bool_var(env, "ENQUEUER_AUTOFILL_ENABLED", false)?,
+                interval_ms: positive(env, "ENQUEUER_AUTOFILL_INTERVAL_MS", 2500)?,
+                batch_size: positive(env, "ENQUEUER_AUTOFILL_BATCH_SIZE", 2)?,
+                failure_every: positive(env, "ENQUEUER_AUTOFILL_FAILURE_EVERY", 8)?,
+            },
+        })
+    }
+}

@@ -1,0 +1,50 @@
+//! `worker`: one process consuming a queue set with the demo catalogue.
+//! Configuration from `STEM_*` (flags override); exit 78 on invalid
+//! configuration; SIGTERM drains within `STEM_SHUTDOWN_GRACE` and exits 0.
+
+use clap::Parser;
+use stem::client::Stem;
+use stem::config::{StemConfig, WorkerSettings};
+use stem::runtime::{config_or_exit, shutdown_token};
+use stem::worker::{Worker, WorkerOptions};
+
+/// Stem worker.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Queues to consume, comma-separated (overrides STEM_WORKER_QUEUES).
+    #[arg(long)]
+    queues: Option<String>,
+    /// Tasks run at once (overrides STEM_WORKER_CONCURRENCY).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Worker id (overrides STEM_WORKER_NAME).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    stem::telemetry::init_logging(stem::telemetry::log_format_from_env());
+    if let Some(q) = &args.queues {
+        std::env::set_var("STEM_WORKER_QUEUES", q);
+    }
+    if let Some(c) = args.concurrency {
+        std::env::set_var("STEM_WORKER_CONCURRENCY", c.to_string());
+    }
+    if let Some(n) = &args.name {
+        std::env::set_var("STEM_WORKER_NAME", n);
+    }
+    let config = config_or_exit(StemConfig::from_env());
+    let settings = config_or_exit(WorkerSettings::from_env());
+    let stem = config_or_exit(Stem::connect(&config)).with_registry(stem::demo::registry());
+    tracing::info!(broker = %config.broker_url.redacted(), "Worker \"{}\" listening on queues {:?}", settings.name, settings.queues);
+    let worker = Worker::new(
+        WorkerOptions::from(&settings),
+        &stem,
+        config.keys.verifier(),
+    );
+    worker.run(shutdown_token()).await?;
+    Ok(())
+}
