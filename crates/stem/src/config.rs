@@ -200,10 +200,20 @@ impl StemConfig {
         Self::from_lookup(&process_env)
     }
 
+    /// Reads the process environment, with another default broker URL
+    /// (`stem dev` defaults to `memory://`).
+    pub fn from_env_with_broker_default(default_broker: &str) -> Result<Self> {
+        Self::from_lookup_with_default(&process_env, default_broker)
+    }
+
     /// Reads variables through `env`.
     pub fn from_lookup(env: &dyn Lookup) -> Result<Self> {
+        Self::from_lookup_with_default(env, DEFAULT_BROKER_URL)
+    }
+
+    fn from_lookup_with_default(env: &dyn Lookup, default_broker: &str) -> Result<Self> {
         let broker_raw =
-            non_empty(env, "STEM_BROKER_URL").unwrap_or_else(|| DEFAULT_BROKER_URL.to_string());
+            non_empty(env, "STEM_BROKER_URL").unwrap_or_else(|| default_broker.to_string());
         let broker_url = StoreUrl::parse("STEM_BROKER_URL", &broker_raw)?;
         let result_backend_url = match non_empty(env, "STEM_RESULT_BACKEND_URL") {
             Some(v) => StoreUrl::parse("STEM_RESULT_BACKEND_URL", &v)?,

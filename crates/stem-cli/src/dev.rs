@@ -1,0 +1,90 @@
+//! `stem dev`: enqueue API plus one worker per demo queue in one process,
+//! on the embedded in-memory broker unless `STEM_BROKER_URL` names Redis.
+//! Without configured keys it signs with an ephemeral HMAC key, so the
+//! signed path is what developers exercise.
+
+use clap::Args;
+use stem::client::Stem;
+use stem::config::{StemConfig, StoreUrl};
+use stem::runtime::{config_or_exit, shutdown_token};
+use stem::signing::{generate_hmac_secret, KeyRing};
+use stem::worker::{Worker, WorkerOptions};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Enqueue API port.
+    #[arg(long, env = "PORT", default_value_t = 8081)]
+    port: u16,
+    /// Concurrency of each demo worker.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+fn dev_config() -> stem::Result<StemConfig> {
+    let redis = matches!(
+        std::env::var("STEM_BROKER_URL").ok().as_deref().map(str::trim),
+        Some(u) if u.starts_with("redis://") || u.starts_with("rediss://")
+    );
+    let mut config = if redis {
+        StemConfig::from_env()?
+    } else {
+        let mut c = StemConfig::from_env_with_broker_default("memory://")?;
+        c.broker_url = StoreUrl::Memory;
+        c.result_backend_url = StoreUrl::Memory;
+        c.schedule_store_url = StoreUrl::Memory;
+        c
+    };
+    if !config.keys.has_signing_material() {
+        let secret = generate_hmac_secret();
+        let env = move |k: &str| match k {
+            "STEM_SIGNING_KEYS" => Some(format!("dev:{secret}")),
+            "STEM_SIGNING_ACTIVE_KEY" => Some("dev".to_string()),
+            _ => None,
+        };
+        config.keys = KeyRing::from_lookup(&env)?;
+        eprintln!(
+            "stem dev: no signing keys configured; signing with an ephemeral HMAC key (id \"dev\")"
+        );
+    }
+    Ok(config)
+}
+
+pub async fn run(args: DevArgs) -> i32 {
+    stem::telemetry::init_logging(stem::telemetry::log_format_from_env());
+    let config = config_or_exit(dev_config());
+    let stem = config_or_exit(Stem::connect(&config)).with_registry(stem::demo::registry());
+    let shutdown = shutdown_token();
+    let verifier = config.keys.verifier();
+
+    let mut workers = Vec::new();
+    for queue in stem::demo::QUEUES {
+        let mut opts = WorkerOptions::new(format!("dev-{queue}-{}", std::process::id()), &[queue]);
+        opts.concurrency = args.concurrency;
+        let worker = Worker::new(opts, &stem, verifier.clone());
+        workers.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+
+    let mut settings = config_or_exit(enqueuer::EnqueuerSettings::from_env());
+    settings.port = args.port;
+    println!("Stem dev stack on {}", config.broker_url.redacted());
+    println!("  Enqueue API: http://127.0.0.1:{}/enqueue", args.port);
+    println!(
+        "  Task status: http://127.0.0.1:{}/tasks/<taskId>",
+        args.port
+    );
+    println!("  Health:      http://127.0.0.1:{}/healthz", args.port);
+    println!("  Workers:     {}", stem::demo::QUEUES.join(", "));
+    println!("Try: curl -X POST http://127.0.0.1:{}/enqueue -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}'", args.port);
+    let served = enqueuer::serve(&settings, enqueuer::AppState { stem }, shutdown.clone()).await;
+    shutdown.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    match served {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            stem::runtime::EXIT_SOFTWARE
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! `stem keys hmac|ed25519`: fresh signing keys as `STEM_SIGNING_*` lines.
+
+use clap::Subcommand;
+use stem::signing::{generate_ed25519_pair, generate_hmac_secret};
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// A 32-byte HMAC-SHA256 secret.
+    Hmac {
+        /// Key id.
+        #[arg(long, default_value = "primary")]
+        id: String,
+    },
+    /// An Ed25519 key pair (workers need only the public key).
+    Ed25519 {
+        /// Key id.
+        #[arg(long, default_value = "primary")]
+        id: String,
+    },
+}
+
+pub fn run(cmd: KeysCommand) -> i32 {
+    match cmd {
+        KeysCommand::Hmac { id } => {
+            println!("STEM_SIGNING_ALGORITHM=hmac-sha256");
+            println!("STEM_SIGNING_KEYS={id}:{}", generate_hmac_secret());
+            println!("STEM_SIGNING_ACTIVE_KEY={id}");
+        }
+        KeysCommand::Ed25519 { id } => {
+            let (public, seed) = generate_ed25519_pair();
+            println!("STEM_SIGNING_ALGORITHM=ed25519");
+            println!("STEM_SIGNING_PUBLIC_KEYS={id}:{public}");
+            println!("STEM_SIGNING_PRIVATE_KEYS={id}:{seed}");
+            println!("STEM_SIGNING_ACTIVE_KEY={id}");
+            eprintln!(
+                "# give workers only STEM_SIGNING_PUBLIC_KEYS; producers need the private key"
+            );
+        }
+    }
+    0
+}

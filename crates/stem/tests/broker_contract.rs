@@ -1,0 +1,358 @@
+//! The broker contract, run against the in-memory and the Redis broker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{poll, Adapters};
+use stem::broker::{Fetched, NewDeadLetter, Outgoing};
+use stem::envelope::{new_task_id, now_ms, TaskSpec, WireEnvelope};
+
+fn wire(queue: &str, priority: u8) -> WireEnvelope {
+    let spec = TaskSpec {
+        id: new_task_id(),
+        name: "contract.task".into(),
+        queue: queue.into(),
+        args: serde_json::json!({"n": 1}),
+        headers: Default::default(),
+        meta: Default::default(),
+        enqueued_at: now_ms(),
+        max_retries: 1,
+        priority,
+    };
+    WireEnvelope {
+        body: spec.to_body().expect("body"),
+        key_id: Some("k".into()),
+        signature: Some("c2ln".into()),
+        attempt: 0,
+    }
+}
+
+fn out(queue: &str, priority: u8, w: &WireEnvelope) -> Outgoing {
+    Outgoing {
+        queue: queue.into(),
+        priority,
+        not_before_ms: None,
+        wire: w.clone(),
+    }
+}
+
+fn task(f: &Fetched) -> &stem::broker::Delivery {
+    match f {
+        Fetched::Task(d) => d,
+        Fetched::Malformed(m) => panic!("unexpected malformed entry: {}", m.error),
+    }
+}
+
+fn q(name: &str) -> Vec<String> {
+    vec![name.to_string()]
+}
+
+const NO_BLOCK: Duration = Duration::from_millis(1);
+
+async fn publish_fetch_ack_empties_the_queue(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c1")).await?;
+    let w = wire("c1", 0);
+    a.broker.publish(vec![out("c1", 0, &w)]).await?;
+    assert_eq!(a.broker.stats("c1").await?.ready, 1);
+    let got = a
+        .broker
+        .fetch("w1", &q("c1"), 10, Duration::from_secs(1))
+        .await?;
+    assert_eq!(got.len(), 1);
+    let d = task(&got[0]);
+    assert_eq!(
+        d.wire, w,
+        "body, key id, signature and attempt survive the trip"
+    );
+    let s = a.broker.stats("c1").await?;
+    assert_eq!((s.ready, s.inflight), (0, 1));
+    a.broker.ack(&[d.receipt.clone()]).await?;
+    let s = a.broker.stats("c1").await?;
+    assert_eq!((s.ready, s.inflight), (0, 0));
+    assert!(a
+        .broker
+        .fetch("w1", &q("c1"), 10, NO_BLOCK)
+        .await?
+        .is_empty());
+    assert!(a.broker.known_queues().await?.contains(&"c1".to_string()));
+    Ok(())
+}
+
+async fn fetch_takes_at_most_max(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c2")).await?;
+    let batch = (0..5).map(|_| out("c2", 0, &wire("c2", 0))).collect();
+    a.broker.publish(batch).await?;
+    let got = a.broker.fetch("w1", &q("c2"), 2, NO_BLOCK).await?;
+    assert_eq!(got.len(), 2);
+    assert_eq!(a.broker.stats("c2").await?.ready, 3);
+    Ok(())
+}
+
+async fn higher_priority_is_fetched_first(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c3")).await?;
+    for p in [0u8, 0, 9, 5] {
+        a.broker.publish(vec![out("c3", p, &wire("c3", p))]).await?;
+    }
+    let got = a.broker.fetch("w1", &q("c3"), 10, NO_BLOCK).await?;
+    let bands: Vec<u8> = got.iter().map(|f| f.receipt().band).collect();
+    assert_eq!(bands, vec![9, 5, 0, 0]);
+    let first = a.broker.fetch("w1", &q("c3"), 1, NO_BLOCK).await?;
+    assert!(first.is_empty());
+    Ok(())
+}
+
+async fn unacked_entry_is_recovered_after_the_lease(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c4")).await?;
+    let w = wire("c4", 0);
+    a.broker.publish(vec![out("c4", 0, &w)]).await?;
+    let got = a.broker.fetch("dead-worker", &q("c4"), 1, NO_BLOCK).await?;
+    assert_eq!(got.len(), 1);
+    let fetched_at = Instant::now();
+    let lease = Duration::from_millis(300);
+    let recovered = poll("recovery", Duration::from_secs(5), || async {
+        let r = a.broker.recover("rescuer", &q("c4"), lease, 10).await?;
+        Ok((!r.is_empty()).then_some(r))
+    })
+    .await?;
+    assert!(
+        fetched_at.elapsed() >= lease,
+        "recovered before the lease expired"
+    );
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(task(&recovered[0]).wire, w);
+    Ok(())
+}
+
+async fn renewed_lease_is_not_recovered(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c5")).await?;
+    a.broker.publish(vec![out("c5", 0, &wire("c5", 0))]).await?;
+    let got = a.broker.fetch("owner", &q("c5"), 1, NO_BLOCK).await?;
+    let receipt = got[0].receipt().clone();
+    let lease = Duration::from_millis(300);
+    let until = Instant::now() + lease * 4;
+    while Instant::now() < until {
+        a.broker
+            .renew("owner", std::slice::from_ref(&receipt))
+            .await?;
+        let stolen = a.broker.recover("thief", &q("c5"), lease, 10).await?;
+        assert!(stolen.is_empty(), "a renewed lease was recovered");
+        tokio::time::sleep(lease / 4).await;
+    }
+    let recovered = poll(
+        "recovery after renewals stop",
+        Duration::from_secs(5),
+        || async {
+            let r = a.broker.recover("thief", &q("c5"), lease, 10).await?;
+            Ok((!r.is_empty()).then_some(r))
+        },
+    )
+    .await?;
+    assert_eq!(recovered.len(), 1);
+    Ok(())
+}
+
+async fn delayed_entry_waits_for_its_time(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c6")).await?;
+    let due = now_ms() + 400;
+    let mut o = out("c6", 0, &wire("c6", 0));
+    o.not_before_ms = Some(due);
+    a.broker.publish(vec![o]).await?;
+    let s = a.broker.stats("c6").await?;
+    assert_eq!((s.ready, s.delayed), (0, 1), "a delayed entry is not ready");
+    assert!(a.broker.fetch("w", &q("c6"), 1, NO_BLOCK).await?.is_empty());
+    poll("promotion", Duration::from_secs(5), || async {
+        let n = a.broker.promote_due(&q("c6"), now_ms()).await?;
+        Ok((n == 1).then_some(()))
+    })
+    .await?;
+    assert!(now_ms() >= due, "promoted before its time");
+    assert_eq!(a.broker.fetch("w", &q("c6"), 1, NO_BLOCK).await?.len(), 1);
+    Ok(())
+}
+
+async fn retry_raises_attempt_and_keeps_the_signed_body(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c7")).await?;
+    let w = wire("c7", 0);
+    a.broker.publish(vec![out("c7", 0, &w)]).await?;
+    let got = a.broker.fetch("w", &q("c7"), 1, NO_BLOCK).await?;
+    let mut next = task(&got[0]).wire.clone();
+    next.attempt += 1;
+    a.broker
+        .retry(got[0].receipt(), next, 0, now_ms() + 200)
+        .await?;
+    let s = a.broker.stats("c7").await?;
+    assert_eq!((s.inflight, s.delayed), (0, 1));
+    poll("retry promotion", Duration::from_secs(5), || async {
+        Ok((a.broker.promote_due(&q("c7"), now_ms()).await? == 1).then_some(()))
+    })
+    .await?;
+    let again = a.broker.fetch("w", &q("c7"), 1, NO_BLOCK).await?;
+    let d = task(&again[0]);
+    assert_eq!(d.wire.attempt, 1);
+    assert_eq!(
+        (d.wire.body.clone(), d.wire.signature.clone()),
+        (w.body, w.signature)
+    );
+    Ok(())
+}
+
+async fn requeue_makes_the_entry_ready_at_once(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c8")).await?;
+    let w = wire("c8", 0);
+    a.broker.publish(vec![out("c8", 0, &w)]).await?;
+    let got = a.broker.fetch("w", &q("c8"), 1, NO_BLOCK).await?;
+    a.broker.requeue(got[0].receipt(), w.clone(), 0).await?;
+    let again = a.broker.fetch("w2", &q("c8"), 1, NO_BLOCK).await?;
+    assert_eq!(task(&again[0]).wire, w);
+    Ok(())
+}
+
+async fn dead_letters_list_show_replay_purge(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c9")).await?;
+    let w = wire("c9", 0);
+    a.broker
+        .publish(vec![out("c9", 0, &w), out("c9", 0, &wire("c9", 0))])
+        .await?;
+    let got = a.broker.fetch("w", &q("c9"), 2, NO_BLOCK).await?;
+    for f in &got {
+        a.broker
+            .dead_letter(
+                f.receipt(),
+                NewDeadLetter {
+                    reason: "max-retries-exhausted".into(),
+                    error: Some("boom".into()),
+                    wire: Some(task(f).wire.clone()),
+                    raw: None,
+                },
+            )
+            .await?;
+    }
+    let s = a.broker.stats("c9").await?;
+    assert_eq!((s.inflight, s.dead), (0, 2));
+    let list = a.broker.list_dead_letters("c9", 10).await?;
+    assert_eq!(list.len(), 2);
+    assert!(list
+        .iter()
+        .all(|d| d.reason == "max-retries-exhausted" && d.error.as_deref() == Some("boom")));
+    let mine = list
+        .iter()
+        .find(|d| d.wire.as_ref() == Some(&w))
+        .expect("dead letter of w");
+    let shown = a
+        .broker
+        .get_dead_letter("c9", &mine.id)
+        .await?
+        .expect("shown by id");
+    assert_eq!(shown.task_id(), w.spec().ok().map(|s| s.id));
+    let replayed = a
+        .broker
+        .replay_dead_letter("c9", &mine.id)
+        .await?
+        .expect("replayed");
+    assert_eq!(replayed.attempt, 1);
+    assert!(
+        a.broker.replay_dead_letter("c9", &mine.id).await?.is_none(),
+        "replayed only once"
+    );
+    let again = a.broker.fetch("w", &q("c9"), 1, NO_BLOCK).await?;
+    let d = task(&again[0]);
+    assert_eq!(
+        (
+            d.wire.body.clone(),
+            d.wire.signature.clone(),
+            d.wire.attempt
+        ),
+        (w.body, w.signature, 1)
+    );
+    assert_eq!(a.broker.purge_dead_letters("c9").await?, 1);
+    assert!(a.broker.list_dead_letters("c9", 10).await?.is_empty());
+    Ok(())
+}
+
+async fn purge_empties_ready_and_delayed(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c10")).await?;
+    let mut delayed = out("c10", 0, &wire("c10", 0));
+    delayed.not_before_ms = Some(now_ms() + 60_000);
+    a.broker
+        .publish(vec![
+            out("c10", 0, &wire("c10", 0)),
+            out("c10", 3, &wire("c10", 3)),
+            delayed,
+        ])
+        .await?;
+    assert_eq!(a.broker.purge("c10").await?, 3);
+    let s = a.broker.stats("c10").await?;
+    assert_eq!((s.ready, s.delayed), (0, 0));
+    a.broker
+        .publish(vec![out("c10", 0, &wire("c10", 0))])
+        .await?;
+    assert_eq!(
+        a.broker.fetch("w", &q("c10"), 5, NO_BLOCK).await?.len(),
+        1,
+        "usable after purge"
+    );
+    Ok(())
+}
+
+async fn blocked_fetch_does_not_delay_other_queues(a: Adapters) -> anyhow::Result<()> {
+    a.broker
+        .register_queues(&["ca".to_string(), "cb".to_string()])
+        .await?;
+    let broker = a.broker.clone();
+    let blocked = tokio::spawn(async move {
+        broker
+            .fetch("wa", &q("ca"), 1, Duration::from_secs(2))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    a.broker.publish(vec![out("cb", 0, &wire("cb", 0))]).await?;
+    let got = a
+        .broker
+        .fetch("wb", &q("cb"), 1, Duration::from_secs(1))
+        .await?;
+    assert_eq!(got.len(), 1);
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(blocked.await??.is_empty());
+    Ok(())
+}
+
+async fn blocking_fetch_wakes_on_publish(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c11")).await?;
+    let broker = a.broker.clone();
+    let waiting = tokio::spawn(async move {
+        let start = Instant::now();
+        let got = broker
+            .fetch("w", &q("c11"), 1, Duration::from_secs(5))
+            .await?;
+        anyhow::Ok((got.len(), start.elapsed()))
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.broker
+        .publish(vec![out("c11", 0, &wire("c11", 0))])
+        .await?;
+    let (n, waited) = waiting.await??;
+    assert_eq!(n, 1);
+    assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
+    Ok(())
+}
+
+contract_suite!(
+    publish_fetch_ack_empties_the_queue,
+    fetch_takes_at_most_max,
+    higher_priority_is_fetched_first,
+    unacked_entry_is_recovered_after_the_lease,
+    renewed_lease_is_not_recovered,
+    delayed_entry_waits_for_its_time,
+    retry_raises_attempt_and_keeps_the_signed_body,
+    requeue_makes_the_entry_ready_at_once,
+    dead_letters_list_show_replay_purge,
+    purge_empties_ready_and_delayed,
+    blocked_fetch_does_not_delay_other_queues,
+    blocking_fetch_wakes_on_publish,
+);

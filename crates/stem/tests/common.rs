@@ -1,0 +1,89 @@
+//! Adapter factories and polling helpers shared by the contract suites.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stem::backend::memory::MemoryBackend;
+use stem::backend::redis::RedisBackend;
+use stem::backend::ResultBackend;
+use stem::broker::memory::MemoryBroker;
+use stem::broker::redis::RedisBroker;
+use stem::broker::Broker;
+use stem::config::TlsSettings;
+use stem_testkit::RedisServer;
+
+/// One adapter pair under test; keeps its redis-server alive.
+pub struct Adapters {
+    pub broker: Arc<dyn Broker>,
+    pub backend: Arc<dyn ResultBackend>,
+    pub redis: Option<RedisServer>,
+}
+
+pub fn memory_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
+    Ok(Adapters {
+        broker: Arc::new(MemoryBroker::new()),
+        backend: Arc::new(MemoryBackend::new(ttl)),
+        redis: None,
+    })
+}
+
+pub fn redis_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
+    let server = RedisServer::start()?;
+    let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
+    Ok(Adapters {
+        broker: Arc::new(RedisBroker::new(client.clone(), 1000)?),
+        backend: Arc::new(RedisBackend::new(client, ttl)?),
+        redis: Some(server),
+    })
+}
+
+pub fn memory() -> anyhow::Result<Adapters> {
+    memory_with_ttl(Duration::from_secs(3600))
+}
+
+pub fn redis() -> anyhow::Result<Adapters> {
+    redis_with_ttl(Duration::from_secs(3600))
+}
+
+/// Polls `f` every 20 ms until it yields `Some`, or fails after `timeout`.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs each listed async test function against both adapters.
+#[macro_export]
+macro_rules! contract_suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory_adapter {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::common::memory()?).await
+                }
+            )*
+        }
+        mod redis_adapter {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::common::redis()?).await
+                }
+            )*
+        }
+    };
+}

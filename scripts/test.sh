@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs formatting,
+# lints and every test (unit, contract suite over memory and Redis,
+# black-box tests of the real binaries against private redis-servers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing ${need_apt[*]} (tests start their own private redis-server instances)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+start=$(date +%s)
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
+echo "==> scripts/generate_tls_assets.sh"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+scripts/generate_tls_assets.sh "$tmp/certs" redis "redis,localhost,127.0.0.1" >/dev/null
+openssl verify -CAfile "$tmp/certs/ca.crt" "$tmp/certs/server.crt" "$tmp/certs/client.crt"
+echo "==> all checks passed in $(( $(date +%s) - start ))s"
