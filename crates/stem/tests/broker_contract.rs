@@ -67,7 +67,7 @@ async fn publish_fetch_ack_empties_the_queue(a: Adapters) -> anyhow::Result<()> 
     );
     let s = a.broker.stats("c1").await?;
     assert_eq!((s.ready, s.inflight), (0, 1));
-    a.broker.ack(&[d.receipt.clone()]).await?;
+    a.broker.ack(std::slice::from_ref(&d.receipt)).await?;
     let s = a.broker.stats("c1").await?;
     assert_eq!((s.ready, s.inflight), (0, 0));
     assert!(a

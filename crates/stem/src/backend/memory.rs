@@ -22,10 +22,13 @@ impl<T> Expiring<T> {
     }
 }
 
+/// Expected count and results by task id.
+type Group = (u64, BTreeMap<String, TaskStatus>);
+
 #[derive(Default)]
 struct State {
     statuses: HashMap<String, Expiring<TaskStatus>>,
-    groups: HashMap<String, Expiring<(u64, BTreeMap<String, TaskStatus>)>>,
+    groups: HashMap<String, Expiring<Group>>,
     blobs: HashMap<String, Expiring<Vec<u8>>>,
 }
 

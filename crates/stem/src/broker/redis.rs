@@ -517,7 +517,7 @@ impl Broker for RedisBroker {
             .arg("~")
             .arg(self.dead_maxlen)
             .arg("*")
-            .arg(&self.dead_fields(&letter))
+            .arg(self.dead_fields(&letter))
             .ignore();
         pipe.exec_async(&mut self.conn()).await?;
         Ok(())

@@ -3,7 +3,14 @@
 //! as a failure), enforces the hard limit with `tokio::time::timeout`,
 //! fires the soft limit and cancellation through the context, and sends
 //! the outcome to the completer.
+//!
+//! Admitted deliveries wait for a slot in one priority queue ([`WaitQueue`]);
+//! a single dispatcher hands each free slot to the highest-priority waiting
+//! delivery (earliest admitted first within a priority), so prefetched
+//! entries start in priority order whatever order tokio polls tasks in.
 
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -17,31 +24,129 @@ use crate::task::{TaskContext, TaskFailure, TaskHandler};
 
 use super::{bump, Outcome, Shared};
 
+/// A delivery admitted but not started.
+struct Waiting {
+    seq: u64,
+    delivery: Delivery,
+    spec: Arc<TaskSpec>,
+    handler: Arc<dyn TaskHandler>,
+}
+
+impl Waiting {
+    fn key(&self) -> (u8, std::cmp::Reverse<u64>) {
+        (self.spec.priority, std::cmp::Reverse(self.seq))
+    }
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// Deliveries waiting for a concurrency slot: highest priority first, then
+/// admission order. Closed once the worker stops (later arrivals are
+/// handed straight back).
+#[derive(Default)]
+pub(super) struct WaitQueue {
+    heap: BinaryHeap<Waiting>,
+    next_seq: u64,
+    closed: bool,
+}
+
+fn requeue(shared: &Shared, d: Delivery, spec: &TaskSpec) {
+    let _ = shared.outcomes.send(Outcome::Requeue {
+        receipt: d.receipt,
+        priority: spec.priority,
+        wire: d.wire,
+    });
+}
+
+/// Queues an admitted delivery for execution.
 pub(super) fn spawn(
     shared: Arc<Shared>,
     d: Delivery,
     spec: Arc<TaskSpec>,
     handler: Arc<dyn TaskHandler>,
 ) {
-    tokio::spawn(async move {
+    {
+        let mut q = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if !q.closed {
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            q.heap.push(Waiting {
+                seq,
+                delivery: d,
+                spec,
+                handler,
+            });
+            drop(q);
+            shared.waiting_changed.notify_one();
+            return;
+        }
+    }
+    // Stopping before it started: hand it back untouched.
+    requeue(&shared, d, &spec);
+}
+
+/// Hands each free concurrency slot to the best waiting delivery, until
+/// the worker stops; then hands back every delivery that never started.
+pub(super) async fn dispatch(shared: Arc<Shared>) {
+    loop {
         let permit = tokio::select! {
             biased;
             _ = shared.stopping.cancelled() => None,
             p = shared.slots.clone().acquire_owned() => p.ok(),
         };
-        let Some(permit) = permit else {
-            // Stopping before it started: hand it back untouched.
-            let _ = shared.outcomes.send(Outcome::Requeue {
-                receipt: d.receipt,
-                priority: spec.priority,
-                wire: d.wire,
-            });
-            return;
+        let Some(permit) = permit else { break };
+        let next = loop {
+            let changed = shared.waiting_changed.notified();
+            let popped = shared
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .heap
+                .pop();
+            if let Some(w) = popped {
+                break Some(w);
+            }
+            tokio::select! {
+                biased;
+                _ = shared.stopping.cancelled() => break None,
+                _ = changed => {}
+            }
         };
-        let outcome = run(&shared, d, spec, handler).await;
-        drop(permit);
-        let _ = shared.outcomes.send(outcome);
-    });
+        let Some(w) = next else { break };
+        if shared.stopping.is_cancelled() {
+            requeue(&shared, w.delivery, &w.spec);
+            break;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let outcome = run(&shared, w.delivery, w.spec, w.handler).await;
+            drop(permit);
+            let _ = shared.outcomes.send(outcome);
+        });
+    }
+    let left: Vec<Waiting> = {
+        let mut q = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        q.closed = true;
+        std::mem::take(&mut q.heap).into_vec()
+    };
+    for w in left {
+        requeue(&shared, w.delivery, &w.spec);
+    }
 }
 
 async fn run(

@@ -5,8 +5,10 @@
 //!   exactly the free slots.
 //! - **admit** (`admit.rs`): verifies signatures, decodes, skips tasks whose
 //!   status is already final, dead-letters what cannot run.
-//! - **execute** (`execute.rs`): one tokio task per delivery under a
-//!   semaphore, with hard/soft limits, cancellation and panic capture.
+//! - **execute** (`execute.rs`): admitted deliveries wait in a priority
+//!   queue; a dispatcher gives each free concurrency slot to the highest
+//!   priority one (FIFO within a priority), which then runs in its own
+//!   tokio task with hard/soft limits, cancellation and panic capture.
 //! - **complete** (`complete.rs`): batches outcomes; writes statuses and
 //!   group results, *then* acknowledges, retries or dead-letters.
 //! - **leases**: every `visibility_timeout / 3` the worker renews the
@@ -132,6 +134,9 @@ pub(crate) struct Shared {
     held: Mutex<HashMap<Receipt, Held>>,
     settled: Notify,
     slots: Arc<Semaphore>,
+    /// Admitted deliveries waiting for a slot, in priority order.
+    waiting: Mutex<execute::WaitQueue>,
+    waiting_changed: Notify,
     outcomes: mpsc::UnboundedSender<Outcome>,
     /// Cancelled when running bodies must stop (grace period over).
     force: CancellationToken,
@@ -200,6 +205,8 @@ impl Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(self.opts.concurrency)),
+            waiting: Mutex::new(execute::WaitQueue::default()),
+            waiting_changed: Notify::new(),
             opts: self.opts,
             broker: self.broker,
             backend: self.backend,
@@ -230,6 +237,7 @@ impl Worker {
             tokio::spawn(renew_loop(shared.clone(), background.clone())),
             tokio::spawn(promote_loop(shared.clone(), background.clone())),
             tokio::spawn(recover_loop(shared.clone(), background.clone())),
+            tokio::spawn(execute::dispatch(shared.clone())),
         ];
         tracing::info!(worker = %shared.opts.name, "worker ready");
         fetch_loop(&shared, &shutdown).await;

@@ -1,0 +1,207 @@
+//! The result-backend contract, run against the in-memory and the Redis
+//! backend.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{poll, Adapters};
+use stem::envelope::{new_task_id, now_ms, TaskSpec, TaskState, TaskStatus};
+
+fn spec() -> TaskSpec {
+    TaskSpec {
+        id: new_task_id(),
+        name: "contract.task".into(),
+        queue: "q".into(),
+        args: serde_json::json!({}),
+        headers: Default::default(),
+        meta: Default::default(),
+        enqueued_at: now_ms(),
+        max_retries: 2,
+        priority: 0,
+    }
+}
+
+async fn state_of(a: &Adapters, id: &str) -> anyhow::Result<Option<(TaskState, u32)>> {
+    Ok(stem::backend::get_status(a.backend.as_ref(), id)
+        .await?
+        .map(|s| (s.state, s.attempt)))
+}
+
+async fn status_round_trips(a: Adapters) -> anyhow::Result<()> {
+    let s = spec();
+    let mut st = TaskStatus::for_spec(&s, TaskState::Succeeded, 1);
+    st.result = serde_json::json!({"ok": [1, 2]});
+    a.backend.set_statuses(&[st.clone()]).await?;
+    let got = a
+        .backend
+        .get_statuses(&[s.id.clone(), "missing".into()])
+        .await?;
+    assert_eq!(got, vec![Some(st), None]);
+    Ok(())
+}
+
+async fn status_never_moves_backwards(a: Adapters) -> anyhow::Result<()> {
+    let s = spec();
+    let set = |state, attempt| TaskStatus::for_spec(&s, state, attempt);
+    a.backend
+        .set_statuses(&[set(TaskState::Running, 0)])
+        .await?;
+    a.backend.set_statuses(&[set(TaskState::Queued, 0)]).await?;
+    assert_eq!(
+        state_of(&a, &s.id).await?,
+        Some((TaskState::Running, 0)),
+        "late queued is dropped"
+    );
+    a.backend
+        .set_statuses(&[set(TaskState::Retried, 0)])
+        .await?;
+    a.backend
+        .set_statuses(&[set(TaskState::Running, 1)])
+        .await?;
+    assert_eq!(
+        state_of(&a, &s.id).await?,
+        Some((TaskState::Running, 1)),
+        "a retry's run outranks retried"
+    );
+    a.backend
+        .set_statuses(&[set(TaskState::Succeeded, 1)])
+        .await?;
+    a.backend
+        .set_statuses(&[set(TaskState::Running, 1), set(TaskState::Queued, 0)])
+        .await?;
+    assert_eq!(
+        state_of(&a, &s.id).await?,
+        Some((TaskState::Succeeded, 1)),
+        "final state is kept"
+    );
+    let mut progress = set(TaskState::Running, 2);
+    progress.result = serde_json::json!(1);
+    a.backend.set_statuses(&[progress.clone()]).await?;
+    progress.result = serde_json::json!(2);
+    a.backend.set_statuses(&[progress]).await?;
+    let got = stem::backend::get_status(a.backend.as_ref(), &s.id)
+        .await?
+        .expect("status");
+    assert_eq!(
+        got.result,
+        serde_json::json!(2),
+        "equal rank (progress) overwrites"
+    );
+    Ok(())
+}
+
+async fn statuses_expire_after_the_ttl(a: Adapters) -> anyhow::Result<()> {
+    let s = spec();
+    a.backend
+        .set_statuses(&[TaskStatus::for_spec(&s, TaskState::Queued, 0)])
+        .await?;
+    assert!(state_of(&a, &s.id).await?.is_some());
+    poll("status expiry", Duration::from_secs(5), || async {
+        Ok(state_of(&a, &s.id).await?.is_none().then_some(()))
+    })
+    .await
+}
+
+async fn groups_aggregate_results(a: Adapters) -> anyhow::Result<()> {
+    assert!(a.backend.get_group("grp-unknown").await?.is_none());
+    a.backend.init_group("grp-1", 2).await?;
+    let (s1, s2) = (spec(), spec());
+    let p = a
+        .backend
+        .add_group_results(&[(
+            "grp-1".into(),
+            TaskStatus::for_spec(&s1, TaskState::Succeeded, 0),
+        )])
+        .await?;
+    assert_eq!((p[0].completed, p[0].expected), (1, 2));
+    let p = a
+        .backend
+        .add_group_results(&[
+            (
+                "grp-1".into(),
+                TaskStatus::for_spec(&s2, TaskState::Failed, 1),
+            ),
+            (
+                "grp-unknown".into(),
+                TaskStatus::for_spec(&s2, TaskState::Failed, 1),
+            ),
+        ])
+        .await?;
+    assert_eq!(p.len(), 1, "unknown groups are skipped");
+    assert_eq!((p[0].completed, p[0].expected), (2, 2));
+    let g = a.backend.get_group("grp-1").await?.expect("group");
+    assert_eq!(g.expected, 2);
+    assert_eq!(g.results.len(), 2);
+    assert_eq!(g.results[&s2.id].state, TaskState::Failed);
+    a.backend.init_group("grp-1", 3).await?;
+    let g = a.backend.get_group("grp-1").await?.expect("group");
+    assert_eq!((g.expected, g.results.len()), (3, 0), "init resets");
+    Ok(())
+}
+
+async fn put_if_absent_keeps_the_first_value(a: Adapters) -> anyhow::Result<()> {
+    let ttl = Duration::from_secs(60);
+    assert_eq!(a.backend.put_if_absent("idem:x", "first", ttl).await?, None);
+    assert_eq!(
+        a.backend.put_if_absent("idem:x", "second", ttl).await?,
+        Some("first".into())
+    );
+    a.backend.put_blob("blob:a", b"\x00bytes\xff", ttl).await?;
+    assert_eq!(
+        a.backend.get_blob("blob:a").await?,
+        Some(b"\x00bytes\xff".to_vec())
+    );
+    assert_eq!(a.backend.get_blob("blob:none").await?, None);
+    Ok(())
+}
+
+mod memory_adapter {
+    use super::*;
+    #[tokio::test]
+    async fn status_round_trips() -> anyhow::Result<()> {
+        super::status_round_trips(common::memory()?).await
+    }
+    #[tokio::test]
+    async fn status_never_moves_backwards() -> anyhow::Result<()> {
+        super::status_never_moves_backwards(common::memory()?).await
+    }
+    #[tokio::test]
+    async fn statuses_expire_after_the_ttl() -> anyhow::Result<()> {
+        super::statuses_expire_after_the_ttl(common::memory_with_ttl(Duration::from_millis(300))?)
+            .await
+    }
+    #[tokio::test]
+    async fn groups_aggregate_results() -> anyhow::Result<()> {
+        super::groups_aggregate_results(common::memory()?).await
+    }
+    #[tokio::test]
+    async fn put_if_absent_keeps_the_first_value() -> anyhow::Result<()> {
+        super::put_if_absent_keeps_the_first_value(common::memory()?).await
+    }
+}
+
+mod redis_adapter {
+    use super::*;
+    #[tokio::test]
+    async fn status_round_trips() -> anyhow::Result<()> {
+        super::status_round_trips(common::redis()?).await
+    }
+    #[tokio::test]
+    async fn status_never_moves_backwards() -> anyhow::Result<()> {
+        super::status_never_moves_backwards(common::redis()?).await
+    }
+    #[tokio::test]
+    async fn statuses_expire_after_the_ttl() -> anyhow::Result<()> {
+        super::statuses_expire_after_the_ttl(common::redis_with_ttl(Duration::from_millis(300))?)
+            .await
+    }
+    #[tokio::test]
+    async fn groups_aggregate_results() -> anyhow::Result<()> {
+        super::groups_aggregate_results(common::redis()?).await
+    }
+    #[tokio::test]
+    async fn put_if_absent_keeps_the_first_value() -> anyhow::Result<()> {
+        super::put_if_absent_keeps_the_first_value(common::redis()?).await
+    }
+}

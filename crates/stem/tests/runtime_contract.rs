@@ -1,0 +1,563 @@
+//! The worker runtime and canvas, in process, over both adapters: typed
+//! tasks, retries, dead letters, limits, panics, signatures, chains,
+//! chords, groups, progress, the prefetch bound and graceful shutdown.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{poll, Adapters};
+use serde_json::{json, Value};
+use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
+use stem::envelope::{TaskState, TaskStatus};
+use stem::signing::{generate_hmac_secret, KeyRing, Signer, Verifier};
+use stem::task::{Task, TaskContext, TaskFailure, TaskOptions, TaskRegistry, TaskResult};
+use stem::worker::{Worker, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+
+const QUEUE: &str = "rt";
+
+fn opts(max_retries: u32) -> TaskOptions {
+    TaskOptions {
+        queue: QUEUE.into(),
+        max_retries,
+        ..Default::default()
+    }
+}
+
+struct Add;
+#[stem::async_trait]
+impl Task for Add {
+    const NAME: &'static str = "math.add";
+    type Args = (i64, i64);
+    type Output = i64;
+    fn options(&self) -> TaskOptions {
+        opts(0)
+    }
+    async fn run(&self, ctx: TaskContext, (a, b): (i64, i64)) -> TaskResult<i64> {
+        let prev = ctx.chain_previous.and_then(|v| v.as_i64()).unwrap_or(0);
+        Ok(a + b + prev)
+    }
+}
+
+struct Sum;
+#[stem::async_trait]
+impl Task for Sum {
+    const NAME: &'static str = "math.sum";
+    type Args = ();
+    type Output = i64;
+    fn options(&self) -> TaskOptions {
+        opts(0)
+    }
+    async fn run(&self, ctx: TaskContext, _: ()) -> TaskResult<i64> {
+        let parts = ctx.chord_results.ok_or("not a chord callback")?;
+        Ok(parts.iter().filter_map(Value::as_i64).sum())
+    }
+}
+
+/// Fails until attempt `ok_at`, counting executions.
+struct Flaky(Arc<AtomicU32>);
+#[stem::async_trait]
+impl Task for Flaky {
+    const NAME: &'static str = "flaky";
+    type Args = u32;
+    type Output = String;
+    fn options(&self) -> TaskOptions {
+        opts(1)
+    }
+    async fn run(&self, ctx: TaskContext, ok_at: u32) -> TaskResult<String> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        if ctx.attempt < ok_at {
+            return Err(TaskFailure::new(format!("attempt {} fails", ctx.attempt)));
+        }
+        Ok(format!("ok at {}", ctx.attempt))
+    }
+}
+
+struct Fatal;
+#[stem::async_trait]
+impl Task for Fatal {
+    const NAME: &'static str = "fatal";
+    type Args = ();
+    type Output = ();
+    fn options(&self) -> TaskOptions {
+        opts(5)
+    }
+    async fn run(&self, _: TaskContext, _: ()) -> TaskResult<()> {
+        Err(TaskFailure::fatal("bad input, do not retry"))
+    }
+}
+
+struct Panics;
+#[stem::async_trait]
+impl Task for Panics {
+    const NAME: &'static str = "panics";
+    type Args = ();
+    type Output = ();
+    fn options(&self) -> TaskOptions {
+        opts(0)
+    }
+    async fn run(&self, _: TaskContext, _: ()) -> TaskResult<()> {
+        panic!("kaboom")
+    }
+}
+
+/// Sleeps `ms`, reporting progress; honours soft and hard limits.
+struct Sleepy;
+#[stem::async_trait]
+impl Task for Sleepy {
+    const NAME: &'static str = "sleepy";
+    type Args = u64;
+    type Output = String;
+    fn options(&self) -> TaskOptions {
+        TaskOptions {
+            soft_time_limit: Some(Duration::from_millis(300)),
+            time_limit: Some(Duration::from_millis(1500)),
+            ..opts(0)
+        }
+    }
+    async fn run(&self, ctx: TaskContext, ms: u64) -> TaskResult<String> {
+        let steps = ms / 50;
+        for i in 0..steps {
+            ctx.progress(i as f64 / steps as f64, json!({"step": i}))
+                .await;
+            if ctx.soft_limit_reached() && ms == 1000 {
+                return Ok("stopped at the soft limit".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(format!("slept {ms}"))
+    }
+}
+
+fn registry(counter: Arc<AtomicU32>) -> TaskRegistry {
+    let r = TaskRegistry::new();
+    r.register(Add)
+        .register(Sum)
+        .register(Flaky(counter))
+        .register(Fatal)
+        .register(Panics)
+        .register(Sleepy);
+    r
+}
+
+fn keys(active: &str, secrets: &[(&str, &str)]) -> KeyRing {
+    let list = secrets
+        .iter()
+        .map(|(k, s)| format!("{k}:{s}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let env: HashMap<String, String> = [
+        ("STEM_SIGNING_KEYS".to_string(), list),
+        ("STEM_SIGNING_ACTIVE_KEY".to_string(), active.to_string()),
+    ]
+    .into();
+    KeyRing::from_lookup(&move |k: &str| env.get(k).cloned()).expect("valid keys")
+}
+
+struct Rig {
+    stem: Stem,
+    stop: CancellationToken,
+    worker: tokio::task::JoinHandle<stem::Result<()>>,
+    counter: Arc<AtomicU32>,
+    _adapters: Adapters,
+}
+
+fn rig_with(
+    a: Adapters,
+    signer: Option<Signer>,
+    verifier: Option<Verifier>,
+    tune: impl FnOnce(&mut WorkerOptions),
+) -> Rig {
+    let counter = Arc::new(AtomicU32::new(0));
+    let stem = Stem::from_parts(
+        a.broker.clone(),
+        a.backend.clone(),
+        signer,
+        registry(counter.clone()),
+    );
+    let mut o = WorkerOptions::new("rt-worker", &[QUEUE]);
+    o.fetch_block = Duration::from_millis(200);
+    o.promote_interval = Duration::from_millis(50);
+    tune(&mut o);
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(Worker::new(o, &stem, verifier).run(stop.clone()));
+    Rig {
+        stem,
+        stop,
+        worker,
+        counter,
+        _adapters: a,
+    }
+}
+
+fn rig(a: Adapters) -> Rig {
+    let secret = generate_hmac_secret();
+    let ring = keys("k1", &[("k1", &secret)]);
+    rig_with(a, ring.signer().expect("signer"), ring.verifier(), |_| {})
+}
+
+impl Rig {
+    async fn finish(self) -> anyhow::Result<()> {
+        self.shutdown().await.map(drop)
+    }
+    /// Stops the worker and returns the stores (still running).
+    async fn shutdown(self) -> anyhow::Result<Adapters> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.worker).await???;
+        Ok(self._adapters)
+    }
+    async fn wait(&self, id: &str) -> anyhow::Result<TaskStatus> {
+        Ok(self.stem.wait(id, Duration::from_secs(15)).await?)
+    }
+}
+
+async fn typed_task_succeeds(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let id = r.stem.enqueue::<Add>((2, 3)).await?;
+    let s = r.wait(&id).await?;
+    assert_eq!(
+        (s.state, s.result.clone()),
+        (TaskState::Succeeded, json!(5))
+    );
+    assert_eq!(
+        (s.task.as_str(), s.queue.as_str(), s.attempt),
+        ("math.add", QUEUE, 0)
+    );
+    r.finish().await
+}
+
+async fn failed_attempt_is_retried_with_backoff(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let id = r.stem.enqueue::<Flaky>(1).await?;
+    let retried = poll("retried status", Duration::from_secs(5), || async {
+        Ok(r.stem
+            .status(&id)
+            .await?
+            .filter(|s| s.state == TaskState::Retried))
+    })
+    .await?;
+    assert_eq!(
+        retried.error.map(|e| e.message),
+        Some("attempt 0 fails".to_string())
+    );
+    let started = std::time::Instant::now();
+    let s = r.wait(&id).await?;
+    assert_eq!(
+        (s.state, s.attempt, s.result),
+        (TaskState::Succeeded, 1, json!("ok at 1"))
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "backoff of ~1.5-2 s was skipped"
+    );
+    assert_eq!(r.counter.load(Ordering::SeqCst), 2);
+    r.finish().await
+}
+
+async fn exhausted_retries_dead_letter(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let id = r.stem.enqueue::<Flaky>(9).await?;
+    let s = r.wait(&id).await?;
+    assert_eq!((s.state, s.attempt), (TaskState::Failed, 1));
+    assert_eq!(
+        s.error.and_then(|e| e.reason),
+        Some("max-retries-exhausted".to_string())
+    );
+    let dead = poll("a dead letter", Duration::from_secs(5), || async {
+        let d = r.stem.broker().list_dead_letters(QUEUE, 10).await?;
+        Ok((!d.is_empty()).then_some(d))
+    })
+    .await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].task_id()),
+        ("max-retries-exhausted", Some(id))
+    );
+    assert_eq!(r.counter.load(Ordering::SeqCst), 2, "1 run + 1 retry");
+    r.finish().await
+}
+
+async fn fatal_failure_is_not_retried(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let id = r.stem.enqueue::<Fatal>(()).await?;
+    let s = r.wait(&id).await?;
+    assert_eq!((s.state, s.attempt), (TaskState::Failed, 0));
+    assert_eq!(
+        s.error.and_then(|e| e.reason),
+        Some("non-retryable".to_string())
+    );
+    r.finish().await
+}
+
+async fn panic_is_a_failure_and_the_worker_survives(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let id = r.stem.enqueue::<Panics>(()).await?;
+    let s = r.wait(&id).await?;
+    assert_eq!(s.state, TaskState::Failed);
+    assert!(s.error.expect("error").message.contains("kaboom"));
+    let id = r.stem.enqueue::<Add>((1, 1)).await?;
+    assert_eq!(r.wait(&id).await?.result, json!(2), "worker still serves");
+    r.finish().await
+}
+
+async fn time_limits_and_progress(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let hard = r.stem.enqueue::<Sleepy>(5000).await?;
+    let progress = poll("progress", Duration::from_secs(5), || async {
+        Ok(r.stem
+            .status(&hard)
+            .await?
+            .filter(|s| s.state == TaskState::Running)
+            .and_then(|s| s.progress))
+    })
+    .await?;
+    assert!(progress.data.get("step").is_some());
+    let s = r.wait(&hard).await?;
+    assert_eq!(s.state, TaskState::Failed);
+    assert!(
+        s.error.expect("error").message.contains("hard time limit"),
+        "hard limit stops the body"
+    );
+    let soft = r.stem.enqueue::<Sleepy>(1000).await?;
+    assert_eq!(
+        r.wait(&soft).await?.result,
+        json!("stopped at the soft limit")
+    );
+    r.finish().await
+}
+
+async fn chain_passes_results_and_aborts_on_failure(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let step = |a: i64, b: i64| EnqueueRequest {
+        name: "math.add".into(),
+        args: json!([a, b]),
+        options: EnqueueOptions::default(),
+    };
+    let chain = r
+        .stem
+        .chain(vec![step(1, 1), step(0, 10), step(0, 100)])
+        .await?;
+    let last = r.wait(&chain.task_ids[2]).await?;
+    assert_eq!(
+        last.result,
+        json!(112),
+        "each step adds the previous result"
+    );
+    let fatal = EnqueueRequest {
+        name: "fatal".into(),
+        args: json!(null),
+        options: EnqueueOptions::default(),
+    };
+    let broken = r.stem.chain(vec![step(1, 1), fatal, step(5, 5)]).await?;
+    let s = r.wait(&broken.task_ids[2]).await?;
+    assert_eq!(
+        s.state,
+        TaskState::Cancelled,
+        "steps after a failed one are cancelled"
+    );
+    r.finish().await
+}
+
+async fn chord_runs_callback_with_all_results(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let add = |a: i64| EnqueueRequest {
+        name: "math.add".into(),
+        args: json!([a, 0]),
+        options: EnqueueOptions::default(),
+    };
+    let cb = EnqueueRequest {
+        name: "math.sum".into(),
+        args: json!(null),
+        options: EnqueueOptions::default(),
+    };
+    let chord = r.stem.chord(vec![add(1), add(2), add(3)], cb).await?;
+    let s = r.wait(&chord.callback_id).await?;
+    assert_eq!((s.state, s.result), (TaskState::Succeeded, json!(6)));
+    let g = r
+        .stem
+        .backend()
+        .get_group(&chord.chord_id)
+        .await?
+        .expect("chord group");
+    assert_eq!(g.results.len(), 3);
+    r.finish().await
+}
+
+async fn group_collects_every_result(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let reqs = (0..5)
+        .map(|i| EnqueueRequest {
+            name: "math.add".into(),
+            args: json!([i, i]),
+            options: EnqueueOptions::default(),
+        })
+        .collect();
+    let g = r.stem.group(reqs).await?;
+    let view = poll("group completion", Duration::from_secs(10), || async {
+        Ok(r.stem
+            .backend()
+            .get_group(&g.group_id)
+            .await?
+            .filter(|v| v.results.len() == 5))
+    })
+    .await?;
+    assert!(view
+        .results
+        .values()
+        .all(|s| s.state == TaskState::Succeeded));
+    r.finish().await
+}
+
+async fn forged_and_unsigned_envelopes_never_run(a: Adapters) -> anyhow::Result<()> {
+    let good = generate_hmac_secret();
+    let other = generate_hmac_secret();
+    let worker_ring = keys("k1", &[("k1", &good)]);
+    let counter_probe;
+    let r = {
+        let r = rig_with(
+            a,
+            keys("k1", &[("k1", &other)]).signer()?,
+            worker_ring.verifier(),
+            |_| {},
+        );
+        counter_probe = r.counter.clone();
+        r
+    };
+    let forged = r.stem.enqueue::<Flaky>(0).await?;
+    let s = r.wait(&forged).await?;
+    assert_eq!(
+        s.error.and_then(|e| e.reason),
+        Some("signature-invalid".to_string())
+    );
+    let unsigned = Stem::from_parts(
+        r.stem.broker(),
+        r.stem.backend(),
+        None,
+        r.stem.registry().clone(),
+    );
+    let id = unsigned.enqueue::<Flaky>(0).await?;
+    let s = r.wait(&id).await?;
+    assert_eq!(
+        (s.state, s.error.and_then(|e| e.reason)),
+        (TaskState::Failed, Some("signature-invalid".to_string()))
+    );
+    assert_eq!(counter_probe.load(Ordering::SeqCst), 0, "no body ran");
+    let dead = poll("two dead letters", Duration::from_secs(5), || async {
+        let d = r.stem.broker().list_dead_letters(QUEUE, 10).await?;
+        Ok((d.len() == 2).then_some(d))
+    })
+    .await?;
+    assert!(dead.iter().all(|d| d.reason == "signature-invalid"));
+    r.finish().await
+}
+
+async fn rotated_keys_all_verify(a: Adapters) -> anyhow::Result<()> {
+    let (old, new) = (generate_hmac_secret(), generate_hmac_secret());
+    let both = [("old", old.as_str()), ("new", new.as_str())];
+    let r = rig_with(
+        a,
+        keys("old", &both).signer()?,
+        keys("new", &both).verifier(),
+        |_| {},
+    );
+    let first = r.stem.enqueue::<Add>((1, 2)).await?;
+    let rotated = Stem::from_parts(
+        r.stem.broker(),
+        r.stem.backend(),
+        keys("new", &both).signer()?,
+        r.stem.registry().clone(),
+    );
+    let second = rotated.enqueue::<Add>((3, 4)).await?;
+    assert_eq!(r.wait(&first).await?.state, TaskState::Succeeded);
+    assert_eq!(r.wait(&second).await?.state, TaskState::Succeeded);
+    r.finish().await
+}
+
+async fn unregistered_task_is_dead_lettered(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let e = r
+        .stem
+        .enqueue_raw(
+            "nobody.knows",
+            json!({}),
+            EnqueueOptions {
+                queue: Some(QUEUE.into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let s = r.wait(&e.task_id).await?;
+    assert_eq!(
+        s.error.and_then(|e| e.reason),
+        Some("unregistered-task".to_string())
+    );
+    r.finish().await
+}
+
+async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()> {
+    let r = rig_with(a, None, None, |o| {
+        o.concurrency = 2;
+        o.prefetch_multiplier = 1;
+        o.shutdown_grace = Duration::from_millis(300);
+    });
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(r.stem.enqueue::<Sleepy>(400).await?);
+        }
+        v
+    };
+    let broker = r.stem.broker();
+    for _ in 0..20 {
+        let s = broker.stats(QUEUE).await?;
+        assert!(
+            s.inflight <= 2,
+            "held {} > concurrency × prefetch",
+            s.inflight
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let long = r.stem.enqueue::<Sleepy>(1400).await?;
+    poll("long task running", Duration::from_secs(10), || async {
+        Ok(r.stem
+            .status(&long)
+            .await?
+            .filter(|s| s.state == TaskState::Running))
+    })
+    .await?;
+    let (stem, backend) = (r.stem.clone(), r.stem.backend());
+    let _stores = r.shutdown().await?;
+    let s = stem.status(&long).await?.expect("status");
+    assert_ne!(
+        s.state,
+        TaskState::Succeeded,
+        "grace was shorter than the task"
+    );
+    let stats = stem.broker().stats(QUEUE).await?;
+    assert_eq!(stats.inflight, 0, "nothing left leased after shutdown");
+    assert!(stats.ready >= 1, "the long task was handed back");
+    for id in ids {
+        let _ = stem::backend::get_status(backend.as_ref(), &id).await?;
+    }
+    Ok(())
+}
+
+contract_suite!(
+    typed_task_succeeds,
+    failed_attempt_is_retried_with_backoff,
+    exhausted_retries_dead_letter,
+    fatal_failure_is_not_retried,
+    panic_is_a_failure_and_the_worker_survives,
+    time_limits_and_progress,
+    chain_passes_results_and_aborts_on_failure,
+    chord_runs_callback_with_all_results,
+    group_collects_every_result,
+    forged_and_unsigned_envelopes_never_run,
+    rotated_keys_all_verify,
+    unregistered_task_is_dead_lettered,
+    prefetch_bound_and_graceful_shutdown,
+);
