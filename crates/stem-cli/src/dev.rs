@@ -1,12 +1,16 @@
 //! `stem dev`: enqueue API plus one worker per demo queue in one process,
 //! on the embedded in-memory broker unless `STEM_BROKER_URL` names Redis.
 //! Without configured keys it signs with an ephemeral HMAC key, so the
-//! signed path is what developers exercise.
+//! signed path is what developers exercise. A beat runs too, seeded from
+//! `STEM_SCHEDULE_FILE` or `./schedules.example.yaml` when present.
+
+use std::path::PathBuf;
 
 use clap::Args;
 use stem::client::Stem;
 use stem::config::{StemConfig, StoreUrl};
 use stem::runtime::{config_or_exit, shutdown_token};
+use stem::schedule::{seed, Beat, BeatOptions, ScheduleStores};
 use stem::signing::{generate_hmac_secret, KeyRing};
 use stem::worker::{Worker, WorkerOptions};
 
@@ -49,6 +53,57 @@ fn dev_config() -> stem::Result<StemConfig> {
     Ok(config)
 }
 
+/// The schedule file to seed: `STEM_SCHEDULE_FILE`, else
+/// `./schedules.example.yaml` when it exists.
+fn dev_schedule_file() -> Option<PathBuf> {
+    match std::env::var("STEM_SCHEDULE_FILE") {
+        Ok(f) if !f.trim().is_empty() => Some(PathBuf::from(f.trim())),
+        _ => {
+            let p = PathBuf::from("schedules.example.yaml");
+            p.is_file().then_some(p)
+        }
+    }
+}
+
+/// Seeds the schedule store (when there is a file) and starts a beat;
+/// returns its task and a line for the banner.
+async fn start_beat(
+    config: &StemConfig,
+    stem: &Stem,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> (tokio::task::JoinHandle<()>, String) {
+    let stores = config_or_exit(ScheduleStores::connect(config));
+    let banner = match dev_schedule_file() {
+        None => "no schedule file (set STEM_SCHEDULE_FILE)".to_string(),
+        Some(path) => match seed::load_file(&path) {
+            Err(e) => {
+                tracing::error!("{e}; beat runs without seeding");
+                format!("{} could not be read", path.display())
+            }
+            Ok(file) => match seed::apply_now(stores.schedules.as_ref(), &file.entries).await {
+                Ok(done) => format!("{} schedule(s) from {}", done.len(), path.display()),
+                Err(e) => {
+                    tracing::error!(error = %e, "seeding the schedule store failed");
+                    format!("seeding {} failed", path.display())
+                }
+            },
+        },
+    };
+    let beat = Beat::new(
+        stem.clone(),
+        stores.schedules,
+        stores.locks,
+        BeatOptions::default(),
+    );
+    let token = shutdown.clone();
+    let handle = tokio::spawn(async move {
+        if let Err(e) = beat.run(token).await {
+            tracing::error!(error = %e, "beat stopped");
+        }
+    });
+    (handle, banner)
+}
+
 pub async fn run(args: DevArgs) -> i32 {
     stem::telemetry::init_logging(stem::telemetry::log_format_from_env());
     let config = config_or_exit(dev_config());
@@ -64,6 +119,8 @@ pub async fn run(args: DevArgs) -> i32 {
         workers.push(tokio::spawn(worker.run(shutdown.clone())));
     }
 
+    let (beat, beat_banner) = start_beat(&config, &stem, &shutdown).await;
+
     let mut settings = config_or_exit(enqueuer::EnqueuerSettings::from_env());
     settings.port = args.port;
     println!("Stem dev stack on {}", config.broker_url.redacted());
@@ -74,12 +131,14 @@ pub async fn run(args: DevArgs) -> i32 {
     );
     println!("  Health:      http://127.0.0.1:{}/healthz", args.port);
     println!("  Workers:     {}", stem::demo::QUEUES.join(", "));
+    println!("  Beat:        {beat_banner}");
     println!("Try: curl -X POST http://127.0.0.1:{}/enqueue -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}'", args.port);
     let served = enqueuer::serve(&settings, enqueuer::AppState { stem }, shutdown.clone()).await;
     shutdown.cancel();
     for w in workers {
         let _ = w.await;
     }
+    let _ = beat.await;
     match served {
         Ok(()) => 0,
         Err(e) => {

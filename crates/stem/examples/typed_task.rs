@@ -37,7 +37,8 @@ impl Task for SendInvoice {
     }
 
     async fn run(&self, ctx: TaskContext, inv: Invoice) -> TaskResult<String> {
-        ctx.progress(0.5, serde_json::json!({"stage": "rendering"})).await;
+        ctx.progress(0.5, serde_json::json!({"stage": "rendering"}))
+            .await;
         Ok(format!("sent {} cents to {}", inv.cents, inv.customer))
     }
 }
@@ -53,11 +54,18 @@ async fn main() -> anyhow::Result<()> {
     stem.registry().register(SendInvoice);
 
     let stop = CancellationToken::new();
-    let worker = Worker::new(WorkerOptions::new("example", &["billing"]), &stem, config.keys.verifier());
+    let worker = Worker::new(
+        WorkerOptions::new("example", &["billing"]),
+        &stem,
+        config.keys.verifier(),
+    );
     let running = tokio::spawn(worker.run(stop.clone()));
 
     let id = stem
-        .enqueue::<SendInvoice>(Invoice { customer: "Ada".into(), cents: 4200 })
+        .enqueue::<SendInvoice>(Invoice {
+            customer: "Ada".into(),
+            cents: 4200,
+        })
         .await?;
     let status = stem.wait(&id, Duration::from_secs(10)).await?;
     println!("{id}: {:?} -> {}", status.state, status.result);

@@ -15,6 +15,9 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, Outgoing};
 use crate::config::{validate_queue_name, StemConfig, StoreUrl};
+use crate::control::memory::MemoryControl;
+use crate::control::redis::RedisControl;
+use crate::control::ControlPlane;
 use crate::envelope::{
     new_task_id, now_ms, TaskSpec, TaskState, TaskStatus, WireEnvelope, MAX_PRIORITY,
 };
@@ -81,14 +84,27 @@ impl Prepared {
 pub struct Stem {
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
+    control: Arc<dyn ControlPlane>,
     signer: Option<Signer>,
     registry: TaskRegistry,
 }
 
 impl Stem {
     /// Builds broker and backend from `config` (Redis or memory) and the
-    /// producer's signer. Connections are made lazily.
+    /// producer's signer. Connections are made lazily. Fails when signing
+    /// keys are configured without `STEM_SIGNING_ACTIVE_KEY`.
     pub fn connect(config: &StemConfig) -> Result<Self> {
+        Self::connect_with_signer(config, config.keys.signer()?)
+    }
+
+    /// Like [`connect`](Self::connect) for processes that never sign
+    /// (workers: least privilege). Envelopes it would publish go unsigned,
+    /// so use it only to consume.
+    pub fn connect_consumer(config: &StemConfig) -> Result<Self> {
+        Self::connect_with_signer(config, None)
+    }
+
+    fn connect_with_signer(config: &StemConfig, signer: Option<Signer>) -> Result<Self> {
         let broker: Arc<dyn Broker> = match &config.broker_url {
             StoreUrl::Memory => Arc::new(MemoryBroker::new()),
             StoreUrl::Redis(url) => Arc::new(RedisBroker::new(
@@ -103,10 +119,17 @@ impl Stem {
                 config.result_ttl,
             )?),
         };
+        let control: Arc<dyn ControlPlane> = match &config.broker_url {
+            StoreUrl::Memory => Arc::new(MemoryControl::new()),
+            StoreUrl::Redis(url) => {
+                Arc::new(RedisControl::new(redis_conn::client(url, &config.tls)?)?)
+            }
+        };
         Ok(Stem {
             broker,
             backend,
-            signer: config.keys.signer()?,
+            control,
+            signer,
             registry: TaskRegistry::new(),
         })
     }
@@ -131,9 +154,21 @@ impl Stem {
         Stem {
             broker,
             backend,
+            control: Arc::new(MemoryControl::new()),
             signer,
             registry,
         }
+    }
+
+    /// The same stores with another control plane.
+    pub fn with_control(mut self, control: Arc<dyn ControlPlane>) -> Self {
+        self.control = control;
+        self
+    }
+
+    /// The control plane (heartbeats, worker commands, pauses).
+    pub fn control(&self) -> Arc<dyn ControlPlane> {
+        self.control.clone()
     }
 
     /// The same stores with another registry.
@@ -301,6 +336,28 @@ impl Stem {
     /// The status of task `id`.
     pub async fn status(&self, id: &str) -> Result<Option<TaskStatus>> {
         get_status(self.backend.as_ref(), id).await
+    }
+
+    /// Revokes task `id`: a queued task will not run, a running task is
+    /// cancelled through its context within about a second. Revocation is
+    /// final. Returns the status before revocation, `None` for unknown ids.
+    pub async fn revoke(&self, id: &str, reason: &str) -> Result<Option<TaskStatus>> {
+        let Some(before) = self.status(id).await? else {
+            return Ok(None);
+        };
+        if before.state.is_terminal() {
+            return Ok(Some(before));
+        }
+        let mut cancelled = before.clone();
+        cancelled.state = TaskState::Cancelled;
+        cancelled.error = Some(crate::envelope::TaskError {
+            kind: "revoked".into(),
+            message: reason.to_string(),
+            reason: Some("revoked".into()),
+        });
+        cancelled.updated_at = crate::envelope::format_ms(now_ms());
+        self.backend.set_statuses(&[cancelled]).await?;
+        Ok(Some(before))
     }
 
     /// Polls until task `id` reaches a terminal state or `timeout` passes.

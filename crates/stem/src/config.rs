@@ -105,6 +105,8 @@ pub struct WorkerSettings {
     pub visibility_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Port of the worker's `/healthz` and `/readyz` (`STEM_WORKER_HEALTH_PORT`).
+    pub health_port: Option<u16>,
 }
 
 /// Reads variables through a lookup function, so tests need not touch the
@@ -326,6 +328,15 @@ impl WorkerSettings {
                 Duration::from_secs(10),
             )?,
             shutdown_grace: duration_var(env, "STEM_SHUTDOWN_GRACE", Duration::from_secs(30))?,
+            health_port: match non_empty(env, "STEM_WORKER_HEALTH_PORT") {
+                None => None,
+                Some(p) => Some(p.parse::<u16>().map_err(|_| {
+                    StemError::config(
+                        "STEM_WORKER_HEALTH_PORT",
+                        format!("expected a port number, got {p:?}"),
+                    )
+                })?),
+            },
         })
     }
 }

@@ -229,7 +229,11 @@ impl TaskStatus {
     /// is lower than the stored one is a late write and is dropped.
     /// Retries and replays raise `attempt`, so a new run outranks an old
     /// terminal state.
+    /// A cancellation (revocation) is final: it outranks everything.
     pub fn rank(&self) -> u64 {
+        if self.state == TaskState::Cancelled {
+            return u64::from(u32::MAX) * 4 + 3;
+        }
         u64::from(self.attempt) * 4 + self.state.phase()
     }
 }

@@ -15,9 +15,13 @@
 //! - [`task`]: the [`Task`](task::Task) trait, registry and task context.
 //! - [`client`]: [`Stem`](client::Stem), the producer API (enqueue, status,
 //!   wait) and canvas entry points; [`canvas`] holds group/chain/chord.
+//! - [`control`]: worker heartbeats, commands to workers, queue pauses.
 //! - [`worker`]: the runtime that fetches, leases, runs, retries and
 //!   dead-letters.
 //! - [`demo`]: the demo task catalogue shared by every binary.
+//! - [`schedule`]: periodic tasks: specs (every/cron, time zones), the
+//!   schedule and lock stores (Redis, memory), the YAML seed file, and the
+//!   leader-leased [`Beat`](schedule::Beat) scheduler.
 //! - [`redis_conn`]: URL + TLS → connections. [`telemetry`]: logging.
 //!
 //! ```
@@ -51,11 +55,13 @@ pub mod broker;
 pub mod canvas;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod envelope;
 pub mod error;
 pub mod redis_conn;
 pub mod runtime;
+pub mod schedule;
 pub mod signing;
 pub mod task;
 pub mod telemetry;

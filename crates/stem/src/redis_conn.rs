@@ -64,3 +64,45 @@ pub fn manager(client: Client, response_timeout: Duration) -> Result<ConnectionM
 
 /// Default timeout for ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+static ROUND_TRIPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Requests (single commands or whole pipelines) this process has sent to
+/// Redis through [`Conn`]s: the benchmark's round-trip count.
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A [`ConnectionManager`] that counts round trips. Every adapter talks
+/// to Redis through one of these.
+#[derive(Clone)]
+pub struct Conn(ConnectionManager);
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// A lazily connected, self-reconnecting, round-trip-counting connection.
+pub fn connection(client: Client, response_timeout: Duration) -> Result<Conn> {
+    Ok(Conn(manager(client, response_timeout)?))
+}

@@ -127,7 +127,9 @@ impl Task for Sleepy {
             if ctx.soft_limit_reached() && ms == 1000 {
                 return Ok("stopped at the soft limit".into());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if !ctx.sleep(Duration::from_millis(50)).await {
+                return Err(TaskFailure::new("cancelled"));
+            }
         }
         Ok(format!("slept {ms}"))
     }
@@ -498,6 +500,153 @@ async fn unregistered_task_is_dead_lettered(a: Adapters) -> anyhow::Result<()> {
     r.finish().await
 }
 
+async fn revoked_tasks_do_not_run_and_running_ones_stop(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let later = r
+        .stem
+        .enqueue_with::<Flaky>(
+            0,
+            EnqueueOptions {
+                countdown: Some(Duration::from_millis(600)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let before = r
+        .stem
+        .revoke(&later, "operator said no")
+        .await?
+        .expect("known task");
+    assert_eq!(before.state, TaskState::Queued);
+    let running = r.stem.enqueue::<Sleepy>(1450).await?;
+    poll("running", Duration::from_secs(5), || async {
+        Ok(r.stem
+            .status(&running)
+            .await?
+            .filter(|s| s.state == TaskState::Running))
+    })
+    .await?;
+    let started = std::time::Instant::now();
+    r.stem.revoke(&running, "stop it").await?;
+    let s = r.wait(&running).await?;
+    assert_eq!(s.state, TaskState::Cancelled);
+    assert_eq!(s.error.and_then(|e| e.reason), Some("revoked".to_string()));
+    // The body stops within about a second (before its 1.45 s run or hard limit).
+    let settled = poll("revoked task settled", Duration::from_secs(5), || async {
+        Ok((r.stem.broker().stats(QUEUE).await?.inflight == 0).then_some(()))
+    })
+    .await;
+    settled?;
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The delayed one comes due, is seen as revoked and never runs.
+    poll(
+        "delayed revoked entry consumed",
+        Duration::from_secs(5),
+        || async {
+            let s = r.stem.broker().stats(QUEUE).await?;
+            Ok((s.delayed == 0 && s.ready == 0 && s.inflight == 0).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        r.counter.load(Ordering::SeqCst),
+        0,
+        "the revoked task never ran"
+    );
+    assert_eq!(
+        r.stem.status(&later).await?.map(|s| s.state),
+        Some(TaskState::Cancelled)
+    );
+    r.finish().await
+}
+
+async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
+    use stem::control::ControlCommand;
+    let r = rig_with(a, None, None, |o| {
+        o.heartbeat_interval = Duration::from_millis(200)
+    });
+    let control = r.stem.control();
+    let workers = poll("heartbeat", Duration::from_secs(5), || async {
+        let w = control.workers().await?;
+        Ok((!w.is_empty()).then_some(w))
+    })
+    .await?;
+    assert_eq!(
+        (workers[0].name.as_str(), workers[0].queues.clone()),
+        ("rt-worker", vec![QUEUE.to_string()])
+    );
+    // The subscription may start just after the heartbeat: retry the ping.
+    let pong = poll("ping reply", Duration::from_secs(5), || async {
+        let cmd = ControlCommand::new("ping", vec![], json!({}));
+        control.send(&cmd).await?;
+        let replies = control
+            .replies(&cmd.id, 1, Duration::from_millis(300))
+            .await?;
+        Ok(replies.into_iter().next())
+    })
+    .await?;
+    assert!(pong.ok && pong.worker == "rt-worker");
+    let running = r.stem.enqueue::<Sleepy>(1000).await?;
+    poll("running", Duration::from_secs(5), || async {
+        Ok(r.stem
+            .status(&running)
+            .await?
+            .filter(|s| s.state == TaskState::Running))
+    })
+    .await?;
+    let cmd = ControlCommand::new("inspect", vec!["rt-worker".into()], json!({}));
+    control.send(&cmd).await?;
+    let inspect = control.replies(&cmd.id, 1, Duration::from_secs(3)).await?;
+    assert_eq!(inspect[0].payload["active"][0]["id"], json!(running));
+    let nobody = ControlCommand::new("ping", vec!["no-such-worker".into()], json!({}));
+    control.send(&nobody).await?;
+    assert!(control
+        .replies(&nobody.id, 1, Duration::from_millis(300))
+        .await?
+        .is_empty());
+    // Pause: persisted, and the worker stops fetching from the queue.
+    control.set_paused(&[QUEUE.to_string()], true).await?;
+    let cmd = ControlCommand::new("pause", vec![], json!({"queues": [QUEUE]}));
+    control.send(&cmd).await?;
+    assert_eq!(
+        control.replies(&cmd.id, 1, Duration::from_secs(3)).await?[0].payload["paused"],
+        json!([QUEUE])
+    );
+    r.wait(&running).await?;
+    // Documented bound: a pause applies to the next fetch; one that is
+    // already blocking ends within `fetch_block` (200 ms here).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let held_back = r.stem.enqueue::<Add>((1, 1)).await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        r.stem.status(&held_back).await?.map(|s| s.state),
+        Some(TaskState::Queued),
+        "paused queue not fetched"
+    );
+    control.set_paused(&[QUEUE.to_string()], false).await?;
+    let cmd = ControlCommand::new("resume", vec![], json!({"queues": [QUEUE]}));
+    control.send(&cmd).await?;
+    control.replies(&cmd.id, 1, Duration::from_secs(3)).await?;
+    assert_eq!(r.wait(&held_back).await?.state, TaskState::Succeeded);
+    // Shutdown over the control plane stops the worker; its record goes.
+    let cmd = ControlCommand::new("shutdown", vec![], json!({}));
+    control.send(&cmd).await?;
+    assert_eq!(
+        control.replies(&cmd.id, 1, Duration::from_secs(3)).await?[0].payload["status"],
+        json!("stopping")
+    );
+    tokio::time::timeout(Duration::from_secs(10), r.worker).await???;
+    assert!(
+        control.workers().await?.is_empty(),
+        "a stopped worker is forgotten"
+    );
+    Ok(())
+}
+
 async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()> {
     let r = rig_with(a, None, None, |o| {
         o.concurrency = 2;
@@ -559,5 +708,7 @@ contract_suite!(
     forged_and_unsigned_envelopes_never_run,
     rotated_keys_all_verify,
     unregistered_task_is_dead_lettered,
+    revoked_tasks_do_not_run_and_running_ones_stop,
+    control_plane_reaches_the_worker,
     prefetch_bound_and_graceful_shutdown,
 );

@@ -1,7 +1,7 @@
 //! One error enum for the API whose `IntoResponse` always writes JSON
 //! `{"error": "<sentence>", …}` with the right status.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -27,6 +27,10 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The body of an oversize request is left unread, so the server
+        // closes the connection after answering; say so, or a keep-alive
+        // client reuses the dead connection for its next request.
+        let close = matches!(self, ApiError::TooLarge);
         let (status, body): (StatusCode, Value) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
             ApiError::UnknownTask { task, known } => (
@@ -48,13 +52,20 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": m })),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
 impl From<stem::StemError> for ApiError {
     fn from(e: stem::StemError) -> Self {
         if e.is_unavailable() {
+            log_outage(&e);
             ApiError::Unavailable(e.to_string())
         } else if let stem::StemError::InvalidArgument(m) = e {
             ApiError::BadRequest(m)
@@ -62,5 +73,21 @@ impl From<stem::StemError> for ApiError {
             tracing::error!(error = %e, "request failed");
             ApiError::Internal("Internal error; see the enqueuer log.".into())
         }
+    }
+}
+
+/// Logs why Redis is unavailable at most once every 10 seconds, so an
+/// outage is visible in the log without a line per request.
+fn log_outage(e: &stem::StemError) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = stem::envelope::now_ms();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 10_000
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!(error = %e, "broker unavailable: answering 503");
     }
 }

@@ -2,6 +2,8 @@
 //! Configuration from `STEM_*` (flags override); exit 78 on invalid
 //! configuration; SIGTERM drains within `STEM_SHUTDOWN_GRACE` and exits 0.
 
+mod health;
+
 use clap::Parser;
 use stem::client::Stem;
 use stem::config::{StemConfig, WorkerSettings};
@@ -38,13 +40,23 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = config_or_exit(StemConfig::from_env());
     let settings = config_or_exit(WorkerSettings::from_env());
-    let stem = config_or_exit(Stem::connect(&config)).with_registry(stem::demo::registry());
+    let stem =
+        config_or_exit(Stem::connect_consumer(&config)).with_registry(stem::demo::registry());
     tracing::info!(broker = %config.broker_url.redacted(), "Worker \"{}\" listening on queues {:?}", settings.name, settings.queues);
+    let shutdown = shutdown_token();
+    if let Some(port) = settings.health_port {
+        let (name, broker, stop) = (settings.name.clone(), stem.broker(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(port, name, broker, stop).await {
+                tracing::error!(error = %e, "health endpoint failed");
+            }
+        });
+    }
     let worker = Worker::new(
         WorkerOptions::from(&settings),
         &stem,
         config.keys.verifier(),
     );
-    worker.run(shutdown_token()).await?;
+    worker.run(shutdown).await?;
     Ok(())
 }

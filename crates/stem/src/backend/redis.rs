@@ -13,14 +13,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{AsyncCommands, Client, Script};
 use async_trait::async_trait;
 
 use super::{GroupProgress, GroupView, ResultBackend};
 use crate::envelope::TaskStatus;
 use crate::error::{Result, StemError};
-use crate::redis_conn::{manager, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
 
 /// Key of a task status.
 pub fn status_key(id: &str) -> String {
@@ -63,7 +62,7 @@ fn decode_status(raw: &[u8]) -> Option<TaskStatus> {
 /// The Redis result backend.
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: Conn,
     ttl: Duration,
     set_statuses: std::sync::Arc<Script>,
 }
@@ -72,7 +71,7 @@ impl RedisBackend {
     /// A backend on `client`; records live for `ttl`.
     pub fn new(client: Client, ttl: Duration) -> Result<Self> {
         Ok(RedisBackend {
-            conn: manager(client, COMMAND_TIMEOUT)?,
+            conn: connection(client, COMMAND_TIMEOUT)?,
             ttl,
             set_statuses: std::sync::Arc::new(Script::new(SET_STATUSES)),
         })

@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use ::redis::{AsyncCommands, Client, Script, Value};
 use async_trait::async_trait;
@@ -31,7 +30,7 @@ use super::{
 };
 use crate::envelope::{now_ms, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
-use crate::redis_conn::{manager, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
 
 const GROUP: &str = "stem";
 const QUEUES_KEY: &str = "stem:queues";
@@ -164,9 +163,9 @@ fn is_nogroup(e: &::redis::RedisError) -> bool {
 #[derive(Clone)]
 pub struct RedisBroker {
     client: Client,
-    conn: ConnectionManager,
+    conn: Conn,
     /// Connections for blocking reads, one per concurrent fetch.
-    blocking: Arc<Mutex<Vec<ConnectionManager>>>,
+    blocking: Arc<Mutex<Vec<Conn>>>,
     known: Arc<Mutex<HashSet<String>>>,
     promote: Arc<Script>,
     dead_maxlen: usize,
@@ -176,7 +175,7 @@ impl RedisBroker {
     /// A broker on `client`; connects lazily.
     pub fn new(client: Client, dead_letter_maxlen: usize) -> Result<Self> {
         Ok(RedisBroker {
-            conn: manager(client.clone(), COMMAND_TIMEOUT)?,
+            conn: connection(client.clone(), COMMAND_TIMEOUT)?,
             client,
             blocking: Arc::new(Mutex::new(Vec::new())),
             known: Arc::new(Mutex::new(HashSet::new())),
@@ -185,11 +184,11 @@ impl RedisBroker {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
-    fn take_blocking(&self, block: Duration) -> Result<ConnectionManager> {
+    fn take_blocking(&self, block: Duration) -> Result<Conn> {
         let pooled = self
             .blocking
             .lock()
@@ -197,11 +196,11 @@ impl RedisBroker {
             .pop();
         match pooled {
             Some(c) => Ok(c),
-            None => manager(self.client.clone(), block + COMMAND_TIMEOUT),
+            None => connection(self.client.clone(), block + COMMAND_TIMEOUT),
         }
     }
 
-    fn give_blocking(&self, c: ConnectionManager) {
+    fn give_blocking(&self, c: Conn) {
         self.blocking
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -37,7 +37,7 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
                 if held.contains_key(f.receipt()) {
                     return false;
                 }
-                held.insert(f.receipt().clone(), Held { cancel: None });
+                held.insert(f.receipt().clone(), Held { running: None });
                 true
             })
             .collect()

@@ -163,7 +163,14 @@ async fn run(
         .unwrap_or_else(|p| p.into_inner())
         .get_mut(&d.receipt)
     {
-        h.cancel = Some(cancel.clone());
+        h.running = Some(super::RunningTask {
+            id: spec.id.clone(),
+            name: spec.name.clone(),
+            queue: spec.queue.clone(),
+            attempt: d.wire.attempt,
+            started_ms: crate::envelope::now_ms(),
+            cancel: cancel.clone(),
+        });
     }
     let running = Arc::new(TaskStatus::for_spec(
         &spec,

@@ -20,6 +20,7 @@
 mod admit;
 mod backoff;
 mod complete;
+mod control;
 mod execute;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use crate::backend::ResultBackend;
 use crate::broker::{Broker, Receipt};
 use crate::client::Stem;
 use crate::config::WorkerSettings;
+use crate::control::ControlPlane;
 use crate::envelope::{TaskSpec, WireEnvelope};
 use crate::error::Result;
 use crate::signing::Verifier;
@@ -55,6 +57,8 @@ pub struct WorkerOptions {
     pub fetch_block: Duration,
     /// Period of the delayed-task promoter.
     pub promote_interval: Duration,
+    /// Period of heartbeats to the control plane.
+    pub heartbeat_interval: Duration,
 }
 
 impl WorkerOptions {
@@ -70,6 +74,7 @@ impl WorkerOptions {
             shutdown_grace: Duration::from_secs(30),
             fetch_block: Duration::from_secs(1),
             promote_interval: Duration::from_millis(200),
+            heartbeat_interval: Duration::from_secs(10),
         }
     }
 }
@@ -86,6 +91,7 @@ impl From<&WorkerSettings> for WorkerOptions {
             shutdown_grace: s.shutdown_grace,
             fetch_block: Duration::from_secs(1),
             promote_interval: Duration::from_millis(200),
+            heartbeat_interval: s.heartbeat_interval,
         }
     }
 }
@@ -103,8 +109,20 @@ pub struct WorkerMetrics {
 
 /// An entry the worker holds (fetched, not yet settled).
 struct Held {
-    /// Set once the body runs; used to cancel it.
-    cancel: Option<CancellationToken>,
+    /// Set once the body runs.
+    running: Option<RunningTask>,
+}
+
+/// A task whose body is running.
+#[derive(Clone)]
+pub(crate) struct RunningTask {
+    pub id: String,
+    pub name: String,
+    pub queue: String,
+    pub attempt: u32,
+    pub started_ms: i64,
+    /// Cancels the body (revocation).
+    pub cancel: CancellationToken,
 }
 
 /// What happened to one delivery.
@@ -140,9 +158,14 @@ pub(crate) struct Shared {
     outcomes: mpsc::UnboundedSender<Outcome>,
     /// Cancelled when running bodies must stop (grace period over).
     force: CancellationToken,
-    /// Cancelled when the worker stops fetching.
+    /// Cancelled when the worker stops fetching (SIGTERM or a `shutdown`
+    /// command).
     stopping: CancellationToken,
     metrics: Arc<WorkerMetrics>,
+    control: Arc<dyn ControlPlane>,
+    /// Queues paused by operators; not fetched from.
+    paused: Mutex<std::collections::HashSet<String>>,
+    started_ms: i64,
 }
 
 impl Shared {
@@ -166,6 +189,23 @@ impl Shared {
         }
         self.settled.notify_waiters();
     }
+    fn running(&self) -> Vec<RunningTask> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|h| h.running.clone())
+            .collect()
+    }
+    fn active_queues(&self) -> Vec<String> {
+        let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        self.opts
+            .queues
+            .iter()
+            .filter(|q| !paused.contains(*q))
+            .cloned()
+            .collect()
+    }
     fn bound(&self) -> usize {
         self.opts.concurrency * self.opts.prefetch_multiplier
     }
@@ -179,6 +219,7 @@ pub struct Worker {
     registry: TaskRegistry,
     verifier: Option<Verifier>,
     metrics: Arc<WorkerMetrics>,
+    control: Arc<dyn ControlPlane>,
 }
 
 impl Worker {
@@ -192,6 +233,7 @@ impl Worker {
             registry: stem.registry().clone(),
             verifier,
             metrics: Arc::new(WorkerMetrics::default()),
+            control: stem.control(),
         }
     }
 
@@ -218,6 +260,9 @@ impl Worker {
             force: CancellationToken::new(),
             stopping: shutdown.clone(),
             metrics: self.metrics,
+            control: self.control,
+            paused: Mutex::new(Default::default()),
+            started_ms: crate::envelope::now_ms(),
         });
         let o = &shared.opts;
         if shared.verifier.is_none() {
@@ -238,6 +283,9 @@ impl Worker {
             tokio::spawn(promote_loop(shared.clone(), background.clone())),
             tokio::spawn(recover_loop(shared.clone(), background.clone())),
             tokio::spawn(execute::dispatch(shared.clone())),
+            tokio::spawn(revocation_loop(shared.clone(), background.clone())),
+            tokio::spawn(control::heartbeat_loop(shared.clone(), background.clone())),
+            tokio::spawn(control::command_loop(shared.clone(), background.clone())),
         ];
         tracing::info!(worker = %shared.opts.name, "worker ready");
         fetch_loop(&shared, &shutdown).await;
@@ -319,14 +367,18 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
         }
         // Not raced against shutdown: a read whose reply were dropped would
         // leave entries leased to us until the visibility timeout.
+        let queues = shared.active_queues();
+        if queues.is_empty() {
+            // Every queue is paused: wait, then look again.
+            tokio::select! {
+                _ = tokio::time::sleep(shared.opts.fetch_block) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
         match shared
             .broker
-            .fetch(
-                &consumer,
-                &shared.opts.queues,
-                free,
-                shared.opts.fetch_block,
-            )
+            .fetch(&consumer, &queues, free, shared.opts.fetch_block)
             .await
         {
             Ok(batch) => {
@@ -413,6 +465,33 @@ async fn recover_loop(shared: Arc<Shared>, stop: CancellationToken) {
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "recovery failed"),
+        }
+    }
+}
+
+/// Every second, looks up the statuses of running tasks and cancels those
+/// that were revoked (status `cancelled`).
+async fn revocation_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+        let running = shared.running();
+        if running.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
+        let Ok(statuses) = shared.backend.get_statuses(&ids).await else {
+            continue;
+        };
+        for (r, status) in running.iter().zip(statuses) {
+            if status.is_some_and(|s| s.state == crate::envelope::TaskState::Cancelled)
+                && !r.cancel.is_cancelled()
+            {
+                tracing::info!(task_id = %r.id, "task revoked while running: cancelling");
+                r.cancel.cancel();
+            }
         }
     }
 }

@@ -12,12 +12,16 @@ use stem::broker::memory::MemoryBroker;
 use stem::broker::redis::RedisBroker;
 use stem::broker::Broker;
 use stem::config::TlsSettings;
+use stem::control::memory::MemoryControl;
+use stem::control::redis::RedisControl;
+use stem::control::ControlPlane;
 use stem_testkit::RedisServer;
 
 /// One adapter pair under test; keeps its redis-server alive.
 pub struct Adapters {
     pub broker: Arc<dyn Broker>,
     pub backend: Arc<dyn ResultBackend>,
+    pub control: Arc<dyn ControlPlane>,
     pub redis: Option<RedisServer>,
 }
 
@@ -25,6 +29,7 @@ pub fn memory_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
     Ok(Adapters {
         broker: Arc::new(MemoryBroker::new()),
         backend: Arc::new(MemoryBackend::new(ttl)),
+        control: Arc::new(MemoryControl::new()),
         redis: None,
     })
 }
@@ -34,7 +39,8 @@ pub fn redis_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
     let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
     Ok(Adapters {
         broker: Arc::new(RedisBroker::new(client.clone(), 1000)?),
-        backend: Arc::new(RedisBackend::new(client, ttl)?),
+        backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
+        control: Arc::new(RedisControl::new(client)?),
         redis: Some(server),
     })
 }

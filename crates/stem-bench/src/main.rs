@@ -1,0 +1,126 @@
+//! `stem-bench`: the benchmark suite. Each scenario starts a private
+//! `redis-server` (loopback, no persistence), runs 3 times (configurable),
+//! prints a table of medians and writes JSON. Benchmarks print numbers and
+//! never fail on timing.
+//!
+//! ```text
+//! cargo build --release --workspace
+//! cargo run --release -p stem-bench -- all
+//! cargo run --release -p stem-bench -- drain --tasks 100000
+//! ```
+
+mod measure;
+mod noop;
+mod scenarios;
+mod timing;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stem-bench",
+    about = "Stem benchmarks against a private redis-server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Tasks per run (scenario default when absent).
+    #[arg(long, global = true)]
+    tasks: Option<usize>,
+    /// Runs per figure; the median is reported.
+    #[arg(long, global = true, default_value_t = 3)]
+    runs: usize,
+    /// Where to write the JSON results.
+    #[arg(long, global = true, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Scenario {
+    /// One-by-one and bulk enqueue throughput (default 100 000 tasks).
+    Enqueue,
+    /// Drain throughput at concurrency 1, 16, 128 and with 2 processes.
+    Drain,
+    /// Enqueue-to-result latency at a steady rate.
+    Latency {
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// POST /enqueue against the real enqueuer binary with wrk.
+    Http {
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Redis commands and round trips per task on the hot path.
+    Cost,
+    /// Worker RSS idle and while draining at concurrency 128.
+    Memory,
+    /// Every scenario.
+    All,
+    /// (internal) a worker process with the no-op task.
+    Worker {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        concurrency: usize,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        keys: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if !matches!(cli.scenario, Scenario::Worker { .. }) {
+        stem::telemetry::init_logging(stem::config::LogFormat::Text);
+    }
+    let opts = scenarios::Opts {
+        tasks: cli.tasks,
+        runs: cli.runs.max(1),
+    };
+    let reports = match cli.scenario {
+        Scenario::Worker {
+            url,
+            concurrency,
+            name,
+            keys,
+        } => {
+            return scenarios::worker_process(&url, concurrency, &name, &keys).await;
+        }
+        Scenario::Enqueue => vec![scenarios::enqueue(&opts).await?],
+        Scenario::Drain => vec![scenarios::drain(&opts).await?],
+        Scenario::Latency { rate, seconds } => {
+            vec![scenarios::latency(&opts, rate, seconds).await?]
+        }
+        Scenario::Http {
+            connections,
+            seconds,
+        } => vec![scenarios::http(&opts, connections, seconds).await?],
+        Scenario::Cost => vec![scenarios::cost(&opts).await?],
+        Scenario::Memory => vec![scenarios::memory(&opts).await?],
+        Scenario::All => vec![
+            scenarios::enqueue(&opts).await?,
+            scenarios::drain(&opts).await?,
+            scenarios::latency(&opts, 1000, 20).await?,
+            scenarios::http(&opts, 64, 10).await?,
+            scenarios::cost(&opts).await?,
+            scenarios::memory(&opts).await?,
+        ],
+    };
+    std::fs::create_dir_all(&cli.out)?;
+    for r in &reports {
+        r.print();
+        let path = cli.out.join(format!("{}.json", r.name));
+        std::fs::write(&path, serde_json::to_vec_pretty(r)?)?;
+        println!("  → {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,580 @@
+//! The scenarios. Each returns a [`Report`] of median figures.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
+use stem::config::StemConfig;
+use stem::signing::generate_hmac_secret;
+use stem::worker::{Worker, WorkerOptions};
+use stem_testkit::{RedisServer, ServiceProcess};
+use tokio_util::sync::CancellationToken;
+
+use crate::measure::{command_calls, median, percentile, process_cpu, process_memory, redis_cpu};
+use crate::noop::{registry, QUEUE, TASK};
+use crate::timing::TimingBackend;
+
+pub struct Opts {
+    pub tasks: Option<usize>,
+    pub runs: usize,
+}
+
+#[derive(Serialize)]
+pub struct Row {
+    pub figure: String,
+    pub value: f64,
+    pub unit: String,
+    pub runs: Vec<f64>,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub name: String,
+    pub machine: Value,
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    fn new(name: &str) -> Self {
+        Report {
+            name: name.into(),
+            machine: machine(),
+            rows: Vec::new(),
+        }
+    }
+    fn add(&mut self, figure: &str, unit: &str, runs: Vec<f64>) {
+        self.rows.push(Row {
+            figure: figure.into(),
+            value: median(runs.clone()),
+            unit: unit.into(),
+            runs,
+        });
+    }
+    pub fn print(&self) {
+        println!("\n== {} ==", self.name);
+        let w = self.rows.iter().map(|r| r.figure.len()).max().unwrap_or(10);
+        for r in &self.rows {
+            println!("  {:<w$}  {:>12.2} {}", r.figure, r.value, r.unit, w = w);
+        }
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let redis = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({ "nproc": nproc, "cpu": cpu, "redis": redis })
+}
+
+/// A Redis server plus a signing producer on it.
+struct Rig {
+    redis: RedisServer,
+    keys: String,
+    stem: Stem,
+}
+
+fn config(url: &str, keys: &str) -> anyhow::Result<StemConfig> {
+    let env: BTreeMap<&str, String> = [
+        ("STEM_BROKER_URL", url.to_string()),
+        ("STEM_SIGNING_KEYS", keys.to_string()),
+        ("STEM_SIGNING_ACTIVE_KEY", "bench".to_string()),
+    ]
+    .into();
+    Ok(StemConfig::from_lookup(&move |k: &str| {
+        env.get(k).cloned()
+    })?)
+}
+
+fn rig() -> anyhow::Result<Rig> {
+    let redis = RedisServer::start()?;
+    let keys = format!("bench:{}", generate_hmac_secret());
+    let stem = Stem::connect(&config(&redis.url(), &keys)?)?.with_registry(registry());
+    Ok(Rig { redis, keys, stem })
+}
+
+fn noop(i: usize) -> EnqueueRequest {
+    EnqueueRequest {
+        name: TASK.into(),
+        args: json!(i),
+        options: EnqueueOptions::default(),
+    }
+}
+
+async fn fill(stem: &Stem, n: usize) -> anyhow::Result<()> {
+    let mut i = 0;
+    while i < n {
+        let end = (i + 1000).min(n);
+        stem.enqueue_many((i..end).map(noop).collect()).await?;
+        i = end;
+    }
+    Ok(())
+}
+
+async fn drained(stem: &Stem) -> anyhow::Result<bool> {
+    let s = stem.broker().stats(QUEUE).await?;
+    Ok(s.ready == 0 && s.inflight == 0 && s.delayed == 0)
+}
+
+async fn wait_drained(stem: &Stem, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !drained(stem).await? {
+        if Instant::now() > deadline {
+            anyhow::bail!("queue not drained within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+fn worker_options(name: &str, concurrency: usize) -> WorkerOptions {
+    let mut o = WorkerOptions::new(name, &[QUEUE]);
+    o.concurrency = concurrency;
+    o
+}
+
+pub async fn enqueue(opts: &Opts) -> anyhow::Result<Report> {
+    let n = opts.tasks.unwrap_or(100_000);
+    let r = rig()?;
+    let mut report = Report::new("enqueue");
+    let (mut single, mut bulk) = (Vec::new(), Vec::new());
+    for run in 0..opts.runs {
+        r.redis.cli(&["FLUSHALL"])?;
+        let t = Instant::now();
+        for i in 0..n {
+            r.stem
+                .enqueue_raw(TASK, json!(i), EnqueueOptions::default())
+                .await?;
+        }
+        single.push(n as f64 / t.elapsed().as_secs_f64());
+        r.redis.cli(&["FLUSHALL"])?;
+        let t = Instant::now();
+        fill(&r.stem, n).await?;
+        bulk.push(n as f64 / t.elapsed().as_secs_f64());
+        tracing::info!(
+            run,
+            one_by_one = single[run],
+            bulk = bulk[run],
+            "enqueue run"
+        );
+    }
+    report.add(&format!("one-by-one ({n} tasks)"), "tasks/s", single);
+    report.add(
+        &format!("enqueue_many, 1000 per call ({n} tasks)"),
+        "tasks/s",
+        bulk,
+    );
+    Ok(report)
+}
+
+/// Drains `n` pre-enqueued tasks with `processes` worker processes (1 =
+/// in this process). Returns (tasks/s, redis cpu s per 10k, worker cpu s per 10k).
+async fn drain_once(
+    r: &Rig,
+    n: usize,
+    concurrency: usize,
+    processes: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    r.redis.cli(&["FLUSHALL"])?;
+    r.stem
+        .broker()
+        .register_queues(&[QUEUE.to_string()])
+        .await?;
+    fill(&r.stem, n).await?;
+    let redis_before = redis_cpu(&r.redis)?;
+    let (rate, worker_cpu) = if processes == 1 {
+        let cpu_before = process_cpu("self")?;
+        let stop = CancellationToken::new();
+        let t = Instant::now();
+        let w = Worker::new(
+            worker_options("bench-worker", concurrency),
+            &r.stem,
+            r.stem_verifier(&r.keys)?,
+        );
+        let handle = tokio::spawn(w.run(stop.clone()));
+        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        let cpu = process_cpu("self")? - cpu_before;
+        stop.cancel();
+        handle.await??;
+        (rate, cpu)
+    } else {
+        let exe = std::env::current_exe()?;
+        let t = Instant::now();
+        let mut children = Vec::new();
+        for i in 0..processes {
+            let args = [
+                "worker",
+                "--url",
+                &r.redis.url(),
+                "--concurrency",
+                &concurrency.to_string(),
+                "--name",
+                &format!("bench-worker-{i}"),
+                "--keys",
+                &r.keys,
+            ];
+            children.push(ServiceProcess::spawn_path(
+                "stem-bench-worker",
+                &exe,
+                &args,
+                &[],
+            )?);
+        }
+        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        let mut cpu = 0.0;
+        for c in &mut children {
+            cpu += process_cpu(&c.pid().to_string())?;
+            c.sigterm()?;
+        }
+        for c in &mut children {
+            c.wait_exit(Duration::from_secs(30))?;
+        }
+        (rate, cpu)
+    };
+    let redis = redis_cpu(&r.redis)? - redis_before;
+    let per10k = 10_000.0 / n as f64;
+    Ok((rate, redis * per10k, worker_cpu * per10k))
+}
+
+impl Rig {
+    fn stem_verifier(&self, keys: &str) -> anyhow::Result<Option<stem::signing::Verifier>> {
+        Ok(config(&self.redis.url(), keys)?.keys.verifier())
+    }
+}
+
+pub async fn drain(opts: &Opts) -> anyhow::Result<Report> {
+    let n = opts.tasks.unwrap_or(100_000);
+    let r = rig()?;
+    let mut report = Report::new("drain");
+    for (concurrency, processes) in [(1usize, 1usize), (16, 1), (128, 1), (128, 2)] {
+        let (mut rates, mut rcpu, mut wcpu) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..opts.runs {
+            let (rate, redis, worker) = drain_once(&r, n, concurrency, processes).await?;
+            tracing::info!(run, concurrency, processes, rate, "drain run");
+            rates.push(rate);
+            rcpu.push(redis);
+            wcpu.push(worker);
+        }
+        let label = format!("{processes} process(es) × concurrency {concurrency} ({n} tasks)");
+        report.add(&format!("{label}: throughput"), "tasks/s", rates);
+        report.add(&format!("{label}: redis cpu"), "s per 10k tasks", rcpu);
+        report.add(&format!("{label}: worker cpu"), "s per 10k tasks", wcpu);
+    }
+    Ok(report)
+}
+
+pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Report> {
+    let mut report = Report::new("latency");
+    let (mut p50s, mut p99s, mut p999s) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..opts.runs {
+        let r = rig()?;
+        let timing = Arc::new(TimingBackend {
+            inner: r.stem.backend(),
+            stored: Mutex::new(Default::default()),
+        });
+        let stem = Stem::from_parts(
+            r.stem.broker(),
+            timing.clone(),
+            r.stem.signer().cloned(),
+            registry(),
+        )
+        .with_control(r.stem.control());
+        let stop = CancellationToken::new();
+        let w = Worker::new(
+            worker_options("bench-latency", 16),
+            &stem,
+            r.stem_verifier(&r.keys)?,
+        );
+        let handle = tokio::spawn(w.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let total = (rate * seconds) as usize;
+        let mut sent: Vec<(String, Instant)> = Vec::with_capacity(total);
+        let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for i in 0..total {
+            tick.tick().await;
+            let at = Instant::now();
+            let e = stem
+                .enqueue_raw(TASK, json!(i), EnqueueOptions::default())
+                .await?;
+            sent.push((e.task_id, at));
+        }
+        wait_drained(&stem, Duration::from_secs(60)).await?;
+        stop.cancel();
+        handle.await??;
+        let stored = timing.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lat: Vec<f64> = sent
+            .iter()
+            .filter_map(|(id, at)| {
+                stored
+                    .get(id)
+                    .map(|t| t.duration_since(*at).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        tracing::info!(
+            run,
+            samples = lat.len(),
+            p50 = percentile(&lat, 50.0),
+            p99 = percentile(&lat, 99.0),
+            "latency run"
+        );
+        p50s.push(percentile(&lat, 50.0));
+        p99s.push(percentile(&lat, 99.0));
+        p999s.push(percentile(&lat, 99.9));
+    }
+    let label = format!("{rate} tasks/s for {seconds} s");
+    report.add(&format!("{label}: p50"), "ms", p50s);
+    report.add(&format!("{label}: p99"), "ms", p99s);
+    report.add(&format!("{label}: p99.9"), "ms", p999s);
+    Ok(report)
+}
+
+pub async fn http(opts: &Opts, connections: u32, seconds: u64) -> anyhow::Result<Report> {
+    if std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        anyhow::bail!(
+            "wrk not found: install it with `apt-get install wrk` (scripts/bench.sh does this)"
+        );
+    }
+    let mut report = Report::new("http");
+    let (mut rps, mut p99) = (Vec::new(), Vec::new());
+    let script = std::env::temp_dir().join("stem-bench-post.lua");
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\nwrk.body = '{\"name\":\"bench\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    )?;
+    for run in 0..opts.runs {
+        let r = rig()?;
+        let port = stem_testkit::free_port();
+        let mut enq = ServiceProcess::spawn(
+            "enqueuer",
+            &[],
+            &[
+                ("PORT", port.to_string()),
+                ("STEM_BROKER_URL", r.redis.url()),
+                ("STEM_SIGNING_KEYS", r.keys.clone()),
+                ("STEM_SIGNING_ACTIVE_KEY", "bench".into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+        )?;
+        let url = format!("http://127.0.0.1:{port}");
+        stem_testkit::wait_until("enqueuer", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
+        let out = std::process::Command::new("wrk")
+            .args([
+                "-t2",
+                &format!("-c{connections}"),
+                &format!("-d{seconds}s"),
+                "--latency",
+                "-s",
+            ])
+            .arg(&script)
+            .arg(format!("{url}/enqueue"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let rate = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        let q99 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("99%"))
+            .map(|v| parse_wrk_duration(v.trim()))
+            .unwrap_or(f64::NAN);
+        let non2xx = text.lines().any(|l| l.contains("Non-2xx"));
+        tracing::info!(run, rate, p99_ms = q99, non2xx, "http run");
+        if non2xx {
+            tracing::warn!("wrk saw non-2xx responses:\n{text}");
+        }
+        rps.push(rate);
+        p99.push(q99);
+        enq.sigterm()?;
+        enq.wait_exit(Duration::from_secs(15))?;
+    }
+    report.add(
+        &format!("POST /enqueue, {connections} connections, {seconds} s"),
+        "requests/s",
+        rps,
+    );
+    report.add("POST /enqueue p99", "ms", p99);
+    Ok(report)
+}
+
+fn parse_wrk_duration(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+pub async fn cost(opts: &Opts) -> anyhow::Result<Report> {
+    let n = opts.tasks.unwrap_or(20_000);
+    let r = rig()?;
+    let mut report = Report::new("cost");
+    let (mut per_task, mut trips) = (Vec::new(), Vec::new());
+    let mut breakdown = BTreeMap::new();
+    for run in 0..opts.runs {
+        r.redis.cli(&["FLUSHALL"])?;
+        r.stem
+            .broker()
+            .register_queues(&[QUEUE.to_string()])
+            .await?;
+        fill(&r.stem, n).await?;
+        r.redis.cli(&["CONFIG", "RESETSTAT"])?;
+        let trips_before = stem::redis_conn::round_trips();
+        let stop = CancellationToken::new();
+        let w = Worker::new(
+            worker_options("bench-cost", 128),
+            &r.stem,
+            r.stem_verifier(&r.keys)?,
+        );
+        let handle = tokio::spawn(w.run(stop.clone()));
+        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        stop.cancel();
+        handle.await??;
+        let trips_used = stem::redis_conn::round_trips() - trips_before;
+        let calls = command_calls(&r.redis)?;
+        // Commands the bench itself issued (INFO, stats polling) are not the worker's.
+        let ignore = [
+            "info",
+            "config|resetstat",
+            "xlen",
+            "zcard",
+            "xpending",
+            "ping",
+        ];
+        let total: u64 = calls
+            .iter()
+            .filter(|(k, _)| !ignore.contains(&k.as_str()))
+            .map(|(_, v)| *v)
+            .sum();
+        per_task.push(total as f64 / n as f64);
+        trips.push(trips_used as f64 / n as f64);
+        breakdown = calls
+            .into_iter()
+            .filter(|(k, _)| !ignore.contains(&k.as_str()))
+            .map(|(k, v)| (k, v as f64 / n as f64))
+            .collect();
+        tracing::info!(run, per_task = per_task[run], "cost run");
+    }
+    report.add(
+        &format!("redis commands per task, drain at concurrency 128 ({n} tasks)"),
+        "commands",
+        per_task,
+    );
+    report.add(
+        "client round trips per task (includes the bench's polling)",
+        "round trips",
+        trips,
+    );
+    for (cmd, per) in breakdown {
+        report.add(&format!("  {cmd}"), "per task (last run)", vec![per]);
+    }
+    Ok(report)
+}
+
+pub async fn memory(opts: &Opts) -> anyhow::Result<Report> {
+    let n = opts.tasks.unwrap_or(200_000);
+    let r = rig()?;
+    let mut report = Report::new("memory");
+    let exe = std::env::current_exe()?;
+    let args = [
+        "worker",
+        "--url",
+        &r.redis.url(),
+        "--concurrency",
+        "128",
+        "--name",
+        "bench-mem",
+        "--keys",
+        &r.keys,
+    ];
+    let mut child = ServiceProcess::spawn_path("stem-bench-worker", &exe, &args, &[])?;
+    let pid = child.pid().to_string();
+    child.wait_for_log("worker ready", Duration::from_secs(10))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle, _) = process_memory(&pid)?;
+    fill(&r.stem, 10_000).await?;
+    wait_drained(&r.stem, Duration::from_secs(600)).await?;
+    let (warm, _) = process_memory(&pid)?;
+    let mut i = 0;
+    let t = Instant::now();
+    while i < n {
+        let end = (i + 20_000).min(n);
+        fill(&r.stem, end - i).await?;
+        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        i = end;
+    }
+    let (end_rss, peak) = process_memory(&pid)?;
+    tracing::info!(
+        idle,
+        warm,
+        end_rss,
+        peak,
+        secs = t.elapsed().as_secs_f64(),
+        "memory run"
+    );
+    child.sigterm()?;
+    child.wait_exit(Duration::from_secs(30))?;
+    let _ = opts.runs;
+    report.add("idle worker RSS", "MiB", vec![idle]);
+    report.add(
+        "RSS after a 10k-task warm-up drain (concurrency 128)",
+        "MiB",
+        vec![warm],
+    );
+    report.add(
+        &format!("RSS after draining {n} more tasks"),
+        "MiB",
+        vec![end_rss],
+    );
+    report.add("peak RSS (VmHWM)", "MiB", vec![peak]);
+    Ok(report)
+}
+
+/// The internal `worker` subcommand: a no-op worker process.
+pub async fn worker_process(
+    url: &str,
+    concurrency: usize,
+    name: &str,
+    keys: &str,
+) -> anyhow::Result<()> {
+    stem::telemetry::init_logging(stem::config::LogFormat::Text);
+    let cfg = config(url, keys)?;
+    let stem = Stem::connect_consumer(&cfg)?.with_registry(registry());
+    let w = Worker::new(
+        worker_options(name, concurrency),
+        &stem,
+        cfg.keys.verifier(),
+    );
+    w.run(stem::runtime::shutdown_token()).await?;
+    Ok(())
+}

@@ -1,0 +1,523 @@
+//! Shared helpers for Stem's black-box end-to-end tests.
+//!
+//! The tests in `tests/` drive the real system the way an operator would:
+//! a private `redis-server` (from [`stem_testkit`]), the real `enqueuer` and
+//! `worker` binaries as child processes, the HTTP API over the loopback
+//! interface, and the workers' logs. The binaries must be built first
+//! (`cargo build --workspace`, or `cargo test --workspace` which builds
+//! them); [`stem_testkit::binary_path`] says so when they are missing.
+//!
+//! Nothing here sleeps for a fixed time to wait for an outcome: every wait
+//! is [`poll_until`] with a deadline, and fails with a message saying what
+//! was awaited and what was last seen.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use stem::broker::redis::RedisBroker;
+use stem::broker::{Broker, DeadLetter};
+use stem::config::TlsSettings;
+
+pub use stem_testkit::{
+    binary_path, free_port, RedisOptions, RedisServer, ServiceProcess, TlsAssets, TlsMode,
+};
+
+/// What the demo task body logs at the start of every execution.
+pub const BODY_RUNNING: &str = "demo task body running";
+
+/// Interval between two evaluations in [`poll_until`].
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Generous deadline for outcomes that only need the system to get round
+/// to them (a 2-core machine running several tests at once can be slow).
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// Polls `f` every 50 ms until it yields `Some(value)`, and returns it.
+///
+/// `Ok(None)` means "not yet"; `Err(_)` is treated as transient (e.g. a
+/// connection refused while a service restarts) and reported in the
+/// timeout message. Fails once `timeout` has elapsed with
+/// "timed out after … waiting for {what}". `f` runs at least once.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error: Option<anyhow::Error> = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            match last_error {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+    }
+}
+
+/// Builds `[(key, value)]` environment pairs for [`ServiceProcess::spawn`].
+pub fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+}
+
+/// A unique, readable name for a worker (`e2e-<label>-<n>-<pid>`).
+pub fn worker_name(label: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "e2e-{label}-{}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::process::id()
+    )
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------
+
+/// One HTTP answer of the enqueue API.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// The `content-type` header, if any.
+    pub content_type: Option<String>,
+    /// The body as text.
+    pub text: String,
+    /// The body parsed as JSON (`Value::Null` when it is not JSON).
+    pub json: Value,
+}
+
+impl Reply {
+    /// Fails unless the reply is JSON (`content-type: application/json…`
+    /// and a body that parses).
+    pub fn expect_json(&self) -> anyhow::Result<&Value> {
+        let ct = self.content_type.as_deref().unwrap_or("");
+        if !ct.starts_with("application/json") {
+            bail!(
+                "expected content-type application/json, got {ct:?} (status {}, body {})",
+                self.status,
+                self.text
+            );
+        }
+        if self.json.is_null() {
+            bail!(
+                "expected a JSON body, got {:?} (status {})",
+                self.text,
+                self.status
+            );
+        }
+        Ok(&self.json)
+    }
+
+    /// The `"error"` sentence of a JSON error reply.
+    pub fn error_message(&self) -> anyhow::Result<&str> {
+        self.expect_json()?
+            .get("error")
+            .and_then(Value::as_str)
+            .with_context(|| format!("no string \"error\" in {}", self.text))
+    }
+}
+
+/// A client of the enqueue API at one base URL.
+#[derive(Clone, Debug)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// A client for `base` (e.g. `http://127.0.0.1:8081`).
+    pub fn new(base: impl Into<String>) -> anyhow::Result<Self> {
+        stem::redis_conn::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            base: base.into(),
+            http,
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn reply(resp: reqwest::Response) -> anyhow::Result<Reply> {
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await.context("reading the response body")?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            content_type,
+            text,
+            json,
+        })
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        Self::reply(resp).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {url} {body}"))?;
+        Self::reply(resp).await
+    }
+
+    /// `POST path` with raw bytes as `content-type: application/json`.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {url} (raw body)"))?;
+        Self::reply(resp).await
+    }
+
+    /// `POST /enqueue` that must succeed; returns the task id.
+    pub async fn enqueue(&self, body: Value) -> anyhow::Result<String> {
+        let reply = self.post_json("/enqueue", &body).await?;
+        if reply.status != 200 {
+            bail!(
+                "POST /enqueue {body} answered {}: {}",
+                reply.status,
+                reply.text
+            );
+        }
+        reply
+            .expect_json()?
+            .get("taskId")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .with_context(|| format!("no taskId in {}", reply.text))
+    }
+
+    /// `GET /tasks/{id}`: `Some(status)` on 200, `None` on 404.
+    pub async fn task(&self, id: &str) -> anyhow::Result<Option<Value>> {
+        let reply = self.get(&format!("/tasks/{id}")).await?;
+        match reply.status {
+            200 => Ok(Some(reply.expect_json()?.clone())),
+            404 => Ok(None),
+            s => bail!("GET /tasks/{id} answered {s}: {}", reply.text),
+        }
+    }
+
+    /// Polls `GET /tasks/{id}` until its state is `state`. Fails at once if
+    /// the task reaches another terminal state, and on timeout with the
+    /// last status seen.
+    pub async fn wait_state(
+        &self,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last: Option<Value> = None;
+        loop {
+            match self.task(id).await {
+                Ok(Some(s)) => {
+                    let current = state_of(&s).to_string();
+                    if current == state {
+                        return Ok(s);
+                    }
+                    if is_terminal(&current) {
+                        bail!("task {id} reached {current:?} while waiting for {state:?}: {s}");
+                    }
+                    last = Some(s);
+                }
+                Ok(None) => {}
+                Err(e) => last = Some(Value::String(format!("error: {e:#}"))),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for task {id} to be {state:?}; last status: {}",
+                    last.map(|v| v.to_string()).unwrap_or_else(|| "none (404)".into())
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+        }
+    }
+
+    /// Polls `GET /healthz` until it answers 200.
+    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
+        poll_until("GET /healthz to answer 200", timeout, || async {
+            Ok((self.get("/healthz").await?.status == 200).then_some(()))
+        })
+        .await
+    }
+}
+
+/// The `"state"` of a status document (`""` when missing).
+pub fn state_of(status: &Value) -> &str {
+    status.get("state").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Whether `state` is final (succeeded, failed, cancelled).
+pub fn is_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// A running `enqueuer` and a client for its API.
+#[derive(Debug)]
+pub struct Enqueuer {
+    pub process: ServiceProcess,
+    pub api: Api,
+    pub port: u16,
+}
+
+/// Starts the `enqueuer` on a free port with `STEM_BROKER_URL=broker_url`
+/// plus `extra` variables, and waits until `GET /healthz` answers. Retries
+/// on another port if the process exits (its port was taken meanwhile).
+pub async fn start_enqueuer(
+    broker_url: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<Enqueuer> {
+    let mut last_error = None;
+    for _attempt in 0..3 {
+        let port = free_port();
+        let mut envs: Vec<(&str, String)> = vec![
+            ("PORT", port.to_string()),
+            ("STEM_BROKER_URL", broker_url.to_string()),
+        ];
+        envs.extend(extra.iter().cloned());
+        let mut process = ServiceProcess::spawn("enqueuer", &[], &envs)?;
+        let api = Api::new(format!("http://127.0.0.1:{port}"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = api.get("/healthz").await {
+                if r.status == 200 {
+                    return Ok(Enqueuer { process, api, port });
+                }
+            }
+            if !process.is_running() {
+                last_error = Some(anyhow::anyhow!(
+                    "enqueuer on port {port} exited with {:?}; log:\n{}",
+                    process.exit_status(),
+                    process.logs()
+                ));
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "enqueuer on port {port} did not answer GET /healthz within 20s; log:\n{}",
+                    process.logs()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("enqueuer did not start")))
+}
+
+/// Starts a `worker` named `name` on `queues` (CSV) with
+/// `STEM_BROKER_URL=broker_url` plus `extra`, and waits until it logs
+/// `worker ready`.
+pub async fn start_worker(
+    broker_url: &str,
+    name: &str,
+    queues: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<ServiceProcess> {
+    let process = spawn_worker(broker_url, name, queues, extra)?;
+    wait_log(&process, "worker ready", Duration::from_secs(20)).await?;
+    Ok(process)
+}
+
+/// Spawns a `worker` without waiting for it to be ready.
+pub fn spawn_worker(
+    broker_url: &str,
+    name: &str,
+    queues: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<ServiceProcess> {
+    let mut envs: Vec<(&str, String)> = vec![
+        ("STEM_BROKER_URL", broker_url.to_string()),
+        ("STEM_WORKER_NAME", name.to_string()),
+        ("STEM_WORKER_QUEUES", queues.to_string()),
+    ];
+    envs.extend(extra.iter().cloned());
+    ServiceProcess::spawn("worker", &[], &envs)
+}
+
+/// Polls `process`'s log until it contains `needle`; fails early if the
+/// process exits without having logged it.
+pub async fn wait_log(
+    process: &ServiceProcess,
+    needle: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let logs = process.logs();
+        if logs.contains(needle) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for `{}` (pid {}) to log {needle:?}; log:\n{logs}",
+                process.name(),
+                process.pid()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+    }
+}
+
+/// Lines of `logs` that announce the demo body running for `task_id`.
+pub fn body_run_lines<'a>(logs: &'a str, task_id: &str) -> Vec<&'a str> {
+    let field = format!("task_id={task_id}");
+    logs.lines()
+        .filter(|l| l.contains(BODY_RUNNING) && l.contains(&field))
+        .collect()
+}
+
+/// How many times the demo body started for `task_id` according to `logs`.
+pub fn body_runs(logs: &str, task_id: &str) -> usize {
+    body_run_lines(logs, task_id).len()
+}
+
+/// Polls until `process` logs the demo body starting for `task_id`.
+pub async fn wait_body_running(
+    process: &ServiceProcess,
+    task_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    poll_until(
+        &format!("`{}` to log {BODY_RUNNING:?} for {task_id}", process.name()),
+        timeout,
+        || async { Ok((body_runs(&process.logs(), task_id) > 0).then_some(())) },
+    )
+    .await
+    .with_context(|| format!("log of `{}`:\n{}", process.name(), process.logs()))
+}
+
+// ---------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------
+
+/// A broker on a plain `redis://` URL, for reading dead letters.
+pub fn broker(url: &str) -> anyhow::Result<RedisBroker> {
+    let client = stem::redis_conn::client(url, &TlsSettings::default())?;
+    Ok(RedisBroker::new(client, 1000)?)
+}
+
+/// The newest (at most 100) dead letters of `queue`.
+pub async fn dead_letters(url: &str, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    Ok(broker(url)?.list_dead_letters(queue, 100).await?)
+}
+
+/// Polls the dead letters of `queue` until one matches `pred`.
+pub async fn wait_dead_letter<P>(
+    url: &str,
+    queue: &str,
+    timeout: Duration,
+    pred: P,
+) -> anyhow::Result<DeadLetter>
+where
+    P: Fn(&DeadLetter) -> bool,
+{
+    let b = broker(url)?;
+    let pred = &pred;
+    let b = &b;
+    poll_until(
+        &format!("a matching dead letter in queue {queue}"),
+        timeout,
+        || async move {
+            let letters = b.list_dead_letters(queue, 100).await?;
+            Ok(letters.into_iter().find(|l| pred(l)))
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Signing
+// ---------------------------------------------------------------------------
+
+/// `id:<fresh base64 HMAC secret>`, one entry of `STEM_SIGNING_KEYS`.
+pub fn hmac_key(id: &str) -> String {
+    format!("{id}:{}", stem::signing::generate_hmac_secret())
+}
+
+/// A fresh Ed25519 key: `(id:public, id:seed)` entries for
+/// `STEM_SIGNING_PUBLIC_KEYS` and `STEM_SIGNING_PRIVATE_KEYS`.
+pub fn ed25519_key(id: &str) -> (String, String) {
+    let (public, seed) = stem::signing::generate_ed25519_pair();
+    (format!("{id}:{public}"), format!("{id}:{seed}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_lines_are_matched_by_task_id() {
+        let logs = "2024 INFO demo task body running task=\"greeting.send\" task_id=abc attempt=0 name=Ada\n\
+                    2024 INFO demo task body running task=\"greeting.send\" task_id=abd attempt=0 name=Bo\n\
+                    2024 INFO Processed greeting.send for Ada (attempt 0) task_id=abc\n";
+        assert_eq!(body_runs(logs, "abc"), 1);
+        assert_eq!(body_runs(logs, "abd"), 1);
+        assert_eq!(body_runs(logs, "zzz"), 0);
+    }
+
+    #[tokio::test]
+    async fn poll_until_reports_what_it_waited_for() {
+        let err =
+            poll_until::<(), _, _>("never", Duration::from_millis(120), || async { Ok(None) })
+                .await
+                .expect_err("never ready");
+        assert!(err.to_string().contains("waiting for never"), "{err}");
+        let mut n = 0;
+        let v = poll_until("third call", Duration::from_secs(5), || {
+            n += 1;
+            let k = n;
+            async move { Ok((k >= 3).then_some(k)) }
+        })
+        .await
+        .expect("ready on the third call");
+        assert_eq!(v, 3);
+    }
+}

@@ -1,0 +1,184 @@
+//! Process edges: HTTPS with required client certificates, `stem dev`,
+//! the worker's health endpoint, exit code 78 on bad configuration, and a
+//! verify-only HMAC worker.
+
+use std::time::Duration;
+
+use serde_json::json;
+use stem_e2e::{hmac_key, start_enqueuer, start_worker, Api};
+use stem_testkit::{free_port, RedisServer, ServiceProcess, TlsAssets};
+
+fn https_client(tls: &TlsAssets, with_identity: bool) -> anyhow::Result<reqwest::Client> {
+    stem::redis_conn::install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca_cert)?)?;
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(10));
+    if with_identity {
+        let mut pem = std::fs::read(&tls.client_cert)?;
+        pem.extend(std::fs::read(&tls.client_key)?);
+        b = b.identity(reqwest::Identity::from_pem(&pem)?);
+    }
+    Ok(b.build()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_enqueuer_requires_client_certificates() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let dir = tempfile_dir()?;
+    let tls = TlsAssets::generate(&dir)?;
+    let port = free_port();
+    let mut enq = ServiceProcess::spawn(
+        "enqueuer",
+        &[],
+        &[
+            ("PORT", port.to_string()),
+            ("STEM_BROKER_URL", redis.url()),
+            ("ENQUEUER_TLS_CERT", tls.server_cert.display().to_string()),
+            ("ENQUEUER_TLS_KEY", tls.server_key.display().to_string()),
+            ("ENQUEUER_TLS_CLIENT_CA", tls.ca_cert.display().to_string()),
+        ],
+    )?;
+    enq.wait_for_log("client certificates required", Duration::from_secs(20))?;
+    let url = format!("https://localhost:{port}");
+    let trusted = https_client(&tls, true)?;
+    let r = trusted
+        .post(format!("{url}/enqueue"))
+        .json(&json!({"name": "Ada"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await?;
+    assert!(body["taskId"].is_string());
+    let anonymous = https_client(&tls, false)?;
+    let refused = anonymous.get(format!("{url}/healthz")).send().await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate was served: {refused:?}"
+    );
+    enq.sigterm()?;
+    assert_eq!(enq.wait_exit(Duration::from_secs(15))?, Some(0));
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "stem-e2e-tls-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stem_dev_runs_the_stack_in_one_process() -> anyhow::Result<()> {
+    let port = free_port();
+    let mut dev = ServiceProcess::spawn(
+        "stem",
+        &["dev", "--port", &port.to_string()],
+        &[("STEM_BROKER_URL", "memory://".to_string())],
+    )?;
+    dev.wait_for_log("Enqueue API listening", Duration::from_secs(20))?;
+    assert!(
+        dev.logs().contains("Enqueue API: http://127.0.0.1:"),
+        "prints its URLs"
+    );
+    let api = Api::new(format!("http://127.0.0.1:{port}"))?;
+    for task in ["greeting.send", "billing.charge", "reports.aggregate"] {
+        let id = api
+            .enqueue(json!({"task": task, "name": "Dev", "delayMs": 10}))
+            .await?;
+        let status = api
+            .wait_state(&id, "succeeded", Duration::from_secs(15))
+            .await?;
+        assert_eq!(status["result"], json!(format!("Processed {task} for Dev")));
+    }
+    dev.sigterm()?;
+    assert_eq!(dev.wait_exit(Duration::from_secs(15))?, Some(0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_health_endpoint_and_verify_only_hmac_worker() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let key = hmac_key("primary");
+    let health = free_port();
+    // A worker holds verification keys only: no STEM_SIGNING_ACTIVE_KEY.
+    let _worker = start_worker(
+        &redis.url(),
+        "health-worker",
+        "greetings",
+        &[
+            ("STEM_SIGNING_KEYS", key.clone()),
+            ("STEM_WORKER_HEALTH_PORT", health.to_string()),
+        ],
+    )
+    .await?;
+    let api = Api::new(format!("http://127.0.0.1:{health}"))?;
+    let h = api.get("/healthz").await?;
+    assert_eq!(
+        (h.status, h.json["worker"].clone()),
+        (200, json!("health-worker"))
+    );
+    assert_eq!(api.get("/readyz").await?.status, 200);
+    let enq = start_enqueuer(
+        &redis.url(),
+        &[
+            ("STEM_SIGNING_KEYS", key),
+            ("STEM_SIGNING_ACTIVE_KEY", "primary".to_string()),
+        ],
+    )
+    .await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "Ada", "delayMs": 10}))
+        .await?;
+    enq.api
+        .wait_state(&id, "succeeded", Duration::from_secs(15))
+        .await?;
+    Ok(())
+}
+
+#[test]
+fn invalid_configuration_exits_78_naming_the_variable() -> anyhow::Result<()> {
+    let cases: [(&str, &str, &str); 4] = [
+        ("worker", "STEM_SIGNING_KEYS", "primary:not-base64!"),
+        ("worker", "STEM_VISIBILITY_TIMEOUT", "soon"),
+        ("enqueuer", "STEM_BROKER_URL", "http://localhost:6379"),
+        ("enqueuer", "STEM_TLS_CA_CERT", "/nonexistent/ca.pem"),
+    ];
+    for (bin, var, value) in cases {
+        let mut p = ServiceProcess::spawn(
+            bin,
+            &[],
+            &[(var, value.to_string()), ("PORT", free_port().to_string())],
+        )?;
+        let code = p.wait_exit(Duration::from_secs(15))?;
+        assert_eq!(code, Some(78), "{bin} with {var}={value}: {}", p.logs());
+        let logs = p.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("configuration error"))
+            .unwrap_or_default();
+        assert!(line.contains(var), "{bin}: the error names {var}: {logs}");
+    }
+    let mut p = ServiceProcess::spawn(
+        "enqueuer",
+        &[],
+        &[
+            ("STEM_SIGNING_KEYS", hmac_key("a")),
+            ("STEM_SIGNING_ACTIVE_KEY", "b".to_string()),
+            ("PORT", free_port().to_string()),
+        ],
+    )?;
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(15))?,
+        Some(78),
+        "unknown active key: {}",
+        p.logs()
+    );
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Envelope signing between separate processes (CONTRACT §3): a worker
+//! refuses what it cannot verify, Ed25519 workers need only public keys,
+//! and key rotation keeps the backlog verifiable.
+
+use std::time::Duration;
+
+use serde_json::json;
+use stem_e2e::{
+    body_runs, ed25519_key, hmac_key, start_enqueuer, start_worker, wait_dead_letter, worker_name,
+    RedisServer, SETTLE,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_rejected_without_running() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(
+        &url,
+        &[
+            ("STEM_SIGNING_KEYS", hmac_key("a")),
+            ("STEM_SIGNING_ACTIVE_KEY", "a".into()),
+        ],
+    )
+    .await?;
+    // The worker needs STEM_SIGNING_ACTIVE_KEY too: with HMAC keys and no
+    // active key it exits 78 (it builds a producer client at start).
+    let worker = start_worker(
+        &url,
+        &worker_name("verifier"),
+        "greetings",
+        &[
+            ("STEM_SIGNING_KEYS", hmac_key("b")),
+            ("STEM_SIGNING_ACTIVE_KEY", "b".into()),
+        ],
+    )
+    .await?;
+
+    let id = enq.api.enqueue(json!({"name": "Mallory"})).await?;
+    let s = enq.api.wait_state(&id, "failed", SETTLE).await?;
+    assert_eq!(s["error"]["reason"], "signature-invalid", "{s}");
+
+    let letter = wait_dead_letter(&url, "greetings", Duration::from_secs(10), |l| {
+        l.task_id().as_deref() == Some(id.as_str())
+    })
+    .await?;
+    assert_eq!(letter.reason, "signature-invalid", "{letter:?}");
+    // The envelope is kept as sent, signature included.
+    let wire = letter
+        .wire
+        .as_ref()
+        .expect("dead letter keeps the envelope");
+    assert_eq!(wire.key_id.as_deref(), Some("a"), "{letter:?}");
+    assert!(wire.signature.is_some(), "{letter:?}");
+
+    let logs = worker.logs();
+    assert_eq!(body_runs(&logs, &id), 0, "body must never run:\n{logs}");
+    assert!(logs.contains("signature invalid"), "{logs}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_worker_verifies_with_public_keys_only() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let (public, private) = ed25519_key("ed1");
+    let enq = start_enqueuer(
+        &url,
+        &[
+            ("STEM_SIGNING_ALGORITHM", "ed25519".into()),
+            ("STEM_SIGNING_PRIVATE_KEYS", private),
+            ("STEM_SIGNING_ACTIVE_KEY", "ed1".into()),
+        ],
+    )
+    .await?;
+    let worker = start_worker(
+        &url,
+        &worker_name("ed25519"),
+        "billing",
+        &[
+            ("STEM_SIGNING_ALGORITHM", "ed25519".into()),
+            ("STEM_SIGNING_PUBLIC_KEYS", public),
+        ],
+    )
+    .await?;
+
+    let id = enq
+        .api
+        .enqueue(json!({"task": "billing.charge", "name": "Ada", "delayMs": 1}))
+        .await?;
+    let s = enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    assert_eq!(s["result"], "Processed billing.charge for Ada", "{s}");
+    let logs = worker.logs();
+    assert_eq!(body_runs(&logs, &id), 1, "{logs}");
+    assert!(
+        !logs.contains("no verification keys"),
+        "the worker must verify, not run unsigned:\n{logs}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_keys_both_verify() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let (old, new) = (hmac_key("old"), hmac_key("new"));
+    let both = format!("{old},{new}");
+
+    // The worker already knows both ids.
+    let worker = start_worker(
+        &url,
+        &worker_name("rotation"),
+        "greetings",
+        &[
+            ("STEM_SIGNING_KEYS", both.clone()),
+            ("STEM_SIGNING_ACTIVE_KEY", "new".into()),
+        ],
+    )
+    .await?;
+
+    // The producer signs with `old` …
+    let mut enq = start_enqueuer(
+        &url,
+        &[
+            ("STEM_SIGNING_KEYS", old.clone()),
+            ("STEM_SIGNING_ACTIVE_KEY", "old".into()),
+        ],
+    )
+    .await?;
+    let before = enq.api.enqueue(json!({"name": "before"})).await?;
+    let s = enq.api.wait_state(&before, "succeeded", SETTLE).await?;
+    assert_eq!(s["result"], "Processed greeting.send for before", "{s}");
+    enq.process.sigterm()?;
+    assert_eq!(
+        enq.process.wait_exit(Duration::from_secs(15))?,
+        Some(0),
+        "enqueuer must exit 0 on SIGTERM:\n{}",
+        enq.process.logs()
+    );
+
+    // … and is restarted with `new` active.
+    let enq = start_enqueuer(
+        &url,
+        &[
+            ("STEM_SIGNING_KEYS", both),
+            ("STEM_SIGNING_ACTIVE_KEY", "new".into()),
+        ],
+    )
+    .await?;
+    let after = enq.api.enqueue(json!({"name": "after"})).await?;
+    let s = enq.api.wait_state(&after, "succeeded", SETTLE).await?;
+    assert_eq!(s["result"], "Processed greeting.send for after", "{s}");
+
+    let logs = worker.logs();
+    assert_eq!(body_runs(&logs, &before), 1, "{logs}");
+    assert_eq!(body_runs(&logs, &after), 1, "{logs}");
+    assert!(!logs.contains("signature invalid"), "{logs}");
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Redis control plane. Keys:
+//!
+//! | key | type | lifetime |
+//! | --- | --- | --- |
+//! | `stem:workers` | sorted set: worker name, score = last heartbeat ms | pruned when a worker's info key has expired |
+//! | `stem:worker:<name>` | string: [`WorkerInfo`] JSON | 3 × heartbeat interval |
+//! | `stem:control` | pub/sub channel of [`ControlCommand`] JSON | — |
+//! | `stem:control:reply:<id>` | list of [`ControlReply`] JSON | 60 s |
+//! | `stem:paused` | set of paused queue names | until resumed |
+
+use std::time::Duration;
+
+use ::redis::{AsyncCommands, Client};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::{ControlCommand, ControlPlane, ControlReply, WorkerInfo};
+use crate::error::Result;
+use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
+
+const WORKERS: &str = "stem:workers";
+const CHANNEL: &str = "stem:control";
+const PAUSED: &str = "stem:paused";
+
+fn info_key(name: &str) -> String {
+    format!("stem:worker:{name}")
+}
+fn reply_key(id: &str) -> String {
+    format!("stem:control:reply:{id}")
+}
+
+/// The Redis control plane.
+#[derive(Clone)]
+pub struct RedisControl {
+    client: Client,
+    conn: Conn,
+}
+
+impl RedisControl {
+    /// A control plane on `client`; connects lazily.
+    pub fn new(client: Client) -> Result<Self> {
+        Ok(RedisControl {
+            conn: connection(client.clone(), COMMAND_TIMEOUT)?,
+            client,
+        })
+    }
+}
+
+#[async_trait]
+impl ControlPlane for RedisControl {
+    async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(info_key(&info.name))
+            .arg(serde_json::to_vec(info)?)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .ignore()
+            .zadd(WORKERS, &info.name, info.heartbeat_at)
+            .ignore();
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn forget(&self, worker: &str) -> Result<()> {
+        let mut pipe = ::redis::pipe();
+        pipe.del(info_key(worker))
+            .ignore()
+            .zrem(WORKERS, worker)
+            .ignore();
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let mut conn = self.conn.clone();
+        let names: Vec<String> = conn.zrange(WORKERS, 0, -1).await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = names.iter().map(|n| info_key(n)).collect();
+        let raw: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (name, r) in names.into_iter().zip(raw) {
+            match r.and_then(|b| serde_json::from_slice::<WorkerInfo>(&b).ok()) {
+                Some(info) => out.push(info),
+                None => gone.push(name),
+            }
+        }
+        if !gone.is_empty() {
+            let _: () = conn.zrem(WORKERS, &gone).await?;
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn send(&self, command: &ControlCommand) -> Result<()> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .publish(CHANNEL, serde_json::to_vec(command)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<BoxStream<'static, ControlCommand>> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(CHANNEL).await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|msg| async move {
+                serde_json::from_slice::<ControlCommand>(msg.get_payload_bytes()).ok()
+            })
+            .boxed())
+    }
+
+    async fn reply(&self, id: &str, reply: &ControlReply) -> Result<()> {
+        let key = reply_key(id);
+        let mut pipe = ::redis::pipe();
+        pipe.rpush(&key, serde_json::to_vec(reply)?)
+            .ignore()
+            .pexpire(&key, 60_000)
+            .ignore();
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn replies(
+        &self,
+        id: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ControlReply>> {
+        let key = reply_key(id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut conn = self.conn.clone();
+        while out.len() < expected {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Poll the list rather than BLPOP so the shared multiplexed
+            // connection is never blocked.
+            let items: Vec<Vec<u8>> = ::redis::cmd("LPOP")
+                .arg(&key)
+                .arg(expected - out.len())
+                .query_async::<Option<Vec<Vec<u8>>>>(&mut conn)
+                .await?
+                .unwrap_or_default();
+            if items.is_empty() {
+                tokio::time::sleep(Duration::from_millis(25).min(deadline - now)).await;
+                continue;
+            }
+            out.extend(
+                items
+                    .iter()
+                    .filter_map(|b| serde_json::from_slice::<ControlReply>(b).ok()),
+            );
+        }
+        let _: () = conn.del(&key).await?;
+        Ok(out)
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        let mut v: Vec<String> = self.conn.clone().smembers(PAUSED).await?;
+        v.sort();
+        Ok(v)
+    }
+
+    async fn set_paused(&self, queues: &[String], paused: bool) -> Result<()> {
+        if queues.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        if paused {
+            let _: () = conn.sadd(PAUSED, queues).await?;
+        } else {
+            let _: () = conn.srem(PAUSED, queues).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,600 @@
+//! [`Beat`]: the scheduler loop. Any number of beat processes may run; the
+//! one holding the leader lease fires slots, the others wait to take over.
+//!
+//! Per iteration (at most every `tick`, 250 ms by default):
+//!
+//! 1. **Lease.** A follower tries `acquire` (SET NX PX `lease`) every tick;
+//!    the leader renews (compare-and-renew) every `lease / 3` and steps down
+//!    when the renewal says another owner holds it, or when its lease ran
+//!    out while the store was unreachable. On a graceful stop the leader
+//!    releases the lease, so a follower takes over within one tick.
+//! 2. **Fire.** The leader asks for due entries (`nextRunAt ≤ now`). For each,
+//!    the slot is `nextRunAt`, or — after downtime — the most recent slot
+//!    not after now (missed slots before it are skipped, counted and logged:
+//!    the most recent missed slot fires once, then the grid continues). It
+//!    records the firing under `entry id + slot` (SET NX with a TTL)
+//!    *before* publishing; if the record already exists another beat fired
+//!    that slot and it only advances. Otherwise it publishes through
+//!    [`Stem::enqueue_raw`] (signed by the Stem's signer; retry budget from
+//!    its registry) with meta `scheduled-from: beat`, `schedule-id`,
+//!    `schedule-slot` and a random countdown in `[0, jitter]`, then stores
+//!    the run and `nextRunAt` = the next slot after *this slot* (not after
+//!    the publish time, and not moved by jitter), so periods never drift.
+//! 3. **Sleep** until the soonest `nextRunAt`, the next lease operation or
+//!    one tick, whichever comes first — so slots fire within a few ms.
+//!
+//! Guarantees: each slot is published at most once (the firing record),
+//! and exactly once while some beat leads and the broker is up. A publish
+//! that certainly failed (store unavailable) releases its record and is
+//! retried on the next pass. After the leader is SIGKILLed, a follower
+//! takes over at most `lease + tick` later (3.25 s by default); slots that
+//! fell due in that gap are coalesced into one firing of the most recent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::entry::ScheduleEntry;
+use super::metrics::SchedulerMetrics;
+use super::store::{FiringOutcome, FiringReport, LockStore, ScheduleStore};
+use crate::client::{EnqueueOptions, Stem};
+use crate::envelope::format_ms;
+use crate::error::Result;
+
+/// Default leader lease.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
+/// Default (and maximum useful) pause between two passes.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(250);
+/// Default lock name of the leader lease (`stem:lock:beat:leader` on Redis).
+pub const LEADER_LOCK: &str = "beat:leader";
+/// Meta key naming the producer of a scheduled task.
+pub const META_FROM: &str = "scheduled-from";
+/// Meta key holding the schedule id.
+pub const META_ID: &str = "schedule-id";
+/// Meta key holding the slot (RFC 3339 UTC, ms).
+pub const META_SLOT: &str = "schedule-slot";
+
+/// A firing is only started while at least this much lease is left.
+const LEASE_SAFETY: Duration = Duration::from_millis(200);
+
+/// Settings of one beat process.
+#[derive(Clone, Debug)]
+pub struct BeatOptions {
+    /// Unique id of this process (lease owner, firing-record value).
+    pub instance_id: String,
+    /// Leader lease TTL; renewed every third of it.
+    pub lease: Duration,
+    /// Longest pause between two passes.
+    pub tick: Duration,
+    /// Lock name of the leader lease.
+    pub lock_key: String,
+    /// Most entries fired per pass.
+    pub batch_size: usize,
+}
+
+impl Default for BeatOptions {
+    fn default() -> Self {
+        BeatOptions {
+            instance_id: default_instance_id(),
+            lease: DEFAULT_LEASE,
+            tick: DEFAULT_TICK,
+            lock_key: LEADER_LOCK.to_string(),
+            batch_size: 100,
+        }
+    }
+}
+
+/// `beat-<hostname>-<pid>-<random>`.
+pub fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let tag: u16 = rand::thread_rng().gen();
+    format!("beat-{host}-{}-{tag:04x}", std::process::id())
+}
+
+/// One published slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fired {
+    pub id: String,
+    pub slot: DateTime<Utc>,
+    pub task_id: String,
+}
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub fired: Vec<Fired>,
+    /// Slots another beat had already recorded.
+    pub duplicates: usize,
+    /// Slots whose publish failed for good.
+    pub failed: usize,
+    /// Slots skipped after downtime.
+    pub missed: u64,
+}
+
+/// The scheduler. Cheap to clone.
+#[derive(Clone)]
+pub struct Beat {
+    stem: Stem,
+    store: Arc<dyn ScheduleStore>,
+    locks: Arc<dyn LockStore>,
+    opts: BeatOptions,
+    metrics: Arc<SchedulerMetrics>,
+}
+
+/// Logs the first error of an outage at warn, later ones at debug.
+struct OutageLog {
+    what: &'static str,
+    down: bool,
+}
+
+impl OutageLog {
+    fn new(what: &'static str) -> Self {
+        OutageLog { what, down: false }
+    }
+    fn error(&mut self, e: &crate::StemError) {
+        if self.down {
+            tracing::debug!(error = %e, "{} still failing", self.what);
+        } else {
+            tracing::warn!(error = %e, "{} failed; retrying every tick", self.what);
+            self.down = true;
+        }
+    }
+    fn ok(&mut self) {
+        if self.down {
+            tracing::info!("{} works again", self.what);
+            self.down = false;
+        }
+    }
+}
+
+/// How long a firing record must outlive its slot: until no beat could
+/// still consider the slot (it stops being the latest due slot once the
+/// next one is due), doubled, at least a minute.
+fn record_ttl(slot: DateTime<Utc>, next: Option<DateTime<Utc>>) -> Duration {
+    let gap = next
+        .and_then(|n| (n - slot).to_std().ok())
+        .unwrap_or(Duration::from_secs(3600));
+    (gap * 2).max(Duration::from_secs(60))
+}
+
+impl Beat {
+    /// A beat publishing through `stem`, reading `store`, leading through
+    /// `locks`.
+    pub fn new(
+        stem: Stem,
+        store: Arc<dyn ScheduleStore>,
+        locks: Arc<dyn LockStore>,
+        opts: BeatOptions,
+    ) -> Self {
+        Beat {
+            stem,
+            store,
+            locks,
+            opts,
+            metrics: Arc::new(SchedulerMetrics::default()),
+        }
+    }
+
+    /// This beat's counters.
+    pub fn metrics(&self) -> Arc<SchedulerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// This beat's settings.
+    pub fn options(&self) -> &BeatOptions {
+        &self.opts
+    }
+
+    /// The schedule store.
+    pub fn store(&self) -> Arc<dyn ScheduleStore> {
+        self.store.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled; releases the lease on the way out.
+    /// Store and broker outages are logged once and retried; this returns
+    /// `Ok` on shutdown.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let o = &self.opts;
+        tracing::info!(
+            instance = %o.instance_id, lease_ms = o.lease.as_millis() as u64,
+            tick_ms = o.tick.as_millis() as u64, "beat started"
+        );
+        let renew_every = o.lease / 3;
+        let mut leader = false;
+        let mut valid_until = Instant::now();
+        let mut next_lease_op = Instant::now();
+        let mut lease_log = OutageLog::new("leader lease operation");
+        let mut fire_log = OutageLog::new("firing due schedules");
+        while !shutdown.is_cancelled() {
+            if Instant::now() >= next_lease_op {
+                let started = Instant::now();
+                let res = if leader {
+                    self.locks.renew(&o.lock_key, &o.instance_id, o.lease).await
+                } else {
+                    self.locks
+                        .acquire(&o.lock_key, &o.instance_id, o.lease)
+                        .await
+                };
+                match res {
+                    Ok(true) => {
+                        lease_log.ok();
+                        if !leader {
+                            leader = true;
+                            self.metrics.acquired();
+                            tracing::info!(instance = %o.instance_id, "became leader");
+                        }
+                        valid_until = started + o.lease;
+                        next_lease_op = started + renew_every;
+                    }
+                    Ok(false) => {
+                        lease_log.ok();
+                        if leader {
+                            leader = false;
+                            self.metrics.renew_failed();
+                            tracing::warn!(instance = %o.instance_id, "lost leadership: another beat holds the lease");
+                        } else {
+                            self.metrics.contended();
+                        }
+                        next_lease_op = Instant::now() + o.tick;
+                    }
+                    Err(e) => {
+                        lease_log.error(&e);
+                        if leader {
+                            self.metrics.renew_failed();
+                            if Instant::now() >= valid_until {
+                                leader = false;
+                                tracing::warn!(instance = %o.instance_id, "lost leadership: lease expired while the store was unreachable");
+                            }
+                        }
+                        next_lease_op = Instant::now() + o.tick;
+                    }
+                }
+            }
+
+            let mut wake = (Instant::now() + o.tick).min(next_lease_op);
+            if leader && Instant::now() + LEASE_SAFETY < valid_until {
+                let deadline = valid_until - LEASE_SAFETY;
+                match self.fire_due_until(Utc::now(), Some(deadline)).await {
+                    Ok(_) => {
+                        fire_log.ok();
+                        if let Ok(Some(t)) = self.store.next_run_at().await {
+                            let wait = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                            wake = wake.min(Instant::now() + wait.max(Duration::from_millis(1)));
+                        }
+                    }
+                    Err(e) => fire_log.error(&e),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        if leader {
+            match self.locks.release(&o.lock_key, &o.instance_id).await {
+                Ok(_) => tracing::info!(instance = %o.instance_id, "released leadership"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the leader lease; it expires by itself")
+                }
+            }
+        }
+        tracing::info!(instance = %o.instance_id, "beat stopped");
+        Ok(())
+    }
+
+    /// One pass: fires every due entry once (the caller must hold the
+    /// lease; tests call this directly).
+    pub async fn fire_due(&self, now: DateTime<Utc>) -> Result<PassReport> {
+        self.fire_due_until(now, None).await
+    }
+
+    async fn fire_due_until(
+        &self,
+        now: DateTime<Utc>,
+        deadline: Option<Instant>,
+    ) -> Result<PassReport> {
+        let due = self.store.due(now, self.opts.batch_size).await?;
+        let mut report = PassReport::default();
+        for entry in due {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            let Some(next_run) = entry.history.next_run_at else {
+                continue;
+            };
+            let slot = match entry.latest_at_or_before(now) {
+                Some(latest) if latest > next_run => latest,
+                _ => next_run,
+            };
+            let missed = if slot > next_run {
+                entry.spec.slots_between(
+                    next_run,
+                    slot,
+                    entry.timezone,
+                    entry.anchor_or(next_run),
+                    1_000_000,
+                )
+            } else {
+                0
+            };
+            self.fire(&entry, slot, missed, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Records, publishes and books one slot. `Err` only for outages (the
+    /// pass stops and the slot is retried).
+    async fn fire(
+        &self,
+        entry: &ScheduleEntry,
+        slot: DateTime<Utc>,
+        missed: u64,
+        report: &mut PassReport,
+    ) -> Result<()> {
+        let next = entry.next_after(slot);
+        let slot_text = format_ms(slot.timestamp_millis());
+        let booking = |outcome| FiringReport {
+            id: entry.id.clone(),
+            revision: entry.history.revision,
+            slot,
+            next_run_at: next,
+            missed,
+            outcome,
+        };
+        self.metrics.attempt();
+        if missed > 0 {
+            self.metrics.missed(missed);
+            report.missed += missed;
+            tracing::warn!(
+                schedule = %entry.id, missed, slot = %slot_text,
+                "slots missed while no beat was leading; firing the most recent once"
+            );
+        }
+        let owner = &self.opts.instance_id;
+        if !self
+            .store
+            .record_firing(&entry.id, slot, owner, record_ttl(slot, next))
+            .await?
+        {
+            self.metrics.duplicate();
+            report.duplicates += 1;
+            tracing::debug!(schedule = %entry.id, slot = %slot_text, "slot already fired by another beat");
+            return self
+                .store
+                .complete_firing(&booking(FiringOutcome::AlreadyFired))
+                .await;
+        }
+        let jitter_ms = match entry.jitter.as_millis() as u64 {
+            0 => 0,
+            max => rand::thread_rng().gen_range(0..=max),
+        };
+        let mut meta = entry.meta.clone();
+        meta.insert(META_FROM.into(), Value::String("beat".into()));
+        meta.insert(META_ID.into(), Value::String(entry.id.clone()));
+        meta.insert(META_SLOT.into(), Value::String(slot_text.clone()));
+        let opts = EnqueueOptions {
+            queue: Some(entry.queue.clone()),
+            countdown: (jitter_ms > 0).then(|| Duration::from_millis(jitter_ms)),
+            meta,
+            ..Default::default()
+        };
+        match self
+            .stem
+            .enqueue_raw(&entry.task, entry.args.clone(), opts)
+            .await
+        {
+            Ok(enqueued) => {
+                let at = Utc::now();
+                let drift_ms = (at - slot).num_milliseconds();
+                self.metrics.success(drift_ms);
+                tracing::info!(
+                    schedule = %entry.id, slot = %slot_text, task_id = %enqueued.task_id,
+                    task = %entry.task, queue = %entry.queue, drift_ms, jitter_ms,
+                    "schedule fired"
+                );
+                report.fired.push(Fired {
+                    id: entry.id.clone(),
+                    slot,
+                    task_id: enqueued.task_id.clone(),
+                });
+                self.store
+                    .complete_firing(&booking(FiringOutcome::Dispatched {
+                        task_id: enqueued.task_id,
+                        at,
+                        drift_ms,
+                        jitter_ms,
+                    }))
+                    .await
+            }
+            Err(e) if e.is_unavailable() => {
+                self.metrics.failed();
+                if let Err(release) = self.store.release_firing(&entry.id, slot, owner).await {
+                    tracing::debug!(error = %release, "could not release the firing record");
+                }
+                Err(e)
+            }
+            Err(e) => {
+                self.metrics.failed();
+                report.failed += 1;
+                tracing::warn!(
+                    schedule = %entry.id, slot = %slot_text, task = %entry.task, error = %e,
+                    "schedule dispatch failed"
+                );
+                self.store
+                    .complete_firing(&booking(FiringOutcome::Failed {
+                        error: e.to_string(),
+                        at: Utc::now(),
+                    }))
+                    .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::memory::{MemoryLockStore, MemoryScheduleStore};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("valid time in test")
+            .with_timezone(&Utc)
+    }
+
+    fn beat(store: &MemoryScheduleStore, id: &str) -> Beat {
+        let stem = Stem::memory().with_registry(crate::demo::registry());
+        Beat::new(
+            stem,
+            Arc::new(store.clone()),
+            Arc::new(MemoryLockStore::new()),
+            BeatOptions {
+                instance_id: id.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn fires_on_the_grid_and_advances_from_the_slot() -> Result<()> {
+        let store = MemoryScheduleStore::new();
+        let t0 = at("2025-01-01T00:00:00Z");
+        let mut e = ScheduleEntry::new("tick", "greeting.send", "every:10s")?;
+        e.queue = "greetings".into();
+        store.upsert(&e, t0).await?;
+        let b = beat(&store, "b1");
+        assert!(b
+            .fire_due(at("2025-01-01T00:00:09.999Z"))
+            .await?
+            .fired
+            .is_empty());
+        // Dispatched 3.7 s late: the next slot is still :20.
+        let r = b.fire_due(at("2025-01-01T00:00:13.700Z")).await?;
+        assert_eq!(r.fired.len(), 1);
+        assert_eq!(r.fired[0].slot, at("2025-01-01T00:00:10Z"));
+        let got = store.get("tick").await?.expect("stored");
+        assert_eq!(got.history.next_run_at, Some(at("2025-01-01T00:00:20Z")));
+        assert_eq!(got.history.total_run_count, 1);
+        assert_eq!(got.history.last_slot_at, Some(at("2025-01-01T00:00:10Z")));
+        assert_eq!(
+            got.history.last_task_id.as_deref(),
+            Some(r.fired[0].task_id.as_str())
+        );
+        // The task carries the schedule meta and the catalogue's retry budget.
+        let status = b
+            .stem
+            .status(&r.fired[0].task_id)
+            .await?
+            .expect("queued status");
+        assert_eq!(status.queue, "greetings");
+        assert_eq!(status.max_retries, 5);
+        assert_eq!(status.meta[META_ID], "tick");
+        assert_eq!(status.meta[META_SLOT], "2025-01-01T00:00:10.000Z");
+        assert_eq!(status.meta[META_FROM], "beat");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn downtime_fires_the_most_recent_missed_slot_once() -> Result<()> {
+        let store = MemoryScheduleStore::new();
+        let t0 = at("2025-01-01T00:00:00Z");
+        store
+            .upsert(&ScheduleEntry::new("m", "greeting.send", "every:10s")?, t0)
+            .await?;
+        let b = beat(&store, "b1");
+        // Down from :05 to :47: slots :10 :20 :30 missed, :40 fires.
+        let r = b.fire_due(at("2025-01-01T00:00:47Z")).await?;
+        assert_eq!(r.fired.len(), 1);
+        assert_eq!(r.fired[0].slot, at("2025-01-01T00:00:40Z"));
+        assert_eq!(r.missed, 3);
+        let got = store.get("m").await?.expect("stored");
+        assert_eq!(got.history.next_run_at, Some(at("2025-01-01T00:00:50Z")));
+        assert_eq!(got.history.missed_slots, 3);
+        assert!(b
+            .fire_due(at("2025-01-01T00:00:49Z"))
+            .await?
+            .fired
+            .is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_recorded_slot_is_not_fired_again() -> Result<()> {
+        let store = MemoryScheduleStore::new();
+        let t0 = at("2025-01-01T00:00:00Z");
+        store
+            .upsert(&ScheduleEntry::new("d", "greeting.send", "every:10s")?, t0)
+            .await?;
+        // Another beat recorded :10 and died before booking it.
+        assert!(
+            store
+                .record_firing(
+                    "d",
+                    at("2025-01-01T00:00:10Z"),
+                    "dead-beat",
+                    Duration::from_secs(60)
+                )
+                .await?
+        );
+        let b = beat(&store, "b2");
+        let r = b.fire_due(at("2025-01-01T00:00:11Z")).await?;
+        assert!(r.fired.is_empty());
+        assert_eq!(r.duplicates, 1);
+        let got = store.get("d").await?.expect("stored");
+        assert_eq!(got.history.next_run_at, Some(at("2025-01-01T00:00:20Z")));
+        assert_eq!(got.history.total_run_count, 0);
+        assert_eq!(b.metrics().snapshot().dispatch_duplicate, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn jitter_delays_one_firing_and_never_the_grid() -> Result<()> {
+        let store = MemoryScheduleStore::new();
+        let t0 = at("2025-01-01T00:00:00Z");
+        let mut e = ScheduleEntry::new("j", "greeting.send", "every:10s")?;
+        e.jitter = Duration::from_secs(5);
+        store.upsert(&e, t0).await?;
+        let b = beat(&store, "b1");
+        let mut now = t0;
+        for k in 1..=5 {
+            now += chrono::Duration::seconds(10);
+            let r = b.fire_due(now).await?;
+            assert_eq!(r.fired.len(), 1);
+            let got = store.get("j").await?.expect("stored");
+            assert!(got.history.last_jitter_ms.is_some_and(|j| j <= 5000));
+            assert_eq!(
+                got.history.next_run_at,
+                Some(t0 + chrono::Duration::seconds(10 * (k + 1)))
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn record_ttls_cover_the_next_slot() {
+        let s = at("2025-01-01T00:00:00Z");
+        assert_eq!(
+            record_ttl(s, Some(s + chrono::Duration::seconds(1))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            record_ttl(s, Some(s + chrono::Duration::hours(1))),
+            Duration::from_secs(7200)
+        );
+        assert_eq!(record_ttl(s, None), Duration::from_secs(7200));
+    }
+}

@@ -1,0 +1,229 @@
+//! The worker's side of the control plane: heartbeats with live counters,
+//! persisted queue pauses, and answers to `ping`, `stats`, `inspect`,
+//! `revoke`, `shutdown`, `pause` and `resume`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{backoff, Shared};
+use crate::control::{ControlCommand, ControlReply, WorkerInfo};
+use crate::envelope::{format_ms, now_ms};
+
+fn host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A snapshot of the worker for heartbeats and `stats`.
+pub(super) fn info(shared: &Shared) -> WorkerInfo {
+    let m = &shared.metrics;
+    let mut paused: Vec<String> = shared
+        .paused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    paused.sort();
+    WorkerInfo {
+        name: shared.opts.name.clone(),
+        namespace: shared.opts.namespace.clone(),
+        queues: shared.opts.queues.clone(),
+        paused,
+        host: host(),
+        pid: std::process::id(),
+        concurrency: shared.opts.concurrency,
+        prefetch: shared.bound(),
+        inflight: shared.held_count(),
+        started_at: shared.started_ms,
+        heartbeat_at: now_ms(),
+        started: m.started.load(Ordering::Relaxed),
+        succeeded: m.succeeded.load(Ordering::Relaxed),
+        failed: m.failed.load(Ordering::Relaxed),
+        retried: m.retried.load(Ordering::Relaxed),
+    }
+}
+
+async fn refresh_paused(shared: &Shared) {
+    if let Ok(list) = shared.control.paused_queues().await {
+        let mut paused = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let mine: std::collections::HashSet<String> = list
+            .into_iter()
+            .filter(|q| shared.opts.queues.contains(q))
+            .collect();
+        if *paused != mine {
+            tracing::info!(paused = ?mine, "paused queues changed");
+            *paused = mine;
+        }
+    }
+}
+
+/// Heartbeats every `heartbeat_interval` (TTL three intervals) and
+/// refreshes paused queues; removes the worker's record when stopping.
+pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let period = shared
+        .opts
+        .heartbeat_interval
+        .max(Duration::from_millis(100));
+    let mut failures = 0u32;
+    loop {
+        refresh_paused(&shared).await;
+        match shared.control.heartbeat(&info(&shared), period * 3).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+                failures += 1;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    if let Err(e) = shared.control.forget(&shared.opts.name).await {
+        tracing::debug!(error = %e, "could not remove the worker record");
+    }
+}
+
+/// Subscribes to commands (resubscribing after connection loss) and
+/// answers the ones addressed to this worker.
+pub(super) async fn command_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let subscribed = tokio::select! {
+            s = shared.control.subscribe() => s,
+            _ = stop.cancelled() => return,
+        };
+        let mut commands = match subscribed {
+            Ok(s) => {
+                failures = 0;
+                s
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "control channel unavailable; retrying");
+                }
+                failures += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff::outage_delay(failures)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                c = commands.next() => c,
+                _ = stop.cancelled() => return,
+            };
+            let Some(cmd) = next else { break };
+            if !cmd.addresses(&shared.opts.name) {
+                continue;
+            }
+            let reply = handle(&shared, &cmd).await;
+            if let Err(e) = shared.control.reply(&cmd.id, &reply).await {
+                tracing::warn!(error = %e, command = %cmd.command, "could not reply to a control command");
+            }
+        }
+    }
+}
+
+fn queues_of(payload: &Value) -> Vec<String> {
+    payload
+        .get("queues")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|q| q.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
+    let worker = shared.opts.name.clone();
+    tracing::info!(command = %cmd.command, id = %cmd.id, "control command");
+    let ok = |payload: Value| ControlReply {
+        worker: worker.clone(),
+        ok: true,
+        payload,
+        error: None,
+    };
+    match cmd.command.as_str() {
+        "ping" => ok(json!({ "timestamp": format_ms(now_ms()) })),
+        "stats" => ok(serde_json::to_value(info(shared)).unwrap_or(Value::Null)),
+        "inspect" => {
+            let now = now_ms();
+            let active: Vec<Value> = shared
+                .running()
+                .into_iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id, "task": r.name, "queue": r.queue, "attempt": r.attempt,
+                        "startedAt": format_ms(r.started_ms), "runtimeMs": now - r.started_ms,
+                    })
+                })
+                .collect();
+            ok(json!({ "active": active, "held": shared.held_count() }))
+        }
+        "revoke" => {
+            let ids: Vec<String> = cmd
+                .payload
+                .get("taskIds")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut cancelled = Vec::new();
+            for r in shared.running() {
+                if ids.contains(&r.id) {
+                    r.cancel.cancel();
+                    cancelled.push(r.id);
+                }
+            }
+            ok(json!({ "cancelled": cancelled }))
+        }
+        "shutdown" => {
+            let active = shared.held_count();
+            tracing::warn!("shutdown requested over the control plane");
+            shared.stopping.cancel();
+            ok(json!({ "status": "stopping", "active": active }))
+        }
+        "pause" | "resume" => {
+            let wanted = queues_of(&cmd.payload);
+            let mut paused = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
+            for q in wanted.iter().filter(|q| shared.opts.queues.contains(q)) {
+                if cmd.command == "pause" {
+                    paused.insert(q.clone());
+                } else {
+                    paused.remove(q);
+                }
+            }
+            let mut now: Vec<String> = paused.iter().cloned().collect();
+            now.sort();
+            ok(json!({ "paused": now }))
+        }
+        other => ControlReply {
+            worker,
+            ok: false,
+            payload: Value::Null,
+            error: Some(format!("unknown command {other:?}")),
+        },
+    }
+}
