@@ -21,6 +21,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo build (the black-box tests run these binaries)"
+cargo build --workspace --bins --locked
 echo "==> cargo test"
 cargo test --workspace --locked
 echo "==> scripts/generate_tls_assets.sh"

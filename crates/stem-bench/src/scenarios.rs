@@ -152,6 +152,17 @@ pub async fn enqueue(opts: &Opts) -> anyhow::Result<Report> {
     let n = opts.tasks.unwrap_or(100_000);
     let r = rig()?;
     let mut report = Report::new("enqueue");
+    let broker = r.stem.broker();
+    broker.ping().await?;
+    let t = Instant::now();
+    for _ in 0..10_000 {
+        broker.ping().await?;
+    }
+    report.add(
+        "round trip (PING) for reference",
+        "µs",
+        vec![t.elapsed().as_secs_f64() * 1e6 / 10_000.0],
+    );
     let (mut single, mut bulk) = (Vec::new(), Vec::new());
     for run in 0..opts.runs {
         r.redis.cli(&["FLUSHALL"])?;

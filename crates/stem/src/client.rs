@@ -107,10 +107,17 @@ impl Stem {
     fn connect_with_signer(config: &StemConfig, signer: Option<Signer>) -> Result<Self> {
         let broker: Arc<dyn Broker> = match &config.broker_url {
             StoreUrl::Memory => Arc::new(MemoryBroker::new()),
-            StoreUrl::Redis(url) => Arc::new(RedisBroker::new(
-                redis_conn::client(url, &config.tls)?,
-                config.dead_letter_maxlen,
-            )?),
+            StoreUrl::Redis(url) => {
+                let broker = RedisBroker::new(
+                    redis_conn::client(url, &config.tls)?,
+                    config.dead_letter_maxlen,
+                )?;
+                if config.result_backend_url == config.broker_url {
+                    Arc::new(broker.with_colocated_backend(config.result_ttl))
+                } else {
+                    Arc::new(broker)
+                }
+            }
         };
         let backend: Arc<dyn ResultBackend> = match &config.result_backend_url {
             StoreUrl::Memory => Arc::new(MemoryBackend::new(config.result_ttl)),
@@ -269,10 +276,12 @@ impl Stem {
             .iter()
             .map(|p| TaskStatus::for_spec(&p.spec, TaskState::Queued, 0))
             .collect();
+        let batch: Vec<Outgoing> = prepared.iter().map(Prepared::outgoing).collect();
+        if self.broker.submit_colocated(&statuses, &batch).await? {
+            return Ok(());
+        }
         self.backend.set_statuses(&statuses).await?;
-        self.broker
-            .publish(prepared.iter().map(Prepared::outgoing).collect())
-            .await
+        self.broker.publish(batch).await
     }
 
     /// Enqueues a typed task with its registered options.

@@ -220,6 +220,8 @@ pub struct TaskContext {
     pub(crate) cancel: CancellationToken,
     pub(crate) soft: CancellationToken,
     pub(crate) progress: Option<(Arc<dyn ResultBackend>, Arc<TaskStatus>)>,
+    /// Set once the task reported progress (which records `running`).
+    pub(crate) progressed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TaskContext {
@@ -238,6 +240,7 @@ impl TaskContext {
             cancel: CancellationToken::new(),
             soft: CancellationToken::new(),
             progress: None,
+            progressed: Arc::default(),
         }
     }
 
@@ -247,6 +250,8 @@ impl TaskContext {
         let Some((backend, base)) = &self.progress else {
             return;
         };
+        self.progressed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut status = (**base).clone();
         status.state = TaskState::Running;
         status.progress = Some(Progress {

@@ -54,6 +54,13 @@ end
 return 0
 "#;
 
+/// The stored form of a status: `"<rank>|<JSON>"`.
+pub(crate) fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
+    let mut v = format!("{}|", s.rank()).into_bytes();
+    v.extend(serde_json::to_vec(s)?);
+    Ok(v)
+}
+
 fn decode_status(raw: &[u8]) -> Option<TaskStatus> {
     let bar = raw.iter().position(|b| *b == b'|')?;
     serde_json::from_slice(&raw[bar + 1..]).ok()
@@ -91,9 +98,7 @@ impl ResultBackend for RedisBackend {
         let mut inv = self.set_statuses.prepare_invoke();
         inv.arg(self.ttl_ms());
         for s in statuses {
-            let mut v = format!("{}|", s.rank()).into_bytes();
-            v.extend(serde_json::to_vec(s)?);
-            inv.key(status_key(&s.id)).arg(v);
+            inv.key(status_key(&s.id)).arg(status_value(s)?);
         }
         let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::envelope::WireEnvelope;
+use crate::envelope::{TaskStatus, WireEnvelope};
 use crate::error::Result;
 
 /// Identifies one delivery so it can be acknowledged, renewed or retried.
@@ -195,4 +195,23 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Succeeds when the store answers.
     async fn ping(&self) -> Result<()>;
+
+    /// When this broker shares one Redis connection with the result
+    /// backend: records `queued` statuses (only where none exists) and
+    /// publishes `batch`, in one round trip. `Ok(false)` means "not
+    /// co-located": the caller writes statuses and publishes separately.
+    async fn submit_colocated(
+        &self,
+        _statuses: &[TaskStatus],
+        _batch: &[Outgoing],
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// When co-located with the backend: writes `statuses` (with the
+    /// backend's never-backwards rule) and then acknowledges `acks`, in one
+    /// atomic script call. `Ok(false)` means "not co-located".
+    async fn settle_colocated(&self, _statuses: &[TaskStatus], _acks: &[Receipt]) -> Result<bool> {
+        Ok(false)
+    }
 }

@@ -28,7 +28,8 @@ use super::{
     Broker, DeadLetter, Delivery, Fetched, MalformedEntry, NewDeadLetter, Outgoing, QueueStats,
     Receipt,
 };
-use crate::envelope::{now_ms, WireEnvelope, MAX_PRIORITY};
+use crate::backend::redis::{status_key, status_value};
+use crate::envelope::{now_ms, TaskStatus, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
 
@@ -71,6 +72,45 @@ for _, m in ipairs(items) do
   end
 end
 return #items
+"#;
+
+/// Writes statuses (dropping lower ranks, as the backend does) and then
+/// acknowledges and deletes entries: the completer's whole batch in one
+/// call. KEYS = status keys, then one stream key per band; ARGV = ttl,
+/// status count, group, status values, then per stream: id count, ids.
+const SETTLE: &str = r#"
+local ttl = ARGV[1]
+local n = tonumber(ARGV[2])
+local group = ARGV[3]
+local a = 4
+for i = 1, n do
+  local k = KEYS[i]
+  local v = ARGV[a]
+  a = a + 1
+  local nr = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
+  local cur = redis.call('GET', k)
+  local keep = false
+  if cur then
+    local bar = string.find(cur, '|', 1, true)
+    if bar then
+      local cr = tonumber(string.sub(cur, 1, bar - 1))
+      if cr and cr > nr then keep = true end
+    end
+  end
+  if not keep then redis.call('SET', k, v, 'PX', ttl) end
+end
+for j = n + 1, #KEYS do
+  local c = tonumber(ARGV[a])
+  a = a + 1
+  local ids = {}
+  for x = 1, c do
+    ids[x] = ARGV[a]
+    a = a + 1
+  end
+  redis.call('XACK', KEYS[j], group, unpack(ids))
+  redis.call('XDEL', KEYS[j], unpack(ids))
+end
+return 0
 "#;
 
 fn delayed_member(band: u8, wire: &WireEnvelope) -> Vec<u8> {
@@ -168,7 +208,10 @@ pub struct RedisBroker {
     blocking: Arc<Mutex<Vec<Conn>>>,
     known: Arc<Mutex<HashSet<String>>>,
     promote: Arc<Script>,
+    settle: Arc<Script>,
     dead_maxlen: usize,
+    /// Status TTL when the result backend lives on the same Redis.
+    colocated_ttl: Option<Duration>,
 }
 
 impl RedisBroker {
@@ -180,8 +223,17 @@ impl RedisBroker {
             blocking: Arc::new(Mutex::new(Vec::new())),
             known: Arc::new(Mutex::new(HashSet::new())),
             promote: Arc::new(Script::new(PROMOTE)),
+            settle: Arc::new(Script::new(SETTLE)),
             dead_maxlen: dead_letter_maxlen,
+            colocated_ttl: None,
         })
+    }
+
+    /// Declares that the result backend (with status TTL `ttl`) lives on
+    /// the same Redis, enabling the one-round-trip submit and settle.
+    pub fn with_colocated_backend(mut self, ttl: Duration) -> Self {
+        self.colocated_ttl = Some(ttl);
+        self
     }
 
     fn conn(&self) -> Conn {
@@ -673,5 +725,78 @@ impl Broker for RedisBroker {
     async fn ping(&self) -> Result<()> {
         let _: String = ::redis::cmd("PING").query_async(&mut self.conn()).await?;
         Ok(())
+    }
+
+    async fn submit_colocated(&self, statuses: &[TaskStatus], batch: &[Outgoing]) -> Result<bool> {
+        let Some(ttl) = self.colocated_ttl else {
+            return Ok(false);
+        };
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        self.remember(batch.iter().map(|o| &o.queue)).await?;
+        let now = now_ms();
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut pipe = ::redis::pipe();
+        for s in statuses {
+            // A queued status is only ever the first record of a task.
+            pipe.cmd("SET")
+                .arg(status_key(&s.id))
+                .arg(status_value(s)?)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        for o in batch {
+            match o.not_before_ms {
+                Some(t) if t > now => {
+                    pipe.zadd(
+                        delayed_key(&o.queue),
+                        delayed_member(o.priority, &o.wire),
+                        t,
+                    )
+                    .ignore();
+                }
+                _ => {
+                    pipe.xadd(
+                        band_key(&o.queue, o.priority.min(MAX_PRIORITY)),
+                        "*",
+                        &wire_fields(&o.wire),
+                    )
+                    .ignore();
+                }
+            }
+        }
+        pipe.exec_async(&mut self.conn()).await?;
+        Ok(true)
+    }
+
+    async fn settle_colocated(&self, statuses: &[TaskStatus], acks: &[Receipt]) -> Result<bool> {
+        let Some(ttl) = self.colocated_ttl else {
+            return Ok(false);
+        };
+        if statuses.is_empty() && acks.is_empty() {
+            return Ok(true);
+        }
+        let mut inv = self.settle.prepare_invoke();
+        inv.arg(ttl.as_millis().max(1) as u64)
+            .arg(statuses.len())
+            .arg(GROUP);
+        for s in statuses {
+            inv.key(status_key(&s.id)).arg(status_value(s)?);
+        }
+        let mut by_key: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for r in acks {
+            by_key
+                .entry(band_key(&r.queue, r.band))
+                .or_default()
+                .push(r.entry_id.as_str());
+        }
+        for (key, ids) in by_key {
+            inv.key(key).arg(ids.len()).arg(ids);
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(true)
     }
 }

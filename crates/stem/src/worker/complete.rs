@@ -172,9 +172,25 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
     let p = plan(shared, batch);
     let mut settled: Vec<Receipt> = Vec::new();
 
-    // 1. Statuses first. Without them nothing is acknowledged.
+    // 1. Statuses first. Without them nothing is acknowledged. When the
+    // backend shares the broker's Redis and no group result has to land in
+    // between, statuses and acks go in one atomic script call.
+    let colocated = p.groups.is_empty();
+    let mut acked = false;
     let mut failures = 0u32;
-    while let Err(e) = shared.backend.set_statuses(&p.statuses).await {
+    loop {
+        let written = match colocated {
+            true => match shared.broker.settle_colocated(&p.statuses, &p.acks).await {
+                Ok(true) => {
+                    acked = true;
+                    Ok(())
+                }
+                Ok(false) => shared.backend.set_statuses(&p.statuses).await,
+                Err(e) => Err(e),
+            },
+            false => shared.backend.set_statuses(&p.statuses).await,
+        };
+        let Err(e) = written else { break };
         if failures == 0 {
             tracing::error!(error = %e, "result backend unavailable; holding results until it answers");
         }
@@ -212,12 +228,12 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
     }
 
     // 3. Broker: acks in one round trip; retries and dead letters each atomic.
-    if !p.acks.is_empty() {
+    if !acked && !p.acks.is_empty() {
         if let Err(e) = shared.broker.ack(&p.acks).await {
             tracing::warn!(error = %e, "ack failed; entries will be redelivered and skipped as finished");
         }
-        settled.extend(p.acks.iter().cloned());
     }
+    settled.extend(p.acks.iter().cloned());
     for r in p.retries {
         if let Err(e) = shared
             .broker

@@ -24,6 +24,9 @@ use crate::task::{TaskContext, TaskFailure, TaskHandler};
 
 use super::{bump, Outcome, Shared};
 
+/// How long a body runs before its `running` status is written.
+pub const RUNNING_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A delivery admitted but not started.
 struct Waiting {
     seq: u64,
@@ -177,9 +180,6 @@ async fn run(
         TaskState::Running,
         d.wire.attempt,
     ));
-    if let Err(e) = shared.backend.set_statuses(&[(*running).clone()]).await {
-        tracing::warn!(task_id = %spec.id, error = %e, "could not record running status");
-    }
     bump(&shared.metrics.started);
     tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
 
@@ -201,6 +201,7 @@ async fn run(
         None => None,
     };
     let soft = CancellationToken::new();
+    let progressed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ctx = TaskContext {
         task_id: spec.id.clone(),
         name: spec.name.clone(),
@@ -213,7 +214,8 @@ async fn run(
         chord_results,
         cancel: cancel.clone(),
         soft: soft.clone(),
-        progress: Some((shared.backend.clone(), running)),
+        progress: Some((shared.backend.clone(), running.clone())),
+        progressed: progressed.clone(),
     };
     let soft_timer = options.soft_time_limit.map(|limit| {
         let soft = soft.clone();
@@ -233,6 +235,28 @@ async fn run(
         match hard {
             Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),
             None => Ok(body.await),
+        }
+    };
+    tokio::pin!(joined);
+    // `running` is recorded once the body has run for RUNNING_AFTER: a
+    // task that finishes sooner goes straight from queued to its result,
+    // saving a status write per task on the hot path.
+    let early = tokio::select! {
+        r = &mut joined => Some(r),
+        _ = tokio::time::sleep(RUNNING_AFTER) => None,
+    };
+    let joined = async move {
+        match early {
+            Some(r) => r,
+            None => {
+                if !progressed.load(std::sync::atomic::Ordering::Relaxed) {
+                    let status = (*running).clone();
+                    if let Err(e) = shared.backend.set_statuses(&[status]).await {
+                        tracing::warn!(error = %e, "could not record running status");
+                    }
+                }
+                joined.await
+            }
         }
     };
     let result = tokio::select! {

@@ -45,6 +45,21 @@ pub fn redis_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
     })
 }
 
+/// Broker and backend on one Redis with the co-located fast paths on
+/// (one-round-trip submit and settle), as `Stem::connect` builds them when
+/// both URLs are equal.
+pub fn redis_colocated() -> anyhow::Result<Adapters> {
+    let ttl = Duration::from_secs(3600);
+    let server = RedisServer::start()?;
+    let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
+    Ok(Adapters {
+        broker: Arc::new(RedisBroker::new(client.clone(), 1000)?.with_colocated_backend(ttl)),
+        backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
+        control: Arc::new(RedisControl::new(client)?),
+        redis: Some(server),
+    })
+}
+
 pub fn memory() -> anyhow::Result<Adapters> {
     memory_with_ttl(Duration::from_secs(3600))
 }
@@ -88,6 +103,14 @@ macro_rules! contract_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() -> anyhow::Result<()> {
                     super::$name(super::common::redis()?).await
+                }
+            )*
+        }
+        mod redis_colocated {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::common::redis_colocated()?).await
                 }
             )*
         }

@@ -1,0 +1,98 @@
+//! Configuration → connections for the operator commands. Configuration is
+//! read once from `STEM_*` (invalid → one line, exit 78); connections are
+//! lazy, so nothing touches Redis until a command needs it.
+//!
+//! Read-only and control commands use a consumer client (no signing key
+//! needed); only `task enqueue` builds a producer that signs.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use stem::client::Stem;
+use stem::config::{StemConfig, StoreUrl};
+use stem::runtime::config_or_exit;
+use stem::schedule::ScheduleStores;
+
+use crate::fail::{fail, Exit};
+
+/// Which stores this invocation talks to, for the "Redis unavailable" line.
+static TARGETS: OnceLock<String> = OnceLock::new();
+
+/// The store URLs of this invocation (passwords redacted), e.g.
+/// `redis://127.0.0.1:6379/0`, or `broker redis://…, backend redis://…`
+/// when they differ.
+pub fn targets() -> String {
+    TARGETS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| "the configured Redis".into())
+}
+
+/// Parses a duration flag (`<n>ms|s|m|h`, bare number = seconds).
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    match stem::config::parse_duration(v) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("invalid duration {v:?} (use <n>ms|s|m|h)")),
+    }
+}
+
+/// Parses a duration flag that may be zero (`--countdown 0`).
+pub fn parse_duration_or_zero(v: &str) -> Result<Duration, String> {
+    stem::config::parse_duration(v)
+        .ok_or_else(|| format!("invalid duration {v:?} (use <n>ms|s|m|h)"))
+}
+
+/// The configuration plus lazily built clients.
+pub struct Ctx {
+    pub config: StemConfig,
+}
+
+impl Ctx {
+    /// Reads `STEM_*`; exits 78 with one line naming the variable when a
+    /// value is invalid.
+    pub fn load() -> Self {
+        let config = config_or_exit(StemConfig::from_env());
+        let urls = [
+            ("broker", &config.broker_url),
+            ("backend", &config.result_backend_url),
+            ("schedule store", &config.schedule_store_url),
+        ];
+        let all_same = urls.iter().all(|(_, u)| *u == &config.broker_url);
+        let text = if all_same {
+            config.broker_url.redacted()
+        } else {
+            urls.iter()
+                .map(|(n, u)| format!("{n} {}", u.redacted()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = TARGETS.set(text);
+        if urls.iter().any(|(_, u)| **u == StoreUrl::Memory) {
+            eprintln!(
+                "warning: a store URL is memory://; the CLI sees only its own empty in-process store \
+                 (set STEM_BROKER_URL / STEM_SCHEDULE_STORE_URL to the Redis the services use)"
+            );
+        }
+        Ctx { config }
+    }
+
+    /// A client that never signs: statuses, queues, dead letters, control.
+    pub fn consumer(&self) -> anyhow::Result<Stem> {
+        let stem = Stem::connect_consumer(&self.config)
+            .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))?;
+        Ok(stem.with_registry(stem::demo::registry()))
+    }
+
+    /// A client that signs with `STEM_SIGNING_ACTIVE_KEY` (task enqueue).
+    pub fn producer(&self) -> anyhow::Result<Stem> {
+        let stem = Stem::connect(&self.config)
+            .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))?;
+        Ok(stem.with_registry(stem::demo::registry()))
+    }
+
+    /// The schedule store on `STEM_SCHEDULE_STORE_URL`.
+    pub fn schedules(&self) -> anyhow::Result<ScheduleStores> {
+        ScheduleStores::connect(&self.config)
+            .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))
+    }
+}

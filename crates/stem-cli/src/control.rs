@@ -1,0 +1,131 @@
+//! One request/answer exchange with workers over the control plane: send a
+//! command to the named workers (or every live one), collect replies until
+//! each addressed worker answered or the timeout passed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use stem::client::Stem;
+use stem::control::{ControlCommand, ControlReply};
+
+/// The answer of one addressed worker.
+#[derive(Clone, Debug, Serialize)]
+pub struct Answer {
+    pub worker: String,
+    /// `ok`, `error` or `no reply`.
+    pub status: &'static str,
+    /// The worker's reply payload (`null` without a reply).
+    pub reply: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Answer {
+    fn from_reply(r: ControlReply) -> Self {
+        Answer {
+            worker: r.worker,
+            status: if r.ok { "ok" } else { "error" },
+            reply: r.payload,
+            error: r.error,
+        }
+    }
+
+    fn missing(worker: String) -> Self {
+        Answer {
+            worker,
+            status: "no reply",
+            reply: Value::Null,
+            error: None,
+        }
+    }
+
+    /// True when the worker answered (ok or error).
+    pub fn answered(&self) -> bool {
+        self.status != "no reply"
+    }
+}
+
+/// Every addressed worker's answer, sorted by worker name.
+#[derive(Debug)]
+pub struct Exchange {
+    pub answers: Vec<Answer>,
+    /// Nobody was addressed: no targets given and no live worker.
+    pub nobody_alive: bool,
+}
+
+impl Exchange {
+    /// The workers that did not answer.
+    pub fn missing(&self) -> Vec<&str> {
+        self.answers
+            .iter()
+            .filter(|a| !a.answered())
+            .map(|a| a.worker.as_str())
+            .collect()
+    }
+
+    /// The answers that came back.
+    pub fn answered(&self) -> impl Iterator<Item = &Answer> {
+        self.answers.iter().filter(|a| a.answered())
+    }
+}
+
+/// Sends `command` to `targets` (empty = every live worker) and collects
+/// the replies within `timeout`.
+pub async fn exchange(
+    stem: &Stem,
+    command: &str,
+    targets: &[String],
+    payload: Value,
+    timeout: Duration,
+) -> anyhow::Result<Exchange> {
+    let control = stem.control();
+    let expected: BTreeSet<String> = if targets.is_empty() {
+        control
+            .workers()
+            .await?
+            .into_iter()
+            .map(|w| w.name)
+            .collect()
+    } else {
+        targets.iter().cloned().collect()
+    };
+    if expected.is_empty() {
+        return Ok(Exchange {
+            answers: Vec::new(),
+            nobody_alive: true,
+        });
+    }
+    let cmd = ControlCommand::new(command, targets.to_vec(), payload);
+    control.send(&cmd).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut got: Vec<ControlReply> = Vec::new();
+    loop {
+        let waiting = expected
+            .iter()
+            .filter(|w| !got.iter().any(|r| &r.worker == *w))
+            .count();
+        let now = tokio::time::Instant::now();
+        if waiting == 0 || now >= deadline {
+            break;
+        }
+        let more = control.replies(&cmd.id, waiting, deadline - now).await?;
+        for r in more {
+            if !got.iter().any(|g| g.worker == r.worker) {
+                got.push(r);
+            }
+        }
+    }
+    let mut answers: Vec<Answer> = got.into_iter().map(Answer::from_reply).collect();
+    for w in expected {
+        if !answers.iter().any(|a| a.worker == w) {
+            answers.push(Answer::missing(w));
+        }
+    }
+    answers.sort_by(|a, b| a.worker.cmp(&b.worker));
+    Ok(Exchange {
+        answers,
+        nobody_alive: false,
+    })
+}

@@ -1,0 +1,339 @@
+//! `stem dlq list|show|replay|purge`: dead letters of one queue. An entry
+//! is named by its dead-letter id (`1718000000000-0`, from `dlq list`) or
+//! by the task id inside it.
+//!
+//! Replay republishes the stored envelope with `attempt + 1`: same task id,
+//! same signature (the signed body never changes), so a worker holding the
+//! key verifies and runs it. The task's status is set to `queued` for the
+//! new attempt, which outranks the old `failed`.
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use serde::Serialize;
+use serde_json::{json, Value};
+use stem::broker::DeadLetter;
+use stem::client::Stem;
+use stem::envelope::{format_ms, TaskState, TaskStatus};
+
+use crate::context::Ctx;
+use crate::fail::{fail, require_yes, Exit};
+use crate::output::{or_dash, outln, plural, print_json, Format, Table};
+use crate::queue::known;
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// Newest dead letters first.
+    List {
+        /// Queue name.
+        #[arg(short = 'q', long = "queue")]
+        queue: String,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// One dead letter as JSON: reason, error, envelope.
+    Show {
+        /// Queue name.
+        #[arg(short = 'q', long = "queue")]
+        queue: String,
+        /// Dead-letter id or task id.
+        id: String,
+        /// Accepted for uniformity: the output is always JSON.
+        #[arg(long, hide = true)]
+        json: bool,
+    },
+    /// Run dead-lettered tasks again (same id, same signature). More than
+    /// one entry, or --all, needs --yes.
+    Replay {
+        /// Queue name.
+        #[arg(short = 'q', long = "queue")]
+        queue: String,
+        /// Dead-letter ids or task ids.
+        #[arg(
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ids: Vec<String>,
+        /// Replay every dead letter of the queue.
+        #[arg(long)]
+        all: bool,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Delete every dead letter of a queue (needs --yes).
+    Purge {
+        /// Queue name.
+        #[arg(short = 'q', long = "queue")]
+        queue: String,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        format: Format,
+    },
+}
+
+/// One dead letter, for `list` and `show`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LetterRow {
+    id: String,
+    queue: String,
+    task_id: Option<String>,
+    task: Option<String>,
+    attempt: Option<u32>,
+    reason: String,
+    error: Option<String>,
+    dead_at: String,
+}
+
+impl LetterRow {
+    fn of(l: &DeadLetter) -> Self {
+        let spec = l.wire.as_ref().and_then(|w| w.spec().ok());
+        LetterRow {
+            id: l.id.clone(),
+            queue: l.queue.clone(),
+            task_id: spec.as_ref().map(|s| s.id.clone()),
+            task: spec.as_ref().map(|s| s.name.clone()),
+            attempt: l.wire.as_ref().map(|w| w.attempt),
+            reason: l.reason.clone(),
+            error: l.error.clone(),
+            dead_at: format_ms(l.dead_at_ms),
+        }
+    }
+}
+
+/// One replayed entry.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplayRow {
+    id: String,
+    task_id: String,
+    task: String,
+    attempt: u32,
+}
+
+/// How many dead letters `--all` and task-id look-ups read at most.
+const SCAN: usize = 1_000_000;
+
+pub async fn run(ctx: &Ctx, cmd: DlqCommand) -> anyhow::Result<i32> {
+    let stem = ctx.consumer()?;
+    match cmd {
+        DlqCommand::List {
+            queue,
+            limit,
+            format,
+        } => {
+            known(&stem, &queue).await?;
+            let letters = stem.broker().list_dead_letters(&queue, limit).await?;
+            let rows: Vec<LetterRow> = letters.iter().map(LetterRow::of).collect();
+            if format.json {
+                print_json(&rows)?;
+            } else if rows.is_empty() {
+                outln!("No dead letters in {queue}.");
+            } else {
+                let mut t = Table::new(&[
+                    "ID", "Task ID", "Task", "Attempt", "Reason", "Dead At", "Error",
+                ])
+                .right(&[3]);
+                for r in rows {
+                    t.row(vec![
+                        r.id,
+                        or_dash(r.task_id),
+                        or_dash(r.task),
+                        or_dash(r.attempt),
+                        r.reason,
+                        r.dead_at,
+                        or_dash(r.error.map(|e| e.replace('\n', " "))),
+                    ]);
+                }
+                t.print();
+                let total = stem.broker().stats(&queue).await?.dead;
+                if total as usize > limit {
+                    outln!("Showing the newest {limit} of {total}; use --limit to see more.");
+                }
+            }
+            Ok(0)
+        }
+        DlqCommand::Show { queue, id, .. } => {
+            known(&stem, &queue).await?;
+            let l = resolve(&stem, &queue, &id).await?;
+            let mut doc = serde_json::to_value(LetterRow::of(&l))?;
+            if let Value::Object(m) = &mut doc {
+                let wire = l.wire.as_ref();
+                m.insert("keyId".into(), json!(wire.and_then(|w| w.key_id.clone())));
+                m.insert(
+                    "signed".into(),
+                    json!(wire.is_some_and(|w| w.signature.is_some())),
+                );
+                m.insert(
+                    "envelope".into(),
+                    wire.and_then(|w| w.spec().ok())
+                        .map(serde_json::to_value)
+                        .transpose()?
+                        .unwrap_or(Value::Null),
+                );
+                m.insert("raw".into(), json!(l.raw));
+            }
+            print_json(&doc)?;
+            Ok(0)
+        }
+        DlqCommand::Replay {
+            queue,
+            ids,
+            all,
+            yes,
+            format,
+        } => {
+            known(&stem, &queue).await?;
+            if all {
+                require_yes(yes, &format!("replaying every dead letter of {queue}"))?;
+            } else if ids.len() > 1 {
+                require_yes(yes, &format!("replaying {} dead letters", ids.len()))?;
+            }
+            let letters = if all {
+                all_letters(&stem, &queue).await?
+            } else {
+                let mut v = Vec::new();
+                for id in &ids {
+                    v.push(resolve(&stem, &queue, id).await?);
+                }
+                v
+            };
+            let mut replayed = Vec::new();
+            let mut skipped = Vec::new();
+            for l in letters {
+                match replay_one(&stem, &queue, &l).await? {
+                    Some(r) => replayed.push(r),
+                    None => skipped.push(l.id.clone()),
+                }
+            }
+            if format.json {
+                print_json(&json!({ "replayed": replayed, "skipped": skipped }))?;
+            } else {
+                outln!(
+                    "Replayed {} from {queue}.",
+                    plural(replayed.len(), "dead letter", "dead letters")
+                );
+                if !replayed.is_empty() {
+                    let mut t = Table::new(&["ID", "Task ID", "Task", "Attempt"]).right(&[3]);
+                    for r in &replayed {
+                        t.row(vec![
+                            r.id.clone(),
+                            r.task_id.clone(),
+                            r.task.clone(),
+                            r.attempt.to_string(),
+                        ]);
+                    }
+                    t.print();
+                }
+            }
+            if !skipped.is_empty() {
+                eprintln!(
+                    "not replayed (malformed, or replayed meanwhile): {}",
+                    skipped.join(", ")
+                );
+                if !all {
+                    return Err(fail(
+                        Exit::Data,
+                        format!(
+                            "{} could not be replayed",
+                            plural(skipped.len(), "entry", "entries")
+                        ),
+                    ));
+                }
+            }
+            Ok(0)
+        }
+        DlqCommand::Purge { queue, yes, format } => {
+            known(&stem, &queue).await?;
+            require_yes(yes, &format!("purging the dead letters of {queue}"))?;
+            let n = stem.broker().purge_dead_letters(&queue).await?;
+            if format.json {
+                print_json(&json!({ "queue": queue, "purged": n }))?;
+            } else {
+                outln!(
+                    "Removed {} from {queue}.",
+                    plural(n as usize, "dead letter", "dead letters")
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// True for a stream entry id (`<ms>-<seq>`).
+fn is_entry_id(id: &str) -> bool {
+    match id.split_once('-') {
+        Some((a, b)) => {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// The dead letter named by a dead-letter id or a task id; exit 65 when
+/// there is none.
+async fn resolve(stem: &Stem, queue: &str, id: &str) -> anyhow::Result<DeadLetter> {
+    let broker = stem.broker();
+    if is_entry_id(id) {
+        if let Some(l) = broker.get_dead_letter(queue, id).await? {
+            return Ok(l);
+        }
+    } else if let Some(l) = broker
+        .list_dead_letters(queue, SCAN)
+        .await?
+        .into_iter()
+        .find(|l| l.task_id().as_deref() == Some(id))
+    {
+        return Ok(l);
+    }
+    Err(fail(
+        Exit::Data,
+        format!("no dead letter {id:?} in {queue} (see `stem dlq list -q {queue}`)"),
+    ))
+}
+
+/// Every dead letter of `queue`, oldest first.
+async fn all_letters(stem: &Stem, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut v = stem.broker().list_dead_letters(queue, SCAN).await?;
+    v.reverse();
+    Ok(v)
+}
+
+/// Replays one entry and records `queued` for its new attempt; `None` when
+/// it could not be replayed (malformed, or gone).
+async fn replay_one(stem: &Stem, queue: &str, l: &DeadLetter) -> anyhow::Result<Option<ReplayRow>> {
+    let Some(wire) = stem.broker().replay_dead_letter(queue, &l.id).await? else {
+        return Ok(None);
+    };
+    let spec = wire
+        .spec()
+        .with_context(|| format!("dead letter {} has an undecodable envelope", l.id))?;
+    stem.backend()
+        .set_statuses(&[TaskStatus::for_spec(&spec, TaskState::Queued, wire.attempt)])
+        .await?;
+    if let Some(now) = stem.status(&spec.id).await? {
+        if now.state == TaskState::Cancelled {
+            eprintln!(
+                "note: task {} was revoked; workers will drop the replayed copy without running it",
+                spec.id
+            );
+        }
+    }
+    Ok(Some(ReplayRow {
+        id: l.id.clone(),
+        task_id: spec.id,
+        task: spec.name,
+        attempt: wire.attempt,
+    }))
+}

@@ -1,0 +1,436 @@
+//! `stem worker list|ping|stats|inspect|revoke|shutdown|pause|resume`:
+//! heartbeats and control commands. Every worker listens whatever its
+//! namespace; `-w NAME` (repeatable) addresses only those workers.
+//!
+//! Exit codes: `ping`, `stats`, `inspect` and `shutdown` exit 75 when an
+//! addressed worker (named, or every live one) did not answer within
+//! `--timeout`, or when no worker is alive. `revoke`, `pause` and `resume`
+//! are persisted before the command is sent, so they exit 0 even when
+//! nobody answers (workers apply them at their next status poll or
+//! heartbeat).
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use stem::client::Stem;
+use stem::control::WorkerInfo;
+use stem::envelope::now_ms;
+
+use crate::context::{parse_duration, Ctx};
+use crate::control::{exchange, Exchange};
+use crate::fail::{fail, require_yes, Exit};
+use crate::output::{age, outln, print_json, Format, Table};
+use crate::revoke::revoke;
+
+/// Which workers, and how long to wait for them.
+#[derive(Args, Debug, Clone)]
+pub struct Targets {
+    /// Address only this worker (repeatable); default: every live worker.
+    #[arg(short = 'w', long = "worker", value_name = "NAME")]
+    workers: Vec<String>,
+    /// How long to wait for replies.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkerCommand {
+    /// Live workers from their heartbeats (no command is sent).
+    List(Format),
+    /// Ask workers to answer; exit 75 if an addressed worker does not.
+    Ping {
+        #[command(flatten)]
+        targets: Targets,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Counters and settings reported by each worker.
+    Stats {
+        #[command(flatten)]
+        targets: Targets,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// The tasks each worker is running now.
+    Inspect {
+        #[command(flatten)]
+        targets: Targets,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Revoke tasks: persisted (queued copies never run) and running
+    /// copies are cancelled at once.
+    Revoke {
+        /// Task ids.
+        #[arg(required = true, value_name = "TASK_ID")]
+        task_ids: Vec<String>,
+        /// Reason recorded in the task's error.
+        #[arg(long, default_value = "revoked by operator")]
+        reason: String,
+        #[command(flatten)]
+        targets: Targets,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Stop workers gracefully, as SIGTERM does (needs --yes).
+    Shutdown {
+        #[command(flatten)]
+        targets: Targets,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Pause queues (persisted, for every worker; -w only limits who is
+    /// told at once, the others follow at their next heartbeat).
+    Pause {
+        /// Queue to pause (repeatable).
+        #[arg(short = 'q', long = "queue", value_name = "QUEUE", required = true)]
+        queues: Vec<String>,
+        #[command(flatten)]
+        targets: Targets,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Resume paused queues.
+    Resume {
+        /// Queue to resume (repeatable).
+        #[arg(short = 'q', long = "queue", value_name = "QUEUE", required = true)]
+        queues: Vec<String>,
+        #[command(flatten)]
+        targets: Targets,
+        #[command(flatten)]
+        format: Format,
+    },
+}
+
+pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
+    let stem = ctx.consumer()?;
+    match cmd {
+        WorkerCommand::List(format) => list(&stem, format).await,
+        WorkerCommand::Ping { targets, format } => {
+            let ex = ask(&stem, "ping", &targets, Value::Null).await?;
+            let mut t = Table::new(&["Worker", "Status", "Answered At"]);
+            for a in &ex.answers {
+                t.row(vec![
+                    a.worker.clone(),
+                    a.status.into(),
+                    text(&a.reply, "timestamp"),
+                ]);
+            }
+            finish(&ex, format, t, true)
+        }
+        WorkerCommand::Stats { targets, format } => {
+            let ex = ask(&stem, "stats", &targets, Value::Null).await?;
+            let mut t = Table::new(&[
+                "Worker",
+                "Status",
+                "Namespace",
+                "Queues",
+                "Paused",
+                "Concurrency",
+                "Inflight",
+                "Started",
+                "Succeeded",
+                "Failed",
+                "Retried",
+                "Running Since",
+            ])
+            .right(&[5, 6, 7, 8, 9, 10]);
+            for a in &ex.answers {
+                let info = serde_json::from_value::<WorkerInfo>(a.reply.clone()).ok();
+                let mut row = vec![a.worker.clone(), a.status.into()];
+                match info {
+                    Some(i) => row.extend([
+                        i.namespace,
+                        i.queues.join(","),
+                        or_blank(i.paused.join(",")),
+                        i.concurrency.to_string(),
+                        i.inflight.to_string(),
+                        i.started.to_string(),
+                        i.succeeded.to_string(),
+                        i.failed.to_string(),
+                        i.retried.to_string(),
+                        age(i.started_at, now_ms()),
+                    ]),
+                    None => row.extend(std::iter::repeat_n("-".to_string(), 10)),
+                }
+                t.row(row);
+            }
+            finish(&ex, format, t, true)
+        }
+        WorkerCommand::Inspect { targets, format } => {
+            let ex = ask(&stem, "inspect", &targets, Value::Null).await?;
+            let mut t = Table::new(&[
+                "Worker",
+                "Status",
+                "Held",
+                "Task ID",
+                "Task",
+                "Queue",
+                "Attempt",
+                "Running For",
+            ])
+            .right(&[2, 6]);
+            for a in &ex.answers {
+                let held = a
+                    .reply
+                    .get("held")
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let active = a
+                    .reply
+                    .get("active")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if active.is_empty() {
+                    let mut row = vec![a.worker.clone(), a.status.into(), held.clone()];
+                    row.extend(std::iter::repeat_n("-".to_string(), 5));
+                    t.row(row);
+                }
+                for task in active {
+                    t.row(vec![
+                        a.worker.clone(),
+                        a.status.into(),
+                        held.clone(),
+                        text(&task, "id"),
+                        text(&task, "task"),
+                        text(&task, "queue"),
+                        text(&task, "attempt"),
+                        task.get("runtimeMs")
+                            .and_then(Value::as_i64)
+                            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                            .unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+            }
+            finish(&ex, format, t, true)
+        }
+        WorkerCommand::Revoke {
+            task_ids,
+            reason,
+            targets,
+            format,
+        } => {
+            revoke(
+                &stem,
+                &task_ids,
+                &reason,
+                &targets.workers,
+                targets.timeout,
+                format,
+            )
+            .await
+        }
+        WorkerCommand::Shutdown {
+            targets,
+            yes,
+            format,
+        } => {
+            let who = if targets.workers.is_empty() {
+                "shutting down every live worker".to_string()
+            } else {
+                format!("shutting down {}", targets.workers.join(", "))
+            };
+            require_yes(yes, &who)?;
+            let ex = ask(&stem, "shutdown", &targets, Value::Null).await?;
+            let mut t = Table::new(&["Worker", "Status", "Reply", "Active Tasks"]).right(&[3]);
+            for a in &ex.answers {
+                t.row(vec![
+                    a.worker.clone(),
+                    a.status.into(),
+                    text(&a.reply, "status"),
+                    text(&a.reply, "active"),
+                ]);
+            }
+            finish(&ex, format, t, true)
+        }
+        WorkerCommand::Pause {
+            queues,
+            targets,
+            format,
+        } => pause(&stem, true, &queues, &targets, format).await,
+        WorkerCommand::Resume {
+            queues,
+            targets,
+            format,
+        } => pause(&stem, false, &queues, &targets, format).await,
+    }
+}
+
+/// Sends a command; exits 75 at once when no worker is alive.
+async fn ask(
+    stem: &Stem,
+    command: &str,
+    targets: &Targets,
+    payload: Value,
+) -> anyhow::Result<Exchange> {
+    let ex = exchange(stem, command, &targets.workers, payload, targets.timeout).await?;
+    if ex.nobody_alive {
+        return Err(fail(
+            Exit::TempFail,
+            format!("no live workers to {command} (none is heartbeating)"),
+        ));
+    }
+    Ok(ex)
+}
+
+fn or_blank(s: String) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s
+    }
+}
+
+/// A reply field as text (`-` when absent).
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Prints the exchange (table or JSON) and picks the exit code: 75 when an
+/// addressed worker did not answer and `strict`, 70 when one answered with
+/// an error.
+fn finish(ex: &Exchange, format: Format, table: Table, strict: bool) -> anyhow::Result<i32> {
+    if format.json {
+        print_json(&ex.answers)?;
+    } else {
+        table.print();
+    }
+    let missing = ex.missing();
+    if !missing.is_empty() {
+        eprintln!("no reply from: {}", missing.join(", "));
+        if strict {
+            return Ok(Exit::TempFail.code());
+        }
+    }
+    if let Some(a) = ex.answered().find(|a| a.status == "error") {
+        eprintln!(
+            "error from {}: {}",
+            a.worker,
+            a.error.as_deref().unwrap_or("unknown")
+        );
+        return Ok(Exit::Software.code());
+    }
+    Ok(0)
+}
+
+async fn list(stem: &Stem, format: Format) -> anyhow::Result<i32> {
+    let workers = stem.control().workers().await?;
+    if format.json {
+        print_json(&workers)?;
+        return Ok(0);
+    }
+    if workers.is_empty() {
+        outln!("No live workers.");
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut t = Table::new(&[
+        "Worker",
+        "Namespace",
+        "Queues",
+        "Paused",
+        "Host",
+        "PID",
+        "Concurrency",
+        "Inflight",
+        "Succeeded",
+        "Failed",
+        "Heartbeat",
+    ])
+    .right(&[5, 6, 7, 8, 9]);
+    for w in workers {
+        t.row(vec![
+            w.name,
+            w.namespace,
+            w.queues.join(","),
+            or_blank(w.paused.join(",")),
+            w.host,
+            w.pid.to_string(),
+            w.concurrency.to_string(),
+            w.inflight.to_string(),
+            w.succeeded.to_string(),
+            w.failed.to_string(),
+            age(w.heartbeat_at, now),
+        ]);
+    }
+    t.print();
+    Ok(0)
+}
+
+async fn pause(
+    stem: &Stem,
+    paused: bool,
+    queues: &[String],
+    targets: &Targets,
+    format: Format,
+) -> anyhow::Result<i32> {
+    for q in queues {
+        stem::config::validate_queue_name("queue", q)
+            .map_err(|e| fail(Exit::Data, format!("invalid queue name: {e}")))?;
+    }
+    let control = stem.control();
+    control.set_paused(queues, paused).await?;
+    let now_paused = control.paused_queues().await?;
+    let command = if paused { "pause" } else { "resume" };
+    let ex = exchange(
+        stem,
+        command,
+        &targets.workers,
+        json!({ "queues": queues }),
+        targets.timeout,
+    )
+    .await?;
+    if format.json {
+        print_json(&json!({
+            "paused": now_paused,
+            "workers": ex.answers,
+        }))?;
+    } else {
+        outln!(
+            "{} {} (persisted). Paused now: {}",
+            if paused { "Paused" } else { "Resumed" },
+            queues.join(", "),
+            or_blank(now_paused.join(", "))
+        );
+        if ex.nobody_alive {
+            outln!("No live workers; workers apply it when they start.");
+        } else {
+            let mut t = Table::new(&["Worker", "Status", "Paused Queues"]);
+            for a in &ex.answers {
+                let list: Vec<String> = a
+                    .reply
+                    .get("paused")
+                    .and_then(Value::as_array)
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                t.row(vec![
+                    a.worker.clone(),
+                    a.status.into(),
+                    or_blank(list.join(",")),
+                ]);
+            }
+            t.print();
+        }
+    }
+    let missing = ex.missing();
+    if !missing.is_empty() {
+        eprintln!(
+            "no reply from: {} (they apply it at their next heartbeat)",
+            missing.join(", ")
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,816 @@
+//! The `stem` operator CLI, black box (CONTRACT §7): the real `stem`,
+//! `worker` and `beat` binaries against private Redis servers. Every test
+//! has its own server, so they run in parallel; every wait polls with a
+//! deadline.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use serde_json::Value;
+use stem_e2e::{
+    binary_path, body_runs, hmac_key, poll_until, start_worker, wait_body_running, wait_log,
+    worker_name, RedisServer, ServiceProcess, SETTLE,
+};
+
+/// The seed file at the workspace root.
+fn example_schedule_file() -> String {
+    format!(
+        "{}/../../schedules.example.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// The six ids of `schedules.example.yaml`.
+const EXAMPLE_IDS: [&str; 6] = [
+    "greetings-reminder",
+    "greetings-followup",
+    "billing-charge",
+    "billing-settlement",
+    "reports-aggregate",
+    "reports-publish-flaky",
+];
+
+/// One finished `stem` invocation.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// Fails unless the exit code is `code`.
+    fn expect(self, code: i32) -> anyhow::Result<Run> {
+        ensure!(
+            self.code == Some(code),
+            "expected exit {code}, got {}",
+            self.describe()
+        );
+        Ok(self)
+    }
+
+    /// stdout parsed as JSON.
+    fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("stdout is not JSON: {}", self.describe()))
+    }
+}
+
+/// The `stem` binary with a clean `STEM_*` environment plus `envs`.
+#[derive(Clone)]
+struct Stem {
+    envs: Vec<(String, String)>,
+}
+
+impl Stem {
+    fn new(url: &str) -> Self {
+        Stem {
+            envs: vec![("STEM_BROKER_URL".into(), url.into())],
+        }
+    }
+
+    fn with(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<Run> {
+        let mut cmd = Command::new(binary_path("stem")?);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("STEM_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v))).args(args);
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd
+            .output()
+            .with_context(|| format!("running stem {args:?}"))?;
+        Ok(Run {
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    /// Runs and requires exit 0.
+    fn ok(&self, args: &[&str]) -> anyhow::Result<Run> {
+        self.run(args)?
+            .expect(0)
+            .with_context(|| format!("stem {}", args.join(" ")))
+    }
+
+    /// Runs with `--json` appended, requires exit 0, parses stdout.
+    fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        self.ok(&all)?.json()
+    }
+
+    /// `task status ID --json` → state.
+    fn state(&self, id: &str) -> anyhow::Result<String> {
+        let v = self.json(&["task", "status", id])?;
+        Ok(v["state"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Epoch ms of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+fn rfc3339_ms(s: &str) -> anyhow::Result<i64> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> anyhow::Result<i64> {
+        let t = s.get(r).context("short timestamp")?;
+        ensure!(t.bytes().all(|c| c.is_ascii_digit()), "bad digits in {s:?}");
+        Ok(t.parse()?)
+    };
+    ensure!(
+        b.len() >= 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && s.ends_with('Z'),
+        "{s:?} is not an RFC 3339 UTC timestamp"
+    );
+    let mut ms = 0;
+    if b.len() > 20 {
+        ensure!(b[19] == b'.', "{s:?}: expected a fraction or Z");
+        let frac = &s[20..s.len() - 1];
+        ensure!(
+            !frac.is_empty() && frac.bytes().all(|c| c.is_ascii_digit()),
+            "bad fraction in {s:?}"
+        );
+        ms = format!("{frac:0<3}")[..3].parse::<i64>()?;
+    }
+    let days = days_from_civil(digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    Ok(
+        ((days * 24 + digits(11..13)?) * 60 + digits(14..16)?) * 60_000
+            + digits(17..19)? * 1000
+            + ms,
+    )
+}
+
+/// stdout lines of a dry run as epoch ms; checks format, count and order.
+fn slots(out: &str, count: usize) -> anyhow::Result<Vec<i64>> {
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines.len() == count,
+        "expected {count} lines, got {}: {out:?}",
+        lines.len()
+    );
+    let ms = lines
+        .iter()
+        .map(|l| rfc3339_ms(l))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(
+        ms.windows(2).all(|w| w[0] < w[1]),
+        "not strictly increasing: {out}"
+    );
+    Ok(ms)
+}
+
+fn ids_of(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+// ---------------------------------------------------------------------------
+// schedule
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_apply_list_dry_run_and_round_trip() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let stem = Stem::new(&redis.url());
+    let file = example_schedule_file();
+
+    let empty = stem.ok(&["schedule", "list"])?;
+    assert_eq!(empty.stdout.trim(), "No schedules found.");
+    let applied = stem.ok(&["schedule", "apply", "-f", &file])?;
+    assert!(
+        applied.stdout.contains("6 created"),
+        "{}",
+        applied.describe()
+    );
+
+    // Table: every id, the documented header, aligned columns.
+    let table = stem.ok(&["schedule", "list"])?.stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    let header: Vec<&str> = lines[0].split("  ").filter(|c| !c.is_empty()).collect();
+    let header: Vec<&str> = header.iter().map(|c| c.trim()).collect();
+    assert_eq!(
+        header,
+        ["ID", "Task", "Queue", "Spec", "Next Run", "Last Run", "Jitter", "Enabled"],
+        "{table}"
+    );
+    assert_eq!(lines.len(), 2 + 6, "{table}");
+    for id in EXAMPLE_IDS {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{id} "))),
+            "{id} missing or truncated:\n{table}"
+        );
+    }
+    let task_col = lines[0].find("Task").context("Task column")?;
+    for l in &lines[2..] {
+        assert_eq!(
+            &l[task_col - 2..task_col],
+            "  ",
+            "columns aligned:\n{table}"
+        );
+        assert!(!l.contains("..."), "nothing truncated:\n{table}");
+    }
+
+    // JSON: the documented fields.
+    let list = stem.json(&["schedule", "list"])?;
+    assert_eq!(ids_of(&list), {
+        let mut v: Vec<String> = EXAMPLE_IDS.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    });
+    let reminder = list
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == "greetings-reminder"))
+        .context("greetings-reminder in --json")?;
+    for field in [
+        "id",
+        "task",
+        "queue",
+        "spec",
+        "nextRunAt",
+        "lastRunAt",
+        "jitterMs",
+        "enabled",
+        "totalRunCount",
+        "lastError",
+    ] {
+        assert!(reminder.get(field).is_some(), "{field} in {reminder}");
+    }
+    assert_eq!(reminder["task"], "greeting.send");
+    assert_eq!(reminder["spec"], "every:30s");
+    assert_eq!(reminder["jitterMs"], 5000);
+    assert_eq!(reminder["enabled"], true);
+    rfc3339_ms(reminder["nextRunAt"].as_str().context("nextRunAt")?)?;
+
+    // Dry runs: exactly `count` planned slots, jitter only on stderr.
+    let dry = stem.ok(&[
+        "schedule",
+        "dry-run",
+        "--id",
+        "greetings-reminder",
+        "--count",
+        "3",
+    ])?;
+    let ms = slots(&dry.stdout, 3)?;
+    assert!(
+        ms.windows(2).all(|w| w[1] - w[0] == 30_000),
+        "30 s apart: {}",
+        dry.stdout
+    );
+    assert!(dry.stderr.contains("jitter"), "{}", dry.describe());
+    let cron = stem.ok(&[
+        "schedule",
+        "dry-run",
+        "--spec",
+        "*/5 * * * *",
+        "--count",
+        "4",
+    ])?;
+    let ms = slots(&cron.stdout, 4)?;
+    assert!(
+        ms.iter().all(|t| t % 300_000 == 0),
+        "on 5-minute boundaries: {}",
+        cron.stdout
+    );
+    assert!(ms.windows(2).all(|w| w[1] - w[0] == 300_000));
+    let from = stem.ok(&[
+        "schedule",
+        "dry-run",
+        "--spec",
+        "0 9 * * *",
+        "--timezone",
+        "Europe/Berlin",
+        "--from",
+        "2025-07-01T00:00:00Z",
+        "--count",
+        "2",
+    ])?;
+    assert_eq!(
+        from.stdout,
+        "2025-07-01T07:00:00.000Z\n2025-07-02T07:00:00.000Z\n"
+    );
+    stem.run(&["schedule", "dry-run", "--spec", "every:soon"])?
+        .expect(65)?;
+    stem.run(&["schedule", "dry-run", "--id", "nope"])?
+        .expect(65)?;
+    stem.run(&["schedule", "dry-run"])?.expect(64)?;
+
+    // An invalid file changes nothing.
+    // The server's own temporary directory, removed with it.
+    let bad = redis.dir().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "entries:\n  - id: greetings-reminder\n    task: greeting.send\n    spec: every:1s\n  - id: broken\n    task: x\n    spec: \"every:soon\"\n",
+    )?;
+    let refused = stem.run(&[
+        "schedule",
+        "apply",
+        "-f",
+        bad.to_str().context("utf-8 path")?,
+    ])?;
+    let refused = refused.expect(65)?;
+    assert!(refused.stderr.contains("broken"), "{}", refused.describe());
+    let after = stem.json(&["schedule", "list"])?;
+    assert_eq!(after, list, "an invalid file must change nothing");
+    std::fs::write(&bad, "entries: [unclosed\n")?;
+    stem.run(&[
+        "schedule",
+        "apply",
+        "-f",
+        bad.to_str().context("utf-8 path")?,
+    ])?
+    .expect(65)?;
+
+    // show, disable, enable, delete.
+    let shown = stem.ok(&["schedule", "show", "billing-charge"])?.json()?;
+    assert_eq!(shown["task"], "billing.charge");
+    assert_eq!(shown["timezone"], "UTC");
+    let disabled = stem.json(&["schedule", "disable", "billing-charge"])?;
+    assert_eq!(disabled["enabled"], false, "{disabled}");
+    let off = stem.ok(&["schedule", "show", "billing-charge"])?.json()?;
+    assert_eq!(off["enabled"], false);
+    assert!(off["nextRunAt"].is_null(), "{off}");
+    stem.ok(&["schedule", "enable", "billing-charge"])?;
+    let on = stem.ok(&["schedule", "show", "billing-charge"])?.json()?;
+    assert_eq!(on["enabled"], true);
+    assert!(on["nextRunAt"].is_string(), "{on}");
+    let refused = stem
+        .run(&["schedule", "delete", "billing-charge"])?
+        .expect(64)?;
+    assert!(refused.stderr.contains("--yes"), "{}", refused.describe());
+    stem.ok(&["schedule", "show", "billing-charge"])?;
+    stem.ok(&["schedule", "delete", "billing-charge", "--yes"])?;
+    stem.run(&["schedule", "show", "billing-charge"])?
+        .expect(65)?;
+    stem.run(&["schedule", "enable", "billing-charge"])?
+        .expect(65)?;
+    assert_eq!(ids_of(&stem.json(&["schedule", "list"])?).len(), 5);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_works_after_beat_seeded_the_store() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let beat = ServiceProcess::spawn(
+        "beat",
+        &["--instance-id", "cli-e2e-beat"],
+        &[
+            ("STEM_BROKER_URL", url.clone()),
+            ("STEM_SCHEDULE_FILE", example_schedule_file()),
+        ],
+    )?;
+    wait_log(&beat, "beat started", Duration::from_secs(20)).await?;
+    let stem = Stem::new(&url).with("STEM_SCHEDULE_STORE_URL", &url);
+    poll_until("beat to seed six schedules", SETTLE, || async {
+        let list = stem.json(&["schedule", "list"])?;
+        Ok((ids_of(&list).len() == 6).then_some(()))
+    })
+    .await?;
+    let dry = stem.ok(&[
+        "schedule",
+        "dry-run",
+        "--id",
+        "greetings-reminder",
+        "--count",
+        "3",
+    ])?;
+    let ms = slots(&dry.stdout, 3)?;
+    assert!(
+        ms.windows(2).all(|w| w[1] - w[0] == 30_000),
+        "{}",
+        dry.stdout
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// worker
+// ---------------------------------------------------------------------------
+
+/// Polls `worker ping --json` until exactly `names` answer ok.
+async fn wait_pinged(stem: &Stem, names: &[&String]) -> anyhow::Result<Value> {
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    poll_until(&format!("{want:?} to answer ping"), SETTLE, || async {
+        let run = stem.run(&["worker", "ping", "--json", "--timeout", "1s"])?;
+        if run.code != Some(0) {
+            return Ok(None);
+        }
+        let v = run.json()?;
+        let ok: Vec<String> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| r["status"] == "ok")
+                    .filter_map(|r| r["worker"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((ok == want).then_some(v))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_ping_pause_and_shutdown_reach_every_namespace() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let stem = Stem::new(&url);
+    // Nobody alive: ping exits 75 at once.
+    let none = stem.run(&["worker", "ping"])?.expect(75)?;
+    assert!(
+        none.stderr.contains("no live workers"),
+        "{}",
+        none.describe()
+    );
+
+    let mut workers = Vec::new();
+    for (ns, queue) in [
+        ("customer-experience", "greetings"),
+        ("revenue", "billing"),
+        ("analytics", "reporting"),
+    ] {
+        let name = worker_name(ns);
+        let p = start_worker(
+            &url,
+            &name,
+            queue,
+            &[
+                ("STEM_WORKER_NAMESPACE", ns.into()),
+                ("STEM_WORKER_CONCURRENCY", "1".into()),
+                ("STEM_SHUTDOWN_GRACE", "2s".into()),
+            ],
+        )
+        .await?;
+        workers.push((name, p));
+    }
+    let names: Vec<&String> = workers.iter().map(|(n, _)| n).collect();
+    let pinged = wait_pinged(&stem, &names).await?;
+    assert_eq!(pinged.as_array().map(Vec::len), Some(3), "{pinged}");
+    let table = stem.ok(&["worker", "ping"])?.stdout;
+    for n in &names {
+        assert!(table.contains(n.as_str()), "{n} in\n{table}");
+    }
+    let listed = stem.json(&["worker", "list"])?;
+    let namespaces: Vec<&str> = listed
+        .as_array()
+        .context("worker list array")?
+        .iter()
+        .filter_map(|w| w["namespace"].as_str())
+        .collect();
+    assert_eq!(namespaces.len(), 3, "{listed}");
+    let stats = stem.json(&["worker", "stats"])?;
+    assert!(
+        stats
+            .as_array()
+            .is_some_and(|a| a.iter().all(|r| r["reply"]["concurrency"] == 1)),
+        "{stats}"
+    );
+    // A named worker that does not exist does not answer: 75.
+    stem.run(&["worker", "ping", "-w", "ghost", "--timeout", "300ms"])?
+        .expect(75)?;
+
+    // Pause is persisted and acknowledged; resume undoes it.
+    let paused = stem.json(&["worker", "pause", "-q", "billing"])?;
+    assert_eq!(paused["paused"], serde_json::json!(["billing"]), "{paused}");
+    let queues = stem.json(&["queue", "list"])?;
+    let billing = queues
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["queue"] == "billing"))
+        .context("billing queue")?;
+    assert_eq!(billing["paused"], true, "{queues}");
+    let resumed = stem.json(&["worker", "resume", "-q", "billing"])?;
+    assert_eq!(resumed["paused"], serde_json::json!([]), "{resumed}");
+
+    // Shutdown needs --yes, then stops exactly that worker gracefully.
+    let (victim, mut process) = workers.remove(0);
+    stem.run(&["worker", "shutdown", "-w", &victim])?
+        .expect(64)?;
+    assert!(process.is_running(), "refused shutdown must not stop it");
+    let answer = stem.json(&["worker", "shutdown", "-w", &victim, "--yes"])?;
+    assert_eq!(answer[0]["worker"], victim.as_str(), "{answer}");
+    assert_eq!(answer[0]["status"], "ok", "{answer}");
+    let code = process.wait_exit(Duration::from_secs(15))?;
+    assert_eq!(code, Some(0), "graceful exit; log:\n{}", process.logs());
+    let rest: Vec<&String> = workers.iter().map(|(n, _)| n).collect();
+    wait_pinged(&stem, &rest).await?;
+
+    // With every worker gone, ping exits 75 again.
+    for (_, p) in &mut workers {
+        p.sigterm()?;
+    }
+    for (_, p) in &mut workers {
+        assert_eq!(p.wait_exit(Duration::from_secs(15))?, Some(0));
+    }
+    stem.run(&["worker", "ping"])?.expect(75)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// task
+// ---------------------------------------------------------------------------
+
+/// Worker + CLI environment sharing one HMAC key.
+fn signed(key: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("STEM_SIGNING_KEYS", key.to_string()),
+        ("STEM_SIGNING_ACTIVE_KEY", "k1".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_revoke_cancels_queued_and_running_tasks() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k1");
+    let stem = Stem::new(&url)
+        .with("STEM_SIGNING_KEYS", &key)
+        .with("STEM_SIGNING_ACTIVE_KEY", "k1");
+    let mut env = signed(&key);
+    env.push(("STEM_WORKER_CONCURRENCY", "2".into()));
+    let worker = start_worker(&url, &worker_name("revoke"), "greetings", &env).await?;
+
+    // Queued (countdown): revoked before it is due, never runs.
+    let queued = stem
+        .ok(&[
+            "task",
+            "enqueue",
+            "greeting.send",
+            "--args",
+            r#"{"name":"Later"}"#,
+            "--countdown",
+            "2s",
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(stem.state(&queued)?, "queued");
+    stem.ok(&["task", "revoke", &queued])?;
+    assert_eq!(stem.state(&queued)?, "cancelled");
+
+    // Running (5 s body): cancelled well before it would finish.
+    let running = stem
+        .ok(&[
+            "task",
+            "enqueue",
+            "greeting.send",
+            "--args",
+            r#"{"name":"Slow","delayMs":5000}"#,
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    wait_body_running(&worker, &running, SETTLE).await?;
+    let started = Instant::now();
+    let revoked = stem.json(&["task", "revoke", &running])?;
+    assert_eq!(revoked["tasks"][0]["previous"], "running", "{revoked}");
+    assert_eq!(revoked["tasks"][0]["state"], "cancelled", "{revoked}");
+    assert_eq!(
+        revoked["workers"][0]["reply"]["cancelled"],
+        serde_json::json!([running]),
+        "the worker cancels the running body at once: {revoked}"
+    );
+    assert_eq!(stem.state(&running)?, "cancelled");
+    // The body stops well before its 5 s.
+    poll_until("the worker to stop running the body", SETTLE, || async {
+        let v = stem.json(&["worker", "inspect"])?;
+        Ok((v[0]["reply"]["active"] == serde_json::json!([])).then_some(()))
+    })
+    .await?;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "body still running {took:?} after the revoke"
+    );
+    // `task wait` on a cancelled task exits 1.
+    let waited = stem.run(&["task", "wait", &running, "--json"])?.expect(1)?;
+    assert_eq!(waited.json()?["state"], "cancelled");
+
+    // The queued one comes due and is dropped without running; the
+    // running one's worker lets it go.
+    poll_until("the queue to drain", SETTLE, || async {
+        let q = stem.json(&["queue", "inspect", "greetings"])?;
+        let idle = q["ready"] == 0 && q["delayed"] == 0 && q["inflight"] == 0;
+        Ok(idle.then_some(()))
+    })
+    .await?;
+    let logs = worker.logs();
+    assert_eq!(body_runs(&logs, &queued), 0, "revoked task ran:\n{logs}");
+    assert!(!logs.contains("Processed greeting.send for Slow"), "{logs}");
+    assert_eq!(stem.state(&queued)?, "cancelled");
+    assert_eq!(stem.state(&running)?, "cancelled");
+
+    // Unknown ids: exit 65.
+    stem.run(&["task", "status", "no-such-task"])?.expect(65)?;
+    stem.run(&["task", "wait", "no-such-task"])?.expect(65)?;
+    stem.run(&["task", "revoke", "no-such-task"])?.expect(65)?;
+    stem.run(&["task", "enqueue", "no.such.task"])?.expect(65)?;
+    stem.run(&["task", "enqueue", "greeting.send", "--args", "{nope"])?
+        .expect(65)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// dlq
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_runs_the_task_again_with_its_signature() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k1");
+    let stem = Stem::new(&url)
+        .with("STEM_SIGNING_KEYS", &key)
+        .with("STEM_SIGNING_ACTIVE_KEY", "k1");
+
+    // A worker holding another secret under the same id rejects the task.
+    let mut wrong = start_worker(
+        &url,
+        &worker_name("wrong-key"),
+        "greetings",
+        &signed(&hmac_key("k1")),
+    )
+    .await?;
+    let id = stem
+        .ok(&[
+            "task",
+            "enqueue",
+            "greeting.send",
+            "--args",
+            r#"{"name":"Replay"}"#,
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    poll_until("the task to be dead-lettered", SETTLE, || async {
+        let list = stem.json(&["dlq", "list", "-q", "greetings"])?;
+        Ok(list
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["taskId"] == id.as_str()).cloned()))
+    })
+    .await
+    .map(|letter| assert_eq!(letter["reason"], "signature-invalid", "{letter}"))?;
+    assert_eq!(stem.state(&id)?, "failed");
+    let shown = stem.ok(&["dlq", "show", "-q", "greetings", &id])?.json()?;
+    assert_eq!(shown["keyId"], "k1", "{shown}");
+    assert_eq!(shown["signed"], true, "{shown}");
+    assert_eq!(body_runs(&wrong.logs(), &id), 0);
+    wrong.sigterm()?;
+    assert_eq!(wrong.wait_exit(Duration::from_secs(15))?, Some(0));
+
+    // Replaying many needs --yes; one entry does not.
+    stem.run(&["dlq", "replay", "-q", "greetings", "--all"])?
+        .expect(64)?;
+    let right = start_worker(&url, &worker_name("right-key"), "greetings", &signed(&key)).await?;
+    let replayed = stem.json(&["dlq", "replay", "-q", "greetings", &id])?;
+    assert_eq!(replayed["replayed"][0]["taskId"], id.as_str(), "{replayed}");
+    assert_eq!(replayed["replayed"][0]["attempt"], 1, "{replayed}");
+    let done = stem
+        .ok(&["task", "wait", &id, "--timeout", "20s", "--json"])?
+        .json()?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["id"], id.as_str());
+    assert_eq!(body_runs(&right.logs(), &id), 1, "{}", right.logs());
+    assert_eq!(
+        stem.json(&["dlq", "list", "-q", "greetings"])?,
+        serde_json::json!([])
+    );
+
+    // Purge needs --yes.
+    stem.run(&["dlq", "purge", "-q", "greetings"])?.expect(64)?;
+    let purged = stem.json(&["dlq", "purge", "-q", "greetings", "--yes"])?;
+    assert_eq!(purged["purged"], 0);
+    stem.run(&["dlq", "show", "-q", "greetings", "1-0"])?
+        .expect(65)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// queue, health
+// ---------------------------------------------------------------------------
+
+fn ready_of(list: &Value, queue: &str) -> Option<u64> {
+    list.as_array()?.iter().find(|q| q["queue"] == queue)?["ready"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_purge_needs_yes_and_empties_the_queue() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let stem = Stem::new(&redis.url());
+    // Unsigned (no key configured): warned about, but published.
+    let first = stem.ok(&["task", "enqueue", "billing.charge"])?;
+    assert!(first.stderr.contains("unsigned"), "{}", first.describe());
+    for _ in 0..2 {
+        stem.ok(&["task", "enqueue", "billing.charge", "--priority", "5"])?;
+    }
+    stem.ok(&["task", "enqueue", "billing.charge", "--countdown", "1h"])?;
+    let before = stem.json(&["queue", "list"])?;
+    assert_eq!(ready_of(&before, "billing"), Some(3), "{before}");
+    let table = stem.ok(&["queue", "list"])?.stdout;
+    assert!(table.lines().any(|l| l.starts_with("billing ")), "{table}");
+
+    let refused = stem.run(&["queue", "purge", "billing"])?.expect(64)?;
+    assert!(refused.stderr.contains("--yes"), "{}", refused.describe());
+    assert_eq!(
+        stem.json(&["queue", "list"])?,
+        before,
+        "refused purge changed nothing"
+    );
+
+    let purged = stem.json(&["queue", "purge", "billing", "--yes"])?;
+    assert_eq!(purged["purged"], 4, "{purged}");
+    let after = stem.json(&["queue", "inspect", "billing"])?;
+    assert_eq!(after["ready"], 0, "{after}");
+    assert_eq!(after["delayed"], 0, "{after}");
+    assert_eq!(
+        ready_of(&stem.json(&["queue", "list"])?, "billing"),
+        Some(0)
+    );
+    stem.run(&["queue", "inspect", "nope"])?.expect(65)?;
+    stem.run(&["queue", "purge", "nope", "--yes"])?.expect(65)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_redis_and_exits_69_without_it() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start()?;
+    let stem = Stem::new(&redis.url());
+    let up = stem.json(&["health"])?;
+    let components: Vec<&str> = up
+        .as_array()
+        .context("health array")?
+        .iter()
+        .filter_map(|c| c["component"].as_str())
+        .collect();
+    assert_eq!(components, ["broker", "backend", "schedule-store"], "{up}");
+    assert!(
+        up.as_array()
+            .is_some_and(|a| a.iter().all(|c| c["status"] == "ok")),
+        "{up}"
+    );
+    stem.ok(&["health"])?;
+    stem.run(&["task", "status", "no-such-task"])?.expect(65)?;
+    // Configuration errors: 78.
+    Stem::new("bogus://x").run(&["health"])?.expect(78)?;
+
+    redis.stop()?;
+    let down = stem.run(&["health", "--json"])?.expect(69)?;
+    let v = down.json()?;
+    assert!(
+        v.as_array()
+            .is_some_and(|a| a.iter().all(|c| c["status"] == "error")),
+        "{v}"
+    );
+    for args in [
+        &["queue", "list"][..],
+        &["schedule", "list"][..],
+        &["worker", "ping"][..],
+        &["task", "status", "x"][..],
+    ] {
+        let r = stem.run(args)?.expect(69)?;
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        if lines.len() != 1 || !lines[0].starts_with("error: Redis unavailable") {
+            bail!("{args:?}: expected one clear line, got {}", r.describe());
+        }
+    }
+    Ok(())
+}
