@@ -300,13 +300,14 @@ pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Rep
             inner: r.stem.backend(),
             stored: Mutex::new(Default::default()),
         });
-        let stem = Stem::from_parts(
-            r.stem.broker(),
-            timing.clone(),
-            r.stem.signer().cloned(),
-            registry(),
-        )
-        .with_control(r.stem.control());
+        // A broker without the co-located settle, so every result goes
+        // through the timing backend (statuses and acks in two round trips:
+        // slightly slower than the default co-located path).
+        let client =
+            stem::redis_conn::client(&r.redis.url(), &stem::config::TlsSettings::default())?;
+        let broker = Arc::new(stem::broker::redis::RedisBroker::new(client, 1000)?);
+        let stem = Stem::from_parts(broker, timing.clone(), r.stem.signer().cloned(), registry())
+            .with_control(r.stem.control());
         let stop = CancellationToken::new();
         let w = Worker::new(
             worker_options("bench-latency", 16),

@@ -331,15 +331,33 @@ impl Stem {
         })
     }
 
-    /// Enqueues many tasks in two round trips (statuses, then envelopes).
-    /// Idempotency keys are not consulted here.
+    /// Enqueues many tasks. They are prepared and signed in chunks of 512;
+    /// each chunk goes to Redis in one round trip while the next one is
+    /// being prepared, so signing and Redis work overlap. Idempotency keys
+    /// are not consulted here. On error, chunks before the failing one are
+    /// already enqueued.
     pub async fn enqueue_many(&self, requests: Vec<EnqueueRequest>) -> Result<Vec<String>> {
-        let prepared = requests
-            .into_iter()
-            .map(|r| self.prepare(&r.name, r.args, &r.options))
-            .collect::<Result<Vec<_>>>()?;
-        self.submit(&prepared).await?;
-        Ok(prepared.into_iter().map(|p| p.spec.id).collect())
+        const CHUNK: usize = 512;
+        let mut ids = Vec::with_capacity(requests.len());
+        let mut inflight: Option<tokio::task::JoinHandle<Result<()>>> = None;
+        let mut rest = requests.into_iter().peekable();
+        while rest.peek().is_some() {
+            let prepared = rest
+                .by_ref()
+                .take(CHUNK)
+                .map(|r| self.prepare(&r.name, r.args, &r.options))
+                .collect::<Result<Vec<_>>>()?;
+            ids.extend(prepared.iter().map(|p| p.spec.id.clone()));
+            if let Some(previous) = inflight.take() {
+                join(previous).await?;
+            }
+            let stem = self.clone();
+            inflight = Some(tokio::spawn(async move { stem.submit(&prepared).await }));
+        }
+        if let Some(previous) = inflight {
+            join(previous).await?;
+        }
+        Ok(ids)
     }
 
     /// The status of task `id`.
@@ -388,4 +406,10 @@ impl Stem {
             delay = (delay * 2).min(Duration::from_millis(200));
         }
     }
+}
+
+async fn join(handle: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    handle
+        .await
+        .map_err(|e| StemError::InvalidArgument(format!("enqueue task failed: {e}")))?
 }

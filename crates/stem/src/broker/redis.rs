@@ -157,6 +157,43 @@ fn raw_text(map: &HashMap<String, Value>) -> String {
     serde_json::to_string(&ordered).unwrap_or_default()
 }
 
+/// Moves a field's bytes out of an owned entry (no copy of the body).
+fn take_bytes(map: &mut HashMap<String, Value>, name: &str) -> Option<Vec<u8>> {
+    match map.remove(name)? {
+        Value::BulkString(b) => Some(b),
+        other => {
+            let mut m = HashMap::new();
+            m.insert(name.to_string(), other);
+            field_bytes(&m, name)
+        }
+    }
+}
+
+fn decode_owned(
+    mut map: HashMap<String, Value>,
+) -> std::result::Result<WireEnvelope, (String, HashMap<String, Value>)> {
+    let Some(body) = take_bytes(&mut map, "body") else {
+        return Err(("entry has no body field".into(), map));
+    };
+    let attempt = match field_string(&map, "attempt").map(|a| a.parse::<u32>()) {
+        Some(Ok(a)) => a,
+        Some(Err(_)) => {
+            map.insert("body".into(), Value::BulkString(body));
+            return Err(("attempt is not a number".into(), map));
+        }
+        None => {
+            map.insert("body".into(), Value::BulkString(body));
+            return Err(("entry has no attempt field".into(), map));
+        }
+    };
+    Ok(WireEnvelope {
+        body: Bytes::from(body),
+        key_id: field_string(&map, "kid").filter(|s| !s.is_empty()),
+        signature: field_string(&map, "sig").filter(|s| !s.is_empty()),
+        attempt,
+    })
+}
+
 fn decode_wire(map: &HashMap<String, Value>) -> std::result::Result<WireEnvelope, String> {
     let body = field_bytes(map, "body").ok_or("entry has no body field")?;
     let attempt = field_string(map, "attempt")
@@ -171,17 +208,17 @@ fn decode_wire(map: &HashMap<String, Value>) -> std::result::Result<WireEnvelope
     })
 }
 
-fn to_fetched(queue: &str, band: u8, entry: &StreamId) -> Fetched {
+fn to_fetched(queue: &str, band: u8, entry: StreamId) -> Fetched {
     let receipt = Receipt {
         queue: queue.to_string(),
         band,
-        entry_id: entry.id.clone(),
+        entry_id: entry.id,
     };
-    match decode_wire(&entry.map) {
+    match decode_owned(entry.map) {
         Ok(wire) => Fetched::Task(Delivery { receipt, wire }),
-        Err(error) => Fetched::Malformed(MalformedEntry {
+        Err((error, map)) => Fetched::Malformed(MalformedEntry {
             receipt,
-            raw: raw_text(&entry.map),
+            raw: raw_text(&map),
             error,
         }),
     }
@@ -440,11 +477,11 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for sk in &reply.keys {
+        for sk in reply.keys {
             let Some((queue, band)) = parse_band_key(&sk.key) else {
                 continue;
             };
-            for entry in &sk.ids {
+            for entry in sk.ids {
                 out.push(to_fetched(&queue, band, entry));
             }
         }
@@ -515,7 +552,7 @@ impl Broker for RedisBroker {
                     .query_async(&mut conn)
                     .await;
                 match reply {
-                    Ok(r) => out.extend(r.claimed.iter().map(|e| to_fetched(q, band, e))),
+                    Ok(r) => out.extend(r.claimed.into_iter().map(|e| to_fetched(q, band, e))),
                     Err(e) if is_nogroup(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
