@@ -341,18 +341,23 @@ impl WorkerSettings {
     }
 }
 
-/// `worker-<hostname>-<pid>`.
-pub fn default_worker_name() -> String {
-    let host = std::env::var("HOSTNAME")
+/// This host's name: `$HOSTNAME`, else `/etc/hostname`, else `localhost`.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
                 .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| "localhost".into());
-    format!("worker-{host}-{}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `worker-<hostname>-<pid>`.
+pub fn default_worker_name() -> String {
+    format!("worker-{}-{}", hostname(), std::process::id())
 }
 
 /// Queue names become part of Redis keys: keep them to a safe alphabet.

@@ -35,21 +35,28 @@ fn kv_key(key: &str) -> String {
     format!("stem:kv:{key}")
 }
 
-const SET_STATUSES: &str = r#"
-local ttl = ARGV[1]
-for i, k in ipairs(KEYS) do
-  local v = ARGV[i + 1]
+/// Lua: writes status value `v` ("<rank>|<JSON>") at key `k` unless the
+/// stored rank is higher (a status never moves backwards). Shared by this
+/// backend's script and the broker's co-located `settle` script.
+pub(crate) const SET_STATUS_LUA: &str = r#"
+local function set_status(k, v, ttl)
   local nr = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
   local cur = redis.call('GET', k)
-  local keep = false
   if cur then
     local bar = string.find(cur, '|', 1, true)
     if bar then
       local cr = tonumber(string.sub(cur, 1, bar - 1))
-      if cr and cr > nr then keep = true end
+      if cr and cr > nr then return end
     end
   end
-  if not keep then redis.call('SET', k, v, 'PX', ttl) end
+  redis.call('SET', k, v, 'PX', ttl)
+end
+"#;
+
+const SET_STATUSES: &str = r#"
+local ttl = ARGV[1]
+for i, k in ipairs(KEYS) do
+  set_status(k, ARGV[i + 1], ttl)
 end
 return 0
 "#;
@@ -80,7 +87,9 @@ impl RedisBackend {
         Ok(RedisBackend {
             conn: connection(client, COMMAND_TIMEOUT)?,
             ttl,
-            set_statuses: std::sync::Arc::new(Script::new(SET_STATUSES)),
+            set_statuses: std::sync::Arc::new(Script::new(&format!(
+                "{SET_STATUS_LUA}{SET_STATUSES}"
+            ))),
         })
     }
 

@@ -28,7 +28,7 @@ use super::{
     Broker, DeadLetter, Delivery, Fetched, MalformedEntry, NewDeadLetter, Outgoing, QueueStats,
     Receipt,
 };
-use crate::backend::redis::{status_key, status_value};
+use crate::backend::redis::{status_key, status_value, SET_STATUS_LUA};
 use crate::envelope::{now_ms, TaskStatus, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
@@ -84,20 +84,8 @@ local n = tonumber(ARGV[2])
 local group = ARGV[3]
 local a = 4
 for i = 1, n do
-  local k = KEYS[i]
-  local v = ARGV[a]
+  set_status(KEYS[i], ARGV[a], ttl)
   a = a + 1
-  local nr = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
-  local cur = redis.call('GET', k)
-  local keep = false
-  if cur then
-    local bar = string.find(cur, '|', 1, true)
-    if bar then
-      local cr = tonumber(string.sub(cur, 1, bar - 1))
-      if cr and cr > nr then keep = true end
-    end
-  end
-  if not keep then redis.call('SET', k, v, 'PX', ttl) end
 end
 for j = n + 1, #KEYS do
   local c = tonumber(ARGV[a])
@@ -224,6 +212,32 @@ fn to_fetched(queue: &str, band: u8, entry: StreamId) -> Fetched {
     }
 }
 
+/// Adds the commands that publish `batch`: `ZADD` to the delayed set for
+/// a future not-before, else `XADD` to the priority band's stream.
+fn push_outgoing(pipe: &mut ::redis::Pipeline, batch: &[Outgoing]) {
+    let now = now_ms();
+    for o in batch {
+        match o.not_before_ms {
+            Some(t) if t > now => {
+                pipe.zadd(
+                    delayed_key(&o.queue),
+                    delayed_member(o.priority, &o.wire),
+                    t,
+                )
+                .ignore();
+            }
+            _ => {
+                pipe.xadd(
+                    band_key(&o.queue, o.priority.min(MAX_PRIORITY)),
+                    "*",
+                    &wire_fields(&o.wire),
+                )
+                .ignore();
+            }
+        }
+    }
+}
+
 /// Splits `stem:{q}:p<n>` back into queue and band.
 fn parse_band_key(key: &str) -> Option<(String, u8)> {
     let rest = key.strip_prefix("stem:{")?;
@@ -260,7 +274,7 @@ impl RedisBroker {
             blocking: Arc::new(Mutex::new(Vec::new())),
             known: Arc::new(Mutex::new(HashSet::new())),
             promote: Arc::new(Script::new(PROMOTE)),
-            settle: Arc::new(Script::new(SETTLE)),
+            settle: Arc::new(Script::new(&format!("{SET_STATUS_LUA}{SETTLE}"))),
             dead_maxlen: dead_letter_maxlen,
             colocated_ttl: None,
         })
@@ -407,28 +421,8 @@ impl Broker for RedisBroker {
             return Ok(());
         }
         self.remember(batch.iter().map(|o| &o.queue)).await?;
-        let now = now_ms();
         let mut pipe = ::redis::pipe();
-        for o in &batch {
-            match o.not_before_ms {
-                Some(t) if t > now => {
-                    pipe.zadd(
-                        delayed_key(&o.queue),
-                        delayed_member(o.priority, &o.wire),
-                        t,
-                    )
-                    .ignore();
-                }
-                _ => {
-                    pipe.xadd(
-                        band_key(&o.queue, o.priority.min(MAX_PRIORITY)),
-                        "*",
-                        &wire_fields(&o.wire),
-                    )
-                    .ignore();
-                }
-            }
-        }
+        push_outgoing(&mut pipe, &batch);
         pipe.exec_async(&mut self.conn()).await?;
         Ok(())
     }
@@ -772,7 +766,6 @@ impl Broker for RedisBroker {
             return Ok(true);
         }
         self.remember(batch.iter().map(|o| &o.queue)).await?;
-        let now = now_ms();
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let mut pipe = ::redis::pipe();
         for s in statuses {
@@ -785,26 +778,7 @@ impl Broker for RedisBroker {
                 .arg(ttl_ms)
                 .ignore();
         }
-        for o in batch {
-            match o.not_before_ms {
-                Some(t) if t > now => {
-                    pipe.zadd(
-                        delayed_key(&o.queue),
-                        delayed_member(o.priority, &o.wire),
-                        t,
-                    )
-                    .ignore();
-                }
-                _ => {
-                    pipe.xadd(
-                        band_key(&o.queue, o.priority.min(MAX_PRIORITY)),
-                        "*",
-                        &wire_fields(&o.wire),
-                    )
-                    .ignore();
-                }
-            }
-        }
+        push_outgoing(&mut pipe, batch);
         pipe.exec_async(&mut self.conn()).await?;
         Ok(true)
     }

@@ -91,16 +91,7 @@ impl Default for BeatOptions {
 
 /// `beat-<hostname>-<pid>-<random>`.
 pub fn default_instance_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-        })
-        .unwrap_or_else(|| "localhost".into());
+    let host = crate::config::hostname();
     let tag: u16 = rand::thread_rng().gen();
     format!("beat-{host}-{}-{tag:04x}", std::process::id())
 }

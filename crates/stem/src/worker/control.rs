@@ -14,18 +14,6 @@ use super::{backoff, Shared};
 use crate::control::{ControlCommand, ControlReply, WorkerInfo};
 use crate::envelope::{format_ms, now_ms};
 
-fn host() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// A snapshot of the worker for heartbeats and `stats`.
 pub(super) fn info(shared: &Shared) -> WorkerInfo {
     let m = &shared.metrics;
@@ -42,7 +30,7 @@ pub(super) fn info(shared: &Shared) -> WorkerInfo {
         namespace: shared.opts.namespace.clone(),
         queues: shared.opts.queues.clone(),
         paused,
-        host: host(),
+        host: crate::config::hostname(),
         pid: std::process::id(),
         concurrency: shared.opts.concurrency,
         prefetch: shared.bound(),
