@@ -182,3 +182,38 @@ fn invalid_configuration_exits_78_naming_the_variable() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_insecure_skips_verification_and_says_so() -> anyhow::Result<()> {
+    use stem_testkit::{RedisOptions, TlsMode};
+    let redis = RedisServer::start_with(RedisOptions {
+        persistence: false,
+        tls: Some(TlsMode::MutualTls),
+    })?;
+    let tls = redis
+        .tls()
+        .ok_or_else(|| anyhow::anyhow!("TLS assets"))?
+        .clone();
+    // The CA does not match the server: only STEM_TLS_ALLOW_INSECURE lets it in.
+    let worker = start_worker(
+        &redis.url(),
+        "insecure-worker",
+        "greetings",
+        &[
+            ("STEM_TLS_CA_CERT", tls.other_ca_cert.display().to_string()),
+            (
+                "STEM_TLS_CLIENT_CERT",
+                tls.client_cert.display().to_string(),
+            ),
+            ("STEM_TLS_CLIENT_KEY", tls.client_key.display().to_string()),
+            ("STEM_TLS_ALLOW_INSECURE", "true".to_string()),
+        ],
+    )
+    .await?;
+    assert!(
+        worker.logs().contains("NOT verified"),
+        "warns at start: {}",
+        worker.logs()
+    );
+    Ok(())
+}

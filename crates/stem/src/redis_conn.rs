@@ -29,6 +29,13 @@ pub fn client(url: &str, tls: &TlsSettings) -> Result<Client> {
     }
     let mut url = url.to_string();
     if tls.allow_insecure && !url.contains("#insecure") {
+        static WARNED: Once = Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "STEM_TLS_ALLOW_INSECURE is set: the Redis server's certificate is NOT verified; \
+                 anyone on the network path can impersonate it"
+            )
+        });
         url.push_str("#insecure");
     }
     let client_tls = match (&tls.client_cert, &tls.client_key) {
