@@ -217,3 +217,78 @@ async fn allow_insecure_skips_verification_and_says_so() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+async fn scrape(port: u16) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?)
+}
+
+/// Value of the first series of `name` in a Prometheus text page.
+fn series(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_from_worker_and_beat() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let (wport, bport) = (free_port(), free_port());
+    let _worker = start_worker(
+        &redis.url(),
+        "metrics-worker",
+        "greetings",
+        &[("STEM_METRIC_EXPORTERS", format!("prometheus:{wport}"))],
+    )
+    .await?;
+    let enq = start_enqueuer(&redis.url(), &[]).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "Ada", "delayMs": 10}))
+        .await?;
+    enq.api
+        .wait_state(&id, "succeeded", Duration::from_secs(15))
+        .await?;
+    let page = stem_e2e::poll_until("worker metrics", Duration::from_secs(10), || async {
+        let page = scrape(wport).await.unwrap_or_default();
+        Ok((series(&page, "stem_tasks_succeeded_total") == Some(1.0)).then_some(page))
+    })
+    .await?;
+    assert!(
+        page.contains("stem_tasks_succeeded_total{worker=\"metrics-worker\",namespace=\"stem\"} 1"),
+        "{page}"
+    );
+    assert_eq!(series(&page, "stem_tasks_started_total"), Some(1.0));
+    assert_eq!(
+        series(&page, "stem_worker_concurrency").map(|c| c >= 1.0),
+        Some(true)
+    );
+
+    let dir = std::env::temp_dir().join(format!("stem-e2e-metrics-{}-{bport}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("schedules.yaml");
+    std::fs::write(
+        &file,
+        "entries:\n  - id: tick\n    task: greeting.send\n    queue: greetings\n    spec: every:1s\n",
+    )?;
+    let mut beat = ServiceProcess::spawn(
+        "beat",
+        &[],
+        &[
+            ("STEM_BROKER_URL", redis.url()),
+            ("STEM_SCHEDULE_FILE", file.display().to_string()),
+            ("STEM_METRIC_EXPORTERS", format!("prometheus:{bport}")),
+        ],
+    )?;
+    stem_e2e::poll_until("beat dispatch metrics", Duration::from_secs(15), || async {
+        let page = scrape(bport).await.unwrap_or_default();
+        Ok(series(&page, "stem_scheduler_dispatch_success_total").filter(|v| *v >= 1.0))
+    })
+    .await?;
+    beat.sigterm()?;
+    assert_eq!(beat.wait_exit(Duration::from_secs(15))?, Some(0));
+    Ok(())
+}

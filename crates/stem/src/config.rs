@@ -92,6 +92,8 @@ pub struct StemConfig {
     pub log_format: LogFormat,
     /// How many dead letters a queue keeps (`STEM_DEAD_LETTER_MAXLEN`).
     pub dead_letter_maxlen: usize,
+    /// `STEM_METRIC_EXPORTERS`.
+    pub metric_exporters: Vec<crate::telemetry::Exporter>,
 }
 
 /// Worker-only settings (`STEM_WORKER_*` and friends).
@@ -255,6 +257,9 @@ impl StemConfig {
             }
         };
         let dead_letter_maxlen = positive_var(env, "STEM_DEAD_LETTER_MAXLEN", 100_000)?;
+        let metric_exporters = crate::telemetry::parse_exporters(
+            &non_empty(env, "STEM_METRIC_EXPORTERS").unwrap_or_default(),
+        )?;
         Ok(StemConfig {
             broker_url,
             result_backend_url,
@@ -264,6 +269,7 @@ impl StemConfig {
             tls,
             log_format,
             dead_letter_maxlen,
+            metric_exporters,
         })
     }
 
@@ -278,6 +284,7 @@ impl StemConfig {
             tls: TlsSettings::default(),
             log_format: LogFormat::Text,
             dead_letter_maxlen: 100_000,
+            metric_exporters: Vec::new(),
         }
     }
 }

@@ -125,7 +125,14 @@ async fn main() {
     if let Some(id) = args.instance_id {
         opts.instance_id = id;
     }
+    let instance = opts.instance_id.clone();
     let beat = Beat::new(stem, stores.schedules, stores.locks, opts);
+    let metrics = beat.metrics();
+    stem::telemetry::start_exporters(
+        &config.metric_exporters,
+        std::sync::Arc::new(move || metrics.families(&instance)),
+        shutdown.clone(),
+    );
     if let Err(e) = beat.run(shutdown).await {
         tracing::error!(error = %e, "beat failed");
         std::process::exit(stem::runtime::EXIT_SOFTWARE);

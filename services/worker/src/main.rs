@@ -57,6 +57,17 @@ async fn main() -> anyhow::Result<()> {
         &stem,
         config.keys.verifier(),
     );
+    let metrics = worker.metrics();
+    let (name, namespace, concurrency) = (
+        settings.name.clone(),
+        settings.namespace.clone(),
+        settings.concurrency,
+    );
+    stem::telemetry::start_exporters(
+        &config.metric_exporters,
+        std::sync::Arc::new(move || metrics.families(&name, &namespace, concurrency)),
+        shutdown.clone(),
+    );
     worker.run(shutdown).await?;
     Ok(())
 }

@@ -71,6 +71,22 @@ impl MetricsSnapshot {
     }
 }
 
+impl SchedulerMetrics {
+    /// Beat's series in the Prometheus text format's terms.
+    pub fn families(&self, instance: &str) -> Vec<crate::telemetry::Family> {
+        self.snapshot()
+            .named()
+            .into_iter()
+            .map(|(name, value)| crate::telemetry::Family {
+                name,
+                help: "Beat scheduler counter (see docs/architecture.md, Beat).",
+                kind: "counter",
+                samples: vec![(vec![("instance", instance.to_string())], value as f64)],
+            })
+            .collect()
+    }
+}
+
 fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }

@@ -31,7 +31,7 @@ fn failed_status(spec: &TaskSpec, attempt: u32, reason: &str, message: String) -
 pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
     let fresh: Vec<Fetched> = {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        batch
+        let fresh = batch
             .into_iter()
             .filter(|f| {
                 if held.contains_key(f.receipt()) {
@@ -40,7 +40,12 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
                 held.insert(f.receipt().clone(), Held { running: None });
                 true
             })
-            .collect()
+            .collect();
+        shared
+            .metrics
+            .inflight
+            .store(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        fresh
     };
     let mut rejects = Vec::new();
     let mut runnable: Vec<(Delivery, Arc<TaskSpec>, Arc<dyn TaskHandler>)> = Vec::new();

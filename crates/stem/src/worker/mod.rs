@@ -105,6 +105,77 @@ pub struct WorkerMetrics {
     pub retried: AtomicU64,
     pub signature_invalid: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Entries held (fetched, not settled) right now.
+    pub inflight: AtomicU64,
+}
+
+impl WorkerMetrics {
+    /// The worker's series, named as the reference's Grafana dashboards
+    /// query them (`stem_tasks_*_total`, `stem_worker_*`), labelled with
+    /// worker and namespace.
+    pub fn families(
+        &self,
+        worker: &str,
+        namespace: &str,
+        concurrency: usize,
+    ) -> Vec<crate::telemetry::Family> {
+        let labels = || {
+            vec![
+                ("worker", worker.to_string()),
+                ("namespace", namespace.to_string()),
+            ]
+        };
+        let counter = |name, help, c: &AtomicU64| crate::telemetry::Family {
+            name,
+            help,
+            kind: "counter",
+            samples: vec![(labels(), c.load(Ordering::Relaxed) as f64)],
+        };
+        vec![
+            counter(
+                "stem_tasks_started_total",
+                "Task executions started.",
+                &self.started,
+            ),
+            counter(
+                "stem_tasks_succeeded_total",
+                "Task executions that succeeded.",
+                &self.succeeded,
+            ),
+            counter(
+                "stem_tasks_failed_total",
+                "Tasks that failed for good.",
+                &self.failed,
+            ),
+            counter(
+                "stem_tasks_retried_total",
+                "Failed attempts scheduled for a retry.",
+                &self.retried,
+            ),
+            counter(
+                "stem_tasks_signature_invalid_total",
+                "Envelopes rejected by signature verification.",
+                &self.signature_invalid,
+            ),
+            counter(
+                "stem_tasks_dead_lettered_total",
+                "Entries moved to a dead-letter queue.",
+                &self.dead_lettered,
+            ),
+            crate::telemetry::Family {
+                name: "stem_worker_concurrency",
+                help: "Tasks the worker runs at once.",
+                kind: "gauge",
+                samples: vec![(labels(), concurrency as f64)],
+            },
+            crate::telemetry::Family {
+                name: "stem_worker_inflight",
+                help: "Entries the worker holds (running or prefetched).",
+                kind: "gauge",
+                samples: vec![(labels(), self.inflight.load(Ordering::Relaxed) as f64)],
+            },
+        ]
+    }
 }
 
 /// An entry the worker holds (fetched, not yet settled).
@@ -186,6 +257,9 @@ impl Shared {
             for r in receipts {
                 held.remove(r);
             }
+            self.metrics
+                .inflight
+                .store(held.len() as u64, Ordering::Relaxed);
         }
         self.settled.notify_waiters();
     }
