@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use stem::client::Stem;
 use stem::envelope::TaskState;
 
@@ -96,16 +96,7 @@ pub async fn revoke(
             outln!();
             let mut w = Table::new(&["Worker", "Status", "Cancelled Running"]);
             for a in answers {
-                let cancelled: Vec<String> = a
-                    .reply
-                    .get("cancelled")
-                    .and_then(Value::as_array)
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let cancelled: Vec<String> = crate::output::string_list(&a.reply, "cancelled");
                 w.row(vec![
                     a.worker.clone(),
                     a.status.into(),

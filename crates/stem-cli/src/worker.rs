@@ -406,16 +406,7 @@ async fn pause(
         } else {
             let mut t = Table::new(&["Worker", "Status", "Paused Queues"]);
             for a in &ex.answers {
-                let list: Vec<String> = a
-                    .reply
-                    .get("paused")
-                    .and_then(Value::as_array)
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let list: Vec<String> = crate::output::string_list(&a.reply, "paused");
                 t.row(vec![
                     a.worker.clone(),
                     a.status.into(),

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{Client, Script};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -24,7 +23,7 @@ use super::store::{
     plan_from, FiringOutcome, FiringReport, LockStore, ScheduleStore, UpsertOutcome,
 };
 use crate::error::{Result, StemError};
-use crate::redis_conn::{manager, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
 
 /// Sorted set of every entry id by next run.
 pub const INDEX_KEY: &str = "stem:schedule:index";
@@ -174,7 +173,7 @@ fn decode(id: &str, h: &HashMap<String, String>) -> Result<ScheduleEntry> {
 /// The Redis schedule store.
 #[derive(Clone)]
 pub struct RedisScheduleStore {
-    conn: ConnectionManager,
+    conn: Conn,
     upsert: std::sync::Arc<Script>,
     complete: std::sync::Arc<Script>,
     delete_if_owner: std::sync::Arc<Script>,
@@ -184,14 +183,14 @@ impl RedisScheduleStore {
     /// A store on `client` (connected lazily, reconnecting by itself).
     pub fn new(client: Client) -> Result<Self> {
         Ok(RedisScheduleStore {
-            conn: manager(client, COMMAND_TIMEOUT)?,
+            conn: connection(client, COMMAND_TIMEOUT)?,
             upsert: std::sync::Arc::new(Script::new(UPSERT)),
             complete: std::sync::Arc::new(Script::new(COMPLETE)),
             delete_if_owner: std::sync::Arc::new(Script::new(DELETE_IF_OWNER)),
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -390,7 +389,7 @@ impl ScheduleStore for RedisScheduleStore {
 /// The Redis lock store (`stem:lock:<key>` = owner, `PX` TTL).
 #[derive(Clone)]
 pub struct RedisLockStore {
-    conn: ConnectionManager,
+    conn: Conn,
     acquire: std::sync::Arc<Script>,
     renew: std::sync::Arc<Script>,
     release: std::sync::Arc<Script>,
@@ -400,7 +399,7 @@ impl RedisLockStore {
     /// A lock store on `client`.
     pub fn new(client: Client) -> Result<Self> {
         Ok(RedisLockStore {
-            conn: manager(client, COMMAND_TIMEOUT)?,
+            conn: connection(client, COMMAND_TIMEOUT)?,
             acquire: std::sync::Arc::new(Script::new(ACQUIRE)),
             renew: std::sync::Arc::new(Script::new(RENEW)),
             release: std::sync::Arc::new(Script::new(DELETE_IF_OWNER)),
