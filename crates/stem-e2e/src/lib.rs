@@ -489,6 +489,15 @@ pub fn ed25519_key(id: &str) -> (String, String) {
     (format!("{id}:{public}"), format!("{id}:{seed}"))
 }
 
+/// Epoch ms of an RFC 3339 UTC timestamp (`…Z`), as the CLI and beat
+/// write them.
+pub fn rfc3339_utc_ms(s: &str) -> anyhow::Result<i64> {
+    anyhow::ensure!(s.ends_with('Z'), "{s:?} is not an RFC 3339 UTC timestamp");
+    Ok(chrono::DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("{s:?} is not an RFC 3339 timestamp"))?
+        .timestamp_millis())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

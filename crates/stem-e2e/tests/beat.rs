@@ -77,29 +77,12 @@ struct Published {
     kid: Option<String>,
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Epoch ms of `YYYY-MM-DDTHH:MM:SS.mmmZ` (the beat's slot format).
 fn slot_ms(s: &str) -> anyhow::Result<i64> {
-    let n = |a: usize, b: usize| -> anyhow::Result<i64> {
-        s.get(a..b)
-            .and_then(|t| t.parse::<i64>().ok())
-            .with_context(|| format!("bad slot time {s:?}"))
-    };
-    if s.len() != 24 || !s.ends_with('Z') {
+    if s.len() != 24 || s.as_bytes()[19] != b'.' {
         bail!("slot {s:?} is not RFC 3339 UTC with milliseconds");
     }
-    let days = days_from_civil(n(0, 4)?, n(5, 7)?, n(8, 10)?);
-    Ok(((days * 24 + n(11, 13)?) * 60 + n(14, 16)?) * 60_000 + n(17, 19)? * 1000 + n(20, 23)?)
+    stem_e2e::rfc3339_utc_ms(s)
 }
 
 /// Every envelope in band 0 of the test queue, in stream order.

@@ -125,52 +125,6 @@ impl Stem {
     }
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Epoch ms of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
-fn rfc3339_ms(s: &str) -> anyhow::Result<i64> {
-    let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| -> anyhow::Result<i64> {
-        let t = s.get(r).context("short timestamp")?;
-        ensure!(t.bytes().all(|c| c.is_ascii_digit()), "bad digits in {s:?}");
-        Ok(t.parse()?)
-    };
-    ensure!(
-        b.len() >= 20
-            && b[4] == b'-'
-            && b[7] == b'-'
-            && b[10] == b'T'
-            && b[13] == b':'
-            && b[16] == b':'
-            && s.ends_with('Z'),
-        "{s:?} is not an RFC 3339 UTC timestamp"
-    );
-    let mut ms = 0;
-    if b.len() > 20 {
-        ensure!(b[19] == b'.', "{s:?}: expected a fraction or Z");
-        let frac = &s[20..s.len() - 1];
-        ensure!(
-            !frac.is_empty() && frac.bytes().all(|c| c.is_ascii_digit()),
-            "bad fraction in {s:?}"
-        );
-        ms = format!("{frac:0<3}")[..3].parse::<i64>()?;
-    }
-    let days = days_from_civil(digits(0..4)?, digits(5..7)?, digits(8..10)?);
-    Ok(
-        ((days * 24 + digits(11..13)?) * 60 + digits(14..16)?) * 60_000
-            + digits(17..19)? * 1000
-            + ms,
-    )
-}
-
 /// stdout lines of a dry run as epoch ms; checks format, count and order.
 fn slots(out: &str, count: usize) -> anyhow::Result<Vec<i64>> {
     let lines: Vec<&str> = out.lines().collect();
@@ -181,7 +135,7 @@ fn slots(out: &str, count: usize) -> anyhow::Result<Vec<i64>> {
     );
     let ms = lines
         .iter()
-        .map(|l| rfc3339_ms(l))
+        .map(|l| stem_e2e::rfc3339_utc_ms(l))
         .collect::<anyhow::Result<Vec<_>>>()?;
     ensure!(
         ms.windows(2).all(|w| w[0] < w[1]),
@@ -278,7 +232,7 @@ async fn schedule_apply_list_dry_run_and_round_trip() -> anyhow::Result<()> {
     assert_eq!(reminder["spec"], "every:30s");
     assert_eq!(reminder["jitterMs"], 5000);
     assert_eq!(reminder["enabled"], true);
-    rfc3339_ms(reminder["nextRunAt"].as_str().context("nextRunAt")?)?;
+    stem_e2e::rfc3339_utc_ms(reminder["nextRunAt"].as_str().context("nextRunAt")?)?;
 
     // Dry runs: exactly `count` planned slots, jitter only on stderr.
     let dry = stem.ok(&[
