@@ -32,6 +32,9 @@ struct Cli {
     /// Runs per figure; the median is reported.
     #[arg(long, global = true, default_value_t = 3)]
     runs: usize,
+    /// Prefetch multiplier of the bench's workers.
+    #[arg(long, global = true, default_value_t = 2)]
+    prefetch: usize,
     /// Where to write the JSON results.
     #[arg(long, global = true, default_value = "target/bench")]
     out: PathBuf,
@@ -42,7 +45,11 @@ enum Scenario {
     /// One-by-one and bulk enqueue throughput (default 100 000 tasks).
     Enqueue,
     /// Drain throughput at concurrency 1, 16, 128 and with 2 processes.
-    Drain,
+    Drain {
+        /// Only this configuration, as `<concurrency>x<processes>` (e.g. 128x1).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Enqueue-to-result latency at a steady rate.
     Latency {
         #[arg(long, default_value_t = 1000)]
@@ -85,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let opts = scenarios::Opts {
         tasks: cli.tasks,
         runs: cli.runs.max(1),
+        prefetch: cli.prefetch.max(1),
     };
     let reports = match cli.scenario {
         Scenario::Worker {
@@ -93,10 +101,10 @@ async fn main() -> anyhow::Result<()> {
             name,
             keys,
         } => {
-            return scenarios::worker_process(&url, concurrency, &name, &keys).await;
+            return scenarios::worker_process(&url, concurrency, opts.prefetch, &name, &keys).await;
         }
         Scenario::Enqueue => vec![scenarios::enqueue(&opts).await?],
-        Scenario::Drain => vec![scenarios::drain(&opts).await?],
+        Scenario::Drain { only } => vec![scenarios::drain(&opts, only.as_deref()).await?],
         Scenario::Latency { rate, seconds } => {
             vec![scenarios::latency(&opts, rate, seconds).await?]
         }
@@ -108,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Memory => vec![scenarios::memory(&opts).await?],
         Scenario::All => vec![
             scenarios::enqueue(&opts).await?,
-            scenarios::drain(&opts).await?,
+            scenarios::drain(&opts, None).await?,
             scenarios::latency(&opts, 1000, 20).await?,
             scenarios::http(&opts, 64, 10).await?,
             scenarios::cost(&opts).await?,

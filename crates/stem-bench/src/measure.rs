@@ -39,18 +39,17 @@ pub fn redis_cpu(redis: &RedisServer) -> anyhow::Result<f64> {
     Ok(get("used_cpu_user") + get("used_cpu_sys"))
 }
 
-/// Calls per command from `INFO commandstats` (`cmdstat_xadd:calls=…`).
-pub fn command_calls(redis: &RedisServer) -> anyhow::Result<BTreeMap<String, u64>> {
+/// Calls and microseconds per command from `INFO commandstats`
+/// (`cmdstat_xadd:calls=…,usec=…`).
+pub fn command_calls(redis: &RedisServer) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     let i = info(redis, "commandstats")?;
     Ok(i.into_iter()
         .filter_map(|(k, v)| {
             let name = k.strip_prefix("cmdstat_")?.to_string();
-            let calls = v
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name, calls))
+            let field = |f: &str| -> Option<u64> {
+                v.split(',').find_map(|kv| kv.strip_prefix(f))?.parse().ok()
+            };
+            Some((name, (field("calls=")?, field("usec=")?)))
         })
         .collect())
 }

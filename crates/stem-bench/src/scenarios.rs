@@ -20,6 +20,8 @@ use crate::timing::TimingBackend;
 pub struct Opts {
     pub tasks: Option<usize>,
     pub runs: usize,
+    /// Prefetch multiplier of the bench's workers (product default 2).
+    pub prefetch: usize,
 }
 
 #[derive(Serialize)]
@@ -142,9 +144,10 @@ async fn wait_drained(stem: &Stem, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn worker_options(name: &str, concurrency: usize) -> WorkerOptions {
+fn worker_options(name: &str, concurrency: usize, prefetch: usize) -> WorkerOptions {
     let mut o = WorkerOptions::new(name, &[QUEUE]);
     o.concurrency = concurrency;
+    o.prefetch_multiplier = prefetch;
     o
 }
 
@@ -200,6 +203,7 @@ async fn drain_once(
     n: usize,
     concurrency: usize,
     processes: usize,
+    prefetch: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {
     r.redis.cli(&["FLUSHALL"])?;
     r.stem
@@ -213,7 +217,7 @@ async fn drain_once(
         let stop = CancellationToken::new();
         let t = Instant::now();
         let w = Worker::new(
-            worker_options("bench-worker", concurrency),
+            worker_options("bench-worker", concurrency, prefetch),
             &r.stem,
             r.stem_verifier(&r.keys)?,
         );
@@ -235,6 +239,8 @@ async fn drain_once(
                 &r.redis.url(),
                 "--concurrency",
                 &concurrency.to_string(),
+                "--prefetch",
+                &prefetch.to_string(),
                 "--name",
                 &format!("bench-worker-{i}"),
                 "--keys",
@@ -270,14 +276,19 @@ impl Rig {
     }
 }
 
-pub async fn drain(opts: &Opts) -> anyhow::Result<Report> {
+/// `only` = `"<concurrency>x<processes>"` runs one configuration.
+pub async fn drain(opts: &Opts, only: Option<&str>) -> anyhow::Result<Report> {
     let n = opts.tasks.unwrap_or(100_000);
     let r = rig()?;
     let mut report = Report::new("drain");
     for (concurrency, processes) in [(1usize, 1usize), (16, 1), (128, 1), (128, 2)] {
+        if only.is_some_and(|o| o != format!("{concurrency}x{processes}")) {
+            continue;
+        }
         let (mut rates, mut rcpu, mut wcpu) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..opts.runs {
-            let (rate, redis, worker) = drain_once(&r, n, concurrency, processes).await?;
+            let (rate, redis, worker) =
+                drain_once(&r, n, concurrency, processes, opts.prefetch).await?;
             tracing::info!(run, concurrency, processes, rate, "drain run");
             rates.push(rate);
             rcpu.push(redis);
@@ -310,7 +321,7 @@ pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Rep
             .with_control(r.stem.control());
         let stop = CancellationToken::new();
         let w = Worker::new(
-            worker_options("bench-latency", 16),
+            worker_options("bench-latency", 16, opts.prefetch),
             &stem,
             r.stem_verifier(&r.keys)?,
         );
@@ -464,7 +475,7 @@ pub async fn cost(opts: &Opts) -> anyhow::Result<Report> {
         let trips_before = stem::redis_conn::round_trips();
         let stop = CancellationToken::new();
         let w = Worker::new(
-            worker_options("bench-cost", 128),
+            worker_options("bench-cost", 128, opts.prefetch),
             &r.stem,
             r.stem_verifier(&r.keys)?,
         );
@@ -486,14 +497,14 @@ pub async fn cost(opts: &Opts) -> anyhow::Result<Report> {
         let total: u64 = calls
             .iter()
             .filter(|(k, _)| !ignore.contains(&k.as_str()))
-            .map(|(_, v)| *v)
+            .map(|(_, (c, _))| *c)
             .sum();
         per_task.push(total as f64 / n as f64);
         trips.push(trips_used as f64 / n as f64);
         breakdown = calls
             .into_iter()
             .filter(|(k, _)| !ignore.contains(&k.as_str()))
-            .map(|(k, v)| (k, v as f64 / n as f64))
+            .map(|(k, (c, us))| (k, (c as f64 / n as f64, us as f64 / n as f64)))
             .collect();
         tracing::info!(run, per_task = per_task[run], "cost run");
     }
@@ -507,8 +518,9 @@ pub async fn cost(opts: &Opts) -> anyhow::Result<Report> {
         "round trips",
         trips,
     );
-    for (cmd, per) in breakdown {
+    for (cmd, (per, us)) in breakdown {
         report.add(&format!("  {cmd}"), "per task (last run)", vec![per]);
+        report.add(&format!("  {cmd} time"), "µs per task (last run)", vec![us]);
     }
     Ok(report)
 }
@@ -524,6 +536,8 @@ pub async fn memory(opts: &Opts) -> anyhow::Result<Report> {
         &r.redis.url(),
         "--concurrency",
         "128",
+        "--prefetch",
+        &opts.prefetch.to_string(),
         "--name",
         "bench-mem",
         "--keys",
@@ -576,6 +590,7 @@ pub async fn memory(opts: &Opts) -> anyhow::Result<Report> {
 pub async fn worker_process(
     url: &str,
     concurrency: usize,
+    prefetch: usize,
     name: &str,
     keys: &str,
 ) -> anyhow::Result<()> {
@@ -583,7 +598,7 @@ pub async fn worker_process(
     let cfg = config(url, keys)?;
     let stem = Stem::connect_consumer(&cfg)?.with_registry(registry());
     let w = Worker::new(
-        worker_options(name, concurrency),
+        worker_options(name, concurrency, prefetch),
         &stem,
         cfg.keys.verifier(),
     );

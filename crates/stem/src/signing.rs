@@ -2,8 +2,9 @@
 //! for producers and a [`Verifier`] for workers.
 //!
 //! What is signed is the exact body bytes of an envelope (see
-//! [`crate::envelope`]); verification never re-serialises. HMAC-SHA256
-//! comparison is constant time (`hmac::Mac::verify_slice`). Ed25519 workers
+//! [`crate::envelope`]); verification never re-serialises. HMAC-SHA256 is
+//! `ring::hmac` (keys are expanded once, at parse time; assembly SHA-256;
+//! constant-time comparison in `ring::hmac::verify`). Ed25519 workers
 //! need only public keys. Secrets never appear in `Debug` output or logs.
 
 use std::collections::BTreeMap;
@@ -13,13 +14,9 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use crate::config::Lookup;
 use crate::error::{Result, StemError};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Signature algorithm (`STEM_SIGNING_ALGORITHM`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,7 +39,7 @@ impl Algorithm {
 #[derive(Clone)]
 struct Material {
     algorithm: Algorithm,
-    hmac: BTreeMap<String, Vec<u8>>,
+    hmac: BTreeMap<String, ring::hmac::Key>,
     public: BTreeMap<String, VerifyingKey>,
     private: BTreeMap<String, SigningKey>,
     active: Option<String>,
@@ -152,6 +149,9 @@ impl KeyRing {
                 if let Some(raw) = get("STEM_SIGNING_KEYS") {
                     m.hmac = parse_list("STEM_SIGNING_KEYS", &raw, None)?
                         .into_iter()
+                        .map(|(id, secret)| {
+                            (id, ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+                        })
                         .collect();
                 }
                 if let Some(a) = &active {
@@ -252,7 +252,7 @@ impl KeyRing {
 
 #[derive(Clone)]
 enum SignKey {
-    Hmac(Vec<u8>),
+    Hmac(ring::hmac::Key),
     Ed25519(SigningKey),
 }
 
@@ -275,15 +275,7 @@ impl Signer {
     /// Returns the base64 signature of `body`.
     pub fn sign(&self, body: &[u8]) -> String {
         match &self.0 .1 {
-            SignKey::Hmac(secret) => {
-                // new_from_slice accepts any key length for HMAC.
-                let mut mac = match HmacSha256::new_from_slice(secret) {
-                    Ok(m) => m,
-                    Err(_) => unreachable!("HMAC accepts keys of any length"),
-                };
-                mac.update(body);
-                B64.encode(mac.finalize().into_bytes())
-            }
+            SignKey::Hmac(key) => B64.encode(ring::hmac::sign(key, body).as_ref()),
             SignKey::Ed25519(key) => B64.encode(key.sign(body).to_bytes()),
         }
     }
@@ -329,15 +321,12 @@ impl Verifier {
         let raw = B64.decode(sig).map_err(|_| SignatureError::NotBase64)?;
         match self.0.algorithm {
             Algorithm::HmacSha256 => {
-                let secret = self
+                let key = self
                     .0
                     .hmac
                     .get(kid)
                     .ok_or_else(|| SignatureError::UnknownKey(kid.to_string()))?;
-                let mut mac =
-                    HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
-                mac.update(body);
-                mac.verify_slice(&raw).map_err(|_| SignatureError::Mismatch)
+                ring::hmac::verify(key, body, &raw).map_err(|_| SignatureError::Mismatch)
             }
             Algorithm::Ed25519 => {
                 let key = self

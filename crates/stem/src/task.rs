@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::ResultBackend;
-use crate::envelope::{format_ms, now_ms, Progress, TaskState, TaskStatus};
+use crate::envelope::{Progress, TaskSpec, TaskState, TaskStatus};
 
 /// Why a task body failed.
 #[derive(Clone, Debug, PartialEq)]
@@ -219,7 +219,7 @@ pub struct TaskContext {
     pub chord_results: Option<Vec<Value>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) soft: CancellationToken,
-    pub(crate) progress: Option<(Arc<dyn ResultBackend>, Arc<TaskStatus>)>,
+    pub(crate) progress: Option<(Arc<dyn ResultBackend>, Arc<TaskSpec>)>,
     /// Set once the task reported progress (which records `running`).
     pub(crate) progressed: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -247,18 +247,16 @@ impl TaskContext {
     /// Records progress (0.0–1.0 plus data) in the task's status, where
     /// `GET /tasks/{id}` and the dashboard show it.
     pub async fn progress(&self, fraction: f64, data: Value) {
-        let Some((backend, base)) = &self.progress else {
+        let Some((backend, spec)) = &self.progress else {
             return;
         };
         self.progressed
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut status = (**base).clone();
-        status.state = TaskState::Running;
+        let mut status = TaskStatus::for_spec(spec, TaskState::Running, self.attempt);
         status.progress = Some(Progress {
             fraction: fraction.clamp(0.0, 1.0),
             data,
         });
-        status.updated_at = format_ms(now_ms());
         if let Err(e) = backend.set_statuses(&[status]).await {
             tracing::warn!(task_id = %self.task_id, error = %e, "progress not recorded");
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::envelope::TaskStatus;
+use crate::envelope::{TaskState, TaskStatus};
 use crate::error::Result;
 
 /// Aggregated view of a group.
@@ -41,6 +41,18 @@ pub trait ResultBackend: Send + Sync + 'static {
 
     /// Reads statuses in one round trip (`None` for unknown or expired ids).
     async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>>;
+
+    /// State and attempt of each task (`None` for unknown ids), in one
+    /// round trip: the worker's admission check, which needs neither the
+    /// result nor the metadata.
+    async fn get_states(&self, ids: &[String]) -> Result<Vec<Option<(TaskState, u32)>>> {
+        Ok(self
+            .get_statuses(ids)
+            .await?
+            .into_iter()
+            .map(|s| s.map(|s| (s.state, s.attempt)))
+            .collect())
+    }
 
     /// Creates group `id` expecting `expected` results.
     async fn init_group(&self, id: &str, expected: u64) -> Result<()>;

@@ -17,7 +17,7 @@ use ::redis::{AsyncCommands, Client, Script};
 use async_trait::async_trait;
 
 use super::{GroupProgress, GroupView, ResultBackend};
-use crate::envelope::TaskStatus;
+use crate::envelope::{TaskState, TaskStatus};
 use crate::error::{Result, StemError};
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
 
@@ -36,20 +36,25 @@ fn kv_key(key: &str) -> String {
 }
 
 /// Lua: writes status value `v` ("<rank>|<JSON>") at key `k` unless the
-/// stored rank is higher (a status never moves backwards). Shared by this
+/// stored rank is higher (a status never moves backwards). One `SET … GET`
+/// per status: the old value comes back from the write itself and is put
+/// back in the rare case it outranks the new one (all inside one script
+/// call, so no reader sees the intermediate value). Shared by this
 /// backend's script and the broker's co-located `settle` script.
 pub(crate) const SET_STATUS_LUA: &str = r#"
+local function rank_of(v)
+  local bar = string.find(v, '|', 1, true)
+  if not bar then return nil end
+  return tonumber(string.sub(v, 1, bar - 1))
+end
 local function set_status(k, v, ttl)
-  local nr = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
-  local cur = redis.call('GET', k)
-  if cur then
-    local bar = string.find(cur, '|', 1, true)
-    if bar then
-      local cr = tonumber(string.sub(cur, 1, bar - 1))
-      if cr and cr > nr then return end
+  local old = redis.call('SET', k, v, 'PX', ttl, 'GET')
+  if old then
+    local cr = rank_of(old)
+    if cr and cr > rank_of(v) then
+      redis.call('SET', k, old, 'PX', ttl)
     end
   end
-  redis.call('SET', k, v, 'PX', ttl)
 end
 "#;
 
@@ -66,6 +71,20 @@ pub(crate) fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
     let mut v = format!("{}|", s.rank()).into_bytes();
     v.extend(serde_json::to_vec(s)?);
     Ok(v)
+}
+
+/// The two fields of a stored status the admission check reads; serde
+/// skips the rest without building it.
+#[derive(serde::Deserialize)]
+struct StatusHead {
+    state: TaskState,
+    attempt: u32,
+}
+
+fn decode_head(raw: &[u8]) -> Option<(TaskState, u32)> {
+    let bar = raw.iter().position(|b| *b == b'|')?;
+    let h: StatusHead = serde_json::from_slice(&raw[bar + 1..]).ok()?;
+    Some((h.state, h.attempt))
 }
 
 fn decode_status(raw: &[u8]) -> Option<TaskStatus> {
@@ -125,6 +144,21 @@ impl ResultBackend for RedisBackend {
         Ok(raw
             .into_iter()
             .map(|r| r.as_deref().and_then(decode_status))
+            .collect())
+    }
+
+    async fn get_states(&self, ids: &[String]) -> Result<Vec<Option<(TaskState, u32)>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| status_key(id)).collect();
+        let raw: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(raw
+            .into_iter()
+            .map(|r| r.as_deref().and_then(decode_head))
             .collect())
     }
 

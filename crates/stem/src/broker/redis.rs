@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use ::redis::streams::{StreamAutoClaimReply, StreamId};
 use ::redis::{AsyncCommands, Client, Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -197,18 +197,132 @@ fn decode_wire(map: &HashMap<String, Value>) -> std::result::Result<WireEnvelope
 }
 
 fn to_fetched(queue: &str, band: u8, entry: StreamId) -> Fetched {
+    fields_to_fetched(queue, band, entry.id, entry.map)
+}
+
+fn fields_to_fetched(
+    queue: &str,
+    band: u8,
+    entry_id: String,
+    map: HashMap<String, Value>,
+) -> Fetched {
     let receipt = Receipt {
         queue: queue.to_string(),
         band,
-        entry_id: entry.id,
+        entry_id,
     };
-    match decode_owned(entry.map) {
+    match decode_owned(map) {
         Ok(wire) => Fetched::Task(Delivery { receipt, wire }),
         Err((error, map)) => Fetched::Malformed(MalformedEntry {
             receipt,
             raw: raw_text(&map),
             error,
         }),
+    }
+}
+
+/// The elements of an array-like reply (RESP2 arrays, RESP3 maps flattened
+/// into key, value, key, value).
+fn elements(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// One entry of an `XREADGROUP` reply, decoded straight from the reply's
+/// values: the body's bytes are moved, not copied, and no field map is
+/// built unless the entry is malformed.
+fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>) -> Fetched {
+    let (mut body, mut attempt, mut kid, mut sig) = (None, None, None, None);
+    let mut pairs = fields.into_iter();
+    let mut all = Vec::new();
+    while let (Some(k), Some(v)) = (pairs.next(), pairs.next()) {
+        let slot = match text(&k) {
+            Some("body") => &mut body,
+            Some("attempt") => &mut attempt,
+            Some("kid") => &mut kid,
+            Some("sig") => &mut sig,
+            _ => {
+                all.push((k, v));
+                continue;
+            }
+        };
+        *slot = Some(v);
+    }
+    let attempt_num = attempt.as_ref().and_then(text).and_then(|a| a.parse().ok());
+    if let (Some(Value::BulkString(b)), Some(a)) = (&mut body, attempt_num) {
+        let owned = |v: Option<Value>| {
+            v.as_ref()
+                .and_then(text)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let wire = WireEnvelope {
+            body: Bytes::from(std::mem::take(b)),
+            key_id: owned(kid),
+            signature: owned(sig),
+            attempt: a,
+        };
+        let receipt = Receipt {
+            queue: queue.to_string(),
+            band,
+            entry_id,
+        };
+        return Fetched::Task(Delivery { receipt, wire });
+    }
+    // Malformed: rebuild the field map for the error and the raw text.
+    let known = [
+        ("body", body),
+        ("attempt", attempt),
+        ("kid", kid),
+        ("sig", sig),
+    ];
+    let mut map: HashMap<String, Value> = known
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect();
+    for (k, v) in all {
+        map.insert(text(&k).unwrap_or("?").to_string(), v);
+    }
+    fields_to_fetched(queue, band, entry_id, map)
+}
+
+/// Walks an `XREADGROUP` reply (RESP2 or RESP3) into deliveries.
+fn fetched_from_reply(reply: Value, out: &mut Vec<Fetched>) {
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Map(m) => m,
+        other => elements(other)
+            .into_iter()
+            .filter_map(|s| {
+                let mut kv = elements(s).into_iter();
+                Some((kv.next()?, kv.next()?))
+            })
+            .collect(),
+    };
+    for (key, entries) in streams {
+        let Some((queue, band)) = text(&key).and_then(parse_band_key) else {
+            continue;
+        };
+        for entry in elements(entries) {
+            let mut parts = elements(entry).into_iter();
+            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(id) = text(&id).map(str::to_string) else {
+                continue;
+            };
+            out.push(entry_to_fetched(&queue, band, id, elements(fields)));
+        }
     }
 }
 
@@ -449,15 +563,18 @@ impl Broker for RedisBroker {
             }
         }
         let ids = vec![">"; keys.len()];
-        let mut opts = StreamReadOptions::default()
-            .group(GROUP, consumer)
-            .count(max);
+        let mut cmd = ::redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
         if !block.is_zero() {
-            opts = opts.block(block.as_millis().max(1) as usize);
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
+        cmd.arg("STREAMS").arg(&keys).arg(&ids);
         let mut conn = self.take_blocking(block)?;
-        let reply: ::redis::RedisResult<Option<StreamReadReply>> =
-            conn.xread_options(&keys, &ids, &opts).await;
+        let reply: ::redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
         self.give_blocking(conn);
         let reply = match reply {
             Ok(r) => r,
@@ -467,18 +584,8 @@ impl Broker for RedisBroker {
             }
             Err(e) => return Err(e.into()),
         };
-        let Some(reply) = reply else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for sk in reply.keys {
-            let Some((queue, band)) = parse_band_key(&sk.key) else {
-                continue;
-            };
-            for entry in sk.ids {
-                out.push(to_fetched(&queue, band, entry));
-            }
-        }
+        let mut out = Vec::with_capacity(max);
+        fetched_from_reply(reply, &mut out);
         // Highest band first; within a band, stream order.
         out.sort_by_key(|f| std::cmp::Reverse(f.receipt().band));
         Ok(out)

@@ -31,7 +31,7 @@ fn failed_status(spec: &TaskSpec, attempt: u32, reason: &str, message: String) -
 pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
     let fresh: Vec<Fetched> = {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = batch
+        let fresh: Vec<Fetched> = batch
             .into_iter()
             .filter(|f| {
                 if held.contains_key(f.receipt()) {
@@ -45,6 +45,9 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
             .metrics
             .inflight
             .store(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .unstarted
+            .fetch_add(fresh.len(), std::sync::atomic::Ordering::Relaxed);
         fresh
     };
     let mut rejects = Vec::new();
@@ -138,6 +141,7 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
         };
         runnable.push((d, Arc::new(spec), handler));
     }
+    shared.left_waiting(rejects.len());
     settle_rejects(shared, rejects).await;
     if runnable.is_empty() {
         return;
@@ -146,7 +150,7 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
     // A task whose status is already final is not run again, unless the
     // delivery is a newer attempt of a failed task (a replay).
     let ids: Vec<String> = runnable.iter().map(|(_, s, _)| s.id.clone()).collect();
-    let statuses = match shared.backend.get_statuses(&ids).await {
+    let statuses = match shared.backend.get_states(&ids).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "status pre-check failed; running the batch");
@@ -155,8 +159,8 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
     };
     let mut skipped = Vec::new();
     for ((d, spec, handler), status) in runnable.into_iter().zip(statuses) {
-        let done = status.is_some_and(|s| {
-            s.state.is_terminal() && (s.state != TaskState::Failed || s.attempt >= d.wire.attempt)
+        let done = status.is_some_and(|(state, attempt)| {
+            state.is_terminal() && (state != TaskState::Failed || attempt >= d.wire.attempt)
         });
         if done {
             tracing::info!(task_id = %spec.id, "task already finished; acknowledging duplicate delivery");
@@ -165,6 +169,7 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
         }
         execute::spawn(shared.clone(), d, spec, handler);
     }
+    shared.left_waiting(skipped.len());
     if !skipped.is_empty() {
         if let Err(e) = shared.broker.ack(&skipped).await {
             tracing::warn!(error = %e, "ack of finished duplicates failed");

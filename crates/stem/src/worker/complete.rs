@@ -19,7 +19,8 @@ use crate::envelope::{now_ms, TaskError, TaskSpec, TaskState, TaskStatus, WireEn
 
 use super::{backoff, bump, Outcome, Shared};
 
-const MAX_BATCH: usize = 512;
+/// Most outcomes settled in one call.
+pub(super) const MAX_BATCH: usize = 512;
 
 struct Retry {
     receipt: Receipt,

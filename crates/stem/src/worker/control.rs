@@ -160,7 +160,7 @@ async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
                 .into_iter()
                 .map(|r| {
                     json!({
-                        "id": r.id, "task": r.name, "queue": r.queue, "attempt": r.attempt,
+                        "id": r.spec.id, "task": r.spec.name, "queue": r.spec.queue, "attempt": r.attempt,
                         "startedAt": format_ms(r.started_ms), "runtimeMs": now - r.started_ms,
                     })
                 })
@@ -180,9 +180,9 @@ async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
                 .unwrap_or_default();
             let mut cancelled = Vec::new();
             for r in shared.running() {
-                if ids.contains(&r.id) {
+                if ids.contains(&r.spec.id) {
                     r.cancel.cancel();
-                    cancelled.push(r.id);
+                    cancelled.push(r.spec.id.clone());
                 }
             }
             ok(json!({ "cancelled": cancelled }))

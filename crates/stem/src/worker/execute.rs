@@ -1,7 +1,7 @@
-//! Runs one delivery: waits for a concurrency slot, records `running`,
-//! calls the body in its own tokio task (so a panic is caught and reported
-//! as a failure), enforces the hard limit with `tokio::time::timeout`,
-//! fires the soft limit and cancellation through the context, and sends
+//! Runs one delivery: waits for a concurrency slot, calls the body (a
+//! panic is caught and reported as a failure), records `running` for
+//! bodies that take longer than [`RUNNING_AFTER`], enforces the hard limit
+//! with `tokio::time::timeout`, fires the soft limit and cancellation through the context, and sends
 //! the outcome to the completer.
 //!
 //! Admitted deliveries wait for a slot in one priority queue ([`WaitQueue`]);
@@ -11,20 +11,23 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::get_status;
 use crate::broker::Delivery;
 use crate::canvas::{CHAIN_PREV_HEADER, CHORD_HEADER};
-use crate::envelope::{TaskSpec, TaskState, TaskStatus};
+use crate::envelope::{now_ms, TaskSpec, TaskState, TaskStatus};
 use crate::task::{TaskContext, TaskFailure, TaskHandler};
 
 use super::{bump, Outcome, Shared};
 
-/// How long a body runs before its `running` status is written.
+/// How long a body runs before its `running` status is written (by
+/// [`mark_running`], in one batch per tick).
 pub const RUNNING_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A delivery admitted but not started.
@@ -100,6 +103,7 @@ pub(super) fn spawn(
         }
     }
     // Stopping before it started: hand it back untouched.
+    shared.left_waiting(1);
     requeue(&shared, d, &spec);
 }
 
@@ -131,6 +135,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
             }
         };
         let Some(w) = next else { break };
+        shared.left_waiting(1);
         if shared.stopping.is_cancelled() {
             requeue(&shared, w.delivery, &w.spec);
             break;
@@ -147,6 +152,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
         q.closed = true;
         std::mem::take(&mut q.heap).into_vec()
     };
+    shared.left_waiting(left.len());
     for w in left {
         requeue(&shared, w.delivery, &w.spec);
     }
@@ -160,6 +166,7 @@ async fn run(
 ) -> Outcome {
     let options = handler.options();
     let cancel = CancellationToken::new();
+    let marked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(h) = shared
         .held
         .lock()
@@ -167,19 +174,14 @@ async fn run(
         .get_mut(&d.receipt)
     {
         h.running = Some(super::RunningTask {
-            id: spec.id.clone(),
-            name: spec.name.clone(),
-            queue: spec.queue.clone(),
+            spec: spec.clone(),
             attempt: d.wire.attempt,
             started_ms: crate::envelope::now_ms(),
             cancel: cancel.clone(),
+            marked: marked.clone(),
         });
     }
-    let running = Arc::new(TaskStatus::for_spec(
-        &spec,
-        TaskState::Running,
-        d.wire.attempt,
-    ));
+    shared.started.notify_one();
     bump(&shared.metrics.started);
     tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
 
@@ -201,7 +203,6 @@ async fn run(
         None => None,
     };
     let soft = CancellationToken::new();
-    let progressed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ctx = TaskContext {
         task_id: spec.id.clone(),
         name: spec.name.clone(),
@@ -214,8 +215,8 @@ async fn run(
         chord_results,
         cancel: cancel.clone(),
         soft: soft.clone(),
-        progress: Some((shared.backend.clone(), running.clone())),
-        progressed: progressed.clone(),
+        progress: Some((shared.backend.clone(), spec.clone())),
+        progressed: marked,
     };
     let soft_timer = options.soft_time_limit.map(|limit| {
         let soft = soft.clone();
@@ -227,9 +228,10 @@ async fn run(
         })
     });
 
-    let args = spec.args.clone();
-    let body = tokio::spawn(async move { handler.call(ctx, args).await });
-    let abort = body.abort_handle();
+    // The body runs inside this task; a panic is caught at its poll and
+    // reported as a failed attempt. Dropping the future (hard limit,
+    // shutdown) stops it at its next await.
+    let body = AssertUnwindSafe(handler.call(ctx, spec.args.clone())).catch_unwind();
     let hard = options.time_limit;
     let joined = async move {
         match hard {
@@ -237,46 +239,21 @@ async fn run(
             None => Ok(body.await),
         }
     };
-    tokio::pin!(joined);
-    // `running` is recorded once the body has run for RUNNING_AFTER: a
-    // task that finishes sooner goes straight from queued to its result,
-    // saving a status write per task on the hot path.
-    let early = tokio::select! {
-        r = &mut joined => Some(r),
-        _ = tokio::time::sleep(RUNNING_AFTER) => None,
-    };
-    let joined = async move {
-        match early {
-            Some(r) => r,
-            None => {
-                if !progressed.load(std::sync::atomic::Ordering::Relaxed) {
-                    let status = (*running).clone();
-                    if let Err(e) = shared.backend.set_statuses(&[status]).await {
-                        tracing::warn!(error = %e, "could not record running status");
-                    }
-                }
-                joined.await
-            }
-        }
-    };
     let result = tokio::select! {
         r = joined => match r {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) if join.is_panic() => {
-                let msg = panic_message(join.into_panic());
+            Ok(Err(panic)) => {
+                let msg = panic_message(panic);
                 tracing::error!(task_id = %spec.id, panic = %msg, "task panicked");
                 Err(TaskFailure::new(format!("task panicked: {msg}")))
             }
-            Ok(Err(_)) => Err(TaskFailure::new("task was aborted")),
             Err(limit) => {
                 cancel.cancel();
-                abort.abort();
                 Err(TaskFailure::new(format!("hard time limit of {}ms exceeded", limit.as_millis())))
             }
         },
         _ = shared.force.cancelled() => {
             cancel.cancel();
-            abort.abort();
             if let Some(t) = soft_timer { t.abort(); }
             tracing::warn!(task_id = %spec.id, "stopped by shutdown; handing back");
             return Outcome::Requeue { receipt: d.receipt, priority: spec.priority, wire: d.wire };
@@ -301,5 +278,36 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic".into()
+    }
+}
+
+/// Records `running` for bodies that have run for [`RUNNING_AFTER`]: one
+/// batched status write per tick instead of a timer and a write per task,
+/// so a task that finishes sooner goes straight from queued to its result.
+/// Sleeps while nothing runs.
+pub(super) async fn mark_running(shared: Arc<Shared>, stop: CancellationToken) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        let started = shared.started.notified();
+        let due: Vec<TaskStatus> = {
+            let held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+            let cutoff = now_ms() - RUNNING_AFTER.as_millis() as i64;
+            held.values()
+                .filter_map(|h| h.running.as_ref())
+                .filter(|r| r.started_ms <= cutoff && !r.marked.swap(true, Relaxed))
+                .map(|r| TaskStatus::for_spec(&r.spec, TaskState::Running, r.attempt))
+                .collect()
+        };
+        if !due.is_empty() {
+            if let Err(e) = shared.backend.set_statuses(&due).await {
+                tracing::warn!(error = %e, tasks = due.len(), "could not record running statuses");
+            }
+        }
+        let idle = shared.running_count() == 0;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = started, if idle => {}
+            _ = tokio::time::sleep(RUNNING_AFTER / 2), if !idle => {}
+        }
     }
 }

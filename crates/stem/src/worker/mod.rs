@@ -1,8 +1,12 @@
 //! The worker runtime.
 //!
 //! - **fetch** ([`Worker::run`]): never holds more than
-//!   `concurrency × prefetch_multiplier` entries; asks the broker for
-//!   exactly the free slots.
+//!   `concurrency × prefetch_multiplier` fetched-but-not-started entries
+//!   (CONTRACT: `STEM_PREFETCH_MULTIPLIER`); asks the broker for exactly
+//!   the free places. Running tasks and finished ones awaiting their
+//!   batched settle do not count against that bound, so fetching overlaps
+//!   with settling; a second cap (bound + concurrency + one settle batch)
+//!   keeps the total held bounded when Redis is slow to settle.
 //! - **admit** (`admit.rs`): verifies signatures, decodes, skips tasks whose
 //!   status is already final, dead-letters what cannot run.
 //! - **execute** (`execute.rs`): admitted deliveries wait in a priority
@@ -187,13 +191,13 @@ struct Held {
 /// A task whose body is running.
 #[derive(Clone)]
 pub(crate) struct RunningTask {
-    pub id: String,
-    pub name: String,
-    pub queue: String,
+    pub spec: Arc<TaskSpec>,
     pub attempt: u32,
     pub started_ms: i64,
     /// Cancels the body (revocation).
     pub cancel: CancellationToken,
+    /// Set once `running` was recorded (progress or the marker loop).
+    pub marked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What happened to one delivery.
@@ -226,6 +230,12 @@ pub(crate) struct Shared {
     /// Admitted deliveries waiting for a slot, in priority order.
     waiting: Mutex<execute::WaitQueue>,
     waiting_changed: Notify,
+    /// Signalled when a body starts (wakes the `running` marker).
+    started: Notify,
+    /// Fetched entries that have not started (admission, waiting queue).
+    unstarted: std::sync::atomic::AtomicUsize,
+    /// Signalled when an entry starts or is settled (wakes the fetch loop).
+    room: Notify,
     outcomes: mpsc::UnboundedSender<Outcome>,
     /// Cancelled when running bodies must stop (grace period over).
     force: CancellationToken,
@@ -262,6 +272,21 @@ impl Shared {
                 .store(held.len() as u64, Ordering::Relaxed);
         }
         self.settled.notify_waiters();
+        self.room.notify_one();
+    }
+    /// `n` fetched entries started running or left without running.
+    fn left_waiting(&self, n: usize) {
+        if n > 0 {
+            self.unstarted.fetch_sub(n, Ordering::Relaxed);
+            self.room.notify_one();
+        }
+    }
+    /// How many entries the fetch loop may ask for now.
+    fn room_to_fetch(&self) -> usize {
+        let bound = self.bound();
+        let waiting = bound.saturating_sub(self.unstarted.load(Ordering::Relaxed));
+        let total = bound + self.opts.concurrency + complete::MAX_BATCH;
+        waiting.min(total.saturating_sub(self.held_count()))
     }
     fn running(&self) -> Vec<RunningTask> {
         self.held
@@ -270,6 +295,14 @@ impl Shared {
             .values()
             .filter_map(|h| h.running.clone())
             .collect()
+    }
+    fn running_count(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|h| h.running.is_some())
+            .count()
     }
     fn active_queues(&self) -> Vec<String> {
         let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,6 +356,9 @@ impl Worker {
             slots: Arc::new(Semaphore::new(self.opts.concurrency)),
             waiting: Mutex::new(execute::WaitQueue::default()),
             waiting_changed: Notify::new(),
+            started: Notify::new(),
+            unstarted: Default::default(),
+            room: Notify::new(),
             opts: self.opts,
             broker: self.broker,
             backend: self.backend,
@@ -357,6 +393,7 @@ impl Worker {
             tokio::spawn(promote_loop(shared.clone(), background.clone())),
             tokio::spawn(recover_loop(shared.clone(), background.clone())),
             tokio::spawn(execute::dispatch(shared.clone())),
+            tokio::spawn(execute::mark_running(shared.clone(), background.clone())),
             tokio::spawn(revocation_loop(shared.clone(), background.clone())),
             tokio::spawn(control::heartbeat_loop(shared.clone(), background.clone())),
             tokio::spawn(control::command_loop(shared.clone(), background.clone())),
@@ -430,8 +467,8 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
     let mut failures = 0u32;
     let consumer = shared.opts.name.clone();
     while !shutdown.is_cancelled() {
-        let notified = shared.settled.notified();
-        let free = shared.bound().saturating_sub(shared.held_count());
+        let notified = shared.room.notified();
+        let free = shared.room_to_fetch();
         if free == 0 {
             tokio::select! {
                 _ = notified => {}
@@ -524,7 +561,7 @@ async fn recover_loop(shared: Arc<Shared>, stop: CancellationToken) {
         if shared.stopping.is_cancelled() {
             continue;
         }
-        let free = shared.bound().saturating_sub(shared.held_count());
+        let free = shared.room_to_fetch();
         if free == 0 {
             continue;
         }
@@ -555,7 +592,7 @@ async fn revocation_loop(shared: Arc<Shared>, stop: CancellationToken) {
         if running.is_empty() {
             continue;
         }
-        let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
+        let ids: Vec<String> = running.iter().map(|r| r.spec.id.clone()).collect();
         let Ok(statuses) = shared.backend.get_statuses(&ids).await else {
             continue;
         };
@@ -563,7 +600,7 @@ async fn revocation_loop(shared: Arc<Shared>, stop: CancellationToken) {
             if status.is_some_and(|s| s.state == crate::envelope::TaskState::Cancelled)
                 && !r.cancel.is_cancelled()
             {
-                tracing::info!(task_id = %r.id, "task revoked while running: cancelling");
+                tracing::info!(task_id = %r.spec.id, "task revoked while running: cancelling");
                 r.cancel.cancel();
             }
         }
