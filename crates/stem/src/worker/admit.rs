@@ -29,7 +29,14 @@ fn failed_status(spec: &TaskSpec, attempt: u32, reason: &str, message: String) -
 
 /// Takes a fetched batch into the worker.
 pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
-    let fresh: Vec<Fetched> = {
+    let fresh = take_in(shared, batch);
+    admit_held(shared, fresh).await;
+}
+
+/// Records a fetched batch as held and not started (so the fetch loop's
+/// room is right at once); returns the entries that were not held yet.
+pub(super) fn take_in(shared: &Shared, batch: Vec<Fetched>) -> Vec<Fetched> {
+    {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
         let fresh: Vec<Fetched> = batch
             .into_iter()
@@ -49,7 +56,12 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
             .unstarted
             .fetch_add(fresh.len(), std::sync::atomic::Ordering::Relaxed);
         fresh
-    };
+    }
+}
+
+/// Verifies, decodes and checks entries already taken in, then queues the
+/// runnable ones for execution.
+pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
     let mut rejects = Vec::new();
     let mut runnable: Vec<(Delivery, Arc<TaskSpec>, Arc<dyn TaskHandler>)> = Vec::new();
     for f in fresh {

@@ -41,17 +41,25 @@ struct Plan {
     chain_abort: Vec<(String, usize, String)>,
 }
 
+/// Settle calls in flight at once: while one batch is in Redis the next
+/// one is being planned and sent, so neither side waits on the other.
+const SETTLES_IN_FLIGHT: u32 = 2;
+
 pub(super) async fn run(
     shared: Arc<Shared>,
     mut rx: UnboundedReceiver<Outcome>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(SETTLES_IN_FLIGHT as usize));
     loop {
         let first = tokio::select! {
             o = rx.recv() => o,
             _ = stop.cancelled() => rx.try_recv().ok(),
         };
-        let Some(first) = first else { return };
+        let Some(first) = first else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -59,8 +67,14 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        settle(&shared, batch).await;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            settle(&shared, batch).await;
+            drop(permit);
+        });
     }
+    // Wait for the settles still in flight.
+    let _ = in_flight.acquire_many(SETTLES_IN_FLIGHT).await;
 }
 
 fn task_error(kind: &str, message: &str, reason: Option<&str>) -> TaskError {

@@ -498,7 +498,11 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                     failures = 0;
                 }
                 if !batch.is_empty() {
-                    admit::admit(shared, batch).await;
+                    // Admission (verification, the status check's round
+                    // trip) runs beside the next fetch.
+                    let fresh = admit::take_in(shared, batch);
+                    let shared = shared.clone();
+                    tokio::spawn(async move { admit::admit_held(&shared, fresh).await });
                 }
             }
             Err(e) => {
