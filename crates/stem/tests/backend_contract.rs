@@ -28,6 +28,30 @@ async fn state_of(a: &Adapters, id: &str) -> anyhow::Result<Option<(TaskState, u
         .map(|s| (s.state, s.attempt)))
 }
 
+/// The worker's admission read returns state and attempt of every id,
+/// `None` for unknown ones, in order.
+async fn admission_reads_state_and_attempt(a: Adapters) -> anyhow::Result<()> {
+    let (s1, s2) = (spec(), spec());
+    let mut failed = TaskStatus::for_spec(&s2, TaskState::Failed, 2);
+    failed.result = serde_json::json!({"big": [1, 2, 3]});
+    a.backend
+        .set_statuses(&[TaskStatus::for_spec(&s1, TaskState::Succeeded, 0), failed])
+        .await?;
+    let got = a
+        .backend
+        .get_states(&[s1.id.clone(), "unknown".into(), s2.id.clone()])
+        .await?;
+    assert_eq!(
+        got,
+        vec![
+            Some((TaskState::Succeeded, 0)),
+            None,
+            Some((TaskState::Failed, 2))
+        ]
+    );
+    Ok(())
+}
+
 async fn status_round_trips(a: Adapters) -> anyhow::Result<()> {
     let s = spec();
     let mut st = TaskStatus::for_spec(&s, TaskState::Succeeded, 1);
@@ -179,6 +203,10 @@ mod memory_adapter {
     async fn put_if_absent_keeps_the_first_value() -> anyhow::Result<()> {
         super::put_if_absent_keeps_the_first_value(common::memory()?).await
     }
+    #[tokio::test]
+    async fn admission_reads_state_and_attempt() -> anyhow::Result<()> {
+        super::admission_reads_state_and_attempt(common::memory()?).await
+    }
 }
 
 mod redis_adapter {
@@ -203,5 +231,9 @@ mod redis_adapter {
     #[tokio::test]
     async fn put_if_absent_keeps_the_first_value() -> anyhow::Result<()> {
         super::put_if_absent_keeps_the_first_value(common::redis()?).await
+    }
+    #[tokio::test]
+    async fn admission_reads_state_and_attempt() -> anyhow::Result<()> {
+        super::admission_reads_state_and_attempt(common::redis()?).await
     }
 }

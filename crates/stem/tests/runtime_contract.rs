@@ -135,6 +135,22 @@ impl Task for Sleepy {
     }
 }
 
+/// Sleeps `ms` without reporting progress.
+struct Quiet;
+#[stem::async_trait]
+impl Task for Quiet {
+    const NAME: &'static str = "quiet";
+    type Args = u64;
+    type Output = u64;
+    fn options(&self) -> TaskOptions {
+        opts(0)
+    }
+    async fn run(&self, ctx: TaskContext, ms: u64) -> TaskResult<u64> {
+        ctx.sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    }
+}
+
 fn registry(counter: Arc<AtomicU32>) -> TaskRegistry {
     let r = TaskRegistry::new();
     r.register(Add)
@@ -142,7 +158,8 @@ fn registry(counter: Arc<AtomicU32>) -> TaskRegistry {
         .register(Flaky(counter))
         .register(Fatal)
         .register(Panics)
-        .register(Sleepy);
+        .register(Sleepy)
+        .register(Quiet);
     r
 }
 
@@ -647,6 +664,25 @@ async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A body that runs longer than RUNNING_AFTER shows `running` without
+/// reporting progress; a quick one goes straight to its result.
+async fn long_bodies_are_marked_running(a: Adapters) -> anyhow::Result<()> {
+    let r = rig(a);
+    let long = r.stem.enqueue::<Quiet>(600).await?;
+    let s = poll("running", Duration::from_secs(5), || async {
+        Ok(r.stem
+            .status(&long)
+            .await?
+            .filter(|s| s.state == TaskState::Running))
+    })
+    .await?;
+    assert_eq!(s.attempt, 0);
+    assert_eq!(r.wait(&long).await?.result, json!(600));
+    let quick = r.stem.enqueue::<Quiet>(0).await?;
+    assert_eq!(r.wait(&quick).await?.state, TaskState::Succeeded);
+    r.finish().await
+}
+
 async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()> {
     let r = rig_with(a, None, None, |o| {
         o.concurrency = 2;
@@ -712,5 +748,6 @@ contract_suite!(
     unregistered_task_is_dead_lettered,
     revoked_tasks_do_not_run_and_running_ones_stop,
     control_plane_reaches_the_worker,
+    long_bodies_are_marked_running,
     prefetch_bound_and_graceful_shutdown,
 );
