@@ -8,13 +8,15 @@
 //!   with settling; a second cap (bound + concurrency + one settle batch)
 //!   keeps the total held bounded when Redis is slow to settle.
 //! - **admit** (`admit.rs`): verifies signatures, decodes, skips tasks whose
-//!   status is already final, dead-letters what cannot run.
+//!   status is already final, dead-letters what cannot run. Runs as its own
+//!   task per fetched batch, so the next fetch is in flight meanwhile.
 //! - **execute** (`execute.rs`): admitted deliveries wait in a priority
 //!   queue; a dispatcher gives each free concurrency slot to the highest
 //!   priority one (FIFO within a priority), which then runs in its own
 //!   tokio task with hard/soft limits, cancellation and panic capture.
 //! - **complete** (`complete.rs`): batches outcomes; writes statuses and
-//!   group results, *then* acknowledges, retries or dead-letters.
+//!   group results, *then* acknowledges, retries or dead-letters. Up to two
+//!   batches are being settled at once.
 //! - **leases**: every `visibility_timeout / 3` the worker renews the
 //!   entries it holds; every `visibility_timeout / 2` it recovers entries
 //!   whose owner died; every 200 ms it promotes due delayed entries.
