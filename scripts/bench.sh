@@ -7,16 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-need_apt=()
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
-command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "==> installing ${need_apt[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
-fi
+. scripts/ensure-packages.sh
+ensure_packages "the bench starts its own redis-server; wrk drives the http scenario" \
+  redis-server:redis-server redis-cli:redis-tools wrk:wrk
 
 echo "==> cargo build --release --workspace"
 cargo build --release --workspace --locked

@@ -5,16 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-need_apt=()
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
-command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "==> installing ${need_apt[*]} (tests start their own private redis-server instances)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
-fi
+. scripts/ensure-packages.sh
+ensure_packages "tests start their own private redis-server instances" \
+  redis-server:redis-server redis-cli:redis-tools openssl:openssl
 
 start=$(date +%s)
 echo "==> cargo fmt --check"

@@ -220,7 +220,8 @@ pub struct TaskContext {
     pub(crate) cancel: CancellationToken,
     pub(crate) soft: CancellationToken,
     pub(crate) progress: Option<(Arc<dyn ResultBackend>, Arc<TaskSpec>)>,
-    /// Set once the task reported progress (which records `running`).
+    /// Set once `running` was recorded, by a progress report or by the
+    /// worker's marker loop (shared with the worker's running-task record).
     pub(crate) progressed: Arc<std::sync::atomic::AtomicBool>,
 }
 

@@ -101,6 +101,15 @@ pub struct RedisBackend {
 }
 
 impl RedisBackend {
+    /// The stored values (`"<rank>|<JSON>"`) of `ids`' statuses, one `MGET`.
+    async fn stored_statuses(&self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<String> = ids.iter().map(|id| status_key(id)).collect();
+        Ok(::redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+
     /// A backend on `client`; records live for `ttl`.
     pub fn new(client: Client, ttl: Duration) -> Result<Self> {
         Ok(RedisBackend {
@@ -136,12 +145,9 @@ impl ResultBackend for RedisBackend {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| status_key(id)).collect();
-        let raw: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(raw
+        Ok(self
+            .stored_statuses(ids)
+            .await?
             .into_iter()
             .map(|r| r.as_deref().and_then(decode_status))
             .collect())
@@ -151,12 +157,9 @@ impl ResultBackend for RedisBackend {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| status_key(id)).collect();
-        let raw: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(raw
+        Ok(self
+            .stored_statuses(ids)
+            .await?
             .into_iter()
             .map(|r| r.as_deref().and_then(decode_head))
             .collect())

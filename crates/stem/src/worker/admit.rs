@@ -36,27 +36,25 @@ pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
 /// Records a fetched batch as held and not started (so the fetch loop's
 /// room is right at once); returns the entries that were not held yet.
 pub(super) fn take_in(shared: &Shared, batch: Vec<Fetched>) -> Vec<Fetched> {
-    {
-        let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh: Vec<Fetched> = batch
-            .into_iter()
-            .filter(|f| {
-                if held.contains_key(f.receipt()) {
-                    return false;
-                }
-                held.insert(f.receipt().clone(), Held { running: None });
-                true
-            })
-            .collect();
-        shared
-            .metrics
-            .inflight
-            .store(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        shared
-            .unstarted
-            .fetch_add(fresh.len(), std::sync::atomic::Ordering::Relaxed);
-        fresh
-    }
+    let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+    let fresh: Vec<Fetched> = batch
+        .into_iter()
+        .filter(|f| {
+            if held.contains_key(f.receipt()) {
+                return false;
+            }
+            held.insert(f.receipt().clone(), Held { running: None });
+            true
+        })
+        .collect();
+    shared
+        .metrics
+        .inflight
+        .store(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .unstarted
+        .fetch_add(fresh.len(), std::sync::atomic::Ordering::Relaxed);
+    fresh
 }
 
 /// Verifies, decodes and checks entries already taken in, then queues the

@@ -1,8 +1,8 @@
 //! Runs one delivery: waits for a concurrency slot, calls the body (a
 //! panic is caught and reported as a failure), records `running` for
 //! bodies that take longer than [`RUNNING_AFTER`], enforces the hard limit
-//! with `tokio::time::timeout`, fires the soft limit and cancellation through the context, and sends
-//! the outcome to the completer.
+//! with `tokio::time::timeout`, fires the soft limit and cancellation
+//! through the context, and sends the outcome to the completer.
 //!
 //! Admitted deliveries wait for a slot in one priority queue ([`WaitQueue`]);
 //! a single dispatcher hands each free slot to the highest-priority waiting
@@ -289,11 +289,13 @@ pub(super) async fn mark_running(shared: Arc<Shared>, stop: CancellationToken) {
     use std::sync::atomic::Ordering::Relaxed;
     loop {
         let started = shared.started.notified();
+        let mut idle = true;
         let due: Vec<TaskStatus> = {
             let held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
             let cutoff = now_ms() - RUNNING_AFTER.as_millis() as i64;
             held.values()
                 .filter_map(|h| h.running.as_ref())
+                .inspect(|_| idle = false)
                 .filter(|r| r.started_ms <= cutoff && !r.marked.swap(true, Relaxed))
                 .map(|r| TaskStatus::for_spec(&r.spec, TaskState::Running, r.attempt))
                 .collect()
@@ -303,7 +305,6 @@ pub(super) async fn mark_running(shared: Arc<Shared>, stop: CancellationToken) {
                 tracing::warn!(error = %e, tasks = due.len(), "could not record running statuses");
             }
         }
-        let idle = shared.running_count() == 0;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = started, if idle => {}

@@ -298,14 +298,6 @@ impl Shared {
             .filter_map(|h| h.running.clone())
             .collect()
     }
-    fn running_count(&self) -> usize {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|h| h.running.is_some())
-            .count()
-    }
     fn active_queues(&self) -> Vec<String> {
         let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
         self.opts
