@@ -28,26 +28,90 @@ async fn state_of(a: &Adapters, id: &str) -> anyhow::Result<Option<(TaskState, u
         .map(|s| (s.state, s.attempt)))
 }
 
-/// The worker's admission read returns state and attempt of every id,
-/// `None` for unknown ones, in order.
-async fn admission_reads_state_and_attempt(a: Adapters) -> anyhow::Result<()> {
-    let (s1, s2) = (spec(), spec());
+/// The worker's admission read returns the terminal state and attempt of
+/// every id, in order: `None` for unknown ids and for tasks that have not
+/// finished.
+async fn final_states_read_finished_tasks(a: Adapters) -> anyhow::Result<()> {
+    let (s1, s2, s3) = (spec(), spec(), spec());
     let mut failed = TaskStatus::for_spec(&s2, TaskState::Failed, 2);
     failed.result = serde_json::json!({"big": [1, 2, 3]});
     a.backend
-        .set_statuses(&[TaskStatus::for_spec(&s1, TaskState::Succeeded, 0), failed])
+        .set_statuses(&[
+            TaskStatus::for_spec(&s1, TaskState::Succeeded, 0),
+            failed,
+            TaskStatus::for_spec(&s3, TaskState::Running, 0),
+        ])
         .await?;
     let got = a
         .backend
-        .get_states(&[s1.id.clone(), "unknown".into(), s2.id.clone()])
+        .final_states(&[
+            s1.id.clone(),
+            "unknown".into(),
+            s2.id.clone(),
+            s3.id.clone(),
+        ])
         .await?;
     assert_eq!(
         got,
         vec![
             Some((TaskState::Succeeded, 0)),
             None,
-            Some((TaskState::Failed, 2))
+            Some((TaskState::Failed, 2)),
+            None
         ]
+    );
+    Ok(())
+}
+
+/// Terminal statuses follow the same rank rule as live ones: a later
+/// terminal write of higher rank replaces one of lower rank, a replay's
+/// newer attempt reopens a failed task, and an older attempt's late result
+/// is dropped.
+async fn terminal_statuses_follow_rank(a: Adapters) -> anyhow::Result<()> {
+    // Running and its result in one batch: the result is the status.
+    let s = spec();
+    let set = |state, attempt| TaskStatus::for_spec(&s, state, attempt);
+    a.backend
+        .set_statuses(&[set(TaskState::Running, 0), set(TaskState::Succeeded, 0)])
+        .await?;
+    assert_eq!(state_of(&a, &s.id).await?, Some((TaskState::Succeeded, 0)));
+    // A revoke after the result outranks it (cancelled is the top rank).
+    a.backend
+        .set_statuses(&[set(TaskState::Cancelled, 0)])
+        .await?;
+    assert_eq!(state_of(&a, &s.id).await?, Some((TaskState::Cancelled, 0)));
+    a.backend
+        .set_statuses(&[set(TaskState::Succeeded, 3)])
+        .await?;
+    assert_eq!(
+        state_of(&a, &s.id).await?,
+        Some((TaskState::Cancelled, 0)),
+        "nothing outranks cancelled"
+    );
+
+    // Failed, then replayed as a newer attempt, then succeeded.
+    let r = spec();
+    let set = |state, attempt| TaskStatus::for_spec(&r, state, attempt);
+    a.backend.set_statuses(&[set(TaskState::Failed, 0)]).await?;
+    a.backend.set_statuses(&[set(TaskState::Queued, 1)]).await?;
+    assert_eq!(state_of(&a, &r.id).await?, Some((TaskState::Queued, 1)));
+    assert_eq!(
+        a.backend.final_states(std::slice::from_ref(&r.id)).await?,
+        vec![None]
+    );
+    a.backend
+        .set_statuses(&[set(TaskState::Succeeded, 1)])
+        .await?;
+    assert_eq!(state_of(&a, &r.id).await?, Some((TaskState::Succeeded, 1)));
+
+    // A late result of an older attempt is dropped; a newer one replaces.
+    a.backend.set_statuses(&[set(TaskState::Failed, 0)]).await?;
+    assert_eq!(state_of(&a, &r.id).await?, Some((TaskState::Succeeded, 1)));
+    a.backend.set_statuses(&[set(TaskState::Failed, 2)]).await?;
+    assert_eq!(state_of(&a, &r.id).await?, Some((TaskState::Failed, 2)));
+    assert_eq!(
+        a.backend.final_states(std::slice::from_ref(&r.id)).await?,
+        vec![Some((TaskState::Failed, 2))]
     );
     Ok(())
 }
@@ -117,12 +181,18 @@ async fn status_never_moves_backwards(a: Adapters) -> anyhow::Result<()> {
 
 async fn statuses_expire_after_the_ttl(a: Adapters) -> anyhow::Result<()> {
     let s = spec();
+    let t = spec();
     a.backend
-        .set_statuses(&[TaskStatus::for_spec(&s, TaskState::Queued, 0)])
+        .set_statuses(&[
+            TaskStatus::for_spec(&s, TaskState::Queued, 0),
+            TaskStatus::for_spec(&t, TaskState::Succeeded, 0),
+        ])
         .await?;
     assert!(state_of(&a, &s.id).await?.is_some());
+    assert!(state_of(&a, &t.id).await?.is_some());
     poll("status expiry", Duration::from_secs(5), || async {
-        Ok(state_of(&a, &s.id).await?.is_none().then_some(()))
+        let gone = state_of(&a, &s.id).await?.is_none() && state_of(&a, &t.id).await?.is_none();
+        Ok(gone.then_some(()))
     })
     .await
 }
@@ -204,8 +274,12 @@ mod memory_adapter {
         super::put_if_absent_keeps_the_first_value(common::memory()?).await
     }
     #[tokio::test]
-    async fn admission_reads_state_and_attempt() -> anyhow::Result<()> {
-        super::admission_reads_state_and_attempt(common::memory()?).await
+    async fn final_states_read_finished_tasks() -> anyhow::Result<()> {
+        super::final_states_read_finished_tasks(common::memory()?).await
+    }
+    #[tokio::test]
+    async fn terminal_statuses_follow_rank() -> anyhow::Result<()> {
+        super::terminal_statuses_follow_rank(common::memory()?).await
     }
 }
 
@@ -233,7 +307,11 @@ mod redis_adapter {
         super::put_if_absent_keeps_the_first_value(common::redis()?).await
     }
     #[tokio::test]
-    async fn admission_reads_state_and_attempt() -> anyhow::Result<()> {
-        super::admission_reads_state_and_attempt(common::redis()?).await
+    async fn final_states_read_finished_tasks() -> anyhow::Result<()> {
+        super::final_states_read_finished_tasks(common::redis()?).await
+    }
+    #[tokio::test]
+    async fn terminal_statuses_follow_rank() -> anyhow::Result<()> {
+        super::terminal_statuses_follow_rank(common::redis()?).await
     }
 }

@@ -42,15 +42,18 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// Reads statuses in one round trip (`None` for unknown or expired ids).
     async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>>;
 
-    /// State and attempt of each task (`None` for unknown ids), in one
-    /// round trip: the worker's admission check, which needs neither the
-    /// result nor the metadata.
-    async fn get_states(&self, ids: &[String]) -> Result<Vec<Option<(TaskState, u32)>>> {
+    /// The terminal state and attempt of each task (`None` while it has
+    /// not finished, and for unknown ids), in one round trip: the worker's
+    /// admission check, which needs neither the result nor the metadata.
+    async fn final_states(&self, ids: &[String]) -> Result<Vec<Option<(TaskState, u32)>>> {
         Ok(self
             .get_statuses(ids)
             .await?
             .into_iter()
-            .map(|s| s.map(|s| (s.state, s.attempt)))
+            .map(|s| {
+                s.filter(|s| s.state.is_terminal())
+                    .map(|s| (s.state, s.attempt))
+            })
             .collect())
     }
 

@@ -2,18 +2,27 @@
 //!
 //! | key | type | lifetime |
 //! | --- | --- | --- |
-//! | `stem:task:<id>` | string `"<rank>|<status JSON>"` | `STEM_RESULT_TTL` |
+//! | `stem:task:<id>` | string `"<rank>|<status JSON>"`: the live status (queued, running, retried) | `STEM_RESULT_TTL`; deleted when the task finishes |
+//! | `stem:done:<id>` | string `"<rank>|<status JSON>"`: the terminal status (succeeded, failed, cancelled) | `STEM_RESULT_TTL` |
 //! | `stem:group:<id>` | string, expected count | `STEM_RESULT_TTL` |
 //! | `stem:group:<id>:results` | hash task id → status JSON | `STEM_RESULT_TTL` |
 //! | `stem:kv:<key>` | string (idempotency keys, claims, chain steps) | per call |
 //!
-//! Status writes go through one script per batch that drops writes whose
-//! rank is below the stored one (a status never moves backwards).
+//! A task's status is the higher-ranked of its two records, so a status
+//! never moves backwards. Terminal statuses, the hot path, are written
+//! without a script: `SET stem:done:<id> … NX PX` (the first terminal
+//! write wins at once) plus one `DEL` of the batch's live keys. Only when
+//! a terminal status is already stored (a duplicate delivery, a revoke
+//! after the result) does a script compare ranks. Live statuses go through
+//! a script that drops a write ranked below the stored terminal status and
+//! deletes a terminal status that a newer attempt outranks (a dead-letter
+//! replay).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::{AsyncCommands, Client, Script};
+use ::redis::{AsyncCommands, Client, Cmd, Pipeline, Script, Value};
 use async_trait::async_trait;
 
 use super::{GroupProgress, GroupView, ResultBackend};
@@ -21,9 +30,13 @@ use crate::envelope::{TaskState, TaskStatus};
 use crate::error::{Result, StemError};
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
 
-/// Key of a task status.
+/// Key of a task's live status (queued, running, retried).
 pub fn status_key(id: &str) -> String {
     format!("stem:task:{id}")
+}
+/// Key of a task's terminal status (succeeded, failed, cancelled).
+pub fn done_key(id: &str) -> String {
+    format!("stem:done:{id}")
 }
 fn group_key(id: &str) -> String {
     format!("stem:group:{id}")
@@ -35,19 +48,18 @@ fn kv_key(key: &str) -> String {
     format!("stem:kv:{key}")
 }
 
-/// Lua: writes status value `v` ("<rank>|<JSON>") at key `k` unless the
-/// stored rank is higher (a status never moves backwards). One `SET … GET`
-/// per status: the old value comes back from the write itself and is put
-/// back in the rare case it outranks the new one (all inside one script
-/// call, so no reader sees the intermediate value). Shared by this
-/// backend's script and the broker's co-located `settle` script.
-pub(crate) const SET_STATUS_LUA: &str = r#"
+/// Lua: `set_ranked` writes status value `v` ("<rank>|<JSON>") at key `k`
+/// unless the stored rank is higher. One `SET … GET` per status: the old
+/// value comes back from the write itself and is put back in the rare case
+/// it outranks the new one (inside one script call, so no reader sees the
+/// intermediate value).
+const RANK_LUA: &str = r#"
 local function rank_of(v)
   local bar = string.find(v, '|', 1, true)
   if not bar then return nil end
   return tonumber(string.sub(v, 1, bar - 1))
 end
-local function set_status(k, v, ttl)
+local function set_ranked(k, v, ttl)
   local old = redis.call('SET', k, v, 'PX', ttl, 'GET')
   if old then
     local cr = rank_of(old)
@@ -58,19 +70,43 @@ local function set_status(k, v, ttl)
 end
 "#;
 
-const SET_STATUSES: &str = r#"
+/// Live statuses. KEYS = (live key, done key) per status; ARGV = ttl, then
+/// one value per status. A stored terminal status of equal or higher rank
+/// wins; one of lower rank (an older attempt, before a replay) is deleted.
+const SET_LIVE: &str = r#"
+local ttl = ARGV[1]
+for i = 2, #ARGV do
+  local k, d, v = KEYS[2 * i - 3], KEYS[2 * i - 2], ARGV[i]
+  local done = redis.call('GET', d)
+  local dr = done and rank_of(done)
+  if not (dr and dr >= rank_of(v)) then
+    if done then redis.call('DEL', d) end
+    set_ranked(k, v, ttl)
+  end
+end
+return 0
+"#;
+
+/// Terminal statuses that met a stored terminal status: ranks decide.
+/// KEYS = done keys; ARGV = ttl, then one value per key.
+const SET_DONE: &str = r#"
 local ttl = ARGV[1]
 for i, k in ipairs(KEYS) do
-  set_status(k, ARGV[i + 1], ttl)
+  set_ranked(k, ARGV[i + 1], ttl)
 end
 return 0
 "#;
 
 /// The stored form of a status: `"<rank>|<JSON>"`.
-pub(crate) fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
+fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
     let mut v = format!("{}|", s.rank()).into_bytes();
     v.extend(serde_json::to_vec(s)?);
     Ok(v)
+}
+
+fn rank_of(raw: &[u8]) -> Option<u64> {
+    let bar = raw.iter().position(|b| *b == b'|')?;
+    std::str::from_utf8(&raw[..bar]).ok()?.parse().ok()
 }
 
 /// The two fields of a stored status the admission check reads; serde
@@ -92,20 +128,116 @@ fn decode_status(raw: &[u8]) -> Option<TaskStatus> {
     serde_json::from_slice(&raw[bar + 1..]).ok()
 }
 
+/// Writes statuses the way this module's key layout needs; shared by the
+/// backend and by the broker's co-located settle, which adds its
+/// acknowledgements to the same pipeline.
+#[derive(Clone)]
+pub(crate) struct StatusWriter {
+    live: Arc<Script>,
+    done: Arc<Script>,
+    ttl_ms: u64,
+}
+
+impl StatusWriter {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        StatusWriter {
+            live: Arc::new(Script::new(&format!("{RANK_LUA}{SET_LIVE}"))),
+            done: Arc::new(Script::new(&format!("{RANK_LUA}{SET_DONE}"))),
+            ttl_ms: ttl.as_millis().max(1) as u64,
+        }
+    }
+
+    /// Adds the first record of new tasks (`queued`) to `pipe`: `SET NX`,
+    /// since a queued status is only ever a task's first record.
+    pub(crate) fn push_queued(&self, pipe: &mut Pipeline, statuses: &[TaskStatus]) -> Result<()> {
+        for s in statuses {
+            pipe.cmd("SET")
+                .arg(status_key(&s.id))
+                .arg(status_value(s)?)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.ttl_ms)
+                .ignore();
+        }
+        Ok(())
+    }
+
+    /// Writes `statuses`: live ones through the rank script first (so a
+    /// replay's reopening lands before a terminal write of the same batch),
+    /// then terminal ones with `SET NX` and one `DEL` of their live keys,
+    /// followed by the `extra` commands (replies ignored), in one pipeline. Terminal
+    /// writes that met a stored terminal status go through the rank script.
+    pub(crate) async fn write(
+        &self,
+        conn: &mut Conn,
+        statuses: &[TaskStatus],
+        extra: Vec<Cmd>,
+    ) -> Result<()> {
+        let (done, live): (Vec<&TaskStatus>, Vec<&TaskStatus>) =
+            statuses.iter().partition(|s| s.state.is_terminal());
+        if !live.is_empty() {
+            let mut inv = self.live.prepare_invoke();
+            inv.arg(self.ttl_ms);
+            for s in &live {
+                inv.key(status_key(&s.id))
+                    .key(done_key(&s.id))
+                    .arg(status_value(s)?);
+            }
+            let _: i64 = inv.invoke_async(conn).await?;
+        }
+        let mut pipe = ::redis::pipe();
+        let mut values = Vec::with_capacity(done.len());
+        for s in &done {
+            let v = status_value(s)?;
+            pipe.cmd("SET")
+                .arg(done_key(&s.id))
+                .arg(&v)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.ttl_ms);
+            values.push(v);
+        }
+        if !done.is_empty() {
+            let keys: Vec<String> = done.iter().map(|s| status_key(&s.id)).collect();
+            pipe.cmd("DEL").arg(keys).ignore();
+        }
+        for cmd in extra {
+            pipe.add_command(cmd).ignore();
+        }
+        if pipe.is_empty() {
+            return Ok(());
+        }
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        let mut inv = self.done.prepare_invoke();
+        inv.arg(self.ttl_ms);
+        let mut taken = 0;
+        for ((s, v), reply) in done.iter().zip(values).zip(replies) {
+            if reply == Value::Nil {
+                inv.key(done_key(&s.id)).arg(v);
+                taken += 1;
+            }
+        }
+        if taken == 0 {
+            return Ok(());
+        }
+        let _: i64 = inv.invoke_async(conn).await?;
+        Ok(())
+    }
+}
+
 /// The Redis result backend.
 #[derive(Clone)]
 pub struct RedisBackend {
     conn: Conn,
     ttl: Duration,
-    set_statuses: std::sync::Arc<Script>,
+    writer: StatusWriter,
 }
 
 impl RedisBackend {
-    /// The stored values (`"<rank>|<JSON>"`) of `ids`' statuses, one `MGET`.
-    async fn stored_statuses(&self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let keys: Vec<String> = ids.iter().map(|id| status_key(id)).collect();
+    /// The stored values (`"<rank>|<JSON>"`) at `keys`, one `MGET`.
+    async fn stored(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         Ok(::redis::cmd("MGET")
-            .arg(&keys)
+            .arg(keys)
             .query_async(&mut self.conn.clone())
             .await?)
     }
@@ -115,9 +247,7 @@ impl RedisBackend {
         Ok(RedisBackend {
             conn: connection(client, COMMAND_TIMEOUT)?,
             ttl,
-            set_statuses: std::sync::Arc::new(Script::new(&format!(
-                "{SET_STATUS_LUA}{SET_STATUSES}"
-            ))),
+            writer: StatusWriter::new(ttl),
         })
     }
 
@@ -132,33 +262,41 @@ impl ResultBackend for RedisBackend {
         if statuses.is_empty() {
             return Ok(());
         }
-        let mut inv = self.set_statuses.prepare_invoke();
-        inv.arg(self.ttl_ms());
-        for s in statuses {
-            inv.key(status_key(&s.id)).arg(status_value(s)?);
-        }
-        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(())
+        self.writer
+            .write(&mut self.conn.clone(), statuses, Vec::new())
+            .await
     }
 
     async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self
-            .stored_statuses(ids)
-            .await?
-            .into_iter()
-            .map(|r| r.as_deref().and_then(decode_status))
-            .collect())
+        let keys: Vec<String> = ids
+            .iter()
+            .flat_map(|id| [done_key(id), status_key(id)])
+            .collect();
+        let mut raw = self.stored(&keys).await?.into_iter();
+        let mut out = Vec::with_capacity(ids.len());
+        while let (Some(done), Some(live)) = (raw.next(), raw.next()) {
+            // The higher rank is the status; a terminal one wins a tie.
+            let rank = |v: &Option<Vec<u8>>| v.as_deref().and_then(rank_of);
+            let best = match (rank(&done), rank(&live)) {
+                (Some(d), Some(l)) if l > d => live,
+                (Some(_), _) => done,
+                _ => live,
+            };
+            out.push(best.as_deref().and_then(decode_status));
+        }
+        Ok(out)
     }
 
-    async fn get_states(&self, ids: &[String]) -> Result<Vec<Option<(TaskState, u32)>>> {
+    async fn final_states(&self, ids: &[String]) -> Result<Vec<Option<(TaskState, u32)>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let keys: Vec<String> = ids.iter().map(|id| done_key(id)).collect();
         Ok(self
-            .stored_statuses(ids)
+            .stored(&keys)
             .await?
             .into_iter()
             .map(|r| r.as_deref().and_then(decode_head))

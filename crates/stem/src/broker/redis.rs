@@ -28,7 +28,7 @@ use super::{
     Broker, DeadLetter, Delivery, Fetched, MalformedEntry, NewDeadLetter, Outgoing, QueueStats,
     Receipt,
 };
-use crate::backend::redis::{status_key, status_value, SET_STATUS_LUA};
+use crate::backend::redis::StatusWriter;
 use crate::envelope::{now_ms, TaskStatus, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
@@ -72,33 +72,6 @@ for _, m in ipairs(items) do
   end
 end
 return #items
-"#;
-
-/// Writes statuses (dropping lower ranks, as the backend does) and then
-/// acknowledges and deletes entries: the completer's whole batch in one
-/// call. KEYS = status keys, then one stream key per band; ARGV = ttl,
-/// status count, group, status values, then per stream: id count, ids.
-const SETTLE: &str = r#"
-local ttl = ARGV[1]
-local n = tonumber(ARGV[2])
-local group = ARGV[3]
-local a = 4
-for i = 1, n do
-  set_status(KEYS[i], ARGV[a], ttl)
-  a = a + 1
-end
-for j = n + 1, #KEYS do
-  local c = tonumber(ARGV[a])
-  a = a + 1
-  local ids = {}
-  for x = 1, c do
-    ids[x] = ARGV[a]
-    a = a + 1
-  end
-  redis.call('XACK', KEYS[j], group, unpack(ids))
-  redis.call('XDEL', KEYS[j], unpack(ids))
-end
-return 0
 "#;
 
 fn delayed_member(band: u8, wire: &WireEnvelope) -> Vec<u8> {
@@ -373,10 +346,9 @@ pub struct RedisBroker {
     blocking: Arc<Mutex<Vec<Conn>>>,
     known: Arc<Mutex<HashSet<String>>>,
     promote: Arc<Script>,
-    settle: Arc<Script>,
     dead_maxlen: usize,
-    /// Status TTL when the result backend lives on the same Redis.
-    colocated_ttl: Option<Duration>,
+    /// The backend's status writer, when it lives on the same Redis.
+    colocated: Option<StatusWriter>,
 }
 
 impl RedisBroker {
@@ -388,16 +360,15 @@ impl RedisBroker {
             blocking: Arc::new(Mutex::new(Vec::new())),
             known: Arc::new(Mutex::new(HashSet::new())),
             promote: Arc::new(Script::new(PROMOTE)),
-            settle: Arc::new(Script::new(&format!("{SET_STATUS_LUA}{SETTLE}"))),
             dead_maxlen: dead_letter_maxlen,
-            colocated_ttl: None,
+            colocated: None,
         })
     }
 
     /// Declares that the result backend (with status TTL `ttl`) lives on
     /// the same Redis, enabling the one-round-trip submit and settle.
     pub fn with_colocated_backend(mut self, ttl: Duration) -> Self {
-        self.colocated_ttl = Some(ttl);
+        self.colocated = Some(StatusWriter::new(ttl));
         self
     }
 
@@ -481,7 +452,8 @@ impl RedisBroker {
         }
     }
 
-    fn ack_into(pipe: &mut ::redis::Pipeline, receipts: &[&Receipt]) {
+    /// `XACK` and `XDEL` of `receipts`, two commands per band stream.
+    fn ack_cmds<'a>(receipts: impl IntoIterator<Item = &'a Receipt>) -> Vec<::redis::Cmd> {
         let mut by_key: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for r in receipts {
             by_key
@@ -489,9 +461,20 @@ impl RedisBroker {
                 .or_default()
                 .push(r.entry_id.as_str());
         }
+        let mut cmds = Vec::with_capacity(by_key.len() * 2);
         for (key, ids) in by_key {
-            pipe.cmd("XACK").arg(&key).arg(GROUP).arg(&ids).ignore();
-            pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
+            let mut ack = ::redis::cmd("XACK");
+            ack.arg(&key).arg(GROUP).arg(&ids);
+            let mut del = ::redis::cmd("XDEL");
+            del.arg(&key).arg(&ids);
+            cmds.extend([ack, del]);
+        }
+        cmds
+    }
+
+    fn ack_into(pipe: &mut ::redis::Pipeline, receipts: &[&Receipt]) {
+        for cmd in Self::ack_cmds(receipts.iter().copied()) {
+            pipe.add_command(cmd).ignore();
         }
     }
 
@@ -866,55 +849,27 @@ impl Broker for RedisBroker {
     }
 
     async fn submit_colocated(&self, statuses: &[TaskStatus], batch: &[Outgoing]) -> Result<bool> {
-        let Some(ttl) = self.colocated_ttl else {
+        let Some(writer) = &self.colocated else {
             return Ok(false);
         };
         if batch.is_empty() {
             return Ok(true);
         }
         self.remember(batch.iter().map(|o| &o.queue)).await?;
-        let ttl_ms = ttl.as_millis().max(1) as u64;
         let mut pipe = ::redis::pipe();
-        for s in statuses {
-            // A queued status is only ever the first record of a task.
-            pipe.cmd("SET")
-                .arg(status_key(&s.id))
-                .arg(status_value(s)?)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore();
-        }
+        writer.push_queued(&mut pipe, statuses)?;
         push_outgoing(&mut pipe, batch);
         pipe.exec_async(&mut self.conn()).await?;
         Ok(true)
     }
 
     async fn settle_colocated(&self, statuses: &[TaskStatus], acks: &[Receipt]) -> Result<bool> {
-        let Some(ttl) = self.colocated_ttl else {
+        let Some(writer) = &self.colocated else {
             return Ok(false);
         };
-        if statuses.is_empty() && acks.is_empty() {
-            return Ok(true);
-        }
-        let mut inv = self.settle.prepare_invoke();
-        inv.arg(ttl.as_millis().max(1) as u64)
-            .arg(statuses.len())
-            .arg(GROUP);
-        for s in statuses {
-            inv.key(status_key(&s.id)).arg(status_value(s)?);
-        }
-        let mut by_key: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        for r in acks {
-            by_key
-                .entry(band_key(&r.queue, r.band))
-                .or_default()
-                .push(r.entry_id.as_str());
-        }
-        for (key, ids) in by_key {
-            inv.key(key).arg(ids.len()).arg(ids);
-        }
-        let _: i64 = inv.invoke_async(&mut self.conn()).await?;
+        writer
+            .write(&mut self.conn(), statuses, Self::ack_cmds(acks))
+            .await?;
         Ok(true)
     }
 }

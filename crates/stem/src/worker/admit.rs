@@ -160,7 +160,7 @@ pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
     // A task whose status is already final is not run again, unless the
     // delivery is a newer attempt of a failed task (a replay).
     let ids: Vec<String> = runnable.iter().map(|(_, s, _)| s.id.clone()).collect();
-    let statuses = match shared.backend.get_states(&ids).await {
+    let statuses = match shared.backend.final_states(&ids).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "status pre-check failed; running the batch");
