@@ -98,13 +98,13 @@ fn published(redis: &RedisServer) -> anyhow::Result<Vec<Published>> {
         });
         if is_id {
             entries.push((None, None));
-        } else if line == "body" {
+        } else if line == "e" {
+            // The packed entry prints as four lines: attempt, kid, sig, body.
             if let Some(e) = entries.last_mut() {
+                let _attempt = lines.next();
+                e.1 = lines.next().filter(|k| !k.is_empty()).map(str::to_string);
+                let _sig = lines.next();
                 e.0 = lines.next().map(str::to_string);
-            }
-        } else if line == "kid" {
-            if let Some(e) = entries.last_mut() {
-                e.1 = lines.next().map(str::to_string);
             }
         }
     }

@@ -91,6 +91,13 @@ fn parse_list(
         if id.is_empty() {
             return Err(StemError::config(variable, "empty key id"));
         }
+        // Key ids travel inside packed stream entries, newline-separated.
+        if !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(StemError::config(
+                variable,
+                format!("key id {id:?} must be printable ASCII without spaces"),
+            ));
+        }
         let bytes = B64
             .decode(b64.trim())
             .map_err(|_| StemError::config(variable, format!("key {id:?} is not valid base64")))?;
@@ -448,6 +455,12 @@ mod tests {
     fn configuration_errors_name_the_variable() {
         let e = ring(&[("STEM_SIGNING_KEYS", "a:not base64!")]).expect_err("bad b64");
         assert!(e.to_string().starts_with("STEM_SIGNING_KEYS"), "{e}");
+        let e = ring(&[(
+            "STEM_SIGNING_KEYS",
+            &format!("a\u{7f}b:{}", generate_hmac_secret()),
+        )])
+        .expect_err("key id with a control character");
+        assert!(e.to_string().contains("printable ASCII"), "{e}");
         let e = ring(&[
             (
                 "STEM_SIGNING_KEYS",

@@ -50,41 +50,76 @@ pub fn dead_key(queue: &str) -> String {
 }
 
 /// Moves due members of a delayed set to their band streams. One call per
-/// queue per promoter tick (not per task). Member = band \n attempt \n kid
-/// \n sig \n body.
+/// queue per promoter tick (not per task). Member = band \n packed entry.
 const PROMOTE: &str = r#"
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, m in ipairs(items) do
   redis.call('ZREM', KEYS[1], m)
   local p1 = string.find(m, '\n', 1, true)
-  local p2 = string.find(m, '\n', p1 + 1, true)
-  local p3 = string.find(m, '\n', p2 + 1, true)
-  local p4 = string.find(m, '\n', p3 + 1, true)
   local band = tonumber(string.sub(m, 1, p1 - 1))
-  local attempt = string.sub(m, p1 + 1, p2 - 1)
-  local kid = string.sub(m, p2 + 1, p3 - 1)
-  local sig = string.sub(m, p3 + 1, p4 - 1)
-  local body = string.sub(m, p4 + 1)
-  if kid == '' then
-    redis.call('XADD', KEYS[2 + band], '*', 'body', body, 'attempt', attempt)
-  else
-    redis.call('XADD', KEYS[2 + band], '*', 'body', body, 'attempt', attempt, 'kid', kid, 'sig', sig)
-  end
+  redis.call('XADD', KEYS[2 + band], '*', 'e', string.sub(m, p1 + 1))
 end
 return #items
 "#;
 
-fn delayed_member(band: u8, wire: &WireEnvelope) -> Vec<u8> {
-    let mut m = Vec::with_capacity(wire.body.len() + 128);
-    m.extend_from_slice(format!("{}\n{}\n", band.min(MAX_PRIORITY), wire.attempt).as_bytes());
-    m.extend_from_slice(wire.key_id.as_deref().unwrap_or("").as_bytes());
-    m.push(b'\n');
-    m.extend_from_slice(wire.signature.as_deref().unwrap_or("").as_bytes());
+/// Field name of the packed envelope in a stream entry.
+const ENTRY_FIELD: &str = "e";
+
+/// A stream entry's one field: `attempt \n kid \n sig \n body` (kid and sig
+/// empty when unsigned). One value instead of four pairs: cheaper for Redis
+/// to store and send and for the worker to parse.
+fn pack_entry(wire: &WireEnvelope) -> Vec<u8> {
+    let kid = wire.key_id.as_deref().unwrap_or("");
+    let sig = wire.signature.as_deref().unwrap_or("");
+    let mut m = Vec::with_capacity(wire.body.len() + kid.len() + sig.len() + 16);
+    m.extend_from_slice(wire.attempt.to_string().as_bytes());
+    for part in [kid.as_bytes(), sig.as_bytes()] {
+        m.push(b'\n');
+        m.extend_from_slice(part);
+    }
     m.push(b'\n');
     m.extend_from_slice(&wire.body);
     m
 }
 
+/// Reads [`pack_entry`]'s form back; the body is a slice of `packed`, not
+/// a copy.
+fn unpack_entry(packed: Vec<u8>) -> std::result::Result<WireEnvelope, (String, Vec<u8>)> {
+    let mut cuts = packed
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i);
+    let (Some(p1), Some(p2), Some(p3)) = (cuts.next(), cuts.next(), cuts.next()) else {
+        return Err(("packed entry has fewer than four parts".into(), packed));
+    };
+    let text = |r: std::ops::Range<usize>| {
+        std::str::from_utf8(&packed[r])
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let Some(attempt) = text(0..p1).and_then(|a| a.parse::<u32>().ok()) else {
+        return Err(("attempt is not a number".into(), packed));
+    };
+    let (key_id, signature) = (text(p1 + 1..p2), text(p2 + 1..p3));
+    Ok(WireEnvelope {
+        body: Bytes::from(packed).slice(p3 + 1..),
+        key_id,
+        signature,
+        attempt,
+    })
+}
+
+fn delayed_member(band: u8, wire: &WireEnvelope) -> Vec<u8> {
+    let mut m = format!("{}\n", band.min(MAX_PRIORITY)).into_bytes();
+    m.extend(pack_entry(wire));
+    m
+}
+
+/// The dead-letter stream's envelope fields (kept readable field by field
+/// for operators; not on the hot path). Stream entries written before
+/// packing used the same fields.
 fn wire_fields(wire: &WireEnvelope) -> Vec<(&'static str, Vec<u8>)> {
     let mut f = vec![
         ("body", wire.body.to_vec()),
@@ -133,6 +168,12 @@ fn take_bytes(map: &mut HashMap<String, Value>, name: &str) -> Option<Vec<u8>> {
 fn decode_owned(
     mut map: HashMap<String, Value>,
 ) -> std::result::Result<WireEnvelope, (String, HashMap<String, Value>)> {
+    if let Some(packed) = take_bytes(&mut map, ENTRY_FIELD) {
+        return unpack_entry(packed).map_err(|(error, packed)| {
+            map.insert(ENTRY_FIELD.into(), Value::BulkString(packed));
+            (error, map)
+        });
+    }
     let Some(body) = take_bytes(&mut map, "body") else {
         return Err(("entry has no body field".into(), map));
     };
@@ -216,6 +257,30 @@ fn text(v: &Value) -> Option<&str> {
 /// values: the body's bytes are moved, not copied, and no field map is
 /// built unless the entry is malformed.
 fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>) -> Fetched {
+    // The packed form: one field.
+    let mut fields = fields;
+    if let [k, Value::BulkString(packed)] = fields.as_mut_slice() {
+        if text(k) == Some(ENTRY_FIELD) {
+            let packed = std::mem::take(packed);
+            let receipt = Receipt {
+                queue: queue.to_string(),
+                band,
+                entry_id,
+            };
+            return match unpack_entry(packed) {
+                Ok(wire) => Fetched::Task(Delivery { receipt, wire }),
+                Err((error, packed)) => Fetched::Malformed(MalformedEntry {
+                    receipt,
+                    raw: raw_text(&HashMap::from([(
+                        ENTRY_FIELD.to_string(),
+                        Value::BulkString(packed),
+                    )])),
+                    error,
+                }),
+            };
+        }
+    }
+    // Entries written before packing: body, attempt, kid, sig.
     let (mut body, mut attempt, mut kid, mut sig) = (None, None, None, None);
     let mut pairs = fields.into_iter();
     let mut all = Vec::new();
@@ -317,7 +382,7 @@ fn push_outgoing(pipe: &mut ::redis::Pipeline, batch: &[Outgoing]) {
                 pipe.xadd(
                     band_key(&o.queue, o.priority.min(MAX_PRIORITY)),
                     "*",
-                    &wire_fields(&o.wire),
+                    &[(ENTRY_FIELD, pack_entry(&o.wire))],
                 )
                 .ignore();
             }
@@ -672,7 +737,7 @@ impl Broker for RedisBroker {
         pipe.xadd(
             band_key(&receipt.queue, priority.min(MAX_PRIORITY)),
             "*",
-            &wire_fields(&wire),
+            &[(ENTRY_FIELD, pack_entry(&wire))],
         )
         .ignore();
         pipe.exec_async(&mut self.conn()).await?;
@@ -749,8 +814,12 @@ impl Broker for RedisBroker {
         let mut pipe = ::redis::pipe();
         pipe.atomic();
         pipe.xdel(dead_key(queue), &[id]);
-        pipe.xadd(band_key(queue, band), "*", &wire_fields(&wire))
-            .ignore();
+        pipe.xadd(
+            band_key(queue, band),
+            "*",
+            &[(ENTRY_FIELD, pack_entry(&wire))],
+        )
+        .ignore();
         let (deleted,): (u64,) = pipe.query_async(&mut self.conn()).await?;
         if deleted == 0 {
             return Ok(None);
@@ -871,5 +940,77 @@ impl Broker for RedisBroker {
             .write(&mut self.conn(), statuses, Self::ack_cmds(acks))
             .await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(signed: bool) -> WireEnvelope {
+        WireEnvelope {
+            body: Bytes::from_static(b"{\"id\":\"t1\",\"args\":\"a\\nb\"}"),
+            key_id: signed.then(|| "k1".to_string()),
+            signature: signed.then(|| "c2ln".to_string()),
+            attempt: 3,
+        }
+    }
+
+    #[test]
+    fn packed_entries_round_trip() {
+        for signed in [true, false] {
+            let w = wire(signed);
+            let back = unpack_entry(pack_entry(&w)).expect("unpacks");
+            assert_eq!(back.body, w.body);
+            assert_eq!(back.key_id, w.key_id);
+            assert_eq!(back.signature, w.signature);
+            assert_eq!(back.attempt, 3);
+        }
+    }
+
+    #[test]
+    fn a_delayed_member_is_the_band_and_the_packed_entry() {
+        let w = wire(true);
+        let m = delayed_member(12, &w);
+        assert_eq!(m, [b"9\n".as_slice(), &pack_entry(&w)].concat());
+    }
+
+    #[test]
+    fn malformed_packed_entries_are_rejected_with_their_bytes() {
+        for bad in [&b"3\nk1"[..], b"x\nk1\nsig\n{}", b""] {
+            let (error, raw) = unpack_entry(bad.to_vec()).expect_err("malformed");
+            assert!(!error.is_empty());
+            assert_eq!(raw, bad);
+        }
+    }
+
+    #[test]
+    fn reply_entries_decode_packed_and_field_by_field() {
+        let w = wire(true);
+        let packed = vec![
+            Value::BulkString(b"e".to_vec()),
+            Value::BulkString(pack_entry(&w)),
+        ];
+        let legacy = vec![
+            Value::BulkString(b"body".to_vec()),
+            Value::BulkString(w.body.to_vec()),
+            Value::BulkString(b"attempt".to_vec()),
+            Value::BulkString(b"3".to_vec()),
+            Value::BulkString(b"kid".to_vec()),
+            Value::BulkString(b"k1".to_vec()),
+            Value::BulkString(b"sig".to_vec()),
+            Value::BulkString(b"c2ln".to_vec()),
+        ];
+        for fields in [packed, legacy] {
+            match entry_to_fetched("q", 0, "1-0".into(), fields) {
+                Fetched::Task(d) => {
+                    assert_eq!(d.wire.body, w.body);
+                    assert_eq!(d.wire.key_id.as_deref(), Some("k1"));
+                    assert_eq!(d.wire.signature.as_deref(), Some("c2ln"));
+                    assert_eq!(d.wire.attempt, 3);
+                }
+                Fetched::Malformed(m) => panic!("malformed: {}", m.error),
+            }
+        }
     }
 }
