@@ -310,18 +310,27 @@ async fn all_letters(stem: &Stem, queue: &str) -> anyhow::Result<Vec<DeadLetter>
     Ok(v)
 }
 
-/// Replays one entry and records `queued` for its new attempt; `None` when
-/// it could not be replayed (malformed, or gone).
+/// Records `queued` for the entry's new attempt, then replays it; `None`
+/// when it could not be replayed (malformed, or gone). The status goes
+/// first so that it has reopened the task (the old `failed` no longer
+/// blocks the new result) before any worker can run the replayed copy.
 async fn replay_one(stem: &Stem, queue: &str, l: &DeadLetter) -> anyhow::Result<Option<ReplayRow>> {
-    let Some(wire) = stem.broker().replay_dead_letter(queue, &l.id).await? else {
+    let Some(old) = &l.wire else {
         return Ok(None);
     };
-    let spec = wire
+    let spec = old
         .spec()
         .with_context(|| format!("dead letter {} has an undecodable envelope", l.id))?;
     stem.backend()
-        .set_statuses(&[TaskStatus::for_spec(&spec, TaskState::Queued, wire.attempt)])
+        .set_statuses(&[TaskStatus::for_spec(
+            &spec,
+            TaskState::Queued,
+            old.attempt + 1,
+        )])
         .await?;
+    let Some(wire) = stem.broker().replay_dead_letter(queue, &l.id).await? else {
+        return Ok(None);
+    };
     if let Some(now) = stem.status(&spec.id).await? {
         if now.state == TaskState::Cancelled {
             eprintln!(

@@ -7,7 +7,8 @@ use std::sync::Once;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ClientTlsConfig, TlsCertificates};
+use redis::io::tcp::TcpSettings;
+use redis::{Client, ClientTlsConfig, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
 use crate::config::TlsSettings;
 use crate::error::{Result, StemError};
@@ -21,11 +22,20 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// `url` with `TCP_NODELAY` on: requests are small and awaited, so
+/// Nagle's algorithm would only hold a second in-flight request back until
+/// the first is acknowledged (the redis crate leaves it off by default).
+fn connection_info(url: &str) -> Result<ConnectionInfo> {
+    Ok(url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true)))
+}
+
 /// Builds a Redis client for `url` with the TLS material in `tls`.
 pub fn client(url: &str, tls: &TlsSettings) -> Result<Client> {
     install_crypto_provider();
     if !url.starts_with("rediss://") {
-        return Ok(Client::open(url)?);
+        return Ok(Client::open(connection_info(url)?)?);
     }
     let mut url = url.to_string();
     if tls.allow_insecure && !url.contains("#insecure") {
@@ -46,10 +56,10 @@ pub fn client(url: &str, tls: &TlsSettings) -> Result<Client> {
         _ => None,
     };
     if tls.ca_cert.is_none() && client_tls.is_none() {
-        return Ok(Client::open(url.as_str())?);
+        return Ok(Client::open(connection_info(&url)?)?);
     }
     Client::build_with_tls(
-        url.as_str(),
+        connection_info(&url)?,
         TlsCertificates {
             client_tls,
             root_cert: tls.ca_cert.clone(),

@@ -113,6 +113,34 @@ async fn terminal_statuses_follow_rank(a: Adapters) -> anyhow::Result<()> {
         a.backend.final_states(std::slice::from_ref(&r.id)).await?,
         vec![Some((TaskState::Failed, 2))]
     );
+
+    // A newer attempt already running is not hidden by an older attempt's
+    // late result, whether it arrives later or in the same batch.
+    for together in [false, true] {
+        let n = spec();
+        let set = |state, attempt| TaskStatus::for_spec(&n, state, attempt);
+        if together {
+            a.backend
+                .set_statuses(&[set(TaskState::Succeeded, 0), set(TaskState::Running, 1)])
+                .await?;
+        } else {
+            a.backend
+                .set_statuses(&[set(TaskState::Running, 1)])
+                .await?;
+            a.backend
+                .set_statuses(&[set(TaskState::Succeeded, 0)])
+                .await?;
+        }
+        assert_eq!(
+            state_of(&a, &n.id).await?,
+            Some((TaskState::Running, 1)),
+            "together: {together}"
+        );
+        a.backend
+            .set_statuses(&[set(TaskState::Succeeded, 1)])
+            .await?;
+        assert_eq!(state_of(&a, &n.id).await?, Some((TaskState::Succeeded, 1)));
+    }
     Ok(())
 }
 

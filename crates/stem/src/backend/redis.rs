@@ -10,10 +10,12 @@
 //!
 //! A task's status is the higher-ranked of its two records, so a status
 //! never moves backwards. Terminal statuses, the hot path, are written
-//! without a script: `SET stem:done:<id> … NX PX` (the first terminal
-//! write wins at once) plus one `DEL` of the batch's live keys. Only when
-//! a terminal status is already stored (a duplicate delivery, a revoke
-//! after the result) does a script compare ranks. Live statuses go through
+//! without a script, in one `MULTI`: `SET stem:done:<id> … NX PX` (the
+//! first terminal write wins at once) and `GETDEL` of the live key. Only
+//! when a terminal status is already stored (a duplicate delivery, a
+//! revoke after the result) does a script compare ranks, and only when the
+//! deleted live status outranks the terminal one (a newer attempt is
+//! already running) is it put back. Live statuses go through
 //! a script that drops a write ranked below the stored terminal status and
 //! deletes a terminal status that a newer attempt outranks (a dead-letter
 //! replay).
@@ -104,9 +106,15 @@ fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-fn rank_of(raw: &[u8]) -> Option<u64> {
+/// Splits a stored status into its rank and its JSON.
+fn split_stored(raw: &[u8]) -> Option<(u64, &[u8])> {
     let bar = raw.iter().position(|b| *b == b'|')?;
-    std::str::from_utf8(&raw[..bar]).ok()?.parse().ok()
+    let rank = std::str::from_utf8(&raw[..bar]).ok()?.parse().ok()?;
+    Some((rank, &raw[bar + 1..]))
+}
+
+fn rank_of(raw: &[u8]) -> Option<u64> {
+    split_stored(raw).map(|(rank, _)| rank)
 }
 
 /// The two fields of a stored status the admission check reads; serde
@@ -118,14 +126,12 @@ struct StatusHead {
 }
 
 fn decode_head(raw: &[u8]) -> Option<(TaskState, u32)> {
-    let bar = raw.iter().position(|b| *b == b'|')?;
-    let h: StatusHead = serde_json::from_slice(&raw[bar + 1..]).ok()?;
+    let h: StatusHead = serde_json::from_slice(split_stored(raw)?.1).ok()?;
     Some((h.state, h.attempt))
 }
 
 fn decode_status(raw: &[u8]) -> Option<TaskStatus> {
-    let bar = raw.iter().position(|b| *b == b'|')?;
-    serde_json::from_slice(&raw[bar + 1..]).ok()
+    serde_json::from_slice(split_stored(raw)?.1).ok()
 }
 
 /// Writes statuses the way this module's key layout needs; shared by the
@@ -164,9 +170,14 @@ impl StatusWriter {
 
     /// Writes `statuses`: live ones through the rank script first (so a
     /// replay's reopening lands before a terminal write of the same batch),
-    /// then terminal ones with `SET NX` and one `DEL` of their live keys,
-    /// followed by the `extra` commands (replies ignored), in one pipeline. Terminal
-    /// writes that met a stored terminal status go through the rank script.
+    /// then, in one `MULTI` transaction, terminal ones with `SET NX`, a
+    /// `GETDEL` of each one's live key, and the `extra` commands (replies
+    /// ignored). A refused command aborts the whole transaction, so the
+    /// `extra` commands (the broker's acks) never run without the statuses.
+    /// Afterwards, rarely: terminal writes that met a stored terminal status
+    /// go through the rank script, and a live status that outranks the
+    /// terminal one just written (a newer attempt already running) is put
+    /// back.
     pub(crate) async fn write(
         &self,
         conn: &mut Conn,
@@ -185,7 +196,11 @@ impl StatusWriter {
             }
             let _: i64 = inv.invoke_async(conn).await?;
         }
+        if done.is_empty() && extra.is_empty() {
+            return Ok(());
+        }
         let mut pipe = ::redis::pipe();
+        pipe.atomic();
         let mut values = Vec::with_capacity(done.len());
         for s in &done {
             let v = status_value(s)?;
@@ -197,30 +212,42 @@ impl StatusWriter {
                 .arg(self.ttl_ms);
             values.push(v);
         }
-        if !done.is_empty() {
-            let keys: Vec<String> = done.iter().map(|s| status_key(&s.id)).collect();
-            pipe.cmd("DEL").arg(keys).ignore();
+        for s in &done {
+            pipe.cmd("GETDEL").arg(status_key(&s.id));
         }
         for cmd in extra {
             pipe.add_command(cmd).ignore();
         }
-        if pipe.is_empty() {
-            return Ok(());
-        }
         let replies: Vec<Value> = pipe.query_async(conn).await?;
-        let mut inv = self.done.prepare_invoke();
-        inv.arg(self.ttl_ms);
-        let mut taken = 0;
-        for ((s, v), reply) in done.iter().zip(values).zip(replies) {
-            if reply == Value::Nil {
-                inv.key(done_key(&s.id)).arg(v);
-                taken += 1;
+        let (set, old_live) = replies.split_at(done.len().min(replies.len()));
+        let mut ranked = self.done.prepare_invoke();
+        ranked.arg(self.ttl_ms);
+        let mut any_ranked = false;
+        let mut put_back = ::redis::pipe();
+        for (((s, v), set), old) in done.iter().zip(values).zip(set).zip(old_live) {
+            if *set == Value::Nil {
+                ranked.key(done_key(&s.id)).arg(v);
+                any_ranked = true;
+            }
+            if let Value::BulkString(old) = old {
+                if rank_of(old).is_some_and(|r| r > s.rank()) {
+                    put_back
+                        .cmd("SET")
+                        .arg(status_key(&s.id))
+                        .arg(old)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(self.ttl_ms)
+                        .ignore();
+                }
             }
         }
-        if taken == 0 {
-            return Ok(());
+        if any_ranked {
+            let _: i64 = ranked.invoke_async(conn).await?;
         }
-        let _: i64 = inv.invoke_async(conn).await?;
+        if !put_back.is_empty() {
+            put_back.exec_async(conn).await?;
+        }
         Ok(())
     }
 }
@@ -229,7 +256,6 @@ impl StatusWriter {
 #[derive(Clone)]
 pub struct RedisBackend {
     conn: Conn,
-    ttl: Duration,
     writer: StatusWriter,
 }
 
@@ -246,13 +272,12 @@ impl RedisBackend {
     pub fn new(client: Client, ttl: Duration) -> Result<Self> {
         Ok(RedisBackend {
             conn: connection(client, COMMAND_TIMEOUT)?,
-            ttl,
             writer: StatusWriter::new(ttl),
         })
     }
 
     fn ttl_ms(&self) -> u64 {
-        self.ttl.as_millis() as u64
+        self.writer.ttl_ms
     }
 }
 

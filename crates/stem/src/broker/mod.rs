@@ -210,7 +210,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// When co-located with the backend: writes `statuses` (with the
     /// backend's never-backwards rule) and then acknowledges `acks`, in one
-    /// pipeline on one connection, so the results land before the acks.
+    /// transaction, so no ack lands without its result.
     /// `Ok(false)` means "not co-located".
     async fn settle_colocated(&self, _statuses: &[TaskStatus], _acks: &[Receipt]) -> Result<bool> {
         Ok(false)

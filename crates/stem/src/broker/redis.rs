@@ -56,8 +56,14 @@ local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 
 for _, m in ipairs(items) do
   redis.call('ZREM', KEYS[1], m)
   local p1 = string.find(m, '\n', 1, true)
-  local band = tonumber(string.sub(m, 1, p1 - 1))
-  redis.call('XADD', KEYS[2 + band], '*', 'e', string.sub(m, p1 + 1))
+  local band = p1 and tonumber(string.sub(m, 1, p1 - 1))
+  if band and band >= 0 and band <= 9 and math.floor(band) == band then
+    redis.call('XADD', KEYS[2 + band], '*', 'e', string.sub(m, p1 + 1))
+  else
+    -- Garbage: into band 0 as it is, where a worker dead-letters it as
+    -- malformed with its bytes.
+    redis.call('XADD', KEYS[2], '*', 'e', m)
+  end
 end
 return #items
 "#;
@@ -93,16 +99,16 @@ fn unpack_entry(packed: Vec<u8>) -> std::result::Result<WireEnvelope, (String, V
     let (Some(p1), Some(p2), Some(p3)) = (cuts.next(), cuts.next(), cuts.next()) else {
         return Err(("packed entry has fewer than four parts".into(), packed));
     };
-    let text = |r: std::ops::Range<usize>| {
+    let part = |r: std::ops::Range<usize>| {
         std::str::from_utf8(&packed[r])
             .ok()
             .filter(|s| !s.is_empty())
             .map(str::to_string)
     };
-    let Some(attempt) = text(0..p1).and_then(|a| a.parse::<u32>().ok()) else {
+    let Some(attempt) = part(0..p1).and_then(|a| a.parse::<u32>().ok()) else {
         return Err(("attempt is not a number".into(), packed));
     };
-    let (key_id, signature) = (text(p1 + 1..p2), text(p2 + 1..p3));
+    let (key_id, signature) = (part(p1 + 1..p2), part(p2 + 1..p3));
     Ok(WireEnvelope {
         body: Bytes::from(packed).slice(p3 + 1..),
         key_id,
