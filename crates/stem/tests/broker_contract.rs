@@ -356,3 +356,43 @@ contract_suite!(
     blocked_fetch_does_not_delay_other_queues,
     blocking_fetch_wakes_on_publish,
 );
+
+/// Redis only: a delayed-set member that does not parse (written by hand
+/// or by a foreign producer) does not fail the promoter for its queue: it
+/// is moved into band 0 as it is and fetched as a malformed entry with its
+/// bytes, beside a valid member promoted as usual.
+#[tokio::test]
+async fn garbage_delayed_members_are_promoted_as_malformed() -> anyhow::Result<()> {
+    let a = common::redis()?;
+    let redis = a
+        .redis
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no redis"))?;
+    a.broker.register_queues(&q("c12")).await?;
+    let mut o = out("c12", 2, &wire("c12", 2));
+    o.not_before_ms = Some(now_ms() + 50);
+    a.broker.publish(vec![o]).await?;
+    for member in ["no newline here", "12\nx"] {
+        redis.cli(&["ZADD", "stem:{c12}:delayed", "0", member])?;
+    }
+    poll("promotion", Duration::from_secs(5), || async {
+        let moved = a.broker.promote_due(&q("c12"), now_ms()).await?;
+        let s = a.broker.stats("c12").await?;
+        Ok((moved > 0 && s.delayed == 0).then_some(()))
+    })
+    .await?;
+    let got = a.broker.fetch("w", &q("c12"), 10, NO_BLOCK).await?;
+    let mut raw: Vec<String> = got
+        .iter()
+        .filter_map(|f| match f {
+            Fetched::Malformed(m) => Some(m.raw.clone()),
+            Fetched::Task(_) => None,
+        })
+        .collect();
+    raw.sort();
+    assert_eq!(got.len(), 3, "{raw:?}");
+    assert_eq!(raw.len(), 2, "{raw:?}");
+    assert!(raw[0].contains("12\\nx"), "{raw:?}");
+    assert!(raw[1].contains("no newline here"), "{raw:?}");
+    Ok(())
+}
