@@ -352,7 +352,7 @@ pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Rep
     for run in 0..opts.runs {
         let r = rig()?;
         // The default path: producer and worker share the Redis, so an
-        // enqueue is one round trip and a settle is one script call; the
+        // enqueue is one round trip and a settle is one MULTI transaction; the
         // timing wrapper notes when that call returned.
         let timing = Arc::new(TimingBroker {
             inner: r.stem.broker(),

@@ -189,7 +189,7 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
 
     // 1. Statuses first. Without them nothing is acknowledged. When the
     // backend shares the broker's Redis and no group result has to land in
-    // between, statuses and acks go in one atomic script call.
+    // between, statuses and acks go in one transaction.
     let colocated = p.groups.is_empty();
     let mut acked = false;
     let mut failures = 0u32;
