@@ -202,20 +202,6 @@ fn decode_owned(
     })
 }
 
-fn decode_wire(map: &HashMap<String, Value>) -> std::result::Result<WireEnvelope, String> {
-    let body = field_bytes(map, "body").ok_or("entry has no body field")?;
-    let attempt = field_string(map, "attempt")
-        .ok_or("entry has no attempt field")?
-        .parse::<u32>()
-        .map_err(|_| "attempt is not a number".to_string())?;
-    Ok(WireEnvelope {
-        body: Bytes::from(body),
-        key_id: field_string(map, "kid").filter(|s| !s.is_empty()),
-        signature: field_string(map, "sig").filter(|s| !s.is_empty()),
-        attempt,
-    })
-}
-
 fn to_fetched(queue: &str, band: u8, entry: StreamId) -> Fetched {
     fields_to_fetched(queue, band, entry.id, entry.map)
 }
@@ -576,7 +562,7 @@ impl RedisBroker {
             dead_at_ms: field_string(map, "dead_at")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
-            wire: decode_wire(map).ok(),
+            wire: decode_owned(map.clone()).ok(),
             raw: field_string(map, "raw"),
         }
     }
