@@ -153,16 +153,21 @@ impl StatusWriter {
         }
     }
 
+    /// Adds `SET key value NX PX <ttl>` to `pipe` (reply kept).
+    fn set_nx<'p>(&self, pipe: &'p mut Pipeline, key: String, value: &[u8]) -> &'p mut Pipeline {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttl_ms)
+    }
+
     /// Adds the first record of new tasks (`queued`) to `pipe`: `SET NX`,
     /// since a queued status is only ever a task's first record.
     pub(crate) fn push_queued(&self, pipe: &mut Pipeline, statuses: &[TaskStatus]) -> Result<()> {
         for s in statuses {
-            pipe.cmd("SET")
-                .arg(status_key(&s.id))
-                .arg(status_value(s)?)
-                .arg("NX")
-                .arg("PX")
-                .arg(self.ttl_ms)
+            self.set_nx(pipe, status_key(&s.id), &status_value(s)?)
                 .ignore();
         }
         Ok(())
@@ -204,12 +209,7 @@ impl StatusWriter {
         let mut values = Vec::with_capacity(done.len());
         for s in &done {
             let v = status_value(s)?;
-            pipe.cmd("SET")
-                .arg(done_key(&s.id))
-                .arg(&v)
-                .arg("NX")
-                .arg("PX")
-                .arg(self.ttl_ms);
+            self.set_nx(&mut pipe, done_key(&s.id), &v);
             values.push(v);
         }
         for s in &done {
@@ -231,14 +231,7 @@ impl StatusWriter {
             }
             if let Value::BulkString(old) = old {
                 if rank_of(old).is_some_and(|r| r > s.rank()) {
-                    put_back
-                        .cmd("SET")
-                        .arg(status_key(&s.id))
-                        .arg(old)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(self.ttl_ms)
-                        .ignore();
+                    self.set_nx(&mut put_back, status_key(&s.id), old).ignore();
                 }
             }
         }

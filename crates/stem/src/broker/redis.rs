@@ -117,6 +117,16 @@ fn unpack_entry(packed: Vec<u8>) -> std::result::Result<WireEnvelope, (String, V
     })
 }
 
+/// Adds the `XADD` of `wire` to band `band` of `queue` (reply ignored).
+fn add_entry(pipe: &mut ::redis::Pipeline, queue: &str, band: u8, wire: &WireEnvelope) {
+    pipe.xadd(
+        band_key(queue, band.min(MAX_PRIORITY)),
+        "*",
+        &[(ENTRY_FIELD, pack_entry(wire))],
+    )
+    .ignore();
+}
+
 fn delayed_member(band: u8, wire: &WireEnvelope) -> Vec<u8> {
     let mut m = format!("{}\n", band.min(MAX_PRIORITY)).into_bytes();
     m.extend(pack_entry(wire));
@@ -253,22 +263,22 @@ fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>)
     let mut fields = fields;
     if let [k, Value::BulkString(packed)] = fields.as_mut_slice() {
         if text(k) == Some(ENTRY_FIELD) {
-            let packed = std::mem::take(packed);
-            let receipt = Receipt {
-                queue: queue.to_string(),
-                band,
-                entry_id,
-            };
-            return match unpack_entry(packed) {
-                Ok(wire) => Fetched::Task(Delivery { receipt, wire }),
-                Err((error, packed)) => Fetched::Malformed(MalformedEntry {
-                    receipt,
-                    raw: raw_text(&HashMap::from([(
-                        ENTRY_FIELD.to_string(),
-                        Value::BulkString(packed),
-                    )])),
-                    error,
+            return match unpack_entry(std::mem::take(packed)) {
+                Ok(wire) => Fetched::Task(Delivery {
+                    receipt: Receipt {
+                        queue: queue.to_string(),
+                        band,
+                        entry_id,
+                    },
+                    wire,
                 }),
+                // Rare: the map-based path reports it with its raw bytes.
+                Err((_, packed)) => fields_to_fetched(
+                    queue,
+                    band,
+                    entry_id,
+                    HashMap::from([(ENTRY_FIELD.to_string(), Value::BulkString(packed))]),
+                ),
             };
         }
     }
@@ -371,12 +381,7 @@ fn push_outgoing(pipe: &mut ::redis::Pipeline, batch: &[Outgoing]) {
                 .ignore();
             }
             _ => {
-                pipe.xadd(
-                    band_key(&o.queue, o.priority.min(MAX_PRIORITY)),
-                    "*",
-                    &[(ENTRY_FIELD, pack_entry(&o.wire))],
-                )
-                .ignore();
+                add_entry(pipe, &o.queue, o.priority, &o.wire);
             }
         }
     }
@@ -726,12 +731,7 @@ impl Broker for RedisBroker {
         let mut pipe = ::redis::pipe();
         pipe.atomic();
         Self::ack_into(&mut pipe, &[receipt]);
-        pipe.xadd(
-            band_key(&receipt.queue, priority.min(MAX_PRIORITY)),
-            "*",
-            &[(ENTRY_FIELD, pack_entry(&wire))],
-        )
-        .ignore();
+        add_entry(&mut pipe, &receipt.queue, priority, &wire);
         pipe.exec_async(&mut self.conn()).await?;
         Ok(())
     }
@@ -806,12 +806,7 @@ impl Broker for RedisBroker {
         let mut pipe = ::redis::pipe();
         pipe.atomic();
         pipe.xdel(dead_key(queue), &[id]);
-        pipe.xadd(
-            band_key(queue, band),
-            "*",
-            &[(ENTRY_FIELD, pack_entry(&wire))],
-        )
-        .ignore();
+        add_entry(&mut pipe, queue, band, &wire);
         let (deleted,): (u64,) = pipe.query_async(&mut self.conn()).await?;
         if deleted == 0 {
             return Ok(None);
