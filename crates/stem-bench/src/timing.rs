@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stem::broker::{Broker, DeadLetter, Fetched, NewDeadLetter, Outgoing, QueueStats, Receipt};
+use stem::broker::{
+    Broker, DeadLetter, Fetched, NewDeadLetter, Outgoing, QueueStats, Receipt, SubmitOnce,
+};
 use stem::envelope::{TaskState, TaskStatus, WireEnvelope};
 use stem::Result;
 
@@ -31,6 +33,13 @@ impl Broker for TimingBroker {
     }
     async fn submit_colocated(&self, statuses: &[TaskStatus], batch: &[Outgoing]) -> Result<bool> {
         self.inner.submit_colocated(statuses, batch).await
+    }
+    async fn submit_once_colocated(
+        &self,
+        once: &SubmitOnce<'_>,
+        out: &Outgoing,
+    ) -> Result<Option<Option<String>>> {
+        self.inner.submit_once_colocated(once, out).await
     }
     async fn publish(&self, batch: Vec<Outgoing>) -> Result<()> {
         self.inner.publish(batch).await

@@ -12,17 +12,19 @@
 //! was awaited and what was last seen.
 
 use std::future::Future;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 use stem::broker::redis::RedisBroker;
 use stem::broker::{Broker, DeadLetter};
 use stem::config::TlsSettings;
 
 pub use stem_testkit::{
-    binary_path, free_port, RedisOptions, RedisServer, ServiceProcess, TlsAssets, TlsMode,
+    binary_path, free_port, Fault, FaultProxy, Pattern, RedisOptions, RedisServer, ServiceProcess,
+    TlsAssets, TlsMode,
 };
 
 /// What the demo task body logs at the start of every execution.
@@ -435,8 +437,197 @@ pub async fn wait_body_running(
 }
 
 // ---------------------------------------------------------------------------
+// The operator CLI
+// ---------------------------------------------------------------------------
+
+/// One finished `stem` invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// Fails unless the exit code is `code`.
+    pub fn expect(self, code: i32) -> anyhow::Result<Run> {
+        ensure!(
+            self.code == Some(code),
+            "expected exit {code}, got {}",
+            self.describe()
+        );
+        Ok(self)
+    }
+
+    /// stdout parsed as JSON.
+    pub fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("stdout is not JSON: {}", self.describe()))
+    }
+}
+
+/// The `stem` binary with a clean `STEM_*` environment plus `envs`.
+#[derive(Clone, Debug)]
+pub struct Stem {
+    envs: Vec<(String, String)>,
+}
+
+impl Stem {
+    pub fn new(url: &str) -> Self {
+        Stem {
+            envs: vec![("STEM_BROKER_URL".into(), url.into())],
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(binary_path("stem")?);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("STEM_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v))).args(args);
+        Ok(cmd)
+    }
+
+    /// Starts `stem args` in the background (stdout and stderr piped);
+    /// [`Stem::finish`] collects it.
+    pub fn spawn(&self, args: &[&str]) -> anyhow::Result<std::process::Child> {
+        self.command(args)?
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning stem {args:?}"))
+    }
+
+    /// Waits for a [`Stem::spawn`]ed run (on a blocking thread).
+    pub async fn finish(child: std::process::Child) -> anyhow::Result<Run> {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .context("joining the stem run")?
+            .context("waiting for stem")?;
+        Ok(Run {
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    /// Runs `stem args` to completion.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Run> {
+        let mut cmd = self.command(args)?;
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd
+            .output()
+            .with_context(|| format!("running stem {args:?}"))?;
+        Ok(Run {
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    /// Runs and requires exit 0.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<Run> {
+        self.run(args)?
+            .expect(0)
+            .with_context(|| format!("stem {}", args.join(" ")))
+    }
+
+    /// Runs with `--json` appended, requires exit 0, parses stdout.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        self.ok(&all)?.json()
+    }
+
+    /// `task status ID --json` → state.
+    pub fn state(&self, id: &str) -> anyhow::Result<String> {
+        let v = self.json(&["task", "status", id])?;
+        Ok(v["state"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Redis
 // ---------------------------------------------------------------------------
+
+/// The packed entries (`attempt\nkid\nsig\nbody`) of stream `key`, oldest
+/// first, read with a plain Redis client.
+pub async fn packed_entries(url: &str, key: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .filter_map(|e| match e.map.get("e") {
+            Some(redis::Value::BulkString(b)) => Some(b.clone()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Splits a packed entry into `(attempt, kid, sig, body)`.
+pub fn unpack(packed: &[u8]) -> anyhow::Result<(String, String, String, Vec<u8>)> {
+    let mut parts = packed.splitn(4, |b| *b == b'\n');
+    let mut text = || -> anyhow::Result<String> {
+        Ok(String::from_utf8(
+            parts.next().context("short packed entry")?.to_vec(),
+        )?)
+    };
+    let (attempt, kid, sig) = (text()?, text()?, text()?);
+    let body = parts.next().context("packed entry without body")?.to_vec();
+    Ok((attempt, kid, sig, body))
+}
+
+/// A packed entry from its parts, as a stream writer would forge it.
+pub fn pack(attempt: &str, kid: &str, sig: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = format!("{attempt}\n{kid}\n{sig}\n").into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
+/// `XADD key * e packed`, as anyone who can write to the stream can.
+pub async fn inject(url: &str, key: &str, packed: &[u8]) -> anyhow::Result<()> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let _: String = redis::cmd("XADD")
+        .arg(key)
+        .arg("*")
+        .arg("e")
+        .arg(packed)
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
 
 /// A broker on a plain `redis://` URL, for reading dead letters.
 pub fn broker(url: &str) -> anyhow::Result<RedisBroker> {

@@ -3,14 +3,13 @@
 //! has its own server, so they run in parallel; every wait polls with a
 //! deadline.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 use stem_e2e::{
-    binary_path, body_runs, hmac_key, poll_until, start_worker, wait_body_running, wait_log,
-    worker_name, RedisServer, ServiceProcess, SETTLE,
+    body_runs, hmac_key, poll_until, start_worker, wait_body_running, wait_log, worker_name,
+    RedisServer, ServiceProcess, Stem, SETTLE,
 };
 
 /// The seed file at the workspace root.
@@ -30,100 +29,6 @@ const EXAMPLE_IDS: [&str; 6] = [
     "reports-aggregate",
     "reports-publish-flaky",
 ];
-
-/// One finished `stem` invocation.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    /// Fails unless the exit code is `code`.
-    fn expect(self, code: i32) -> anyhow::Result<Run> {
-        ensure!(
-            self.code == Some(code),
-            "expected exit {code}, got {}",
-            self.describe()
-        );
-        Ok(self)
-    }
-
-    /// stdout parsed as JSON.
-    fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_str(&self.stdout)
-            .with_context(|| format!("stdout is not JSON: {}", self.describe()))
-    }
-}
-
-/// The `stem` binary with a clean `STEM_*` environment plus `envs`.
-#[derive(Clone)]
-struct Stem {
-    envs: Vec<(String, String)>,
-}
-
-impl Stem {
-    fn new(url: &str) -> Self {
-        Stem {
-            envs: vec![("STEM_BROKER_URL".into(), url.into())],
-        }
-    }
-
-    fn with(mut self, key: &str, value: &str) -> Self {
-        self.envs.push((key.into(), value.into()));
-        self
-    }
-
-    fn run(&self, args: &[&str]) -> anyhow::Result<Run> {
-        let mut cmd = Command::new(binary_path("stem")?);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("STEM_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.envs(self.envs.iter().map(|(k, v)| (k, v))).args(args);
-        let Output {
-            status,
-            stdout,
-            stderr,
-        } = cmd
-            .output()
-            .with_context(|| format!("running stem {args:?}"))?;
-        Ok(Run {
-            code: status.code(),
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        })
-    }
-
-    /// Runs and requires exit 0.
-    fn ok(&self, args: &[&str]) -> anyhow::Result<Run> {
-        self.run(args)?
-            .expect(0)
-            .with_context(|| format!("stem {}", args.join(" ")))
-    }
-
-    /// Runs with `--json` appended, requires exit 0, parses stdout.
-    fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
-        let mut all = args.to_vec();
-        all.push("--json");
-        self.ok(&all)?.json()
-    }
-
-    /// `task status ID --json` → state.
-    fn state(&self, id: &str) -> anyhow::Result<String> {
-        let v = self.json(&["task", "status", id])?;
-        Ok(v["state"].as_str().unwrap_or_default().to_string())
-    }
-}
 
 /// stdout lines of a dry run as epoch ms; checks format, count and order.
 fn slots(out: &str, count: usize) -> anyhow::Result<Vec<i64>> {

@@ -10,17 +10,22 @@
 //! * [`ServiceProcess`]: one of the workspace's real binaries (`enqueuer`,
 //!   `worker`, `stem`) run as a child process with its output captured to a
 //!   log file, found through [`binary_path`];
+//! * [`FaultProxy`]: a TCP proxy between one process and Redis that kills
+//!   the process, cuts the connection or stalls it when the process sends a
+//!   matching command, for crash-window and stall tests;
 //! * [`wait_until`]: deadline-bounded polling instead of fixed sleeps.
 //!
 //! Every process started here is killed when its handle is dropped, and all
 //! files live in [`tempfile::TempDir`]s removed at the same time.
 
 pub mod process;
+pub mod proxy;
 pub mod redis;
 pub mod tls;
 pub mod wait;
 
 pub use process::{binary_path, free_port, ServiceProcess};
+pub use proxy::{Fault, FaultProxy, Pattern};
 pub use redis::{RedisOptions, RedisServer, TlsMode};
 pub use tls::TlsAssets;
 pub use wait::wait_until;

@@ -31,6 +31,14 @@ pub const CHAIN_PREV_HEADER: &str = "stem-chain-prev";
 /// Header naming the chord whose callback this is.
 pub const CHORD_HEADER: &str = "stem-chord-id";
 
+/// Whether `id` has the form [`Stem::group`] or [`Stem::chord`] generates
+/// (`grp-` or `chord-` and a UUID).
+pub fn is_group_id(id: &str) -> bool {
+    id.strip_prefix("grp-")
+        .or_else(|| id.strip_prefix("chord-"))
+        .is_some_and(crate::envelope::is_task_id)
+}
+
 /// A signed envelope kept in the backend until a worker publishes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct StoredEnvelope {

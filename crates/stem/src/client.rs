@@ -13,7 +13,7 @@ use crate::backend::redis::RedisBackend;
 use crate::backend::{get_status, ResultBackend};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, Outgoing};
+use crate::broker::{Broker, Outgoing, SubmitOnce};
 use crate::config::{validate_queue_name, StemConfig, StoreUrl};
 use crate::control::memory::MemoryControl;
 use crate::control::redis::RedisControl;
@@ -28,6 +28,52 @@ use crate::task::{Task, TaskRegistry};
 
 /// How long an idempotency key remembers its task.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest countdown an enqueue accepts. A revocation is kept at least this
+/// long (see [`REVOCATION_TTL`]), so a revoked delayed task cannot outlive
+/// its revocation and run later.
+pub const MAX_COUNTDOWN: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long a revocation (`cancelled`) is kept: past the latest not-before
+/// time any task can have, plus a day for a backlog to drain.
+pub const REVOCATION_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// Publishes `out` at most once per `once.marker` (see
+/// [`SubmitOnce`]). On a broker that shares its Redis with the backend the
+/// marker, the first status and the publish commit in one atomic step;
+/// otherwise the marker is reserved first and released again when the
+/// status write or the publish fails, so a retry can succeed. Returns the
+/// marker's existing value when the publish had already happened.
+pub(crate) async fn submit_once(
+    broker: &dyn Broker,
+    backend: &dyn ResultBackend,
+    once: SubmitOnce<'_>,
+    out: Outgoing,
+) -> Result<Option<String>> {
+    if let Some(done) = broker.submit_once_colocated(&once, &out).await? {
+        return Ok(done);
+    }
+    if let Some(existing) = backend
+        .put_if_absent(once.marker, once.value, once.ttl)
+        .await?
+    {
+        return Ok(Some(existing));
+    }
+    let published = async {
+        if let Some(s) = once.status {
+            backend.set_statuses(std::slice::from_ref(s)).await?;
+        }
+        broker.publish(vec![out]).await
+    }
+    .await;
+    if let Err(e) = published {
+        if let Err(release) = backend.release(once.marker, once.value).await {
+            tracing::warn!(marker = once.marker, error = %release, "could not release a reservation after a failed publish");
+        }
+        return Err(e);
+    }
+    Ok(None)
+}
 
 /// Per-call overrides for an enqueue.
 #[derive(Clone, Debug, Default)]
@@ -230,6 +276,12 @@ impl Stem {
             .map(|d| d.max_retries)
             .or(opts.max_retries)
             .unwrap_or(0);
+        if opts.countdown.is_some_and(|c| c > MAX_COUNTDOWN) {
+            return Err(StemError::InvalidArgument(format!(
+                "countdown is above {} days",
+                MAX_COUNTDOWN.as_secs() / 86_400
+            )));
+        }
         let mut meta = defaults.map(|d| d.meta).unwrap_or_default();
         meta.extend(opts.meta.clone());
         let spec = TaskSpec {
@@ -309,20 +361,33 @@ impl Stem {
     ) -> Result<Enqueued> {
         let prepared = self.prepare(name, args, &opts)?;
         if let Some(key) = &opts.idempotency_key {
-            let existing = self
-                .backend
-                .put_if_absent(
-                    &format!("idem:{key}"),
-                    &prepared.spec.id,
-                    IDEMPOTENCY_WINDOW,
-                )
-                .await?;
-            if let Some(task_id) = existing {
-                return Ok(Enqueued {
+            // The key, the queued status and the publish commit together
+            // (or the key is released): a retry after a failure never gets
+            // the id of a task that was not published.
+            let queued = TaskStatus::for_spec(&prepared.spec, TaskState::Queued, 0);
+            let once = SubmitOnce {
+                marker: &format!("idem:{key}"),
+                value: &prepared.spec.id,
+                ttl: IDEMPOTENCY_WINDOW,
+                status: Some(&queued),
+            };
+            let existing = submit_once(
+                self.broker.as_ref(),
+                self.backend.as_ref(),
+                once,
+                prepared.outgoing(),
+            )
+            .await?;
+            return Ok(match existing {
+                Some(task_id) => Enqueued {
                     task_id,
                     duplicate: true,
-                });
-            }
+                },
+                None => Enqueued {
+                    task_id: prepared.spec.id,
+                    duplicate: false,
+                },
+            });
         }
         self.submit(std::slice::from_ref(&prepared)).await?;
         Ok(Enqueued {
@@ -367,7 +432,11 @@ impl Stem {
 
     /// Revokes task `id`: a queued task will not run, a running task is
     /// cancelled through its context within about a second. Revocation is
-    /// final. Returns the status before revocation, `None` for unknown ids.
+    /// final and lasts [`REVOCATION_TTL`], longer than any countdown. A task
+    /// that finished first keeps its result: the revocation is only written
+    /// while no terminal status exists. Returns the status before
+    /// revocation (the terminal one when the task finished first), `None`
+    /// for unknown ids.
     pub async fn revoke(&self, id: &str, reason: &str) -> Result<Option<TaskStatus>> {
         let Some(before) = self.status(id).await? else {
             return Ok(None);
@@ -383,7 +452,14 @@ impl Stem {
             reason: Some("revoked".into()),
         });
         cancelled.updated_at = crate::envelope::format_ms(now_ms());
-        self.backend.set_statuses(&[cancelled]).await?;
+        if !self
+            .backend
+            .record_revocation(&cancelled, REVOCATION_TTL)
+            .await?
+        {
+            // The task finished between the read and the write.
+            return self.status(id).await;
+        }
         Ok(Some(before))
     }
 

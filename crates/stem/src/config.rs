@@ -24,14 +24,34 @@ impl StoreUrl {
         if value.starts_with("memory://") {
             return Ok(StoreUrl::Memory);
         }
+        // Error lines never carry the password: the value is redacted
+        // before it is formatted, and so is the parser's own message.
         if !(value.starts_with("redis://") || value.starts_with("rediss://")) {
             return Err(StemError::config(
                 variable,
-                format!("malformed URL {value:?}: expected redis://, rediss:// or memory://"),
+                format!(
+                    "malformed URL {:?}: expected redis://, rediss:// or memory://",
+                    redact_url(value)
+                ),
             ));
         }
-        redis::IntoConnectionInfo::into_connection_info(value)
-            .map_err(|e| StemError::config(variable, format!("malformed URL: {e}")))?;
+        if value.contains("#insecure") {
+            return Err(StemError::config(
+                variable,
+                "the #insecure fragment turns off TLS certificate verification without a \
+                 warning; remove it, and set STEM_TLS_ALLOW_INSECURE=true if you really mean it",
+            ));
+        }
+        redis::IntoConnectionInfo::into_connection_info(value).map_err(|e| {
+            StemError::config(
+                variable,
+                format!(
+                    "malformed URL {:?}: {}",
+                    redact_url(value),
+                    scrub_userinfo(&e.to_string(), value)
+                ),
+            )
+        })?;
         Ok(StoreUrl::Redis(value.to_string()))
     }
 
@@ -49,14 +69,32 @@ impl StoreUrl {
     }
 }
 
+/// `scheme://***@host…`: everything before the *last* `@` of the value is
+/// user information (a password may itself contain `@`). A value without
+/// `://` is redacted the same way from its start.
 fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.find("://") {
+        Some(end) => (&url[..end + 3], &url[end + 3..]),
+        None => ("", url),
     };
-    let rest = &url[scheme_end + 3..];
-    match rest.find('@') {
-        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
         None => url.to_string(),
+    }
+}
+
+/// `text` with the user information of `url` (if any) replaced by `***`.
+fn scrub_userinfo(text: &str, url: &str) -> String {
+    let rest = url.find("://").map_or(url, |end| &url[end + 3..]);
+    match rest.rfind('@') {
+        Some(at) if at > 0 => {
+            let mut out = text.replace(&rest[..at], "***");
+            for part in rest[..at].split([':', '@']).filter(|p| p.len() > 2) {
+                out = out.replace(part, "***");
+            }
+            out
+        }
+        _ => text.to_string(),
     }
 }
 
@@ -195,6 +233,22 @@ fn read_pem(env: &dyn Lookup, key: &str) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// The shortest visibility timeout a worker accepts. Below it renewals
+/// (every third of it) would hammer Redis and recovery would claim the
+/// entries of live workers; 0 would claim every pending entry.
+pub const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn visibility_timeout(env: &dyn Lookup) -> Result<Duration> {
+    let vt = duration_var(env, "STEM_VISIBILITY_TIMEOUT", Duration::from_secs(30))?;
+    if vt < MIN_VISIBILITY_TIMEOUT {
+        return Err(StemError::config(
+            "STEM_VISIBILITY_TIMEOUT",
+            format!("{vt:?} is below the minimum of 1s"),
+        ));
+    }
+    Ok(vt)
+}
+
 /// Default Redis URL when `STEM_BROKER_URL` is unset.
 pub const DEFAULT_BROKER_URL: &str = "redis://127.0.0.1:6379/0";
 
@@ -324,11 +378,7 @@ impl WorkerSettings {
             namespace: non_empty(env, "STEM_WORKER_NAMESPACE").unwrap_or_else(|| "stem".into()),
             concurrency: positive_var(env, "STEM_WORKER_CONCURRENCY", cpus)?,
             prefetch_multiplier: positive_var(env, "STEM_PREFETCH_MULTIPLIER", 2)?,
-            visibility_timeout: duration_var(
-                env,
-                "STEM_VISIBILITY_TIMEOUT",
-                Duration::from_secs(30),
-            )?,
+            visibility_timeout: visibility_timeout(env)?,
             heartbeat_interval: duration_var(
                 env,
                 "STEM_HEARTBEAT_INTERVAL",
@@ -440,6 +490,34 @@ mod tests {
     fn redacts_passwords() {
         let u = StoreUrl::parse("X", "redis://user:secret@host:6379/0").expect("url");
         assert_eq!(u.redacted(), "redis://***@host:6379/0");
+        // A raw '@' inside the password (C15): the last '@' ends it.
+        let u = StoreUrl::parse("X", "redis://user:p@ss@host:6379/0").expect("url");
+        assert_eq!(u.redacted(), "redis://***@host:6379/0");
+        for bad in [
+            "redis//admin:S3cr3tPassw0rd@10.0.0.5:6379/0",
+            "redis://admin:S3cr3tPassw0rd@10.0.0.5:6379/notadb",
+        ] {
+            let err = StoreUrl::parse("X", bad).expect_err("malformed");
+            assert!(!err.to_string().contains("S3cr3t"), "{err}");
+        }
+    }
+
+    #[test]
+    fn insecure_fragment_and_short_visibility_timeouts_are_refused() {
+        let err =
+            StoreUrl::parse("STEM_BROKER_URL", "rediss://h:1/0#insecure").expect_err("#insecure");
+        assert!(err.to_string().contains("STEM_TLS_ALLOW_INSECURE"), "{err}");
+        for vt in ["0", "999ms"] {
+            let err = WorkerSettings::from_lookup(&lookup(&[("STEM_VISIBILITY_TIMEOUT", vt)]))
+                .expect_err("too short");
+            assert!(
+                err.to_string().starts_with("STEM_VISIBILITY_TIMEOUT"),
+                "{err}"
+            );
+        }
+        let ok = WorkerSettings::from_lookup(&lookup(&[("STEM_VISIBILITY_TIMEOUT", "1s")]))
+            .expect("1 s is the minimum");
+        assert_eq!(ok.visibility_timeout, Duration::from_secs(1));
     }
 
     #[test]

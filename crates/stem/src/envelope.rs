@@ -35,6 +35,13 @@ pub fn new_task_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Whether `id` has the form [`new_task_id`] generates (a UUID). Ids from
+/// outside (HTTP paths) are checked with it before they reach a key, so
+/// `x:results` cannot address another key's namespace.
+pub fn is_task_id(id: &str) -> bool {
+    uuid::Uuid::try_parse(id).is_ok()
+}
+
 /// Highest priority; priorities run 0 (default) to 9.
 pub const MAX_PRIORITY: u8 = 9;
 

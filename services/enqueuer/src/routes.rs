@@ -212,7 +212,12 @@ async fn get_group(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(g) = st.stem.backend().get_group(&id).await? else {
+    // Only the generated form reaches the backend's keys.
+    let found = match stem::canvas::is_group_id(&id) {
+        true => st.stem.backend().get_group(&id).await?,
+        false => None,
+    };
+    let Some(g) = found else {
         return Err(ApiError::NotFound(
             "Unknown group or expired results".into(),
         ));
@@ -233,7 +238,11 @@ async fn get_task(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match st.stem.status(&id).await? {
+    let found = match stem::envelope::is_task_id(&id) {
+        true => st.stem.status(&id).await?,
+        false => None,
+    };
+    match found {
         Some(s) => Ok(Json(s).into_response()),
         None => Err(ApiError::NotFound(format!(
             "Unknown task {id:?} or expired status."

@@ -76,6 +76,25 @@ impl ResultBackend for MemoryBackend {
         Ok(())
     }
 
+    async fn record_revocation(&self, status: &TaskStatus, ttl: Duration) -> Result<bool> {
+        let mut st = self.lock();
+        let finished = st
+            .statuses
+            .get(&status.id)
+            .is_some_and(|old| old.live() && old.value.state.is_terminal());
+        if finished {
+            return Ok(false);
+        }
+        st.statuses.insert(
+            status.id.clone(),
+            Expiring {
+                value: status.clone(),
+                expires: Instant::now() + ttl,
+            },
+        );
+        Ok(true)
+    }
+
     async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>> {
         let st = self.lock();
         Ok(ids
@@ -143,6 +162,18 @@ impl ResultBackend for MemoryBackend {
             },
         );
         Ok(None)
+    }
+
+    async fn release(&self, key: &str, value: &str) -> Result<()> {
+        let mut st = self.lock();
+        if st
+            .blobs
+            .get(key)
+            .is_some_and(|e| e.value == value.as_bytes())
+        {
+            st.blobs.remove(key);
+        }
+        Ok(())
     }
 
     async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {

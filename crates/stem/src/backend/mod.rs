@@ -39,6 +39,11 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// so a status never moves backwards.
     async fn set_statuses(&self, statuses: &[TaskStatus]) -> Result<()>;
 
+    /// Writes terminal `status` (a revocation) only while the task has no
+    /// terminal status, keeping it for `ttl`; returns whether it was
+    /// written. A revocation never replaces a result that landed first.
+    async fn record_revocation(&self, status: &TaskStatus, ttl: Duration) -> Result<bool>;
+
     /// Reads statuses in one round trip (`None` for unknown or expired ids).
     async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>>;
 
@@ -73,6 +78,10 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// Stores `value` under `key` unless the key exists; returns the
     /// existing value when it does (idempotency keys, chord claims).
     async fn put_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>>;
+
+    /// Deletes `key` if it still holds `value` (a reservation made by
+    /// [`put_if_absent`](Self::put_if_absent) whose work failed).
+    async fn release(&self, key: &str, value: &str) -> Result<()>;
 
     /// Stores a blob (chain steps, chord callbacks).
     async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;

@@ -46,7 +46,8 @@ fn group_key(id: &str) -> String {
 fn group_results_key(id: &str) -> String {
     format!("stem:group:{id}:results")
 }
-fn kv_key(key: &str) -> String {
+/// Key of a small record (idempotency key, claim, stored envelope).
+pub(crate) fn kv_key(key: &str) -> String {
     format!("stem:kv:{key}")
 }
 
@@ -99,8 +100,14 @@ end
 return 0
 "#;
 
+/// Compare-and-delete: KEYS[1] is deleted only while it holds ARGV[1].
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 /// The stored form of a status: `"<rank>|<JSON>"`.
-fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
+pub(crate) fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
     let mut v = format!("{}|", s.rank()).into_bytes();
     v.extend(serde_json::to_vec(s)?);
     Ok(v)
@@ -145,6 +152,11 @@ pub(crate) struct StatusWriter {
 }
 
 impl StatusWriter {
+    /// Lifetime of statuses, in ms.
+    pub(crate) fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
+    }
+
     pub(crate) fn new(ttl: Duration) -> Self {
         StatusWriter {
             live: Arc::new(Script::new(&format!("{RANK_LUA}{SET_LIVE}"))),
@@ -285,6 +297,19 @@ impl ResultBackend for RedisBackend {
             .await
     }
 
+    async fn record_revocation(&self, status: &TaskStatus, ttl: Duration) -> Result<bool> {
+        // SET NX on the terminal record: a result that landed first stays.
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(done_key(&status.id))
+            .arg(status_value(status)?)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
     async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -410,6 +435,15 @@ impl ResultBackend for RedisBackend {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(existing)
+    }
+
+    async fn release(&self, key: &str, value: &str) -> Result<()> {
+        let _: i64 = Script::new(RELEASE)
+            .key(kv_key(key))
+            .arg(value)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {

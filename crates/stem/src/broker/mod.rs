@@ -114,6 +114,20 @@ pub struct QueueStats {
     pub dead: u64,
 }
 
+/// A publish that must happen at most once per marker: an idempotency
+/// key, a chain step, a chord callback.
+#[derive(Clone, Copy, Debug)]
+pub struct SubmitOnce<'a> {
+    /// Backend key (without the `stem:kv:` prefix) that records the publish.
+    pub marker: &'a str,
+    /// Value stored under the marker (the task id).
+    pub value: &'a str,
+    /// How long the marker is kept.
+    pub ttl: Duration,
+    /// The task's first status (`queued`), written only where none exists.
+    pub status: Option<&'a TaskStatus>,
+}
+
 /// Moves envelopes between producers and workers.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -206,6 +220,21 @@ pub trait Broker: Send + Sync + 'static {
         _batch: &[Outgoing],
     ) -> Result<bool> {
         Ok(false)
+    }
+
+    /// When this broker shares its Redis with the result backend:
+    /// publishes `out` unless `once.marker` is already set, setting the
+    /// marker and writing `once.status` (a first record, only where none
+    /// exists) in the same atomic step. `Ok(Some(None))`: published;
+    /// `Ok(Some(Some(v)))`: the marker already held `v`, nothing was
+    /// published; `Ok(None)`: not co-located, use
+    /// [`submit_once`](crate::client::submit_once)'s separate steps.
+    async fn submit_once_colocated(
+        &self,
+        _once: &SubmitOnce<'_>,
+        _out: &Outgoing,
+    ) -> Result<Option<Option<String>>> {
+        Ok(None)
     }
 
     /// When co-located with the backend: writes `statuses` (with the

@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use super::{
     Broker, DeadLetter, Delivery, Fetched, MalformedEntry, NewDeadLetter, Outgoing, QueueStats,
-    Receipt,
+    Receipt, SubmitOnce,
 };
 use crate::backend::redis::StatusWriter;
 use crate::envelope::{now_ms, TaskStatus, WireEnvelope, MAX_PRIORITY};
@@ -66,6 +66,38 @@ for _, m in ipairs(items) do
   end
 end
 return #items
+"#;
+
+/// Publishes one envelope unless its marker exists, atomically: the
+/// marker (an idempotency key, a chain step's or a chord's "published"
+/// record), the task's first status (when given) and the `XADD` or `ZADD`
+/// commit together, so a crash or a cut connection leaves either all of
+/// them or none. KEYS = marker, status key, target (band stream or delayed
+/// set). ARGV = marker value, marker ttl ms, status value ('' for none),
+/// status ttl ms, 'x' (XADD) or 'z' (ZADD), entry or member, score.
+/// Returns the marker's existing value, or nil when this call published.
+const SUBMIT_ONCE: &str = r#"
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4])
+end
+if ARGV[5] == 'x' then
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[6])
+else
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
+end
+return false
+"#;
+
+/// Replays a dead letter at most once: the new entry is added only when
+/// this call removed the letter, so two concurrent replays publish once.
+/// KEYS = dead stream, band stream; ARGV = letter id, packed entry.
+const REPLAY: &str = r#"
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
+return 1
 "#;
 
 /// Field name of the packed envelope in a stream entry.
@@ -408,6 +440,8 @@ pub struct RedisBroker {
     blocking: Arc<Mutex<Vec<Conn>>>,
     known: Arc<Mutex<HashSet<String>>>,
     promote: Arc<Script>,
+    submit_once: Arc<Script>,
+    replay: Arc<Script>,
     dead_maxlen: usize,
     /// The backend's status writer, when it lives on the same Redis.
     colocated: Option<StatusWriter>,
@@ -422,6 +456,8 @@ impl RedisBroker {
             blocking: Arc::new(Mutex::new(Vec::new())),
             known: Arc::new(Mutex::new(HashSet::new())),
             promote: Arc::new(Script::new(PROMOTE)),
+            submit_once: Arc::new(Script::new(SUBMIT_ONCE)),
+            replay: Arc::new(Script::new(REPLAY)),
             dead_maxlen: dead_letter_maxlen,
             colocated: None,
         })
@@ -803,15 +839,15 @@ impl Broker for RedisBroker {
         };
         wire.attempt += 1;
         let band = wire.spec().map(|s| s.priority).unwrap_or(0);
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
-        pipe.xdel(dead_key(queue), &[id]);
-        add_entry(&mut pipe, queue, band, &wire);
-        let (deleted,): (u64,) = pipe.query_async(&mut self.conn()).await?;
-        if deleted == 0 {
-            return Ok(None);
-        }
-        Ok(Some(wire))
+        let replayed: u64 = self
+            .replay
+            .key(dead_key(queue))
+            .key(band_key(queue, band.min(MAX_PRIORITY)))
+            .arg(id)
+            .arg(pack_entry(&wire))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok((replayed == 1).then_some(wire))
     }
 
     async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
@@ -917,6 +953,49 @@ impl Broker for RedisBroker {
         push_outgoing(&mut pipe, batch);
         pipe.exec_async(&mut self.conn()).await?;
         Ok(true)
+    }
+
+    async fn submit_once_colocated(
+        &self,
+        once: &SubmitOnce<'_>,
+        out: &Outgoing,
+    ) -> Result<Option<Option<String>>> {
+        let Some(writer) = &self.colocated else {
+            return Ok(None);
+        };
+        self.remember(std::iter::once(&out.queue)).await?;
+        let status = match once.status {
+            Some(s) => crate::backend::redis::status_value(s)?,
+            None => Vec::new(),
+        };
+        let task_id = once.status.map(|s| s.id.as_str()).unwrap_or("");
+        let mut inv = self.submit_once.prepare_invoke();
+        inv.key(crate::backend::redis::kv_key(once.marker))
+            .key(crate::backend::redis::status_key(task_id));
+        match out.not_before_ms {
+            Some(t) if t > now_ms() => {
+                inv.key(delayed_key(&out.queue))
+                    .arg(once.value)
+                    .arg(once.ttl.as_millis().max(1) as u64)
+                    .arg(status)
+                    .arg(writer.ttl_ms())
+                    .arg("z")
+                    .arg(delayed_member(out.priority, &out.wire))
+                    .arg(t);
+            }
+            _ => {
+                inv.key(band_key(&out.queue, out.priority.min(MAX_PRIORITY)))
+                    .arg(once.value)
+                    .arg(once.ttl.as_millis().max(1) as u64)
+                    .arg(status)
+                    .arg(writer.ttl_ms())
+                    .arg("x")
+                    .arg(pack_entry(&out.wire))
+                    .arg(0);
+            }
+        }
+        let existing: Option<String> = inv.invoke_async(&mut self.conn()).await?;
+        Ok(Some(existing))
     }
 
     async fn settle_colocated(&self, statuses: &[TaskStatus], acks: &[Receipt]) -> Result<bool> {

@@ -1,20 +1,54 @@
-//! Admission of fetched entries: signature check, decoding, registry
-//! lookup, and the status pre-check that keeps a task whose status is
-//! already final from running again (duplicate delivery, replayed entry).
+//! Admission of fetched entries: signature check, decoding, queue and
+//! attempt checks, registry lookup, and the status pre-check that keeps a
+//! task whose status is already final from running again (duplicate
+//! delivery, replayed entry).
+//!
+//! What an entry that fails a check may touch is the point of this module.
+//! An entry that cannot be authenticated (bad or missing signature), that
+//! sits in a stream its signed spec does not name, or whose unsigned
+//! attempt is out of range is dead-lettered with its bytes and a reason,
+//! and **nothing else**: no status, no group result, no chord record is
+//! written for the task id it claims, because that id may belong to an
+//! authentic task. Only an authentic, well-placed entry of a task this
+//! worker does not know (`unregistered-task`) records a `failed` status
+//! and group result, as a task failure would.
+//!
+//! A redelivered entry whose task already has a terminal status is not run
+//! again; the steps that follow a terminal status (group result, next
+//! chain step, chord callback, dead letter) are redone instead, since the
+//! worker that stored the status may have died before them.
 
 use std::sync::Arc;
 
 use crate::broker::{Delivery, Fetched, NewDeadLetter, Receipt};
-use crate::canvas::GROUP_HEADER;
 use crate::envelope::{TaskError, TaskSpec, TaskState, TaskStatus};
 use crate::task::TaskHandler;
 
+use super::complete::{self, Final};
 use super::{bump, execute, Held, Shared};
 
+/// Dead-letter replays a task may go through beyond its retry budget. The
+/// attempt is delivery state, not signed: a stream writer could set it to
+/// anything, and a huge attempt would outrank every status of the task.
+pub const MAX_REPLAYS: u32 = 100;
+
+/// A rejected entry: dead-lettered; `status` is only set for authentic
+/// entries (`unregistered-task`).
 struct Reject {
     receipt: Receipt,
     letter: NewDeadLetter,
-    status: Option<TaskStatus>,
+    authentic: Option<(Arc<TaskSpec>, TaskStatus)>,
+}
+
+impl Reject {
+    /// A reject that touches nothing but the dead-letter stream.
+    fn dead_only(receipt: Receipt, letter: NewDeadLetter) -> Self {
+        Reject {
+            receipt,
+            letter,
+            authentic: None,
+        }
+    }
 }
 
 fn failed_status(spec: &TaskSpec, attempt: u32, reason: &str, message: String) -> TaskStatus {
@@ -57,99 +91,132 @@ pub(super) fn take_in(shared: &Shared, batch: Vec<Fetched>) -> Vec<Fetched> {
     fresh
 }
 
+/// A delivery that passed admission's checks, with what it takes to run it.
+type Runnable = (Delivery, Arc<TaskSpec>, Arc<dyn TaskHandler>);
+
+/// Checks one delivery: what it takes to run it, or the reject.
+fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
+    let parsed = d.wire.spec();
+    if let Some(v) = &shared.verifier {
+        if let Err(e) = v.verify(
+            d.wire.key_id.as_deref(),
+            d.wire.signature.as_deref(),
+            &d.wire.body,
+        ) {
+            bump(&shared.metrics.signature_invalid);
+            tracing::warn!(
+                queue = %d.receipt.queue, entry = %d.receipt.entry_id,
+                key_id = d.wire.key_id.as_deref().unwrap_or("-"),
+                claimed_task_id = parsed.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
+                error = %e, "signature invalid: entry dead-lettered without running; no status written"
+            );
+            return Err(Box::new(Reject::dead_only(
+                d.receipt,
+                NewDeadLetter {
+                    reason: "signature-invalid".into(),
+                    error: Some(e.to_string()),
+                    wire: Some(d.wire),
+                    raw: None,
+                },
+            )));
+        }
+    }
+    let spec = match parsed {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(queue = %d.receipt.queue, error = %e, "undecodable envelope dead-lettered");
+            return Err(Box::new(Reject::dead_only(
+                d.receipt,
+                NewDeadLetter {
+                    reason: "malformed-envelope".into(),
+                    error: Some(e.to_string()),
+                    raw: Some(String::from_utf8_lossy(&d.wire.body).into_owned()),
+                    wire: None,
+                },
+            )));
+        }
+    };
+    if spec.queue != d.receipt.queue {
+        let msg = format!(
+            "the envelope names queue {:?} but was read from queue {:?}",
+            spec.queue, d.receipt.queue
+        );
+        tracing::warn!(task_id = %spec.id, task = %spec.name, error = %msg, "envelope in the wrong queue dead-lettered; no status written");
+        return Err(Box::new(Reject::dead_only(
+            d.receipt,
+            NewDeadLetter {
+                reason: "wrong-queue".into(),
+                error: Some(msg),
+                wire: Some(d.wire),
+                raw: None,
+            },
+        )));
+    }
+    let handler = shared.registry.get(&spec.name);
+    let budget = handler
+        .as_ref()
+        .map(|h| h.options().max_retries)
+        .unwrap_or(0)
+        .max(spec.max_retries);
+    if d.wire.attempt > budget.saturating_add(MAX_REPLAYS) {
+        let msg = format!(
+            "attempt {} is above the retry budget {budget} plus {MAX_REPLAYS} replays",
+            d.wire.attempt
+        );
+        tracing::warn!(task_id = %spec.id, error = %msg, "entry with an out-of-range attempt dead-lettered; no status written");
+        return Err(Box::new(Reject::dead_only(
+            d.receipt,
+            NewDeadLetter {
+                reason: "attempt-out-of-range".into(),
+                error: Some(msg),
+                wire: Some(d.wire),
+                raw: None,
+            },
+        )));
+    }
+    let Some(handler) = handler else {
+        bump(&shared.metrics.failed);
+        tracing::warn!(task = %spec.name, task_id = %spec.id, "unregistered task dead-lettered");
+        let msg = format!("no task named {:?} is registered on this worker", spec.name);
+        let status = failed_status(&spec, d.wire.attempt, "unregistered-task", msg.clone());
+        return Err(Box::new(Reject {
+            receipt: d.receipt,
+            letter: NewDeadLetter {
+                reason: "unregistered-task".into(),
+                error: Some(msg),
+                wire: Some(d.wire),
+                raw: None,
+            },
+            authentic: Some((Arc::new(spec), status)),
+        }));
+    };
+    Ok((d, Arc::new(spec), handler))
+}
+
 /// Verifies, decodes and checks entries already taken in, then queues the
 /// runnable ones for execution.
 pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
     let mut rejects = Vec::new();
-    let mut runnable: Vec<(Delivery, Arc<TaskSpec>, Arc<dyn TaskHandler>)> = Vec::new();
+    let mut runnable: Vec<Runnable> = Vec::new();
     for f in fresh {
-        let d = match f {
+        match f {
             Fetched::Malformed(m) => {
                 tracing::warn!(queue = %m.receipt.queue, entry = %m.receipt.entry_id, error = %m.error, "malformed entry dead-lettered");
-                rejects.push(Reject {
-                    receipt: m.receipt,
-                    letter: NewDeadLetter {
+                rejects.push(Reject::dead_only(
+                    m.receipt,
+                    NewDeadLetter {
                         reason: "malformed-envelope".into(),
                         error: Some(m.error),
                         wire: None,
                         raw: Some(m.raw),
                     },
-                    status: None,
-                });
-                continue;
+                ));
             }
-            Fetched::Task(d) => d,
-        };
-        let parsed = d.wire.spec();
-        if let Some(v) = &shared.verifier {
-            if let Err(e) = v.verify(
-                d.wire.key_id.as_deref(),
-                d.wire.signature.as_deref(),
-                &d.wire.body,
-            ) {
-                bump(&shared.metrics.signature_invalid);
-                bump(&shared.metrics.failed);
-                tracing::warn!(
-                    queue = %d.receipt.queue, key_id = d.wire.key_id.as_deref().unwrap_or("-"),
-                    task_id = parsed.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
-                    error = %e, "signature invalid: task dead-lettered without running"
-                );
-                let status = parsed
-                    .as_ref()
-                    .ok()
-                    .map(|s| failed_status(s, d.wire.attempt, "signature-invalid", e.to_string()));
-                rejects.push(Reject {
-                    receipt: d.receipt,
-                    letter: NewDeadLetter {
-                        reason: "signature-invalid".into(),
-                        error: Some(e.to_string()),
-                        wire: Some(d.wire),
-                        raw: None,
-                    },
-                    status,
-                });
-                continue;
-            }
+            Fetched::Task(d) => match check(shared, d) {
+                Ok(r) => runnable.push(r),
+                Err(reject) => rejects.push(*reject),
+            },
         }
-        let spec = match parsed {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(queue = %d.receipt.queue, error = %e, "undecodable envelope dead-lettered");
-                rejects.push(Reject {
-                    receipt: d.receipt,
-                    letter: NewDeadLetter {
-                        reason: "malformed-envelope".into(),
-                        error: Some(e.to_string()),
-                        raw: Some(String::from_utf8_lossy(&d.wire.body).into_owned()),
-                        wire: None,
-                    },
-                    status: None,
-                });
-                continue;
-            }
-        };
-        let Some(handler) = shared.registry.get(&spec.name) else {
-            bump(&shared.metrics.failed);
-            tracing::warn!(task = %spec.name, task_id = %spec.id, "unregistered task dead-lettered");
-            let msg = format!("no task named {:?} is registered on this worker", spec.name);
-            rejects.push(Reject {
-                status: Some(failed_status(
-                    &spec,
-                    d.wire.attempt,
-                    "unregistered-task",
-                    msg.clone(),
-                )),
-                receipt: d.receipt,
-                letter: NewDeadLetter {
-                    reason: "unregistered-task".into(),
-                    error: Some(msg),
-                    wire: Some(d.wire),
-                    raw: None,
-                },
-            });
-            continue;
-        };
-        runnable.push((d, Arc::new(spec), handler));
     }
     shared.left_waiting(rejects.len());
     settle_rejects(shared, rejects).await;
@@ -167,53 +234,127 @@ pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
             vec![None; ids.len()]
         }
     };
-    let mut skipped = Vec::new();
+    let mut finished = Vec::new();
     for ((d, spec, handler), status) in runnable.into_iter().zip(statuses) {
         let done = status.is_some_and(|(state, attempt)| {
             state.is_terminal() && (state != TaskState::Failed || attempt >= d.wire.attempt)
         });
         if done {
-            tracing::info!(task_id = %spec.id, "task already finished; acknowledging duplicate delivery");
-            skipped.push(d.receipt);
+            finished.push((d, spec));
             continue;
         }
         execute::spawn(shared.clone(), d, spec, handler);
     }
-    shared.left_waiting(skipped.len());
-    if !skipped.is_empty() {
-        if let Err(e) = shared.broker.ack(&skipped).await {
-            tracing::warn!(error = %e, "ack of finished duplicates failed");
-        }
-        shared.release(&skipped);
+    shared.left_waiting(finished.len());
+    if !finished.is_empty() {
+        redo_finished(shared, finished).await;
     }
 }
 
+/// Redeliveries of finished tasks: redo what follows the terminal status,
+/// then acknowledge (or dead-letter, when the dead letter is what was
+/// missing).
+async fn redo_finished(shared: &Arc<Shared>, finished: Vec<(Delivery, Arc<TaskSpec>)>) {
+    let ids: Vec<String> = finished.iter().map(|(_, s)| s.id.clone()).collect();
+    let statuses = match shared.backend.get_statuses(&ids).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the statuses of finished tasks; they will be redelivered");
+            let receipts: Vec<Receipt> = finished.into_iter().map(|(d, _)| d.receipt).collect();
+            shared.release(&receipts);
+            return;
+        }
+    };
+    let mut items = Vec::with_capacity(finished.len());
+    for ((d, spec), status) in finished.into_iter().zip(statuses) {
+        // Expired between the two reads: nothing left to redo.
+        let Some(status) = status.filter(|s| s.state.is_terminal()) else {
+            items.push(complete::Finishing {
+                receipt: d.receipt,
+                spec: Some(spec),
+                status: None,
+                fin: Final::Ack,
+            });
+            continue;
+        };
+        let fin = match dead_letter_missing(&status, d.wire.attempt) {
+            Some(reason) => {
+                tracing::info!(task_id = %spec.id, reason, "task already failed; writing its missing dead letter");
+                Final::Dead(NewDeadLetter {
+                    reason: reason.to_string(),
+                    error: status.error.as_ref().map(|e| e.message.clone()),
+                    wire: Some(d.wire),
+                    raw: None,
+                })
+            }
+            None => {
+                tracing::info!(task_id = %spec.id, state = status.state.as_str(), "task already finished; redoing its follow-ups and acknowledging the duplicate delivery");
+                Final::Ack
+            }
+        };
+        items.push(complete::Finishing {
+            receipt: d.receipt,
+            spec: Some(spec),
+            status: Some(status),
+            fin,
+        });
+    }
+    complete::follow_up_and_finalize(shared, items).await;
+}
+
+/// The dead-letter reason when `status` is this very attempt's failure:
+/// its dead letter and its ack are one atomic step, so the entry being
+/// here means the dead letter was never written.
+fn dead_letter_missing(status: &TaskStatus, attempt: u32) -> Option<&str> {
+    if status.state != TaskState::Failed || status.attempt != attempt {
+        return None;
+    }
+    let reason = status.error.as_ref()?.reason.as_deref()?;
+    matches!(reason, "non-retryable" | "max-retries-exhausted").then_some(reason)
+}
+
+/// Dead-letters rejected entries. Authentic ones (`unregistered-task`)
+/// first get their `failed` status, group result and canvas follow-ups;
+/// when the status cannot be written they are left for redelivery, so the
+/// result still lands before the ack.
 async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
     if rejects.is_empty() {
         return;
     }
-    let statuses: Vec<TaskStatus> = rejects.iter().filter_map(|r| r.status.clone()).collect();
-    if let Err(e) = shared.backend.set_statuses(&statuses).await {
-        tracing::warn!(error = %e, "could not record failed statuses");
-    }
-    let group_results: Vec<(String, TaskStatus)> = rejects
+    let statuses: Vec<TaskStatus> = rejects
         .iter()
-        .filter_map(|r| {
-            let s = r.status.as_ref()?;
-            let spec = r.letter.wire.as_ref()?.spec().ok()?;
-            Some((spec.headers.get(GROUP_HEADER)?.clone(), s.clone()))
-        })
+        .filter_map(|r| r.authentic.as_ref().map(|(_, s)| s.clone()))
         .collect();
-    if let Err(e) = shared.backend.add_group_results(&group_results).await {
-        tracing::warn!(error = %e, "could not record group results");
-    }
-    let mut receipts = Vec::new();
-    for r in rejects {
-        bump(&shared.metrics.dead_lettered);
-        if let Err(e) = shared.broker.dead_letter(&r.receipt, r.letter).await {
-            tracing::warn!(error = %e, "dead-lettering failed; the entry will be redelivered");
+    let mut items = Vec::with_capacity(rejects.len());
+    let mut unrecorded = Vec::new();
+    let recorded = match shared.backend.set_statuses(&statuses).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record failed statuses; the entries will be redelivered");
+            false
         }
-        receipts.push(r.receipt);
+    };
+    for r in rejects {
+        match r.authentic {
+            Some(_) if !recorded => {
+                unrecorded.push(r.receipt);
+                continue;
+            }
+            Some((spec, status)) => items.push(complete::Finishing {
+                receipt: r.receipt,
+                spec: Some(spec),
+                status: Some(status),
+                fin: Final::Dead(r.letter),
+            }),
+            None => items.push(complete::Finishing {
+                receipt: r.receipt,
+                spec: None,
+                status: None,
+                fin: Final::Dead(r.letter),
+            }),
+        }
+        bump(&shared.metrics.dead_lettered);
     }
-    shared.release(&receipts);
+    shared.release(&unrecorded);
+    complete::follow_up_and_finalize(shared, items).await;
 }

@@ -1,21 +1,36 @@
 //! The completer: settles finished deliveries in batches. Order per batch:
-//! statuses (one round trip), group results, then acknowledgements, retries
-//! and dead letters, then canvas follow-ups (next chain step, chord
-//! callback). The result is always written before the entry is
-//! acknowledged; if the status write cannot be made, nothing is
-//! acknowledged and the entries are redelivered after the lease expires.
+//!
+//! 1. statuses (one round trip; when the backend shares the broker's Redis,
+//!    the acks of tasks with nothing to follow go in the same `MULTI`);
+//! 2. follow-ups of terminal statuses: group results, the next chain step
+//!    or the rest of a failed chain, the chord callback;
+//! 3. acknowledgements, retries, dead letters and hand-backs.
+//!
+//! The result is always written before the entry is acknowledged, and the
+//! follow-ups too: if the worker dies after the status, the entry is
+//! redelivered and admission (`admit.rs`) redoes the follow-ups of the
+//! finished task before acknowledging it. Every follow-up is idempotent:
+//! a group result is a hash field, a chain step or a chord callback is
+//! published through [`submit_once`] (marker and publish in one atomic
+//! step), a failed chain or chord only writes statuses. When a follow-up
+//! fails, the entry is left unacknowledged for redelivery. If the status
+//! write cannot be made, nothing is acknowledged and the entries are
+//! redelivered after the lease expires.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::broker::{NewDeadLetter, Outgoing, Receipt};
+use crate::broker::{NewDeadLetter, Outgoing, Receipt, SubmitOnce};
 use crate::canvas::{
     chain_step_key, chord_callback_key, StoredEnvelope, CHAIN_HEADER, CHAIN_INDEX_HEADER,
     GROUP_HEADER,
 };
+use crate::client::{submit_once, IDEMPOTENCY_WINDOW};
 use crate::envelope::{now_ms, TaskError, TaskSpec, TaskState, TaskStatus, WireEnvelope};
+use crate::error::Result;
 
 use super::{backoff, bump, Outcome, Shared};
 
@@ -29,16 +44,32 @@ struct Retry {
     not_before: i64,
 }
 
+/// How an entry whose task reached a terminal status leaves the stream.
+pub(super) enum Final {
+    Ack,
+    Dead(NewDeadLetter),
+}
+
+/// An entry to finalise once its follow-ups are done.
+pub(super) struct Finishing {
+    pub receipt: Receipt,
+    /// The authentic spec (`None` for entries that never authenticated).
+    pub spec: Option<Arc<TaskSpec>>,
+    /// The task's terminal status, whose follow-ups are due.
+    pub status: Option<TaskStatus>,
+    pub fin: Final,
+}
+
 #[derive(Default)]
 struct Plan {
     statuses: Vec<TaskStatus>,
-    groups: Vec<(String, TaskStatus)>,
-    acks: Vec<Receipt>,
+    /// Succeeded tasks with nothing to follow: acknowledged with the
+    /// statuses when co-located.
+    plain_acks: Vec<Receipt>,
+    /// Terminal outcomes with follow-ups or a dead letter.
+    finishing: Vec<Finishing>,
     retries: Vec<Retry>,
-    dead: Vec<(Receipt, NewDeadLetter)>,
     requeues: Vec<(Receipt, WireEnvelope, u8)>,
-    chain_next: Vec<(String, usize)>,
-    chain_abort: Vec<(String, usize, String)>,
 }
 
 /// Settle calls in flight at once: while one batch is in Redis the next
@@ -106,17 +137,23 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
             } => (receipt, spec, wire, result, budget),
         };
         let attempt = wire.attempt;
-        let status = match result {
+        match result {
             Ok(value) => {
                 bump(&shared.metrics.succeeded);
                 tracing::debug!(task = %spec.name, task_id = %spec.id, "task succeeded");
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Succeeded, attempt);
                 s.result = value;
-                p.acks.push(receipt);
-                if let Some(next) = chain_position(&spec) {
-                    p.chain_next.push(next);
+                p.statuses.push(s.clone());
+                if has_follow_ups(&spec) {
+                    p.finishing.push(Finishing {
+                        receipt,
+                        spec: Some(spec),
+                        status: Some(s),
+                        fin: Final::Ack,
+                    });
+                } else {
+                    p.plain_acks.push(receipt);
                 }
-                s
             }
             Err(failure) if failure.retryable && attempt < budget => {
                 bump(&shared.metrics.retried);
@@ -127,6 +164,7 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                 );
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Retried, attempt);
                 s.error = Some(task_error("task-error", &failure.message, None));
+                p.statuses.push(s);
                 let mut next = wire.clone();
                 next.attempt += 1;
                 p.retries.push(Retry {
@@ -135,7 +173,6 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                     priority: spec.priority,
                     not_before: now_ms() + delay.as_millis() as i64,
                 });
-                s
             }
             Err(failure) => {
                 bump(&shared.metrics.failed);
@@ -151,29 +188,28 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                 );
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Failed, attempt);
                 s.error = Some(task_error("task-error", &failure.message, Some(reason)));
-                p.dead.push((
+                p.statuses.push(s.clone());
+                p.finishing.push(Finishing {
                     receipt,
-                    NewDeadLetter {
+                    spec: Some(spec),
+                    status: Some(s),
+                    fin: Final::Dead(NewDeadLetter {
                         reason: reason.into(),
                         error: Some(failure.message.clone()),
                         wire: Some(wire),
                         raw: None,
-                    },
-                ));
-                if let Some((cid, idx)) = chain_position(&spec) {
-                    p.chain_abort.push((cid, idx, spec.id.clone()));
-                }
-                s
-            }
-        };
-        if status.state.is_terminal() {
-            if let Some(gid) = spec.headers.get(GROUP_HEADER) {
-                p.groups.push((gid.clone(), status.clone()));
+                    }),
+                });
             }
         }
-        p.statuses.push(status);
     }
     p
+}
+
+/// Whether a terminal status of `spec` has steps after it (group result,
+/// chain step).
+fn has_follow_ups(spec: &TaskSpec) -> bool {
+    spec.headers.contains_key(GROUP_HEADER) || chain_position(spec).is_some()
 }
 
 /// `(chain id, index of the next step)` for a chain step.
@@ -185,25 +221,24 @@ fn chain_position(spec: &TaskSpec) -> Option<(String, usize)> {
 
 async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
     let p = plan(shared, batch);
-    let mut settled: Vec<Receipt> = Vec::new();
 
     // 1. Statuses first. Without them nothing is acknowledged. When the
-    // backend shares the broker's Redis and no group result has to land in
-    // between, statuses and acks go in one transaction.
-    let colocated = p.groups.is_empty();
+    // backend shares the broker's Redis, the acks of tasks with nothing to
+    // follow go in the same transaction.
     let mut acked = false;
     let mut failures = 0u32;
     loop {
-        let written = match colocated {
-            true => match shared.broker.settle_colocated(&p.statuses, &p.acks).await {
-                Ok(true) => {
-                    acked = true;
-                    Ok(())
-                }
-                Ok(false) => shared.backend.set_statuses(&p.statuses).await,
-                Err(e) => Err(e),
-            },
-            false => shared.backend.set_statuses(&p.statuses).await,
+        let written = match shared
+            .broker
+            .settle_colocated(&p.statuses, &p.plain_acks)
+            .await
+        {
+            Ok(true) => {
+                acked = true;
+                Ok(())
+            }
+            Ok(false) => shared.backend.set_statuses(&p.statuses).await,
+            Err(e) => Err(e),
         };
         let Err(e) = written else { break };
         if failures == 0 {
@@ -216,11 +251,11 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
                 "giving up on unrecorded results; they will be redelivered"
             );
             let all: Vec<Receipt> = p
-                .acks
+                .plain_acks
                 .iter()
                 .cloned()
+                .chain(p.finishing.iter().map(|f| f.receipt.clone()))
                 .chain(p.retries.iter().map(|r| r.receipt.clone()))
-                .chain(p.dead.iter().map(|d| d.0.clone()))
                 .chain(p.requeues.iter().map(|r| r.0.clone()))
                 .collect();
             shared.release(&all);
@@ -229,26 +264,15 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
         tokio::time::sleep(backoff::outage_delay(failures)).await;
     }
 
-    // 2. Groups, and chords whose last header task just finished.
-    let mut chords = Vec::new();
-    match shared.backend.add_group_results(&p.groups).await {
-        Ok(progress) => {
-            for g in progress {
-                if g.completed >= g.expected && g.group_id.starts_with("chord-") {
-                    chords.push(g.group_id);
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not record group results"),
-    }
-
-    // 3. Broker: acks in one round trip; retries and dead letters each atomic.
-    if !acked && !p.acks.is_empty() {
-        if let Err(e) = shared.broker.ack(&p.acks).await {
+    // 2. Acks of plain successes (when not done with the statuses),
+    // retries and hand-backs: each atomic with its ack.
+    let mut settled: Vec<Receipt> = Vec::new();
+    if !acked && !p.plain_acks.is_empty() {
+        if let Err(e) = shared.broker.ack(&p.plain_acks).await {
             tracing::warn!(error = %e, "ack failed; entries will be redelivered and skipped as finished");
         }
     }
-    settled.extend(p.acks.iter().cloned());
+    settled.extend(p.plain_acks.iter().cloned());
     for r in p.retries {
         if let Err(e) = shared
             .broker
@@ -259,12 +283,6 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
         }
         settled.push(r.receipt);
     }
-    for (receipt, letter) in p.dead {
-        if let Err(e) = shared.broker.dead_letter(&receipt, letter).await {
-            tracing::warn!(error = %e, "dead-lettering failed; the entry will be redelivered");
-        }
-        settled.push(receipt);
-    }
     for (receipt, wire, priority) in p.requeues {
         if let Err(e) = shared.broker.requeue(&receipt, wire, priority).await {
             tracing::warn!(error = %e, "hand-back failed; the entry will be redelivered after its lease");
@@ -273,47 +291,154 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
     }
     shared.release(&settled);
 
-    // 4. Canvas follow-ups: publish envelopes signed by the producer.
-    for (cid, idx) in p.chain_next {
-        publish_stored(shared, &chain_step_key(&cid, idx)).await;
-    }
-    for (cid, idx, failed_id) in p.chain_abort {
-        abort_chain(shared, &cid, idx, &failed_id).await;
-    }
-    for gid in chords {
-        fire_chord(shared, &gid).await;
-    }
+    // 3. Terminal outcomes with follow-ups or dead letters.
+    follow_up_and_finalize(shared, p.finishing).await;
 }
 
-async fn load_stored(shared: &Shared, key: &str) -> Option<StoredEnvelope> {
-    match shared.backend.get_blob(key).await {
-        Ok(Some(raw)) => serde_json::from_slice(&raw).ok(),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(key, error = %e, "could not read stored envelope");
-            None
+/// Does the follow-ups of each item's terminal status, then acknowledges
+/// or dead-letters the items whose follow-ups all landed. An item whose
+/// follow-up failed stays unacknowledged: it is released and redelivered
+/// after its lease, and admission redoes the follow-ups then.
+pub(super) async fn follow_up_and_finalize(shared: &Arc<Shared>, items: Vec<Finishing>) {
+    if items.is_empty() {
+        return;
+    }
+    let ok = follow_up(shared, &items).await;
+    let mut acks = Vec::new();
+    let mut settled = Vec::new();
+    let mut left = Vec::new();
+    for (item, ok) in items.into_iter().zip(ok) {
+        if !ok {
+            left.push(item.receipt);
+            continue;
+        }
+        match item.fin {
+            Final::Ack => acks.push(item.receipt),
+            Final::Dead(letter) => {
+                if let Err(e) = shared.broker.dead_letter(&item.receipt, letter).await {
+                    tracing::warn!(error = %e, "dead-lettering failed; the entry will be redelivered");
+                }
+                settled.push(item.receipt);
+            }
         }
     }
+    if !acks.is_empty() {
+        if let Err(e) = shared.broker.ack(&acks).await {
+            tracing::warn!(error = %e, "ack failed; entries will be redelivered and skipped as finished");
+        }
+        settled.extend(acks);
+    }
+    if !left.is_empty() {
+        tracing::warn!(
+            entries = left.len(),
+            "follow-ups of finished tasks failed; the entries will be redelivered after their lease and the follow-ups redone"
+        );
+    }
+    settled.extend(left);
+    shared.release(&settled);
 }
 
-async fn publish_stored(shared: &Shared, key: &str) {
-    let Some(stored) = load_stored(shared, key).await else {
-        return;
+/// Runs the follow-ups of every item's terminal status; `false` for the
+/// items where one of them failed.
+async fn follow_up(shared: &Shared, items: &[Finishing]) -> Vec<bool> {
+    let mut ok = vec![true; items.len()];
+    let with_status = || {
+        items.iter().enumerate().filter_map(|(i, f)| {
+            let (spec, status) = (f.spec.as_ref()?, f.status.as_ref()?);
+            Some((i, spec, status))
+        })
     };
+
+    // Groups: one round trip for every member of the batch.
+    let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut results = Vec::new();
+    for (i, spec, status) in with_status() {
+        if let Some(gid) = spec.headers.get(GROUP_HEADER) {
+            members.entry(gid.clone()).or_default().push(i);
+            results.push((gid.clone(), status.clone()));
+        }
+    }
+    match shared.backend.add_group_results(&results).await {
+        Ok(progress) => {
+            let mut done: Vec<String> = progress
+                .into_iter()
+                .filter(|g| g.completed >= g.expected && g.group_id.starts_with("chord-"))
+                .map(|g| g.group_id)
+                .collect();
+            done.dedup();
+            for gid in done {
+                if let Err(e) = settle_chord(shared, &gid).await {
+                    tracing::warn!(chord = %gid, error = %e, "could not settle a chord");
+                    for i in members.get(&gid).into_iter().flatten() {
+                        ok[*i] = false;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record group results");
+            for i in members.values().flatten() {
+                ok[*i] = false;
+            }
+        }
+    }
+
+    // Chains: the next step after a success, the rest cancelled after a
+    // failure.
+    for (i, spec, status) in with_status() {
+        let Some((cid, next)) = chain_position(spec) else {
+            continue;
+        };
+        let done = match status.state {
+            TaskState::Succeeded => publish_next_step(shared, &cid, next).await,
+            TaskState::Failed => abort_chain(shared, &cid, next, &spec.id).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = done {
+            tracing::warn!(chain = %cid, error = %e, "could not continue a chain");
+            ok[i] = false;
+        }
+    }
+    ok
+}
+
+async fn load_stored(shared: &Shared, key: &str) -> Result<Option<StoredEnvelope>> {
+    Ok(match shared.backend.get_blob(key).await? {
+        Some(raw) => serde_json::from_slice(&raw).ok(),
+        None => None,
+    })
+}
+
+/// Publishes a stored, producer-signed envelope once per `marker`.
+async fn publish_stored_once(shared: &Shared, stored: StoredEnvelope, marker: &str) -> Result<()> {
     let out = Outgoing {
         queue: stored.queue.clone(),
         priority: stored.priority,
         not_before_ms: None,
         wire: stored.wire(),
     };
-    if let Err(e) = shared.broker.publish(vec![out]).await {
-        tracing::error!(key, error = %e, "could not publish the next canvas step");
-    }
+    let once = SubmitOnce {
+        marker,
+        value: &shared.opts.name,
+        ttl: IDEMPOTENCY_WINDOW,
+        status: None,
+    };
+    submit_once(shared.broker.as_ref(), shared.backend.as_ref(), once, out).await?;
+    Ok(())
 }
 
-async fn abort_chain(shared: &Shared, cid: &str, mut idx: usize, failed_id: &str) {
+/// Publishes step `idx` of chain `cid` (at most once).
+async fn publish_next_step(shared: &Shared, cid: &str, idx: usize) -> Result<()> {
+    let key = chain_step_key(cid, idx);
+    let Some(stored) = load_stored(shared, &key).await? else {
+        return Ok(()); // the last step, or the chain expired
+    };
+    publish_stored_once(shared, stored, &format!("published:{key}")).await
+}
+
+async fn abort_chain(shared: &Shared, cid: &str, mut idx: usize, failed_id: &str) -> Result<()> {
     let mut cancelled = Vec::new();
-    while let Some(stored) = load_stored(shared, &chain_step_key(cid, idx)).await {
+    while let Some(stored) = load_stored(shared, &chain_step_key(cid, idx)).await? {
         if let Ok(spec) = stored.wire().spec() {
             let mut s = TaskStatus::for_spec(&spec, TaskState::Cancelled, 0);
             s.error = Some(task_error(
@@ -325,48 +450,49 @@ async fn abort_chain(shared: &Shared, cid: &str, mut idx: usize, failed_id: &str
         }
         idx += 1;
     }
-    if let Err(e) = shared.backend.set_statuses(&cancelled).await {
-        tracing::warn!(error = %e, "could not cancel the rest of a failed chain");
-    }
+    shared.backend.set_statuses(&cancelled).await
 }
 
-async fn fire_chord(shared: &Shared, gid: &str) {
-    let group = match shared.backend.get_group(gid).await {
-        Ok(Some(g)) => g,
-        _ => return,
+/// A chord whose header is complete: publishes the callback (at most once)
+/// when every member succeeded, else marks the callback failed, naming the
+/// members that did not succeed.
+async fn settle_chord(shared: &Shared, gid: &str) -> Result<()> {
+    let Some(group) = shared.backend.get_group(gid).await? else {
+        return Ok(());
     };
-    let claim = shared
-        .backend
-        .put_if_absent(
-            &format!("chord-claim:{gid}"),
-            &shared.opts.name,
-            crate::client::IDEMPOTENCY_WINDOW,
-        )
-        .await;
-    if !matches!(claim, Ok(None)) {
-        return; // another worker fired it, or the claim could not be made
-    }
-    let all_ok = group
+    let Some(stored) = load_stored(shared, &chord_callback_key(gid)).await? else {
+        return Ok(());
+    };
+    let failed: Vec<String> = group
         .results
         .values()
-        .all(|s| s.state == TaskState::Succeeded);
-    if all_ok {
-        publish_stored(shared, &chord_callback_key(gid)).await;
-        return;
+        .filter(|s| s.state != TaskState::Succeeded)
+        .map(|s| {
+            let why = s
+                .error
+                .as_ref()
+                .map(|e| e.reason.clone().unwrap_or_else(|| e.kind.clone()))
+                .unwrap_or_default();
+            format!("{} ({}) {} {why}", s.id, s.task, s.state.as_str())
+                .trim_end()
+                .to_string()
+        })
+        .collect();
+    if failed.is_empty() {
+        return publish_stored_once(shared, stored, &format!("chord-claim:{gid}")).await;
     }
-    let Some(stored) = load_stored(shared, &chord_callback_key(gid)).await else {
-        return;
+    let Ok(spec) = stored.wire().spec() else {
+        return Ok(());
     };
-    if let Ok(spec) = stored.wire().spec() {
-        let mut s = TaskStatus::for_spec(&spec, TaskState::Failed, 0);
-        s.result = Value::Null;
-        s.error = Some(task_error(
-            "chord-failed",
-            "a header task of the chord failed",
-            None,
-        ));
-        if let Err(e) = shared.backend.set_statuses(&[s]).await {
-            tracing::warn!(error = %e, "could not mark the chord callback failed");
-        }
-    }
+    let mut s = TaskStatus::for_spec(&spec, TaskState::Failed, 0);
+    s.result = Value::Null;
+    s.error = Some(task_error(
+        "chord-failed",
+        &format!(
+            "header tasks of the chord did not succeed: {}",
+            failed.join(", ")
+        ),
+        None,
+    ));
+    shared.backend.set_statuses(&[s]).await
 }

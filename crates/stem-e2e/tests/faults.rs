@@ -1,0 +1,633 @@
+//! Forgery and crash-window findings of the fault review (ids C1–C17 in
+//! `docs/architecture.md`, "Crash windows" and "Threat model"), each
+//! reproduced from outside: entries injected into the streams the way any
+//! client of Redis could, the worker killed exactly before one command by
+//! the fault proxy of `stem-testkit`, Redis restarted under a running
+//! service. Every test names the finding it covers.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use stem::client::EnqueueRequest;
+use stem::config::StemConfig;
+use stem_e2e::{
+    body_runs, dead_letters, env, hmac_key, inject, pack, packed_entries, poll_until,
+    start_enqueuer, start_worker, unpack, wait_dead_letter, wait_log, worker_name, Fault,
+    FaultProxy, Pattern, RedisServer, Stem as Cli, SETTLE,
+};
+
+/// Environment of a producer and a worker sharing HMAC key `k`.
+fn signed(key: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("STEM_SIGNING_KEYS", key.to_string()),
+        ("STEM_SIGNING_ACTIVE_KEY", "k".into()),
+    ]
+}
+
+/// The one packed entry of `key` whose body names task `id`.
+async fn entry_of(url: &str, key: &str, id: &str) -> anyhow::Result<Vec<u8>> {
+    let entries = packed_entries(url, key).await?;
+    entries
+        .into_iter()
+        .find(|e| String::from_utf8_lossy(e).contains(id))
+        .ok_or_else(|| anyhow::anyhow!("no entry for task {id} in {key}"))
+}
+
+/// The demo catalogue's producer on `url`, unsigned, from the library
+/// (chains and chords have no HTTP endpoint).
+fn library_producer(url: &str) -> anyhow::Result<stem::client::Stem> {
+    let url = url.to_string();
+    let config =
+        StemConfig::from_lookup(&move |k: &str| (k == "STEM_BROKER_URL").then(|| url.clone()))?;
+    Ok(stem::client::Stem::connect(&config)?.with_registry(stem::demo::registry()))
+}
+
+fn request(task: &str, args: Value) -> EnqueueRequest {
+    EnqueueRequest {
+        name: task.into(),
+        args,
+        options: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_forged_entry_cannot_kill_a_queued_task() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k");
+    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "victim", "delayMs": 1}))
+        .await?;
+    // The same id, a wrong signature and the highest attempt, in the
+    // highest band so the worker reads it first.
+    let real = entry_of(&url, "stem:{greetings}:p0", &id).await?;
+    let (_, kid, _, body) = unpack(&real)?;
+    inject(
+        &url,
+        "stem:{greetings}:p9",
+        &pack("4294967295", &kid, "AAAA", &body),
+    )
+    .await?;
+
+    let worker = start_worker(&url, &worker_name("c1a"), "greetings", &signed(&key)).await?;
+    let s = enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    assert_eq!(s["attempt"], 0, "{s}");
+    assert_eq!(s["result"], "Processed greeting.send for victim", "{s}");
+    let letter = wait_dead_letter(&url, "greetings", SETTLE, |l| {
+        l.reason == "signature-invalid"
+    })
+    .await?;
+    assert_eq!(letter.task_id().as_deref(), Some(id.as_str()), "{letter:?}");
+    assert_eq!(body_runs(&worker.logs(), &id), 1, "{}", worker.logs());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_unsigned_entry_cannot_rewrite_a_finished_task() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k");
+    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let _worker = start_worker(&url, &worker_name("c1b"), "greetings", &signed(&key)).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "done", "delayMs": 1}))
+        .await?;
+    enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+
+    // The body of the finished task, unsigned, at the highest attempt.
+    let before = enq.api.task(&id).await?.expect("status");
+    let body = json!({
+        "id": id, "name": "greeting.send", "queue": "greetings",
+        "args": {"name": "forged"}, "enqueuedAt": 1, "maxRetries": 5
+    });
+    inject(
+        &url,
+        "stem:{greetings}:p0",
+        &pack("4294967295", "", "", body.to_string().as_bytes()),
+    )
+    .await?;
+    wait_dead_letter(&url, "greetings", SETTLE, |l| {
+        l.reason == "signature-invalid"
+    })
+    .await?;
+    let after = enq.api.task(&id).await?.expect("status");
+    assert_eq!(after["state"], "succeeded", "{after}");
+    assert_eq!(after["result"], before["result"], "{after}");
+    assert_eq!(after["attempt"], 0, "{after}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_forged_members_do_not_join_a_group() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k");
+    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let r = enq
+        .api
+        .post_json("/group", &json!({"names": ["a", "b"]}))
+        .await?;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let gid = r.json["groupId"].as_str().expect("groupId").to_string();
+    for n in 0..2 {
+        let body = json!({
+            "id": format!("forged-{n}"), "name": "greeting.send", "queue": "greetings",
+            "headers": {"stem-group-id": gid}, "enqueuedAt": 1
+        });
+        inject(
+            &url,
+            "stem:{greetings}:p9",
+            &pack("0", "", "", body.to_string().as_bytes()),
+        )
+        .await?;
+    }
+    let _worker = start_worker(&url, &worker_name("c1c"), "greetings", &signed(&key)).await?;
+    let api = &enq.api;
+    let group = poll_until("the group to complete", SETTLE, || async {
+        let g = api.get(&format!("/group/{gid}")).await?.json;
+        Ok((g["completed"] == 2).then_some(g))
+    })
+    .await?;
+    poll_until("two dead letters", SETTLE, || async {
+        Ok((dead_letters(&url, "greetings").await?.len() == 2).then_some(()))
+    })
+    .await?;
+    let group = {
+        // Settled: the forged members were rejected; read once more.
+        let g = api.get(&format!("/group/{gid}")).await?.json;
+        assert_eq!(g, group, "the group changed after the rejects");
+        g
+    };
+    assert_eq!(group["expected"], 2, "{group}");
+    assert_eq!(group["completed"], 2, "{group}");
+    let results = group["results"].as_object().expect("results");
+    assert!(
+        results.values().all(|r| r["state"] == "succeeded"),
+        "{group}"
+    );
+    assert!(!results.contains_key("forged-0"), "{group}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_signed_copy_with_an_out_of_range_attempt_is_refused() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k");
+    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "copy", "delayMs": 1}))
+        .await?;
+    let real = entry_of(&url, "stem:{greetings}:p0", &id).await?;
+    let (_, kid, sig, body) = unpack(&real)?;
+    inject(
+        &url,
+        "stem:{greetings}:p9",
+        &pack("4294967295", &kid, &sig, &body),
+    )
+    .await?;
+    let _worker = start_worker(&url, &worker_name("c1d"), "greetings", &signed(&key)).await?;
+    let s = enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    assert_eq!(s["attempt"], 0, "{s}");
+    let letter = wait_dead_letter(&url, "greetings", SETTLE, |l| {
+        l.reason == "attempt-out-of-range"
+    })
+    .await?;
+    assert_eq!(letter.task_id().as_deref(), Some(id.as_str()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c6_envelope_copied_into_another_queue_is_refused() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k");
+    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"task": "billing.charge", "name": "moved", "delayMs": 1}))
+        .await?;
+    let real = entry_of(&url, "stem:{billing}:p0", &id).await?;
+    for _ in 0..3 {
+        inject(&url, "stem:{greetings}:p0", &real).await?;
+    }
+    let greetings = start_worker(&url, &worker_name("c6g"), "greetings", &signed(&key)).await?;
+    poll_until("three wrong-queue dead letters", SETTLE, || async {
+        let letters = dead_letters(&url, "greetings").await?;
+        Ok((letters.iter().filter(|l| l.reason == "wrong-queue").count() == 3).then_some(()))
+    })
+    .await?;
+    assert_eq!(body_runs(&greetings.logs(), &id), 0, "{}", greetings.logs());
+    let s = enq.api.task(&id).await?.expect("status");
+    assert_eq!(s["state"], "queued", "{s}");
+
+    let billing = start_worker(&url, &worker_name("c6b"), "billing", &signed(&key)).await?;
+    enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    assert_eq!(body_runs(&billing.logs(), &id), 1, "{}", billing.logs());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2_idempotency_key_never_answers_with_a_task_that_does_not_exist() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    // Warm both connections, then restart Redis under the enqueuer: the
+    // first commands on the stale connections fail.
+    enq.api
+        .enqueue(json!({"name": "warm", "delayMs": 1}))
+        .await?;
+    redis.restart()?;
+    let body = json!({"name": "charge-card", "delayMs": 1, "idempotencyKey": "order-777"});
+    let mut answers = Vec::new();
+    let first_ok = loop {
+        let r = enq.api.post_json("/enqueue", &body).await?;
+        answers.push(format!("{} {}", r.status, r.text));
+        if r.status == 200 {
+            break r.json;
+        }
+        assert_eq!(r.status, 503, "{answers:?}");
+        assert!(answers.len() < 5, "no 200 after restarts: {answers:?}");
+    };
+    let id = first_ok["taskId"].as_str().expect("taskId").to_string();
+    assert!(
+        enq.api.task(&id).await?.is_some(),
+        "the answered task {id} does not exist: {answers:?}"
+    );
+    // A retry answers the same task; and it runs.
+    let again = enq.api.post_json("/enqueue", &body).await?;
+    assert_eq!(again.json["taskId"], id.as_str(), "{}", again.text);
+    assert_eq!(again.json["duplicate"], true, "{}", again.text);
+    let _worker = start_worker(&url, &worker_name("c2"), "greetings", &[]).await?;
+    enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    Ok(())
+}
+
+/// A worker on `queues` behind a fault proxy, with a 2 s visibility
+/// timeout, that the proxy kills when it sends `kill_on`. The rule is in
+/// place before the worker connects.
+async fn worker_behind(
+    proxy: &FaultProxy,
+    label: &str,
+    queues: &str,
+    kill_on: Pattern,
+) -> anyhow::Result<stem_e2e::ServiceProcess> {
+    let worker = stem_e2e::spawn_worker(
+        &proxy.url(),
+        &worker_name(label),
+        queues,
+        &env(&[
+            ("STEM_VISIBILITY_TIMEOUT", "2s"),
+            ("STEM_WORKER_CONCURRENCY", "1"),
+        ]),
+    )?;
+    proxy.once(kill_on, Fault::Kill(worker.pid()));
+    Ok(worker)
+}
+
+/// Waits until the proxy fired and `victim` died of it.
+async fn wait_killed(
+    proxy: &FaultProxy,
+    victim: &mut stem_e2e::ServiceProcess,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while proxy.fired() != 1 || victim.is_running() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not kill the worker (fired {}); worker log:\n{}",
+            proxy.fired(),
+            victim.logs()
+        );
+        tokio::time::sleep(stem_e2e::POLL_INTERVAL).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_group_result_lands_after_a_crash_before_it() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    let r = enq
+        .api
+        .post_json("/group", &json!({"names": ["a", "b"], "delayMs": 1}))
+        .await?;
+    let gid = r.json["groupId"].as_str().expect("groupId").to_string();
+    let proxy = FaultProxy::start(redis.port())?;
+    let mut victim = worker_behind(
+        &proxy,
+        "c3g",
+        "greetings",
+        Pattern::all(&["HSET", &format!("stem:group:{gid}:results")]),
+    )
+    .await?;
+    wait_killed(&proxy, &mut victim).await?;
+
+    let _rescuer = start_worker(
+        &url,
+        &worker_name("c3g-rescue"),
+        "greetings",
+        &env(&[("STEM_VISIBILITY_TIMEOUT", "2s")]),
+    )
+    .await?;
+    let api = &enq.api;
+    let g = poll_until("the group to complete", SETTLE, || async {
+        let g = api.get(&format!("/group/{gid}")).await?.json;
+        Ok((g["completed"] == 2).then_some(g))
+    })
+    .await?;
+    assert_eq!(g["expected"], 2, "{g}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_dead_letter_lands_after_a_crash_before_it() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    // A non-retryable failure: the demo body refuses a name that is not text.
+    let id = Cli::new(&url)
+        .ok(&[
+            "task",
+            "enqueue",
+            "greeting.send",
+            "--args",
+            r#"{"name": 7}"#,
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    let proxy = FaultProxy::start(redis.port())?;
+    let mut victim = worker_behind(
+        &proxy,
+        "c3d",
+        "greetings",
+        Pattern::all(&["XADD", "stem:{greetings}:dead"]),
+    )
+    .await?;
+    wait_killed(&proxy, &mut victim).await?;
+    assert_eq!(Cli::new(&url).state(&id)?, "failed");
+    assert!(dead_letters(&url, "greetings").await?.is_empty());
+
+    let _rescuer = start_worker(
+        &url,
+        &worker_name("c3d-rescue"),
+        "greetings",
+        &env(&[("STEM_VISIBILITY_TIMEOUT", "2s")]),
+    )
+    .await?;
+    let letter = wait_dead_letter(&url, "greetings", SETTLE, |l| {
+        l.task_id().as_deref() == Some(id.as_str())
+    })
+    .await?;
+    assert_eq!(letter.reason, "non-retryable", "{letter:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_next_chain_step_lands_after_a_crash_before_it() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let stem = library_producer(&url)?;
+    let chain = stem
+        .chain(vec![
+            request("greeting.send", json!({"name": "one", "delayMs": 1})),
+            request("greeting.send", json!({"name": "two", "delayMs": 1})),
+        ])
+        .await?;
+    let proxy = FaultProxy::start(redis.port())?;
+    let mut victim = worker_behind(
+        &proxy,
+        "c3c",
+        "greetings",
+        Pattern::contains(format!("stem:kv:chain:{}:1", chain.chain_id)),
+    )
+    .await?;
+    wait_killed(&proxy, &mut victim).await?;
+
+    let rescuer = start_worker(
+        &url,
+        &worker_name("c3c-rescue"),
+        "greetings",
+        &env(&[("STEM_VISIBILITY_TIMEOUT", "2s")]),
+    )
+    .await?;
+    let last = stem.wait(&chain.task_ids[1], SETTLE).await?;
+    assert_eq!(last.result, json!("Processed greeting.send for two"));
+    assert_eq!(body_runs(&rescuer.logs(), &chain.task_ids[1]), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c13_unregistered_member_fails_the_chord_naming_it() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let stem = library_producer(&url)?;
+    let chord = stem
+        .chord(
+            vec![
+                request("greeting.send", json!({"name": "ok", "delayMs": 1})),
+                EnqueueRequest {
+                    name: "no.such.task".into(),
+                    args: json!({}),
+                    options: stem::client::EnqueueOptions {
+                        queue: Some("greetings".into()),
+                        ..Default::default()
+                    },
+                },
+            ],
+            request("greeting.send", json!({"name": "callback", "delayMs": 1})),
+        )
+        .await?;
+    let worker = start_worker(&url, &worker_name("c13"), "greetings", &[]).await?;
+    let cb = stem.wait(&chord.callback_id, SETTLE).await?;
+    assert_eq!(cb.state, stem::envelope::TaskState::Failed, "{cb:?}");
+    let error = cb.error.expect("error");
+    assert_eq!(error.kind, "chord-failed");
+    assert!(error.message.contains(&chord.header_ids[1]), "{error:?}");
+    assert!(error.message.contains("unregistered-task"), "{error:?}");
+    assert_eq!(body_runs(&worker.logs(), &chord.callback_id), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c11_revoke_racing_a_finishing_task_keeps_its_result() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    let worker = start_worker(&url, &worker_name("c11"), "greetings", &[]).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "race", "delayMs": 600}))
+        .await?;
+    stem_e2e::wait_body_running(&worker, &id, SETTLE).await?;
+    // The CLI's write of the revocation is held until the task finished.
+    let proxy = FaultProxy::start(redis.port())?;
+    proxy.once(
+        Pattern::all(&["SET", &format!("stem:done:{id}")]),
+        Fault::Hold(Duration::from_secs(3)),
+    );
+    let revoke = Cli::new(&proxy.url()).spawn(&["task", "revoke", &id])?;
+    enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    let run = Cli::finish(revoke).await?;
+    assert_eq!(proxy.fired(), 1, "the revoke's write was not held");
+    let s = enq.api.task(&id).await?.expect("status");
+    assert_eq!(s["state"], "succeeded", "{s}\n{}", run.describe());
+    assert_eq!(s["result"], "Processed greeting.send for race", "{s}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c12_concurrent_replays_publish_once() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let cli = Cli::new(&url);
+    let id = cli
+        .ok(&[
+            "task",
+            "enqueue",
+            "greeting.send",
+            "--args",
+            r#"{"name": 7}"#,
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    let mut worker = start_worker(&url, &worker_name("c12"), "greetings", &[]).await?;
+    let letter = wait_dead_letter(&url, "greetings", SETTLE, |l| {
+        l.task_id().as_deref() == Some(id.as_str())
+    })
+    .await?;
+    worker.sigterm()?;
+    worker.wait_exit(SETTLE)?;
+
+    // Replay 1 is held at its write while replay 2 runs.
+    let proxy = FaultProxy::start(redis.port())?;
+    proxy.once(
+        Pattern::all(&["stem:{greetings}:dead", "stem:{greetings}:p0"]),
+        Fault::Hold(Duration::from_secs(2)),
+    );
+    let held = Cli::new(&proxy.url()).spawn(&["dlq", "replay", "-q", "greetings", &letter.id])?;
+    poll_until("replay 1 to reach its write", SETTLE, || async {
+        Ok((proxy.fired() == 1).then_some(()))
+    })
+    .await?;
+    let second = cli.run(&["dlq", "replay", "-q", "greetings", &letter.id])?;
+    let first = Cli::finish(held).await?;
+    let codes = [first.code, second.code];
+    assert!(
+        codes.contains(&Some(0)),
+        "one replay succeeds:\n{}\n{}",
+        first.describe(),
+        second.describe()
+    );
+    let entries = packed_entries(&url, "stem:{greetings}:p0").await?;
+    assert_eq!(
+        entries.len(),
+        1,
+        "published once:\n{}\n{}",
+        first.describe(),
+        second.describe()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c7_revoked_delayed_task_never_runs_after_the_result_ttl() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let ttl = env(&[("STEM_RESULT_TTL", "2s")]);
+    let cli = Cli::new(&url).with("STEM_RESULT_TTL", "2s");
+    let id = cli
+        .ok(&[
+            "task",
+            "enqueue",
+            "greeting.send",
+            "--args",
+            r#"{"name": "late", "delayMs": 1}"#,
+            "--countdown",
+            "4s",
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    cli.ok(&["task", "revoke", &id])?;
+    let worker = start_worker(&url, &worker_name("c7"), "greetings", &ttl).await?;
+    // Past the countdown (and the 2 s TTL): the entry is promoted, fetched
+    // and dropped as revoked.
+    wait_log(&worker, &format!("task_id={id}"), SETTLE).await?;
+    assert_eq!(body_runs(&worker.logs(), &id), 0, "{}", worker.logs());
+    assert_eq!(cli.state(&id)?, "cancelled");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c16_ids_outside_the_generated_forms_are_404() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let enq = start_enqueuer(&redis.url(), &[]).await?;
+    let r = enq
+        .api
+        .post_json("/group", &json!({"names": ["a"]}))
+        .await?;
+    let gid = r.json["groupId"].as_str().expect("groupId").to_string();
+    for path in [
+        format!("/group/{gid}:results"),
+        "/group/x:results".to_string(),
+        "/tasks/x:y".to_string(),
+    ] {
+        let r = enq.api.get(&path).await?;
+        assert_eq!(r.status, 404, "GET {path}: {}", r.text);
+        r.error_message()?;
+    }
+    assert_eq!(enq.api.get(&format!("/group/{gid}")).await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c10_visibility_timeout_below_one_second_is_refused() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    for vt in ["0", "500ms"] {
+        let mut w = stem_e2e::spawn_worker(
+            &redis.url(),
+            &worker_name("c10"),
+            "greetings",
+            &env(&[("STEM_VISIBILITY_TIMEOUT", vt)]),
+        )?;
+        let code = w.wait_exit(SETTLE)?;
+        assert_eq!(code, Some(78), "vt {vt}: {}", w.logs());
+        assert!(w.logs().contains("STEM_VISIBILITY_TIMEOUT"), "{}", w.logs());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c14_c15_urls_warn_on_insecure_and_never_print_passwords() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    // C15: a malformed URL and a password with a raw '@'.
+    for url in [
+        "redis//admin:S3cr3tPassw0rd@127.0.0.1:1/0".to_string(),
+        format!(
+            "redis://user:p@ss@S3cr3tPassw0rd@127.0.0.1:{}/x",
+            redis.port()
+        ),
+    ] {
+        let run = Cli::new(&url).run(&["health"])?;
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(!all.contains("S3cr3tPassw0rd"), "{}", run.describe());
+        assert!(!all.contains("ss@"), "{}", run.describe());
+    }
+    // C14: `#insecure` in the URL is refused like any unverifiable TLS
+    // setting would be silently accepted otherwise.
+    let run =
+        Cli::new(&format!("rediss://127.0.0.1:{}/0#insecure", redis.port())).run(&["health"])?;
+    assert_eq!(run.code, Some(78), "{}", run.describe());
+    assert!(
+        run.stderr.contains("STEM_TLS_ALLOW_INSECURE"),
+        "{}",
+        run.describe()
+    );
+    Ok(())
+}
