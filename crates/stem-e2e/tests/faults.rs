@@ -466,14 +466,18 @@ async fn c11_revoke_racing_a_finishing_task_keeps_its_result() -> anyhow::Result
     stem_e2e::wait_body_running(&worker, &id, SETTLE).await?;
     // The CLI's write of the revocation is held until the task finished.
     let proxy = FaultProxy::start(redis.port())?;
+    // (The write is `SET stem:done:<id> <status> NX PX <ttl>`; the read
+    // before it names the key too, without NX.)
     proxy.once(
-        Pattern::all(&["SET", &format!("stem:done:{id}")]),
+        Pattern::all(&[&format!("stem:done:{id}"), "NX", "PX"]),
         Fault::Hold(Duration::from_secs(3)),
     );
     let revoke = Cli::new(&proxy.url()).spawn(&["task", "revoke", &id])?;
     enq.api.wait_state(&id, "succeeded", SETTLE).await?;
     let run = Cli::finish(revoke).await?;
     assert_eq!(proxy.fired(), 1, "the revoke's write was not held");
+    // The CLI reports what the task ended as.
+    assert!(run.stdout.contains("succeeded"), "{}", run.describe());
     let s = enq.api.task(&id).await?.expect("status");
     assert_eq!(s["state"], "succeeded", "{s}\n{}", run.describe());
     assert_eq!(s["result"], "Processed greeting.send for race", "{s}");
@@ -573,6 +577,14 @@ async fn c16_ids_outside_the_generated_forms_are_404() -> anyhow::Result<()> {
         .post_json("/group", &json!({"names": ["a"]}))
         .await?;
     let gid = r.json["groupId"].as_str().expect("groupId").to_string();
+    // Once a member finished, `stem:group:<gid>:results` is a hash.
+    let _worker = start_worker(&redis.url(), &worker_name("c16"), "greetings", &[]).await?;
+    let api = &enq.api;
+    poll_until("the group to complete", SETTLE, || async {
+        let g = api.get(&format!("/group/{gid}")).await?.json;
+        Ok((g["completed"] == 1).then_some(()))
+    })
+    .await?;
     for path in [
         format!("/group/{gid}:results"),
         "/group/x:results".to_string(),
