@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs formatting,
 # lints and every test (unit, contract suite over memory and Redis,
-# black-box tests of the real binaries against private redis-servers).
+# black-box and fault tests of the real binaries against private
+# redis-servers), printing how long each phase took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/ensure-packages.sh
-ensure_packages "tests start their own private redis-server instances" \
-  redis-server:redis-server redis-cli:redis-tools openssl:openssl
+ensure_packages "tests start private redis-servers; the fault proxy kills processes with kill" \
+  redis-server:redis-server redis-cli:redis-tools openssl:openssl kill:procps
 
 start=$(date +%s)
-echo "==> cargo fmt --check"
+phase_start=$start
+phase() {
+  local now; now=$(date +%s)
+  [ -n "${phase_name:-}" ] && echo "==> ${phase_name}: $(( now - phase_start ))s"
+  phase_name=$1; phase_start=$now
+  echo "==> $1"
+}
+
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "==> cargo build (the black-box tests run these binaries)"
+# `cargo test` does not rebuild another package's binaries; the black-box
+# tests run these, and stem-testkit refuses a binary older than its sources.
+phase "cargo build --bins (the black-box tests run these binaries)"
 cargo build --workspace --bins --locked
-echo "==> cargo test"
-cargo test --workspace --locked
-echo "==> scripts/generate_tls_assets.sh"
+phase "cargo test"
+cargo test --workspace --locked --no-fail-fast
+phase "scripts/generate_tls_assets.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 scripts/generate_tls_assets.sh "$tmp/certs" redis "redis,localhost,127.0.0.1" >/dev/null
 openssl verify -CAfile "$tmp/certs/ca.crt" "$tmp/certs/server.crt" "$tmp/certs/client.crt"
+phase "done"
 echo "==> all checks passed in $(( $(date +%s) - start ))s"

@@ -4,8 +4,9 @@
 //! a private `redis-server` (from [`stem_testkit`]), the real `enqueuer` and
 //! `worker` binaries as child processes, the HTTP API over the loopback
 //! interface, and the workers' logs. The binaries must be built first
-//! (`cargo build --workspace`, or `cargo test --workspace` which builds
-//! them); [`stem_testkit::binary_path`] says so when they are missing.
+//! (`cargo build --workspace --bins`; `cargo test` does not rebuild another
+//! package's binaries): [`stem_testkit::binary_path`] fails when they are
+//! missing or older than their sources.
 //!
 //! Nothing here sleeps for a fixed time to wait for an outcome: every wait
 //! is [`poll_until`] with a deadline, and fails with a message saying what

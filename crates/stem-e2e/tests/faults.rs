@@ -233,15 +233,13 @@ async fn c6_envelope_copied_into_another_queue_is_refused() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c2_idempotency_key_never_answers_with_a_task_that_does_not_exist() -> anyhow::Result<()> {
-    let mut redis = RedisServer::start()?;
+    let redis = RedisServer::start()?;
     let url = redis.url();
-    let enq = start_enqueuer(&url, &[]).await?;
-    // Warm both connections, then restart Redis under the enqueuer: the
-    // first commands on the stale connections fail.
-    enq.api
-        .enqueue(json!({"name": "warm", "delayMs": 1}))
-        .await?;
-    redis.restart()?;
+    // The enqueuer's connection is cut as it sends the publish of the
+    // task (the XADD to the queue's stream): the request fails.
+    let proxy = FaultProxy::start(redis.port())?;
+    proxy.once(Pattern::contains("stem:{greetings}:p0"), Fault::Cut);
+    let enq = start_enqueuer(&proxy.url(), &[]).await?;
     let body = json!({"name": "charge-card", "delayMs": 1, "idempotencyKey": "order-777"});
     let mut answers = Vec::new();
     let first_ok = loop {
@@ -251,19 +249,22 @@ async fn c2_idempotency_key_never_answers_with_a_task_that_does_not_exist() -> a
             break r.json;
         }
         assert_eq!(r.status, 503, "{answers:?}");
-        assert!(answers.len() < 5, "no 200 after restarts: {answers:?}");
+        assert!(answers.len() < 5, "no 200 after the cut: {answers:?}");
     };
+    assert_eq!(proxy.fired(), 1, "the cut happened: {answers:?}");
     let id = first_ok["taskId"].as_str().expect("taskId").to_string();
     assert!(
         enq.api.task(&id).await?.is_some(),
         "the answered task {id} does not exist: {answers:?}"
     );
-    // A retry answers the same task; and it runs.
+    // A retry answers the same task; and it runs, once.
     let again = enq.api.post_json("/enqueue", &body).await?;
     assert_eq!(again.json["taskId"], id.as_str(), "{}", again.text);
     assert_eq!(again.json["duplicate"], true, "{}", again.text);
-    let _worker = start_worker(&url, &worker_name("c2"), "greetings", &[]).await?;
+    let worker = start_worker(&url, &worker_name("c2"), "greetings", &[]).await?;
     enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    assert_eq!(packed_entries(&url, "stem:{greetings}:p0").await?.len(), 0);
+    assert_eq!(body_runs(&worker.logs(), &id), 1);
     Ok(())
 }
 
@@ -641,5 +642,41 @@ async fn c14_c15_urls_warn_on_insecure_and_never_print_passwords() -> anyhow::Re
         "{}",
         run.describe()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c17_first_requests_after_a_redis_restart_succeed() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    // Warm every connection the enqueuer holds, then restart Redis.
+    let warm = enq
+        .api
+        .enqueue(json!({"name": "warm", "delayMs": 1}))
+        .await?;
+    assert!(enq.api.task(&warm).await?.is_some());
+    redis.restart()?;
+
+    let r = enq
+        .api
+        .post_json("/enqueue", &json!({"name": "after", "delayMs": 1}))
+        .await?;
+    assert_eq!(r.status, 200, "first enqueue after the restart: {}", r.text);
+    let id = r.json["taskId"].as_str().expect("taskId").to_string();
+    let g = enq
+        .api
+        .post_json("/group", &json!({"names": ["x", "y"]}))
+        .await?;
+    assert_eq!(g.status, 200, "first group after the restart: {}", g.text);
+    let gid = g.json["groupId"].as_str().expect("groupId").to_string();
+    let _worker = start_worker(&url, &worker_name("c17"), "greetings", &[]).await?;
+    enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    let api = &enq.api;
+    poll_until("the group to complete", SETTLE, || async {
+        let g = api.get(&format!("/group/{gid}")).await?.json;
+        Ok((g["completed"] == 2).then_some(()))
+    })
+    .await?;
     Ok(())
 }

@@ -62,6 +62,7 @@ pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
     for dir in exe.ancestors().skip(1).take(3) {
         let candidate = dir.join(&file_name);
         if candidate.is_file() {
+            ensure_fresh(name, &candidate)?;
             return Ok(candidate);
         }
         searched.push(candidate);
@@ -69,9 +70,53 @@ pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
 
     let searched: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
     anyhow::bail!(
-        "binary `{name}` not built: run `cargo build --workspace` (cargo test --workspace builds it); looked at: {}",
+        "binary `{name}` not built: run `cargo build --workspace --bins` (scripts/test.sh does); looked at: {}",
         searched.join(", ")
     )
+}
+
+/// The source directories the workspace binaries are built from.
+const BINARY_SOURCES: [&str; 6] = [
+    "crates/stem/src",
+    "crates/stem-cli/src",
+    "services/enqueuer/src",
+    "services/worker/src",
+    "services/beat/src",
+    "Cargo.lock",
+];
+
+/// Fails when a source file the binaries are built from is newer than
+/// `binary`: `cargo test` does not rebuild the workspace's binaries for
+/// another package's tests, so without this check a black-box test could
+/// silently run a binary that predates the change under test. Binaries
+/// given through `$STEM_BIN_DIR` are taken as they are (a deliberate
+/// choice, e.g. an older build to show a test failing on it).
+fn ensure_fresh(name: &str, binary: &Path) -> anyhow::Result<()> {
+    let built = std::fs::metadata(binary)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("reading the modification time of {}", binary.display()))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut stack: Vec<PathBuf> = BINARY_SOURCES.iter().map(|d| root.join(d)).collect();
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+            continue;
+        }
+        if meta.modified().is_ok_and(|m| m > built) {
+            anyhow::bail!(
+                "binary `{name}` ({}) is older than {}: run `cargo build --workspace --bins` \
+                 (scripts/test.sh does) before the black-box tests",
+                binary.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A workspace binary running as a child process, with stdout and stderr

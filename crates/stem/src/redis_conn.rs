@@ -90,8 +90,29 @@ pub fn round_trips() -> u64 {
     ROUND_TRIPS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// A [`ConnectionManager`] that counts round trips. Every adapter talks
-/// to Redis through one of these.
+/// Whether `e` says the request never left this process: the write to a
+/// socket the server had already closed failed (`EPIPE`), or there was no
+/// connection. Such a request is safe to send again whatever it does; an
+/// error *after* the write (a reset while waiting for the reply) is not
+/// retried, since Redis may have run the command.
+///
+/// redis 1.8 keeps the `io::Error` private, so the kind is read from the
+/// error's text ("broken pipe", "not connected"), within I/O errors only.
+fn never_sent(e: &redis::RedisError) -> bool {
+    if !e.is_connection_dropped() {
+        return false;
+    }
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("broken pipe") || text.contains("not connected")
+}
+
+/// A [`ConnectionManager`] that counts round trips and sends a request a
+/// second time when the first attempt never left the process. After a
+/// Redis restart the first request on each connection meets the dead
+/// socket (`broken pipe`); the manager reconnects on that error, and the
+/// second attempt goes out on the new connection, so callers (an HTTP
+/// request, a settle) do not fail for a restart that is already over.
+/// Every adapter talks to Redis through one of these.
 #[derive(Clone)]
 pub struct Conn(ConnectionManager);
 
@@ -100,8 +121,16 @@ impl redis::aio::ConnectionLike for Conn {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.0.req_packed_command(cmd)
+        Box::pin(async move {
+            ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match self.0.req_packed_command(cmd).await {
+                Err(e) if never_sent(&e) => {
+                    ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.0.req_packed_command(cmd).await
+                }
+                other => other,
+            }
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -110,8 +139,16 @@ impl redis::aio::ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.0.req_packed_commands(pipeline, offset, count)
+        Box::pin(async move {
+            ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match self.0.req_packed_commands(pipeline, offset, count).await {
+                Err(e) if never_sent(&e) => {
+                    ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.0.req_packed_commands(pipeline, offset, count).await
+                }
+                other => other,
+            }
+        })
     }
 
     fn get_db(&self) -> i64 {
