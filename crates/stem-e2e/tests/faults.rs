@@ -680,3 +680,179 @@ async fn c17_first_requests_after_a_redis_restart_succeed() -> anyhow::Result<()
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c5_orphans_behind_live_leases_are_recovered_within_two_timeouts() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    // A busy worker holds 32 long tasks at the head of the pending list
+    // (2 running, 30 waiting: its prefetch bound, so it fetches no more)
+    // and keeps renewing them.
+    for n in 0..32 {
+        enq.api
+            .enqueue(json!({"name": format!("long-{n}"), "delayMs": 20000}))
+            .await?;
+    }
+    let busy = start_worker(
+        &url,
+        &worker_name("c5-busy"),
+        "greetings",
+        &env(&[
+            ("STEM_VISIBILITY_TIMEOUT", "2s"),
+            ("STEM_WORKER_CONCURRENCY", "2"),
+            ("STEM_PREFETCH_MULTIPLIER", "15"),
+        ]),
+    )
+    .await?;
+    poll_until(
+        "the busy worker to hold every long task",
+        SETTLE,
+        || async {
+            Ok(
+                (packed_entries(&url, "stem:{greetings}:p0").await?.len() == 32
+                    && redis
+                        .cli(&["XPENDING", "stem:{greetings}:p0", "stem"])?
+                        .starts_with("32"))
+                .then_some(()),
+            )
+        },
+    )
+    .await?;
+    // A consumer takes five short tasks behind them and dies.
+    let mut orphans = Vec::new();
+    for n in 0..5 {
+        orphans.push(
+            enq.api
+                .enqueue(json!({"name": format!("orphan-{n}"), "delayMs": 1}))
+                .await?,
+        );
+    }
+    let read = redis.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "stem",
+        "ghost",
+        "COUNT",
+        "5",
+        "STREAMS",
+        "stem:{greetings}:p0",
+        ">",
+    ])?;
+    for id in &orphans {
+        assert!(read.contains(id.as_str()), "the ghost read {id}: {read}");
+    }
+    let orphaned = std::time::Instant::now();
+    // An idle worker with room for one task at a time.
+    let _idle = start_worker(
+        &url,
+        &worker_name("c5-idle"),
+        "greetings",
+        &env(&[
+            ("STEM_VISIBILITY_TIMEOUT", "2s"),
+            ("STEM_WORKER_CONCURRENCY", "1"),
+        ]),
+    )
+    .await?;
+    for id in &orphans {
+        enq.api.wait_state(id, "succeeded", SETTLE).await?;
+    }
+    let took = orphaned.elapsed();
+    assert!(
+        took < Duration::from_secs(12),
+        "five orphans took {took:?} (visibility timeout 2 s); busy worker:\n{}",
+        busy.logs()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c10_a_shorter_timeout_does_not_steal_live_leases() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    let long = start_worker(
+        &url,
+        &worker_name("c10-long"),
+        "greetings",
+        &env(&[
+            ("STEM_VISIBILITY_TIMEOUT", "30s"),
+            ("STEM_WORKER_CONCURRENCY", "2"),
+        ]),
+    )
+    .await?;
+    let ids = [
+        enq.api
+            .enqueue(json!({"name": "a", "delayMs": 5000}))
+            .await?,
+        enq.api
+            .enqueue(json!({"name": "b", "delayMs": 5000}))
+            .await?,
+    ];
+    for id in &ids {
+        stem_e2e::wait_body_running(&long, id, SETTLE).await?;
+    }
+    // A rolling deploy lowers the timeout: the new worker recovers every
+    // second, but the running tasks' holder renews within 30 s.
+    let short = start_worker(
+        &url,
+        &worker_name("c10-short"),
+        "greetings",
+        &env(&[("STEM_VISIBILITY_TIMEOUT", "1s")]),
+    )
+    .await?;
+    for id in &ids {
+        enq.api.wait_state(id, "succeeded", SETTLE).await?;
+        assert_eq!(body_runs(&short.logs(), id), 0, "{}", short.logs());
+        assert_eq!(body_runs(&long.logs(), id), 1, "{}", long.logs());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_a_task_that_keeps_killing_its_worker_stops_at_the_delivery_limit() -> anyhow::Result<()>
+{
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "poison", "delayMs": 1}))
+        .await?;
+    // Every worker dies as it is about to store the task's result.
+    let proxy = FaultProxy::start(redis.port())?;
+    let limit = env(&[
+        ("STEM_VISIBILITY_TIMEOUT", "1s"),
+        ("STEM_MAX_DELIVERIES", "2"),
+    ]);
+    let mut logs = String::new();
+    for round in 0..2 {
+        let mut w = stem_e2e::spawn_worker(&proxy.url(), &worker_name("s2"), "greetings", &limit)?;
+        proxy.once(
+            Pattern::all(&[&format!("stem:done:{id}"), "NX"]),
+            Fault::Kill(w.pid()),
+        );
+        let deadline = std::time::Instant::now() + SETTLE;
+        while w.is_running() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "round {round}: worker not killed:\n{}",
+                w.logs()
+            );
+            tokio::time::sleep(stem_e2e::POLL_INTERVAL).await;
+        }
+        logs.push_str(&w.logs());
+    }
+    assert_eq!(body_runs(&logs, &id), 2, "{logs}");
+    // The third delivery is refused.
+    let last = start_worker(&url, &worker_name("s2-last"), "greetings", &limit).await?;
+    let s = enq.api.wait_state(&id, "failed", SETTLE).await?;
+    assert_eq!(s["error"]["reason"], "delivery-limit", "{s}");
+    let letter = wait_dead_letter(&url, "greetings", SETTLE, |l| {
+        l.task_id().as_deref() == Some(id.as_str())
+    })
+    .await?;
+    assert_eq!(letter.reason, "delivery-limit", "{letter:?}");
+    assert_eq!(body_runs(&last.logs(), &id), 0, "{}", last.logs());
+    Ok(())
+}

@@ -143,6 +143,10 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     pub prefetch_multiplier: usize,
     pub visibility_timeout: Duration,
+    /// Deliveries of one entry (first read plus recoveries after its worker
+    /// died) before it is dead-lettered as `delivery-limit`
+    /// (`STEM_MAX_DELIVERIES`).
+    pub max_deliveries: u32,
     pub heartbeat_interval: Duration,
     pub shutdown_grace: Duration,
     /// Port of the worker's `/healthz` and `/readyz` (`STEM_WORKER_HEALTH_PORT`).
@@ -379,6 +383,9 @@ impl WorkerSettings {
             concurrency: positive_var(env, "STEM_WORKER_CONCURRENCY", cpus)?,
             prefetch_multiplier: positive_var(env, "STEM_PREFETCH_MULTIPLIER", 2)?,
             visibility_timeout: visibility_timeout(env)?,
+            max_deliveries: positive_var(env, "STEM_MAX_DELIVERIES", 10)?
+                .try_into()
+                .unwrap_or(u32::MAX),
             heartbeat_interval: duration_var(
                 env,
                 "STEM_HEARTBEAT_INTERVAL",

@@ -19,6 +19,7 @@ struct Pending {
     wire: WireEnvelope,
     consumer: String,
     touched: Instant,
+    deliveries: u32,
 }
 
 #[derive(Default)]
@@ -33,6 +34,8 @@ struct MemQueue {
 struct State {
     queues: HashMap<String, MemQueue>,
     next_id: u64,
+    /// Lease each consumer declared (its visibility timeout).
+    leases: HashMap<String, Duration>,
 }
 
 impl State {
@@ -72,7 +75,7 @@ impl MemoryBroker {
     }
 }
 
-fn delivery(queue: &str, band: u8, id: u64, wire: WireEnvelope) -> Fetched {
+fn delivery(queue: &str, band: u8, id: u64, wire: WireEnvelope, deliveries: u32) -> Fetched {
     Fetched::Task(Delivery {
         receipt: Receipt {
             queue: queue.to_string(),
@@ -80,6 +83,7 @@ fn delivery(queue: &str, band: u8, id: u64, wire: WireEnvelope) -> Fetched {
             entry_id: id.to_string(),
         },
         wire,
+        deliveries,
     })
 }
 
@@ -146,9 +150,10 @@ impl Broker for MemoryBroker {
                                     wire: wire.clone(),
                                     consumer: consumer.to_string(),
                                     touched: Instant::now(),
+                                    deliveries: 1,
                                 },
                             );
-                            out.push(delivery(q, band, id, wire));
+                            out.push(delivery(q, band, id, wire, 1));
                         }
                     }
                 }
@@ -190,6 +195,11 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn declare_lease(&self, consumer: &str, lease: Duration) -> Result<()> {
+        self.lock().leases.insert(consumer.to_string(), lease);
+        Ok(())
+    }
+
     async fn recover(
         &self,
         consumer: &str,
@@ -198,6 +208,7 @@ impl Broker for MemoryBroker {
         max: usize,
     ) -> Result<Vec<Fetched>> {
         let mut st = self.lock();
+        let leases = st.leases.clone();
         let mut out = Vec::new();
         for q in queues {
             let Some(mq) = st.queues.get_mut(q) else {
@@ -207,10 +218,12 @@ impl Broker for MemoryBroker {
                 if out.len() >= max {
                     break;
                 }
-                if p.touched.elapsed() >= min_idle {
+                let lease = leases.get(&p.consumer).copied().unwrap_or_default();
+                if p.touched.elapsed() >= min_idle.max(lease) {
                     p.consumer = consumer.to_string();
                     p.touched = Instant::now();
-                    out.push(delivery(q, p.band, *id, p.wire.clone()));
+                    p.deliveries += 1;
+                    out.push(delivery(q, p.band, *id, p.wire.clone(), p.deliveries));
                 }
             }
         }

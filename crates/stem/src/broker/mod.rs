@@ -30,6 +30,10 @@ pub struct Receipt {
 pub struct Delivery {
     pub receipt: Receipt,
     pub wire: WireEnvelope,
+    /// How many times this entry has been handed to a consumer, this time
+    /// included: 1 for a first read, more after recoveries. A task that
+    /// keeps killing its workers shows here (see `STEM_MAX_DELIVERIES`).
+    pub deliveries: u32,
 }
 
 /// An entry that could not be decoded as an envelope.
@@ -154,8 +158,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Renews the leases of entries `consumer` holds (resets their idle time).
     async fn renew(&self, consumer: &str, receipts: &[Receipt]) -> Result<()>;
 
+    /// Declares that `consumer` renews its leases within `lease` (its
+    /// visibility timeout), so recovery by workers with a shorter timeout
+    /// leaves its live entries alone.
+    async fn declare_lease(&self, _consumer: &str, _lease: Duration) -> Result<()> {
+        Ok(())
+    }
+
     /// Takes over up to `max` entries whose lease has been idle for
-    /// `min_idle` (their consumer died).
+    /// `min_idle` and for the lease their holder declared (their consumer
+    /// died), scanning each queue's whole pending list.
     async fn recover(
         &self,
         consumer: &str,

@@ -8,10 +8,12 @@
 //! | `stem:{q}:delayed` | sorted set | delayed and retried entries, score = not-before epoch ms |
 //! | `stem:{q}:dead` | stream | dead letters, capped at `STEM_DEAD_LETTER_MAXLEN` |
 //! | `stem:queues` | set | every queue name seen |
+//! | `stem:leases` | hash | consumer → the visibility timeout (ms) it renews within |
 //!
 //! A lease is the entry's idle time in the group's pending list: the owner
-//! resets it with `XCLAIM … JUSTID`; `XAUTOCLAIM` with min-idle = visibility
-//! timeout recovers entries of dead workers. Acknowledged entries are
+//! resets it with `XCLAIM … JUSTID`; recovery lists entries idle past the
+//! visibility timeout with `XPENDING … IDLE` and claims them with `XCLAIM`,
+//! respecting the lease each holder declared in `stem:leases`. Acknowledged entries are
 //! deleted (`XACK` + `XDEL`), so streams stay small; streams are never
 //! trimmed by `MAXLEN`.
 
@@ -19,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::streams::{StreamAutoClaimReply, StreamId};
+use ::redis::streams::StreamId;
 use ::redis::{AsyncCommands, Client, Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,6 +37,10 @@ use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
 
 const GROUP: &str = "stem";
 const QUEUES_KEY: &str = "stem:queues";
+/// Hash: consumer name → the lease (visibility timeout, ms) it declared.
+const LEASES_KEY: &str = "stem:leases";
+/// Most pending entries one recovery scan lists per band stream.
+const RECOVER_SCAN: usize = 1000;
 
 /// Key of priority band `band` of `queue`.
 pub fn band_key(queue: &str, band: u8) -> String {
@@ -244,10 +250,6 @@ fn decode_owned(
     })
 }
 
-fn to_fetched(queue: &str, band: u8, entry: StreamId) -> Fetched {
-    fields_to_fetched(queue, band, entry.id, entry.map)
-}
-
 fn fields_to_fetched(
     queue: &str,
     band: u8,
@@ -260,7 +262,11 @@ fn fields_to_fetched(
         entry_id,
     };
     match decode_owned(map) {
-        Ok(wire) => Fetched::Task(Delivery { receipt, wire }),
+        Ok(wire) => Fetched::Task(Delivery {
+            receipt,
+            wire,
+            deliveries: 1,
+        }),
         Err((error, map)) => Fetched::Malformed(MalformedEntry {
             receipt,
             raw: raw_text(&map),
@@ -303,6 +309,7 @@ fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>)
                         entry_id,
                     },
                     wire,
+                    deliveries: 1,
                 }),
                 // Rare: the map-based path reports it with its raw bytes.
                 Err((_, packed)) => fields_to_fetched(
@@ -350,7 +357,11 @@ fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>)
             band,
             entry_id,
         };
-        return Fetched::Task(Delivery { receipt, wire });
+        return Fetched::Task(Delivery {
+            receipt,
+            wire,
+            deliveries: 1,
+        });
     }
     // Malformed: rebuild the field map for the error and the raw text.
     let known = [
@@ -709,6 +720,14 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn declare_lease(&self, consumer: &str, lease: Duration) -> Result<()> {
+        let _: () = self
+            .conn()
+            .hset(LEASES_KEY, consumer, lease.as_millis() as u64)
+            .await?;
+        Ok(())
+    }
+
     async fn recover(
         &self,
         consumer: &str,
@@ -716,27 +735,100 @@ impl Broker for RedisBroker {
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Fetched>> {
+        // XPENDING with IDLE walks the whole pending list of a band and
+        // lists only entries idle for at least our timeout, with their
+        // holder and delivery count: live workers' renewed entries at the
+        // head no longer hide a dead worker's behind them, whatever room we
+        // have. Each candidate is then claimed with XCLAIM, whose own
+        // min-idle check loses to a renewal that landed in between.
         let mut out = Vec::new();
         let mut conn = self.conn();
+        let min_ms = min_idle.as_millis() as u64;
+        let mut leases: Option<HashMap<String, u64>> = None;
         for q in queues {
             for band in (0..=MAX_PRIORITY).rev() {
                 if out.len() >= max {
                     return Ok(out);
                 }
-                let reply: ::redis::RedisResult<StreamAutoClaimReply> = ::redis::cmd("XAUTOCLAIM")
-                    .arg(band_key(q, band))
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(min_idle.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(max - out.len())
-                    .query_async(&mut conn)
-                    .await;
-                match reply {
-                    Ok(r) => out.extend(r.claimed.into_iter().map(|e| to_fetched(q, band, e))),
-                    Err(e) if is_nogroup(&e) => {}
-                    Err(e) => return Err(e.into()),
+                let key = band_key(q, band);
+                let pending: ::redis::RedisResult<::redis::streams::StreamPendingCountReply> =
+                    ::redis::cmd("XPENDING")
+                        .arg(&key)
+                        .arg(GROUP)
+                        .arg("IDLE")
+                        .arg(min_ms)
+                        .arg("-")
+                        .arg("+")
+                        .arg(RECOVER_SCAN)
+                        .query_async(&mut conn)
+                        .await;
+                let pending = match pending {
+                    Ok(p) => p.ids,
+                    Err(e) if is_nogroup(&e) => continue,
+                    Err(e) => {
+                        // One broken key must not stop recovery of the
+                        // others, nor drop what was claimed already.
+                        tracing::warn!(key, error = %e, "recovery skipped a stream it cannot read");
+                        continue;
+                    }
+                };
+                if pending.is_empty() {
+                    continue;
+                }
+                if leases.is_none() {
+                    leases = Some(conn.hgetall(LEASES_KEY).await.unwrap_or_default());
+                }
+                let declared = leases.as_ref();
+                let mut pipe = ::redis::pipe();
+                let mut counts = Vec::new();
+                for p in pending {
+                    if out.len() + counts.len() >= max {
+                        break;
+                    }
+                    let lease = declared
+                        .and_then(|l| l.get(&p.consumer))
+                        .copied()
+                        .unwrap_or(0)
+                        .max(min_ms);
+                    // Our own entries count too: a worker restarted under the
+                    // same name recovers what its previous life held.
+                    if (p.last_delivered_ms as u64) < lease {
+                        continue;
+                    }
+                    pipe.cmd("XCLAIM")
+                        .arg(&key)
+                        .arg(GROUP)
+                        .arg(consumer)
+                        .arg(lease)
+                        .arg(&p.id);
+                    counts.push(p.times_delivered as u32);
+                }
+                if counts.is_empty() {
+                    continue;
+                }
+                let claimed: Vec<Value> = match pipe.query_async(&mut conn).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "recovery could not claim entries");
+                        continue;
+                    }
+                };
+                for (reply, before) in claimed.into_iter().zip(counts) {
+                    let Some(entry) = elements(reply).into_iter().next() else {
+                        continue; // renewed meanwhile, or deleted
+                    };
+                    let mut parts = elements(entry).into_iter();
+                    let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+                        continue;
+                    };
+                    let Some(id) = text(&id).map(str::to_string) else {
+                        continue;
+                    };
+                    let mut f = entry_to_fetched(q, band, id, elements(fields));
+                    if let Fetched::Task(d) = &mut f {
+                        d.deliveries = before.saturating_add(1);
+                    }
+                    out.push(f);
                 }
             }
         }

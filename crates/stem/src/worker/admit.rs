@@ -32,8 +32,8 @@ use super::{bump, execute, Held, Shared};
 /// anything, and a huge attempt would outrank every status of the task.
 pub const MAX_REPLAYS: u32 = 100;
 
-/// A rejected entry: dead-lettered; `status` is only set for authentic
-/// entries (`unregistered-task`).
+/// A rejected entry: dead-lettered; `authentic` is only set for authentic
+/// entries (`unregistered-task`, `delivery-limit`), whose task fails.
 struct Reject {
     receipt: Receipt,
     letter: NewDeadLetter,
@@ -235,19 +235,45 @@ pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
         }
     };
     let mut finished = Vec::new();
+    let mut over_limit = Vec::new();
     for ((d, spec, handler), status) in runnable.into_iter().zip(statuses) {
         let done = status.is_some_and(|(state, attempt)| {
             state.is_terminal() && (state != TaskState::Failed || attempt >= d.wire.attempt)
         });
         if done {
             finished.push((d, spec));
-            continue;
+        } else if d.deliveries > shared.opts.max_deliveries {
+            over_limit.push(delivery_limit(shared, d, spec));
+        } else {
+            execute::spawn(shared.clone(), d, spec, handler);
         }
-        execute::spawn(shared.clone(), d, spec, handler);
     }
-    shared.left_waiting(finished.len());
+    shared.left_waiting(finished.len() + over_limit.len());
+    settle_rejects(shared, over_limit).await;
     if !finished.is_empty() {
         redo_finished(shared, finished).await;
+    }
+}
+
+/// A task whose runs keep killing their worker (abort, OOM, a wedged
+/// process) is not handed out again: it fails as `delivery-limit`.
+fn delivery_limit(shared: &Shared, d: Delivery, spec: Arc<TaskSpec>) -> Reject {
+    bump(&shared.metrics.failed);
+    let msg = format!(
+        "delivered {} times without finishing (STEM_MAX_DELIVERIES = {}): its runs may be killing their workers",
+        d.deliveries, shared.opts.max_deliveries
+    );
+    tracing::error!(task = %spec.name, task_id = %spec.id, error = %msg, "entry dead-lettered at the delivery limit");
+    let status = failed_status(&spec, d.wire.attempt, "delivery-limit", msg.clone());
+    Reject {
+        receipt: d.receipt,
+        letter: NewDeadLetter {
+            reason: "delivery-limit".into(),
+            error: Some(msg),
+            wire: Some(d.wire),
+            raw: None,
+        },
+        authentic: Some((spec, status)),
     }
 }
 
@@ -310,7 +336,11 @@ fn dead_letter_missing(status: &TaskStatus, attempt: u32) -> Option<&str> {
         return None;
     }
     let reason = status.error.as_ref()?.reason.as_deref()?;
-    matches!(reason, "non-retryable" | "max-retries-exhausted").then_some(reason)
+    matches!(
+        reason,
+        "non-retryable" | "max-retries-exhausted" | "delivery-limit"
+    )
+    .then_some(reason)
 }
 
 /// Dead-letters rejected entries. Authentic ones (`unregistered-task`)

@@ -58,6 +58,9 @@ pub struct WorkerOptions {
     pub concurrency: usize,
     pub prefetch_multiplier: usize,
     pub visibility_timeout: Duration,
+    /// Deliveries of one entry before it is dead-lettered as
+    /// `delivery-limit` (a task that kills its worker).
+    pub max_deliveries: u32,
     pub shutdown_grace: Duration,
     /// How long one fetch waits for work.
     pub fetch_block: Duration,
@@ -77,6 +80,7 @@ impl WorkerOptions {
             concurrency: 4,
             prefetch_multiplier: 2,
             visibility_timeout: Duration::from_secs(30),
+            max_deliveries: 10,
             shutdown_grace: Duration::from_secs(30),
             fetch_block: Duration::from_secs(1),
             promote_interval: Duration::from_millis(200),
@@ -94,6 +98,7 @@ impl From<&WorkerSettings> for WorkerOptions {
             concurrency: s.concurrency,
             prefetch_multiplier: s.prefetch_multiplier,
             visibility_timeout: s.visibility_timeout,
+            max_deliveries: s.max_deliveries,
             shutdown_grace: s.shutdown_grace,
             fetch_block: Duration::from_secs(1),
             promote_interval: Duration::from_millis(200),
@@ -436,7 +441,14 @@ impl Worker {
 async fn register_with_retry(shared: &Arc<Shared>, shutdown: &CancellationToken) {
     let mut failures = 0u32;
     loop {
-        match shared.broker.register_queues(&shared.opts.queues).await {
+        let registered = async {
+            shared.broker.register_queues(&shared.opts.queues).await?;
+            shared
+                .broker
+                .declare_lease(&shared.opts.name, shared.opts.visibility_timeout)
+                .await
+        };
+        match registered.await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("broker reachable again");
