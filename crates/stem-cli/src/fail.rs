@@ -111,7 +111,7 @@ pub fn classify(err: &anyhow::Error) -> (i32, String) {
             | StemError::Json(_)
             | StemError::Signature(_) => EXIT_DATAERR,
             StemError::Timeout(_) => EXIT_TEMPFAIL,
-            StemError::Redis(_) => EXIT_SOFTWARE,
+            StemError::Redis(_) | StemError::BrokenQueue { .. } => EXIT_SOFTWARE,
         };
         return (code, format!("{err:#}"));
     }

@@ -438,6 +438,26 @@ pub async fn wait_body_running(
 }
 
 // ---------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------
+
+/// The Prometheus page a service serves on `127.0.0.1:port/metrics`.
+pub async fn scrape(port: u16) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?)
+}
+
+/// Value of the first series of `name` in a Prometheus text page.
+pub fn series(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------
 // The operator CLI
 // ---------------------------------------------------------------------------
 

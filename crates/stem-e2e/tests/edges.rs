@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use stem_e2e::{hmac_key, start_enqueuer, start_worker, Api};
+use stem_e2e::{hmac_key, scrape, series, start_enqueuer, start_worker, Api};
 use stem_testkit::{free_port, RedisServer, ServiceProcess, TlsAssets};
 
 fn https_client(tls: &TlsAssets, with_identity: bool) -> anyhow::Result<reqwest::Client> {
@@ -216,21 +216,6 @@ async fn allow_insecure_skips_verification_and_says_so() -> anyhow::Result<()> {
         worker.logs()
     );
     Ok(())
-}
-
-async fn scrape(port: u16) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .text()
-        .await?)
-}
-
-/// Value of the first series of `name` in a Prometheus text page.
-fn series(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -856,3 +856,104 @@ async fn s2_a_task_that_keeps_killing_its_worker_stops_at_the_delivery_limit() -
     assert_eq!(body_runs(&last.logs(), &id), 0, "{}", last.logs());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c8_a_result_redis_refuses_does_not_wedge_the_worker() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    // Two tasks whose status key someone replaced with a hash: every write
+    // of their results fails with WRONGTYPE.
+    let mut poisoned = Vec::new();
+    for n in 0..2 {
+        let id = enq
+            .api
+            .enqueue(json!({"name": format!("poisoned-{n}"), "delayMs": 1}))
+            .await?;
+        let key = format!("stem:task:{id}");
+        redis.cli(&["DEL", &key])?;
+        redis.cli(&["HSET", &key, "not", "a status"])?;
+        poisoned.push(id);
+    }
+    let mut normal = Vec::new();
+    for n in 0..5 {
+        normal.push(
+            enq.api
+                .enqueue(json!({"name": format!("normal-{n}"), "delayMs": 1}))
+                .await?,
+        );
+    }
+    let worker = start_worker(&url, &worker_name("c8"), "greetings", &[]).await?;
+    for id in &normal {
+        enq.api.wait_state(id, "succeeded", SETTLE).await?;
+    }
+    for id in &poisoned {
+        let letter = wait_dead_letter(&url, "greetings", SETTLE, |l| {
+            l.task_id().as_deref() == Some(id.as_str())
+        })
+        .await?;
+        assert_eq!(letter.reason, "result-unwritable", "{letter:?}");
+        assert!(
+            letter.error.as_deref().unwrap_or("").contains("WRONGTYPE"),
+            "{letter:?}"
+        );
+    }
+    poll_until("nothing left pending", SETTLE, || async {
+        Ok(redis
+            .cli(&["XPENDING", "stem:{greetings}:p0", "stem"])?
+            .starts_with('0')
+            .then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", worker.logs()))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c9_one_broken_queue_does_not_stop_the_others() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let port = stem_e2e::free_port();
+    let worker = start_worker(
+        &url,
+        &worker_name("c9"),
+        "greetings,billing",
+        &[("STEM_METRIC_EXPORTERS", format!("prometheus:{port}"))],
+    )
+    .await?;
+    // A band key of `billing` replaced by a string under the running worker.
+    redis.cli(&["DEL", "stem:{billing}:p3"])?;
+    redis.cli(&["SET", "stem:{billing}:p3", "oops"])?;
+    let enq = start_enqueuer(&url, &[]).await?;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            enq.api
+                .enqueue(json!({"name": format!("fine-{n}"), "delayMs": 1}))
+                .await?,
+        );
+    }
+    for id in &ids {
+        enq.api.wait_state(id, "succeeded", SETTLE).await?;
+    }
+    wait_log(&worker, "queue quarantined", SETTLE).await?;
+    let logs = worker.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("queue quarantined"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("billing") && line.contains("stem:{billing}:p3"),
+        "{line}"
+    );
+    let page = poll_until("the quarantine gauge", SETTLE, || async {
+        let page = stem_e2e::scrape(port).await.unwrap_or_default();
+        Ok(
+            (stem_e2e::series(&page, "stem_worker_queues_quarantined") == Some(1.0))
+                .then_some(page),
+        )
+    })
+    .await?;
+    assert!(page.contains("stem_worker_queues_quarantined"), "{page}");
+    Ok(())
+}

@@ -33,6 +33,11 @@ pub enum StemError {
     /// TLS material could not be read or is invalid.
     #[error("tls: {0}")]
     Tls(String),
+    /// A queue's keys hold something other than what the broker wrote (a
+    /// string where a stream should be): the queue is set aside, the
+    /// others keep running.
+    #[error("queue {queue:?} is broken: {reason}")]
+    BrokenQueue { queue: String, reason: String },
 }
 
 impl StemError {
@@ -56,6 +61,40 @@ impl StemError {
                     || matches!(e.kind(), redis::ErrorKind::Io)
             }
             StemError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Redis error codes that describe a passing state of the server (out of
+/// memory, loading, a replica, a busy script, a cluster in transition), not
+/// a fault of the request: the same request can succeed later.
+const TRANSIENT_CODES: [&str; 9] = [
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+    "UNBLOCKED",
+];
+
+impl StemError {
+    /// True when retrying the same request later can succeed: the store is
+    /// unavailable, or Redis answered with a passing condition (OOM,
+    /// LOADING, READONLY, …). False for deterministic errors such as
+    /// `WRONGTYPE`, which retrying would only repeat forever.
+    pub fn is_transient(&self) -> bool {
+        if self.is_unavailable() {
+            return true;
+        }
+        match self {
+            StemError::Redis(e) => {
+                e.code().is_some_and(|c| TRANSIENT_CODES.contains(&c))
+                    || e.to_string().contains("UNBLOCKED")
+            }
             _ => false,
         }
     }

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::backend::redis::StatusWriter;
 use crate::envelope::{now_ms, TaskStatus, WireEnvelope, MAX_PRIORITY};
-use crate::error::Result;
+use crate::error::{Result, StemError};
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
 
 const GROUP: &str = "stem";
@@ -485,6 +485,35 @@ impl RedisBroker {
         self.conn.clone()
     }
 
+    /// After a read of `queues` failed with `error` (one `XREADGROUP`
+    /// names every band of every queue, so one bad key fails it all):
+    /// finds a queue whose band key is not a stream, so the caller can set
+    /// that queue aside. Falls back to `error` when every key looks right.
+    async fn broken_queue(&self, queues: &[String], error: ::redis::RedisError) -> StemError {
+        let mut pipe = ::redis::pipe();
+        let mut keys = Vec::new();
+        for q in queues {
+            for band in 0..=MAX_PRIORITY {
+                let key = band_key(q, band);
+                pipe.cmd("TYPE").arg(&key);
+                keys.push((q, key));
+            }
+        }
+        let types: Vec<String> = match pipe.query_async(&mut self.conn()).await {
+            Ok(t) => t,
+            Err(_) => return error.into(),
+        };
+        for ((queue, key), kind) in keys.into_iter().zip(types) {
+            if kind != "stream" && kind != "none" {
+                return StemError::BrokenQueue {
+                    queue: queue.clone(),
+                    reason: format!("{key} holds a {kind}, not a stream ({error})"),
+                };
+            }
+        }
+        error.into()
+    }
+
     fn take_blocking(&self, block: Duration) -> Result<Conn> {
         let pooled = self
             .blocking
@@ -673,6 +702,12 @@ impl Broker for RedisBroker {
             Err(e) if is_nogroup(&e) => {
                 self.create_groups(queues).await?;
                 return Ok(Vec::new());
+            }
+            // A stream deleted while we were blocked on it: the next read
+            // recreates its group.
+            Err(e) if e.to_string().contains("UNBLOCKED") => return Ok(Vec::new()),
+            Err(e) if !StemError::from(e.clone()).is_transient() => {
+                return Err(self.broken_queue(queues, e).await);
             }
             Err(e) => return Err(e.into()),
         };
@@ -883,16 +918,23 @@ impl Broker for RedisBroker {
     async fn promote_due(&self, queues: &[String], now_ms: i64) -> Result<usize> {
         let mut moved = 0usize;
         let mut conn = self.conn();
+        let mut failure = None;
         for q in queues {
             let mut inv = self.promote.key(delayed_key(q));
             for band in 0..=MAX_PRIORITY {
                 inv.key(band_key(q, band));
             }
             inv.arg(now_ms).arg(512);
-            let n: usize = inv.invoke_async(&mut conn).await?;
-            moved += n;
+            // One queue's broken key must not hold back the others.
+            match inv.invoke_async::<usize>(&mut conn).await {
+                Ok(n) => moved += n,
+                Err(e) => failure = Some(e),
+            }
         }
-        Ok(moved)
+        match failure {
+            Some(e) if moved == 0 => Err(e.into()),
+            _ => Ok(moved),
+        }
     }
 
     async fn list_dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {

@@ -300,6 +300,7 @@ async fn redo_finished(shared: &Arc<Shared>, finished: Vec<(Delivery, Arc<TaskSp
                 spec: Some(spec),
                 status: None,
                 fin: Final::Ack,
+                wire: None,
             });
             continue;
         };
@@ -323,6 +324,7 @@ async fn redo_finished(shared: &Arc<Shared>, finished: Vec<(Delivery, Arc<TaskSp
             spec: Some(spec),
             status: Some(status),
             fin,
+            wire: None,
         });
     }
     complete::follow_up_and_finalize(shared, items).await;
@@ -375,12 +377,14 @@ async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
                 spec: Some(spec),
                 status: Some(status),
                 fin: Final::Dead(r.letter),
+                wire: None,
             }),
             None => items.push(complete::Finishing {
                 receipt: r.receipt,
                 spec: None,
                 status: None,
                 fin: Final::Dead(r.letter),
+                wire: None,
             }),
         }
         bump(&shared.metrics.dead_lettered);

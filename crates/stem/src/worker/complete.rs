@@ -39,6 +39,7 @@ pub(super) const MAX_BATCH: usize = 512;
 
 struct Retry {
     receipt: Receipt,
+    task_id: String,
     wire: WireEnvelope,
     priority: u8,
     not_before: i64,
@@ -58,6 +59,9 @@ pub(super) struct Finishing {
     /// The task's terminal status, whose follow-ups are due.
     pub status: Option<TaskStatus>,
     pub fin: Final,
+    /// The envelope of a success, kept in case its status turns out to be
+    /// unwritable and the entry has to be dead-lettered instead.
+    pub wire: Option<WireEnvelope>,
 }
 
 #[derive(Default)]
@@ -66,6 +70,9 @@ struct Plan {
     /// Succeeded tasks with nothing to follow: acknowledged with the
     /// statuses when co-located.
     plain_acks: Vec<Receipt>,
+    /// Their envelopes, in the same order (moved, not copied), for the
+    /// rare dead letter of a result Redis refuses to store.
+    plain_wires: Vec<WireEnvelope>,
     /// Terminal outcomes with follow-ups or a dead letter.
     finishing: Vec<Finishing>,
     retries: Vec<Retry>,
@@ -150,9 +157,11 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                         spec: Some(spec),
                         status: Some(s),
                         fin: Final::Ack,
+                        wire: Some(wire),
                     });
                 } else {
                     p.plain_acks.push(receipt);
+                    p.plain_wires.push(wire);
                 }
             }
             Err(failure) if failure.retryable && attempt < budget => {
@@ -169,6 +178,7 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                 next.attempt += 1;
                 p.retries.push(Retry {
                     receipt,
+                    task_id: spec.id.clone(),
                     wire: next,
                     priority: spec.priority,
                     not_before: now_ms() + delay.as_millis() as i64,
@@ -199,6 +209,7 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                         wire: Some(wire),
                         raw: None,
                     }),
+                    wire: None,
                 });
             }
         }
@@ -225,6 +236,7 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
     // 1. Statuses first. Without them nothing is acknowledged. When the
     // backend shares the broker's Redis, the acks of tasks with nothing to
     // follow go in the same transaction.
+    let mut p = p;
     let mut acked = false;
     let mut failures = 0u32;
     loop {
@@ -241,6 +253,13 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
             Err(e) => Err(e),
         };
         let Err(e) = written else { break };
+        if !e.is_transient() {
+            // Retrying the batch would fail the same way for ever (a status
+            // key of the wrong type): find the items Redis refuses.
+            tracing::error!(error = %e, "storing a batch of results failed for a reason that retrying will not change; storing them one by one");
+            p = write_one_by_one(shared, p).await;
+            break;
+        }
         if failures == 0 {
             tracing::error!(error = %e, "result backend unavailable; holding results until it answers");
         }
@@ -293,6 +312,83 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
 
     // 3. Terminal outcomes with follow-ups or dead letters.
     follow_up_and_finalize(shared, p.finishing).await;
+}
+
+/// After a deterministic error on a batch: writes each status alone. An
+/// item whose status Redis refuses for good (e.g. `WRONGTYPE` on its key)
+/// is dead-lettered as `result-unwritable` with the error, so the task is
+/// neither lost nor run again and again; an item that meets a passing
+/// error is left for redelivery; the rest settle as usual. Statuses are
+/// written here, so the caller acknowledges separately.
+async fn write_one_by_one(shared: &Shared, p: Plan) -> Plan {
+    let mut refused: std::collections::HashMap<String, String> = Default::default();
+    let mut unsure: std::collections::HashSet<String> = Default::default();
+    for s in &p.statuses {
+        match shared.backend.set_statuses(std::slice::from_ref(s)).await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => {
+                unsure.insert(s.id.clone());
+            }
+            Err(e) => {
+                tracing::error!(task_id = %s.id, error = %e, "result refused by Redis; the entry is dead-lettered as result-unwritable");
+                refused.insert(s.id.clone(), e.to_string());
+            }
+        }
+    }
+    let unwritable = |receipt: Receipt, id: &str, wire: Option<WireEnvelope>| Finishing {
+        receipt,
+        spec: None,
+        status: None,
+        fin: Final::Dead(NewDeadLetter {
+            reason: "result-unwritable".into(),
+            error: refused.get(id).cloned(),
+            wire,
+            raw: None,
+        }),
+        wire: None,
+    };
+    let mut out = Plan {
+        requeues: p.requeues,
+        ..Plan::default()
+    };
+    let mut left = Vec::new();
+    for (receipt, wire) in p.plain_acks.into_iter().zip(p.plain_wires) {
+        let id = wire.spec().map(|s| s.id).unwrap_or_default();
+        if unsure.contains(&id) {
+            left.push(receipt);
+        } else if refused.contains_key(&id) {
+            out.finishing.push(unwritable(receipt, &id, Some(wire)));
+        } else {
+            out.plain_acks.push(receipt);
+            out.plain_wires.push(wire);
+        }
+    }
+    for r in p.retries {
+        if unsure.contains(&r.task_id) {
+            left.push(r.receipt);
+        } else if refused.contains_key(&r.task_id) {
+            let id = r.task_id.clone();
+            out.finishing.push(unwritable(r.receipt, &id, Some(r.wire)));
+        } else {
+            out.retries.push(r);
+        }
+    }
+    for f in p.finishing {
+        let id = f.status.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+        if unsure.contains(&id) {
+            left.push(f.receipt);
+        } else if refused.contains_key(&id) {
+            let wire = match f.fin {
+                Final::Dead(letter) => letter.wire,
+                Final::Ack => f.wire,
+            };
+            out.finishing.push(unwritable(f.receipt, &id, wire));
+        } else {
+            out.finishing.push(f);
+        }
+    }
+    shared.release(&left);
+    out
 }
 
 /// Does the follow-ups of each item's terminal status, then acknowledges

@@ -118,6 +118,8 @@ pub struct WorkerMetrics {
     pub dead_lettered: AtomicU64,
     /// Entries held (fetched, not settled) right now.
     pub inflight: AtomicU64,
+    /// Queues set aside because their keys are broken, right now.
+    pub quarantined: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -178,6 +180,12 @@ impl WorkerMetrics {
                 help: "Tasks the worker runs at once.",
                 kind: "gauge",
                 samples: vec![(labels(), concurrency as f64)],
+            },
+            crate::telemetry::Family {
+                name: "stem_worker_queues_quarantined",
+                help: "Queues set aside because a key of theirs is not what the broker wrote.",
+                kind: "gauge",
+                samples: vec![(labels(), self.quarantined.load(Ordering::Relaxed) as f64)],
             },
             crate::telemetry::Family {
                 name: "stem_worker_inflight",
@@ -253,6 +261,9 @@ pub(crate) struct Shared {
     control: Arc<dyn ControlPlane>,
     /// Queues paused by operators; not fetched from.
     paused: Mutex<std::collections::HashSet<String>>,
+    /// Queues whose keys are broken, and when they were set aside; not
+    /// fetched from until [`QUARANTINE`] has passed, then tried again.
+    quarantined: Mutex<HashMap<String, std::time::Instant>>,
     started_ms: i64,
 }
 
@@ -305,17 +316,37 @@ impl Shared {
     }
     fn active_queues(&self) -> Vec<String> {
         let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+        quarantined.retain(|_, since| since.elapsed() < QUARANTINE);
+        self.metrics
+            .quarantined
+            .store(quarantined.len() as u64, Ordering::Relaxed);
         self.opts
             .queues
             .iter()
-            .filter(|q| !paused.contains(*q))
+            .filter(|q| !paused.contains(*q) && !quarantined.contains_key(*q))
             .cloned()
             .collect()
+    }
+    /// Sets `queue` aside for [`QUARANTINE`]; true when it was not already.
+    fn quarantine(&self, queue: &str) -> bool {
+        let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = quarantined
+            .insert(queue.to_string(), std::time::Instant::now())
+            .is_none();
+        self.metrics
+            .quarantined
+            .store(quarantined.len() as u64, Ordering::Relaxed);
+        fresh
     }
     fn bound(&self) -> usize {
         self.opts.concurrency * self.opts.prefetch_multiplier
     }
 }
+
+/// How long a queue with a broken key is left out of fetches before the
+/// worker tries it again.
+const QUARANTINE: Duration = Duration::from_secs(30);
 
 /// A worker process's runtime.
 pub struct Worker {
@@ -371,6 +402,7 @@ impl Worker {
             metrics: self.metrics,
             control: self.control,
             paused: Mutex::new(Default::default()),
+            quarantined: Mutex::new(HashMap::new()),
             started_ms: crate::envelope::now_ms(),
         });
         let o = &shared.opts;
@@ -509,6 +541,17 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                     let fresh = admit::take_in(shared, batch);
                     let shared = shared.clone();
                     tokio::spawn(async move { admit::admit_held(&shared, fresh).await });
+                }
+            }
+            Err(crate::StemError::BrokenQueue { queue, reason }) => {
+                // One broken key fails a read of every queue: set its queue
+                // aside and keep serving the others.
+                if shared.quarantine(&queue) {
+                    tracing::error!(
+                        worker = %consumer, queue = %queue, error = %reason,
+                        retry_in_s = QUARANTINE.as_secs(),
+                        "queue quarantined: its keys are broken; the worker keeps serving its other queues"
+                    );
                 }
             }
             Err(e) => {
