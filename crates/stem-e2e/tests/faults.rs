@@ -957,3 +957,84 @@ async fn c9_one_broken_queue_does_not_stop_the_others() -> anyhow::Result<()> {
     assert!(page.contains("stem_worker_queues_quarantined"), "{page}");
     Ok(())
 }
+
+/// Runs one beat behind a fault proxy that holds, once, the first command
+/// matching `held` for 7 s (longer than the 5 s command timeout), with an
+/// entry firing every 8 s into `queue` (longer than the timeout, so a
+/// retried pass meets the same slot), until 18 s after the stall began.
+/// Returns the slots (epoch ms) of the published tasks and of the firing
+/// records.
+async fn beat_through_a_stall(label: &str, held: Pattern) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
+    let redis = RedisServer::start()?;
+    let queue = format!("beat-{label}");
+    let file =
+        std::env::temp_dir().join(format!("stem-faults-{label}-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!("entries:\n  - id: {label}\n    task: greeting.send\n    queue: {queue}\n    spec: every:8s\n"),
+    )?;
+    let proxy = FaultProxy::start(redis.port())?;
+    proxy.once(held, Fault::Hold(Duration::from_secs(7)));
+    let mut beat = stem_e2e::ServiceProcess::spawn(
+        "beat",
+        &["--instance-id", label],
+        &env(&[
+            ("STEM_BROKER_URL", &proxy.url()),
+            ("STEM_SCHEDULE_FILE", &file.display().to_string()),
+        ]),
+    )?;
+    wait_log(&beat, "beat started", SETTLE).await?;
+    poll_until("the stall to happen", SETTLE, || async {
+        Ok((proxy.fired() == 1).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    beat.sigterm()?;
+    beat.wait_exit(SETTLE)?;
+    let _ = std::fs::remove_file(&file);
+
+    let mut published = Vec::new();
+    for e in packed_entries(&redis.url(), &format!("stem:{{{queue}}}:p0")).await? {
+        let (_, _, _, body) = unpack(&e)?;
+        let spec: Value = serde_json::from_slice(&body)?;
+        let slot = spec["meta"]["schedule-slot"].as_str().unwrap_or_default();
+        published.push(stem_e2e::rfc3339_utc_ms(slot)?);
+    }
+    let records = redis.cli(&["KEYS", &format!("stem:schedule:fired:{label}:*")])?;
+    let recorded = records
+        .lines()
+        .filter_map(|k| k.rsplit(':').next()?.parse().ok())
+        .collect();
+    Ok((published, recorded))
+}
+
+/// Every slot at most once, and every slot a beat recorded is published.
+fn assert_exactly_once(published: &[i64], recorded: &[i64]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for s in published {
+        assert!(seen.insert(*s), "slot {s} published twice: {published:?}");
+    }
+    for r in recorded {
+        assert!(
+            seen.contains(r),
+            "slot {r} was recorded as fired but never published: {published:?}"
+        );
+    }
+    assert!(published.len() >= 2, "too few firings: {published:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c4_a_publish_that_times_out_but_ran_is_not_fired_twice() -> anyhow::Result<()> {
+    let (published, recorded) =
+        beat_through_a_stall("c4a", Pattern::contains("stem:{beat-c4a}:p0")).await?;
+    assert_exactly_once(&published, &recorded);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c4_a_firing_record_that_times_out_but_was_stored_is_not_lost() -> anyhow::Result<()> {
+    let (published, recorded) =
+        beat_through_a_stall("c4b", Pattern::contains("stem:schedule:fired:c4b:")).await?;
+    assert_exactly_once(&published, &recorded);
+    Ok(())
+}

@@ -359,40 +359,58 @@ impl Stem {
         args: Value,
         opts: EnqueueOptions,
     ) -> Result<Enqueued> {
-        let prepared = self.prepare(name, args, &opts)?;
         if let Some(key) = &opts.idempotency_key {
-            // The key, the queued status and the publish commit together
-            // (or the key is released): a retry after a failure never gets
-            // the id of a task that was not published.
-            let queued = TaskStatus::for_spec(&prepared.spec, TaskState::Queued, 0);
-            let once = SubmitOnce {
-                marker: &format!("idem:{key}"),
-                value: &prepared.spec.id,
-                ttl: IDEMPOTENCY_WINDOW,
-                status: Some(&queued),
-            };
-            let existing = submit_once(
-                self.broker.as_ref(),
-                self.backend.as_ref(),
-                once,
-                prepared.outgoing(),
-            )
-            .await?;
-            return Ok(match existing {
-                Some(task_id) => Enqueued {
-                    task_id,
-                    duplicate: true,
-                },
-                None => Enqueued {
-                    task_id: prepared.spec.id,
-                    duplicate: false,
-                },
-            });
+            let marker = format!("idem:{key}");
+            return self
+                .enqueue_once(&marker, IDEMPOTENCY_WINDOW, name, args, &opts)
+                .await;
         }
+        let prepared = self.prepare(name, args, &opts)?;
         self.submit(std::slice::from_ref(&prepared)).await?;
         Ok(Enqueued {
             task_id: prepared.spec.id,
             duplicate: false,
+        })
+    }
+
+    /// Enqueues a task at most once per `marker` (a backend key): the
+    /// marker, the queued status and the publish commit together, or the
+    /// marker is released, so a retry after a failure or a timeout never
+    /// gets the id of a task that was not published, and never publishes a
+    /// second one. A marker that exists (it lives `ttl`) answers its task id
+    /// with `duplicate: true`. Idempotency keys and beat's slots use it.
+    pub(crate) async fn enqueue_once(
+        &self,
+        marker: &str,
+        ttl: Duration,
+        name: &str,
+        args: Value,
+        opts: &EnqueueOptions,
+    ) -> Result<Enqueued> {
+        let prepared = self.prepare(name, args, opts)?;
+        let queued = TaskStatus::for_spec(&prepared.spec, TaskState::Queued, 0);
+        let once = SubmitOnce {
+            marker,
+            value: &prepared.spec.id,
+            ttl,
+            status: Some(&queued),
+        };
+        let existing = submit_once(
+            self.broker.as_ref(),
+            self.backend.as_ref(),
+            once,
+            prepared.outgoing(),
+        )
+        .await?;
+        Ok(match existing {
+            Some(task_id) => Enqueued {
+                task_id,
+                duplicate: true,
+            },
+            None => Enqueued {
+                task_id: prepared.spec.id,
+                duplicate: false,
+            },
         })
     }
 

@@ -240,7 +240,7 @@ pub trait Broker: Send + Sync + 'static {
     /// exists) in the same atomic step. `Ok(Some(None))`: published;
     /// `Ok(Some(Some(v)))`: the marker already held `v`, nothing was
     /// published; `Ok(None)`: not co-located, use
-    /// [`submit_once`](crate::client::submit_once)'s separate steps.
+    /// `client::submit_once`'s separate steps.
     async fn submit_once_colocated(
         &self,
         _once: &SubmitOnce<'_>,

@@ -3,32 +3,37 @@
 //!
 //! Per iteration (at most every `tick`, 250 ms by default):
 //!
-//! 1. **Lease.** A follower tries `acquire` (SET NX PX `lease`) every tick;
+//! 1. **Lease**, on its own task so that a dispatch stalled on Redis cannot
+//!    starve it: a follower tries `acquire` (SET NX PX `lease`) every tick;
 //!    the leader renews (compare-and-renew) every `lease / 3` and steps down
 //!    when the renewal says another owner holds it, or when its lease ran
 //!    out while the store was unreachable. On a graceful stop the leader
 //!    releases the lease, so a follower takes over within one tick.
-//! 2. **Fire.** The leader asks for due entries (`nextRunAt ≤ now`). For each,
-//!    the slot is `nextRunAt`, or — after downtime — the most recent slot
-//!    not after now (missed slots before it are skipped, counted and logged:
-//!    the most recent missed slot fires once, then the grid continues). It
-//!    records the firing under `entry id + slot` (SET NX with a TTL)
-//!    *before* publishing; if the record already exists another beat fired
-//!    that slot and it only advances. Otherwise it publishes through
-//!    [`Stem::enqueue_raw`] (signed by the Stem's signer; retry budget from
-//!    its registry) with meta `scheduled-from: beat`, `schedule-id`,
-//!    `schedule-slot` and a random countdown in `[0, jitter]`, then stores
-//!    the run and `nextRunAt` = the next slot after *this slot* (not after
-//!    the publish time, and not moved by jitter), so periods never drift.
-//! 3. **Sleep** until the soonest `nextRunAt`, the next lease operation or
-//!    one tick, whichever comes first — so slots fire within a few ms.
+//! 2. **Fire.** While the lease is held, the firing loop asks for due
+//!    entries (`nextRunAt ≤ now`). For each, the slot is `nextRunAt`, or —
+//!    after downtime — the most recent slot not after now (missed slots
+//!    before it are skipped, counted and logged: the most recent missed
+//!    slot fires once, then the grid continues); a slot whose firing an
+//!    error cut short is finished first. It records the firing under
+//!    `entry id + slot` (SET NX with a TTL: which beat took the slot), then
+//!    publishes through `Stem::enqueue_once` keyed by `(entry id, slot)`
+//!    (signed by the Stem's signer; retry budget from its registry) with
+//!    meta `scheduled-from: beat`, `schedule-id`, `schedule-slot` and a
+//!    random countdown in `[0, jitter]`, then stores the run and
+//!    `nextRunAt` = the next slot after *this slot* (not after the publish
+//!    time, and not moved by jitter), so periods never drift.
+//! 3. **Sleep** until the soonest `nextRunAt`, a lease change or one tick,
+//!    whichever comes first — so slots fire within a few ms.
 //!
-//! Guarantees: each slot is published at most once (the firing record),
-//! and exactly once while some beat leads and the broker is up. A publish
-//! that certainly failed (store unavailable) releases its record and is
-//! retried on the next pass. After the leader is SIGKILLed, a follower
-//! takes over at most `lease + tick` later (3.25 s by default); slots that
-//! fell due in that gap are coalesced into one firing of the most recent.
+//! Guarantees: each slot is published exactly once while some beat leads
+//! and the broker is up, whatever errors come in between: the publish and
+//! its key commit in one atomic step, so a publish that timed out but ran
+//! is answered with its task when the slot is tried again, and a slot that
+//! another beat recorded and then died on is still published. Nothing is
+//! released after an ambiguous error. After the leader is SIGKILLed, a
+//! follower takes over at most `lease + tick` later (3.25 s by default);
+//! slots that fell due in that gap are coalesced into one firing of the
+//! most recent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +129,10 @@ pub struct Beat {
     locks: Arc<dyn LockStore>,
     opts: BeatOptions,
     metrics: Arc<SchedulerMetrics>,
+    /// The slot each entry was being fired at when an error cut the firing
+    /// short (it may be recorded, even published): the next pass finishes
+    /// that slot before moving on, instead of coalescing it away.
+    unfinished: Arc<std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>>,
 }
 
 /// Logs the first error of an outage at warn, later ones at debug.
@@ -152,6 +161,11 @@ impl OutageLog {
     }
 }
 
+/// The submit-once marker of one slot of one entry (a backend key).
+fn slot_marker(entry_id: &str, slot: DateTime<Utc>) -> String {
+    format!("beat-slot:{entry_id}:{}", slot.timestamp_millis())
+}
+
 /// How long a firing record must outlive its slot: until no beat could
 /// still consider the slot (it stops being the latest due slot once the
 /// next one is due), doubled, at least a minute.
@@ -177,6 +191,7 @@ impl Beat {
             locks,
             opts,
             metrics: Arc::new(SchedulerMetrics::default()),
+            unfinished: Default::default(),
         }
     }
 
@@ -204,60 +219,17 @@ impl Beat {
             instance = %o.instance_id, lease_ms = o.lease.as_millis() as u64,
             tick_ms = o.tick.as_millis() as u64, "beat started"
         );
-        let renew_every = o.lease / 3;
-        let mut leader = false;
-        let mut valid_until = Instant::now();
-        let mut next_lease_op = Instant::now();
-        let mut lease_log = OutageLog::new("leader lease operation");
+        // The lease lives on its own task: a dispatch stalled on Redis for
+        // longer than the lease must not stop the renewals (and so hand
+        // leadership to nobody in particular). It publishes how long the
+        // lease is known to be held; the firing loop reads it.
+        let (lease_tx, mut lease) = tokio::sync::watch::channel::<Option<Instant>>(None);
+        let leasing = tokio::spawn(self.clone().hold_lease(lease_tx, shutdown.clone()));
         let mut fire_log = OutageLog::new("firing due schedules");
         while !shutdown.is_cancelled() {
-            if Instant::now() >= next_lease_op {
-                let started = Instant::now();
-                let res = if leader {
-                    self.locks.renew(&o.lock_key, &o.instance_id, o.lease).await
-                } else {
-                    self.locks
-                        .acquire(&o.lock_key, &o.instance_id, o.lease)
-                        .await
-                };
-                match res {
-                    Ok(true) => {
-                        lease_log.ok();
-                        if !leader {
-                            leader = true;
-                            self.metrics.acquired();
-                            tracing::info!(instance = %o.instance_id, "became leader");
-                        }
-                        valid_until = started + o.lease;
-                        next_lease_op = started + renew_every;
-                    }
-                    Ok(false) => {
-                        lease_log.ok();
-                        if leader {
-                            leader = false;
-                            self.metrics.renew_failed();
-                            tracing::warn!(instance = %o.instance_id, "lost leadership: another beat holds the lease");
-                        } else {
-                            self.metrics.contended();
-                        }
-                        next_lease_op = Instant::now() + o.tick;
-                    }
-                    Err(e) => {
-                        lease_log.error(&e);
-                        if leader {
-                            self.metrics.renew_failed();
-                            if Instant::now() >= valid_until {
-                                leader = false;
-                                tracing::warn!(instance = %o.instance_id, "lost leadership: lease expired while the store was unreachable");
-                            }
-                        }
-                        next_lease_op = Instant::now() + o.tick;
-                    }
-                }
-            }
-
-            let mut wake = (Instant::now() + o.tick).min(next_lease_op);
-            if leader && Instant::now() + LEASE_SAFETY < valid_until {
+            let mut wake = Instant::now() + o.tick;
+            let valid_until = *lease.borrow_and_update();
+            if let Some(valid_until) = valid_until.filter(|v| Instant::now() + LEASE_SAFETY < *v) {
                 let deadline = valid_until - LEASE_SAFETY;
                 match self.fire_due_until(Utc::now(), Some(deadline)).await {
                     Ok(_) => {
@@ -272,9 +244,79 @@ impl Beat {
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = lease.changed() => {}
                 _ = shutdown.cancelled() => {}
             }
         }
+        if let Err(e) = leasing.await {
+            tracing::warn!(error = %e, "the lease task ended abnormally");
+        }
+        tracing::info!(instance = %o.instance_id, "beat stopped");
+        Ok(())
+    }
+
+    /// Acquires and renews the leader lease until `shutdown`, then releases
+    /// it. Sends `Some(valid until)` while leading, `None` otherwise.
+    async fn hold_lease(
+        self,
+        leading: tokio::sync::watch::Sender<Option<Instant>>,
+        shutdown: CancellationToken,
+    ) {
+        let o = &self.opts;
+        let renew_every = o.lease / 3;
+        let mut leader = false;
+        let mut valid_until = Instant::now();
+        let mut lease_log = OutageLog::new("leader lease operation");
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let res = if leader {
+                self.locks.renew(&o.lock_key, &o.instance_id, o.lease).await
+            } else {
+                self.locks
+                    .acquire(&o.lock_key, &o.instance_id, o.lease)
+                    .await
+            };
+            let next = match res {
+                Ok(true) => {
+                    lease_log.ok();
+                    if !leader {
+                        leader = true;
+                        self.metrics.acquired();
+                        tracing::info!(instance = %o.instance_id, "became leader");
+                    }
+                    valid_until = started + o.lease;
+                    started + renew_every
+                }
+                Ok(false) => {
+                    lease_log.ok();
+                    if leader {
+                        leader = false;
+                        self.metrics.renew_failed();
+                        tracing::warn!(instance = %o.instance_id, "lost leadership: another beat holds the lease");
+                    } else {
+                        self.metrics.contended();
+                    }
+                    Instant::now() + o.tick
+                }
+                Err(e) => {
+                    lease_log.error(&e);
+                    if leader {
+                        self.metrics.renew_failed();
+                        if Instant::now() >= valid_until {
+                            leader = false;
+                            tracing::warn!(instance = %o.instance_id, "lost leadership: lease expired while the store was unreachable");
+                        }
+                    }
+                    Instant::now() + o.tick
+                }
+            };
+            leading.send_replace(leader.then_some(valid_until));
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        leading.send_replace(None);
         if leader {
             match self.locks.release(&o.lock_key, &o.instance_id).await {
                 Ok(_) => tracing::info!(instance = %o.instance_id, "released leadership"),
@@ -283,8 +325,6 @@ impl Beat {
                 }
             }
         }
-        tracing::info!(instance = %o.instance_id, "beat stopped");
-        Ok(())
     }
 
     /// One pass: fires every due entry once (the caller must hold the
@@ -307,8 +347,16 @@ impl Beat {
             let Some(next_run) = entry.history.next_run_at else {
                 continue;
             };
-            let slot = match entry.latest_at_or_before(now) {
-                Some(latest) if latest > next_run => latest,
+            let unfinished = self
+                .unfinished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&entry.id)
+                .copied()
+                .filter(|s| *s >= next_run);
+            let slot = match (unfinished, entry.latest_at_or_before(now)) {
+                (Some(slot), _) => slot,
+                (None, Some(latest)) if latest > next_run => latest,
                 _ => next_run,
             };
             let missed = if slot > next_run {
@@ -355,20 +403,20 @@ impl Beat {
                 "slots missed while no beat was leading; firing the most recent once"
             );
         }
+        // The firing record says which beat took the slot (for operators
+        // and `stem schedule`); exactly-once comes from the publish itself,
+        // which is keyed by (entry, slot). An error here is retried on the
+        // next pass: the record may have been stored anyway, and the keyed
+        // publish below makes that harmless.
         let owner = &self.opts.instance_id;
-        if !self
+        self.unfinished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.id.clone(), slot);
+        let recorded = self
             .store
             .record_firing(&entry.id, slot, owner, record_ttl(slot, next))
-            .await?
-        {
-            self.metrics.duplicate();
-            report.duplicates += 1;
-            tracing::debug!(schedule = %entry.id, slot = %slot_text, "slot already fired by another beat");
-            return self
-                .store
-                .complete_firing(&booking(FiringOutcome::AlreadyFired))
-                .await;
-        }
+            .await?;
         let jitter_ms = match entry.jitter.as_millis() as u64 {
             0 => 0,
             max => rand::thread_rng().gen_range(0..=max),
@@ -383,11 +431,32 @@ impl Beat {
             meta,
             ..Default::default()
         };
-        match self
+        // One task per (entry, slot), however often this runs: after a
+        // publish that timed out but ran, after another beat recorded the
+        // slot and died, after two beats both thought they led.
+        let marker = slot_marker(&entry.id, slot);
+        let booked = match self
             .stem
-            .enqueue_raw(&entry.task, entry.args.clone(), opts)
+            .enqueue_once(
+                &marker,
+                record_ttl(slot, next),
+                &entry.task,
+                entry.args.clone(),
+                &opts,
+            )
             .await
         {
+            Ok(enqueued) if enqueued.duplicate => {
+                self.metrics.duplicate();
+                report.duplicates += 1;
+                tracing::debug!(
+                    schedule = %entry.id, slot = %slot_text, task_id = %enqueued.task_id, recorded,
+                    "slot already published"
+                );
+                self.store
+                    .complete_firing(&booking(FiringOutcome::AlreadyFired))
+                    .await
+            }
             Ok(enqueued) => {
                 let at = Utc::now();
                 let drift_ms = (at - slot).num_milliseconds();
@@ -411,11 +480,11 @@ impl Beat {
                     }))
                     .await
             }
-            Err(e) if e.is_unavailable() => {
+            Err(e) if e.is_transient() => {
+                // Possibly published (a timeout after the request left):
+                // the record stays, and the next pass publishes with the
+                // same key, which answers the task if it exists.
                 self.metrics.failed();
-                if let Err(release) = self.store.release_firing(&entry.id, slot, owner).await {
-                    tracing::debug!(error = %release, "could not release the firing record");
-                }
                 Err(e)
             }
             Err(e) => {
@@ -432,7 +501,14 @@ impl Beat {
                     }))
                     .await
             }
+        };
+        if booked.is_ok() {
+            self.unfinished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&entry.id);
         }
+        booked
     }
 }
 
@@ -524,13 +600,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_recorded_slot_is_not_fired_again() -> Result<()> {
+    async fn a_slot_recorded_by_a_beat_that_died_is_still_published_once() -> Result<()> {
         let store = MemoryScheduleStore::new();
         let t0 = at("2025-01-01T00:00:00Z");
         store
             .upsert(&ScheduleEntry::new("d", "greeting.send", "every:10s")?, t0)
             .await?;
-        // Another beat recorded :10 and died before booking it.
+        // Another beat recorded :10 and died before publishing it (C4):
+        // the slot is published, keyed by (entry, slot), so a beat that
+        // did publish it would be answered with its task instead.
         assert!(
             store
                 .record_firing(
@@ -543,12 +621,12 @@ mod tests {
         );
         let b = beat(&store, "b2");
         let r = b.fire_due(at("2025-01-01T00:00:11Z")).await?;
-        assert!(r.fired.is_empty());
-        assert_eq!(r.duplicates, 1);
+        assert_eq!(r.fired.len(), 1);
+        assert_eq!(r.duplicates, 0);
         let got = store.get("d").await?.expect("stored");
         assert_eq!(got.history.next_run_at, Some(at("2025-01-01T00:00:20Z")));
-        assert_eq!(got.history.total_run_count, 0);
-        assert_eq!(b.metrics().snapshot().dispatch_duplicate, 1);
+        assert_eq!(got.history.total_run_count, 1);
+        assert_eq!(b.metrics().snapshot().dispatch_duplicate, 0);
         Ok(())
     }
 
