@@ -1038,3 +1038,92 @@ async fn c4_a_firing_record_that_times_out_but_was_stored_is_not_lost() -> anyho
     assert_exactly_once(&published, &recorded);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_a_client_that_stalls_mid_request_gets_408() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start()?;
+    let enq = start_enqueuer(&redis.url(), &env(&[("ENQUEUER_REQUEST_TIMEOUT", "1s")])).await?;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", enq.port)).await?;
+    conn.write_all(
+        b"POST /enqueue HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na",
+    )
+    .await?;
+    // ... and nothing more. The server answers and closes.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 10 s to a stalled request"))??;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/json"), "{text}");
+    assert!(text.contains("ENQUEUER_REQUEST_TIMEOUT"), "{text}");
+    // The service goes on.
+    assert_eq!(enq.api.get("/healthz").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_consumers_of_dead_workers_are_removed() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    // A worker that ran once and is gone: its consumer holds nothing.
+    let consumers = || redis.cli(&["XINFO", "CONSUMERS", "stem:{greetings}:p0", "stem"]);
+    // (Redis 7.0 creates a consumer when it is first handed an entry.)
+    let cli = Cli::new(&url);
+    let id = cli
+        .ok(&[
+            "task",
+            "enqueue",
+            "greeting.send",
+            "--args",
+            r#"{"delayMs": 1}"#,
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    let mut gone = start_worker(&url, &worker_name("s5-gone"), "greetings", &[]).await?;
+    poll_until("the first task to finish", SETTLE, || async {
+        Ok((cli.state(&id)? == "succeeded").then_some(()))
+    })
+    .await?;
+    poll_until("the first worker's consumer", SETTLE, || async {
+        Ok(consumers()?.contains("s5-gone").then_some(()))
+    })
+    .await?;
+    gone.sigterm()?;
+    gone.wait_exit(SETTLE)?;
+    // A live worker with a 1 s visibility timeout prunes consumers idle
+    // for 10 s that hold nothing.
+    let live = start_worker(
+        &url,
+        &worker_name("s5-live"),
+        "greetings",
+        &env(&[("STEM_VISIBILITY_TIMEOUT", "1s")]),
+    )
+    .await?;
+    poll_until(
+        "the dead worker's consumer to be removed",
+        SETTLE,
+        || async { Ok((!consumers()?.contains("s5-gone")).then_some(())) },
+    )
+    .await?;
+    // The live worker is untouched and keeps serving.
+    let next = cli
+        .ok(&[
+            "task",
+            "enqueue",
+            "greeting.send",
+            "--args",
+            r#"{"delayMs": 1}"#,
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    poll_until("a task after the pruning", SETTLE, || async {
+        Ok((cli.state(&next)? == "succeeded").then_some(()))
+    })
+    .await?;
+    assert_eq!(body_runs(&live.logs(), &next), 1, "{}", live.logs());
+    Ok(())
+}

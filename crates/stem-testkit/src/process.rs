@@ -75,18 +75,24 @@ pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The source directories the workspace binaries are built from.
-const BINARY_SOURCES: [&str; 6] = [
-    "crates/stem/src",
-    "crates/stem-cli/src",
-    "services/enqueuer/src",
-    "services/worker/src",
-    "services/beat/src",
-    "Cargo.lock",
-];
+/// The source directories binary `name` is built from (the library and
+/// its own crate; `stem` also embeds the enqueuer for `stem dev`).
+fn binary_sources(name: &str) -> &'static [&'static str] {
+    match name {
+        "enqueuer" => &["crates/stem/src", "services/enqueuer/src"],
+        "worker" => &["crates/stem/src", "services/worker/src"],
+        "beat" => &["crates/stem/src", "services/beat/src"],
+        "stem" => &[
+            "crates/stem/src",
+            "crates/stem-cli/src",
+            "services/enqueuer/src",
+        ],
+        _ => &["crates/stem/src"],
+    }
+}
 
-/// Fails when a source file the binaries are built from is newer than
-/// `binary`: `cargo test` does not rebuild the workspace's binaries for
+/// Fails when a source file `binary` is built from is newer than it:
+/// `cargo test` does not rebuild the workspace's binaries for
 /// another package's tests, so without this check a black-box test could
 /// silently run a binary that predates the change under test. Binaries
 /// given through `$STEM_BIN_DIR` are taken as they are (a deliberate
@@ -96,7 +102,7 @@ fn ensure_fresh(name: &str, binary: &Path) -> anyhow::Result<()> {
         .and_then(|m| m.modified())
         .with_context(|| format!("reading the modification time of {}", binary.display()))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut stack: Vec<PathBuf> = BINARY_SOURCES.iter().map(|d| root.join(d)).collect();
+    let mut stack: Vec<PathBuf> = binary_sources(name).iter().map(|d| root.join(d)).collect();
     while let Some(path) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;

@@ -193,7 +193,8 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
-fn duration_var(env: &dyn Lookup, key: &str, default: Duration) -> Result<Duration> {
+/// Parses a duration variable (`<n>ms|s|m|h`, a bare number is seconds).
+pub fn duration_var(env: &dyn Lookup, key: &str, default: Duration) -> Result<Duration> {
     match non_empty(env, key) {
         None => Ok(default),
         Some(v) => parse_duration(&v).ok_or_else(|| {

@@ -19,6 +19,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 413.
     TooLarge,
+    /// 408: the request took longer than `ENQUEUER_REQUEST_TIMEOUT`.
+    Timeout,
     /// 503: Redis did not answer.
     Unavailable(String),
     /// 500.
@@ -30,7 +32,7 @@ impl IntoResponse for ApiError {
         // The body of an oversize request is left unread, so the server
         // closes the connection after answering; say so, or a keep-alive
         // client reuses the dead connection for its next request.
-        let close = matches!(self, ApiError::TooLarge);
+        let close = matches!(self, ApiError::TooLarge | ApiError::Timeout);
         let (status, body): (StatusCode, Value) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
             ApiError::UnknownTask { task, known } => (
@@ -45,6 +47,10 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({ "error": "Request body is larger than 1 MiB." }),
+            ),
+            ApiError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!({ "error": "The request took too long (ENQUEUER_REQUEST_TIMEOUT)." }),
             ),
             ApiError::Unavailable(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,

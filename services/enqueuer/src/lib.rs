@@ -21,6 +21,28 @@ use std::net::SocketAddr;
 
 use tokio_util::sync::CancellationToken;
 
+/// Bounds every request, reading its body included, by `timeout`: a
+/// client that sends its headers and then stalls (or trickles its body)
+/// gets a JSON 408 instead of holding a connection and a task for ever.
+pub fn with_request_timeout(app: axum::Router, timeout: std::time::Duration) -> axum::Router {
+    // The JSON mapping sits outside the timeout, so it sees its 408.
+    app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        timeout,
+    ))
+    .layer(axum::middleware::map_response(json_timeout))
+}
+
+/// The timeout layer answers an empty 408; every answer of this API is
+/// JSON.
+async fn json_timeout(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if response.status() == axum::http::StatusCode::REQUEST_TIMEOUT {
+        return ApiError::Timeout.into_response();
+    }
+    response
+}
+
 /// Serves `state` on `settings` until `shutdown` fires.
 pub async fn serve(
     settings: &EnqueuerSettings,
@@ -28,7 +50,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = ([0, 0, 0, 0], settings.port).into();
-    let app = router(state.clone());
+    let app = with_request_timeout(router(state.clone()), settings.request_timeout);
     if settings.autofill.enabled {
         tokio::spawn(autofill::run(
             state.stem.clone(),

@@ -1,5 +1,6 @@
-//! Enqueuer settings from `PORT`, `ENQUEUER_TLS_*` and
-//! `ENQUEUER_AUTOFILL_*`; invalid values name their variable.
+//! Enqueuer settings from `PORT`, `ENQUEUER_REQUEST_TIMEOUT`,
+//! `ENQUEUER_TLS_*` and `ENQUEUER_AUTOFILL_*`; invalid values name their
+//! variable.
 
 use std::path::PathBuf;
 
@@ -28,6 +29,9 @@ pub struct AutofillSettings {
 #[derive(Clone, Debug)]
 pub struct EnqueuerSettings {
     pub port: u16,
+    /// Longest time one request may take, its body included
+    /// (`ENQUEUER_REQUEST_TIMEOUT`).
+    pub request_timeout: std::time::Duration,
     pub tls: Option<TlsFiles>,
     pub autofill: AutofillSettings,
 }
@@ -101,8 +105,20 @@ impl EnqueuerSettings {
                 ))
             }
         };
+        let request_timeout = stem::config::duration_var(
+            env,
+            "ENQUEUER_REQUEST_TIMEOUT",
+            std::time::Duration::from_secs(30),
+        )?;
+        if request_timeout.is_zero() {
+            return Err(StemError::config(
+                "ENQUEUER_REQUEST_TIMEOUT",
+                "must be above zero",
+            ));
+        }
         Ok(EnqueuerSettings {
             port,
+            request_timeout,
             tls,
             autofill: AutofillSettings {
                 enabled: bool_var(env, "ENQUEUER_AUTOFILL_ENABLED", false)?,

@@ -456,6 +456,8 @@ pub struct RedisBroker {
     dead_maxlen: usize,
     /// The backend's status writer, when it lives on the same Redis.
     colocated: Option<StatusWriter>,
+    /// When recovery last removed stale consumers.
+    pruned: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl RedisBroker {
@@ -471,6 +473,7 @@ impl RedisBroker {
             replay: Arc::new(Script::new(REPLAY)),
             dead_maxlen: dead_letter_maxlen,
             colocated: None,
+            pruned: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -483,6 +486,48 @@ impl RedisBroker {
 
     fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// Removes consumers that hold nothing and have not read for ten
+    /// visibility timeouts (at least 10 s) from the groups of `queues`, at
+    /// most every half of that: every restart of a worker named
+    /// `worker-<host>-<pid>` would otherwise leave ten consumers per queue
+    /// behind for good. A consumer with pending entries is never removed
+    /// (its entries are recovered first), and a live worker reads at least
+    /// every second, so only the dead qualify.
+    async fn prune_consumers(&self, queues: &[String], vt: Duration) {
+        let stale = (vt * 10).max(Duration::from_secs(10));
+        {
+            let mut last = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < stale / 2) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let mut conn = self.conn();
+        let stale_ms = stale.as_millis() as i64;
+        for q in queues {
+            for band in 0..=MAX_PRIORITY {
+                let key = band_key(q, band);
+                let info: ::redis::RedisResult<::redis::streams::StreamInfoConsumersReply> =
+                    conn.xinfo_consumers(&key, GROUP).await;
+                let Ok(info) = info else { continue };
+                for c in info.consumers {
+                    if c.pending == 0 && c.idle as i64 > stale_ms {
+                        let removed: ::redis::RedisResult<i64> = ::redis::cmd("XGROUP")
+                            .arg("DELCONSUMER")
+                            .arg(&key)
+                            .arg(GROUP)
+                            .arg(&c.name)
+                            .query_async(&mut conn)
+                            .await;
+                        if removed.is_ok() {
+                            tracing::debug!(key, consumer = %c.name, "stale consumer removed");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// After a read of `queues` failed with `error` (one `XREADGROUP`
@@ -770,6 +815,7 @@ impl Broker for RedisBroker {
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Fetched>> {
+        self.prune_consumers(queues, min_idle).await;
         // XPENDING with IDLE walks the whole pending list of a band and
         // lists only entries idle for at least our timeout, with their
         // holder and delivery count: live workers' renewed entries at the
