@@ -1127,3 +1127,59 @@ async fn s5_consumers_of_dead_workers_are_removed() -> anyhow::Result<()> {
     assert_eq!(body_runs(&live.logs(), &next), 1, "{}", live.logs());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_purge_never_deletes_entries_in_flight() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let cli = Cli::new(&url);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let args = format!(r#"{{"name": "inflight-{n}", "delayMs": 8000}}"#);
+        ids.push(
+            cli.ok(&["task", "enqueue", "greeting.send", "--args", &args])?
+                .stdout
+                .trim()
+                .to_string(),
+        );
+    }
+    // The purge is held as it reads the stream; a worker takes the three
+    // tasks meanwhile.
+    let proxy = FaultProxy::start(redis.port())?;
+    // (A purge that reads, then deletes, is held at its XRANGE; one that
+    // runs as a script, at the script.)
+    for step in ["XRANGE", "EVALSHA"] {
+        proxy.once(
+            Pattern::all(&[step, "stem:{greetings}:p0"]),
+            Fault::Hold(Duration::from_secs(3)),
+        );
+    }
+    let purge = Cli::new(&proxy.url()).spawn(&["queue", "purge", "greetings", "--yes"])?;
+    poll_until("the purge to be held", SETTLE, || async {
+        Ok((proxy.fired() == 1).then_some(()))
+    })
+    .await?;
+    let vt = env(&[
+        ("STEM_VISIBILITY_TIMEOUT", "2s"),
+        ("STEM_WORKER_CONCURRENCY", "3"),
+    ]);
+    let mut first = start_worker(&url, &worker_name("s6"), "greetings", &vt).await?;
+    for id in &ids {
+        stem_e2e::wait_body_running(&first, id, SETTLE).await?;
+    }
+    let run = Cli::finish(purge).await?;
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    for id in &ids {
+        assert_eq!(cli.state(id)?, "running", "the tasks outlast the purge");
+    }
+    // The worker dies; its entries must still be there to recover.
+    first.kill9()?;
+    let _rescuer = start_worker(&url, &worker_name("s6-rescue"), "greetings", &vt).await?;
+    for id in &ids {
+        poll_until(&format!("task {id} to succeed"), SETTLE, || async {
+            Ok((cli.state(id)? == "succeeded").then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -106,6 +106,29 @@ redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
 return 1
 "#;
 
+/// Deletes up to ARGV[2] never-delivered entries of stream KEYS[1]: those
+/// after the last-delivered id of group ARGV[1] (all of them when the group
+/// does not exist). Entries at or before it are in flight or acknowledged,
+/// and stay. Returns how many were deleted.
+const PURGE_READY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, lid
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+  end
+  if name == ARGV[1] then last = lid end
+end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[2])
+local n = 0
+for _, e in ipairs(entries) do
+  n = n + redis.call('XDEL', KEYS[1], e[1])
+end
+return n
+"#;
+
 /// Field name of the packed envelope in a stream entry.
 const ENTRY_FIELD: &str = "e";
 
@@ -453,6 +476,7 @@ pub struct RedisBroker {
     promote: Arc<Script>,
     submit_once: Arc<Script>,
     replay: Arc<Script>,
+    purge_ready: Arc<Script>,
     dead_maxlen: usize,
     /// The backend's status writer, when it lives on the same Redis.
     colocated: Option<StatusWriter>,
@@ -471,6 +495,7 @@ impl RedisBroker {
             promote: Arc::new(Script::new(PROMOTE)),
             submit_once: Arc::new(Script::new(SUBMIT_ONCE)),
             replay: Arc::new(Script::new(REPLAY)),
+            purge_ready: Arc::new(Script::new(PURGE_READY)),
             dead_maxlen: dead_letter_maxlen,
             colocated: None,
             pruned: Arc::new(Mutex::new(None)),
@@ -1041,39 +1066,35 @@ impl Broker for RedisBroker {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
-        // Ready entries are those never delivered; delivered ones stay
-        // leased to their worker. Trimming by the group's last-delivered id
-        // is not exposed, so read the undelivered ones and delete them.
-        let stats = self.stats(queue).await?;
+        // Ready entries are those after the group's last-delivered id; the
+        // script reads that id and deletes what follows it in one atomic
+        // step, so an entry a worker fetches meanwhile (in flight, maybe
+        // about to be recovered) is never deleted. Chunks of 1000 keep each
+        // script call short; the delayed set goes with one ZCARD + DEL.
         let mut conn = self.conn();
         let mut removed = 0u64;
         for band in 0..=MAX_PRIORITY {
-            let key = band_key(queue, band);
-            let pending: ::redis::RedisResult<::redis::streams::StreamPendingReply> =
-                conn.xpending(&key, GROUP).await;
-            let inflight: HashSet<String> = match pending {
-                Ok(::redis::streams::StreamPendingReply::Data(_)) => {
-                    let detail: ::redis::streams::StreamPendingCountReply = conn
-                        .xpending_count(&key, GROUP, "-", "+", 1_000_000)
-                        .await?;
-                    detail.ids.into_iter().map(|p| p.id).collect()
-                }
-                _ => HashSet::new(),
-            };
-            let all: ::redis::streams::StreamRangeReply = conn.xrange_all(&key).await?;
-            let ready: Vec<String> = all
-                .ids
-                .into_iter()
-                .map(|e| e.id)
-                .filter(|id| !inflight.contains(id))
-                .collect();
-            for chunk in ready.chunks(1000) {
-                let n: u64 = conn.xdel(&key, chunk).await?;
+            loop {
+                let n: u64 = self
+                    .purge_ready
+                    .key(band_key(queue, band))
+                    .arg(GROUP)
+                    .arg(1000)
+                    .invoke_async(&mut conn)
+                    .await?;
                 removed += n;
+                if n < 1000 {
+                    break;
+                }
             }
         }
-        let _: () = conn.del(delayed_key(queue)).await?;
-        Ok(removed + stats.delayed)
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .zcard(delayed_key(queue))
+            .del(delayed_key(queue))
+            .ignore();
+        let (delayed,): (u64,) = pipe.query_async(&mut conn).await?;
+        Ok(removed + delayed)
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {

@@ -153,12 +153,17 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         )));
     }
     let handler = shared.registry.get(&spec.name);
-    let budget = handler
-        .as_ref()
-        .map(|h| h.options().max_retries)
-        .unwrap_or(0)
-        .max(spec.max_retries);
-    if d.wire.attempt > budget.saturating_add(MAX_REPLAYS) {
+    // The spec's budget settles the common case without building the
+    // handler's options; the catalogue's budget can only raise the bound.
+    let budget = |h: &Option<Arc<dyn TaskHandler>>| {
+        h.as_ref()
+            .map(|h| h.options().max_retries)
+            .unwrap_or(0)
+            .max(spec.max_retries)
+    };
+    let over = |budget: u32| d.wire.attempt > budget.saturating_add(MAX_REPLAYS);
+    if over(spec.max_retries) && over(budget(&handler)) {
+        let budget = budget(&handler);
         let msg = format!(
             "attempt {} is above the retry budget {budget} plus {MAX_REPLAYS} replays",
             d.wire.attempt
