@@ -83,6 +83,17 @@ impl Ctx {
         Ok(stem.with_registry(stem::demo::registry()))
     }
 
+    /// A client for worker commands: it signs them with
+    /// `STEM_SIGNING_ACTIVE_KEY` when the signing keys allow, so workers
+    /// with keys accept revoke, shutdown, pause and resume; without a
+    /// usable key it sends them unsigned (read-only commands still work).
+    pub fn operator(&self) -> anyhow::Result<Stem> {
+        match Stem::connect(&self.config) {
+            Ok(stem) => Ok(stem.with_registry(stem::demo::registry())),
+            Err(_) => self.consumer(),
+        }
+    }
+
     /// A client that signs with `STEM_SIGNING_ACTIVE_KEY` (task enqueue).
     pub fn producer(&self) -> anyhow::Result<Stem> {
         let stem = Stem::connect(&self.config)

@@ -97,7 +97,12 @@ pub async fn exchange(
             nobody_alive: true,
         });
     }
-    let cmd = ControlCommand::new(command, targets.to_vec(), payload);
+    let mut cmd = ControlCommand::new(command, targets.to_vec(), payload);
+    // Workers with keys act on revoke, shutdown, pause and resume only when
+    // signed; sign whenever this CLI holds the producer key.
+    if let Some(signer) = stem.signer() {
+        cmd.sign(signer);
+    }
     control.send(&cmd).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut got: Vec<ControlReply> = Vec::new();

@@ -175,7 +175,7 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
             timeout,
             format,
         } => {
-            let stem = ctx.consumer()?;
+            let stem = ctx.operator()?;
             crate::revoke::revoke(&stem, &[id], &reason, &[], timeout, format).await
         }
     }

@@ -107,7 +107,7 @@ pub enum WorkerCommand {
 }
 
 pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
-    let stem = ctx.consumer()?;
+    let stem = ctx.operator()?;
     match cmd {
         WorkerCommand::List(format) => list(&stem, format).await,
         WorkerCommand::Ping { targets, format } => {

@@ -1183,3 +1183,37 @@ async fn s6_purge_never_deletes_entries_in_flight() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s8_unsigned_control_commands_do_not_steer_a_worker_with_keys() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k");
+    let mut worker = start_worker(&url, &worker_name("s8"), "greetings", &signed(&key)).await?;
+    // Anyone who can publish on Redis sends shutdown and pause.
+    for command in ["shutdown", "pause"] {
+        let forged = json!({
+            "id": format!("forged-{command}"), "command": command, "targets": [],
+            "payload": {"queues": ["greetings"]}
+        });
+        redis.cli(&["PUBLISH", "stem:control", &forged.to_string()])?;
+    }
+    // A signed exchange after them: by its answer the forged ones were read.
+    let cli = Cli::new(&url)
+        .with("STEM_SIGNING_KEYS", &key)
+        .with("STEM_SIGNING_ACTIVE_KEY", "k");
+    cli.ok(&["worker", "ping"])?;
+    wait_log(&worker, "control command ignored", SETTLE).await?;
+    assert!(worker.is_running(), "{}", worker.logs());
+    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "still", "delayMs": 1}))
+        .await?;
+    enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+
+    // The signed shutdown is obeyed.
+    cli.ok(&["worker", "shutdown", "--yes"])?;
+    assert_eq!(worker.wait_exit(SETTLE)?, Some(0), "{}", worker.logs());
+    Ok(())
+}

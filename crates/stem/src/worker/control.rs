@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{backoff, Shared};
-use crate::control::{ControlCommand, ControlReply, WorkerInfo};
+use crate::control::{ControlCommand, ControlReply, WorkerInfo, COMMAND_WINDOW};
 use crate::envelope::{format_ms, now_ms};
 
 /// A snapshot of the worker for heartbeats and `stats`.
@@ -91,6 +91,9 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
 /// answers the ones addressed to this worker.
 pub(super) async fn command_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut failures = 0u32;
+    // Ids of signed commands already acted on, with their issue time, so a
+    // copied command is not replayed within its window.
+    let mut seen: std::collections::HashMap<String, i64> = Default::default();
     loop {
         let subscribed = tokio::select! {
             s = shared.control.subscribe() => s,
@@ -121,7 +124,18 @@ pub(super) async fn command_loop(shared: Arc<Shared>, stop: CancellationToken) {
             if !cmd.addresses(&shared.opts.name) {
                 continue;
             }
-            let reply = handle(&shared, &cmd).await;
+            let reply = match authenticate(&shared, &cmd, &mut seen) {
+                Ok(()) => handle(&shared, &cmd).await,
+                Err(e) => {
+                    tracing::warn!(command = %cmd.command, id = %cmd.id, error = %e, "control command ignored: not authenticated");
+                    ControlReply {
+                        worker: shared.opts.name.clone(),
+                        ok: false,
+                        payload: Value::Null,
+                        error: Some(format!("ignored: {e}")),
+                    }
+                }
+            };
             if let Err(e) = shared.control.reply(&cmd.id, &reply).await {
                 tracing::warn!(error = %e, command = %cmd.command, "could not reply to a control command");
             }
@@ -139,6 +153,37 @@ fn queues_of(payload: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A worker with verification keys acts on a command that changes what it
+/// does (revoke, shutdown, pause, resume) only when the command is signed
+/// with a configured key, was issued within [`COMMAND_WINDOW`] and was not
+/// seen before: anyone who can publish on Redis could otherwise stop or
+/// pause the fleet. Read-only commands are answered without a signature,
+/// and a worker without keys accepts everything (it runs unsigned tasks
+/// too, and says so at start).
+fn authenticate(
+    shared: &Shared,
+    cmd: &ControlCommand,
+    seen: &mut std::collections::HashMap<String, i64>,
+) -> crate::Result<()> {
+    let Some(verifier) = &shared.verifier else {
+        return Ok(());
+    };
+    if !crate::control::is_mutating(&cmd.command) {
+        return Ok(());
+    }
+    let now = now_ms();
+    cmd.verify(verifier, now)?;
+    let window = 2 * COMMAND_WINDOW.as_millis() as i64;
+    seen.retain(|_, issued| now - *issued < window);
+    if seen.insert(cmd.id.clone(), cmd.issued_at).is_some() {
+        return Err(crate::StemError::Signature(format!(
+            "command {} was already received (a replay)",
+            cmd.id
+        )));
+    }
+    Ok(())
 }
 
 async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
