@@ -8,7 +8,17 @@ use serde_json::json;
 use stem_e2e::{hmac_key, scrape, series, start_enqueuer, start_worker, Api};
 use stem_testkit::{free_port, RedisServer, ServiceProcess, TlsAssets};
 
-fn https_client(tls: &TlsAssets, with_identity: bool) -> anyhow::Result<reqwest::Client> {
+/// Which client certificate an HTTPS test client presents.
+#[derive(Clone, Copy)]
+enum Identity {
+    None,
+    /// Signed by the CA the server trusts.
+    Trusted,
+    /// Signed by another CA.
+    Foreign,
+}
+
+fn https_client(tls: &TlsAssets, identity: Identity) -> anyhow::Result<reqwest::Client> {
     stem::redis_conn::install_crypto_provider();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca_cert)?)?;
     let mut b = reqwest::Client::builder()
@@ -16,9 +26,14 @@ fn https_client(tls: &TlsAssets, with_identity: bool) -> anyhow::Result<reqwest:
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .timeout(Duration::from_secs(10));
-    if with_identity {
-        let mut pem = std::fs::read(&tls.client_cert)?;
-        pem.extend(std::fs::read(&tls.client_key)?);
+    let files = match identity {
+        Identity::None => None,
+        Identity::Trusted => Some((&tls.client_cert, &tls.client_key)),
+        Identity::Foreign => Some((&tls.other_client_cert, &tls.other_client_key)),
+    };
+    if let Some((cert, key)) = files {
+        let mut pem = std::fs::read(cert)?;
+        pem.extend(std::fs::read(key)?);
         b = b.identity(reqwest::Identity::from_pem(&pem)?);
     }
     Ok(b.build()?)
@@ -43,7 +58,7 @@ async fn https_enqueuer_requires_client_certificates() -> anyhow::Result<()> {
     )?;
     enq.wait_for_log("client certificates required", Duration::from_secs(20))?;
     let url = format!("https://localhost:{port}");
-    let trusted = https_client(&tls, true)?;
+    let trusted = https_client(&tls, Identity::Trusted)?;
     let r = trusted
         .post(format!("{url}/enqueue"))
         .json(&json!({"name": "Ada"}))
@@ -52,12 +67,25 @@ async fn https_enqueuer_requires_client_certificates() -> anyhow::Result<()> {
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await?;
     assert!(body["taskId"].is_string());
-    let anonymous = https_client(&tls, false)?;
-    let refused = anonymous.get(format!("{url}/healthz")).send().await;
-    assert!(
-        refused.is_err(),
-        "a client without a certificate was served: {refused:?}"
-    );
+    // Without a certificate, and with one from another CA, the TLS
+    // session is refused before any HTTP exchange (a transport error, not
+    // an HTTP status) ...
+    for (label, identity) in [
+        ("no certificate", Identity::None),
+        ("a certificate from another CA", Identity::Foreign),
+    ] {
+        let client = https_client(&tls, identity)?;
+        match client.get(format!("{url}/healthz")).send().await {
+            Ok(r) => panic!("a client with {label} was served: {}", r.status()),
+            Err(e) => assert!(
+                e.is_connect() || e.is_request(),
+                "with {label}: not a transport refusal: {e:#}"
+            ),
+        }
+    }
+    // ... by a server that is up and serves a client with the right one.
+    let again = trusted.get(format!("{url}/healthz")).send().await?;
+    assert_eq!(again.status(), 200);
     enq.sigterm()?;
     assert_eq!(enq.wait_exit(Duration::from_secs(15))?, Some(0));
     Ok(())

@@ -698,6 +698,7 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
         v
     };
     let broker = r.stem.broker();
+    let mut most = 0;
     for _ in 0..20 {
         let s = broker.stats(QUEUE).await?;
         // Running (≤ concurrency) plus fetched-but-not-started
@@ -707,8 +708,14 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
             "held {} > concurrency + concurrency × prefetch",
             s.inflight
         );
+        most = most.max(s.inflight);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // The bound was tested against a worker that was holding work.
+    assert!(
+        most >= 2,
+        "the worker never held its two running tasks ({most})"
+    );
     let long = r.stem.enqueue::<Sleepy>(1400).await?;
     poll("long task running", Duration::from_secs(10), || async {
         Ok(r.stem
@@ -717,8 +724,8 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
             .filter(|s| s.state == TaskState::Running))
     })
     .await?;
-    let (stem, backend) = (r.stem.clone(), r.stem.backend());
-    let _stores = r.shutdown().await?;
+    let stem = r.stem.clone();
+    let adapters = r.shutdown().await?;
     let s = stem.status(&long).await?.expect("status");
     assert_ne!(
         s.state,
@@ -728,10 +735,17 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
     let stats = stem.broker().stats(QUEUE).await?;
     assert_eq!(stats.inflight, 0, "nothing left leased after shutdown");
     assert!(stats.ready >= 1, "the long task was handed back");
-    for id in ids {
-        let _ = stem::backend::get_status(backend.as_ref(), &id).await?;
+
+    // A new worker finishes everything: nothing was lost at the stop, and
+    // the long task was handed back at the same attempt, not failed.
+    let next = rig_with(adapters, None, None, |o| o.concurrency = 4);
+    for id in ids.iter().chain([&long]) {
+        let s = next.wait(id).await?;
+        assert_eq!(s.state, TaskState::Succeeded, "{s:?}");
+        assert_eq!(s.attempt, 0, "handed back, not retried: {s:?}");
     }
-    Ok(())
+    assert_eq!(next.wait(&long).await?.result, json!("slept 1400"));
+    next.finish().await
 }
 
 contract_suite!(

@@ -639,17 +639,24 @@ mod tests {
         store.upsert(&e, t0).await?;
         let b = beat(&store, "b1");
         let mut now = t0;
-        for k in 1..=5 {
+        let mut jitters = std::collections::BTreeSet::new();
+        for k in 1..=20 {
             now += chrono::Duration::seconds(10);
             let r = b.fire_due(now).await?;
             assert_eq!(r.fired.len(), 1);
             let got = store.get("j").await?.expect("stored");
-            assert!(got.history.last_jitter_ms.is_some_and(|j| j <= 5000));
+            let jitter = got.history.last_jitter_ms.expect("jitter recorded");
+            assert!(jitter <= 5000, "{jitter}");
+            jitters.insert(jitter);
             assert_eq!(
                 got.history.next_run_at,
                 Some(t0 + chrono::Duration::seconds(10 * (k + 1)))
             );
         }
+        // Jitter is drawn per firing from [0, 5000] ms: twenty draws are
+        // not all equal (chance 20 × (1/5001)^19), and some are non-zero.
+        assert!(jitters.len() > 1, "jitter never varies: {jitters:?}");
+        assert!(jitters.iter().any(|j| *j > 0), "{jitters:?}");
         Ok(())
     }
 
