@@ -295,6 +295,30 @@ async fn purge_empties_ready_and_delayed(a: Adapters) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until `n` fetches are blocked in Redis (`CLIENT LIST` shows
+/// `XREADGROUP` with the `b` flag), so a test of what a blocked fetch does
+/// cannot pass because the fetch had not started yet. The in-memory broker
+/// shows nothing from outside, so on it these tests check the outcome only
+/// (its fetch registers for wake-ups before it looks at the queue).
+async fn until_blocked(a: &Adapters, n: usize) -> anyhow::Result<()> {
+    let Some(redis) = &a.redis else {
+        return Ok(());
+    };
+    poll(
+        &format!("{n} blocked fetch(es)"),
+        Duration::from_secs(5),
+        || async {
+            let clients = redis.cli(&["CLIENT", "LIST"])?;
+            let blocked = clients
+                .lines()
+                .filter(|l| l.contains("cmd=xreadgroup") && l.contains(" flags=b "))
+                .count();
+            Ok((blocked >= n).then_some(()))
+        },
+    )
+    .await
+}
+
 async fn blocked_fetch_does_not_delay_other_queues(a: Adapters) -> anyhow::Result<()> {
     a.broker
         .register_queues(&["ca".to_string(), "cb".to_string()])
@@ -305,7 +329,7 @@ async fn blocked_fetch_does_not_delay_other_queues(a: Adapters) -> anyhow::Resul
             .fetch("wa", &q("ca"), 1, Duration::from_secs(2))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_blocked(&a, 1).await?;
     let start = Instant::now();
     a.broker.publish(vec![out("cb", 0, &wire("cb", 0))]).await?;
     let got = a
@@ -332,7 +356,7 @@ async fn blocking_fetch_wakes_on_publish(a: Adapters) -> anyhow::Result<()> {
             .await?;
         anyhow::Ok((got.len(), start.elapsed()))
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_blocked(&a, 1).await?;
     a.broker
         .publish(vec![out("c11", 0, &wire("c11", 0))])
         .await?;
