@@ -305,3 +305,64 @@ async fn prometheus_metrics_from_worker_and_beat() -> anyhow::Result<()> {
     assert_eq!(beat.wait_exit(Duration::from_secs(15))?, Some(0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_counters_count_what_happened() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k");
+    let keys = vec![
+        ("STEM_SIGNING_KEYS", key.clone()),
+        ("STEM_SIGNING_ACTIVE_KEY", "k".to_string()),
+    ];
+    let port = free_port();
+    let mut worker_env = keys.clone();
+    worker_env.push(("STEM_METRIC_EXPORTERS", format!("prometheus:{port}")));
+    let _worker = start_worker(&url, "counting-worker", "reporting,greetings", &worker_env).await?;
+    let enq = start_enqueuer(&url, &keys).await?;
+    // Two retries, then a failure; and one unsigned entry.
+    let id = enq
+        .api
+        .enqueue(json!({"task": "reports.publish", "name": "q", "delayMs": 1, "fail": true}))
+        .await?;
+    let body =
+        json!({"id": "forged", "name": "greeting.send", "queue": "greetings", "enqueuedAt": 1});
+    stem_e2e::inject(
+        &url,
+        "stem:{greetings}:p0",
+        &stem_e2e::pack("0", "", "", body.to_string().as_bytes()),
+    )
+    .await?;
+    enq.api
+        .wait_state(&id, "failed", Duration::from_secs(30))
+        .await?;
+    let page = stem_e2e::poll_until("the counters", Duration::from_secs(10), || async {
+        let page = scrape(port).await.unwrap_or_default();
+        let ready = series(&page, "stem_tasks_failed_total") == Some(1.0)
+            && series(&page, "stem_tasks_signature_invalid_total") == Some(1.0);
+        Ok(ready.then_some(page))
+    })
+    .await?;
+    assert_eq!(
+        series(&page, "stem_tasks_retried_total"),
+        Some(2.0),
+        "{page}"
+    );
+    assert_eq!(
+        series(&page, "stem_tasks_started_total"),
+        Some(3.0),
+        "{page}"
+    );
+    assert_eq!(
+        series(&page, "stem_tasks_succeeded_total"),
+        Some(0.0),
+        "{page}"
+    );
+    // The failed task and the forged entry.
+    assert_eq!(
+        series(&page, "stem_tasks_dead_lettered_total"),
+        Some(2.0),
+        "{page}"
+    );
+    Ok(())
+}

@@ -233,6 +233,34 @@ async fn errors_are_json_with_the_documented_status() -> anyhow::Result<()> {
     let r = api.post_raw("/enqueue", big).await?;
     expect_error(r, 413, "2 MiB body");
 
+    // At the edges: a body of exactly 1 MiB is read (and enqueued), one
+    // byte more is 413.
+    let sized = |total: usize| {
+        let mut b = b"{\"name\": \"".to_vec();
+        let pad = total - b.len() - 2;
+        b.extend(std::iter::repeat_n(b'x', pad));
+        b.extend(b"\"}");
+        assert_eq!(b.len(), total);
+        b
+    };
+    let r = api.post_raw("/enqueue", sized(1024 * 1024)).await?;
+    assert_eq!(
+        r.status,
+        200,
+        "exactly 1 MiB: {}",
+        &r.text[..r.text.len().min(200)]
+    );
+    let r = api.post_raw("/enqueue", sized(1024 * 1024 + 1)).await?;
+    expect_error(r, 413, "1 MiB + 1 byte");
+
+    // A group of 10 000 names is accepted, 10 001 are refused.
+    let names = |n: usize| json!({"names": (0..n).map(|i| format!("n{i}")).collect::<Vec<_>>()});
+    let r = api.post_json("/group", &names(10_000)).await?;
+    assert_eq!(r.status, 200, "10 000 names: {}", r.text);
+    assert_eq!(r.json["count"], 10_000, "{}", r.text);
+    let r = api.post_json("/group", &names(10_001)).await?;
+    expect_error(r, 400, "10 001 names");
+
     // Unknown route, unknown task id, unknown group.
     let r = api.get("/nope").await?;
     expect_error(r, 404, "GET /nope");
