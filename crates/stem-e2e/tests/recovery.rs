@@ -167,3 +167,90 @@ async fn sigterm_hands_back_what_outlives_the_grace() -> anyhow::Result<()> {
     assert_eq!(body_runs(&b.logs(), &id), 1, "{}", b.logs());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_running_and_prefetched_tasks_loses_and_repeats_none() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    // Two run at once, two more wait fetched in the worker.
+    let mut a = start_worker(
+        &url,
+        &worker_name("busy"),
+        "greetings",
+        &env(&[
+            ("STEM_WORKER_CONCURRENCY", "2"),
+            ("STEM_PREFETCH_MULTIPLIER", "1"),
+            ("STEM_SHUTDOWN_GRACE", "10s"),
+        ]),
+    )
+    .await?;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(
+            enq.api
+                .enqueue(json!({"name": format!("t{n}"), "delayMs": 1200}))
+                .await?,
+        );
+    }
+    wait_body_running(&a, &ids[0], Duration::from_secs(20)).await?;
+    wait_body_running(&a, &ids[1], Duration::from_secs(20)).await?;
+    a.sigterm()?;
+    assert_eq!(a.wait_exit(SETTLE)?, Some(0), "{}", a.logs());
+    // The two that ran finished within the grace; the others went back.
+    for id in &ids[..2] {
+        let s = enq.api.task(id).await?.expect("status");
+        assert_eq!(state_of(&s), "succeeded", "{s}\n{}", a.logs());
+    }
+    let b = start_worker(&url, &worker_name("after"), "greetings", &[]).await?;
+    for id in &ids {
+        enq.api.wait_state(id, "succeeded", SETTLE).await?;
+        let runs = body_runs(&a.logs(), id) + body_runs(&b.logs(), id);
+        assert_eq!(
+            runs,
+            1,
+            "task {id} ran {runs} times:\n{}\n{}",
+            a.logs(),
+            b.logs()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_written_before_acks_while_the_backend_is_down() -> anyhow::Result<()> {
+    let broker = RedisServer::start()?;
+    let mut backend = RedisServer::start_with(RedisOptions {
+        persistence: true,
+        ..Default::default()
+    })?;
+    let separate = env(&[("STEM_RESULT_BACKEND_URL", &backend.url())]);
+    let enq = start_enqueuer(&broker.url(), &separate).await?;
+    let worker = start_worker(&broker.url(), &worker_name("split"), "greetings", &separate).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "held", "delayMs": 800}))
+        .await?;
+    wait_body_running(&worker, &id, Duration::from_secs(20)).await?;
+    // Only the result backend goes away while the body runs.
+    backend.stop()?;
+    stem_e2e::wait_log(&worker, "result backend unavailable", SETTLE).await?;
+    // The body finished, its result cannot be written: nothing is acked.
+    let pending = broker.cli(&["XPENDING", "stem:{greetings}:p0", "stem"])?;
+    assert!(
+        pending.starts_with('1'),
+        "the entry stays pending: {pending}"
+    );
+    backend.restart()?;
+    let s = enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+    assert_eq!(s["result"], "Processed greeting.send for held", "{s}");
+    poll_until("the ack after the result", SETTLE, || async {
+        Ok(broker
+            .cli(&["XPENDING", "stem:{greetings}:p0", "stem"])?
+            .starts_with('0')
+            .then_some(()))
+    })
+    .await?;
+    assert_eq!(body_runs(&worker.logs(), &id), 1, "{}", worker.logs());
+    Ok(())
+}
