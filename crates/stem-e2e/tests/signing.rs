@@ -157,3 +157,58 @@ async fn rotated_keys_both_verify() -> anyhow::Result<()> {
     assert!(!logs.contains("signature invalid"), "{logs}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_rotation_verifies_both_keys_and_refuses_a_forgery() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let (old_public, old_private) = ed25519_key("old");
+    let (new_public, new_private) = ed25519_key("new");
+    let (_, stranger_private) = ed25519_key("new");
+    let ed = |private: &str, active: &str| {
+        vec![
+            ("STEM_SIGNING_ALGORITHM", "ed25519".to_string()),
+            ("STEM_SIGNING_PRIVATE_KEYS", private.to_string()),
+            ("STEM_SIGNING_ACTIVE_KEY", active.to_string()),
+        ]
+    };
+    // The worker holds both public keys, and no private key at all.
+    let worker = start_worker(
+        &url,
+        &worker_name("ed-rotation"),
+        "greetings",
+        &[
+            ("STEM_SIGNING_ALGORITHM", "ed25519".into()),
+            (
+                "STEM_SIGNING_PUBLIC_KEYS",
+                format!("{old_public},{new_public}"),
+            ),
+        ],
+    )
+    .await?;
+    let before = start_enqueuer(&url, &ed(&old_private, "old")).await?;
+    let after = start_enqueuer(&url, &ed(&new_private, "new")).await?;
+    // Someone with a key pair of their own, under a trusted key id.
+    let forger = start_enqueuer(&url, &ed(&stranger_private, "new")).await?;
+    let a = before
+        .api
+        .enqueue(json!({"name": "old-key", "delayMs": 1}))
+        .await?;
+    let b = after
+        .api
+        .enqueue(json!({"name": "new-key", "delayMs": 1}))
+        .await?;
+    let f = forger
+        .api
+        .enqueue(json!({"name": "forged", "delayMs": 1}))
+        .await?;
+    before.api.wait_state(&a, "succeeded", SETTLE).await?;
+    after.api.wait_state(&b, "succeeded", SETTLE).await?;
+    let letter = wait_dead_letter(&url, "greetings", SETTLE, |l| {
+        l.task_id().as_deref() == Some(f.as_str())
+    })
+    .await?;
+    assert_eq!(letter.reason, "signature-invalid", "{letter:?}");
+    assert_eq!(body_runs(&worker.logs(), &f), 0, "{}", worker.logs());
+    Ok(())
+}
