@@ -24,6 +24,29 @@ fn signed(key: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A private Redis and an enqueuer signing with HMAC key `k`.
+struct Signed {
+    redis: RedisServer,
+    url: String,
+    key: String,
+    enq: stem_e2e::Enqueuer,
+}
+
+impl Signed {
+    async fn start() -> anyhow::Result<Self> {
+        let redis = RedisServer::start()?;
+        let url = redis.url();
+        let key = hmac_key("k");
+        let enq = start_enqueuer(&url, &signed(&key)).await?;
+        Ok(Signed {
+            redis,
+            url,
+            key,
+            enq,
+        })
+    }
+}
+
 /// The one packed entry of `key` whose body names task `id`.
 async fn entry_of(url: &str, key: &str, id: &str) -> anyhow::Result<Vec<u8>> {
     let entries = packed_entries(url, key).await?;
@@ -52,10 +75,12 @@ fn request(task: &str, args: Value) -> EnqueueRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c1_forged_entry_cannot_kill_a_queued_task() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
-    let url = redis.url();
-    let key = hmac_key("k");
-    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let Signed {
+        redis: _redis,
+        url,
+        key,
+        enq,
+    } = Signed::start().await?;
     let id = enq
         .api
         .enqueue(json!({"name": "victim", "delayMs": 1}))
@@ -86,10 +111,12 @@ async fn c1_forged_entry_cannot_kill_a_queued_task() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c1_unsigned_entry_cannot_rewrite_a_finished_task() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
-    let url = redis.url();
-    let key = hmac_key("k");
-    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let Signed {
+        redis: _redis,
+        url,
+        key,
+        enq,
+    } = Signed::start().await?;
     let _worker = start_worker(&url, &worker_name("c1b"), "greetings", &signed(&key)).await?;
     let id = enq
         .api
@@ -122,10 +149,12 @@ async fn c1_unsigned_entry_cannot_rewrite_a_finished_task() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c1_forged_members_do_not_join_a_group() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
-    let url = redis.url();
-    let key = hmac_key("k");
-    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let Signed {
+        redis: _redis,
+        url,
+        key,
+        enq,
+    } = Signed::start().await?;
     let r = enq
         .api
         .post_json("/group", &json!({"names": ["a", "b"]}))
@@ -174,10 +203,12 @@ async fn c1_forged_members_do_not_join_a_group() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c1_signed_copy_with_an_out_of_range_attempt_is_refused() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
-    let url = redis.url();
-    let key = hmac_key("k");
-    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let Signed {
+        redis: _redis,
+        url,
+        key,
+        enq,
+    } = Signed::start().await?;
     let id = enq
         .api
         .enqueue(json!({"name": "copy", "delayMs": 1}))
@@ -203,10 +234,12 @@ async fn c1_signed_copy_with_an_out_of_range_attempt_is_refused() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c6_envelope_copied_into_another_queue_is_refused() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
-    let url = redis.url();
-    let key = hmac_key("k");
-    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let Signed {
+        redis: _redis,
+        url,
+        key,
+        enq,
+    } = Signed::start().await?;
     let id = enq
         .api
         .enqueue(json!({"task": "billing.charge", "name": "moved", "delayMs": 1}))
