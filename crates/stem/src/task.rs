@@ -72,6 +72,44 @@ impl From<serde_json::Error> for TaskFailure {
 /// What a task body returns.
 pub type TaskResult<T> = std::result::Result<T, TaskFailure>;
 
+/// Runs blocking or CPU-bound work of a task body on tokio's blocking
+/// pool instead of the async executor, and awaits it.
+///
+/// A body that blocks its thread (image resizing, a synchronous client,
+/// `std::thread::sleep`) holds one of the runtime's few worker threads; a
+/// few such bodies at once stall everything else the worker runs there:
+/// lease renewal (so other workers recover and run the tasks again),
+/// heartbeats, the completer and the hard time limit. Wrap the blocking
+/// part in this instead:
+///
+/// ```
+/// use stem::task::{run_blocking, TaskResult};
+///
+/// async fn body(width: u32) -> TaskResult<u32> {
+///     run_blocking(move || Ok(width * 2 /* resize here */)).await
+/// }
+/// ```
+///
+/// The hard time limit still ends the attempt, but the closure cannot be
+/// interrupted: it runs to its end on the blocking pool, its result
+/// discarded. A panic in the closure fails the attempt like a panic in the
+/// body.
+pub async fn run_blocking<T, F>(f: F) -> TaskResult<T>
+where
+    F: FnOnce() -> TaskResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        // Raised again in the body, where the worker catches and reports
+        // it as it does any panic of a task.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(TaskFailure::new(format!(
+            "blocking work did not finish: {e}"
+        ))),
+    }
+}
+
 /// Per-task settings, shared by producers (queue, retry budget, priority)
 /// and workers (time limits).
 #[derive(Clone, Debug, PartialEq)]

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use common::{poll, Adapters};
 use serde_json::{json, Value};
+use stem::backend::redis::RedisBackend;
+use stem::backend::ResultBackend;
+use stem::broker::redis::RedisBroker;
+use stem::broker::Broker;
 use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
 use stem::envelope::{TaskState, TaskStatus};
 use stem::signing::{generate_hmac_secret, KeyRing, Signer, Verifier};
@@ -135,6 +139,27 @@ impl Task for Sleepy {
     }
 }
 
+/// Blocks its thread for `ms` (a CPU-bound or synchronous body), on the
+/// blocking pool through `run_blocking`; counts its runs.
+struct Offloaded(Arc<AtomicU32>);
+#[stem::async_trait]
+impl Task for Offloaded {
+    const NAME: &'static str = "offloaded";
+    type Args = u64;
+    type Output = u64;
+    fn options(&self) -> TaskOptions {
+        opts(0)
+    }
+    async fn run(&self, _ctx: TaskContext, ms: u64) -> TaskResult<u64> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        stem::task::run_blocking(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(ms)
+        })
+        .await
+    }
+}
+
 /// Sleeps `ms` without reporting progress.
 struct Quiet;
 #[stem::async_trait]
@@ -155,7 +180,8 @@ fn registry(counter: Arc<AtomicU32>) -> TaskRegistry {
     let r = TaskRegistry::new();
     r.register(Add)
         .register(Sum)
-        .register(Flaky(counter))
+        .register(Flaky(counter.clone()))
+        .register(Offloaded(counter))
         .register(Fatal)
         .register(Panics)
         .register(Sleepy)
@@ -748,6 +774,70 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
     next.finish().await
 }
 
+/// Bodies that block their thread, on the blocking pool: the worker's two
+/// executor threads stay free, so its leases are renewed, and a second
+/// worker that recovers everything idle for a second finds nothing to take
+/// while the bodies run for 2.5 s (S1 of issue 9: blocking bodies polled on
+/// the executor starved renewal, and other workers ran them again).
+async fn blocking_bodies_off_the_executor_keep_their_leases(a: Adapters) -> anyhow::Result<()> {
+    let vt = Duration::from_secs(1);
+    // The other worker runs on a runtime of its own, with stores of its own
+    // on the same Redis (or the same in-memory stores).
+    let (thief_broker, thief_backend): (Arc<dyn Broker>, Arc<dyn ResultBackend>) = match &a.redis {
+        Some(redis) => {
+            let client = || stem::redis_conn::client(&redis.url(), &Default::default());
+            (
+                Arc::new(RedisBroker::new(client()?, 1000)?),
+                Arc::new(RedisBackend::new(client()?, Duration::from_secs(600))?),
+            )
+        }
+        None => (a.broker.clone(), a.backend.clone()),
+    };
+    let r = rig_with(a, None, None, |o| {
+        o.concurrency = 2;
+        o.visibility_timeout = vt;
+    });
+    let thief_stem = Stem::from_parts(
+        thief_broker,
+        thief_backend,
+        None,
+        registry(r.counter.clone()),
+    );
+    let stop = CancellationToken::new();
+    let thief = std::thread::spawn({
+        let stop = stop.clone();
+        move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let mut o = WorkerOptions::new("rt-thief", &[QUEUE]);
+            o.visibility_timeout = vt;
+            o.fetch_block = Duration::from_millis(200);
+            rt.block_on(Worker::new(o, &thief_stem, None).run(stop))?;
+            Ok(())
+        }
+    });
+    let ids = [
+        r.stem.enqueue::<Offloaded>(2500).await?,
+        r.stem.enqueue::<Offloaded>(2500).await?,
+    ];
+    for id in &ids {
+        let s = r.wait(id).await?;
+        assert_eq!(s.state, TaskState::Succeeded, "{s:?}");
+        assert_eq!(s.result, json!(2500));
+    }
+    stop.cancel();
+    thief
+        .join()
+        .map_err(|_| anyhow::anyhow!("the second worker's thread panicked"))??;
+    assert_eq!(
+        r.counter.load(Ordering::SeqCst),
+        2,
+        "each body ran once: no lease was lost while they blocked"
+    );
+    r.finish().await
+}
+
 contract_suite!(
     typed_task_succeeds,
     failed_attempt_is_retried_with_backoff,
@@ -765,4 +855,5 @@ contract_suite!(
     control_plane_reaches_the_worker,
     long_bodies_are_marked_running,
     prefetch_bound_and_graceful_shutdown,
+    blocking_bodies_off_the_executor_keep_their_leases,
 );
