@@ -1170,31 +1170,33 @@ impl Broker for RedisBroker {
             None => Vec::new(),
         };
         let task_id = once.status.map(|s| s.id.as_str()).unwrap_or("");
+        // The same placement as `push_outgoing`: the delayed set for a
+        // future not-before, else the band stream.
+        let (target, mode, payload, score) = match out.not_before_ms {
+            Some(t) if t > now_ms() => (
+                delayed_key(&out.queue),
+                "z",
+                delayed_member(out.priority, &out.wire),
+                t,
+            ),
+            _ => (
+                band_key(&out.queue, out.priority.min(MAX_PRIORITY)),
+                "x",
+                pack_entry(&out.wire),
+                0,
+            ),
+        };
         let mut inv = self.submit_once.prepare_invoke();
         inv.key(crate::backend::redis::kv_key(once.marker))
-            .key(crate::backend::redis::status_key(task_id));
-        match out.not_before_ms {
-            Some(t) if t > now_ms() => {
-                inv.key(delayed_key(&out.queue))
-                    .arg(once.value)
-                    .arg(once.ttl.as_millis().max(1) as u64)
-                    .arg(status)
-                    .arg(writer.ttl_ms())
-                    .arg("z")
-                    .arg(delayed_member(out.priority, &out.wire))
-                    .arg(t);
-            }
-            _ => {
-                inv.key(band_key(&out.queue, out.priority.min(MAX_PRIORITY)))
-                    .arg(once.value)
-                    .arg(once.ttl.as_millis().max(1) as u64)
-                    .arg(status)
-                    .arg(writer.ttl_ms())
-                    .arg("x")
-                    .arg(pack_entry(&out.wire))
-                    .arg(0);
-            }
-        }
+            .key(crate::backend::redis::status_key(task_id))
+            .key(target)
+            .arg(once.value)
+            .arg(once.ttl.as_millis().max(1) as u64)
+            .arg(status)
+            .arg(writer.ttl_ms())
+            .arg(mode)
+            .arg(payload)
+            .arg(score);
         let existing: Option<String> = inv.invoke_async(&mut self.conn()).await?;
         Ok(Some(existing))
     }

@@ -155,15 +155,13 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
     let handler = shared.registry.get(&spec.name);
     // The spec's budget settles the common case without building the
     // handler's options; the catalogue's budget can only raise the bound.
-    let budget = |h: &Option<Arc<dyn TaskHandler>>| {
-        h.as_ref()
-            .map(|h| h.options().max_retries)
-            .unwrap_or(0)
-            .max(spec.max_retries)
-    };
     let over = |budget: u32| d.wire.attempt > budget.saturating_add(MAX_REPLAYS);
-    if over(spec.max_retries) && over(budget(&handler)) {
-        let budget = budget(&handler);
+    let budget = match &handler {
+        _ if !over(spec.max_retries) => None,
+        Some(h) => Some(h.options().max_retries.max(spec.max_retries)),
+        None => Some(spec.max_retries),
+    };
+    if let Some(budget) = budget.filter(|b| over(*b)) {
         let msg = format!(
             "attempt {} is above the retry budget {budget} plus {MAX_REPLAYS} replays",
             d.wire.attempt
@@ -372,26 +370,18 @@ async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
         }
     };
     for r in rejects {
-        match r.authentic {
-            Some(_) if !recorded => {
-                unrecorded.push(r.receipt);
-                continue;
-            }
-            Some((spec, status)) => items.push(complete::Finishing {
-                receipt: r.receipt,
-                spec: Some(spec),
-                status: Some(status),
-                fin: Final::Dead(r.letter),
-                wire: None,
-            }),
-            None => items.push(complete::Finishing {
-                receipt: r.receipt,
-                spec: None,
-                status: None,
-                fin: Final::Dead(r.letter),
-                wire: None,
-            }),
+        if r.authentic.is_some() && !recorded {
+            unrecorded.push(r.receipt);
+            continue;
         }
+        let (spec, status) = r.authentic.unzip();
+        items.push(complete::Finishing {
+            receipt: r.receipt,
+            spec,
+            status,
+            fin: Final::Dead(r.letter),
+            wire: None,
+        });
         bump(&shared.metrics.dead_lettered);
     }
     shared.release(&unrecorded);

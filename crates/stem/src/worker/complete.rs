@@ -231,12 +231,11 @@ fn chain_position(spec: &TaskSpec) -> Option<(String, usize)> {
 }
 
 async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
-    let p = plan(shared, batch);
+    let mut p = plan(shared, batch);
 
     // 1. Statuses first. Without them nothing is acknowledged. When the
     // backend shares the broker's Redis, the acks of tasks with nothing to
     // follow go in the same transaction.
-    let mut p = p;
     let mut acked = false;
     let mut failures = 0u32;
     loop {
@@ -456,12 +455,13 @@ async fn follow_up(shared: &Shared, items: &[Finishing]) -> Vec<bool> {
     }
     match shared.backend.add_group_results(&results).await {
         Ok(progress) => {
-            let mut done: Vec<String> = progress
+            // One answer per member: several members of one chord in a
+            // batch must settle it once.
+            let done: std::collections::BTreeSet<String> = progress
                 .into_iter()
                 .filter(|g| g.completed >= g.expected && g.group_id.starts_with("chord-"))
                 .map(|g| g.group_id)
                 .collect();
-            done.dedup();
             for gid in done {
                 if let Err(e) = settle_chord(shared, &gid).await {
                     tracing::warn!(chord = %gid, error = %e, "could not settle a chord");
