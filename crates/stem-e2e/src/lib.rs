@@ -25,7 +25,7 @@ use stem::config::TlsSettings;
 
 pub use stem_testkit::{
     binary_path, free_port, Fault, FaultProxy, Pattern, RedisOptions, RedisServer, ServiceProcess,
-    TlsAssets, TlsMode,
+    TlsAssets, TlsMode, Victim,
 };
 
 /// What the demo task body logs at the start of every execution.

@@ -13,7 +13,7 @@ use stem::config::StemConfig;
 use stem_e2e::{
     body_runs, dead_letters, env, hmac_key, inject, pack, packed_entries, poll_until,
     start_enqueuer, start_worker, unpack, wait_dead_letter, wait_log, worker_name, Fault,
-    FaultProxy, Pattern, RedisServer, Stem as Cli, SETTLE,
+    FaultProxy, Pattern, RedisServer, Stem as Cli, Victim, SETTLE,
 };
 
 /// Environment of a producer and a worker sharing HMAC key `k`.
@@ -303,13 +303,15 @@ async fn c2_idempotency_key_never_answers_with_a_task_that_does_not_exist() -> a
 
 /// A worker on `queues` behind a fault proxy, with a 2 s visibility
 /// timeout, that the proxy kills when it sends `kill_on`. The rule is in
-/// place before the worker connects.
+/// place before the worker starts, so it cannot send the command first.
 async fn worker_behind(
     proxy: &FaultProxy,
     label: &str,
     queues: &str,
     kill_on: Pattern,
 ) -> anyhow::Result<stem_e2e::ServiceProcess> {
+    let victim = Victim::new();
+    proxy.once(kill_on, Fault::Kill(victim.clone()));
     let worker = stem_e2e::spawn_worker(
         &proxy.url(),
         &worker_name(label),
@@ -319,7 +321,7 @@ async fn worker_behind(
             ("STEM_WORKER_CONCURRENCY", "1"),
         ]),
     )?;
-    proxy.once(kill_on, Fault::Kill(worker.pid()));
+    victim.is(worker.pid());
     Ok(worker)
 }
 
@@ -860,11 +862,13 @@ async fn s2_a_task_that_keeps_killing_its_worker_stops_at_the_delivery_limit() -
     ]);
     let mut logs = String::new();
     for round in 0..2 {
-        let mut w = stem_e2e::spawn_worker(&proxy.url(), &worker_name("s2"), "greetings", &limit)?;
+        let victim = Victim::new();
         proxy.once(
             Pattern::all(&[&format!("stem:done:{id}"), "NX"]),
-            Fault::Kill(w.pid()),
+            Fault::Kill(victim.clone()),
         );
+        let mut w = stem_e2e::spawn_worker(&proxy.url(), &worker_name("s2"), "greetings", &limit)?;
+        victim.is(w.pid());
         let deadline = std::time::Instant::now() + SETTLE;
         while w.is_running() {
             anyhow::ensure!(

@@ -25,7 +25,7 @@ pub mod tls;
 pub mod wait;
 
 pub use process::{binary_path, free_port, ServiceProcess};
-pub use proxy::{Fault, FaultProxy, Pattern};
+pub use proxy::{Fault, FaultProxy, Pattern, Victim};
 pub use redis::{RedisOptions, RedisServer, TlsMode};
 pub use tls::TlsAssets;
 pub use wait::wait_until;

@@ -81,12 +81,32 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The process a [`Fault::Kill`] rule kills, named once it is known: a
+/// rule must be in place before its client starts (or the client could
+/// send the matching command first), and the client's pid exists only
+/// after it started.
+#[derive(Clone, Debug, Default)]
+pub struct Victim(Arc<std::sync::OnceLock<u32>>);
+
+impl Victim {
+    /// A victim whose pid is not known yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names the process to kill.
+    pub fn is(&self, pid: u32) {
+        let _ = self.0.set(pid);
+    }
+}
+
 /// What the proxy does when a rule matches.
 #[derive(Clone, Debug)]
 pub enum Fault {
-    /// SIGKILL process `pid` (the client), then close the connection
-    /// without forwarding the matching chunk.
-    Kill(u32),
+    /// SIGKILL the victim process (the client), then close the connection
+    /// without forwarding the matching chunk. A match before the victim is
+    /// named holds the chunk until it is.
+    Kill(Victim),
     /// Close the connection without forwarding the matching chunk.
     Cut,
     /// Wait this long, then forward the chunk and go on.
@@ -316,8 +336,15 @@ async fn serve(client: TcpStream, upstream: SocketAddr, state: Arc<State>) {
         let mut window = std::mem::take(&mut tail);
         window.extend_from_slice(chunk);
         match state.check(&window) {
-            Some(Fault::Kill(pid)) => {
-                sigkill(pid);
+            Some(Fault::Kill(victim)) => {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while victim.0.get().is_none() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                match victim.0.get() {
+                    Some(pid) => sigkill(*pid),
+                    None => eprintln!("fault proxy: a kill rule matched but no victim was named"),
+                }
                 break;
             }
             Some(Fault::Cut) => break,
