@@ -422,6 +422,35 @@ pub fn body_runs(logs: &str, task_id: &str) -> usize {
     body_run_lines(logs, task_id).len()
 }
 
+/// The tasks of `ids` in the order their demo bodies started, by `logs`.
+pub fn start_order<'a>(logs: &str, ids: &[&'a String]) -> Vec<&'a str> {
+    logs.lines()
+        .filter(|l| l.contains(BODY_RUNNING))
+        .filter_map(|l| {
+            ids.iter()
+                .find(|id| l.contains(&format!("task_id={id}")))
+                .map(|id| id.as_str())
+        })
+        .collect()
+}
+
+/// Polls until every task of `ids` has `state`.
+pub async fn wait_all(api: &Api, ids: &[&String], state: &str) -> anyhow::Result<()> {
+    poll_until(
+        &format!("{} tasks to be {state}", ids.len()),
+        SETTLE,
+        || async {
+            for id in ids {
+                if api.task(id).await?.as_ref().map(state_of) != Some(state) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+}
+
 /// Polls until `process` logs the demo body starting for `task_id`.
 pub async fn wait_body_running(
     process: &ServiceProcess,

@@ -7,7 +7,9 @@
 //! - SIGKILL of the leader: the other takes over within the lease time, no
 //!   slot is duplicated, none is lost beyond the documented lease gap;
 //! - drift: 30 firings stay on the slot grid (mean |publish − slot| < 50 ms,
-//!   no accumulation).
+//!   no accumulation);
+//! - a Redis outage under the leader: the beat keeps running, says so once,
+//!   and fires again on the grid when Redis is back, no slot twice.
 //!
 //! The scenarios run as parallel tests, each with its own Redis.
 
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use stem_e2e::{env, hmac_key, poll_until, wait_log, RedisServer, ServiceProcess};
+use stem_e2e::{env, hmac_key, poll_until, wait_log, RedisOptions, RedisServer, ServiceProcess};
 
 /// The beat's default lease and tick (documented takeover bound: lease + tick).
 const LEASE: Duration = Duration::from_secs(3);
@@ -308,5 +310,81 @@ async fn firings_stay_on_the_slot_grid() -> anyhow::Result<()> {
         (last - first).abs() < 50.0,
         "drift accumulates: first 10 average {first:.1} ms, last 10 {last:.1} ms: {drift:?}"
     );
+    Ok(())
+}
+
+/// Redis outages (README, "Redis outages": services keep running, log once
+/// per outage, retry and resume by themselves), for beat:
+/// Redis (with persistence, so the schedule outlives it) stops for 3 s
+/// under the leader and comes back; the beat stays up, logs the outage
+/// once per operation, and fires again on the same grid. Slots that fell
+/// due meanwhile are coalesced into one firing; none is fired twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_rides_out_a_redis_outage() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start_with(RedisOptions {
+        persistence: true,
+        ..Default::default()
+    })?;
+    let file = ScheduleFile::every_second("outage")?;
+    let envs = beat_env(&redis.url(), &file, &hmac_key("k1"));
+    let mut beat = start_beat("beat-outage", &envs).await?;
+    poll_until(
+        "3 firings before the outage",
+        Duration::from_secs(15),
+        || async { Ok((published(&redis)?.len() >= 3).then_some(())) },
+    )
+    .await
+    .with_context(|| beat.logs())?;
+
+    redis.stop()?;
+    let down_at = Instant::now();
+    wait_log(
+        &beat,
+        "failed; retrying every tick",
+        Duration::from_secs(10),
+    )
+    .await?;
+    // The outage itself: three slots fall due while Redis is away.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(down_at.elapsed())).await;
+    assert!(
+        beat.is_running(),
+        "beat exited during the outage:\n{}",
+        beat.logs()
+    );
+    redis.restart()?;
+    let before = published(&redis)?.len();
+    poll_until(
+        "3 firings after the outage",
+        Duration::from_secs(20),
+        || async { Ok((published(&redis)?.len() >= before + 3).then_some(())) },
+    )
+    .await
+    .with_context(|| beat.logs())?;
+
+    beat.sigterm()?;
+    let code = beat.wait_exit(Duration::from_secs(10))?;
+    let logs = beat.logs();
+    assert_eq!(code, Some(0), "beat exits 0 on SIGTERM; log:\n{logs}");
+    for what in ["firing due schedules", "leader lease operation"] {
+        let failed = logs.matches(&format!("{what} failed")).count();
+        assert!(
+            failed <= 1,
+            "{what}: one warning per outage, got {failed}:\n{logs}"
+        );
+    }
+    assert!(
+        logs.contains("works again"),
+        "the end of the outage is logged:\n{logs}"
+    );
+    let p = published(&redis)?;
+    check_envelopes(&p)?;
+    let slots = distinct_slots(&p).with_context(|| logs.clone())?;
+    for w in slots.windows(2) {
+        assert_eq!(
+            (w[1] - w[0]) % 1000,
+            0,
+            "slots stay on the 1 s grid: {slots:?}\n{logs}"
+        );
+    }
     Ok(())
 }

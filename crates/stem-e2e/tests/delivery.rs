@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stem_e2e::{
-    body_run_lines, body_runs, env, poll_until, start_enqueuer, start_worker, state_of,
-    wait_body_running, wait_dead_letter, worker_name, RedisServer, BODY_RUNNING, POLL_INTERVAL,
-    SETTLE,
+    body_run_lines, body_runs, env, start_enqueuer, start_order, start_worker, state_of, wait_all,
+    wait_body_running, wait_dead_letter, worker_name, RedisServer, POLL_INTERVAL, SETTLE,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,29 +216,12 @@ async fn higher_priority_starts_first() -> anyhow::Result<()> {
         &env(&[("STEM_WORKER_CONCURRENCY", "1")]),
     )
     .await?;
-    let api = &enq.api;
     let all: Vec<&String> = low.iter().chain([&high]).collect();
-    poll_until("all four tasks to succeed", SETTLE, || async {
-        for id in &all {
-            if api.task(id).await?.as_ref().map(state_of) != Some("succeeded") {
-                return Ok(None);
-            }
-        }
-        Ok(Some(()))
-    })
-    .await?;
+    wait_all(&enq.api, &all, "succeeded").await?;
 
     // Order in which bodies started, from the worker's log.
     let logs = worker.logs();
-    let order: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains(BODY_RUNNING))
-        .filter_map(|l| {
-            all.iter()
-                .find(|id| l.contains(&format!("task_id={id}")))
-                .map(|id| id.as_str())
-        })
-        .collect();
+    let order = start_order(&logs, &all);
     assert_eq!(order.len(), 4, "{logs}");
     assert_eq!(
         order[0], high,
@@ -249,6 +231,104 @@ async fn higher_priority_starts_first() -> anyhow::Result<()> {
         &order[1..],
         low.iter().map(String::as_str).collect::<Vec<_>>(),
         "low ones in FIFO order:\n{logs}"
+    );
+    Ok(())
+}
+
+/// A busy worker: one slot, running a low-priority task with more of them
+/// behind it. A priority-9 task enqueued now starts ahead of every low task
+/// still in the stream; only what the worker had already taken (the
+/// running one and at most `concurrency × STEM_PREFETCH_MULTIPLIER` = 2
+/// prefetched) may start before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_task_overtakes_a_busy_workers_low_backlog() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    let worker = start_worker(
+        &url,
+        &worker_name("busy-prio"),
+        "billing",
+        &env(&[("STEM_WORKER_CONCURRENCY", "1")]),
+    )
+    .await?;
+    let mut low = Vec::new();
+    for i in 0..6 {
+        low.push(
+            enq.api
+                .enqueue(json!({"task": "billing.charge", "name": format!("low-{i}"), "delayMs": 250, "priority": 0}))
+                .await?,
+        );
+    }
+    wait_body_running(&worker, &low[0], SETTLE).await?;
+    let high = enq
+        .api
+        .enqueue(json!({"task": "billing.charge", "name": "high", "delayMs": 250, "priority": 9}))
+        .await?;
+    let all: Vec<&String> = low.iter().chain([&high]).collect();
+    wait_all(&enq.api, &all, "succeeded").await?;
+
+    let logs = worker.logs();
+    let order = start_order(&logs, &all);
+    assert_eq!(order.len(), 7, "{logs}");
+    let at = order.iter().position(|id| *id == high.as_str());
+    assert!(
+        at.is_some_and(|i| i <= 3),
+        "the priority-9 task starts after at most the running and 2 prefetched tasks, started {at:?}:\n{logs}"
+    );
+    let lows: Vec<&str> = order.iter().copied().filter(|id| *id != high).collect();
+    assert_eq!(
+        lows,
+        low.iter().map(String::as_str).collect::<Vec<_>>(),
+        "low ones in FIFO order:\n{logs}"
+    );
+    Ok(())
+}
+
+/// A countdown task of a busy queue, at the same priority as the backlog
+/// in front of it, starts soon after its due time (`docs/architecture.md`, "Due
+/// lanes"): when due it joins its
+/// band's due lane, read before the band, instead of the backlog's tail.
+/// Here 12 tasks of 250 ms run one at a time on one slot, and the countdown
+/// task falls due after 0.6 s: about 3 backlog tasks have started by then,
+/// 2 more are prefetched, so at least 6 backlog tasks start after it (at
+/// the tail it would start last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_task_does_not_wait_behind_its_bands_backlog() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(&url, &[]).await?;
+    let worker = start_worker(
+        &url,
+        &worker_name("due-lane"),
+        "billing",
+        &env(&[("STEM_WORKER_CONCURRENCY", "1")]),
+    )
+    .await?;
+    let due = enq
+        .api
+        .enqueue(
+            json!({"task": "billing.charge", "name": "due", "delayMs": 250, "countdownMs": 600}),
+        )
+        .await?;
+    let mut backlog = Vec::new();
+    for i in 0..12 {
+        backlog.push(
+            enq.api
+                .enqueue(json!({"task": "billing.charge", "name": format!("backlog-{i}"), "delayMs": 250}))
+                .await?,
+        );
+    }
+    let all: Vec<&String> = backlog.iter().chain([&due]).collect();
+    wait_all(&enq.api, &all, "succeeded").await?;
+
+    let logs = worker.logs();
+    let order = start_order(&logs, &all);
+    assert_eq!(order.len(), 13, "{logs}");
+    let at = order.iter().position(|id| *id == due.as_str());
+    assert!(
+        at.is_some_and(|i| i <= 6),
+        "the due task starts after its countdown and ahead of at least 6 of the 12 backlog tasks, started {at:?}:\n{logs}"
     );
     Ok(())
 }

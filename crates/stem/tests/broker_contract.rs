@@ -95,10 +95,60 @@ async fn higher_priority_is_fetched_first(a: Adapters) -> anyhow::Result<()> {
         a.broker.publish(vec![out("c3", p, &wire("c3", p))]).await?;
     }
     let got = a.broker.fetch("w1", &q("c3"), 10, NO_BLOCK).await?;
-    let bands: Vec<u8> = got.iter().map(|f| f.receipt().band).collect();
+    let bands: Vec<u8> = got
+        .iter()
+        .map(|f| stem::broker::lane_band(f.receipt().lane))
+        .collect();
     assert_eq!(bands, vec![9, 5, 0, 0]);
     let first = a.broker.fetch("w1", &q("c3"), 1, NO_BLOCK).await?;
     assert!(first.is_empty());
+    Ok(())
+}
+
+/// A delayed or retried entry that falls due starts before the backlog of
+/// its own band (`docs/architecture.md`, "Due lanes"), and still after
+/// ready work of higher bands.
+async fn due_entries_start_ahead_of_their_bands_backlog(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c13")).await?;
+    let backlog: Vec<WireEnvelope> = (0..3).map(|_| wire("c13", 0)).collect();
+    a.broker
+        .publish(backlog.iter().map(|w| out("c13", 0, w)).collect())
+        .await?;
+    let higher = wire("c13", 5);
+    a.broker.publish(vec![out("c13", 5, &higher)]).await?;
+    let (due_low, due_high) = (wire("c13", 0), wire("c13", 9));
+    for (p, w) in [(0u8, &due_low), (9, &due_high)] {
+        let mut o = out("c13", p, w);
+        o.not_before_ms = Some(now_ms() + 60_000);
+        a.broker.publish(vec![o]).await?;
+    }
+    // Promotion as it runs a minute later.
+    assert_eq!(a.broker.promote_due(&q("c13"), now_ms() + 61_000).await?, 2);
+    let got = a.broker.fetch("w1", &q("c13"), 10, NO_BLOCK).await?;
+    let id = |w: &WireEnvelope| w.spec().map(|s| s.id).unwrap_or_default();
+    let order: Vec<String> = got.iter().map(|f| id(&task(f).wire)).collect();
+    let mut want = vec![id(&due_high), id(&higher), id(&due_low)];
+    want.extend(backlog.iter().map(id));
+    assert_eq!(order, want);
+    Ok(())
+}
+
+/// A burst of delayed entries falling due together is promoted by one
+/// promoter tick, not a fixed batch per tick behind which the rest waits.
+async fn a_due_burst_is_promoted_in_one_tick(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c14")).await?;
+    let due = now_ms() + 60_000;
+    let batch = (0..2000)
+        .map(|_| {
+            let mut o = out("c14", 3, &wire("c14", 3));
+            o.not_before_ms = Some(due);
+            o
+        })
+        .collect();
+    a.broker.publish(batch).await?;
+    assert_eq!(a.broker.promote_due(&q("c14"), due + 1).await?, 2000);
+    let s = a.broker.stats("c14").await?;
+    assert_eq!((s.ready, s.delayed), (2000, 0));
     Ok(())
 }
 
@@ -370,6 +420,8 @@ contract_suite!(
     publish_fetch_ack_empties_the_queue,
     fetch_takes_at_most_max,
     higher_priority_is_fetched_first,
+    due_entries_start_ahead_of_their_bands_backlog,
+    a_due_burst_is_promoted_in_one_tick,
     unacked_entry_is_recovered_after_the_lease,
     renewed_lease_is_not_recovered,
     delayed_entry_waits_for_its_time,
@@ -383,7 +435,7 @@ contract_suite!(
 
 /// Redis only: a delayed-set member that does not parse (written by hand
 /// or by a foreign producer) does not fail the promoter for its queue: it
-/// is moved into band 0 as it is and fetched as a malformed entry with its
+/// is moved into band 0's due lane as it is and fetched as a malformed entry with its
 /// bytes, beside a valid member promoted as usual.
 #[tokio::test]
 async fn garbage_delayed_members_are_promoted_as_malformed() -> anyhow::Result<()> {

@@ -610,8 +610,11 @@ async fn revoked_tasks_do_not_run_and_running_ones_stop(a: Adapters) -> anyhow::
 
 async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
     use stem::control::ControlCommand;
+    // A long fetch block: a pause answered while a read still blocks on
+    // the queue would let that read take the task enqueued next.
     let r = rig_with(a, None, None, |o| {
-        o.heartbeat_interval = Duration::from_millis(200)
+        o.heartbeat_interval = Duration::from_millis(200);
+        o.fetch_block = Duration::from_secs(2);
     });
     let control = r.stem.control();
     let workers = poll("heartbeat", Duration::from_secs(5), || async {
@@ -657,20 +660,23 @@ async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
     let cmd = ControlCommand::new("pause", vec![], json!({"queues": [QUEUE]}));
     control.send(&cmd).await?;
     assert_eq!(
-        control.replies(&cmd.id, 1, Duration::from_secs(3)).await?[0].payload["paused"],
+        control.replies(&cmd.id, 1, Duration::from_secs(5)).await?[0].payload["paused"],
         json!([QUEUE])
     );
     r.wait(&running).await?;
-    // Documented bound: a pause applies to the next fetch; one that is
-    // already blocking ends within `fetch_block` (200 ms here).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The reply came after any read already blocking on the queue ended,
+    // so nothing enqueued from now on is fetched. A fetching worker would
+    // take it within milliseconds (a blocking read wakes on the publish);
+    // a second of it staying queued shows the pause.
     let held_back = r.stem.enqueue::<Add>((1, 1)).await?;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        r.stem.status(&held_back).await?.map(|s| s.state),
-        Some(TaskState::Queued),
-        "paused queue not fetched"
-    );
+    common::holds(
+        "paused queue not fetched",
+        Duration::from_secs(1),
+        || async {
+            Ok(r.stem.status(&held_back).await?.map(|s| s.state) == Some(TaskState::Queued))
+        },
+    )
+    .await?;
     control.set_paused(&[QUEUE.to_string()], false).await?;
     let cmd = ControlCommand::new("resume", vec![], json!({"queues": [QUEUE]}));
     control.send(&cmd).await?;

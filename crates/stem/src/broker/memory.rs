@@ -1,5 +1,5 @@
 //! In-process broker: the same semantics as the Redis broker (leases by idle
-//! time, delayed set, priority bands, dead letters) behind a mutex. Used by
+//! time, delayed set, priority bands and their due lanes, dead letters) behind a mutex. Used by
 //! `stem dev` and by embedders who want no Redis; covered by the contract
 //! suite.
 
@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Broker, DeadLetter, Delivery, Fetched, NewDeadLetter, Outgoing, QueueStats, Receipt};
+use super::{
+    due_lane, lanes_in_fetch_order, Broker, DeadLetter, Delivery, Fetched, NewDeadLetter, Outgoing,
+    QueueStats, Receipt, LANES,
+};
 use crate::envelope::{now_ms, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
 
 struct Pending {
-    band: u8,
+    lane: u8,
     wire: WireEnvelope,
     consumer: String,
     touched: Instant,
@@ -24,7 +27,8 @@ struct Pending {
 
 #[derive(Default)]
 struct MemQueue {
-    ready: [VecDeque<(u64, WireEnvelope)>; 10],
+    /// Ready entries by lane (see [`LANES`]).
+    ready: [VecDeque<(u64, WireEnvelope)>; LANES as usize],
     pending: BTreeMap<u64, Pending>,
     delayed: BTreeMap<(i64, u64), (u8, WireEnvelope)>,
     dead: BTreeMap<u64, DeadLetter>,
@@ -43,10 +47,11 @@ impl State {
         self.next_id += 1;
         self.next_id
     }
-    fn push_ready(&mut self, queue: &str, band: u8, wire: WireEnvelope) {
+    /// Appends `wire` to `lane` (a band, or a band's due lane).
+    fn push_ready(&mut self, queue: &str, lane: u8, wire: WireEnvelope) {
         let id = self.id();
-        let band = band.min(MAX_PRIORITY);
-        self.queues.entry(queue.to_string()).or_default().ready[band as usize]
+        let lane = lane.min(LANES - 1);
+        self.queues.entry(queue.to_string()).or_default().ready[lane as usize]
             .push_back((id, wire));
     }
     fn take_pending(&mut self, r: &Receipt) -> Option<Pending> {
@@ -75,11 +80,11 @@ impl MemoryBroker {
     }
 }
 
-fn delivery(queue: &str, band: u8, id: u64, wire: WireEnvelope, deliveries: u32) -> Fetched {
+fn delivery(queue: &str, lane: u8, id: u64, wire: WireEnvelope, deliveries: u32) -> Fetched {
     Fetched::Task(Delivery {
         receipt: Receipt {
             queue: queue.to_string(),
-            band,
+            lane,
             entry_id: id.to_string(),
         },
         wire,
@@ -103,7 +108,7 @@ impl Broker for MemoryBroker {
                             .delayed
                             .insert((t, id), (o.priority.min(MAX_PRIORITY), o.wire));
                     }
-                    _ => st.push_ready(&o.queue, o.priority, o.wire),
+                    _ => st.push_ready(&o.queue, o.priority.min(MAX_PRIORITY), o.wire),
                 }
             }
         }
@@ -138,22 +143,22 @@ impl Broker for MemoryBroker {
                     let Some(mq) = st.queues.get_mut(q) else {
                         continue;
                     };
-                    for band in (0..=MAX_PRIORITY).rev() {
+                    for lane in lanes_in_fetch_order() {
                         while out.len() < max {
-                            let Some((id, wire)) = mq.ready[band as usize].pop_front() else {
+                            let Some((id, wire)) = mq.ready[lane as usize].pop_front() else {
                                 break;
                             };
                             mq.pending.insert(
                                 id,
                                 Pending {
-                                    band,
+                                    lane,
                                     wire: wire.clone(),
                                     consumer: consumer.to_string(),
                                     touched: Instant::now(),
                                     deliveries: 1,
                                 },
                             );
-                            out.push(delivery(q, band, id, wire, 1));
+                            out.push(delivery(q, lane, id, wire, 1));
                         }
                     }
                 }
@@ -223,7 +228,7 @@ impl Broker for MemoryBroker {
                     p.consumer = consumer.to_string();
                     p.touched = Instant::now();
                     p.deliveries += 1;
-                    out.push(delivery(q, p.band, *id, p.wire.clone(), p.deliveries));
+                    out.push(delivery(q, p.lane, *id, p.wire.clone(), p.deliveries));
                 }
             }
         }
@@ -254,7 +259,7 @@ impl Broker for MemoryBroker {
         {
             let mut st = self.lock();
             st.take_pending(receipt);
-            st.push_ready(&receipt.queue, priority, wire);
+            st.push_ready(&receipt.queue, priority.min(MAX_PRIORITY), wire);
         }
         self.notify.notify_waiters();
         Ok(())
@@ -297,7 +302,7 @@ impl Broker for MemoryBroker {
                     due.into_values().collect()
                 };
                 for (band, wire) in due {
-                    st.push_ready(q, band, wire);
+                    st.push_ready(q, due_lane(band), wire);
                     moved += 1;
                 }
             }
@@ -339,7 +344,7 @@ impl Broker for MemoryBroker {
             };
             wire.attempt += 1;
             let band = wire.spec().map(|s| s.priority).unwrap_or(0);
-            st.push_ready(queue, band, wire.clone());
+            st.push_ready(queue, band.min(MAX_PRIORITY), wire.clone());
             wire
         };
         self.notify.notify_waiters();
@@ -361,8 +366,8 @@ impl Broker for MemoryBroker {
             return Ok(0);
         };
         let mut n = std::mem::take(&mut q.delayed).len() as u64;
-        for band in q.ready.iter_mut() {
-            n += std::mem::take(band).len() as u64;
+        for lane in q.ready.iter_mut() {
+            n += std::mem::take(lane).len() as u64;
         }
         Ok(n)
     }

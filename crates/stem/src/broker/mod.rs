@@ -12,15 +12,45 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::envelope::{TaskStatus, WireEnvelope};
+use crate::envelope::{TaskStatus, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
+
+/// Lanes per queue. Lane `n` (0–9) holds priority band `n` in publish
+/// order; lane `10 + n` ([`due_lane`]) holds band `n`'s delayed and retried
+/// entries, moved there when due and read before lane `n`. Streams only
+/// append, so a due entry promoted into its band would start behind the
+/// band's whole backlog; its own lane lets it start at the next free slot
+/// after the ready work of higher bands (`docs/architecture.md`, "Due
+/// lanes"; priorities still order ready work).
+pub const LANES: u8 = 2 * (MAX_PRIORITY + 1);
+
+/// The lane that band `band`'s promoted (due) entries join.
+pub fn due_lane(band: u8) -> u8 {
+    band.min(MAX_PRIORITY) + MAX_PRIORITY + 1
+}
+
+/// The priority band of `lane`.
+pub fn lane_band(lane: u8) -> u8 {
+    lane % (MAX_PRIORITY + 1)
+}
+
+/// Every lane in the order a fetch reads them: band 9's due lane, band 9,
+/// band 8's due lane, … band 0.
+pub fn lanes_in_fetch_order() -> impl Iterator<Item = u8> {
+    (0..=MAX_PRIORITY).rev().flat_map(|b| [due_lane(b), b])
+}
+
+/// Sort key of a lane in fetch order: higher is read first.
+pub fn lane_rank(lane: u8) -> u8 {
+    lane_band(lane) * 2 + u8::from(lane > MAX_PRIORITY)
+}
 
 /// Identifies one delivery so it can be acknowledged, renewed or retried.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Receipt {
     pub queue: String,
-    /// Priority band (0–9) the entry was read from.
-    pub band: u8,
+    /// The lane (see [`LANES`]) the entry was read from.
+    pub lane: u8,
     /// Broker-specific entry id (a stream id on Redis).
     pub entry_id: String,
 }

@@ -5,6 +5,7 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `stem:{q}:p<n>` | stream | ready + in-flight entries of priority band n (0–9), consumer group `stem` |
+//! | `stem:{q}:p<n>:due` | stream | band n's delayed and retried entries, moved here when due and read before `p<n>` (the band's due lane, see [`super::LANES`]) |
 //! | `stem:{q}:delayed` | sorted set | delayed and retried entries, score = not-before epoch ms |
 //! | `stem:{q}:dead` | stream | dead letters, capped at `STEM_DEAD_LETTER_MAXLEN` |
 //! | `stem:queues` | set | every queue name seen |
@@ -26,6 +27,7 @@ use ::redis::{AsyncCommands, Client, Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::{due_lane, lane_band, lane_rank, lanes_in_fetch_order, LANES};
 use super::{
     Broker, DeadLetter, Delivery, Fetched, MalformedEntry, NewDeadLetter, Outgoing, QueueStats,
     Receipt, SubmitOnce,
@@ -39,12 +41,22 @@ const GROUP: &str = "stem";
 const QUEUES_KEY: &str = "stem:queues";
 /// Hash: consumer name → the lease (visibility timeout, ms) it declared.
 const LEASES_KEY: &str = "stem:leases";
-/// Most pending entries one recovery scan lists per band stream.
+/// Most pending entries one recovery scan lists per lane stream.
 const RECOVER_SCAN: usize = 1000;
+/// Most delayed entries one promotion script call moves.
+const PROMOTE_BATCH: usize = 512;
+/// Most promotion calls per queue per promoter tick.
+const PROMOTE_ROUNDS: usize = 20;
 
-/// Key of priority band `band` of `queue`.
-pub fn band_key(queue: &str, band: u8) -> String {
-    format!("stem:{{{queue}}}:p{band}")
+/// Key of lane `lane` of `queue`: `p<band>` for a priority band,
+/// `p<band>:due` for a band's due lane (see [`super::LANES`]).
+pub fn lane_key(queue: &str, lane: u8) -> String {
+    let band = lane_band(lane);
+    if lane > MAX_PRIORITY {
+        format!("stem:{{{queue}}}:p{band}:due")
+    } else {
+        format!("stem:{{{queue}}}:p{band}")
+    }
 }
 /// Key of the delayed set of `queue`.
 pub fn delayed_key(queue: &str) -> String {
@@ -55,8 +67,10 @@ pub fn dead_key(queue: &str) -> String {
     format!("stem:{{{queue}}}:dead")
 }
 
-/// Moves due members of a delayed set to their band streams. One call per
-/// queue per promoter tick (not per task). Member = band \n packed entry.
+/// Moves due members of a delayed set to their bands' due lanes (KEYS[2 +
+/// band]), oldest first. One call per queue per promoter tick (not per
+/// task), repeated while it moves a full batch. Member = band \n packed
+/// entry.
 const PROMOTE: &str = r#"
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, m in ipairs(items) do
@@ -66,7 +80,7 @@ for _, m in ipairs(items) do
   if band and band >= 0 and band <= 9 and math.floor(band) == band then
     redis.call('XADD', KEYS[2 + band], '*', 'e', string.sub(m, p1 + 1))
   else
-    -- Garbage: into band 0 as it is, where a worker dead-letters it as
+    -- Garbage: into band 0's due lane as it is, where a worker dead-letters it as
     -- malformed with its bytes.
     redis.call('XADD', KEYS[2], '*', 'e', m)
   end
@@ -181,7 +195,7 @@ fn unpack_entry(packed: Vec<u8>) -> std::result::Result<WireEnvelope, (String, V
 /// Adds the `XADD` of `wire` to band `band` of `queue` (reply ignored).
 fn add_entry(pipe: &mut ::redis::Pipeline, queue: &str, band: u8, wire: &WireEnvelope) {
     pipe.xadd(
-        band_key(queue, band.min(MAX_PRIORITY)),
+        lane_key(queue, band.min(MAX_PRIORITY)),
         "*",
         &[(ENTRY_FIELD, pack_entry(wire))],
     )
@@ -275,13 +289,13 @@ fn decode_owned(
 
 fn fields_to_fetched(
     queue: &str,
-    band: u8,
+    lane: u8,
     entry_id: String,
     map: HashMap<String, Value>,
 ) -> Fetched {
     let receipt = Receipt {
         queue: queue.to_string(),
-        band,
+        lane,
         entry_id,
     };
     match decode_owned(map) {
@@ -319,7 +333,7 @@ fn text(v: &Value) -> Option<&str> {
 /// One entry of an `XREADGROUP` reply, decoded straight from the reply's
 /// values: the body's bytes are moved, not copied, and no field map is
 /// built unless the entry is malformed.
-fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>) -> Fetched {
+fn entry_to_fetched(queue: &str, lane: u8, entry_id: String, fields: Vec<Value>) -> Fetched {
     // The packed form: one field.
     let mut fields = fields;
     if let [k, Value::BulkString(packed)] = fields.as_mut_slice() {
@@ -328,7 +342,7 @@ fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>)
                 Ok(wire) => Fetched::Task(Delivery {
                     receipt: Receipt {
                         queue: queue.to_string(),
-                        band,
+                        lane,
                         entry_id,
                     },
                     wire,
@@ -337,7 +351,7 @@ fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>)
                 // Rare: the map-based path reports it with its raw bytes.
                 Err((_, packed)) => fields_to_fetched(
                     queue,
-                    band,
+                    lane,
                     entry_id,
                     HashMap::from([(ENTRY_FIELD.to_string(), Value::BulkString(packed))]),
                 ),
@@ -377,7 +391,7 @@ fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>)
         };
         let receipt = Receipt {
             queue: queue.to_string(),
-            band,
+            lane,
             entry_id,
         };
         return Fetched::Task(Delivery {
@@ -400,7 +414,7 @@ fn entry_to_fetched(queue: &str, band: u8, entry_id: String, fields: Vec<Value>)
     for (k, v) in all {
         map.insert(text(&k).unwrap_or("?").to_string(), v);
     }
-    fields_to_fetched(queue, band, entry_id, map)
+    fields_to_fetched(queue, lane, entry_id, map)
 }
 
 /// Walks an `XREADGROUP` reply (RESP2 or RESP3) into deliveries.
@@ -416,7 +430,7 @@ fn fetched_from_reply(reply: Value, out: &mut Vec<Fetched>) {
             .collect(),
     };
     for (key, entries) in streams {
-        let Some((queue, band)) = text(&key).and_then(parse_band_key) else {
+        let Some((queue, lane)) = text(&key).and_then(parse_lane_key) else {
             continue;
         };
         for entry in elements(entries) {
@@ -427,7 +441,7 @@ fn fetched_from_reply(reply: Value, out: &mut Vec<Fetched>) {
             let Some(id) = text(&id).map(str::to_string) else {
                 continue;
             };
-            out.push(entry_to_fetched(&queue, band, id, elements(fields)));
+            out.push(entry_to_fetched(&queue, lane, id, elements(fields)));
         }
     }
 }
@@ -453,12 +467,16 @@ fn push_outgoing(pipe: &mut ::redis::Pipeline, batch: &[Outgoing]) {
     }
 }
 
-/// Splits `stem:{q}:p<n>` back into queue and band.
-fn parse_band_key(key: &str) -> Option<(String, u8)> {
+/// Splits `stem:{q}:p<n>` or `stem:{q}:p<n>:due` back into queue and lane.
+fn parse_lane_key(key: &str) -> Option<(String, u8)> {
     let rest = key.strip_prefix("stem:{")?;
     let close = rest.rfind("}:p")?;
-    let band = rest[close + 3..].parse().ok()?;
-    Some((rest[..close].to_string(), band))
+    let tail = &rest[close + 3..];
+    let lane = match tail.strip_suffix(":due") {
+        Some(band) => due_lane(band.parse().ok().filter(|b| *b <= MAX_PRIORITY)?),
+        None => tail.parse().ok().filter(|b| *b <= MAX_PRIORITY)?,
+    };
+    Some((rest[..close].to_string(), lane))
 }
 
 fn is_nogroup(e: &::redis::RedisError) -> bool {
@@ -532,8 +550,8 @@ impl RedisBroker {
         let mut conn = self.conn();
         let stale_ms = stale.as_millis() as i64;
         for q in queues {
-            for band in 0..=MAX_PRIORITY {
-                let key = band_key(q, band);
+            for lane in 0..LANES {
+                let key = lane_key(q, lane);
                 let info: ::redis::RedisResult<::redis::streams::StreamInfoConsumersReply> =
                     conn.xinfo_consumers(&key, GROUP).await;
                 let Ok(info) = info else { continue };
@@ -556,15 +574,15 @@ impl RedisBroker {
     }
 
     /// After a read of `queues` failed with `error` (one `XREADGROUP`
-    /// names every band of every queue, so one bad key fails it all):
-    /// finds a queue whose band key is not a stream, so the caller can set
+    /// names every lane of every queue, so one bad key fails it all):
+    /// finds a queue whose lane key is not a stream, so the caller can set
     /// that queue aside. Falls back to `error` when every key looks right.
     async fn broken_queue(&self, queues: &[String], error: ::redis::RedisError) -> StemError {
         let mut pipe = ::redis::pipe();
         let mut keys = Vec::new();
         for q in queues {
-            for band in 0..=MAX_PRIORITY {
-                let key = band_key(q, band);
+            for lane in 0..LANES {
+                let key = lane_key(q, lane);
                 pipe.cmd("TYPE").arg(&key);
                 keys.push((q, key));
             }
@@ -621,10 +639,10 @@ impl RedisBroker {
     async fn create_groups(&self, queues: &[String]) -> Result<()> {
         let mut pipe = ::redis::pipe();
         for q in queues {
-            for band in 0..=MAX_PRIORITY {
+            for lane in 0..LANES {
                 pipe.cmd("XGROUP")
                     .arg("CREATE")
-                    .arg(band_key(q, band))
+                    .arg(lane_key(q, lane))
                     .arg(GROUP)
                     .arg("0")
                     .arg("MKSTREAM")
@@ -638,10 +656,10 @@ impl RedisBroker {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {
                 for q in queues {
-                    for band in 0..=MAX_PRIORITY {
+                    for lane in 0..LANES {
                         let r: ::redis::RedisResult<()> = ::redis::cmd("XGROUP")
                             .arg("CREATE")
-                            .arg(band_key(q, band))
+                            .arg(lane_key(q, lane))
                             .arg(GROUP)
                             .arg("0")
                             .arg("MKSTREAM")
@@ -660,12 +678,12 @@ impl RedisBroker {
         }
     }
 
-    /// `XACK` and `XDEL` of `receipts`, two commands per band stream.
+    /// `XACK` and `XDEL` of `receipts`, two commands per lane stream.
     fn ack_cmds<'a>(receipts: impl IntoIterator<Item = &'a Receipt>) -> Vec<::redis::Cmd> {
         let mut by_key: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for r in receipts {
             by_key
-                .entry(band_key(&r.queue, r.band))
+                .entry(lane_key(&r.queue, r.lane))
                 .or_default()
                 .push(r.entry_id.as_str());
         }
@@ -747,11 +765,9 @@ impl Broker for RedisBroker {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        let mut keys = Vec::with_capacity(queues.len() * 10);
+        let mut keys = Vec::with_capacity(queues.len() * LANES as usize);
         for q in queues {
-            for band in (0..=MAX_PRIORITY).rev() {
-                keys.push(band_key(q, band));
-            }
+            keys.extend(lanes_in_fetch_order().map(|lane| lane_key(q, lane)));
         }
         let ids = vec![">"; keys.len()];
         let mut cmd = ::redis::cmd("XREADGROUP");
@@ -783,8 +799,9 @@ impl Broker for RedisBroker {
         };
         let mut out = Vec::with_capacity(max);
         fetched_from_reply(reply, &mut out);
-        // Highest band first; within a band, stream order.
-        out.sort_by_key(|f| std::cmp::Reverse(f.receipt().band));
+        // Highest band first, its due lane before it; within a lane,
+        // stream order.
+        out.sort_by_key(|f| std::cmp::Reverse(lane_rank(f.receipt().lane)));
         Ok(out)
     }
 
@@ -806,7 +823,7 @@ impl Broker for RedisBroker {
         let mut by_key: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for r in receipts {
             by_key
-                .entry(band_key(&r.queue, r.band))
+                .entry(lane_key(&r.queue, r.lane))
                 .or_default()
                 .push(r.entry_id.as_str());
         }
@@ -841,7 +858,7 @@ impl Broker for RedisBroker {
         max: usize,
     ) -> Result<Vec<Fetched>> {
         self.prune_consumers(queues, min_idle).await;
-        // XPENDING with IDLE walks the whole pending list of a band and
+        // XPENDING with IDLE walks the whole pending list of a lane and
         // lists only entries idle for at least our timeout, with their
         // holder and delivery count: live workers' renewed entries at the
         // head no longer hide a dead worker's behind them, whatever room we
@@ -852,11 +869,11 @@ impl Broker for RedisBroker {
         let min_ms = min_idle.as_millis() as u64;
         let mut leases: Option<HashMap<String, u64>> = None;
         for q in queues {
-            for band in (0..=MAX_PRIORITY).rev() {
+            for lane in lanes_in_fetch_order() {
                 if out.len() >= max {
                     return Ok(out);
                 }
-                let key = band_key(q, band);
+                let key = lane_key(q, lane);
                 let pending: ::redis::RedisResult<::redis::streams::StreamPendingCountReply> =
                     ::redis::cmd("XPENDING")
                         .arg(&key)
@@ -930,7 +947,7 @@ impl Broker for RedisBroker {
                     let Some(id) = text(&id).map(str::to_string) else {
                         continue;
                     };
-                    let mut f = entry_to_fetched(q, band, id, elements(fields));
+                    let mut f = entry_to_fetched(q, lane, id, elements(fields));
                     if let Fetched::Task(d) = &mut f {
                         d.deliveries = before.saturating_add(1);
                     }
@@ -993,13 +1010,26 @@ impl Broker for RedisBroker {
         for q in queues {
             let mut inv = self.promote.key(delayed_key(q));
             for band in 0..=MAX_PRIORITY {
-                inv.key(band_key(q, band));
+                inv.key(lane_key(q, due_lane(band)));
             }
-            inv.arg(now_ms).arg(512);
-            // One queue's broken key must not hold back the others.
-            match inv.invoke_async::<usize>(&mut conn).await {
-                Ok(n) => moved += n,
-                Err(e) => failure = Some(e),
+            inv.arg(now_ms).arg(PROMOTE_BATCH);
+            // A burst falling due at once moves in full batches until the
+            // due part is empty (each call is short, so other clients
+            // interleave); the cap bounds one tick.
+            for _ in 0..PROMOTE_ROUNDS {
+                // One queue's broken key must not hold back the others.
+                match inv.invoke_async::<usize>(&mut conn).await {
+                    Ok(n) => {
+                        moved += n;
+                        if n < PROMOTE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
             }
         }
         match failure {
@@ -1047,7 +1077,7 @@ impl Broker for RedisBroker {
         let replayed: u64 = self
             .replay
             .key(dead_key(queue))
-            .key(band_key(queue, band.min(MAX_PRIORITY)))
+            .key(lane_key(queue, band.min(MAX_PRIORITY)))
             .arg(id)
             .arg(pack_entry(&wire))
             .invoke_async(&mut self.conn())
@@ -1073,11 +1103,11 @@ impl Broker for RedisBroker {
         // script call short; the delayed set goes with one ZCARD + DEL.
         let mut conn = self.conn();
         let mut removed = 0u64;
-        for band in 0..=MAX_PRIORITY {
+        for lane in 0..LANES {
             loop {
                 let n: u64 = self
                     .purge_ready
-                    .key(band_key(queue, band))
+                    .key(lane_key(queue, lane))
                     .arg(GROUP)
                     .arg(1000)
                     .invoke_async(&mut conn)
@@ -1099,28 +1129,29 @@ impl Broker for RedisBroker {
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
         let mut pipe = ::redis::pipe();
-        for band in 0..=MAX_PRIORITY {
-            pipe.xlen(band_key(queue, band));
+        for lane in 0..LANES {
+            pipe.xlen(lane_key(queue, lane));
         }
         pipe.zcard(delayed_key(queue)).xlen(dead_key(queue));
         let mut conn = self.conn();
         let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let lanes = LANES as usize;
         let mut stats = QueueStats {
             queue: queue.to_string(),
-            delayed: counts[10],
-            dead: counts[11],
+            delayed: counts.get(lanes).copied().unwrap_or(0),
+            dead: counts.get(lanes + 1).copied().unwrap_or(0),
             ..Default::default()
         };
         let mut total = 0u64;
         let mut inflight = 0u64;
-        for band in 0..=MAX_PRIORITY {
-            let len = counts[band as usize];
+        for lane in 0..LANES {
+            let len = counts.get(lane as usize).copied().unwrap_or(0);
             if len == 0 {
                 continue;
             }
             total += len;
             let pending: ::redis::RedisResult<::redis::streams::StreamPendingReply> =
-                conn.xpending(band_key(queue, band), GROUP).await;
+                conn.xpending(lane_key(queue, lane), GROUP).await;
             if let Ok(p) = pending {
                 inflight += p.count() as u64;
             }
@@ -1180,7 +1211,7 @@ impl Broker for RedisBroker {
                 t,
             ),
             _ => (
-                band_key(&out.queue, out.priority.min(MAX_PRIORITY)),
+                lane_key(&out.queue, out.priority.min(MAX_PRIORITY)),
                 "x",
                 pack_entry(&out.wire),
                 0,

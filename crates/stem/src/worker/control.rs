@@ -240,16 +240,22 @@ async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
         }
         "pause" | "resume" => {
             let wanted = queues_of(&cmd.payload);
-            let mut paused = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
-            for q in wanted.iter().filter(|q| shared.opts.queues.contains(q)) {
-                if cmd.command == "pause" {
-                    paused.insert(q.clone());
-                } else {
-                    paused.remove(q);
+            let mut now: Vec<String> = {
+                let mut paused = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
+                for q in wanted.iter().filter(|q| shared.opts.queues.contains(q)) {
+                    if cmd.command == "pause" {
+                        paused.insert(q.clone());
+                    } else {
+                        paused.remove(q);
+                    }
                 }
-            }
-            let mut now: Vec<String> = paused.iter().cloned().collect();
+                paused.iter().cloned().collect()
+            };
             now.sort();
+            // The reply waits for a read already blocking on the queue to
+            // end (the fetch loop holds the gate across a read), so once
+            // an operator sees it no later read takes from a paused queue.
+            drop(shared.fetch_gate.lock().await);
             ok(json!({ "paused": now }))
         }
         other => ControlReply {

@@ -261,6 +261,10 @@ pub(crate) struct Shared {
     control: Arc<dyn ControlPlane>,
     /// Queues paused by operators; not fetched from.
     paused: Mutex<std::collections::HashSet<String>>,
+    /// Held by the fetch loop from choosing its queues to the end of the
+    /// read; a `pause` command takes it before answering (see
+    /// `control::handle`).
+    fetch_gate: tokio::sync::Mutex<()>,
     /// Queues whose keys are broken, and when they were set aside; not
     /// fetched from until [`QUARANTINE`] has passed, then tried again.
     quarantined: Mutex<HashMap<String, std::time::Instant>>,
@@ -402,6 +406,7 @@ impl Worker {
             metrics: self.metrics,
             control: self.control,
             paused: Mutex::new(Default::default()),
+            fetch_gate: tokio::sync::Mutex::new(()),
             quarantined: Mutex::new(HashMap::new()),
             started_ms: crate::envelope::now_ms(),
         });
@@ -516,8 +521,10 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
         }
         // Not raced against shutdown: a read whose reply were dropped would
         // leave entries leased to us until the visibility timeout.
+        let gate = shared.fetch_gate.lock().await;
         let queues = shared.active_queues();
         if queues.is_empty() {
+            drop(gate);
             // Every queue is paused: wait, then look again.
             tokio::select! {
                 _ = tokio::time::sleep(shared.opts.fetch_block) => {}
@@ -525,11 +532,12 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
             }
             continue;
         }
-        match shared
+        let read = shared
             .broker
             .fetch(&consumer, &queues, free, shared.opts.fetch_block)
-            .await
-        {
+            .await;
+        drop(gate);
+        match read {
             Ok(batch) => {
                 if failures > 0 {
                     tracing::info!(worker = %consumer, "broker reachable again; resuming");

@@ -86,6 +86,22 @@ where
     }
 }
 
+/// Checks `f` every 20 ms for the whole of `window` and fails the first
+/// time it answers false: for claims that something does *not* happen
+/// (a paused queue is not fetched), where there is no event to wait for.
+pub async fn holds<F, Fut>(what: &str, window: Duration, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + window;
+    while Instant::now() < deadline {
+        anyhow::ensure!(f().await?, "{what} stopped holding within {window:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Runs each listed async test function against both adapters.
 #[macro_export]
 macro_rules! contract_suite {
