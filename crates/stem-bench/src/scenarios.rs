@@ -1,5 +1,6 @@
 //! The scenarios. Each returns a [`Report`] of median figures.
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::measure::{command_calls, median, percentile, process_cpu, process_memory, redis_cpu};
 use crate::noop::{registry, QUEUE, TASK};
-use crate::timing::TimingBroker;
+use crate::timing::TimingAtomic;
 
 pub struct Opts {
     pub tasks: Option<usize>,
@@ -129,7 +130,7 @@ async fn fill(stem: &Stem, n: usize) -> anyhow::Result<()> {
 }
 
 async fn drained(stem: &Stem) -> anyhow::Result<bool> {
-    let s = stem.broker().stats(QUEUE).await?;
+    let s = stem.admin().stats(QUEUE).await?;
     Ok(s.ready == 0 && s.inflight == 0 && s.delayed == 0)
 }
 
@@ -354,17 +355,16 @@ pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Rep
         // The default path: producer and worker share the Redis, so an
         // enqueue is one round trip and a settle is one MULTI transaction; the
         // timing wrapper notes when that call returned.
-        let timing = Arc::new(TimingBroker {
-            inner: r.stem.broker(),
+        let timing = Arc::new(TimingAtomic {
+            inner: r
+                .stem
+                .atomic()
+                .context("the bench's stores share one Redis")?,
             stored: Mutex::new(Default::default()),
         });
-        let stem = Stem::from_parts(
-            timing.clone(),
-            r.stem.backend(),
-            r.stem.signer().cloned(),
-            registry(),
-        )
-        .with_control(r.stem.control());
+        let mut stores = r.stem.stores().clone();
+        stores.atomic = Some(timing.clone());
+        let stem = Stem::new(stores, r.stem.signer().cloned(), registry());
         let stop = CancellationToken::new();
         let w = Worker::new(
             worker_options("bench-latency", 16, opts.prefetch),

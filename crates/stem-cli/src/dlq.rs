@@ -131,7 +131,7 @@ pub async fn run(ctx: &Ctx, cmd: DlqCommand) -> anyhow::Result<i32> {
             format,
         } => {
             known(&stem, &queue).await?;
-            let letters = stem.broker().list_dead_letters(&queue, limit).await?;
+            let letters = stem.admin().list_dead_letters(&queue, limit).await?;
             let rows: Vec<LetterRow> = letters.iter().map(LetterRow::of).collect();
             if format.json {
                 print_json(&rows)?;
@@ -154,7 +154,7 @@ pub async fn run(ctx: &Ctx, cmd: DlqCommand) -> anyhow::Result<i32> {
                     ]);
                 }
                 t.print();
-                let total = stem.broker().stats(&queue).await?.dead;
+                let total = stem.admin().stats(&queue).await?.dead;
                 if total as usize > limit {
                     outln!("Showing the newest {limit} of {total}; use --limit to see more.");
                 }
@@ -254,7 +254,7 @@ pub async fn run(ctx: &Ctx, cmd: DlqCommand) -> anyhow::Result<i32> {
         DlqCommand::Purge { queue, yes, format } => {
             known(&stem, &queue).await?;
             require_yes(yes, &format!("purging the dead letters of {queue}"))?;
-            let n = stem.broker().purge_dead_letters(&queue).await?;
+            let n = stem.admin().purge_dead_letters(&queue).await?;
             if format.json {
                 print_json(&json!({ "queue": queue, "purged": n }))?;
             } else {
@@ -284,12 +284,12 @@ fn is_entry_id(id: &str) -> bool {
 /// The dead letter named by a dead-letter id or a task id; exit 65 when
 /// there is none.
 async fn resolve(stem: &Stem, queue: &str, id: &str) -> anyhow::Result<DeadLetter> {
-    let broker = stem.broker();
+    let admin = stem.admin();
     if is_entry_id(id) {
-        if let Some(l) = broker.get_dead_letter(queue, id).await? {
+        if let Some(l) = admin.get_dead_letter(queue, id).await? {
             return Ok(l);
         }
-    } else if let Some(l) = broker
+    } else if let Some(l) = admin
         .list_dead_letters(queue, SCAN)
         .await?
         .into_iter()
@@ -305,7 +305,7 @@ async fn resolve(stem: &Stem, queue: &str, id: &str) -> anyhow::Result<DeadLette
 
 /// Every dead letter of `queue`, oldest first.
 async fn all_letters(stem: &Stem, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
-    let mut v = stem.broker().list_dead_letters(queue, SCAN).await?;
+    let mut v = stem.admin().list_dead_letters(queue, SCAN).await?;
     v.reverse();
     Ok(v)
 }
@@ -328,7 +328,7 @@ async fn replay_one(stem: &Stem, queue: &str, l: &DeadLetter) -> anyhow::Result<
             old.attempt + 1,
         )])
         .await?;
-    let Some(wire) = stem.broker().replay_dead_letter(queue, &l.id).await? else {
+    let Some(wire) = stem.admin().replay_dead_letter(queue, &l.id).await? else {
         return Ok(None);
     };
     if let Some(now) = stem.status(&spec.id).await? {

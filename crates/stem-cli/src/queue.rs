@@ -55,10 +55,10 @@ pub async fn run(ctx: &Ctx, cmd: QueueCommand) -> anyhow::Result<i32> {
     let stem = ctx.consumer()?;
     match cmd {
         QueueCommand::List(format) => {
-            let broker = stem.broker();
+            let admin = stem.admin();
             let paused = stem.control().paused_queues().await?;
             let mut rows = Vec::new();
-            for q in broker.known_queues().await? {
+            for q in admin.known_queues().await? {
                 rows.push(row(&stem, &q, &paused).await?);
             }
             if format.json {
@@ -125,7 +125,7 @@ pub async fn run(ctx: &Ctx, cmd: QueueCommand) -> anyhow::Result<i32> {
         QueueCommand::Purge { queue, yes, format } => {
             known(&stem, &queue).await?;
             require_yes(yes, &format!("purging queue {queue:?}"))?;
-            let n = stem.broker().purge(&queue).await?;
+            let n = stem.admin().purge(&queue).await?;
             if format.json {
                 print_json(&serde_json::json!({ "queue": queue, "purged": n }))?;
             } else {
@@ -140,7 +140,7 @@ pub async fn run(ctx: &Ctx, cmd: QueueCommand) -> anyhow::Result<i32> {
 }
 
 async fn row(stem: &Stem, queue: &str, paused: &[String]) -> anyhow::Result<QueueRow> {
-    let s = stem.broker().stats(queue).await?;
+    let s = stem.admin().stats(queue).await?;
     Ok(QueueRow {
         queue: s.queue,
         ready: s.ready,
@@ -155,7 +155,7 @@ async fn row(stem: &Stem, queue: &str, paused: &[String]) -> anyhow::Result<Queu
 pub async fn known(stem: &Stem, queue: &str) -> anyhow::Result<()> {
     stem::config::validate_queue_name("queue", queue)
         .map_err(|e| fail(Exit::Data, format!("invalid queue name: {e}")))?;
-    let queues = stem.broker().known_queues().await?;
+    let queues = stem.admin().known_queues().await?;
     if queues.iter().any(|q| q == queue) {
         return Ok(());
     }

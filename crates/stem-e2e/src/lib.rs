@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 use stem::broker::redis::RedisBroker;
-use stem::broker::{Broker, DeadLetter};
+use stem::broker::{DeadLetter, QueueAdmin};
 use stem::config::TlsSettings;
 
 pub use stem_testkit::{
@@ -679,7 +679,8 @@ pub async fn inject(url: &str, key: &str, packed: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A broker on a plain `redis://` URL, for reading dead letters.
+/// The broker (and its [`QueueAdmin`] view) on a plain `redis://` URL,
+/// for reading dead letters: gray-box, as an operator tool would read them.
 pub fn broker(url: &str) -> anyhow::Result<RedisBroker> {
     let client = stem::redis_conn::client(url, &TlsSettings::default())?;
     Ok(RedisBroker::new(client, 1000)?)

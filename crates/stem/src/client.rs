@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::atomic::{AtomicStore, RedisAtomicStore};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::RedisBackend;
 use crate::backend::{get_status, ResultBackend};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, Outgoing, SubmitOnce};
+use crate::broker::{Broker, Outgoing, QueueAdmin, SubmitOnce};
 use crate::config::{validate_queue_name, StemConfig, StoreUrl};
 use crate::control::memory::MemoryControl;
 use crate::control::redis::RedisControl;
@@ -39,7 +40,7 @@ pub const MAX_COUNTDOWN: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const REVOCATION_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
 
 /// Publishes `out` at most once per `once.marker` (see
-/// [`SubmitOnce`]). On a broker that shares its Redis with the backend the
+/// [`SubmitOnce`]). With an [`AtomicStore`] (broker and backend on one Redis) the
 /// marker, the first status and the publish commit in one atomic step;
 /// otherwise the marker is reserved first and released again when the
 /// status write or the publish fails, so a retry can succeed. Returns the
@@ -47,11 +48,12 @@ pub const REVOCATION_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
 pub(crate) async fn submit_once(
     broker: &dyn Broker,
     backend: &dyn ResultBackend,
+    atomic: Option<&dyn AtomicStore>,
     once: SubmitOnce<'_>,
     out: Outgoing,
 ) -> Result<Option<String>> {
-    if let Some(done) = broker.submit_once_colocated(&once, &out).await? {
-        return Ok(done);
+    if let Some(atomic) = atomic {
+        return atomic.submit_once(&once, &out).await;
     }
     if let Some(existing) = backend
         .put_if_absent(once.marker, once.value, once.ttl)
@@ -125,46 +127,25 @@ impl Prepared {
     }
 }
 
-/// The producer client. Cheap to clone.
+/// The stores a client and its workers share: the hot-path broker, the
+/// operator's view of the same queues, the result backend, the atomic
+/// submit/settle when broker and backend share one Redis, and the control
+/// plane. [`Stores::connect`] is the one place that turns `STEM_*` URLs
+/// into adapters.
 #[derive(Clone)]
-pub struct Stem {
-    broker: Arc<dyn Broker>,
-    backend: Arc<dyn ResultBackend>,
-    control: Arc<dyn ControlPlane>,
-    signer: Option<Signer>,
-    registry: TaskRegistry,
+pub struct Stores {
+    pub broker: Arc<dyn Broker>,
+    pub admin: Arc<dyn QueueAdmin>,
+    pub backend: Arc<dyn ResultBackend>,
+    /// Present when the broker and the backend live on the same Redis.
+    pub atomic: Option<Arc<dyn AtomicStore>>,
+    pub control: Arc<dyn ControlPlane>,
 }
 
-impl Stem {
-    /// Builds broker and backend from `config` (Redis or memory) and the
-    /// producer's signer. Connections are made lazily. Fails when signing
-    /// keys are configured without `STEM_SIGNING_ACTIVE_KEY`.
+impl Stores {
+    /// Builds every store from `config` (Redis or memory). Connections are
+    /// made lazily.
     pub fn connect(config: &StemConfig) -> Result<Self> {
-        Self::connect_with_signer(config, config.keys.signer()?)
-    }
-
-    /// Like [`connect`](Self::connect) for processes that never sign
-    /// (workers: least privilege). Envelopes it would publish go unsigned,
-    /// so use it only to consume.
-    pub fn connect_consumer(config: &StemConfig) -> Result<Self> {
-        Self::connect_with_signer(config, None)
-    }
-
-    fn connect_with_signer(config: &StemConfig, signer: Option<Signer>) -> Result<Self> {
-        let broker: Arc<dyn Broker> = match &config.broker_url {
-            StoreUrl::Memory => Arc::new(MemoryBroker::new()),
-            StoreUrl::Redis(url) => {
-                let broker = RedisBroker::new(
-                    redis_conn::client(url, &config.tls)?,
-                    config.dead_letter_maxlen,
-                )?;
-                if config.result_backend_url == config.broker_url {
-                    Arc::new(broker.with_colocated_backend(config.result_ttl))
-                } else {
-                    Arc::new(broker)
-                }
-            }
-        };
         let backend: Arc<dyn ResultBackend> = match &config.result_backend_url {
             StoreUrl::Memory => Arc::new(MemoryBackend::new(config.result_ttl)),
             StoreUrl::Redis(url) => Arc::new(RedisBackend::new(
@@ -172,56 +153,98 @@ impl Stem {
                 config.result_ttl,
             )?),
         };
-        let control: Arc<dyn ControlPlane> = match &config.broker_url {
-            StoreUrl::Memory => Arc::new(MemoryControl::new()),
+        let stores = match &config.broker_url {
+            StoreUrl::Memory => Stores::memory_with(backend),
             StoreUrl::Redis(url) => {
-                Arc::new(RedisControl::new(redis_conn::client(url, &config.tls)?)?)
+                let client = redis_conn::client(url, &config.tls)?;
+                let broker = RedisBroker::new(client.clone(), config.dead_letter_maxlen)?;
+                let atomic: Option<Arc<dyn AtomicStore>> =
+                    (config.result_backend_url == config.broker_url).then(|| {
+                        Arc::new(RedisAtomicStore::new(broker.clone(), config.result_ttl)) as _
+                    });
+                let broker = Arc::new(broker);
+                Stores {
+                    broker: broker.clone(),
+                    admin: broker,
+                    backend,
+                    atomic,
+                    control: Arc::new(RedisControl::new(client)?),
+                }
             }
         };
-        Ok(Stem {
-            broker,
+        Ok(stores)
+    }
+
+    /// Fresh in-memory stores; statuses kept `result_ttl`.
+    pub fn memory(result_ttl: Duration) -> Self {
+        Stores::memory_with(Arc::new(MemoryBackend::new(result_ttl)))
+    }
+
+    fn memory_with(backend: Arc<dyn ResultBackend>) -> Self {
+        let broker = Arc::new(MemoryBroker::new());
+        Stores {
+            broker: broker.clone(),
+            admin: broker,
             backend,
-            control,
-            signer,
-            registry: TaskRegistry::new(),
-        })
+            atomic: None,
+            control: Arc::new(MemoryControl::new()),
+        }
+    }
+}
+
+/// The producer client. Cheap to clone.
+#[derive(Clone)]
+pub struct Stem {
+    stores: Stores,
+    signer: Option<Signer>,
+    registry: TaskRegistry,
+}
+
+impl Stem {
+    /// A client on `config`'s stores, signing with the producer's key.
+    /// Fails when signing keys are configured without
+    /// `STEM_SIGNING_ACTIVE_KEY`.
+    pub fn connect(config: &StemConfig) -> Result<Self> {
+        Ok(Stem::new(
+            Stores::connect(config)?,
+            config.keys.signer()?,
+            TaskRegistry::new(),
+        ))
+    }
+
+    /// Like [`connect`](Self::connect) for processes that never sign
+    /// (workers: least privilege). Envelopes it would publish go unsigned,
+    /// so use it only to consume.
+    pub fn connect_consumer(config: &StemConfig) -> Result<Self> {
+        Ok(Stem::new(
+            Stores::connect(config)?,
+            None,
+            TaskRegistry::new(),
+        ))
     }
 
     /// A client on fresh in-memory stores, without signing.
     pub fn memory() -> Self {
-        Stem::from_parts(
-            Arc::new(MemoryBroker::new()),
-            Arc::new(MemoryBackend::new(Duration::from_secs(86_400))),
+        Stem::new(
+            Stores::memory(Duration::from_secs(86_400)),
             None,
             TaskRegistry::new(),
         )
     }
 
-    /// A client on the given parts.
-    pub fn from_parts(
-        broker: Arc<dyn Broker>,
-        backend: Arc<dyn ResultBackend>,
-        signer: Option<Signer>,
-        registry: TaskRegistry,
-    ) -> Self {
+    /// A client on `stores`.
+    pub fn new(stores: Stores, signer: Option<Signer>, registry: TaskRegistry) -> Self {
         Stem {
-            broker,
-            backend,
-            control: Arc::new(MemoryControl::new()),
+            stores,
             signer,
             registry,
         }
     }
 
-    /// The same stores with another control plane.
-    pub fn with_control(mut self, control: Arc<dyn ControlPlane>) -> Self {
-        self.control = control;
+    /// The same stores with another signer (`None`: publish unsigned).
+    pub fn with_signer(mut self, signer: Option<Signer>) -> Self {
+        self.signer = signer;
         self
-    }
-
-    /// The control plane (heartbeats, worker commands, pauses).
-    pub fn control(&self) -> Arc<dyn ControlPlane> {
-        self.control.clone()
     }
 
     /// The same stores with another registry.
@@ -230,13 +253,29 @@ impl Stem {
         self
     }
 
-    /// The broker.
+    /// Every store.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+    /// The control plane (heartbeats, worker commands, pauses).
+    pub fn control(&self) -> Arc<dyn ControlPlane> {
+        self.stores.control.clone()
+    }
+    /// The broker (hot path).
     pub fn broker(&self) -> Arc<dyn Broker> {
-        self.broker.clone()
+        self.stores.broker.clone()
+    }
+    /// The operator's view of the queues.
+    pub fn admin(&self) -> Arc<dyn QueueAdmin> {
+        self.stores.admin.clone()
     }
     /// The result backend.
     pub fn backend(&self) -> Arc<dyn ResultBackend> {
-        self.backend.clone()
+        self.stores.backend.clone()
+    }
+    /// The atomic submit/settle, when broker and backend share a Redis.
+    pub fn atomic(&self) -> Option<Arc<dyn AtomicStore>> {
+        self.stores.atomic.clone()
     }
     /// The registry (task names, queues, retry budgets).
     pub fn registry(&self) -> &TaskRegistry {
@@ -329,11 +368,11 @@ impl Stem {
             .map(|p| TaskStatus::for_spec(&p.spec, TaskState::Queued, 0))
             .collect();
         let batch: Vec<Outgoing> = prepared.iter().map(Prepared::outgoing).collect();
-        if self.broker.submit_colocated(&statuses, &batch).await? {
-            return Ok(());
+        if let Some(atomic) = &self.stores.atomic {
+            return atomic.submit(&statuses, &batch).await;
         }
-        self.backend.set_statuses(&statuses).await?;
-        self.broker.publish(batch).await
+        self.stores.backend.set_statuses(&statuses).await?;
+        self.stores.broker.publish(batch).await
     }
 
     /// Enqueues a typed task with its registered options.
@@ -396,8 +435,9 @@ impl Stem {
             status: Some(&queued),
         };
         let existing = submit_once(
-            self.broker.as_ref(),
-            self.backend.as_ref(),
+            self.stores.broker.as_ref(),
+            self.stores.backend.as_ref(),
+            self.stores.atomic.as_deref(),
             once,
             prepared.outgoing(),
         )
@@ -445,7 +485,7 @@ impl Stem {
 
     /// The status of task `id`.
     pub async fn status(&self, id: &str) -> Result<Option<TaskStatus>> {
-        get_status(self.backend.as_ref(), id).await
+        get_status(self.stores.backend.as_ref(), id).await
     }
 
     /// Revokes task `id`: a queued task will not run, a running task is
@@ -471,6 +511,7 @@ impl Stem {
         });
         cancelled.updated_at = crate::envelope::format_ms(now_ms());
         if !self
+            .stores
             .backend
             .record_revocation(&cancelled, REVOCATION_TTL)
             .await?

@@ -50,6 +50,7 @@
 //! # let _ = id; Ok(()) }
 //! ```
 
+pub mod atomic;
 pub mod backend;
 pub mod broker;
 pub mod canvas;
@@ -59,6 +60,7 @@ pub mod control;
 pub mod demo;
 pub mod envelope;
 pub mod error;
+pub mod keys;
 pub mod redis_conn;
 pub mod runtime;
 pub mod schedule;

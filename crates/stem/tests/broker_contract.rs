@@ -54,7 +54,7 @@ async fn publish_fetch_ack_empties_the_queue(a: Adapters) -> anyhow::Result<()> 
     a.broker.register_queues(&q("c1")).await?;
     let w = wire("c1", 0);
     a.broker.publish(vec![out("c1", 0, &w)]).await?;
-    assert_eq!(a.broker.stats("c1").await?.ready, 1);
+    assert_eq!(a.admin.stats("c1").await?.ready, 1);
     let got = a
         .broker
         .fetch("w1", &q("c1"), 10, Duration::from_secs(1))
@@ -65,17 +65,17 @@ async fn publish_fetch_ack_empties_the_queue(a: Adapters) -> anyhow::Result<()> 
         d.wire, w,
         "body, key id, signature and attempt survive the trip"
     );
-    let s = a.broker.stats("c1").await?;
+    let s = a.admin.stats("c1").await?;
     assert_eq!((s.ready, s.inflight), (0, 1));
     a.broker.ack(std::slice::from_ref(&d.receipt)).await?;
-    let s = a.broker.stats("c1").await?;
+    let s = a.admin.stats("c1").await?;
     assert_eq!((s.ready, s.inflight), (0, 0));
     assert!(a
         .broker
         .fetch("w1", &q("c1"), 10, NO_BLOCK)
         .await?
         .is_empty());
-    assert!(a.broker.known_queues().await?.contains(&"c1".to_string()));
+    assert!(a.admin.known_queues().await?.contains(&"c1".to_string()));
     Ok(())
 }
 
@@ -85,7 +85,7 @@ async fn fetch_takes_at_most_max(a: Adapters) -> anyhow::Result<()> {
     a.broker.publish(batch).await?;
     let got = a.broker.fetch("w1", &q("c2"), 2, NO_BLOCK).await?;
     assert_eq!(got.len(), 2);
-    assert_eq!(a.broker.stats("c2").await?.ready, 3);
+    assert_eq!(a.admin.stats("c2").await?.ready, 3);
     Ok(())
 }
 
@@ -147,7 +147,7 @@ async fn a_due_burst_is_promoted_in_one_tick(a: Adapters) -> anyhow::Result<()> 
         .collect();
     a.broker.publish(batch).await?;
     assert_eq!(a.broker.promote_due(&q("c14"), due + 1).await?, 2000);
-    let s = a.broker.stats("c14").await?;
+    let s = a.admin.stats("c14").await?;
     assert_eq!((s.ready, s.delayed), (2000, 0));
     Ok(())
 }
@@ -208,7 +208,7 @@ async fn delayed_entry_waits_for_its_time(a: Adapters) -> anyhow::Result<()> {
     let mut o = out("c6", 0, &wire("c6", 0));
     o.not_before_ms = Some(due);
     a.broker.publish(vec![o]).await?;
-    let s = a.broker.stats("c6").await?;
+    let s = a.admin.stats("c6").await?;
     assert_eq!((s.ready, s.delayed), (0, 1), "a delayed entry is not ready");
     assert!(a.broker.fetch("w", &q("c6"), 1, NO_BLOCK).await?.is_empty());
     poll("promotion", Duration::from_secs(5), || async {
@@ -231,7 +231,7 @@ async fn retry_raises_attempt_and_keeps_the_signed_body(a: Adapters) -> anyhow::
     a.broker
         .retry(got[0].receipt(), next, 0, now_ms() + 200)
         .await?;
-    let s = a.broker.stats("c7").await?;
+    let s = a.admin.stats("c7").await?;
     assert_eq!((s.inflight, s.delayed), (0, 1));
     poll("retry promotion", Duration::from_secs(5), || async {
         Ok((a.broker.promote_due(&q("c7"), now_ms()).await? == 1).then_some(()))
@@ -278,9 +278,9 @@ async fn dead_letters_list_show_replay_purge(a: Adapters) -> anyhow::Result<()> 
             )
             .await?;
     }
-    let s = a.broker.stats("c9").await?;
+    let s = a.admin.stats("c9").await?;
     assert_eq!((s.inflight, s.dead), (0, 2));
-    let list = a.broker.list_dead_letters("c9", 10).await?;
+    let list = a.admin.list_dead_letters("c9", 10).await?;
     assert_eq!(list.len(), 2);
     assert!(list
         .iter()
@@ -290,19 +290,19 @@ async fn dead_letters_list_show_replay_purge(a: Adapters) -> anyhow::Result<()> 
         .find(|d| d.wire.as_ref() == Some(&w))
         .expect("dead letter of w");
     let shown = a
-        .broker
+        .admin
         .get_dead_letter("c9", &mine.id)
         .await?
         .expect("shown by id");
     assert_eq!(shown.task_id(), w.spec().ok().map(|s| s.id));
     let replayed = a
-        .broker
+        .admin
         .replay_dead_letter("c9", &mine.id)
         .await?
         .expect("replayed");
     assert_eq!(replayed.attempt, 1);
     assert!(
-        a.broker.replay_dead_letter("c9", &mine.id).await?.is_none(),
+        a.admin.replay_dead_letter("c9", &mine.id).await?.is_none(),
         "replayed only once"
     );
     let again = a.broker.fetch("w", &q("c9"), 1, NO_BLOCK).await?;
@@ -315,8 +315,8 @@ async fn dead_letters_list_show_replay_purge(a: Adapters) -> anyhow::Result<()> 
         ),
         (w.body, w.signature, 1)
     );
-    assert_eq!(a.broker.purge_dead_letters("c9").await?, 1);
-    assert!(a.broker.list_dead_letters("c9", 10).await?.is_empty());
+    assert_eq!(a.admin.purge_dead_letters("c9").await?, 1);
+    assert!(a.admin.list_dead_letters("c9", 10).await?.is_empty());
     Ok(())
 }
 
@@ -331,8 +331,8 @@ async fn purge_empties_ready_and_delayed(a: Adapters) -> anyhow::Result<()> {
             delayed,
         ])
         .await?;
-    assert_eq!(a.broker.purge("c10").await?, 3);
-    let s = a.broker.stats("c10").await?;
+    assert_eq!(a.admin.purge("c10").await?, 3);
+    let s = a.admin.stats("c10").await?;
     assert_eq!((s.ready, s.delayed), (0, 0));
     a.broker
         .publish(vec![out("c10", 0, &wire("c10", 0))])
@@ -453,7 +453,7 @@ async fn garbage_delayed_members_are_promoted_as_malformed() -> anyhow::Result<(
     }
     poll("promotion", Duration::from_secs(5), || async {
         let moved = a.broker.promote_due(&q("c12"), now_ms()).await?;
-        let s = a.broker.stats("c12").await?;
+        let s = a.admin.stats("c12").await?;
         Ok((moved > 0 && s.delayed == 0).then_some(()))
     })
     .await?;

@@ -12,10 +12,8 @@ use std::time::Duration;
 use common::{poll, Adapters};
 use serde_json::{json, Value};
 use stem::backend::redis::RedisBackend;
-use stem::backend::ResultBackend;
 use stem::broker::redis::RedisBroker;
-use stem::broker::Broker;
-use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
+use stem::client::{EnqueueOptions, EnqueueRequest, Stem, Stores};
 use stem::envelope::{TaskState, TaskStatus};
 use stem::signing::{generate_hmac_secret, KeyRing, Signer, Verifier};
 use stem::task::{Task, TaskContext, TaskFailure, TaskOptions, TaskRegistry, TaskResult};
@@ -218,12 +216,7 @@ fn rig_with(
     tune: impl FnOnce(&mut WorkerOptions),
 ) -> Rig {
     let counter = Arc::new(AtomicU32::new(0));
-    let stem = Stem::from_parts(
-        a.broker.clone(),
-        a.backend.clone(),
-        signer,
-        registry(counter.clone()),
-    );
+    let stem = Stem::new(a.stores(), signer, registry(counter.clone()));
     let mut o = WorkerOptions::new("rt-worker", &[QUEUE]);
     o.fetch_block = Duration::from_millis(200);
     o.promote_interval = Duration::from_millis(50);
@@ -313,7 +306,7 @@ async fn exhausted_retries_dead_letter(a: Adapters) -> anyhow::Result<()> {
         Some("max-retries-exhausted".to_string())
     );
     let dead = poll("a dead letter", Duration::from_secs(5), || async {
-        let d = r.stem.broker().list_dead_letters(QUEUE, 10).await?;
+        let d = r.stem.admin().list_dead_letters(QUEUE, 10).await?;
         Ok((!d.is_empty()).then_some(d))
     })
     .await?;
@@ -475,15 +468,10 @@ async fn forged_and_unsigned_envelopes_never_run(a: Adapters) -> anyhow::Result<
     // A rejected envelope is dead-lettered and touches nothing else: the
     // status of the id it claims stays what its producer wrote.
     let forged = r.stem.enqueue::<Flaky>(0).await?;
-    let unsigned = Stem::from_parts(
-        r.stem.broker(),
-        r.stem.backend(),
-        None,
-        r.stem.registry().clone(),
-    );
+    let unsigned = r.stem.clone().with_signer(None);
     let id = unsigned.enqueue::<Flaky>(0).await?;
     let dead = poll("two dead letters", Duration::from_secs(10), || async {
-        let d = r.stem.broker().list_dead_letters(QUEUE, 10).await?;
+        let d = r.stem.admin().list_dead_letters(QUEUE, 10).await?;
         Ok((d.len() == 2).then_some(d))
     })
     .await?;
@@ -511,12 +499,7 @@ async fn rotated_keys_all_verify(a: Adapters) -> anyhow::Result<()> {
         |_| {},
     );
     let first = r.stem.enqueue::<Add>((1, 2)).await?;
-    let rotated = Stem::from_parts(
-        r.stem.broker(),
-        r.stem.backend(),
-        keys("new", &both).signer()?,
-        r.stem.registry().clone(),
-    );
+    let rotated = r.stem.clone().with_signer(keys("new", &both).signer()?);
     let second = rotated.enqueue::<Add>((3, 4)).await?;
     assert_eq!(r.wait(&first).await?.state, TaskState::Succeeded);
     assert_eq!(r.wait(&second).await?.state, TaskState::Succeeded);
@@ -577,7 +560,7 @@ async fn revoked_tasks_do_not_run_and_running_ones_stop(a: Adapters) -> anyhow::
     assert_eq!(s.error.and_then(|e| e.reason), Some("revoked".to_string()));
     // The body stops within about a second (before its 1.45 s run or hard limit).
     let settled = poll("revoked task settled", Duration::from_secs(5), || async {
-        Ok((r.stem.broker().stats(QUEUE).await?.inflight == 0).then_some(()))
+        Ok((r.stem.admin().stats(QUEUE).await?.inflight == 0).then_some(()))
     })
     .await;
     settled?;
@@ -591,7 +574,7 @@ async fn revoked_tasks_do_not_run_and_running_ones_stop(a: Adapters) -> anyhow::
         "delayed revoked entry consumed",
         Duration::from_secs(5),
         || async {
-            let s = r.stem.broker().stats(QUEUE).await?;
+            let s = r.stem.admin().stats(QUEUE).await?;
             Ok((s.delayed == 0 && s.ready == 0 && s.inflight == 0).then_some(()))
         },
     )
@@ -729,10 +712,10 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
         }
         v
     };
-    let broker = r.stem.broker();
+    let admin = r.stem.admin();
     let mut most = 0;
     for _ in 0..20 {
-        let s = broker.stats(QUEUE).await?;
+        let s = admin.stats(QUEUE).await?;
         // Running (≤ concurrency) plus fetched-but-not-started
         // (≤ concurrency × prefetch).
         assert!(
@@ -764,7 +747,7 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
         TaskState::Succeeded,
         "grace was shorter than the task"
     );
-    let stats = stem.broker().stats(QUEUE).await?;
+    let stats = stem.admin().stats(QUEUE).await?;
     assert_eq!(stats.inflight, 0, "nothing left leased after shutdown");
     assert!(stats.ready >= 1, "the long task was handed back");
 
@@ -789,26 +772,25 @@ async fn blocking_bodies_off_the_executor_keep_their_leases(a: Adapters) -> anyh
     let vt = Duration::from_secs(1);
     // The other worker runs on a runtime of its own, with stores of its own
     // on the same Redis (or the same in-memory stores).
-    let (thief_broker, thief_backend): (Arc<dyn Broker>, Arc<dyn ResultBackend>) = match &a.redis {
+    let thief_stores = match &a.redis {
         Some(redis) => {
             let client = || stem::redis_conn::client(&redis.url(), &Default::default());
-            (
-                Arc::new(RedisBroker::new(client()?, 1000)?),
-                Arc::new(RedisBackend::new(client()?, Duration::from_secs(600))?),
-            )
+            let broker = Arc::new(RedisBroker::new(client()?, 1000)?);
+            Stores {
+                broker: broker.clone(),
+                admin: broker,
+                backend: Arc::new(RedisBackend::new(client()?, Duration::from_secs(600))?),
+                atomic: None,
+                control: a.control.clone(),
+            }
         }
-        None => (a.broker.clone(), a.backend.clone()),
+        None => a.stores(),
     };
     let r = rig_with(a, None, None, |o| {
         o.concurrency = 2;
         o.visibility_timeout = vt;
     });
-    let thief_stem = Stem::from_parts(
-        thief_broker,
-        thief_backend,
-        None,
-        registry(r.counter.clone()),
-    );
+    let thief_stem = Stem::new(thief_stores, None, registry(r.counter.clone()));
     let stop = CancellationToken::new();
     let thief = std::thread::spawn({
         let stop = stop.clone();

@@ -30,26 +30,8 @@ use async_trait::async_trait;
 use super::{GroupProgress, GroupView, ResultBackend};
 use crate::envelope::{TaskState, TaskStatus};
 use crate::error::{Result, StemError};
+use crate::keys;
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
-
-/// Key of a task's live status (queued, running, retried).
-pub fn status_key(id: &str) -> String {
-    format!("stem:task:{id}")
-}
-/// Key of a task's terminal status (succeeded, failed, cancelled).
-pub fn done_key(id: &str) -> String {
-    format!("stem:done:{id}")
-}
-fn group_key(id: &str) -> String {
-    format!("stem:group:{id}")
-}
-fn group_results_key(id: &str) -> String {
-    format!("stem:group:{id}:results")
-}
-/// Key of a small record (idempotency key, claim, stored envelope).
-pub(crate) fn kv_key(key: &str) -> String {
-    format!("stem:kv:{key}")
-}
 
 /// Lua: `set_ranked` writes status value `v` ("<rank>|<JSON>") at key `k`
 /// unless the stored rank is higher. One `SET … GET` per status: the old
@@ -179,7 +161,7 @@ impl StatusWriter {
     /// since a queued status is only ever a task's first record.
     pub(crate) fn push_queued(&self, pipe: &mut Pipeline, statuses: &[TaskStatus]) -> Result<()> {
         for s in statuses {
-            self.set_nx(pipe, status_key(&s.id), &status_value(s)?)
+            self.set_nx(pipe, keys::status(&s.id), &status_value(s)?)
                 .ignore();
         }
         Ok(())
@@ -207,8 +189,8 @@ impl StatusWriter {
             let mut inv = self.live.prepare_invoke();
             inv.arg(self.ttl_ms);
             for s in &live {
-                inv.key(status_key(&s.id))
-                    .key(done_key(&s.id))
+                inv.key(keys::status(&s.id))
+                    .key(keys::done(&s.id))
                     .arg(status_value(s)?);
             }
             let _: i64 = inv.invoke_async(conn).await?;
@@ -221,11 +203,11 @@ impl StatusWriter {
         let mut values = Vec::with_capacity(done.len());
         for s in &done {
             let v = status_value(s)?;
-            self.set_nx(&mut pipe, done_key(&s.id), &v);
+            self.set_nx(&mut pipe, keys::done(&s.id), &v);
             values.push(v);
         }
         for s in &done {
-            pipe.cmd("GETDEL").arg(status_key(&s.id));
+            pipe.cmd("GETDEL").arg(keys::status(&s.id));
         }
         for cmd in extra {
             pipe.add_command(cmd).ignore();
@@ -238,12 +220,13 @@ impl StatusWriter {
         let mut put_back = ::redis::pipe();
         for (((s, v), set), old) in done.iter().zip(values).zip(set).zip(old_live) {
             if *set == Value::Nil {
-                ranked.key(done_key(&s.id)).arg(v);
+                ranked.key(keys::done(&s.id)).arg(v);
                 any_ranked = true;
             }
             if let Value::BulkString(old) = old {
                 if rank_of(old).is_some_and(|r| r > s.rank()) {
-                    self.set_nx(&mut put_back, status_key(&s.id), old).ignore();
+                    self.set_nx(&mut put_back, keys::status(&s.id), old)
+                        .ignore();
                 }
             }
         }
@@ -300,7 +283,7 @@ impl ResultBackend for RedisBackend {
     async fn record_revocation(&self, status: &TaskStatus, ttl: Duration) -> Result<bool> {
         // SET NX on the terminal record: a result that landed first stays.
         let set: Option<String> = ::redis::cmd("SET")
-            .arg(done_key(&status.id))
+            .arg(keys::done(&status.id))
             .arg(status_value(status)?)
             .arg("NX")
             .arg("PX")
@@ -316,7 +299,7 @@ impl ResultBackend for RedisBackend {
         }
         let keys: Vec<String> = ids
             .iter()
-            .flat_map(|id| [done_key(id), status_key(id)])
+            .flat_map(|id| [keys::done(id), keys::status(id)])
             .collect();
         let mut raw = self.stored(&keys).await?.into_iter();
         let mut out = Vec::with_capacity(ids.len());
@@ -337,7 +320,7 @@ impl ResultBackend for RedisBackend {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| done_key(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| keys::done(id)).collect();
         Ok(self
             .stored(&keys)
             .await?
@@ -350,12 +333,12 @@ impl ResultBackend for RedisBackend {
         let mut pipe = ::redis::pipe();
         pipe.atomic()
             .cmd("SET")
-            .arg(group_key(id))
+            .arg(keys::group(id))
             .arg(expected)
             .arg("PX")
             .arg(self.ttl_ms())
             .ignore()
-            .del(group_results_key(id))
+            .del(keys::group_results(id))
             .ignore();
         pipe.exec_async(&mut self.conn.clone()).await?;
         Ok(())
@@ -370,13 +353,13 @@ impl ResultBackend for RedisBackend {
         }
         let mut pipe = ::redis::pipe();
         for (gid, status) in results {
-            let rk = group_results_key(gid);
+            let rk = keys::group_results(gid);
             pipe.hset(&rk, &status.id, serde_json::to_vec(status)?)
                 .ignore()
                 .pexpire(&rk, self.ttl_ms() as i64)
                 .ignore()
                 .hlen(&rk)
-                .get(group_key(gid));
+                .get(keys::group(gid));
         }
         let answers: Vec<(u64, Option<u64>)> = {
             let flat: Vec<::redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
@@ -403,7 +386,7 @@ impl ResultBackend for RedisBackend {
 
     async fn get_group(&self, id: &str) -> Result<Option<GroupView>> {
         let mut pipe = ::redis::pipe();
-        pipe.get(group_key(id)).hgetall(group_results_key(id));
+        pipe.get(keys::group(id)).hgetall(keys::group_results(id));
         let (expected, results): (Option<u64>, BTreeMap<String, Vec<u8>>) =
             pipe.query_async(&mut self.conn.clone()).await?;
         let Some(expected) = expected else {
@@ -423,7 +406,7 @@ impl ResultBackend for RedisBackend {
     }
 
     async fn put_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
-        let k = kv_key(key);
+        let k = keys::kv(key);
         // SET NX GET answers the existing value, or nil when it was set.
         let existing: Option<String> = ::redis::cmd("SET")
             .arg(&k)
@@ -439,7 +422,7 @@ impl ResultBackend for RedisBackend {
 
     async fn release(&self, key: &str, value: &str) -> Result<()> {
         let _: i64 = Script::new(RELEASE)
-            .key(kv_key(key))
+            .key(keys::kv(key))
             .arg(value)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -450,13 +433,13 @@ impl ResultBackend for RedisBackend {
         let _: () = self
             .conn
             .clone()
-            .pset_ex(kv_key(key), value, ttl.as_millis().max(1) as u64)
+            .pset_ex(keys::kv(key), value, ttl.as_millis().max(1) as u64)
             .await?;
         Ok(())
     }
 
     async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.conn.clone().get(kv_key(key)).await?)
+        Ok(self.conn.clone().get(keys::kv(key)).await?)
     }
 
     async fn ping(&self) -> Result<()> {

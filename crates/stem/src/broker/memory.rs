@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::{
     due_lane, lanes_in_fetch_order, Broker, DeadLetter, Delivery, Fetched, NewDeadLetter, Outgoing,
-    QueueStats, Receipt, LANES,
+    QueueAdmin, QueueStats, Receipt, LANES,
 };
 use crate::envelope::{now_ms, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
@@ -312,7 +312,13 @@ impl Broker for MemoryBroker {
         }
         Ok(moved)
     }
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
 
+#[async_trait]
+impl QueueAdmin for MemoryBroker {
     async fn list_dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let st = self.lock();
         Ok(st
@@ -392,9 +398,5 @@ impl Broker for MemoryBroker {
         let mut v: Vec<String> = st.queues.keys().cloned().collect();
         v.sort();
         Ok(v)
-    }
-
-    async fn ping(&self) -> Result<()> {
-        Ok(())
     }
 }

@@ -1,6 +1,7 @@
-//! The [`Broker`] trait: how envelopes move between producers and workers.
+//! The [`Broker`] trait: how envelopes move between producers and workers;
+//! [`QueueAdmin`]: what operators do to queues.
 //!
-//! Two implementations share one contract suite (`tests/contract.rs`):
+//! Two implementations share one contract suite (`tests/broker_contract.rs`):
 //! [`redis::RedisBroker`] on Redis Streams and [`memory::MemoryBroker`] in
 //! process. The broker owns delivery state (leases, delayed sets, dead
 //! letters); it never looks inside the signed body except to route.
@@ -162,7 +163,10 @@ pub struct SubmitOnce<'a> {
     pub status: Option<&'a TaskStatus>,
 }
 
-/// Moves envelopes between producers and workers.
+/// Moves envelopes between producers and workers: the hot path. What
+/// operators do to queues is [`QueueAdmin`]; publishing and settling
+/// together with the result backend, where both share one Redis, is
+/// [`crate::atomic::AtomicStore`].
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes a batch (one round trip on Redis). Envelopes with a future
@@ -226,6 +230,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Moves due delayed entries of `queues` to ready. Returns how many.
     async fn promote_due(&self, queues: &[String], now_ms: i64) -> Result<usize>;
 
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The operator's view of queues: counts, purges, dead letters. The CLI
+/// and the dashboard use it; producers and workers never do, so the hot
+/// path ([`Broker`]) stays small and a decorator of it (timing, tracing)
+/// wraps twelve methods, not twenty.
+#[async_trait]
+pub trait QueueAdmin: Send + Sync + 'static {
     /// Newest dead letters first, at most `limit`.
     async fn list_dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>>;
 
@@ -248,42 +262,4 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Queues this broker has seen published to or consumed from.
     async fn known_queues(&self) -> Result<Vec<String>>;
-
-    /// Succeeds when the store answers.
-    async fn ping(&self) -> Result<()>;
-
-    /// When this broker shares one Redis connection with the result
-    /// backend: records `queued` statuses (only where none exists) and
-    /// publishes `batch`, in one round trip. `Ok(false)` means "not
-    /// co-located": the caller writes statuses and publishes separately.
-    async fn submit_colocated(
-        &self,
-        _statuses: &[TaskStatus],
-        _batch: &[Outgoing],
-    ) -> Result<bool> {
-        Ok(false)
-    }
-
-    /// When this broker shares its Redis with the result backend:
-    /// publishes `out` unless `once.marker` is already set, setting the
-    /// marker and writing `once.status` (a first record, only where none
-    /// exists) in the same atomic step. `Ok(Some(None))`: published;
-    /// `Ok(Some(Some(v)))`: the marker already held `v`, nothing was
-    /// published; `Ok(None)`: not co-located, use
-    /// `client::submit_once`'s separate steps.
-    async fn submit_once_colocated(
-        &self,
-        _once: &SubmitOnce<'_>,
-        _out: &Outgoing,
-    ) -> Result<Option<Option<String>>> {
-        Ok(None)
-    }
-
-    /// When co-located with the backend: writes `statuses` (with the
-    /// backend's never-backwards rule) and then acknowledges `acks`, in one
-    /// transaction, so no ack lands without its result.
-    /// `Ok(false)` means "not co-located".
-    async fn settle_colocated(&self, _statuses: &[TaskStatus], _acks: &[Receipt]) -> Result<bool> {
-        Ok(false)
-    }
 }

@@ -17,18 +17,8 @@ use futures::StreamExt;
 
 use super::{ControlCommand, ControlPlane, ControlReply, WorkerInfo};
 use crate::error::Result;
+use crate::keys;
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
-
-const WORKERS: &str = "stem:workers";
-const CHANNEL: &str = "stem:control";
-const PAUSED: &str = "stem:paused";
-
-fn info_key(name: &str) -> String {
-    format!("stem:worker:{name}")
-}
-fn reply_key(id: &str) -> String {
-    format!("stem:control:reply:{id}")
-}
 
 /// The Redis control plane.
 #[derive(Clone)]
@@ -52,12 +42,12 @@ impl ControlPlane for RedisControl {
     async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
         let mut pipe = ::redis::pipe();
         pipe.cmd("SET")
-            .arg(info_key(&info.name))
+            .arg(keys::worker(&info.name))
             .arg(serde_json::to_vec(info)?)
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64)
             .ignore()
-            .zadd(WORKERS, &info.name, info.heartbeat_at)
+            .zadd(keys::WORKERS, &info.name, info.heartbeat_at)
             .ignore();
         pipe.exec_async(&mut self.conn.clone()).await?;
         Ok(())
@@ -65,9 +55,9 @@ impl ControlPlane for RedisControl {
 
     async fn forget(&self, worker: &str) -> Result<()> {
         let mut pipe = ::redis::pipe();
-        pipe.del(info_key(worker))
+        pipe.del(keys::worker(worker))
             .ignore()
-            .zrem(WORKERS, worker)
+            .zrem(keys::WORKERS, worker)
             .ignore();
         pipe.exec_async(&mut self.conn.clone()).await?;
         Ok(())
@@ -75,11 +65,11 @@ impl ControlPlane for RedisControl {
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>> {
         let mut conn = self.conn.clone();
-        let names: Vec<String> = conn.zrange(WORKERS, 0, -1).await?;
+        let names: Vec<String> = conn.zrange(keys::WORKERS, 0, -1).await?;
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = names.iter().map(|n| info_key(n)).collect();
+        let keys: Vec<String> = names.iter().map(|n| keys::worker(n)).collect();
         let raw: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut conn)
@@ -93,7 +83,7 @@ impl ControlPlane for RedisControl {
             }
         }
         if !gone.is_empty() {
-            let _: () = conn.zrem(WORKERS, &gone).await?;
+            let _: () = conn.zrem(keys::WORKERS, &gone).await?;
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -103,14 +93,14 @@ impl ControlPlane for RedisControl {
         let _: i64 = self
             .conn
             .clone()
-            .publish(CHANNEL, serde_json::to_vec(command)?)
+            .publish(keys::CONTROL, serde_json::to_vec(command)?)
             .await?;
         Ok(())
     }
 
     async fn subscribe(&self) -> Result<BoxStream<'static, ControlCommand>> {
         let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(CHANNEL).await?;
+        pubsub.subscribe(keys::CONTROL).await?;
         Ok(pubsub
             .into_on_message()
             .filter_map(|msg| async move {
@@ -120,7 +110,7 @@ impl ControlPlane for RedisControl {
     }
 
     async fn reply(&self, id: &str, reply: &ControlReply) -> Result<()> {
-        let key = reply_key(id);
+        let key = keys::control_reply(id);
         let mut pipe = ::redis::pipe();
         pipe.rpush(&key, serde_json::to_vec(reply)?)
             .ignore()
@@ -136,7 +126,7 @@ impl ControlPlane for RedisControl {
         expected: usize,
         timeout: Duration,
     ) -> Result<Vec<ControlReply>> {
-        let key = reply_key(id);
+        let key = keys::control_reply(id);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
         let mut conn = self.conn.clone();
@@ -168,7 +158,7 @@ impl ControlPlane for RedisControl {
     }
 
     async fn paused_queues(&self) -> Result<Vec<String>> {
-        let mut v: Vec<String> = self.conn.clone().smembers(PAUSED).await?;
+        let mut v: Vec<String> = self.conn.clone().smembers(keys::PAUSED).await?;
         v.sort();
         Ok(v)
     }
@@ -179,9 +169,9 @@ impl ControlPlane for RedisControl {
         }
         let mut conn = self.conn.clone();
         if paused {
-            let _: () = conn.sadd(PAUSED, queues).await?;
+            let _: () = conn.sadd(keys::PAUSED, queues).await?;
         } else {
-            let _: () = conn.srem(PAUSED, queues).await?;
+            let _: () = conn.srem(keys::PAUSED, queues).await?;
         }
         Ok(())
     }

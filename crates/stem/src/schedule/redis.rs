@@ -23,25 +23,8 @@ use super::store::{
     plan_from, FiringOutcome, FiringReport, LockStore, ScheduleStore, UpsertOutcome,
 };
 use crate::error::{Result, StemError};
+use crate::keys;
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
-
-/// Sorted set of every entry id by next run.
-pub const INDEX_KEY: &str = "stem:schedule:index";
-
-/// Hash of entry `id`.
-pub fn entry_key(id: &str) -> String {
-    format!("stem:schedule:entry:{id}")
-}
-
-/// Firing record of slot `slot_ms` of entry `id`.
-pub fn fired_key(id: &str, slot_ms: i64) -> String {
-    format!("stem:schedule:fired:{id}:{slot_ms}")
-}
-
-/// Redis key of lock `key`.
-pub fn lock_key(key: &str) -> String {
-    format!("stem:lock:{key}")
-}
 
 const UPSERT: &str = r#"
 local function score(n) if n == '' then return 'inf' end return n end
@@ -202,7 +185,7 @@ impl RedisScheduleStore {
         }
         let mut pipe = ::redis::pipe();
         for id in ids {
-            pipe.hgetall(entry_key(id));
+            pipe.hgetall(keys::schedule_entry(id));
         }
         let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
         let mut out = Vec::with_capacity(ids.len());
@@ -230,8 +213,8 @@ impl ScheduleStore for RedisScheduleStore {
         let def = serde_json::to_string(&entry.definition())?;
         let outcome: String = self
             .upsert
-            .key(entry_key(&entry.id))
-            .key(INDEX_KEY)
+            .key(keys::schedule_entry(&entry.id))
+            .key(keys::SCHEDULE_INDEX)
             .arg(&entry.id)
             .arg(def)
             .arg(entry.timing_key())
@@ -250,7 +233,7 @@ impl ScheduleStore for RedisScheduleStore {
 
     async fn get(&self, id: &str) -> Result<Option<ScheduleEntry>> {
         let h: HashMap<String, String> = ::redis::cmd("HGETALL")
-            .arg(entry_key(id))
+            .arg(keys::schedule_entry(id))
             .query_async(&mut self.conn())
             .await?;
         if h.is_empty() {
@@ -261,7 +244,7 @@ impl ScheduleStore for RedisScheduleStore {
 
     async fn list(&self) -> Result<Vec<ScheduleEntry>> {
         let ids: Vec<String> = ::redis::cmd("ZRANGE")
-            .arg(INDEX_KEY)
+            .arg(keys::SCHEDULE_INDEX)
             .arg(0)
             .arg(-1)
             .query_async(&mut self.conn())
@@ -271,14 +254,16 @@ impl ScheduleStore for RedisScheduleStore {
 
     async fn delete(&self, id: &str) -> Result<bool> {
         let mut pipe = ::redis::pipe();
-        pipe.atomic().del(entry_key(id)).zrem(INDEX_KEY, id);
+        pipe.atomic()
+            .del(keys::schedule_entry(id))
+            .zrem(keys::SCHEDULE_INDEX, id);
         let (deleted, _): (i64, i64) = pipe.query_async(&mut self.conn()).await?;
         Ok(deleted > 0)
     }
 
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ScheduleEntry>> {
         let ids: Vec<String> = ::redis::cmd("ZRANGEBYSCORE")
-            .arg(INDEX_KEY)
+            .arg(keys::SCHEDULE_INDEX)
             .arg("-inf")
             .arg(now.timestamp_millis())
             .arg("LIMIT")
@@ -296,7 +281,7 @@ impl ScheduleStore for RedisScheduleStore {
 
     async fn next_run_at(&self) -> Result<Option<DateTime<Utc>>> {
         let first: Vec<(String, f64)> = ::redis::cmd("ZRANGEBYSCORE")
-            .arg(INDEX_KEY)
+            .arg(keys::SCHEDULE_INDEX)
             .arg("-inf")
             .arg("(+inf")
             .arg("WITHSCORES")
@@ -319,7 +304,7 @@ impl ScheduleStore for RedisScheduleStore {
         ttl: Duration,
     ) -> Result<bool> {
         let set: Option<String> = ::redis::cmd("SET")
-            .arg(fired_key(id, slot.timestamp_millis()))
+            .arg(keys::schedule_fired(id, slot.timestamp_millis()))
             .arg(owner)
             .arg("NX")
             .arg("PX")
@@ -332,7 +317,7 @@ impl ScheduleStore for RedisScheduleStore {
     async fn release_firing(&self, id: &str, slot: DateTime<Utc>, owner: &str) -> Result<bool> {
         let n: i64 = self
             .delete_if_owner
-            .key(fired_key(id, slot.timestamp_millis()))
+            .key(keys::schedule_fired(id, slot.timestamp_millis()))
             .arg(owner)
             .invoke_async(&mut self.conn())
             .await?;
@@ -341,15 +326,15 @@ impl ScheduleStore for RedisScheduleStore {
 
     async fn firing_owner(&self, id: &str, slot: DateTime<Utc>) -> Result<Option<String>> {
         Ok(::redis::cmd("GET")
-            .arg(fired_key(id, slot.timestamp_millis()))
+            .arg(keys::schedule_fired(id, slot.timestamp_millis()))
             .query_async(&mut self.conn())
             .await?)
     }
 
     async fn complete_firing(&self, r: &FiringReport) -> Result<()> {
         let mut inv = self.complete.prepare_invoke();
-        inv.key(entry_key(&r.id))
-            .key(INDEX_KEY)
+        inv.key(keys::schedule_entry(&r.id))
+            .key(keys::SCHEDULE_INDEX)
             .arg(&r.id)
             .arg(r.revision)
             .arg(r.slot.timestamp_millis())
@@ -412,7 +397,7 @@ impl LockStore for RedisLockStore {
     async fn acquire(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool> {
         let n: i64 = self
             .acquire
-            .key(lock_key(key))
+            .key(keys::lock(key))
             .arg(owner)
             .arg(ttl_ms(ttl))
             .invoke_async(&mut self.conn.clone())
@@ -423,7 +408,7 @@ impl LockStore for RedisLockStore {
     async fn renew(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool> {
         let n: i64 = self
             .renew
-            .key(lock_key(key))
+            .key(keys::lock(key))
             .arg(owner)
             .arg(ttl_ms(ttl))
             .invoke_async(&mut self.conn.clone())
@@ -434,7 +419,7 @@ impl LockStore for RedisLockStore {
     async fn release(&self, key: &str, owner: &str) -> Result<bool> {
         let n: i64 = self
             .release
-            .key(lock_key(key))
+            .key(keys::lock(key))
             .arg(owner)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -443,7 +428,7 @@ impl LockStore for RedisLockStore {
 
     async fn owner_of(&self, key: &str) -> Result<Option<String>> {
         Ok(::redis::cmd("GET")
-            .arg(lock_key(key))
+            .arg(keys::lock(key))
             .query_async(&mut self.conn.clone())
             .await?)
     }

@@ -239,17 +239,12 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
     let mut acked = false;
     let mut failures = 0u32;
     loop {
-        let written = match shared
-            .broker
-            .settle_colocated(&p.statuses, &p.plain_acks)
-            .await
-        {
-            Ok(true) => {
-                acked = true;
-                Ok(())
-            }
-            Ok(false) => shared.backend.set_statuses(&p.statuses).await,
-            Err(e) => Err(e),
+        let written = match &shared.atomic {
+            Some(atomic) => atomic
+                .settle(&p.statuses, &p.plain_acks)
+                .await
+                .inspect(|()| acked = true),
+            None => shared.backend.set_statuses(&p.statuses).await,
         };
         let Err(e) = written else { break };
         if !e.is_transient() {
@@ -519,7 +514,14 @@ async fn publish_stored_once(shared: &Shared, stored: StoredEnvelope, marker: &s
         ttl: IDEMPOTENCY_WINDOW,
         status: None,
     };
-    submit_once(shared.broker.as_ref(), shared.backend.as_ref(), once, out).await?;
+    submit_once(
+        shared.broker.as_ref(),
+        shared.backend.as_ref(),
+        shared.atomic.as_deref(),
+        once,
+        out,
+    )
+    .await?;
     Ok(())
 }
 

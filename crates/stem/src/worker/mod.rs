@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backoff::{retry_cap, retry_delay};
 
+use crate::atomic::AtomicStore;
 use crate::backend::ResultBackend;
 use crate::broker::{Broker, Receipt};
 use crate::client::Stem;
@@ -237,6 +238,9 @@ pub(crate) struct Shared {
     opts: WorkerOptions,
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
+    /// Result + ack in one transaction, when broker and backend share a
+    /// Redis (`crate::atomic`).
+    atomic: Option<Arc<dyn AtomicStore>>,
     registry: TaskRegistry,
     verifier: Option<Verifier>,
     held: Mutex<HashMap<Receipt, Held>>,
@@ -357,6 +361,7 @@ pub struct Worker {
     opts: WorkerOptions,
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
+    atomic: Option<Arc<dyn AtomicStore>>,
     registry: TaskRegistry,
     verifier: Option<Verifier>,
     metrics: Arc<WorkerMetrics>,
@@ -371,6 +376,7 @@ impl Worker {
             opts,
             broker: stem.broker(),
             backend: stem.backend(),
+            atomic: stem.atomic(),
             registry: stem.registry().clone(),
             verifier,
             metrics: Arc::new(WorkerMetrics::default()),
@@ -396,6 +402,7 @@ impl Worker {
             opts: self.opts,
             broker: self.broker,
             backend: self.backend,
+            atomic: self.atomic,
             registry: self.registry,
             verifier: self.verifier,
             held: Mutex::new(HashMap::new()),

@@ -5,12 +5,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stem::atomic::{AtomicStore, RedisAtomicStore};
 use stem::backend::memory::MemoryBackend;
 use stem::backend::redis::RedisBackend;
 use stem::backend::ResultBackend;
 use stem::broker::memory::MemoryBroker;
 use stem::broker::redis::RedisBroker;
-use stem::broker::Broker;
+use stem::broker::{Broker, QueueAdmin};
+use stem::client::Stores;
 use stem::config::TlsSettings;
 use stem::control::memory::MemoryControl;
 use stem::control::redis::RedisControl;
@@ -20,15 +22,33 @@ use stem_testkit::RedisServer;
 /// One adapter pair under test; keeps its redis-server alive.
 pub struct Adapters {
     pub broker: Arc<dyn Broker>,
+    pub admin: Arc<dyn QueueAdmin>,
     pub backend: Arc<dyn ResultBackend>,
+    pub atomic: Option<Arc<dyn AtomicStore>>,
     pub control: Arc<dyn ControlPlane>,
     pub redis: Option<RedisServer>,
 }
 
+impl Adapters {
+    /// The adapters as a client's stores.
+    pub fn stores(&self) -> Stores {
+        Stores {
+            broker: self.broker.clone(),
+            admin: self.admin.clone(),
+            backend: self.backend.clone(),
+            atomic: self.atomic.clone(),
+            control: self.control.clone(),
+        }
+    }
+}
+
 pub fn memory_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
+    let broker = Arc::new(MemoryBroker::new());
     Ok(Adapters {
-        broker: Arc::new(MemoryBroker::new()),
+        broker: broker.clone(),
+        admin: broker,
         backend: Arc::new(MemoryBackend::new(ttl)),
+        atomic: None,
         control: Arc::new(MemoryControl::new()),
         redis: None,
     })
@@ -37,24 +57,32 @@ pub fn memory_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
 pub fn redis_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
     let server = RedisServer::start()?;
     let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
+    let broker = Arc::new(RedisBroker::new(client.clone(), 1000)?);
     Ok(Adapters {
-        broker: Arc::new(RedisBroker::new(client.clone(), 1000)?),
+        broker: broker.clone(),
+        admin: broker,
         backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
+        atomic: None,
         control: Arc::new(RedisControl::new(client)?),
         redis: Some(server),
     })
 }
 
-/// Broker and backend on one Redis with the co-located fast paths on
-/// (one-round-trip submit and settle), as `Stem::connect` builds them when
-/// both URLs are equal.
+/// Broker and backend on one Redis with the atomic submit and settle
+/// (one round trip each), as `Stores::connect` builds them when both URLs
+/// are equal.
 pub fn redis_colocated() -> anyhow::Result<Adapters> {
     let ttl = Duration::from_secs(3600);
     let server = RedisServer::start()?;
     let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
+    let broker = RedisBroker::new(client.clone(), 1000)?;
+    let atomic = RedisAtomicStore::new(broker.clone(), ttl);
+    let broker = Arc::new(broker);
     Ok(Adapters {
-        broker: Arc::new(RedisBroker::new(client.clone(), 1000)?.with_colocated_backend(ttl)),
+        broker: broker.clone(),
+        admin: broker,
         backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
+        atomic: Some(Arc::new(atomic)),
         control: Arc::new(RedisControl::new(client)?),
         redis: Some(server),
     })

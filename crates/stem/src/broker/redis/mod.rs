@@ -1,0 +1,433 @@
+//! The Redis Streams broker: [`RedisBroker`] implements [`Broker`] (the
+//! hot path) and [`QueueAdmin`](crate::broker::QueueAdmin) (the operator's view). Its keys, each with
+//! the queue's hash tag `{q}` so a queue lives on one Redis Cluster slot,
+//! are built in [`crate::keys`]:
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `stem:{q}:p<n>` | stream | ready + in-flight entries of priority band n (0–9), consumer group `stem` |
+//! | `stem:{q}:p<n>:due` | stream | band n's delayed and retried entries, moved here when due and read before `p<n>` (the band's due lane, see [`super::LANES`]) |
+//! | `stem:{q}:delayed` | sorted set | delayed and retried entries, score = not-before epoch ms |
+//! | `stem:{q}:dead` | stream | dead letters, capped at `STEM_DEAD_LETTER_MAXLEN` |
+//! | `stem:queues` | set | every queue name seen |
+//! | `stem:leases` | hash | consumer → the visibility timeout (ms) it renews within |
+//!
+//! A lease is the entry's idle time in the group's pending list: the owner
+//! resets it with `XCLAIM … JUSTID`; recovery lists entries idle past the
+//! visibility timeout with `XPENDING … IDLE` and claims them with `XCLAIM`,
+//! respecting the lease each holder declared in `stem:leases`.
+//! Acknowledged entries are deleted (`XACK` + `XDEL`), so streams stay
+//! small; streams are never trimmed by `MAXLEN`.
+//!
+//! The parts: this file (connections, consumer groups, the hot path),
+//! `entry.rs` (how an envelope is stored and read back), `recovery.rs`
+//! (claiming a dead worker's entries), `admin.rs` (`QueueAdmin`),
+//! `dead.rs` (the dead-letter record), `scripts.rs` (the Lua scripts).
+
+mod admin;
+mod dead;
+pub(crate) mod entry;
+mod recovery;
+mod scripts;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::redis::{AsyncCommands, Client, Value};
+use async_trait::async_trait;
+
+use super::{
+    due_lane, lane_rank, lanes_in_fetch_order, Broker, Fetched, NewDeadLetter, Outgoing, Receipt,
+    LANES,
+};
+use crate::envelope::{WireEnvelope, MAX_PRIORITY};
+use crate::error::{Result, StemError};
+use crate::keys;
+use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
+use entry::{push_entry, push_outgoing};
+use scripts::PROMOTE;
+
+/// The consumer group of every lane stream.
+const GROUP: &str = "stem";
+/// Most pending entries one recovery scan lists per lane stream.
+const RECOVER_SCAN: usize = 1000;
+/// Most delayed entries one promotion script call moves.
+const PROMOTE_BATCH: usize = 512;
+/// Most promotion calls per queue per promoter tick.
+const PROMOTE_ROUNDS: usize = 20;
+
+fn is_nogroup(e: &::redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+/// The Redis Streams broker.
+#[derive(Clone)]
+pub struct RedisBroker {
+    client: Client,
+    conn: Conn,
+    /// Connections for blocking reads, one per concurrent fetch.
+    blocking: Arc<Mutex<Vec<Conn>>>,
+    /// Queues already named in `stem:queues` by this process.
+    known: Arc<Mutex<HashSet<String>>>,
+    dead_maxlen: usize,
+    /// When recovery last removed stale consumers.
+    pruned: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+impl RedisBroker {
+    /// A broker on `client`; connects lazily.
+    pub fn new(client: Client, dead_letter_maxlen: usize) -> Result<Self> {
+        Ok(RedisBroker {
+            conn: connection(client.clone(), COMMAND_TIMEOUT)?,
+            client,
+            blocking: Arc::new(Mutex::new(Vec::new())),
+            known: Arc::new(Mutex::new(HashSet::new())),
+            dead_maxlen: dead_letter_maxlen,
+            pruned: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The shared multiplexed connection (cheap clone).
+    pub(crate) fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// After a read of `queues` failed with `error` (one `XREADGROUP`
+    /// names every lane of every queue, so one bad key fails it all):
+    /// finds a queue whose lane key is not a stream, so the caller can set
+    /// that queue aside. Falls back to `error` when every key looks right.
+    async fn broken_queue(&self, queues: &[String], error: ::redis::RedisError) -> StemError {
+        let mut pipe = ::redis::pipe();
+        let mut keys = Vec::new();
+        for q in queues {
+            for lane in 0..LANES {
+                let key = keys::lane(q, lane);
+                pipe.cmd("TYPE").arg(&key);
+                keys.push((q, key));
+            }
+        }
+        let types: Vec<String> = match pipe.query_async(&mut self.conn()).await {
+            Ok(t) => t,
+            Err(_) => return error.into(),
+        };
+        for ((queue, key), kind) in keys.into_iter().zip(types) {
+            if kind != "stream" && kind != "none" {
+                return StemError::BrokenQueue {
+                    queue: queue.clone(),
+                    reason: format!("{key} holds a {kind}, not a stream ({error})"),
+                };
+            }
+        }
+        error.into()
+    }
+
+    fn take_blocking(&self, block: Duration) -> Result<Conn> {
+        let pooled = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => connection(self.client.clone(), block + COMMAND_TIMEOUT),
+        }
+    }
+
+    fn give_blocking(&self, c: Conn) {
+        self.blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c);
+    }
+
+    /// Names queues in `stem:queues`, once per process per queue.
+    pub(crate) async fn remember(&self, queues: impl Iterator<Item = &String>) -> Result<()> {
+        let new: Vec<String> = {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            queues
+                .filter(|q| known.insert((*q).clone()))
+                .cloned()
+                .collect()
+        };
+        if !new.is_empty() {
+            let _: () = self.conn().sadd(keys::QUEUES, &new).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the consumer group of every lane of `queues` (with its
+    /// stream). A group that exists answers `BUSYGROUP`, and a pipeline
+    /// reports only its first error, so each `CREATE` is sent on its own
+    /// after a pipelined attempt fails that way.
+    async fn create_groups(&self, queues: &[String]) -> Result<()> {
+        let creates: Vec<::redis::Cmd> = queues
+            .iter()
+            .flat_map(|q| (0..LANES).map(move |lane| keys::lane(q, lane)))
+            .map(|key| {
+                let mut c = ::redis::cmd("XGROUP");
+                c.arg("CREATE").arg(key).arg(GROUP).arg("0").arg("MKSTREAM");
+                c
+            })
+            .collect();
+        let busy = |e: &::redis::RedisError| {
+            e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP")
+        };
+        let mut pipe = ::redis::pipe();
+        for c in &creates {
+            pipe.add_command(c.clone()).ignore();
+        }
+        let mut conn = self.conn();
+        match pipe.exec_async(&mut conn).await {
+            Ok(()) => Ok(()),
+            Err(e) if busy(&e) => {
+                for c in creates {
+                    match c.query_async::<()>(&mut conn).await {
+                        Err(e) if !busy(&e) => return Err(e.into()),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Entry ids of `receipts` by lane stream key.
+    fn by_stream<'a>(
+        receipts: impl IntoIterator<Item = &'a Receipt>,
+    ) -> BTreeMap<String, Vec<&'a str>> {
+        let mut by_key: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for r in receipts {
+            by_key
+                .entry(keys::lane(&r.queue, r.lane))
+                .or_default()
+                .push(r.entry_id.as_str());
+        }
+        by_key
+    }
+
+    /// `XACK` and `XDEL` of `receipts`, two commands per lane stream.
+    pub(crate) fn ack_cmds<'a>(
+        receipts: impl IntoIterator<Item = &'a Receipt>,
+    ) -> Vec<::redis::Cmd> {
+        let by_key = Self::by_stream(receipts);
+        let mut cmds = Vec::with_capacity(by_key.len() * 2);
+        for (key, ids) in by_key {
+            let mut ack = ::redis::cmd("XACK");
+            ack.arg(&key).arg(GROUP).arg(&ids);
+            let mut del = ::redis::cmd("XDEL");
+            del.arg(&key).arg(&ids);
+            cmds.extend([ack, del]);
+        }
+        cmds
+    }
+
+    fn ack_into(pipe: &mut ::redis::Pipeline, receipts: &[&Receipt]) {
+        for cmd in Self::ack_cmds(receipts.iter().copied()) {
+            pipe.add_command(cmd).ignore();
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, batch: Vec<Outgoing>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.remember(batch.iter().map(|o| &o.queue)).await?;
+        let mut pipe = ::redis::pipe();
+        push_outgoing(&mut pipe, &batch);
+        pipe.exec_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn register_queues(&self, queues: &[String]) -> Result<()> {
+        self.create_groups(queues).await?;
+        self.remember(queues.iter()).await
+    }
+
+    async fn fetch(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Fetched>> {
+        if max == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(queues.len() * LANES as usize);
+        for q in queues {
+            keys.extend(lanes_in_fetch_order().map(|lane| keys::lane(q, lane)));
+        }
+        let ids = vec![">"; keys.len()];
+        let mut cmd = ::redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(&keys).arg(&ids);
+        let mut conn = self.take_blocking(block)?;
+        let reply: ::redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
+        self.give_blocking(conn);
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if is_nogroup(&e) => {
+                self.create_groups(queues).await?;
+                return Ok(Vec::new());
+            }
+            // A stream deleted while we were blocked on it: the next read
+            // recreates its group.
+            Err(e) if e.to_string().contains("UNBLOCKED") => return Ok(Vec::new()),
+            Err(e) if !StemError::from(e.clone()).is_transient() => {
+                return Err(self.broken_queue(queues, e).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::with_capacity(max);
+        entry::from_read_reply(reply, &mut out);
+        // Highest band first, its due lane before it; within a lane,
+        // stream order.
+        out.sort_by_key(|f| std::cmp::Reverse(lane_rank(f.receipt().lane)));
+        Ok(out)
+    }
+
+    async fn ack(&self, receipts: &[Receipt]) -> Result<()> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        let refs: Vec<&Receipt> = receipts.iter().collect();
+        Self::ack_into(&mut pipe, &refs);
+        pipe.exec_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn renew(&self, consumer: &str, receipts: &[Receipt]) -> Result<()> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        for (key, ids) in Self::by_stream(receipts) {
+            pipe.cmd("XCLAIM")
+                .arg(key)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(0)
+                .arg(&ids)
+                .arg("JUSTID")
+                .ignore();
+        }
+        pipe.exec_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn declare_lease(&self, consumer: &str, lease: Duration) -> Result<()> {
+        let _: () = self
+            .conn()
+            .hset(keys::LEASES, consumer, lease.as_millis() as u64)
+            .await?;
+        Ok(())
+    }
+
+    async fn recover(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>> {
+        self.recover_idle(consumer, queues, min_idle, max).await
+    }
+
+    async fn retry(
+        &self,
+        receipt: &Receipt,
+        wire: WireEnvelope,
+        priority: u8,
+        not_before_ms: i64,
+    ) -> Result<()> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        Self::ack_into(&mut pipe, &[receipt]);
+        pipe.zadd(
+            keys::delayed(&receipt.queue),
+            entry::delayed_member(priority, &wire),
+            not_before_ms,
+        )
+        .ignore();
+        pipe.exec_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn requeue(&self, receipt: &Receipt, wire: WireEnvelope, priority: u8) -> Result<()> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        Self::ack_into(&mut pipe, &[receipt]);
+        push_entry(&mut pipe, &receipt.queue, priority, &wire);
+        pipe.exec_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, letter: NewDeadLetter) -> Result<()> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        Self::ack_into(&mut pipe, &[receipt]);
+        pipe.cmd("XADD")
+            .arg(keys::dead(&receipt.queue))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.dead_maxlen)
+            .arg("*")
+            .arg(dead::fields(&letter))
+            .ignore();
+        pipe.exec_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn promote_due(&self, queues: &[String], now_ms: i64) -> Result<usize> {
+        let mut moved = 0usize;
+        let mut conn = self.conn();
+        let mut failure = None;
+        for q in queues {
+            let mut inv = PROMOTE.key(keys::delayed(q));
+            for band in 0..=MAX_PRIORITY {
+                inv.key(keys::lane(q, due_lane(band)));
+            }
+            inv.arg(now_ms).arg(PROMOTE_BATCH);
+            // A burst falling due at once moves in full batches until the
+            // due part is empty (each call is short, so other clients
+            // interleave); the cap bounds one tick.
+            for _ in 0..PROMOTE_ROUNDS {
+                // One queue's broken key must not hold back the others.
+                match inv.invoke_async::<usize>(&mut conn).await {
+                    Ok(n) => {
+                        moved += n;
+                        if n < PROMOTE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(e) if moved == 0 => Err(e.into()),
+            _ => Ok(moved),
+        }
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = ::redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+}

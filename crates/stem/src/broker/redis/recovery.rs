@@ -1,0 +1,165 @@
+//! Recovery: taking over entries whose holder died, and forgetting dead
+//! consumers. A lease is an entry's idle time in the group's pending list;
+//! live workers reset it (`renew`), so an entry idle past its holder's
+//! declared lease (`stem:leases`) belongs to a worker that is gone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ::redis::{AsyncCommands, Value};
+
+use super::entry::{self, elements, id_and_fields};
+use super::{is_nogroup, RedisBroker, GROUP, RECOVER_SCAN};
+use crate::broker::{lanes_in_fetch_order, Fetched, LANES};
+use crate::error::Result;
+use crate::keys;
+
+impl RedisBroker {
+    /// Takes over up to `max` entries of `queues` idle for `min_idle` and
+    /// for the lease their holder declared (see [`crate::broker::Broker::recover`]).
+    pub(super) async fn recover_idle(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>> {
+        self.prune_consumers(queues, min_idle).await;
+        // XPENDING with IDLE walks the whole pending list of a lane and
+        // lists only entries idle for at least our timeout, with their
+        // holder and delivery count: live workers' renewed entries at the
+        // head no longer hide a dead worker's behind them, whatever room we
+        // have. Each candidate is then claimed with XCLAIM, whose own
+        // min-idle check loses to a renewal that landed in between.
+        let mut out = Vec::new();
+        let mut conn = self.conn();
+        let min_ms = min_idle.as_millis() as u64;
+        let mut leases: Option<HashMap<String, u64>> = None;
+        for q in queues {
+            for lane in lanes_in_fetch_order() {
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                let key = keys::lane(q, lane);
+                let pending: ::redis::RedisResult<::redis::streams::StreamPendingCountReply> =
+                    ::redis::cmd("XPENDING")
+                        .arg(&key)
+                        .arg(GROUP)
+                        .arg("IDLE")
+                        .arg(min_ms)
+                        .arg("-")
+                        .arg("+")
+                        .arg(RECOVER_SCAN)
+                        .query_async(&mut conn)
+                        .await;
+                let pending = match pending {
+                    Ok(p) => p.ids,
+                    Err(e) if is_nogroup(&e) => continue,
+                    Err(e) => {
+                        // One broken key must not stop recovery of the
+                        // others, nor drop what was claimed already.
+                        tracing::warn!(key, error = %e, "recovery skipped a stream it cannot read");
+                        continue;
+                    }
+                };
+                if pending.is_empty() {
+                    continue;
+                }
+                if leases.is_none() {
+                    leases = Some(conn.hgetall(keys::LEASES).await.unwrap_or_default());
+                }
+                let declared = leases.as_ref();
+                let mut pipe = ::redis::pipe();
+                let mut counts = Vec::new();
+                for p in pending {
+                    if out.len() + counts.len() >= max {
+                        break;
+                    }
+                    let lease = declared
+                        .and_then(|l| l.get(&p.consumer))
+                        .copied()
+                        .unwrap_or(0)
+                        .max(min_ms);
+                    // Our own entries count too: a worker restarted under the
+                    // same name recovers what its previous life held.
+                    if (p.last_delivered_ms as u64) < lease {
+                        continue;
+                    }
+                    pipe.cmd("XCLAIM")
+                        .arg(&key)
+                        .arg(GROUP)
+                        .arg(consumer)
+                        .arg(lease)
+                        .arg(&p.id);
+                    counts.push(p.times_delivered as u32);
+                }
+                if counts.is_empty() {
+                    continue;
+                }
+                let claimed: Vec<Value> = match pipe.query_async(&mut conn).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "recovery could not claim entries");
+                        continue;
+                    }
+                };
+                for (reply, before) in claimed.into_iter().zip(counts) {
+                    let Some(entry) = elements(reply).into_iter().next() else {
+                        continue; // renewed meanwhile, or deleted
+                    };
+                    let Some((id, fields)) = id_and_fields(entry) else {
+                        continue;
+                    };
+                    let mut f = entry::to_fetched(q, lane, id, fields);
+                    if let Fetched::Task(d) = &mut f {
+                        d.deliveries = before.saturating_add(1);
+                    }
+                    out.push(f);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes consumers that hold nothing and have not read for ten
+    /// visibility timeouts (at least 10 s) from the groups of `queues`, at
+    /// most every half of that: every restart of a worker named
+    /// `worker-<host>-<pid>` would otherwise leave ten consumers per queue
+    /// behind for good. A consumer with pending entries is never removed
+    /// (its entries are recovered first), and a live worker reads at least
+    /// every second, so only the dead qualify.
+    async fn prune_consumers(&self, queues: &[String], vt: Duration) {
+        let stale = (vt * 10).max(Duration::from_secs(10));
+        {
+            let mut last = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < stale / 2) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let mut conn = self.conn();
+        let stale_ms = stale.as_millis() as i64;
+        for q in queues {
+            for lane in 0..LANES {
+                let key = keys::lane(q, lane);
+                let info: ::redis::RedisResult<::redis::streams::StreamInfoConsumersReply> =
+                    conn.xinfo_consumers(&key, GROUP).await;
+                let Ok(info) = info else { continue };
+                for c in info.consumers {
+                    if c.pending == 0 && c.idle as i64 > stale_ms {
+                        let removed: ::redis::RedisResult<i64> = ::redis::cmd("XGROUP")
+                            .arg("DELCONSUMER")
+                            .arg(&key)
+                            .arg(GROUP)
+                            .arg(&c.name)
+                            .query_async(&mut conn)
+                            .await;
+                        if removed.is_ok() {
+                            tracing::debug!(key, consumer = %c.name, "stale consumer removed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The broker's Lua scripts. Each runs atomically in Redis, so concurrent
+//! workers, promoters and operators never see one half done. Scripts are
+//! loaded once per process (`EVALSHA`, falling back to `EVAL` after a Redis
+//! restart flushed the script cache).
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+
+/// Moves due members of a delayed set to their bands' due lanes (KEYS[2 +
+/// band]), oldest first. One call per queue per promoter tick (not per
+/// task), repeated while it moves a full batch. Member = band \n packed
+/// entry.
+pub(super) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(items) do
+  redis.call('ZREM', KEYS[1], m)
+  local p1 = string.find(m, '\n', 1, true)
+  local band = p1 and tonumber(string.sub(m, 1, p1 - 1))
+  if band and band >= 0 and band <= 9 and math.floor(band) == band then
+    redis.call('XADD', KEYS[2 + band], '*', 'e', string.sub(m, p1 + 1))
+  else
+    -- Garbage: into band 0's due lane as it is, where a worker dead-letters it as
+    -- malformed with its bytes.
+    redis.call('XADD', KEYS[2], '*', 'e', m)
+  end
+end
+return #items
+"#,
+    )
+});
+
+/// Replays a dead letter at most once: the new entry is added only when
+/// this call removed the letter, so two concurrent replays publish once.
+/// KEYS = dead stream, band stream; ARGV = letter id, packed entry.
+pub(super) static REPLAY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Deletes up to ARGV[2] never-delivered entries of stream KEYS[1]: those
+/// after the last-delivered id of group ARGV[1] (all of them when the group
+/// does not exist). Entries at or before it are in flight or acknowledged,
+/// and stay. Returns how many were deleted.
+pub(super) static PURGE_READY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, lid
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+  end
+  if name == ARGV[1] then last = lid end
+end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[2])
+local n = 0
+for _, e in ipairs(entries) do
+  n = n + redis.call('XDEL', KEYS[1], e[1])
+end
+return n
+"#,
+    )
+});
