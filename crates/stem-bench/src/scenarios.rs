@@ -640,7 +640,7 @@ pub async fn worker_process(
     name: &str,
     keys: &str,
 ) -> anyhow::Result<()> {
-    stem::telemetry::init_logging(stem::config::LogFormat::Text);
+    stem::telemetry::init_logging(stem::config::LogFormat::Text, "info");
     let cfg = config(url, keys)?;
     let stem = Stem::connect_consumer(&cfg)?.with_registry(registry());
     let w = Worker::new(

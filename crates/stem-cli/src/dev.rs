@@ -55,14 +55,11 @@ fn dev_config() -> stem::Result<StemConfig> {
 
 /// The schedule file to seed: `STEM_SCHEDULE_FILE`, else
 /// `./schedules.example.yaml` when it exists.
-fn dev_schedule_file() -> Option<PathBuf> {
-    match std::env::var("STEM_SCHEDULE_FILE") {
-        Ok(f) if !f.trim().is_empty() => Some(PathBuf::from(f.trim())),
-        _ => {
-            let p = PathBuf::from("schedules.example.yaml");
-            p.is_file().then_some(p)
-        }
-    }
+fn dev_schedule_file(config: &StemConfig) -> Option<PathBuf> {
+    config.schedule_file.clone().or_else(|| {
+        let p = PathBuf::from("schedules.example.yaml");
+        p.is_file().then_some(p)
+    })
 }
 
 /// Seeds the schedule store (when there is a file) and starts a beat;
@@ -73,7 +70,7 @@ async fn start_beat(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> (tokio::task::JoinHandle<()>, String) {
     let stores = config_or_exit(ScheduleStores::connect(config));
-    let banner = match dev_schedule_file() {
+    let banner = match dev_schedule_file(config) {
         None => "no schedule file (set STEM_SCHEDULE_FILE)".to_string(),
         Some(path) => match seed::load_file(&path) {
             Err(e) => {
@@ -105,7 +102,7 @@ async fn start_beat(
 }
 
 pub async fn run(args: DevArgs) -> i32 {
-    stem::telemetry::init_logging(stem::telemetry::log_format_from_env());
+    stem::telemetry::init_logging(stem::telemetry::log_format_from_env(), "info");
     let config = config_or_exit(dev_config());
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem::demo::registry());
     let shutdown = shutdown_token();

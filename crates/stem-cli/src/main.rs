@@ -89,10 +89,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<i32>>,
 {
     // Library warnings only, unless RUST_LOG asks for more.
-    if std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("RUST_LOG", "warn");
-    }
-    stem::telemetry::init_logging(stem::telemetry::log_format_from_env());
+    stem::telemetry::init_logging(stem::telemetry::log_format_from_env(), "warn");
     let ctx = context::Ctx::load();
     match runtime().block_on(f(ctx)) {
         Ok(code) => code,

@@ -193,6 +193,29 @@ fn invalid_configuration_exits_78_naming_the_variable() -> anyhow::Result<()> {
             .unwrap_or_default();
         assert!(line.contains(var), "{bin}: the error names {var}: {logs}");
     }
+    // HTTPS files that exist but hold no certificate: refused while the
+    // configuration is read, not when the server starts.
+    let garbage = std::env::temp_dir().join(format!("stem-e2e-garbage-{}.pem", std::process::id()));
+    std::fs::write(&garbage, "not a certificate\n")?;
+    let mut p = ServiceProcess::spawn(
+        "enqueuer",
+        &[],
+        &[
+            ("ENQUEUER_TLS_CERT", garbage.display().to_string()),
+            ("ENQUEUER_TLS_KEY", garbage.display().to_string()),
+            ("PORT", free_port().to_string()),
+        ],
+    )?;
+    let code = p.wait_exit(Duration::from_secs(15))?;
+    let _ = std::fs::remove_file(&garbage);
+    assert_eq!(code, Some(78), "garbage ENQUEUER_TLS_CERT: {}", p.logs());
+    assert!(
+        p.logs()
+            .lines()
+            .any(|l| l.contains("configuration error") && l.contains("ENQUEUER_TLS_CERT")),
+        "the error names ENQUEUER_TLS_CERT: {}",
+        p.logs()
+    );
     let mut p = ServiceProcess::spawn(
         "enqueuer",
         &[],

@@ -132,6 +132,9 @@ pub struct StemConfig {
     pub dead_letter_maxlen: usize,
     /// `STEM_METRIC_EXPORTERS`.
     pub metric_exporters: Vec<crate::telemetry::Exporter>,
+    /// The YAML file beat seeds the schedule store from
+    /// (`STEM_SCHEDULE_FILE`).
+    pub schedule_file: Option<std::path::PathBuf>,
 }
 
 /// Worker-only settings (`STEM_WORKER_*` and friends).
@@ -170,7 +173,40 @@ pub fn process_env(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
 
-fn non_empty(env: &dyn Lookup, key: &str) -> Option<String> {
+/// The process environment with some variables given by command-line
+/// flags: a flag wins over its variable. Binaries read their configuration
+/// through it instead of writing flags into the environment (which is
+/// racy once the runtime's threads run, and `unsafe` in edition 2024).
+#[derive(Clone, Debug, Default)]
+pub struct FlagsOverEnv(Vec<(&'static str, String)>);
+
+impl FlagsOverEnv {
+    /// Only the process environment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `key` reads `value` when the flag was given.
+    pub fn flag(mut self, key: &'static str, value: Option<impl ToString>) -> Self {
+        if let Some(v) = value {
+            self.0.push((key, v.to_string()));
+        }
+        self
+    }
+}
+
+impl Lookup for FlagsOverEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .or_else(|| process_env(key))
+    }
+}
+
+/// `key`'s value, trimmed; `None` when unset or blank.
+pub fn non_empty(env: &dyn Lookup, key: &str) -> Option<String> {
     env.get(key)
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
@@ -203,7 +239,8 @@ pub fn duration_var(env: &dyn Lookup, key: &str, default: Duration) -> Result<Du
     }
 }
 
-fn positive_var(env: &dyn Lookup, key: &str, default: usize) -> Result<usize> {
+/// `key` as an integer above zero, `default` when unset.
+pub fn positive_var(env: &dyn Lookup, key: &str, default: usize) -> Result<usize> {
     match non_empty(env, key) {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
@@ -329,6 +366,7 @@ impl StemConfig {
             log_format,
             dead_letter_maxlen,
             metric_exporters,
+            schedule_file: non_empty(env, "STEM_SCHEDULE_FILE").map(Into::into),
         })
     }
 
@@ -344,6 +382,7 @@ impl StemConfig {
             log_format: LogFormat::Text,
             dead_letter_maxlen: 100_000,
             metric_exporters: Vec::new(),
+            schedule_file: None,
         }
     }
 }
@@ -445,6 +484,19 @@ pub fn validate_queue_name(variable: &str, q: &str) -> Result<()> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_flag_wins_over_its_variable_and_an_absent_flag_reads_the_environment() {
+        // PATH is set in every environment the tests run in.
+        let path = std::env::var("PATH").ok();
+        let env = FlagsOverEnv::new()
+            .flag("STEM_WORKER_CONCURRENCY", Some(7))
+            .flag("STEM_WORKER_NAME", None::<String>);
+        assert_eq!(env.get("STEM_WORKER_CONCURRENCY").as_deref(), Some("7"));
+        assert_eq!(env.get("PATH"), path);
+        let env = FlagsOverEnv::new().flag("PATH", Some("/flag"));
+        assert_eq!(env.get("PATH").as_deref(), Some("/flag"));
+    }
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

@@ -1,14 +1,16 @@
 //! Logging set-up for every binary: `tracing` to stderr, text or JSON
-//! (`STEM_LOG_FORMAT`), level from `RUST_LOG` (default `info`).
+//! (`STEM_LOG_FORMAT`), level from `RUST_LOG` (default: the caller's, `info`
+//! for services, `warn` for the operator CLI).
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Safe to call more than once (later
-/// calls are ignored).
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber, filtering by `RUST_LOG` or else by
+/// `default_filter`. Safe to call more than once (later calls are ignored).
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

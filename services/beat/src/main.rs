@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use stem::client::Stem;
-use stem::config::{StemConfig, StoreUrl};
+use stem::config::{FlagsOverEnv, StemConfig, StoreUrl};
 use stem::runtime::{config_or_exit, shutdown_token};
 use stem::schedule::{seed, Beat, BeatOptions, ScheduleStores};
 use tokio_util::sync::CancellationToken;
@@ -92,11 +92,12 @@ async fn seed_from(
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    stem::telemetry::init_logging(stem::telemetry::log_format_from_env());
-    if let Some(f) = &args.schedule_file {
-        std::env::set_var("STEM_SCHEDULE_FILE", f);
-    }
-    let config = config_or_exit(StemConfig::from_env());
+    stem::telemetry::init_logging(stem::telemetry::log_format_from_env(), "info");
+    let env = FlagsOverEnv::new().flag(
+        "STEM_SCHEDULE_FILE",
+        args.schedule_file.as_ref().map(|f| f.display()),
+    );
+    let config = config_or_exit(StemConfig::from_lookup(&env));
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem::demo::registry());
     let stores = config_or_exit(ScheduleStores::connect(&config));
     if config.schedule_store_url == StoreUrl::Memory {
@@ -110,12 +111,8 @@ async fn main() {
         "Beat scheduler starting"
     );
     let shutdown = shutdown_token();
-    let file = std::env::var("STEM_SCHEDULE_FILE")
-        .ok()
-        .map(|f| f.trim().to_string())
-        .filter(|f| !f.is_empty());
-    if let Some(path) = file {
-        seed_from(std::path::Path::new(&path), &stores, &stem, &shutdown).await;
+    if let Some(path) = &config.schedule_file {
+        seed_from(path, &stores, &stem, &shutdown).await;
     }
     let mut opts = BeatOptions {
         lease: args.lease,

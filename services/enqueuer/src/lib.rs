@@ -60,7 +60,7 @@ pub async fn serve(
     }
     match &settings.tls {
         Some(tls) => {
-            let config = tls::server_config(tls)?;
+            let config = tls.config.clone();
             let handle = axum_server::Handle::new();
             let h = handle.clone();
             let s = shutdown.clone();
@@ -70,7 +70,7 @@ pub async fn serve(
             });
             tracing::info!(
                 "Enqueue API listening on https://{addr} (client certificates {})",
-                if tls.client_ca.is_some() {
+                if tls.files.client_ca.is_some() {
                     "required"
                 } else {
                     "not required"

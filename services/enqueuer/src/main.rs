@@ -4,7 +4,7 @@
 use clap::Parser;
 use enqueuer::{AppState, EnqueuerSettings};
 use stem::client::Stem;
-use stem::config::StemConfig;
+use stem::config::{FlagsOverEnv, StemConfig};
 use stem::runtime::{config_or_exit, shutdown_token};
 
 /// Stem HTTP enqueue API.
@@ -22,15 +22,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    stem::telemetry::init_logging(stem::telemetry::log_format_from_env());
-    if let Some(b) = &args.broker {
-        std::env::set_var("STEM_BROKER_URL", b);
-    }
-    let config = config_or_exit(StemConfig::from_env());
-    let mut settings = config_or_exit(EnqueuerSettings::from_env());
-    if let Some(p) = args.port {
-        settings.port = p;
-    }
+    stem::telemetry::init_logging(stem::telemetry::log_format_from_env(), "info");
+    let env = FlagsOverEnv::new()
+        .flag("STEM_BROKER_URL", args.broker)
+        .flag("PORT", args.port);
+    let config = config_or_exit(StemConfig::from_lookup(&env));
+    let settings = config_or_exit(EnqueuerSettings::from_lookup(&env));
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem::demo::registry());
     if stem.signer().is_none() {
         tracing::warn!("no signing keys configured: envelopes are published unsigned");

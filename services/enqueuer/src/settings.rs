@@ -4,16 +4,24 @@
 
 use std::path::PathBuf;
 
-use stem::config::{bool_var, process_env, Lookup};
+use stem::config::{bool_var, positive_var, process_env, Lookup};
 use stem::StemError;
 
-/// HTTPS material.
+/// HTTPS material: the files, and the server configuration built from
+/// them while the settings were read.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// When set, clients must present a certificate signed by this CA.
     pub client_ca: Option<PathBuf>,
+}
+
+/// [`TlsFiles`] with the rustls configuration they make.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub files: TlsFiles,
+    pub config: std::sync::Arc<rustls::ServerConfig>,
 }
 
 /// Demo traffic generator settings (reference §1.8).
@@ -32,27 +40,14 @@ pub struct EnqueuerSettings {
     /// Longest time one request may take, its body included
     /// (`ENQUEUER_REQUEST_TIMEOUT`).
     pub request_timeout: std::time::Duration,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<Tls>,
     pub autofill: AutofillSettings,
 }
 
-fn get(env: &dyn Lookup, key: &str) -> Option<String> {
-    env.get(key)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
+use stem::config::non_empty as get;
 
 fn positive(env: &dyn Lookup, key: &str, default: u64) -> Result<u64, StemError> {
-    match get(env, key) {
-        None => Ok(default),
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(StemError::config(
-                key,
-                format!("expected a positive integer, got {v:?}"),
-            )),
-        },
-    }
+    Ok(positive_var(env, key, default as usize)? as u64)
 }
 
 fn readable(key: &str, path: String) -> Result<PathBuf, StemError> {
@@ -76,13 +71,17 @@ impl EnqueuerSettings {
             })?,
         };
         let tls = match (get(env, "ENQUEUER_TLS_CERT"), get(env, "ENQUEUER_TLS_KEY")) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: readable("ENQUEUER_TLS_CERT", cert)?,
-                key: readable("ENQUEUER_TLS_KEY", key)?,
-                client_ca: get(env, "ENQUEUER_TLS_CLIENT_CA")
-                    .map(|p| readable("ENQUEUER_TLS_CLIENT_CA", p))
-                    .transpose()?,
-            }),
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert: readable("ENQUEUER_TLS_CERT", cert)?,
+                    key: readable("ENQUEUER_TLS_KEY", key)?,
+                    client_ca: get(env, "ENQUEUER_TLS_CLIENT_CA")
+                        .map(|p| readable("ENQUEUER_TLS_CLIENT_CA", p))
+                        .transpose()?,
+                };
+                let config = crate::tls::server_config(&files)?;
+                Some(Tls { files, config })
+            }
             (None, None) => {
                 if get(env, "ENQUEUER_TLS_CLIENT_CA").is_some() {
                     return Err(StemError::config(

@@ -6,7 +6,7 @@ mod health;
 
 use clap::Parser;
 use stem::client::Stem;
-use stem::config::{StemConfig, WorkerSettings};
+use stem::config::{FlagsOverEnv, StemConfig, WorkerSettings};
 use stem::runtime::{config_or_exit, shutdown_token};
 use stem::worker::{Worker, WorkerOptions};
 
@@ -28,18 +28,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    stem::telemetry::init_logging(stem::telemetry::log_format_from_env());
-    if let Some(q) = &args.queues {
-        std::env::set_var("STEM_WORKER_QUEUES", q);
-    }
-    if let Some(c) = args.concurrency {
-        std::env::set_var("STEM_WORKER_CONCURRENCY", c.to_string());
-    }
-    if let Some(n) = &args.name {
-        std::env::set_var("STEM_WORKER_NAME", n);
-    }
-    let config = config_or_exit(StemConfig::from_env());
-    let settings = config_or_exit(WorkerSettings::from_env());
+    stem::telemetry::init_logging(stem::telemetry::log_format_from_env(), "info");
+    let env = FlagsOverEnv::new()
+        .flag("STEM_WORKER_QUEUES", args.queues)
+        .flag("STEM_WORKER_CONCURRENCY", args.concurrency)
+        .flag("STEM_WORKER_NAME", args.name);
+    let config = config_or_exit(StemConfig::from_lookup(&env));
+    let settings = config_or_exit(WorkerSettings::from_lookup(&env));
     let stem =
         config_or_exit(Stem::connect_consumer(&config)).with_registry(stem::demo::registry());
     tracing::info!(broker = %config.broker_url.redacted(), "Worker \"{}\" listening on queues {:?}", settings.name, settings.queues);
