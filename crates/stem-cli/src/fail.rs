@@ -110,8 +110,10 @@ pub fn classify(err: &anyhow::Error) -> (i32, String) {
             | StemError::Malformed(_)
             | StemError::Json(_)
             | StemError::Signature(_) => EXIT_DATAERR,
-            StemError::Timeout(_) => EXIT_TEMPFAIL,
-            StemError::Redis(_) | StemError::BrokenQueue { .. } => EXIT_SOFTWARE,
+            StemError::WaitTimedOut(_) => EXIT_TEMPFAIL,
+            StemError::Redis(_) | StemError::BrokenQueue { .. } | StemError::Internal(_) => {
+                EXIT_SOFTWARE
+            }
         };
         return (code, format!("{err:#}"));
     }
@@ -130,10 +132,14 @@ mod tests {
         assert_eq!(classify(&data).0, 65);
         let wrapped = anyhow::Error::new(StemError::UnknownTask("t".into())).context("enqueue");
         assert_eq!(classify(&wrapped).0, 65);
-        let refused = anyhow::Error::new(StemError::Timeout("connect".into()));
+        let refused = anyhow::Error::new(StemError::Redis(
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into(),
+        ));
         let (code, line) = classify(&refused);
         assert_eq!(code, 69);
         assert!(line.starts_with("Redis unavailable at "), "{line}");
+        let waited = anyhow::Error::new(StemError::WaitTimedOut("task t".into()));
+        assert_eq!(classify(&waited).0, 75);
         assert_eq!(classify(&anyhow::anyhow!("boom")).0, 70);
     }
 }

@@ -100,7 +100,7 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
                         _ => Exit::TaskFailed.code(),
                     })
                 }
-                Err(StemError::Timeout(_)) => {
+                Err(StemError::WaitTimedOut(_)) => {
                     let state = stem
                         .status(&id)
                         .await?

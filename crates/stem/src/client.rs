@@ -533,7 +533,7 @@ impl Stem {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(StemError::Timeout(format!(
+                return Err(StemError::WaitTimedOut(format!(
                     "task {id} not finished after {timeout:?}"
                 )));
             }
@@ -546,5 +546,5 @@ impl Stem {
 async fn join(handle: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
     handle
         .await
-        .map_err(|e| StemError::InvalidArgument(format!("enqueue task failed: {e}")))?
+        .map_err(|e| StemError::Internal(format!("enqueue task failed: {e}")))?
 }

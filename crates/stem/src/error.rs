@@ -27,9 +27,15 @@ pub enum StemError {
     /// A caller passed an argument outside its allowed range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// A wait or other bounded operation ran out of time.
-    #[error("timed out: {0}")]
-    Timeout(String),
+    /// A bounded wait for a task ([`crate::client::Stem::wait`]) ran out
+    /// of time; the task may still finish. Not an outage: an unreachable
+    /// Redis is [`StemError::Redis`], see [`StemError::is_unavailable`].
+    #[error("wait timed out: {0}")]
+    WaitTimedOut(String),
+    /// A task of the library's own panicked or was cancelled: a bug, not
+    /// bad input.
+    #[error("internal: {0}")]
+    Internal(String),
     /// TLS material could not be read or is invalid.
     #[error("tls: {0}")]
     Tls(String),
@@ -60,7 +66,6 @@ impl StemError {
                     || e.is_timeout()
                     || matches!(e.kind(), redis::ErrorKind::Io)
             }
-            StemError::Timeout(_) => true,
             _ => false,
         }
     }

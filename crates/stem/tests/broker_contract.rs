@@ -270,7 +270,7 @@ async fn dead_letters_list_show_replay_purge(a: Adapters) -> anyhow::Result<()> 
             .dead_letter(
                 f.receipt(),
                 NewDeadLetter {
-                    reason: "max-retries-exhausted".into(),
+                    reason: stem::broker::DeadLetterReason::MaxRetriesExhausted,
                     error: Some("boom".into()),
                     wire: Some(task(f).wire.clone()),
                     raw: None,

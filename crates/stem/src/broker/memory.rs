@@ -278,7 +278,7 @@ impl Broker for MemoryBroker {
                 DeadLetter {
                     id: id.to_string(),
                     queue: receipt.queue.clone(),
-                    reason: letter.reason,
+                    reason: letter.reason.to_string(),
                     error: letter.error,
                     dead_at_ms: now_ms(),
                     wire: letter.wire,

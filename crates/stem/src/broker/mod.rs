@@ -12,6 +12,7 @@ pub mod redis;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::envelope::{TaskStatus, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
@@ -103,12 +104,84 @@ pub struct Outgoing {
     pub wire: WireEnvelope,
 }
 
+/// Why an entry was dead-lettered. Stored as its kebab-case name (the
+/// `reason` field of a dead letter, and of a failed task's error), which
+/// operators filter on; `docs/architecture.md` ("Bad input, defined
+/// outcomes") says when each is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeadLetterReason {
+    /// The task failed on its last allowed attempt.
+    MaxRetriesExhausted,
+    /// The task failed with a failure that must not be retried.
+    NonRetryable,
+    /// The entry's signature is missing or does not verify.
+    SignatureInvalid,
+    /// The entry does not decode as an envelope.
+    MalformedEnvelope,
+    /// No task of that name is registered on the worker.
+    UnregisteredTask,
+    /// The signed spec names another queue than the stream it was read from.
+    WrongQueue,
+    /// The unsigned attempt is beyond the retry budget plus replays.
+    AttemptOutOfRange,
+    /// Delivered `STEM_MAX_DELIVERIES` times without finishing (its runs
+    /// kill their worker).
+    DeliveryLimit,
+    /// The result backend refuses the task's result for good.
+    ResultUnwritable,
+}
+
+impl DeadLetterReason {
+    /// Every reason, for listings and tests.
+    pub const ALL: [DeadLetterReason; 9] = [
+        Self::MaxRetriesExhausted,
+        Self::NonRetryable,
+        Self::SignatureInvalid,
+        Self::MalformedEnvelope,
+        Self::UnregisteredTask,
+        Self::WrongQueue,
+        Self::AttemptOutOfRange,
+        Self::DeliveryLimit,
+        Self::ResultUnwritable,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxRetriesExhausted => "max-retries-exhausted",
+            Self::NonRetryable => "non-retryable",
+            Self::SignatureInvalid => "signature-invalid",
+            Self::MalformedEnvelope => "malformed-envelope",
+            Self::UnregisteredTask => "unregistered-task",
+            Self::WrongQueue => "wrong-queue",
+            Self::AttemptOutOfRange => "attempt-out-of-range",
+            Self::DeliveryLimit => "delivery-limit",
+            Self::ResultUnwritable => "result-unwritable",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeadLetterReason {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown dead-letter reason {s:?}"))
+    }
+}
+
 /// What a dead-letter record holds.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NewDeadLetter {
-    /// `max-retries-exhausted`, `signature-invalid`, `malformed-envelope`,
-    /// `unregistered-task`, …
-    pub reason: String,
+    pub reason: DeadLetterReason,
     pub error: Option<String>,
     /// The envelope, when it decoded.
     pub wire: Option<WireEnvelope>,
@@ -122,6 +195,9 @@ pub struct DeadLetter {
     /// Dead-letter entry id (for show/replay).
     pub id: String,
     pub queue: String,
+    /// The stored reason, as written; [`DeadLetter::reason_kind`] reads it
+    /// as a [`DeadLetterReason`] (a record written by hand or by a newer
+    /// release may hold another).
     pub reason: String,
     pub error: Option<String>,
     pub dead_at_ms: i64,
@@ -130,6 +206,11 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The reason, when it is one this release knows.
+    pub fn reason_kind(&self) -> Option<DeadLetterReason> {
+        self.reason.parse().ok()
+    }
+
     /// The task id inside the envelope, when it decodes.
     pub fn task_id(&self) -> Option<String> {
         self.wire.as_ref().and_then(|w| w.spec().ok()).map(|s| s.id)
@@ -262,4 +343,28 @@ pub trait QueueAdmin: Send + Sync + 'static {
 
     /// Queues this broker has seen published to or consumed from.
     async fn known_queues(&self) -> Result<Vec<String>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_through_their_names() {
+        for r in DeadLetterReason::ALL {
+            assert_eq!(r.as_str().parse::<DeadLetterReason>(), Ok(r));
+            assert_eq!(serde_json::to_value(r).ok(), Some(r.as_str().into()));
+        }
+        assert!("boom".parse::<DeadLetterReason>().is_err());
+    }
+
+    #[test]
+    fn lanes_are_read_band_by_band_each_due_lane_first() {
+        let order: Vec<u8> = lanes_in_fetch_order().collect();
+        assert_eq!(order.len(), LANES as usize);
+        assert_eq!(&order[..4], &[19, 9, 18, 8]);
+        assert_eq!(&order[order.len() - 2..], &[10, 0]);
+        let ranks: Vec<u8> = order.iter().map(|l| lane_rank(*l)).collect();
+        assert!(ranks.windows(2).all(|w| w[0] > w[1]), "{ranks:?}");
+    }
 }

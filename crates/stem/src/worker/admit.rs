@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use crate::broker::{Delivery, Fetched, NewDeadLetter, Receipt};
+use crate::broker::{DeadLetterReason, Delivery, Fetched, NewDeadLetter, Receipt};
 use crate::envelope::{TaskError, TaskSpec, TaskState, TaskStatus};
 use crate::task::TaskHandler;
 
@@ -113,7 +113,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
             return Err(Box::new(Reject::dead_only(
                 d.receipt,
                 NewDeadLetter {
-                    reason: "signature-invalid".into(),
+                    reason: DeadLetterReason::SignatureInvalid,
                     error: Some(e.to_string()),
                     wire: Some(d.wire),
                     raw: None,
@@ -128,7 +128,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
             return Err(Box::new(Reject::dead_only(
                 d.receipt,
                 NewDeadLetter {
-                    reason: "malformed-envelope".into(),
+                    reason: DeadLetterReason::MalformedEnvelope,
                     error: Some(e.to_string()),
                     raw: Some(String::from_utf8_lossy(&d.wire.body).into_owned()),
                     wire: None,
@@ -145,7 +145,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         return Err(Box::new(Reject::dead_only(
             d.receipt,
             NewDeadLetter {
-                reason: "wrong-queue".into(),
+                reason: DeadLetterReason::WrongQueue,
                 error: Some(msg),
                 wire: Some(d.wire),
                 raw: None,
@@ -170,7 +170,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         return Err(Box::new(Reject::dead_only(
             d.receipt,
             NewDeadLetter {
-                reason: "attempt-out-of-range".into(),
+                reason: DeadLetterReason::AttemptOutOfRange,
                 error: Some(msg),
                 wire: Some(d.wire),
                 raw: None,
@@ -185,7 +185,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         return Err(Box::new(Reject {
             receipt: d.receipt,
             letter: NewDeadLetter {
-                reason: "unregistered-task".into(),
+                reason: DeadLetterReason::UnregisteredTask,
                 error: Some(msg),
                 wire: Some(d.wire),
                 raw: None,
@@ -208,7 +208,7 @@ pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
                 rejects.push(Reject::dead_only(
                     m.receipt,
                     NewDeadLetter {
-                        reason: "malformed-envelope".into(),
+                        reason: DeadLetterReason::MalformedEnvelope,
                         error: Some(m.error),
                         wire: None,
                         raw: Some(m.raw),
@@ -271,7 +271,7 @@ fn delivery_limit(shared: &Shared, d: Delivery, spec: Arc<TaskSpec>) -> Reject {
     Reject {
         receipt: d.receipt,
         letter: NewDeadLetter {
-            reason: "delivery-limit".into(),
+            reason: DeadLetterReason::DeliveryLimit,
             error: Some(msg),
             wire: Some(d.wire),
             raw: None,
@@ -309,9 +309,9 @@ async fn redo_finished(shared: &Arc<Shared>, finished: Vec<(Delivery, Arc<TaskSp
         };
         let fin = match dead_letter_missing(&status, d.wire.attempt) {
             Some(reason) => {
-                tracing::info!(task_id = %spec.id, reason, "task already failed; writing its missing dead letter");
+                tracing::info!(task_id = %spec.id, %reason, "task already failed; writing its missing dead letter");
                 Final::Dead(NewDeadLetter {
-                    reason: reason.to_string(),
+                    reason,
                     error: status.error.as_ref().map(|e| e.message.clone()),
                     wire: Some(d.wire),
                     raw: None,
@@ -336,14 +336,16 @@ async fn redo_finished(shared: &Arc<Shared>, finished: Vec<(Delivery, Arc<TaskSp
 /// The dead-letter reason when `status` is this very attempt's failure:
 /// its dead letter and its ack are one atomic step, so the entry being
 /// here means the dead letter was never written.
-fn dead_letter_missing(status: &TaskStatus, attempt: u32) -> Option<&str> {
+fn dead_letter_missing(status: &TaskStatus, attempt: u32) -> Option<DeadLetterReason> {
     if status.state != TaskState::Failed || status.attempt != attempt {
         return None;
     }
-    let reason = status.error.as_ref()?.reason.as_deref()?;
+    let reason = status.error.as_ref()?.reason.as_deref()?.parse().ok()?;
     matches!(
         reason,
-        "non-retryable" | "max-retries-exhausted" | "delivery-limit"
+        DeadLetterReason::NonRetryable
+            | DeadLetterReason::MaxRetriesExhausted
+            | DeadLetterReason::DeliveryLimit
     )
     .then_some(reason)
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::broker::{NewDeadLetter, Outgoing, Receipt, SubmitOnce};
+use crate::broker::{DeadLetterReason, NewDeadLetter, Outgoing, Receipt, SubmitOnce};
 use crate::canvas::{
     chain_step_key, chord_callback_key, StoredEnvelope, CHAIN_HEADER, CHAIN_INDEX_HEADER,
     GROUP_HEADER,
@@ -188,23 +188,27 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                 bump(&shared.metrics.failed);
                 bump(&shared.metrics.dead_lettered);
                 let reason = if failure.retryable {
-                    "max-retries-exhausted"
+                    DeadLetterReason::MaxRetriesExhausted
                 } else {
-                    "non-retryable"
+                    DeadLetterReason::NonRetryable
                 };
                 tracing::warn!(
-                    task = %spec.name, task_id = %spec.id, attempt, reason, error = %failure.message,
+                    task = %spec.name, task_id = %spec.id, attempt, %reason, error = %failure.message,
                     "task failed; dead-lettered"
                 );
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Failed, attempt);
-                s.error = Some(task_error("task-error", &failure.message, Some(reason)));
+                s.error = Some(task_error(
+                    "task-error",
+                    &failure.message,
+                    Some(reason.as_str()),
+                ));
                 p.statuses.push(s.clone());
                 p.finishing.push(Finishing {
                     receipt,
                     spec: Some(spec),
                     status: Some(s),
                     fin: Final::Dead(NewDeadLetter {
-                        reason: reason.into(),
+                        reason,
                         error: Some(failure.message.clone()),
                         wire: Some(wire),
                         raw: None,
@@ -334,7 +338,7 @@ async fn write_one_by_one(shared: &Shared, p: Plan) -> Plan {
         spec: None,
         status: None,
         fin: Final::Dead(NewDeadLetter {
-            reason: "result-unwritable".into(),
+            reason: DeadLetterReason::ResultUnwritable,
             error: refused.get(id).cloned(),
             wire,
             raw: None,

@@ -16,13 +16,15 @@ use ::redis::streams::StreamId;
 use ::redis::Value;
 use bytes::Bytes;
 
+#[cfg(test)]
+use crate::broker::DeadLetterReason;
 use crate::broker::{DeadLetter, NewDeadLetter};
 use crate::envelope::{now_ms, WireEnvelope};
 
 /// The fields of the record for `letter`.
 pub(super) fn fields(letter: &NewDeadLetter) -> Vec<(&'static str, Vec<u8>)> {
     let mut f = vec![
-        ("reason", letter.reason.clone().into_bytes()),
+        ("reason", letter.reason.as_str().as_bytes().to_vec()),
         ("dead_at", now_ms().to_string().into_bytes()),
     ];
     if let Some(e) = &letter.error {
@@ -106,7 +108,7 @@ mod tests {
             attempt: 2,
         };
         let letter = NewDeadLetter {
-            reason: "max-retries-exhausted".into(),
+            reason: DeadLetterReason::MaxRetriesExhausted,
             error: Some("boom".into()),
             wire: Some(wire.clone()),
             raw: None,
@@ -121,9 +123,10 @@ mod tests {
     #[test]
     fn a_letter_of_garbage_keeps_its_raw_text() {
         let letter = NewDeadLetter {
-            reason: "malformed-envelope".into(),
+            reason: DeadLetterReason::MalformedEnvelope,
+            error: None,
+            wire: None,
             raw: Some(r#"{"foo":"bar"}"#.into()),
-            ..Default::default()
         };
         let back = decode("q", &record(fields(&letter)));
         assert_eq!(back.wire, None);
