@@ -138,9 +138,14 @@ pub fn start_exporters(
                 let (source, stop) = (source.clone(), stop.clone());
                 tokio::spawn(async move {
                     loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
-                            _ = stop.cancelled() => return,
+                        if stop
+                            .run_until_cancelled(tokio::time::sleep(
+                                std::time::Duration::from_secs(15),
+                            ))
+                            .await
+                            .is_none()
+                        {
+                            return;
                         }
                         tracing::info!(target: "stem::metrics", "\n{}", render(&source()));
                     }

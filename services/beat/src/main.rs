@@ -39,14 +39,6 @@ fn parse_duration(v: &str) -> Result<Duration, String> {
     }
 }
 
-/// Sleeps `d`; false if `token` was cancelled first.
-async fn sleep_or_cancel(d: Duration, token: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        _ = token.cancelled() => false,
-    }
-}
-
 /// Seeds `path` into the store: a missing or unreadable file is logged and
 /// skipped; a store outage is retried with backoff until it works or the
 /// process is asked to stop.
@@ -80,7 +72,11 @@ async fn seed_from(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "seeding the schedule store failed; retrying");
-                if !sleep_or_cancel(delay, shutdown).await {
+                if shutdown
+                    .run_until_cancelled(tokio::time::sleep(delay))
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));

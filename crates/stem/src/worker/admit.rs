@@ -25,7 +25,8 @@ use crate::envelope::{TaskError, TaskSpec, TaskState, TaskStatus};
 use crate::task::TaskHandler;
 
 use super::complete::{self, Final};
-use super::{bump, execute, Held, Shared};
+use super::metrics::count_one;
+use super::{execute, Held, Shared};
 
 /// Dead-letter replays a task may go through beyond its retry budget. The
 /// attempt is delivery state, not signed: a stream writer could set it to
@@ -103,7 +104,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
             d.wire.signature.as_deref(),
             &d.wire.body,
         ) {
-            bump(&shared.metrics.signature_invalid);
+            count_one(&shared.metrics.signature_invalid);
             tracing::warn!(
                 queue = %d.receipt.queue, entry = %d.receipt.entry_id,
                 key_id = d.wire.key_id.as_deref().unwrap_or("-"),
@@ -178,7 +179,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         )));
     }
     let Some(handler) = handler else {
-        bump(&shared.metrics.failed);
+        count_one(&shared.metrics.failed);
         tracing::warn!(task = %spec.name, task_id = %spec.id, "unregistered task dead-lettered");
         let msg = format!("no task named {:?} is registered on this worker", spec.name);
         let status = failed_status(&spec, d.wire.attempt, "unregistered-task", msg.clone());
@@ -261,7 +262,7 @@ pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
 /// A task whose runs keep killing their worker (abort, OOM, a wedged
 /// process) is not handed out again: it fails as `delivery-limit`.
 fn delivery_limit(shared: &Shared, d: Delivery, spec: Arc<TaskSpec>) -> Reject {
-    bump(&shared.metrics.failed);
+    count_one(&shared.metrics.failed);
     let msg = format!(
         "delivered {} times without finishing (STEM_MAX_DELIVERIES = {}): its runs may be killing their workers",
         d.deliveries, shared.opts.max_deliveries
@@ -384,7 +385,7 @@ async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
             fin: Final::Dead(r.letter),
             wire: None,
         });
-        bump(&shared.metrics.dead_lettered);
+        count_one(&shared.metrics.dead_lettered);
     }
     shared.release(&unrecorded);
     complete::follow_up_and_finalize(shared, items).await;

@@ -32,7 +32,8 @@ use crate::client::{submit_once, IDEMPOTENCY_WINDOW};
 use crate::envelope::{now_ms, TaskError, TaskSpec, TaskState, TaskStatus, WireEnvelope};
 use crate::error::Result;
 
-use super::{backoff, bump, Outcome, Shared};
+use super::metrics::count_one;
+use super::{backoff, Outcome, Shared};
 
 /// Most outcomes settled in one call.
 pub(super) const MAX_BATCH: usize = 512;
@@ -146,7 +147,7 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
         let attempt = wire.attempt;
         match result {
             Ok(value) => {
-                bump(&shared.metrics.succeeded);
+                count_one(&shared.metrics.succeeded);
                 tracing::debug!(task = %spec.name, task_id = %spec.id, "task succeeded");
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Succeeded, attempt);
                 s.result = value;
@@ -165,7 +166,7 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                 }
             }
             Err(failure) if failure.retryable && attempt < budget => {
-                bump(&shared.metrics.retried);
+                count_one(&shared.metrics.retried);
                 let delay = backoff::retry_delay(attempt);
                 tracing::info!(
                     task = %spec.name, task_id = %spec.id, attempt, retry_in_ms = delay.as_millis() as u64,
@@ -185,8 +186,8 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                 });
             }
             Err(failure) => {
-                bump(&shared.metrics.failed);
-                bump(&shared.metrics.dead_lettered);
+                count_one(&shared.metrics.failed);
+                count_one(&shared.metrics.dead_lettered);
                 let reason = if failure.retryable {
                     DeadLetterReason::MaxRetriesExhausted
                 } else {

@@ -77,9 +77,12 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
                 failures += 1;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = stop.cancelled() => break,
+        if stop
+            .run_until_cancelled(tokio::time::sleep(period))
+            .await
+            .is_none()
+        {
+            break;
         }
     }
     if let Err(e) = shared.control.forget(&shared.opts.name).await {
@@ -109,10 +112,14 @@ pub(super) async fn command_loop(shared: Arc<Shared>, stop: CancellationToken) {
                     tracing::warn!(error = %e, "control channel unavailable; retrying");
                 }
                 failures += 1;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff::outage_delay(failures)) => continue,
-                    _ = stop.cancelled() => return,
+                if stop
+                    .run_until_cancelled(tokio::time::sleep(backoff::outage_delay(failures)))
+                    .await
+                    .is_none()
+                {
+                    return;
                 }
+                continue;
             }
         };
         loop {

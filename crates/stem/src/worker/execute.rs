@@ -24,7 +24,8 @@ use crate::canvas::{CHAIN_PREV_HEADER, CHORD_HEADER};
 use crate::envelope::{now_ms, TaskSpec, TaskState, TaskStatus};
 use crate::task::{TaskContext, TaskFailure, TaskHandler};
 
-use super::{bump, Outcome, Shared};
+use super::metrics::count_one;
+use super::{Outcome, Shared};
 
 /// How long a body runs before its `running` status is written (by
 /// [`mark_running`], in one batch per tick).
@@ -182,7 +183,7 @@ async fn run(
         });
     }
     shared.started.notify_one();
-    bump(&shared.metrics.started);
+    count_one(&shared.metrics.started);
     tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
 
     let chain_previous = match spec.headers.get(CHAIN_PREV_HEADER) {

@@ -28,9 +28,11 @@ mod backoff;
 mod complete;
 mod control;
 mod execute;
+mod metrics;
+mod upkeep;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +40,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::{retry_cap, retry_delay};
+pub use metrics::WorkerMetrics;
 
 use crate::atomic::AtomicStore;
 use crate::backend::ResultBackend;
@@ -105,96 +108,6 @@ impl From<&WorkerSettings> for WorkerOptions {
             promote_interval: Duration::from_millis(200),
             heartbeat_interval: s.heartbeat_interval,
         }
-    }
-}
-
-/// Counters a worker keeps (exported as `stem_tasks_*_total`).
-#[derive(Debug, Default)]
-pub struct WorkerMetrics {
-    pub started: AtomicU64,
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-    pub retried: AtomicU64,
-    pub signature_invalid: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    /// Entries held (fetched, not settled) right now.
-    pub inflight: AtomicU64,
-    /// Queues set aside because their keys are broken, right now.
-    pub quarantined: AtomicU64,
-}
-
-impl WorkerMetrics {
-    /// The worker's series, named as the reference's Grafana dashboards
-    /// query them (`stem_tasks_*_total`, `stem_worker_*`), labelled with
-    /// worker and namespace.
-    pub fn families(
-        &self,
-        worker: &str,
-        namespace: &str,
-        concurrency: usize,
-    ) -> Vec<crate::telemetry::Family> {
-        let labels = || {
-            vec![
-                ("worker", worker.to_string()),
-                ("namespace", namespace.to_string()),
-            ]
-        };
-        let counter = |name, help, c: &AtomicU64| crate::telemetry::Family {
-            name,
-            help,
-            kind: "counter",
-            samples: vec![(labels(), c.load(Ordering::Relaxed) as f64)],
-        };
-        vec![
-            counter(
-                "stem_tasks_started_total",
-                "Task executions started.",
-                &self.started,
-            ),
-            counter(
-                "stem_tasks_succeeded_total",
-                "Task executions that succeeded.",
-                &self.succeeded,
-            ),
-            counter(
-                "stem_tasks_failed_total",
-                "Tasks that failed for good.",
-                &self.failed,
-            ),
-            counter(
-                "stem_tasks_retried_total",
-                "Failed attempts scheduled for a retry.",
-                &self.retried,
-            ),
-            counter(
-                "stem_tasks_signature_invalid_total",
-                "Envelopes rejected by signature verification.",
-                &self.signature_invalid,
-            ),
-            counter(
-                "stem_tasks_dead_lettered_total",
-                "Entries moved to a dead-letter queue.",
-                &self.dead_lettered,
-            ),
-            crate::telemetry::Family {
-                name: "stem_worker_concurrency",
-                help: "Tasks the worker runs at once.",
-                kind: "gauge",
-                samples: vec![(labels(), concurrency as f64)],
-            },
-            crate::telemetry::Family {
-                name: "stem_worker_queues_quarantined",
-                help: "Queues set aside because a key of theirs is not what the broker wrote.",
-                kind: "gauge",
-                samples: vec![(labels(), self.quarantined.load(Ordering::Relaxed) as f64)],
-            },
-            crate::telemetry::Family {
-                name: "stem_worker_inflight",
-                help: "Entries the worker holds (running or prefetched).",
-                kind: "gauge",
-                samples: vec![(labels(), self.inflight.load(Ordering::Relaxed) as f64)],
-            },
-        ]
     }
 }
 
@@ -432,12 +345,12 @@ impl Worker {
         let background = CancellationToken::new();
         let completer = tokio::spawn(complete::run(shared.clone(), rx, background.clone()));
         let mut loops = vec![
-            tokio::spawn(renew_loop(shared.clone(), background.clone())),
-            tokio::spawn(promote_loop(shared.clone(), background.clone())),
-            tokio::spawn(recover_loop(shared.clone(), background.clone())),
+            tokio::spawn(upkeep::renew_loop(shared.clone(), background.clone())),
+            tokio::spawn(upkeep::promote_loop(shared.clone(), background.clone())),
+            tokio::spawn(upkeep::recover_loop(shared.clone(), background.clone())),
             tokio::spawn(execute::dispatch(shared.clone())),
             tokio::spawn(execute::mark_running(shared.clone(), background.clone())),
-            tokio::spawn(revocation_loop(shared.clone(), background.clone())),
+            tokio::spawn(upkeep::revocation_loop(shared.clone(), background.clone())),
             tokio::spawn(control::heartbeat_loop(shared.clone(), background.clone())),
             tokio::spawn(control::command_loop(shared.clone(), background.clone())),
         ];
@@ -504,9 +417,12 @@ async fn register_with_retry(shared: &Arc<Shared>, shutdown: &CancellationToken)
                     tracing::error!(error = %e, "broker unavailable; retrying with backoff");
                 }
                 failures += 1;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff::outage_delay(failures)) => {}
-                    _ = shutdown.cancelled() => return,
+                if shutdown
+                    .run_until_cancelled(tokio::time::sleep(backoff::outage_delay(failures)))
+                    .await
+                    .is_none()
+                {
+                    return;
                 }
             }
         }
@@ -533,9 +449,12 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
         if queues.is_empty() {
             drop(gate);
             // Every queue is paused: wait, then look again.
-            tokio::select! {
-                _ = tokio::time::sleep(shared.opts.fetch_block) => {}
-                _ = shutdown.cancelled() => break,
+            if shutdown
+                .run_until_cancelled(tokio::time::sleep(shared.opts.fetch_block))
+                .await
+                .is_none()
+            {
+                break;
             }
             continue;
         }
@@ -574,108 +493,14 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                     tracing::error!(worker = %consumer, error = %e, "fetch failed: broker unavailable; retrying with backoff");
                 }
                 failures += 1;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff::outage_delay(failures)) => {}
-                    _ = shutdown.cancelled() => break,
+                if shutdown
+                    .run_until_cancelled(tokio::time::sleep(backoff::outage_delay(failures)))
+                    .await
+                    .is_none()
+                {
+                    break;
                 }
             }
         }
     }
-}
-
-async fn renew_loop(shared: Arc<Shared>, stop: CancellationToken) {
-    let period = (shared.opts.visibility_timeout / 3).max(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = stop.cancelled() => return,
-        }
-        let receipts = shared.held_receipts();
-        if receipts.is_empty() {
-            continue;
-        }
-        if let Err(e) = shared.broker.renew(&shared.opts.name, &receipts).await {
-            tracing::warn!(error = %e, held = receipts.len(), "lease renewal failed");
-        }
-    }
-}
-
-async fn promote_loop(shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(shared.opts.promote_interval) => {}
-            _ = stop.cancelled() => return,
-        }
-        match shared
-            .broker
-            .promote_due(&shared.opts.queues, crate::envelope::now_ms())
-            .await
-        {
-            Ok(n) if n > 0 => tracing::debug!(promoted = n, "delayed tasks promoted"),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "promotion failed"),
-        }
-    }
-}
-
-async fn recover_loop(shared: Arc<Shared>, stop: CancellationToken) {
-    let vt = shared.opts.visibility_timeout;
-    let period = (vt / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = stop.cancelled() => return,
-        }
-        if shared.stopping.is_cancelled() {
-            continue;
-        }
-        let free = shared.room_to_fetch();
-        if free == 0 {
-            continue;
-        }
-        match shared
-            .broker
-            .recover(&shared.opts.name, &shared.opts.queues, vt, free)
-            .await
-        {
-            Ok(batch) if !batch.is_empty() => {
-                tracing::info!(worker = %shared.opts.name, recovered = batch.len(), "recovered tasks whose worker stopped renewing its lease");
-                admit::admit(&shared, batch).await;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "recovery failed"),
-        }
-    }
-}
-
-/// Every second, looks up the statuses of running tasks and cancels those
-/// that were revoked (status `cancelled`).
-async fn revocation_loop(shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.cancelled() => return,
-        }
-        let running = shared.running();
-        if running.is_empty() {
-            continue;
-        }
-        let ids: Vec<String> = running.iter().map(|r| r.spec.id.clone()).collect();
-        let Ok(statuses) = shared.backend.get_statuses(&ids).await else {
-            continue;
-        };
-        for (r, status) in running.iter().zip(statuses) {
-            if status.is_some_and(|s| s.state == crate::envelope::TaskState::Cancelled)
-                && !r.cancel.is_cancelled()
-            {
-                tracing::info!(task_id = %r.spec.id, "task revoked while running: cancelling");
-                r.cancel.cancel();
-            }
-        }
-    }
-}
-
-/// Names the counter increments as `stem_tasks_*` (for logs and tests).
-pub fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
