@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
 use stem::config::StemConfig;
 use stem::signing::generate_hmac_secret;
-use stem::worker::{Worker, WorkerOptions};
+use stem::worker::{Worker, WorkerConfig};
 use stem_testkit::{RedisServer, ServiceProcess};
 use tokio_util::sync::CancellationToken;
 
@@ -145,8 +145,8 @@ async fn wait_drained(stem: &Stem, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn worker_options(name: &str, concurrency: usize, prefetch: usize) -> WorkerOptions {
-    let mut o = WorkerOptions::new(name, &[QUEUE]);
+fn worker_options(name: &str, concurrency: usize, prefetch: usize) -> WorkerConfig {
+    let mut o = WorkerConfig::new(name, &[QUEUE]);
     o.concurrency = concurrency;
     o.prefetch_multiplier = prefetch;
     o

@@ -12,7 +12,7 @@ use stem::config::{StemConfig, StoreUrl};
 use stem::runtime::{config_or_exit, shutdown_token};
 use stem::schedule::{seed, Beat, BeatOptions, ScheduleStores};
 use stem::signing::{generate_hmac_secret, KeyRing};
-use stem::worker::{Worker, WorkerOptions};
+use stem::worker::{Worker, WorkerConfig};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -110,7 +110,7 @@ pub async fn run(args: DevArgs) -> i32 {
 
     let mut workers = Vec::new();
     for queue in stem::demo::QUEUES {
-        let mut opts = WorkerOptions::new(format!("dev-{queue}-{}", std::process::id()), &[queue]);
+        let mut opts = WorkerConfig::new(format!("dev-{queue}-{}", std::process::id()), &[queue]);
         opts.concurrency = args.concurrency;
         let worker = Worker::new(opts, &stem, verifier.clone());
         workers.push(tokio::spawn(worker.run(shutdown.clone())));

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use stem::client::Stem;
 use stem::config::StemConfig;
 use stem::task::{Task, TaskContext, TaskOptions, TaskResult};
-use stem::worker::{Worker, WorkerOptions};
+use stem::worker::{Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Serialize, Deserialize)]
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let worker = Worker::new(
-        WorkerOptions::new("example", &["billing"]),
+        WorkerConfig::new("example", &["billing"]),
         &stem,
         config.keys.verifier(),
     );

@@ -137,22 +137,40 @@ pub struct StemConfig {
     pub schedule_file: Option<std::path::PathBuf>,
 }
 
-/// Worker-only settings (`STEM_WORKER_*` and friends).
+/// A worker's configuration: from `STEM_WORKER_*` and friends
+/// ([`WorkerConfig::from_env`]) for the worker service, or built in code
+/// ([`WorkerConfig::new`]) by an embedder, a test or `stem dev`.
 #[derive(Clone, Debug)]
-pub struct WorkerSettings {
+pub struct WorkerConfig {
+    /// The consumer name in Redis and the control plane
+    /// (`STEM_WORKER_NAME`, default `worker-<host>-<pid>`).
     pub name: String,
+    /// Queues consumed (`STEM_WORKER_QUEUES`).
     pub queues: Vec<String>,
+    /// Metrics label (`STEM_WORKER_NAMESPACE`).
     pub namespace: String,
+    /// Task bodies run at once (`STEM_WORKER_CONCURRENCY`).
     pub concurrency: usize,
+    /// Entries fetched ahead per slot (`STEM_PREFETCH_MULTIPLIER`).
     pub prefetch_multiplier: usize,
+    /// How long a held entry stays leased without a renewal
+    /// (`STEM_VISIBILITY_TIMEOUT`, at least 1 s).
     pub visibility_timeout: Duration,
     /// Deliveries of one entry (first read plus recoveries after its worker
     /// died) before it is dead-lettered as `delivery-limit`
     /// (`STEM_MAX_DELIVERIES`).
     pub max_deliveries: u32,
+    /// Period of heartbeats to the control plane (`STEM_HEARTBEAT_INTERVAL`).
     pub heartbeat_interval: Duration,
+    /// How long running bodies may finish after SIGTERM
+    /// (`STEM_SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
-    /// Port of the worker's `/healthz` and `/readyz` (`STEM_WORKER_HEALTH_PORT`).
+    /// How long one fetch waits for work.
+    pub fetch_block: Duration,
+    /// Period of the delayed-task promoter.
+    pub promote_interval: Duration,
+    /// Port of the worker service's `/healthz` and `/readyz`
+    /// (`STEM_WORKER_HEALTH_PORT`); the runtime itself ignores it.
     pub health_port: Option<u16>,
 }
 
@@ -387,7 +405,25 @@ impl StemConfig {
     }
 }
 
-impl WorkerSettings {
+impl WorkerConfig {
+    /// Defaults, for `queues`.
+    pub fn new(name: impl Into<String>, queues: &[&str]) -> Self {
+        WorkerConfig {
+            name: name.into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            namespace: "stem".into(),
+            concurrency: 4,
+            prefetch_multiplier: 2,
+            visibility_timeout: Duration::from_secs(30),
+            max_deliveries: 10,
+            heartbeat_interval: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            fetch_block: Duration::from_secs(1),
+            promote_interval: Duration::from_millis(200),
+            health_port: None,
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(&process_env)
@@ -416,7 +452,9 @@ impl WorkerSettings {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        Ok(WorkerSettings {
+        Ok(WorkerConfig {
+            fetch_block: Duration::from_secs(1),
+            promote_interval: Duration::from_millis(200),
             name,
             queues,
             namespace: non_empty(env, "STEM_WORKER_NAMESPACE").unwrap_or_else(|| "stem".into()),
@@ -538,7 +576,7 @@ mod tests {
         let err = StemConfig::from_lookup(&lookup(&[("STEM_TLS_CA_CERT", "/nonexistent.pem")]))
             .expect_err("bad ca");
         assert!(err.to_string().starts_with("STEM_TLS_CA_CERT"), "{err}");
-        let err = WorkerSettings::from_lookup(&lookup(&[("STEM_WORKER_CONCURRENCY", "0")]))
+        let err = WorkerConfig::from_lookup(&lookup(&[("STEM_WORKER_CONCURRENCY", "0")]))
             .expect_err("bad concurrency");
         assert!(
             err.to_string().starts_with("STEM_WORKER_CONCURRENCY"),
@@ -568,22 +606,22 @@ mod tests {
             StoreUrl::parse("STEM_BROKER_URL", "rediss://h:1/0#insecure").expect_err("#insecure");
         assert!(err.to_string().contains("STEM_TLS_ALLOW_INSECURE"), "{err}");
         for vt in ["0", "999ms"] {
-            let err = WorkerSettings::from_lookup(&lookup(&[("STEM_VISIBILITY_TIMEOUT", vt)]))
+            let err = WorkerConfig::from_lookup(&lookup(&[("STEM_VISIBILITY_TIMEOUT", vt)]))
                 .expect_err("too short");
             assert!(
                 err.to_string().starts_with("STEM_VISIBILITY_TIMEOUT"),
                 "{err}"
             );
         }
-        let ok = WorkerSettings::from_lookup(&lookup(&[("STEM_VISIBILITY_TIMEOUT", "1s")]))
+        let ok = WorkerConfig::from_lookup(&lookup(&[("STEM_VISIBILITY_TIMEOUT", "1s")]))
             .expect("1 s is the minimum");
         assert_eq!(ok.visibility_timeout, Duration::from_secs(1));
     }
 
     #[test]
     fn worker_queues_are_deduplicated() {
-        let w = WorkerSettings::from_lookup(&lookup(&[("STEM_WORKER_QUEUES", "a, b,a")]))
-            .expect("valid");
+        let w =
+            WorkerConfig::from_lookup(&lookup(&[("STEM_WORKER_QUEUES", "a, b,a")])).expect("valid");
         assert_eq!(w.queues, vec!["a".to_string(), "b".to_string()]);
     }
 }

@@ -17,7 +17,7 @@ use stem::client::{EnqueueOptions, EnqueueRequest, Stem, Stores};
 use stem::envelope::{TaskState, TaskStatus};
 use stem::signing::{generate_hmac_secret, KeyRing, Signer, Verifier};
 use stem::task::{Task, TaskContext, TaskFailure, TaskOptions, TaskRegistry, TaskResult};
-use stem::worker::{Worker, WorkerOptions};
+use stem::worker::{Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 const QUEUE: &str = "rt";
@@ -213,11 +213,11 @@ fn rig_with(
     a: Adapters,
     signer: Option<Signer>,
     verifier: Option<Verifier>,
-    tune: impl FnOnce(&mut WorkerOptions),
+    tune: impl FnOnce(&mut WorkerConfig),
 ) -> Rig {
     let counter = Arc::new(AtomicU32::new(0));
     let stem = Stem::new(a.stores(), signer, registry(counter.clone()));
-    let mut o = WorkerOptions::new("rt-worker", &[QUEUE]);
+    let mut o = WorkerConfig::new("rt-worker", &[QUEUE]);
     o.fetch_block = Duration::from_millis(200);
     o.promote_interval = Duration::from_millis(50);
     tune(&mut o);
@@ -798,7 +798,7 @@ async fn blocking_bodies_off_the_executor_keep_their_leases(a: Adapters) -> anyh
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let mut o = WorkerOptions::new("rt-thief", &[QUEUE]);
+            let mut o = WorkerConfig::new("rt-thief", &[QUEUE]);
             o.visibility_timeout = vt;
             o.fetch_block = Duration::from_millis(200);
             rt.block_on(Worker::new(o, &thief_stem, None).run(stop))?;

@@ -6,9 +6,9 @@ mod health;
 
 use clap::Parser;
 use stem::client::Stem;
-use stem::config::{FlagsOverEnv, StemConfig, WorkerSettings};
+use stem::config::{FlagsOverEnv, StemConfig};
 use stem::runtime::{config_or_exit, shutdown_token};
-use stem::worker::{Worker, WorkerOptions};
+use stem::worker::{Worker, WorkerConfig};
 
 /// Stem worker.
 #[derive(Parser, Debug)]
@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         .flag("STEM_WORKER_CONCURRENCY", args.concurrency)
         .flag("STEM_WORKER_NAME", args.name);
     let config = config_or_exit(StemConfig::from_lookup(&env));
-    let settings = config_or_exit(WorkerSettings::from_lookup(&env));
+    let settings = config_or_exit(WorkerConfig::from_lookup(&env));
     let stem =
         config_or_exit(Stem::connect_consumer(&config)).with_registry(stem::demo::registry());
     tracing::info!(broker = %config.broker_url.redacted(), "Worker \"{}\" listening on queues {:?}", settings.name, settings.queues);
@@ -47,11 +47,7 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let worker = Worker::new(
-        WorkerOptions::from(&settings),
-        &stem,
-        config.keys.verifier(),
-    );
+    let worker = Worker::new(settings.clone(), &stem, config.keys.verifier());
     let metrics = worker.metrics();
     let (name, namespace, concurrency) = (
         settings.name.clone(),

@@ -39,6 +39,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::WorkerConfig;
 pub use backoff::{retry_cap, retry_delay};
 pub use metrics::WorkerMetrics;
 
@@ -46,70 +47,11 @@ use crate::atomic::AtomicStore;
 use crate::backend::ResultBackend;
 use crate::broker::{Broker, Receipt};
 use crate::client::Stem;
-use crate::config::WorkerSettings;
 use crate::control::ControlPlane;
 use crate::envelope::{TaskSpec, WireEnvelope};
 use crate::error::Result;
 use crate::signing::Verifier;
 use crate::task::TaskRegistry;
-
-/// Worker settings.
-#[derive(Clone, Debug)]
-pub struct WorkerOptions {
-    pub name: String,
-    pub queues: Vec<String>,
-    pub namespace: String,
-    pub concurrency: usize,
-    pub prefetch_multiplier: usize,
-    pub visibility_timeout: Duration,
-    /// Deliveries of one entry before it is dead-lettered as
-    /// `delivery-limit` (a task that kills its worker).
-    pub max_deliveries: u32,
-    pub shutdown_grace: Duration,
-    /// How long one fetch waits for work.
-    pub fetch_block: Duration,
-    /// Period of the delayed-task promoter.
-    pub promote_interval: Duration,
-    /// Period of heartbeats to the control plane.
-    pub heartbeat_interval: Duration,
-}
-
-impl WorkerOptions {
-    /// Defaults for `queues`.
-    pub fn new(name: impl Into<String>, queues: &[&str]) -> Self {
-        WorkerOptions {
-            name: name.into(),
-            queues: queues.iter().map(|q| q.to_string()).collect(),
-            namespace: "stem".into(),
-            concurrency: 4,
-            prefetch_multiplier: 2,
-            visibility_timeout: Duration::from_secs(30),
-            max_deliveries: 10,
-            shutdown_grace: Duration::from_secs(30),
-            fetch_block: Duration::from_secs(1),
-            promote_interval: Duration::from_millis(200),
-            heartbeat_interval: Duration::from_secs(10),
-        }
-    }
-}
-
-impl From<&WorkerSettings> for WorkerOptions {
-    fn from(s: &WorkerSettings) -> Self {
-        WorkerOptions {
-            name: s.name.clone(),
-            queues: s.queues.clone(),
-            namespace: s.namespace.clone(),
-            concurrency: s.concurrency,
-            prefetch_multiplier: s.prefetch_multiplier,
-            visibility_timeout: s.visibility_timeout,
-            max_deliveries: s.max_deliveries,
-            shutdown_grace: s.shutdown_grace,
-            fetch_block: Duration::from_secs(1),
-            promote_interval: Duration::from_millis(200),
-            heartbeat_interval: s.heartbeat_interval,
-        }
-    }
-}
 
 /// An entry the worker holds (fetched, not yet settled).
 struct Held {
@@ -148,7 +90,7 @@ pub(crate) enum Outcome {
 }
 
 pub(crate) struct Shared {
-    opts: WorkerOptions,
+    opts: WorkerConfig,
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
     /// Result + ack in one transaction, when broker and backend share a
@@ -271,7 +213,7 @@ const QUARANTINE: Duration = Duration::from_secs(30);
 
 /// A worker process's runtime.
 pub struct Worker {
-    opts: WorkerOptions,
+    opts: WorkerConfig,
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
     atomic: Option<Arc<dyn AtomicStore>>,
@@ -284,7 +226,7 @@ pub struct Worker {
 impl Worker {
     /// A worker on `stem`'s stores and registry. With `verifier`, every
     /// envelope must carry a valid signature.
-    pub fn new(opts: WorkerOptions, stem: &Stem, verifier: Option<Verifier>) -> Self {
+    pub fn new(opts: WorkerConfig, stem: &Stem, verifier: Option<Verifier>) -> Self {
         Worker {
             opts,
             broker: stem.broker(),
