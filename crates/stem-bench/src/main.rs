@@ -87,7 +87,7 @@ enum Scenario {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.scenario, Scenario::Worker { .. }) {
-        stem::telemetry::init_logging(stem::config::LogFormat::Text, "info");
+        stem_service::logging::init_logging(stem::config::LogFormat::Text, "info");
     }
     let opts = scenarios::Opts {
         tasks: cli.tasks,

@@ -640,7 +640,7 @@ pub async fn worker_process(
     name: &str,
     keys: &str,
 ) -> anyhow::Result<()> {
-    stem::telemetry::init_logging(stem::config::LogFormat::Text, "info");
+    stem_service::logging::init_logging(stem::config::LogFormat::Text, "info");
     let cfg = config(url, keys)?;
     let stem = Stem::connect_consumer(&cfg)?.with_registry(registry());
     let w = Worker::new(
@@ -648,6 +648,6 @@ pub async fn worker_process(
         &stem,
         cfg.keys.verifier(),
     );
-    w.run(stem::runtime::shutdown_token()).await?;
+    w.run(stem_service::shutdown_token()).await?;
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use stem::client::Stem;
 use stem::config::{StemConfig, StoreUrl};
-use stem::runtime::config_or_exit;
 use stem::schedule::ScheduleStores;
+use stem_service::config_or_exit;
 
 use crate::fail::{fail, Exit};
 
@@ -80,7 +80,7 @@ impl Ctx {
     pub fn consumer(&self) -> anyhow::Result<Stem> {
         let stem = Stem::connect_consumer(&self.config)
             .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))?;
-        Ok(stem.with_registry(stem::demo::registry()))
+        Ok(stem.with_registry(stem_demo::registry()))
     }
 
     /// A client for worker commands: it signs them with
@@ -89,7 +89,7 @@ impl Ctx {
     /// usable key it sends them unsigned (read-only commands still work).
     pub fn operator(&self) -> anyhow::Result<Stem> {
         match Stem::connect(&self.config) {
-            Ok(stem) => Ok(stem.with_registry(stem::demo::registry())),
+            Ok(stem) => Ok(stem.with_registry(stem_demo::registry())),
             Err(_) => self.consumer(),
         }
     }
@@ -98,7 +98,7 @@ impl Ctx {
     pub fn producer(&self) -> anyhow::Result<Stem> {
         let stem = Stem::connect(&self.config)
             .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))?;
-        Ok(stem.with_registry(stem::demo::registry()))
+        Ok(stem.with_registry(stem_demo::registry()))
     }
 
     /// The schedule store on `STEM_SCHEDULE_STORE_URL`.

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 use stem::client::Stem;
-use stem::config::{StemConfig, StoreUrl};
-use stem::runtime::{config_or_exit, shutdown_token};
-use stem::schedule::{seed, Beat, BeatOptions, ScheduleStores};
+use stem::config::{FlagsOverEnv, StemConfig, StoreUrl};
+use stem::schedule::{BeatOptions, ScheduleStores};
 use stem::signing::{generate_hmac_secret, KeyRing};
-use stem::worker::{Worker, WorkerConfig};
+use stem::worker::WorkerConfig;
+use stem_service::{config_or_exit, shutdown_token};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -62,64 +62,49 @@ fn dev_schedule_file(config: &StemConfig) -> Option<PathBuf> {
     })
 }
 
-/// Seeds the schedule store (when there is a file) and starts a beat;
-/// returns its task and a line for the banner.
-async fn start_beat(
-    config: &StemConfig,
-    stem: &Stem,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> (tokio::task::JoinHandle<()>, String) {
-    let stores = config_or_exit(ScheduleStores::connect(config));
-    let banner = match dev_schedule_file(config) {
-        None => "no schedule file (set STEM_SCHEDULE_FILE)".to_string(),
-        Some(path) => match seed::load_file(&path) {
-            Err(e) => {
-                tracing::error!("{e}; beat runs without seeding");
-                format!("{} could not be read", path.display())
+pub async fn run(args: DevArgs) -> i32 {
+    stem_service::logging::init_logging(stem_service::logging::log_format_from_env(), "info");
+    let config = config_or_exit(dev_config());
+    let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
+    let shutdown = shutdown_token();
+    // One process, one port: the composed services export no metrics of
+    // their own (each would bind the same exporter port).
+    let mut config = config;
+    config.metric_exporters.clear();
+
+    // The same services the stack runs, composed in one process: a worker
+    // per demo queue, a beat, the enqueue API.
+    let mut workers = Vec::new();
+    for queue in stem_demo::QUEUES {
+        let mut worker = WorkerConfig::new(format!("dev-{queue}-{}", std::process::id()), &[queue]);
+        worker.concurrency = args.concurrency;
+        let (config, stem, stop) = (config.clone(), stem.clone(), shutdown.clone());
+        workers.push(tokio::spawn(async move {
+            if let Err(e) = worker::run(&config, worker, &stem, stop).await {
+                tracing::error!(error = %e, "worker stopped");
             }
-            Ok(file) => match seed::apply_now(stores.schedules.as_ref(), &file.entries).await {
-                Ok(done) => format!("{} schedule(s) from {}", done.len(), path.display()),
-                Err(e) => {
-                    tracing::error!(error = %e, "seeding the schedule store failed");
-                    format!("seeding {} failed", path.display())
-                }
-            },
-        },
+        }));
+    }
+    let mut beat_config = config.clone();
+    beat_config.schedule_file = dev_schedule_file(&config);
+    let beat_banner = match &beat_config.schedule_file {
+        Some(path) => format!("seeded from {}", path.display()),
+        None => "no schedule file (set STEM_SCHEDULE_FILE)".to_string(),
     };
-    let beat = Beat::new(
-        stem.clone(),
-        stores.schedules,
-        stores.locks,
-        BeatOptions::default(),
-    );
-    let token = shutdown.clone();
-    let handle = tokio::spawn(async move {
-        if let Err(e) = beat.run(token).await {
-            tracing::error!(error = %e, "beat stopped");
+    let stores = config_or_exit(ScheduleStores::connect(&beat_config));
+    let beat = tokio::spawn({
+        let (stem, stop) = (stem.clone(), shutdown.clone());
+        async move {
+            if let Err(e) =
+                beat::run(&beat_config, stem, stores, BeatOptions::default(), stop).await
+            {
+                tracing::error!(error = %e, "beat stopped");
+            }
         }
     });
-    (handle, banner)
-}
 
-pub async fn run(args: DevArgs) -> i32 {
-    stem::telemetry::init_logging(stem::telemetry::log_format_from_env(), "info");
-    let config = config_or_exit(dev_config());
-    let stem = config_or_exit(Stem::connect(&config)).with_registry(stem::demo::registry());
-    let shutdown = shutdown_token();
-    let verifier = config.keys.verifier();
-
-    let mut workers = Vec::new();
-    for queue in stem::demo::QUEUES {
-        let mut opts = WorkerConfig::new(format!("dev-{queue}-{}", std::process::id()), &[queue]);
-        opts.concurrency = args.concurrency;
-        let worker = Worker::new(opts, &stem, verifier.clone());
-        workers.push(tokio::spawn(worker.run(shutdown.clone())));
-    }
-
-    let (beat, beat_banner) = start_beat(&config, &stem, &shutdown).await;
-
-    let mut settings = config_or_exit(enqueuer::EnqueuerSettings::from_env());
-    settings.port = args.port;
+    let env = FlagsOverEnv::new().flag("PORT", Some(args.port));
+    let settings = config_or_exit(enqueuer::EnqueuerSettings::from_lookup(&env));
     println!("Stem dev stack on {}", config.broker_url.redacted());
     println!("  Enqueue API: http://127.0.0.1:{}/enqueue", args.port);
     println!(
@@ -127,7 +112,7 @@ pub async fn run(args: DevArgs) -> i32 {
         args.port
     );
     println!("  Health:      http://127.0.0.1:{}/healthz", args.port);
-    println!("  Workers:     {}", stem::demo::QUEUES.join(", "));
+    println!("  Workers:     {}", stem_demo::QUEUES.join(", "));
     println!("  Beat:        {beat_banner}");
     println!("Try: curl -X POST http://127.0.0.1:{}/enqueue -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}'", args.port);
     let served = enqueuer::serve(&settings, enqueuer::AppState { stem }, shutdown.clone()).await;
@@ -140,7 +125,7 @@ pub async fn run(args: DevArgs) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            stem::runtime::EXIT_SOFTWARE
+            stem_service::exit::EXIT_SOFTWARE
         }
     }
 }

@@ -2,10 +2,10 @@
 //! `anyhow::Result<i32>`; an error is printed as one `error: …` line on
 //! stderr and mapped to its code here.
 
-use stem::runtime::{
+use stem::StemError;
+use stem_service::exit::{
     EXIT_CONFIG, EXIT_DATAERR, EXIT_SOFTWARE, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, EXIT_USAGE,
 };
-use stem::StemError;
 
 /// The exit codes a command can end with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -77,7 +77,7 @@ fn runtime() -> tokio::runtime::Runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(stem::runtime::EXIT_SOFTWARE);
+            std::process::exit(stem_service::exit::EXIT_SOFTWARE);
         }
     }
 }
@@ -89,7 +89,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<i32>>,
 {
     // Library warnings only, unless RUST_LOG asks for more.
-    stem::telemetry::init_logging(stem::telemetry::log_format_from_env(), "warn");
+    stem_service::logging::init_logging(stem_service::logging::log_format_from_env(), "warn");
     let ctx = context::Ctx::load();
     match runtime().block_on(f(ctx)) {
         Ok(code) => code,
@@ -106,7 +106,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
-                stem::runtime::EXIT_USAGE
+                stem_service::exit::EXIT_USAGE
             } else {
                 0
             };
@@ -120,7 +120,7 @@ fn main() {
             Ok(rt) => rt.block_on(dev::run(args)),
             Err(e) => {
                 eprintln!("error: cannot start the runtime: {e}");
-                stem::runtime::EXIT_SOFTWARE
+                stem_service::exit::EXIT_SOFTWARE
             }
         },
         Command::Schedule(c) => operate(|ctx| async move { schedule::run(&ctx, c).await }),

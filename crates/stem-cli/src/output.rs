@@ -26,7 +26,7 @@ pub fn write_line(args: std::fmt::Arguments<'_>) {
             std::process::exit(0);
         }
         eprintln!("error: cannot write to stdout: {e}");
-        std::process::exit(stem::runtime::EXIT_SOFTWARE);
+        std::process::exit(stem_service::exit::EXIT_SOFTWARE);
     }
 }
 

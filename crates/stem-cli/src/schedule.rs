@@ -136,7 +136,7 @@ pub async fn run(ctx: &Ctx, cmd: ScheduleCommand) -> anyhow::Result<i32> {
         ScheduleCommand::Apply { file, format, .. } => {
             let entries = load(&file)?;
             for e in &entries {
-                if stem::demo::spec(&e.task).is_none() {
+                if stem_demo::spec(&e.task).is_none() {
                     eprintln!(
                         "note: schedule {:?}: task {:?} is not in the demo catalogue; beat publishes it with no retries",
                         e.id, e.task

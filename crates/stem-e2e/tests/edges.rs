@@ -110,6 +110,8 @@ async fn stem_dev_runs_the_stack_in_one_process() -> anyhow::Result<()> {
         &[("STEM_BROKER_URL", "memory://".to_string())],
     )?;
     dev.wait_for_log("Enqueue API listening", Duration::from_secs(20))?;
+    // The beat service runs inside too, and leads its private store.
+    dev.wait_for_log("became leader", Duration::from_secs(20))?;
     assert!(
         dev.logs().contains("Enqueue API: http://127.0.0.1:"),
         "prints its URLs"

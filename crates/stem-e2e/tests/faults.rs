@@ -62,7 +62,7 @@ fn library_producer(url: &str) -> anyhow::Result<stem::client::Stem> {
     let url = url.to_string();
     let config =
         StemConfig::from_lookup(&move |k: &str| (k == "STEM_BROKER_URL").then(|| url.clone()))?;
-    Ok(stem::client::Stem::connect(&config)?.with_registry(stem::demo::registry()))
+    Ok(stem::client::Stem::connect(&config)?.with_registry(stem_demo::registry()))
 }
 
 fn request(task: &str, args: Value) -> EnqueueRequest {

@@ -78,14 +78,23 @@ pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
 /// The source directories binary `name` is built from (the library and
 /// its own crate; `stem` also embeds the enqueuer for `stem dev`).
 fn binary_sources(name: &str) -> &'static [&'static str] {
+    const SHARED: [&str; 3] = [
+        "crates/stem/src",
+        "crates/stem-service/src",
+        "crates/stem-demo/src",
+    ];
     match name {
-        "enqueuer" => &["crates/stem/src", "services/enqueuer/src"],
-        "worker" => &["crates/stem/src", "services/worker/src"],
-        "beat" => &["crates/stem/src", "services/beat/src"],
+        "enqueuer" => &[SHARED[0], SHARED[1], SHARED[2], "services/enqueuer/src"],
+        "worker" => &[SHARED[0], SHARED[1], SHARED[2], "services/worker/src"],
+        "beat" => &[SHARED[0], SHARED[1], SHARED[2], "services/beat/src"],
         "stem" => &[
-            "crates/stem/src",
+            SHARED[0],
+            SHARED[1],
+            SHARED[2],
             "crates/stem-cli/src",
             "services/enqueuer/src",
+            "services/worker/src",
+            "services/beat/src",
         ],
         _ => &["crates/stem/src"],
     }

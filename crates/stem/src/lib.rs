@@ -18,11 +18,17 @@
 //! - [`control`]: worker heartbeats, commands to workers, queue pauses.
 //! - [`worker`]: the runtime that fetches, leases, runs, retries and
 //!   dead-letters.
-//! - [`demo`]: the demo task catalogue shared by every binary.
 //! - [`schedule`]: periodic tasks: specs (every/cron, time zones), the
 //!   schedule and lock stores (Redis, memory), the YAML seed file, and the
 //!   leader-leased [`Beat`](schedule::Beat) scheduler.
-//! - [`redis_conn`]: URL + TLS → connections. [`telemetry`]: logging.
+//! - [`keys`]: every Redis key. [`atomic`]: submit and settle in one step
+//!   when broker and backend share a Redis.
+//! - [`redis_conn`]: URL + TLS → connections. [`telemetry`]: metric
+//!   families and the exporters' configuration. [`error`]: [`StemError`].
+//!
+//! Process concerns (logging, exit codes, signals, HTTP endpoints) live in
+//! `crates/stem-service`, the demo catalogue in `crates/stem-demo`: the
+//! library never exits the process, installs a logger or opens a port.
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -57,12 +63,10 @@ pub mod canvas;
 pub mod client;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod envelope;
 pub mod error;
 pub mod keys;
 pub mod redis_conn;
-pub mod runtime;
 pub mod schedule;
 pub mod signing;
 pub mod task;

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 use stem::client::{EnqueueOptions, Stem};
-use stem::demo::CATALOGUE;
+use stem_demo::CATALOGUE;
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::AutofillSettings;

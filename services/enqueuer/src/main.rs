@@ -5,7 +5,7 @@ use clap::Parser;
 use enqueuer::{AppState, EnqueuerSettings};
 use stem::client::Stem;
 use stem::config::{FlagsOverEnv, StemConfig};
-use stem::runtime::{config_or_exit, shutdown_token};
+use stem_service::{config_or_exit, shutdown_token};
 
 /// Stem HTTP enqueue API.
 #[derive(Parser, Debug)]
@@ -22,13 +22,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    stem::telemetry::init_logging(stem::telemetry::log_format_from_env(), "info");
+    stem_service::logging::init_logging(stem_service::logging::log_format_from_env(), "info");
     let env = FlagsOverEnv::new()
         .flag("STEM_BROKER_URL", args.broker)
         .flag("PORT", args.port);
     let config = config_or_exit(StemConfig::from_lookup(&env));
     let settings = config_or_exit(EnqueuerSettings::from_lookup(&env));
-    let stem = config_or_exit(Stem::connect(&config)).with_registry(stem::demo::registry());
+    let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
     if stem.signer().is_none() {
         tracing::warn!("no signing keys configured: envelopes are published unsigned");
     }

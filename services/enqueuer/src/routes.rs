@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
-use stem::demo;
 use stem::envelope::TaskStatus;
+use stem_demo as demo;
 
 use crate::error::ApiError;
 

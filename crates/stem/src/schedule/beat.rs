@@ -523,8 +523,35 @@ mod tests {
             .with_timezone(&Utc)
     }
 
+    /// A catalogue of one task, `greeting.send` on `greetings` with five
+    /// retries, as the demo catalogue has it.
+    struct Greeting;
+
+    #[async_trait::async_trait]
+    impl crate::task::Task for Greeting {
+        const NAME: &'static str = "greeting.send";
+        type Args = serde_json::Value;
+        type Output = ();
+        fn options(&self) -> crate::task::TaskOptions {
+            crate::task::TaskOptions {
+                queue: "greetings".into(),
+                max_retries: 5,
+                ..Default::default()
+            }
+        }
+        async fn run(
+            &self,
+            _ctx: crate::task::TaskContext,
+            _args: serde_json::Value,
+        ) -> crate::task::TaskResult<()> {
+            Ok(())
+        }
+    }
+
     fn beat(store: &MemoryScheduleStore, id: &str) -> Beat {
-        let stem = Stem::memory().with_registry(crate::demo::registry());
+        let registry = crate::task::TaskRegistry::new();
+        registry.register(Greeting);
+        let stem = Stem::memory().with_registry(registry);
         Beat::new(
             stem,
             Arc::new(store.clone()),

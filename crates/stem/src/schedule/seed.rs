@@ -468,31 +468,4 @@ entries:
         let err = load_file(Path::new("/nonexistent/schedules.yaml")).expect_err("missing");
         assert!(err.to_string().contains("cannot read"), "{err}");
     }
-
-    #[test]
-    fn the_example_file_loads_completely() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schedules.example.yaml");
-        let entries = load_file_strict(&path).expect("schedules.example.yaml is valid");
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(
-            ids,
-            [
-                "greetings-reminder",
-                "greetings-followup",
-                "billing-charge",
-                "billing-settlement",
-                "reports-aggregate",
-                "reports-publish-flaky"
-            ]
-        );
-        for e in &entries {
-            let spec = crate::demo::spec(&e.task).expect("a demo task");
-            assert_eq!(e.queue, spec.queue, "{}", e.id);
-            assert_eq!(e.meta.get("seeded"), Some(&Value::Bool(true)), "{}", e.id);
-        }
-        let flaky = &entries[5];
-        assert_eq!(flaky.args["fail"], Value::Bool(true));
-        assert_eq!(flaky.spec.as_str(), "every:55s");
-        assert_eq!(flaky.jitter, Duration::from_secs(3));
-    }
 }

@@ -1,15 +1,17 @@
-//! The demo task catalogue (reference §1.9), shared by the enqueuer, the
-//! worker, beat and `stem dev`: names, queues, namespaces, retry budgets,
-//! time limits, and the one body all six tasks run (sleep in 200 ms steps
-//! with persisted progress, optional synthetic failure).
+//! The demo task catalogue, shared by the enqueuer, the worker, beat, the
+//! CLI and `stem dev`: names, queues, namespaces, retry budgets, time
+//! limits, and the one body all six tasks run (sleep in 200 ms steps with
+//! persisted progress, optional synthetic failure).
+//!
+//! It is an application of the library, not part of it: a deployment with
+//! its own tasks builds its own registry and leaves this crate out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use crate::task::{TaskContext, TaskFailure, TaskHandler, TaskOptions, TaskRegistry, TaskResult};
+use stem::task::{TaskContext, TaskFailure, TaskHandler, TaskOptions, TaskRegistry, TaskResult};
 
 /// One catalogue entry.
 #[derive(Clone, Copy, Debug)]
@@ -106,7 +108,7 @@ fn delay_ms(args: &Value) -> u64 {
     }
 }
 
-#[async_trait]
+#[stem::async_trait]
 impl TaskHandler for DemoTask {
     fn name(&self) -> &str {
         self.0.name

@@ -1,0 +1,138 @@
+//! The HTTP endpoints a service answers besides its own API, on axum:
+//!
+//! - the health endpoint (`STEM_WORKER_HEALTH_PORT` for the worker):
+//!   `/healthz` while the process runs, `/readyz` while its store answers;
+//! - the metrics exporters `STEM_METRIC_EXPORTERS` names: Prometheus text
+//!   on `/metrics` (with `/healthz` beside it), or a log line every 15 s.
+//!
+//! Every other path answers 404 with a JSON body, like the enqueuer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use stem::telemetry::{render, Exporter, MetricsSource};
+use tokio_util::sync::CancellationToken;
+
+/// Answers whether the service's store is reachable (`/readyz`).
+pub type Ping =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = stem::Result<()>> + Send>> + Send + Sync>;
+
+/// How long `/readyz` waits for the store before answering 503.
+const READY_WITHIN: Duration = Duration::from_secs(2);
+
+/// Serves `/healthz` (with the service's `name`) and `/readyz` (through
+/// `ping`) on `0.0.0.0:port` until `stop`.
+pub async fn serve_health(
+    port: u16,
+    name: String,
+    ping: Ping,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let healthy = name.clone();
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(move || async move { Json(json!({ "status": "ok", "worker": healthy })) }),
+        )
+        .route(
+            "/readyz",
+            get(move || async move {
+                match tokio::time::timeout(READY_WITHIN, ping()).await {
+                    Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
+                    Ok(Err(e)) => not_ready(e.to_string()),
+                    Err(_) => not_ready(format!("no answer within {READY_WITHIN:?}")),
+                }
+            }),
+        )
+        .fallback(not_found);
+    serve(port, app, stop, &format!("health endpoint of {name}")).await
+}
+
+fn not_ready(reason: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": "Redis is not answering.", "broker": reason })),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "Route not found." })),
+    )
+        .into_response()
+}
+
+async fn serve(port: u16, app: Router, stop: CancellationToken, what: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    tracing::info!("{what} on http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+/// Serves `source` as Prometheus text on `0.0.0.0:port/metrics` (and
+/// `/healthz`) until `stop`.
+pub async fn serve_prometheus(
+    port: u16,
+    source: MetricsSource,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    render(&source()),
+                )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .fallback(not_found);
+    serve(port, app, stop, "prometheus metrics (/metrics)").await
+}
+
+/// Starts the configured exporters for `source`; they stop with `stop`.
+pub fn start_exporters(exporters: &[Exporter], source: MetricsSource, stop: CancellationToken) {
+    for e in exporters {
+        match e.clone() {
+            Exporter::Prometheus { port } => {
+                let (source, stop) = (source.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve_prometheus(port, source, stop).await {
+                        tracing::error!(port, error = %e, "prometheus exporter failed");
+                    }
+                });
+            }
+            Exporter::Console => {
+                let (source, stop) = (source.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while stop
+                        .run_until_cancelled(tokio::time::sleep(Duration::from_secs(15)))
+                        .await
+                        .is_some()
+                    {
+                        tracing::info!(target: "stem::metrics", "\n{}", render(&source()));
+                    }
+                });
+            }
+            Exporter::Otlp { url } => tracing::warn!(
+                url = url.as_deref().unwrap_or("-"),
+                "the otlp metrics exporter is not implemented yet; use prometheus[:PORT]"
+            ),
+        }
+    }
+}

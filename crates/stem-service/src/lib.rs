@@ -1,0 +1,18 @@
+//! Process concerns shared by the Stem services (`enqueuer`, `worker`,
+//! `beat`) and the `stem` CLI, kept out of the library so that embedding
+//! `stem` in another program never installs a logger, exits the process
+//! or opens a port behind its back:
+//!
+//! - [`exit`]: the exit codes and configuration errors as one line plus
+//!   exit 78;
+//! - [`logging`]: the `tracing` subscriber (text or JSON to stderr);
+//! - [`shutdown_token`]: a token cancelled by SIGTERM or SIGINT;
+//! - [`http`]: the health endpoint and the metrics exporters, on axum.
+
+pub mod exit;
+pub mod http;
+pub mod logging;
+mod signal;
+
+pub use exit::config_or_exit;
+pub use signal::shutdown_token;

@@ -1,0 +1,53 @@
+//! The worker service: one [`Worker`] on a queue set, with its health
+//! endpoint (`STEM_WORKER_HEALTH_PORT`) and metrics exporters
+//! (`STEM_METRIC_EXPORTERS`). `main.rs` reads the configuration and calls
+//! [`run`]; `stem dev` calls [`run`] once per demo queue.
+
+use std::sync::Arc;
+
+use stem::client::Stem;
+use stem::config::StemConfig;
+use stem::worker::{Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Runs a worker on `stem`'s stores and registry until `shutdown`, then
+/// drains it. Verifies envelopes with `config`'s keys; exports its metrics
+/// as `config` asks.
+pub async fn run(
+    config: &StemConfig,
+    worker: WorkerConfig,
+    stem: &Stem,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        broker = %config.broker_url.redacted(),
+        "Worker \"{}\" listening on queues {:?}", worker.name, worker.queues
+    );
+    if let Some(port) = worker.health_port {
+        let broker = stem.broker();
+        let ping: stem_service::http::Ping = Arc::new(move || {
+            let broker = broker.clone();
+            Box::pin(async move { broker.ping().await })
+        });
+        let (name, stop) = (worker.name.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = stem_service::http::serve_health(port, name, ping, stop).await {
+                tracing::error!(error = %e, "health endpoint failed");
+            }
+        });
+    }
+    let (name, namespace, concurrency) = (
+        worker.name.clone(),
+        worker.namespace.clone(),
+        worker.concurrency,
+    );
+    let runtime = Worker::new(worker, stem, config.keys.verifier());
+    let metrics = runtime.metrics();
+    stem_service::http::start_exporters(
+        &config.metric_exporters,
+        Arc::new(move || metrics.families(&name, &namespace, concurrency)),
+        shutdown.clone(),
+    );
+    runtime.run(shutdown).await?;
+    Ok(())
+}
