@@ -23,6 +23,8 @@ phase "cargo fmt --check"
 cargo fmt --all -- --check
 phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+phase "cargo doc (libraries; broken links and bad markup fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --locked --quiet
 # `cargo test` does not rebuild another package's binaries; the black-box
 # tests run these, and stem-testkit refuses a binary older than its sources.
 phase "cargo build --bins (the black-box tests run these binaries)"

@@ -1,4 +1,4 @@
-//! Exit codes (CONTRACT §7) and how an error becomes one: commands return
+//! Exit codes (README "Exit codes") and how an error becomes one: commands return
 //! `anyhow::Result<i32>`; an error is printed as one `error: …` line on
 //! stderr and mapped to its code here.
 

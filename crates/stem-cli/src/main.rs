@@ -1,4 +1,4 @@
-//! `stem`: the operator CLI (CONTRACT §7). `stem <group> <command>`:
+//! `stem`: the operator CLI (README "CLI"). `stem <group> <command>`:
 //! schedules, workers, queues, dead letters, tasks, health, plus `stem
 //! keys` (signing keys) and `stem dev` (the whole stack in one process).
 //!

@@ -1,4 +1,4 @@
-//! Beat, black box (CONTRACT §6): real `beat` processes on a private
+//! Beat, black box (README "Beat"): real `beat` processes on a private
 //! `redis-server`, seeded from a YAML file; no worker runs, so every
 //! published task stays in its queue stream, where the tests read the
 //! signed envelope bodies (`schedule-slot` meta and `enqueuedAt`).

@@ -1,4 +1,4 @@
-//! The `stem` operator CLI, black box (CONTRACT §7): the real `stem`,
+//! The `stem` operator CLI, black box (README "CLI"): the real `stem`,
 //! `worker` and `beat` binaries against private Redis servers. Every test
 //! has its own server, so they run in parallel; every wait polls with a
 //! deadline.

@@ -1,4 +1,4 @@
-//! Delivery guarantees (CONTRACT §5) observed from outside: retries and
+//! Delivery guarantees (README "Behaviour an operator can rely on") observed from outside: retries and
 //! dead letters, redelivery after a worker crash, lease keeping for long
 //! tasks, garbage in a stream, countdowns and priorities.
 

@@ -1,4 +1,4 @@
-//! The enqueue API as a client sees it (CONTRACT §4): enqueue and follow a
+//! The enqueue API as a client sees it (README "HTTP API (enqueuer)"): enqueue and follow a
 //! task to its result, groups, every documented error, idempotency keys.
 
 use std::collections::BTreeSet;

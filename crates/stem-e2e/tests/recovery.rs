@@ -1,4 +1,4 @@
-//! Surviving outages and stops (CONTRACT §5): a Redis restart with
+//! Surviving outages and stops (README "Behaviour an operator can rely on"): a Redis restart with
 //! persistence loses nothing and needs no operator, and SIGTERM on a worker
 //! finishes or hands back its work and exits 0.
 

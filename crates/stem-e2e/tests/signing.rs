@@ -1,4 +1,4 @@
-//! Envelope signing between separate processes (CONTRACT §3): a worker
+//! Envelope signing between separate processes (README "Configuration", signing keys): a worker
 //! refuses what it cannot verify, Ed25519 workers need only public keys,
 //! and key rotation keeps the backlog verifiable.
 

@@ -1,4 +1,4 @@
-//! Redis over mutual TLS (CONTRACT §2, §10): with the right CA and client
+//! Redis over mutual TLS (README "Configuration", TLS): with the right CA and client
 //! certificate tasks flow; with a CA that did not sign the server's
 //! certificate nothing is accepted and the failure names the certificate.
 

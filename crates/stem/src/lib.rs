@@ -12,15 +12,15 @@
 //!   in-memory implementations.
 //! - [`backend`]: the [`ResultBackend`](backend::ResultBackend) trait
 //!   (statuses, groups), Redis and in-memory.
-//! - [`task`]: the [`Task`](task::Task) trait, registry and task context.
-//! - [`client`]: [`Stem`](client::Stem), the producer API (enqueue, status,
+//! - [`task`]: the [`Task`] trait, registry and task context.
+//! - [`client`]: [`Stem`], the producer API (enqueue, status,
 //!   wait) and canvas entry points; [`canvas`] holds group/chain/chord.
 //! - [`control`]: worker heartbeats, commands to workers, queue pauses.
 //! - [`worker`]: the runtime that fetches, leases, runs, retries and
 //!   dead-letters.
 //! - [`schedule`]: periodic tasks: specs (every/cron, time zones), the
 //!   schedule and lock stores (Redis, memory), the YAML seed file, and the
-//!   leader-leased [`Beat`](schedule::Beat) scheduler.
+//!   leader-leased [`Beat`] scheduler.
 //! - [`keys`]: every Redis key. [`atomic`]: submit and settle in one step
 //!   when broker and backend share a Redis.
 //! - [`redis_conn`]: URL + TLS → connections. [`telemetry`]: metric
@@ -74,4 +74,9 @@ pub mod telemetry;
 pub mod worker;
 
 pub use async_trait::async_trait;
+pub use client::{EnqueueOptions, Stem, Stores};
+pub use config::{StemConfig, WorkerConfig};
 pub use error::{Result, StemError};
+pub use schedule::{Beat, BeatOptions};
+pub use task::{Task, TaskContext, TaskFailure, TaskOptions, TaskRegistry, TaskResult};
+pub use worker::Worker;

@@ -1,4 +1,4 @@
-//! Demo traffic generator (reference §1.8): every interval, enqueue
+//! Demo traffic generator (`ENQUEUER_AUTOFILL_*`, README "Configuration"): every interval, enqueue
 //! `batch_size` catalogue tasks (some asked to fail), and on even ticks a
 //! three-step synthetic workflow. Off unless `ENQUEUER_AUTOFILL_ENABLED`.
 

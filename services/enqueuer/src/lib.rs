@@ -1,4 +1,4 @@
-//! The HTTP enqueue API (CONTRACT §4) as a library, so the `enqueuer`
+//! The HTTP enqueue API (README "HTTP API (enqueuer)") as a library, so the `enqueuer`
 //! binary and `stem dev` serve the same router.
 //!
 //! - [`router`]: the axum routes; every body, errors included, is JSON.

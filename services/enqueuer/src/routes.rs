@@ -1,4 +1,4 @@
-//! The routes of CONTRACT §4. Request bodies are read as bytes (1 MiB cap)
+//! The routes of the enqueue API (README "HTTP API (enqueuer)"). Request bodies are read as bytes (1 MiB cap)
 //! and parsed here, so every rejection (malformed JSON, wrong types,
 //! oversize) gets the API's JSON error shape.
 

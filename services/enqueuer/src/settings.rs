@@ -24,7 +24,7 @@ pub struct Tls {
     pub config: std::sync::Arc<rustls::ServerConfig>,
 }
 
-/// Demo traffic generator settings (reference §1.8).
+/// Demo traffic generator settings (`ENQUEUER_AUTOFILL_*`).
 #[derive(Clone, Debug)]
 pub struct AutofillSettings {
     pub enabled: bool,

@@ -2,8 +2,8 @@
 //!
 //! | key | type | lifetime |
 //! | --- | --- | --- |
-//! | `stem:task:<id>` | string `"<rank>|<status JSON>"`: the live status (queued, running, retried) | `STEM_RESULT_TTL`; deleted when the task finishes |
-//! | `stem:done:<id>` | string `"<rank>|<status JSON>"`: the terminal status (succeeded, failed, cancelled) | `STEM_RESULT_TTL` |
+//! | `stem:task:<id>` | string `"<rank>\|<status JSON>"`: the live status (queued, running, retried) | `STEM_RESULT_TTL`; deleted when the task finishes |
+//! | `stem:done:<id>` | string `"<rank>\|<status JSON>"`: the terminal status (succeeded, failed, cancelled) | `STEM_RESULT_TTL` |
 //! | `stem:group:<id>` | string, expected count | `STEM_RESULT_TTL` |
 //! | `stem:group:<id>:results` | hash task id → status JSON | `STEM_RESULT_TTL` |
 //! | `stem:kv:<key>` | string (idempotency keys, claims, chain steps) | per call |

@@ -1,5 +1,5 @@
 //! Periodic tasks: schedule entries, their store, the YAML seed file and the
-//! beat scheduler (CONTRACT §6; keys and algorithm in
+//! beat scheduler (README "Beat"; keys and algorithm in
 //! `docs/architecture.md`, "Beat").
 //!
 //! - [`spec`]: `every:` and cron specs, the slot grid, time zones and DST.

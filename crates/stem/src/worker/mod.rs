@@ -2,7 +2,7 @@
 //!
 //! - **fetch** ([`Worker::run`]): never holds more than
 //!   `concurrency × prefetch_multiplier` fetched-but-not-started entries
-//!   (CONTRACT: `STEM_PREFETCH_MULTIPLIER`); asks the broker for exactly
+//!   (`STEM_PREFETCH_MULTIPLIER`, README "Configuration"); asks the broker for exactly
 //!   the free places. Running tasks and finished ones awaiting their
 //!   batched settle do not count against that bound, so fetching overlaps
 //!   with settling; a second cap (bound + concurrency + one settle batch)
