@@ -5,9 +5,6 @@
 //! Read-only and control commands use a consumer client (no signing key
 //! needed); only `task enqueue` builds a producer that signs.
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use stem::client::Stem;
 use stem::config::{StemConfig, StoreUrl};
 use stem::schedule::ScheduleStores;
@@ -15,36 +12,17 @@ use stem_service::config_or_exit;
 
 use crate::fail::{fail, Exit};
 
-/// Which stores this invocation talks to, for the "Redis unavailable" line.
-static TARGETS: OnceLock<String> = OnceLock::new();
-
-/// The store URLs of this invocation (passwords redacted), e.g.
-/// `redis://127.0.0.1:6379/0`, or `broker redis://…, backend redis://…`
-/// when they differ.
-pub fn targets() -> String {
-    TARGETS
-        .get()
-        .cloned()
-        .unwrap_or_else(|| "the configured Redis".into())
-}
-
-/// Parses a duration flag (`<n>ms|s|m|h`, bare number = seconds).
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    match stem::config::parse_duration(v) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!("invalid duration {v:?} (use <n>ms|s|m|h)")),
-    }
-}
-
-/// Parses a duration flag that may be zero (`--countdown 0`).
-pub fn parse_duration_or_zero(v: &str) -> Result<Duration, String> {
-    stem::config::parse_duration(v)
-        .ok_or_else(|| format!("invalid duration {v:?} (use <n>ms|s|m|h)"))
-}
+pub use stem_service::flags::{
+    duration as parse_duration_or_zero, positive_duration as parse_duration,
+};
 
 /// The configuration plus lazily built clients.
 pub struct Ctx {
     pub config: StemConfig,
+    /// The store URLs of this invocation (passwords redacted), e.g.
+    /// `redis://127.0.0.1:6379/0`, or `broker redis://…, backend redis://…`
+    /// when they differ: the "Redis unavailable" line names them.
+    pub targets: String,
 }
 
 impl Ctx {
@@ -66,14 +44,14 @@ impl Ctx {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let _ = TARGETS.set(text);
+        let targets = text;
         if urls.iter().any(|(_, u)| **u == StoreUrl::Memory) {
             eprintln!(
                 "warning: a store URL is memory://; the CLI sees only its own empty in-process store \
                  (set STEM_BROKER_URL / STEM_SCHEDULE_STORE_URL to the Redis the services use)"
             );
         }
-        Ctx { config }
+        Ctx { config, targets }
     }
 
     /// A client that never signs: statuses, queues, dead letters, control.

@@ -88,7 +88,9 @@ pub fn require_yes(yes: bool, what: &str) -> anyhow::Result<()> {
 }
 
 /// The exit code and the one line to print for `err`.
-pub fn classify(err: &anyhow::Error) -> (i32, String) {
+/// `targets` names the stores this invocation talks to (for the
+/// "Redis unavailable" line).
+pub fn classify(err: &anyhow::Error, targets: &str) -> (i32, String) {
     if let Some(f) = err.chain().find_map(|c| c.downcast_ref::<Fail>()) {
         // Context added above the Fail is kept in the message.
         return (f.exit.code(), format!("{err:#}"));
@@ -99,7 +101,7 @@ pub fn classify(err: &anyhow::Error) -> (i32, String) {
                 EXIT_UNAVAILABLE,
                 format!(
                     "Redis unavailable at {}: {e} (is it running? check STEM_BROKER_URL)",
-                    crate::context::targets()
+                    targets
                 ),
             );
         }
@@ -127,19 +129,22 @@ mod tests {
     #[test]
     fn codes_follow_the_contract() {
         let usage = fail(Exit::Usage, "x");
-        assert_eq!(classify(&usage).0, 64);
+        assert_eq!(classify(&usage, "redis://test").0, 64);
         let data = anyhow::Error::new(StemError::InvalidArgument("bad".into()));
-        assert_eq!(classify(&data).0, 65);
+        assert_eq!(classify(&data, "redis://test").0, 65);
         let wrapped = anyhow::Error::new(StemError::UnknownTask("t".into())).context("enqueue");
-        assert_eq!(classify(&wrapped).0, 65);
+        assert_eq!(classify(&wrapped, "redis://test").0, 65);
         let refused = anyhow::Error::new(StemError::Redis(
             std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into(),
         ));
-        let (code, line) = classify(&refused);
+        let (code, line) = classify(&refused, "redis://test");
         assert_eq!(code, 69);
-        assert!(line.starts_with("Redis unavailable at "), "{line}");
+        assert!(
+            line.starts_with("Redis unavailable at redis://test: "),
+            "{line}"
+        );
         let waited = anyhow::Error::new(StemError::WaitTimedOut("task t".into()));
-        assert_eq!(classify(&waited).0, 75);
-        assert_eq!(classify(&anyhow::anyhow!("boom")).0, 70);
+        assert_eq!(classify(&waited, "redis://test").0, 75);
+        assert_eq!(classify(&anyhow::anyhow!("boom"), "redis://test").0, 70);
     }
 }

@@ -91,10 +91,11 @@ where
     // Library warnings only, unless RUST_LOG asks for more.
     stem_service::logging::init_logging(stem_service::logging::log_format_from_env(), "warn");
     let ctx = context::Ctx::load();
+    let targets = ctx.targets.clone();
     match runtime().block_on(f(ctx)) {
         Ok(code) => code,
         Err(e) => {
-            let (code, line) = fail::classify(&e);
+            let (code, line) = fail::classify(&e, &targets);
             eprintln!("error: {line}");
             code
         }

@@ -15,6 +15,7 @@ pub enum QueueCommand {
     /// One queue's counts and the live workers consuming it.
     Inspect {
         /// Queue name.
+        #[arg(short = 'q', long = "queue")]
         queue: String,
         #[command(flatten)]
         format: Format,
@@ -23,6 +24,7 @@ pub enum QueueCommand {
     /// Tasks being run and dead letters are kept.
     Purge {
         /// Queue name.
+        #[arg(short = 'q', long = "queue")]
         queue: String,
         /// Confirm.
         #[arg(long)]

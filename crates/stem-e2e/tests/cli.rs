@@ -487,7 +487,7 @@ async fn task_revoke_cancels_queued_and_running_tasks() -> anyhow::Result<()> {
     // The queued one comes due and is dropped without running; the
     // running one's worker lets it go.
     poll_until("the queue to drain", SETTLE, || async {
-        let q = stem.json(&["queue", "inspect", "greetings"])?;
+        let q = stem.json(&["queue", "inspect", "-q", "greetings"])?;
         let idle = q["ready"] == 0 && q["delayed"] == 0 && q["inflight"] == 0;
         Ok(idle.then_some(()))
     })
@@ -608,7 +608,7 @@ async fn queue_purge_needs_yes_and_empties_the_queue() -> anyhow::Result<()> {
     let table = stem.ok(&["queue", "list"])?.stdout;
     assert!(table.lines().any(|l| l.starts_with("billing ")), "{table}");
 
-    let refused = stem.run(&["queue", "purge", "billing"])?.expect(64)?;
+    let refused = stem.run(&["queue", "purge", "-q", "billing"])?.expect(64)?;
     assert!(refused.stderr.contains("--yes"), "{}", refused.describe());
     assert_eq!(
         stem.json(&["queue", "list"])?,
@@ -616,17 +616,18 @@ async fn queue_purge_needs_yes_and_empties_the_queue() -> anyhow::Result<()> {
         "refused purge changed nothing"
     );
 
-    let purged = stem.json(&["queue", "purge", "billing", "--yes"])?;
+    let purged = stem.json(&["queue", "purge", "-q", "billing", "--yes"])?;
     assert_eq!(purged["purged"], 4, "{purged}");
-    let after = stem.json(&["queue", "inspect", "billing"])?;
+    let after = stem.json(&["queue", "inspect", "-q", "billing"])?;
     assert_eq!(after["ready"], 0, "{after}");
     assert_eq!(after["delayed"], 0, "{after}");
     assert_eq!(
         ready_of(&stem.json(&["queue", "list"])?, "billing"),
         Some(0)
     );
-    stem.run(&["queue", "inspect", "nope"])?.expect(65)?;
-    stem.run(&["queue", "purge", "nope", "--yes"])?.expect(65)?;
+    stem.run(&["queue", "inspect", "-q", "nope"])?.expect(65)?;
+    stem.run(&["queue", "purge", "-q", "nope", "--yes"])?
+        .expect(65)?;
     Ok(())
 }
 

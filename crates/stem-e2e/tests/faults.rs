@@ -1191,7 +1191,7 @@ async fn s6_purge_never_deletes_entries_in_flight() -> anyhow::Result<()> {
             Fault::Hold(Duration::from_secs(3)),
         );
     }
-    let purge = Cli::new(&proxy.url()).spawn(&["queue", "purge", "greetings", "--yes"])?;
+    let purge = Cli::new(&proxy.url()).spawn(&["queue", "purge", "-q", "greetings", "--yes"])?;
     poll_until("the purge to be held", SETTLE, || async {
         Ok((proxy.fired() == 1).then_some(()))
     })

@@ -7,9 +7,11 @@
 //!   exit 78;
 //! - [`logging`]: the `tracing` subscriber (text or JSON to stderr);
 //! - [`shutdown_token`]: a token cancelled by SIGTERM or SIGINT;
-//! - [`http`]: the health endpoint and the metrics exporters, on axum.
+//! - [`http`]: the health endpoint and the metrics exporters, on axum;
+//! - [`flags`]: value parsers for duration flags.
 
 pub mod exit;
+pub mod flags;
 pub mod http;
 pub mod logging;
 mod signal;

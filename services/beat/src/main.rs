@@ -21,21 +21,14 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     schedule_file: Option<PathBuf>,
     /// Leader lease, e.g. 3s or 1500ms; renewed every third of it.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "3s")]
+    #[arg(long, value_name = "DURATION", value_parser = stem_service::flags::positive_duration, default_value = "3s")]
     lease: Duration,
     /// Longest pause between two scheduling passes.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "250ms")]
+    #[arg(long, value_name = "DURATION", value_parser = stem_service::flags::positive_duration, default_value = "250ms")]
     tick: Duration,
     /// Unique id of this beat (default beat-<hostname>-<pid>-<random>).
     #[arg(long)]
     instance_id: Option<String>,
-}
-
-fn parse_duration(v: &str) -> Result<Duration, String> {
-    match stem::config::parse_duration(v) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!("invalid duration {v:?} (use <n>ms|s|m|h)")),
-    }
 }
 
 #[tokio::main]
