@@ -9,7 +9,6 @@
 //! internal error, 75 nobody answered / timed out, 78 configuration.
 
 mod context;
-mod control;
 mod dev;
 mod dlq;
 mod fail;

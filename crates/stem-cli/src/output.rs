@@ -190,19 +190,6 @@ pub fn plural(n: usize, one: &str, many: &str) -> String {
     }
 }
 
-/// The strings of array field `key` in a JSON reply (empty when absent).
-pub fn string_list(reply: &serde_json::Value, key: &str) -> Vec<String> {
-    reply
-        .get(key)
-        .and_then(serde_json::Value::as_array)
-        .map(|v| {
-            v.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

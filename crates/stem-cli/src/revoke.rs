@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::json;
 use stem::client::Stem;
 use stem::envelope::TaskState;
 
-use crate::control::{exchange, Answer};
 use crate::fail::{fail, Exit};
 use crate::output::{outln, print_json, Format, Table};
+use stem::control::{exchange, Answer, Command, RevokeReply};
 
 /// One revoked task in the `revoke` report.
 #[derive(Serialize)]
@@ -71,10 +70,12 @@ pub async fn revoke(
     } else {
         Some(
             exchange(
-                stem,
-                "revoke",
+                stem.control().as_ref(),
+                stem.signer(),
+                &Command::Revoke {
+                    task_ids: to_cancel,
+                },
                 targets,
-                json!({ "taskIds": to_cancel }),
                 timeout,
             )
             .await?,
@@ -96,7 +97,10 @@ pub async fn revoke(
             outln!();
             let mut w = Table::new(&["Worker", "Status", "Cancelled Running"]);
             for a in answers {
-                let cancelled: Vec<String> = crate::output::string_list(&a.reply, "cancelled");
+                let cancelled = a
+                    .reply_as::<RevokeReply>()
+                    .map(|r| r.cancelled)
+                    .unwrap_or_default();
                 w.row(vec![
                     a.worker.clone(),
                     a.status.into(),

@@ -12,16 +12,18 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::json;
 use stem::client::Stem;
 use stem::control::WorkerInfo;
 use stem::envelope::now_ms;
 
 use crate::context::{parse_duration, Ctx};
-use crate::control::{exchange, Exchange};
 use crate::fail::{fail, require_yes, Exit};
 use crate::output::{age, outln, print_json, Format, Table};
 use crate::revoke::revoke;
+use stem::control::{
+    exchange, Command, Exchange, InspectReply, PausedReply, PingReply, ShutdownReply,
+};
 
 /// Which workers, and how long to wait for them.
 #[derive(Args, Debug, Clone)]
@@ -111,19 +113,20 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
     match cmd {
         WorkerCommand::List(format) => list(&stem, format).await,
         WorkerCommand::Ping { targets, format } => {
-            let ex = ask(&stem, "ping", &targets, Value::Null).await?;
+            let ex = ask(&stem, &Command::Ping, &targets).await?;
             let mut t = Table::new(&["Worker", "Status", "Answered At"]);
             for a in &ex.answers {
                 t.row(vec![
                     a.worker.clone(),
                     a.status.into(),
-                    text(&a.reply, "timestamp"),
+                    a.reply_as::<PingReply>()
+                        .map_or_else(|| "-".into(), |r| r.timestamp),
                 ]);
             }
             finish(&ex, format, t, true)
         }
         WorkerCommand::Stats { targets, format } => {
-            let ex = ask(&stem, "stats", &targets, Value::Null).await?;
+            let ex = ask(&stem, &Command::Stats, &targets).await?;
             let mut t = Table::new(&[
                 "Worker",
                 "Status",
@@ -140,7 +143,7 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
             ])
             .right(&[5, 6, 7, 8, 9, 10]);
             for a in &ex.answers {
-                let info = serde_json::from_value::<WorkerInfo>(a.reply.clone()).ok();
+                let info = a.reply_as::<WorkerInfo>();
                 let mut row = vec![a.worker.clone(), a.status.into()];
                 match info {
                     Some(i) => row.extend([
@@ -162,7 +165,7 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
             finish(&ex, format, t, true)
         }
         WorkerCommand::Inspect { targets, format } => {
-            let ex = ask(&stem, "inspect", &targets, Value::Null).await?;
+            let ex = ask(&stem, &Command::Inspect, &targets).await?;
             let mut t = Table::new(&[
                 "Worker",
                 "Status",
@@ -175,17 +178,11 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
             ])
             .right(&[2, 6]);
             for a in &ex.answers {
-                let held = a
-                    .reply
-                    .get("held")
-                    .map(|h| h.to_string())
-                    .unwrap_or_else(|| "-".into());
-                let active = a
-                    .reply
-                    .get("active")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
+                let inspect = a.reply_as::<InspectReply>();
+                let held = inspect
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |r| r.held.to_string());
+                let active = inspect.map(|r| r.active).unwrap_or_default();
                 if active.is_empty() {
                     let mut row = vec![a.worker.clone(), a.status.into(), held.clone()];
                     row.extend(std::iter::repeat_n("-".to_string(), 5));
@@ -196,14 +193,11 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
                         a.worker.clone(),
                         a.status.into(),
                         held.clone(),
-                        text(&task, "id"),
-                        text(&task, "task"),
-                        text(&task, "queue"),
-                        text(&task, "attempt"),
-                        task.get("runtimeMs")
-                            .and_then(Value::as_i64)
-                            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
-                            .unwrap_or_else(|| "-".into()),
+                        task.id,
+                        task.task,
+                        task.queue,
+                        task.attempt.to_string(),
+                        format!("{:.1}s", task.runtime_ms as f64 / 1000.0),
                     ]);
                 }
             }
@@ -236,14 +230,16 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
                 format!("shutting down {}", targets.workers.join(", "))
             };
             require_yes(yes, &who)?;
-            let ex = ask(&stem, "shutdown", &targets, Value::Null).await?;
+            let ex = ask(&stem, &Command::Shutdown, &targets).await?;
             let mut t = Table::new(&["Worker", "Status", "Reply", "Active Tasks"]).right(&[3]);
             for a in &ex.answers {
                 t.row(vec![
                     a.worker.clone(),
                     a.status.into(),
-                    text(&a.reply, "status"),
-                    text(&a.reply, "active"),
+                    a.reply_as::<ShutdownReply>()
+                        .map_or_else(|| "-".into(), |r| r.status),
+                    a.reply_as::<ShutdownReply>()
+                        .map_or_else(|| "-".into(), |r| r.active.to_string()),
                 ]);
             }
             finish(&ex, format, t, true)
@@ -262,17 +258,22 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
 }
 
 /// Sends a command; exits 75 at once when no worker is alive.
-async fn ask(
-    stem: &Stem,
-    command: &str,
-    targets: &Targets,
-    payload: Value,
-) -> anyhow::Result<Exchange> {
-    let ex = exchange(stem, command, &targets.workers, payload, targets.timeout).await?;
+async fn ask(stem: &Stem, command: &Command, targets: &Targets) -> anyhow::Result<Exchange> {
+    let ex = exchange(
+        stem.control().as_ref(),
+        stem.signer(),
+        command,
+        &targets.workers,
+        targets.timeout,
+    )
+    .await?;
     if ex.nobody_alive {
         return Err(fail(
             Exit::TempFail,
-            format!("no live workers to {command} (none is heartbeating)"),
+            format!(
+                "no live workers to {} (none is heartbeating)",
+                command.name()
+            ),
         ));
     }
     Ok(ex)
@@ -283,15 +284,6 @@ fn or_blank(s: String) -> String {
         "-".into()
     } else {
         s
-    }
-}
-
-/// A reply field as text (`-` when absent).
-fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        None | Some(Value::Null) => "-".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
     }
 }
 
@@ -380,12 +372,20 @@ async fn pause(
     let control = stem.control();
     control.set_paused(queues, paused).await?;
     let now_paused = control.paused_queues().await?;
-    let command = if paused { "pause" } else { "resume" };
+    let command = if paused {
+        Command::Pause {
+            queues: queues.to_vec(),
+        }
+    } else {
+        Command::Resume {
+            queues: queues.to_vec(),
+        }
+    };
     let ex = exchange(
-        stem,
-        command,
+        stem.control().as_ref(),
+        stem.signer(),
+        &command,
         &targets.workers,
-        json!({ "queues": queues }),
         targets.timeout,
     )
     .await?;
@@ -406,7 +406,10 @@ async fn pause(
         } else {
             let mut t = Table::new(&["Worker", "Status", "Paused Queues"]);
             for a in &ex.answers {
-                let list: Vec<String> = crate::output::string_list(&a.reply, "paused");
+                let list = a
+                    .reply_as::<PausedReply>()
+                    .map(|r| r.paused)
+                    .unwrap_or_default();
                 t.row(vec![
                     a.worker.clone(),
                     a.status.into(),

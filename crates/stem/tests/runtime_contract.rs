@@ -592,7 +592,7 @@ async fn revoked_tasks_do_not_run_and_running_ones_stop(a: Adapters) -> anyhow::
 }
 
 async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
-    use stem::control::ControlCommand;
+    use stem::control::{Command, ControlCommand};
     // A long fetch block: a pause answered while a read still blocks on
     // the queue would let that read take the task enqueued next.
     let r = rig_with(a, None, None, |o| {
@@ -611,7 +611,7 @@ async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
     );
     // The subscription may start just after the heartbeat: retry the ping.
     let pong = poll("ping reply", Duration::from_secs(5), || async {
-        let cmd = ControlCommand::new("ping", vec![], json!({}));
+        let cmd = ControlCommand::of(&Command::Ping, vec![]);
         control.send(&cmd).await?;
         let replies = control
             .replies(&cmd.id, 1, Duration::from_millis(300))
@@ -628,11 +628,11 @@ async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
             .filter(|s| s.state == TaskState::Running))
     })
     .await?;
-    let cmd = ControlCommand::new("inspect", vec!["rt-worker".into()], json!({}));
+    let cmd = ControlCommand::of(&Command::Inspect, vec!["rt-worker".into()]);
     control.send(&cmd).await?;
     let inspect = control.replies(&cmd.id, 1, Duration::from_secs(3)).await?;
     assert_eq!(inspect[0].payload["active"][0]["id"], json!(running));
-    let nobody = ControlCommand::new("ping", vec!["no-such-worker".into()], json!({}));
+    let nobody = ControlCommand::of(&Command::Ping, vec!["no-such-worker".into()]);
     control.send(&nobody).await?;
     assert!(control
         .replies(&nobody.id, 1, Duration::from_millis(300))
@@ -640,7 +640,12 @@ async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
         .is_empty());
     // Pause: persisted, and the worker stops fetching from the queue.
     control.set_paused(&[QUEUE.to_string()], true).await?;
-    let cmd = ControlCommand::new("pause", vec![], json!({"queues": [QUEUE]}));
+    let cmd = ControlCommand::of(
+        &Command::Pause {
+            queues: vec![QUEUE.into()],
+        },
+        vec![],
+    );
     control.send(&cmd).await?;
     assert_eq!(
         control.replies(&cmd.id, 1, Duration::from_secs(5)).await?[0].payload["paused"],
@@ -661,12 +666,17 @@ async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
     )
     .await?;
     control.set_paused(&[QUEUE.to_string()], false).await?;
-    let cmd = ControlCommand::new("resume", vec![], json!({"queues": [QUEUE]}));
+    let cmd = ControlCommand::of(
+        &Command::Resume {
+            queues: vec![QUEUE.into()],
+        },
+        vec![],
+    );
     control.send(&cmd).await?;
     control.replies(&cmd.id, 1, Duration::from_secs(3)).await?;
     assert_eq!(r.wait(&held_back).await?.state, TaskState::Succeeded);
     // Shutdown over the control plane stops the worker; its record goes.
-    let cmd = ControlCommand::new("shutdown", vec![], json!({}));
+    let cmd = ControlCommand::of(&Command::Shutdown, vec![]);
     control.send(&cmd).await?;
     assert_eq!(
         control.replies(&cmd.id, 1, Duration::from_secs(3)).await?[0].payload["status"],

@@ -7,8 +7,16 @@
 //! carries commands over pub/sub and replies in a short-lived list per
 //! request; the in-memory implementation uses tokio channels.
 
+mod command;
+mod exchange;
 pub mod memory;
 pub mod redis;
+
+pub use command::{
+    is_mutating, ActiveTask, Command, InspectReply, PausedReply, PingReply, RevokeReply,
+    ShutdownReply,
+};
+pub use exchange::{exchange, Answer, Exchange};
 
 use std::time::Duration;
 
@@ -70,13 +78,19 @@ pub struct ControlCommand {
 /// How far a signed command's `issuedAt` may be from the worker's clock.
 pub const COMMAND_WINDOW: Duration = Duration::from_secs(300);
 
-/// Commands that change what a worker does (and so must be signed when
-/// workers hold keys); `ping`, `stats` and `inspect` only read.
-pub fn is_mutating(command: &str) -> bool {
-    matches!(command, "revoke" | "shutdown" | "pause" | "resume")
-}
-
 impl ControlCommand {
+    /// `command` for `targets` (empty: every worker), with a fresh id,
+    /// issued now, unsigned.
+    pub fn of(command: &Command, targets: Vec<String>) -> Self {
+        Self::new(command.name(), targets, command.payload())
+    }
+
+    /// What the command asks, typed; an error for a name this release does
+    /// not know.
+    pub fn kind(&self) -> Result<Command> {
+        Command::parse(&self.command, &self.payload)
+    }
+
     /// A command with a fresh id, issued now.
     pub fn new(command: &str, targets: Vec<String>, payload: Value) -> Self {
         ControlCommand {
@@ -142,10 +156,18 @@ impl ControlCommand {
 pub struct ControlReply {
     pub worker: String,
     pub ok: bool,
+    /// The reply of the command's type (see [`Command`]'s table), as JSON.
     #[serde(default)]
     pub payload: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl ControlReply {
+    /// The payload as the reply type `T` of its command, when it is one.
+    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_value(self.payload.clone()).ok()
+    }
 }
 
 /// Heartbeats, commands, replies and pauses.

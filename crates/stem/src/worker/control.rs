@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{backoff, Shared};
-use crate::control::{ControlCommand, ControlReply, WorkerInfo, COMMAND_WINDOW};
+use crate::control::{
+    ActiveTask, Command, ControlCommand, ControlReply, InspectReply, PausedReply, PingReply,
+    RevokeReply, ShutdownReply, WorkerInfo, COMMAND_WINDOW,
+};
 use crate::envelope::{format_ms, now_ms};
 
 /// A snapshot of the worker for heartbeats and `stats`.
@@ -150,18 +153,6 @@ pub(super) async fn command_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-fn queues_of(payload: &Value) -> Vec<String> {
-    payload
-        .get("queues")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|q| q.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A worker with verification keys acts on a command that changes what it
 /// does (revoke, shutdown, pause, resume) only when the command is signed
 /// with a configured key, was issued within [`COMMAND_WINDOW`] and was not
@@ -196,80 +187,94 @@ fn authenticate(
 async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
     let worker = shared.opts.name.clone();
     tracing::info!(command = %cmd.command, id = %cmd.id, "control command");
-    let ok = |payload: Value| ControlReply {
-        worker: worker.clone(),
-        ok: true,
-        payload,
-        error: None,
+    let command = match cmd.kind() {
+        Ok(c) => c,
+        Err(e) => {
+            return ControlReply {
+                worker,
+                ok: false,
+                payload: Value::Null,
+                error: Some(e.to_string()),
+            }
+        }
     };
-    match cmd.command.as_str() {
-        "ping" => ok(json!({ "timestamp": format_ms(now_ms()) })),
-        "stats" => ok(serde_json::to_value(info(shared)).unwrap_or(Value::Null)),
-        "inspect" => {
+    let payload = match command {
+        Command::Ping => reply(PingReply {
+            timestamp: format_ms(now_ms()),
+        }),
+        Command::Stats => reply(info(shared)),
+        Command::Inspect => {
             let now = now_ms();
-            let active: Vec<Value> = shared
+            let active = shared
                 .running()
                 .into_iter()
-                .map(|r| {
-                    json!({
-                        "id": r.spec.id, "task": r.spec.name, "queue": r.spec.queue, "attempt": r.attempt,
-                        "startedAt": format_ms(r.started_ms), "runtimeMs": now - r.started_ms,
-                    })
+                .map(|r| ActiveTask {
+                    id: r.spec.id.clone(),
+                    task: r.spec.name.clone(),
+                    queue: r.spec.queue.clone(),
+                    attempt: r.attempt,
+                    started_at: format_ms(r.started_ms),
+                    runtime_ms: now - r.started_ms,
                 })
                 .collect();
-            ok(json!({ "active": active, "held": shared.held_count() }))
+            reply(InspectReply {
+                active,
+                held: shared.held_count(),
+            })
         }
-        "revoke" => {
-            let ids: Vec<String> = cmd
-                .payload
-                .get("taskIds")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+        Command::Revoke { task_ids } => {
             let mut cancelled = Vec::new();
             for r in shared.running() {
-                if ids.contains(&r.spec.id) {
+                if task_ids.contains(&r.spec.id) {
                     r.cancel.cancel();
                     cancelled.push(r.spec.id.clone());
                 }
             }
-            ok(json!({ "cancelled": cancelled }))
+            reply(RevokeReply { cancelled })
         }
-        "shutdown" => {
+        Command::Shutdown => {
             let active = shared.held_count();
             tracing::warn!("shutdown requested over the control plane");
             shared.stopping.cancel();
-            ok(json!({ "status": "stopping", "active": active }))
+            reply(ShutdownReply {
+                status: "stopping".into(),
+                active,
+            })
         }
-        "pause" | "resume" => {
-            let wanted = queues_of(&cmd.payload);
-            let mut now: Vec<String> = {
-                let mut paused = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
-                for q in wanted.iter().filter(|q| shared.opts.queues.contains(q)) {
-                    if cmd.command == "pause" {
-                        paused.insert(q.clone());
-                    } else {
-                        paused.remove(q);
-                    }
-                }
-                paused.iter().cloned().collect()
-            };
-            now.sort();
-            // The reply waits for a read already blocking on the queue to
-            // end (the fetch loop holds the gate across a read), so once
-            // an operator sees it no later read takes from a paused queue.
-            drop(shared.fetch_gate.lock().await);
-            ok(json!({ "paused": now }))
-        }
-        other => ControlReply {
-            worker,
-            ok: false,
-            payload: Value::Null,
-            error: Some(format!("unknown command {other:?}")),
-        },
+        Command::Pause { queues } => set_paused(shared, &queues, true).await,
+        Command::Resume { queues } => set_paused(shared, &queues, false).await,
+    };
+    ControlReply {
+        worker,
+        ok: true,
+        payload,
+        error: None,
     }
+}
+
+/// Pauses or resumes those of `queues` this worker consumes; answers the
+/// paused set.
+async fn set_paused(shared: &Shared, queues: &[String], pause: bool) -> Value {
+    let mut now: Vec<String> = {
+        let mut paused = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
+        for q in queues.iter().filter(|q| shared.opts.queues.contains(q)) {
+            if pause {
+                paused.insert(q.clone());
+            } else {
+                paused.remove(q);
+            }
+        }
+        paused.iter().cloned().collect()
+    };
+    now.sort();
+    // The reply waits for a read already blocking on the queue to end (the
+    // fetch loop holds the gate across a read), so once an operator sees it
+    // no later read takes from a paused queue.
+    drop(shared.fetch_gate.lock().await);
+    reply(PausedReply { paused: now })
+}
+
+/// A typed reply as the JSON payload on the wire.
+fn reply(r: impl serde::Serialize) -> Value {
+    serde_json::to_value(r).unwrap_or(Value::Null)
 }

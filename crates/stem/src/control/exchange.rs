@@ -1,14 +1,17 @@
 //! One request/answer exchange with workers over the control plane: send a
 //! command to the named workers (or every live one), collect replies until
-//! each addressed worker answered or the timeout passed.
+//! each addressed worker answered or the timeout passed. The CLI's
+//! `stem worker …` commands and the dashboard use it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use stem::client::Stem;
-use stem::control::{ControlCommand, ControlReply};
+
+use super::{Command, ControlCommand, ControlPlane, ControlReply};
+use crate::error::Result;
+use crate::signing::Signer;
 
 /// The answer of one addressed worker.
 #[derive(Clone, Debug, Serialize)]
@@ -23,6 +26,12 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The reply as the reply type `T` of the command (see
+    /// [`Command`]); `None` without a reply or for another shape.
+    pub fn reply_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_value(self.reply.clone()).ok()
+    }
+
     fn from_reply(r: ControlReply) -> Self {
         Answer {
             worker: r.worker,
@@ -71,16 +80,16 @@ impl Exchange {
     }
 }
 
-/// Sends `command` to `targets` (empty = every live worker) and collects
-/// the replies within `timeout`.
+/// Sends `command` to `targets` (empty = every live worker), signed with
+/// `signer` when given (workers with keys act on mutating commands only
+/// when signed), and collects the replies within `timeout`.
 pub async fn exchange(
-    stem: &Stem,
-    command: &str,
+    control: &dyn ControlPlane,
+    signer: Option<&Signer>,
+    command: &Command,
     targets: &[String],
-    payload: Value,
     timeout: Duration,
-) -> anyhow::Result<Exchange> {
-    let control = stem.control();
+) -> Result<Exchange> {
     let expected: BTreeSet<String> = if targets.is_empty() {
         control
             .workers()
@@ -97,10 +106,8 @@ pub async fn exchange(
             nobody_alive: true,
         });
     }
-    let mut cmd = ControlCommand::new(command, targets.to_vec(), payload);
-    // Workers with keys act on revoke, shutdown, pause and resume only when
-    // signed; sign whenever this CLI holds the producer key.
-    if let Some(signer) = stem.signer() {
+    let mut cmd = ControlCommand::of(command, targets.to_vec());
+    if let Some(signer) = signer {
         cmd.sign(signer);
     }
     control.send(&cmd).await?;
