@@ -44,9 +44,14 @@ pub enum TaskCommand {
         /// Arguments as a JSON object.
         #[arg(long, default_value = "{}", value_name = "JSON")]
         args: String,
-        /// Queue (default: the task's queue in the catalogue).
-        #[arg(long)]
+        /// Queue (default: the task's queue in the catalogue; required for
+        /// a task outside it).
+        #[arg(short = 'q', long)]
         queue: Option<String>,
+        /// Retries after the first attempt, for a task outside the
+        /// catalogue (a catalogue task keeps its own budget).
+        #[arg(long, value_name = "N")]
+        max_retries: Option<u32>,
         /// Priority 0 (default) to 9 (first).
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
         priority: Option<u8>,
@@ -121,6 +126,7 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
             task,
             args,
             queue,
+            max_retries,
             priority,
             countdown,
             idempotency_key,
@@ -132,14 +138,23 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
                 return Err(fail(Exit::Data, "--args must be a JSON object"));
             }
             let stem = ctx.producer()?;
+            // Any task name may be enqueued: the operator CLI is not tied
+            // to the demo catalogue. One outside it has no known queue, so
+            // it must be named (a typo would otherwise land in `default`).
             if stem.registry().options(&task).is_none() {
-                return Err(fail(
-                    Exit::Data,
-                    format!(
-                        "unknown task {task:?} (known: {})",
-                        stem.registry().names().join(", ")
-                    ),
-                ));
+                if queue.is_none() {
+                    return Err(fail(
+                        Exit::Data,
+                        format!(
+                            "task {task:?} is not in the catalogue ({}); name its queue with --queue",
+                            stem.registry().names().join(", ")
+                        ),
+                    ));
+                }
+                eprintln!(
+                    "note: {task:?} is not in the catalogue: it runs where a worker of its queue registers it, with {} retries",
+                    max_retries.unwrap_or(0)
+                );
             }
             if stem.signer().is_none() {
                 eprintln!(
@@ -149,6 +164,7 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
             }
             let opts = EnqueueOptions {
                 queue,
+                max_retries,
                 priority,
                 countdown: countdown.filter(|c| !c.is_zero()),
                 idempotency_key,

@@ -12,7 +12,6 @@
 //! is [`poll_until`] with a deadline, and fails with a message saying what
 //! was awaited and what was last seen.
 
-use std::future::Future;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -38,37 +37,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// to them (a 2-core machine running several tests at once can be slow).
 pub const SETTLE: Duration = Duration::from_secs(30);
 
-/// Polls `f` every 50 ms until it yields `Some(value)`, and returns it.
-///
-/// `Ok(None)` means "not yet"; `Err(_)` is treated as transient (e.g. a
-/// connection refused while a service restarts) and reported in the
-/// timeout message. Fails once `timeout` has elapsed with
-/// "timed out after … waiting for {what}". `f` runs at least once.
-pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_error: Option<anyhow::Error> = None;
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            match last_error {
-                Some(e) => {
-                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
-                }
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
-        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
-    }
-}
+/// Polls until `f` yields `Some(value)` (the test kit's one async poll;
+/// errors count as "not yet" and are reported at the deadline).
+pub use stem_testkit::poll as poll_until;
 
 /// Builds `[(key, value)]` environment pairs for [`ServiceProcess::spawn`].
 pub fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {

@@ -502,7 +502,32 @@ async fn task_revoke_cancels_queued_and_running_tasks() -> anyhow::Result<()> {
     stem.run(&["task", "status", "no-such-task"])?.expect(65)?;
     stem.run(&["task", "wait", "no-such-task"])?.expect(65)?;
     stem.run(&["task", "revoke", "no-such-task"])?.expect(65)?;
+    // A task outside the catalogue needs its queue; with it, it is
+    // enqueued with the retry budget given.
     stem.run(&["task", "enqueue", "no.such.task"])?.expect(65)?;
+    let other = stem
+        .ok(&[
+            "task",
+            "enqueue",
+            "images.resize",
+            "-q",
+            "images",
+            "--max-retries",
+            "3",
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    let status = stem.json(&["task", "status", &other])?;
+    assert_eq!(
+        (&status["queue"], &status["maxRetries"], &status["state"]),
+        (
+            &serde_json::json!("images"),
+            &serde_json::json!(3),
+            &serde_json::json!("queued")
+        ),
+        "{status}"
+    );
     stem.run(&["task", "enqueue", "greeting.send", "--args", "{nope"])?
         .expect(65)?;
     Ok(())

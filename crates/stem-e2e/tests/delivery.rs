@@ -276,12 +276,9 @@ async fn priority_task_overtakes_a_busy_workers_low_backlog() -> anyhow::Result<
         at.is_some_and(|i| i <= 3),
         "the priority-9 task starts after at most the running and 2 prefetched tasks, started {at:?}:\n{logs}"
     );
-    let lows: Vec<&str> = order.iter().copied().filter(|id| *id != high).collect();
-    assert_eq!(
-        lows,
-        low.iter().map(String::as_str).collect::<Vec<_>>(),
-        "low ones in FIFO order:\n{logs}"
-    );
+    // Equal priorities are not checked for stream order here: the worker
+    // fetched them in several reads (it was running while they arrived),
+    // and reads are admitted concurrently (`crates/stem/src/worker/mod.rs`).
     Ok(())
 }
 

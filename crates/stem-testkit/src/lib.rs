@@ -13,7 +13,10 @@
 //! * [`FaultProxy`]: a TCP proxy between one process and Redis that kills
 //!   the process, cuts the connection or stalls it when the process sends a
 //!   matching command, for crash-window and stall tests;
-//! * [`wait_until`]: deadline-bounded polling instead of fixed sleeps.
+//! * [`poll`], [`wait_until`], [`holds`]: deadline-bounded polling instead
+//!   of fixed sleeps;
+//! * [`contract_suite!`]: one test per (adapter, contract test) pair, the
+//!   way every contract suite of the workspace is wired.
 //!
 //! Every process started here is killed when its handle is dropped, and all
 //! files live in [`tempfile::TempDir`]s removed at the same time.
@@ -21,6 +24,7 @@
 pub mod process;
 pub mod proxy;
 pub mod redis;
+mod suite;
 pub mod tls;
 pub mod wait;
 
@@ -28,7 +32,7 @@ pub use process::{binary_path, free_port, ServiceProcess};
 pub use proxy::{Fault, FaultProxy, Pattern, Victim};
 pub use redis::{RedisOptions, RedisServer, TlsMode};
 pub use tls::TlsAssets;
-pub use wait::wait_until;
+pub use wait::{holds, poll, wait_until};
 
 /// Last `n` lines of `text` (all of it when it has fewer lines).
 pub(crate) fn tail_lines(text: &str, n: usize) -> String {

@@ -1,5 +1,9 @@
-//! Deadline-bounded polling, so tests never rely on fixed sleeps.
+//! Deadline-bounded polling, so tests never rely on fixed sleeps: one
+//! blocking form ([`wait_until`]) for harness code that runs outside a
+//! runtime, one async form ([`poll`]) for tests, and [`holds`] for claims
+//! that something does *not* happen.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// Interval between two evaluations of the condition in [`wait_until`].
@@ -26,6 +30,54 @@ pub fn wait_until<F: FnMut() -> bool>(
         }
         std::thread::sleep(POLL_INTERVAL.min(deadline - now));
     }
+}
+
+/// Polls `f` every 25 ms until it yields `Some(value)`, and returns it.
+///
+/// `Ok(None)` means "not yet"; `Err(_)` is taken as passing (a connection
+/// refused while a service restarts) and reported in the timeout message.
+/// Fails once `timeout` has elapsed with "timed out after … waiting for
+/// {what}". `f` runs at least once.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error: Option<anyhow::Error> = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            match last_error {
+                Some(e) => anyhow::bail!(
+                    "timed out after {timeout:?} waiting for {what}; last error: {e:#}"
+                ),
+                None => anyhow::bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+    }
+}
+
+/// Checks `f` every 25 ms for the whole of `window` and fails the first
+/// time it answers false: for claims that something does *not* happen (a
+/// paused queue is not fetched), where there is no event to wait for.
+pub async fn holds<F, Fut>(what: &str, window: Duration, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + window;
+    while Instant::now() < deadline {
+        anyhow::ensure!(f().await?, "{what} stopped holding within {window:?}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -35,13 +35,12 @@ async fn final_states_read_finished_tasks(a: Adapters) -> anyhow::Result<()> {
     let (s1, s2, s3) = (spec(), spec(), spec());
     let mut failed = TaskStatus::for_spec(&s2, TaskState::Failed, 2);
     failed.result = serde_json::json!({"big": [1, 2, 3]});
-    a.backend
-        .set_statuses(&[
-            TaskStatus::for_spec(&s1, TaskState::Succeeded, 0),
-            failed,
-            TaskStatus::for_spec(&s3, TaskState::Running, 0),
-        ])
-        .await?;
+    a.set_statuses(&[
+        TaskStatus::for_spec(&s1, TaskState::Succeeded, 0),
+        failed,
+        TaskStatus::for_spec(&s3, TaskState::Running, 0),
+    ])
+    .await?;
     let got = a
         .backend
         .final_states(&[
@@ -71,18 +70,13 @@ async fn terminal_statuses_follow_rank(a: Adapters) -> anyhow::Result<()> {
     // Running and its result in one batch: the result is the status.
     let s = spec();
     let set = |state, attempt| TaskStatus::for_spec(&s, state, attempt);
-    a.backend
-        .set_statuses(&[set(TaskState::Running, 0), set(TaskState::Succeeded, 0)])
+    a.set_statuses(&[set(TaskState::Running, 0), set(TaskState::Succeeded, 0)])
         .await?;
     assert_eq!(state_of(&a, &s.id).await?, Some((TaskState::Succeeded, 0)));
     // A revoke after the result outranks it (cancelled is the top rank).
-    a.backend
-        .set_statuses(&[set(TaskState::Cancelled, 0)])
-        .await?;
+    a.set_statuses(&[set(TaskState::Cancelled, 0)]).await?;
     assert_eq!(state_of(&a, &s.id).await?, Some((TaskState::Cancelled, 0)));
-    a.backend
-        .set_statuses(&[set(TaskState::Succeeded, 3)])
-        .await?;
+    a.set_statuses(&[set(TaskState::Succeeded, 3)]).await?;
     assert_eq!(
         state_of(&a, &s.id).await?,
         Some((TaskState::Cancelled, 0)),
@@ -92,22 +86,20 @@ async fn terminal_statuses_follow_rank(a: Adapters) -> anyhow::Result<()> {
     // Failed, then replayed as a newer attempt, then succeeded.
     let r = spec();
     let set = |state, attempt| TaskStatus::for_spec(&r, state, attempt);
-    a.backend.set_statuses(&[set(TaskState::Failed, 0)]).await?;
-    a.backend.set_statuses(&[set(TaskState::Queued, 1)]).await?;
+    a.set_statuses(&[set(TaskState::Failed, 0)]).await?;
+    a.set_statuses(&[set(TaskState::Queued, 1)]).await?;
     assert_eq!(state_of(&a, &r.id).await?, Some((TaskState::Queued, 1)));
     assert_eq!(
         a.backend.final_states(std::slice::from_ref(&r.id)).await?,
         vec![None]
     );
-    a.backend
-        .set_statuses(&[set(TaskState::Succeeded, 1)])
-        .await?;
+    a.set_statuses(&[set(TaskState::Succeeded, 1)]).await?;
     assert_eq!(state_of(&a, &r.id).await?, Some((TaskState::Succeeded, 1)));
 
     // A late result of an older attempt is dropped; a newer one replaces.
-    a.backend.set_statuses(&[set(TaskState::Failed, 0)]).await?;
+    a.set_statuses(&[set(TaskState::Failed, 0)]).await?;
     assert_eq!(state_of(&a, &r.id).await?, Some((TaskState::Succeeded, 1)));
-    a.backend.set_statuses(&[set(TaskState::Failed, 2)]).await?;
+    a.set_statuses(&[set(TaskState::Failed, 2)]).await?;
     assert_eq!(state_of(&a, &r.id).await?, Some((TaskState::Failed, 2)));
     assert_eq!(
         a.backend.final_states(std::slice::from_ref(&r.id)).await?,
@@ -120,25 +112,18 @@ async fn terminal_statuses_follow_rank(a: Adapters) -> anyhow::Result<()> {
         let n = spec();
         let set = |state, attempt| TaskStatus::for_spec(&n, state, attempt);
         if together {
-            a.backend
-                .set_statuses(&[set(TaskState::Succeeded, 0), set(TaskState::Running, 1)])
+            a.set_statuses(&[set(TaskState::Succeeded, 0), set(TaskState::Running, 1)])
                 .await?;
         } else {
-            a.backend
-                .set_statuses(&[set(TaskState::Running, 1)])
-                .await?;
-            a.backend
-                .set_statuses(&[set(TaskState::Succeeded, 0)])
-                .await?;
+            a.set_statuses(&[set(TaskState::Running, 1)]).await?;
+            a.set_statuses(&[set(TaskState::Succeeded, 0)]).await?;
         }
         assert_eq!(
             state_of(&a, &n.id).await?,
             Some((TaskState::Running, 1)),
             "together: {together}"
         );
-        a.backend
-            .set_statuses(&[set(TaskState::Succeeded, 1)])
-            .await?;
+        a.set_statuses(&[set(TaskState::Succeeded, 1)]).await?;
         assert_eq!(state_of(&a, &n.id).await?, Some((TaskState::Succeeded, 1)));
     }
     Ok(())
@@ -148,7 +133,7 @@ async fn status_round_trips(a: Adapters) -> anyhow::Result<()> {
     let s = spec();
     let mut st = TaskStatus::for_spec(&s, TaskState::Succeeded, 1);
     st.result = serde_json::json!({"ok": [1, 2]});
-    a.backend.set_statuses(&[st.clone()]).await?;
+    a.set_statuses(&[st.clone()]).await?;
     let got = a
         .backend
         .get_statuses(&[s.id.clone(), "missing".into()])
@@ -160,31 +145,22 @@ async fn status_round_trips(a: Adapters) -> anyhow::Result<()> {
 async fn status_never_moves_backwards(a: Adapters) -> anyhow::Result<()> {
     let s = spec();
     let set = |state, attempt| TaskStatus::for_spec(&s, state, attempt);
-    a.backend
-        .set_statuses(&[set(TaskState::Running, 0)])
-        .await?;
-    a.backend.set_statuses(&[set(TaskState::Queued, 0)]).await?;
+    a.set_statuses(&[set(TaskState::Running, 0)]).await?;
+    a.set_statuses(&[set(TaskState::Queued, 0)]).await?;
     assert_eq!(
         state_of(&a, &s.id).await?,
         Some((TaskState::Running, 0)),
         "late queued is dropped"
     );
-    a.backend
-        .set_statuses(&[set(TaskState::Retried, 0)])
-        .await?;
-    a.backend
-        .set_statuses(&[set(TaskState::Running, 1)])
-        .await?;
+    a.set_statuses(&[set(TaskState::Retried, 0)]).await?;
+    a.set_statuses(&[set(TaskState::Running, 1)]).await?;
     assert_eq!(
         state_of(&a, &s.id).await?,
         Some((TaskState::Running, 1)),
         "a retry's run outranks retried"
     );
-    a.backend
-        .set_statuses(&[set(TaskState::Succeeded, 1)])
-        .await?;
-    a.backend
-        .set_statuses(&[set(TaskState::Running, 1), set(TaskState::Queued, 0)])
+    a.set_statuses(&[set(TaskState::Succeeded, 1)]).await?;
+    a.set_statuses(&[set(TaskState::Running, 1), set(TaskState::Queued, 0)])
         .await?;
     assert_eq!(
         state_of(&a, &s.id).await?,
@@ -193,9 +169,9 @@ async fn status_never_moves_backwards(a: Adapters) -> anyhow::Result<()> {
     );
     let mut progress = set(TaskState::Running, 2);
     progress.result = serde_json::json!(1);
-    a.backend.set_statuses(&[progress.clone()]).await?;
+    a.set_statuses(&[progress.clone()]).await?;
     progress.result = serde_json::json!(2);
-    a.backend.set_statuses(&[progress]).await?;
+    a.set_statuses(&[progress]).await?;
     let got = stem::backend::get_status(a.backend.as_ref(), &s.id)
         .await?
         .expect("status");
@@ -208,14 +184,14 @@ async fn status_never_moves_backwards(a: Adapters) -> anyhow::Result<()> {
 }
 
 async fn statuses_expire_after_the_ttl(a: Adapters) -> anyhow::Result<()> {
+    let a = a.with_ttl(Duration::from_millis(300))?;
     let s = spec();
     let t = spec();
-    a.backend
-        .set_statuses(&[
-            TaskStatus::for_spec(&s, TaskState::Queued, 0),
-            TaskStatus::for_spec(&t, TaskState::Succeeded, 0),
-        ])
-        .await?;
+    a.set_statuses(&[
+        TaskStatus::for_spec(&s, TaskState::Queued, 0),
+        TaskStatus::for_spec(&t, TaskState::Succeeded, 0),
+    ])
+    .await?;
     assert!(state_of(&a, &s.id).await?.is_some());
     assert!(state_of(&a, &t.id).await?.is_some());
     poll("status expiry", Duration::from_secs(5), || async {
@@ -278,68 +254,17 @@ async fn put_if_absent_keeps_the_first_value(a: Adapters) -> anyhow::Result<()> 
     Ok(())
 }
 
-mod memory_adapter {
-    use super::*;
-    #[tokio::test]
-    async fn status_round_trips() -> anyhow::Result<()> {
-        super::status_round_trips(common::memory()?).await
-    }
-    #[tokio::test]
-    async fn status_never_moves_backwards() -> anyhow::Result<()> {
-        super::status_never_moves_backwards(common::memory()?).await
-    }
-    #[tokio::test]
-    async fn statuses_expire_after_the_ttl() -> anyhow::Result<()> {
-        super::statuses_expire_after_the_ttl(common::memory_with_ttl(Duration::from_millis(300))?)
-            .await
-    }
-    #[tokio::test]
-    async fn groups_aggregate_results() -> anyhow::Result<()> {
-        super::groups_aggregate_results(common::memory()?).await
-    }
-    #[tokio::test]
-    async fn put_if_absent_keeps_the_first_value() -> anyhow::Result<()> {
-        super::put_if_absent_keeps_the_first_value(common::memory()?).await
-    }
-    #[tokio::test]
-    async fn final_states_read_finished_tasks() -> anyhow::Result<()> {
-        super::final_states_read_finished_tasks(common::memory()?).await
-    }
-    #[tokio::test]
-    async fn terminal_statuses_follow_rank() -> anyhow::Result<()> {
-        super::terminal_statuses_follow_rank(common::memory()?).await
-    }
-}
-
-mod redis_adapter {
-    use super::*;
-    #[tokio::test]
-    async fn status_round_trips() -> anyhow::Result<()> {
-        super::status_round_trips(common::redis()?).await
-    }
-    #[tokio::test]
-    async fn status_never_moves_backwards() -> anyhow::Result<()> {
-        super::status_never_moves_backwards(common::redis()?).await
-    }
-    #[tokio::test]
-    async fn statuses_expire_after_the_ttl() -> anyhow::Result<()> {
-        super::statuses_expire_after_the_ttl(common::redis_with_ttl(Duration::from_millis(300))?)
-            .await
-    }
-    #[tokio::test]
-    async fn groups_aggregate_results() -> anyhow::Result<()> {
-        super::groups_aggregate_results(common::redis()?).await
-    }
-    #[tokio::test]
-    async fn put_if_absent_keeps_the_first_value() -> anyhow::Result<()> {
-        super::put_if_absent_keeps_the_first_value(common::redis()?).await
-    }
-    #[tokio::test]
-    async fn final_states_read_finished_tasks() -> anyhow::Result<()> {
-        super::final_states_read_finished_tasks(common::redis()?).await
-    }
-    #[tokio::test]
-    async fn terminal_statuses_follow_rank() -> anyhow::Result<()> {
-        super::terminal_statuses_follow_rank(common::redis()?).await
-    }
-}
+stem_testkit::contract_suite!(
+    [
+    memory_adapter => crate::common::memory,
+    redis_adapter => crate::common::redis,
+    redis_colocated => crate::common::redis_colocated,
+];
+    status_round_trips,
+    status_never_moves_backwards,
+    statuses_expire_after_the_ttl,
+    groups_aggregate_results,
+    put_if_absent_keeps_the_first_value,
+    final_states_read_finished_tasks,
+    terminal_statuses_follow_rank,
+);

@@ -416,7 +416,12 @@ async fn blocking_fetch_wakes_on_publish(a: Adapters) -> anyhow::Result<()> {
     Ok(())
 }
 
-contract_suite!(
+stem_testkit::contract_suite!(
+    [
+    memory_adapter => crate::common::memory,
+    redis_adapter => crate::common::redis,
+    redis_colocated => crate::common::redis_colocated,
+];
     publish_fetch_ack_empties_the_queue,
     fetch_takes_at_most_max,
     higher_priority_is_fetched_first,

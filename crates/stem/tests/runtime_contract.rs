@@ -657,7 +657,7 @@ async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
     // take it within milliseconds (a blocking read wakes on the publish);
     // a second of it staying queued shows the pause.
     let held_back = r.stem.enqueue::<Add>((1, 1)).await?;
-    common::holds(
+    stem_testkit::holds(
         "paused queue not fetched",
         Duration::from_secs(1),
         || async {
@@ -836,7 +836,12 @@ async fn blocking_bodies_off_the_executor_keep_their_leases(a: Adapters) -> anyh
     r.finish().await
 }
 
-contract_suite!(
+stem_testkit::contract_suite!(
+    [
+    memory_adapter => crate::common::memory,
+    redis_adapter => crate::common::redis,
+    redis_colocated => crate::common::redis_colocated,
+];
     typed_task_succeeds,
     failed_attempt_is_retried_with_backoff,
     exhausted_retries_dead_letter,

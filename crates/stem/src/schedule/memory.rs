@@ -142,19 +142,6 @@ impl ScheduleStore for MemoryScheduleStore {
         Ok(true)
     }
 
-    async fn release_firing(&self, id: &str, slot: DateTime<Utc>, owner: &str) -> Result<bool> {
-        let mut st = self.lock();
-        let key = (id.to_string(), slot.timestamp_millis());
-        let held = st
-            .firings
-            .get(&key)
-            .is_some_and(|(o, exp)| o == owner && *exp > Instant::now());
-        if held {
-            st.firings.remove(&key);
-        }
-        Ok(held)
-    }
-
     async fn firing_owner(&self, id: &str, slot: DateTime<Utc>) -> Result<Option<String>> {
         let st = self.lock();
         Ok(st

@@ -159,7 +159,6 @@ pub struct RedisScheduleStore {
     conn: Conn,
     upsert: std::sync::Arc<Script>,
     complete: std::sync::Arc<Script>,
-    delete_if_owner: std::sync::Arc<Script>,
 }
 
 impl RedisScheduleStore {
@@ -169,7 +168,6 @@ impl RedisScheduleStore {
             conn: connection(client, COMMAND_TIMEOUT)?,
             upsert: std::sync::Arc::new(Script::new(UPSERT)),
             complete: std::sync::Arc::new(Script::new(COMPLETE)),
-            delete_if_owner: std::sync::Arc::new(Script::new(DELETE_IF_OWNER)),
         })
     }
 
@@ -312,16 +310,6 @@ impl ScheduleStore for RedisScheduleStore {
             .query_async(&mut self.conn())
             .await?;
         Ok(set.is_some())
-    }
-
-    async fn release_firing(&self, id: &str, slot: DateTime<Utc>, owner: &str) -> Result<bool> {
-        let n: i64 = self
-            .delete_if_owner
-            .key(keys::schedule_fired(id, slot.timestamp_millis()))
-            .arg(owner)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(n > 0)
     }
 
     async fn firing_owner(&self, id: &str, slot: DateTime<Utc>) -> Result<Option<String>> {

@@ -117,10 +117,6 @@ pub trait ScheduleStore: Send + Sync {
         ttl: Duration,
     ) -> Result<bool>;
 
-    /// Removes a firing record held by `owner` (after a publish that
-    /// certainly did not happen), so the slot can be fired again.
-    async fn release_firing(&self, id: &str, slot: DateTime<Utc>, owner: &str) -> Result<bool>;
-
     /// Who recorded slot `slot` of `id`, if anyone (and not expired).
     async fn firing_owner(&self, id: &str, slot: DateTime<Utc>) -> Result<Option<String>>;
 

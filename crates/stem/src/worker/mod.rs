@@ -12,7 +12,9 @@
 //!   task per fetched batch, so the next fetch is in flight meanwhile.
 //! - **execute** (`execute.rs`): admitted deliveries wait in a priority
 //!   queue; a dispatcher gives each free concurrency slot to the highest
-//!   priority one (FIFO within a priority), which then runs in its own
+//!   priority one (in admission order within a priority: stream order for
+//!   entries of one read; entries of two reads are admitted concurrently,
+//!   so a later read's entry may start first), which then runs in its own
 //!   tokio task with hard/soft limits, cancellation and panic capture.
 //! - **complete** (`complete.rs`): batches outcomes; writes statuses and
 //!   group results, *then* acknowledges, retries or dead-letters. Up to two

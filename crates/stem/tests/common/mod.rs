@@ -1,9 +1,8 @@
 //! Adapter factories and polling helpers shared by the contract suites.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stem::atomic::{AtomicStore, RedisAtomicStore};
 use stem::backend::memory::MemoryBackend;
@@ -17,6 +16,8 @@ use stem::config::TlsSettings;
 use stem::control::memory::MemoryControl;
 use stem::control::redis::RedisControl;
 use stem::control::ControlPlane;
+use stem::envelope::TaskStatus;
+pub use stem_testkit::poll;
 use stem_testkit::RedisServer;
 
 /// One adapter pair under test; keeps its redis-server alive.
@@ -30,6 +31,33 @@ pub struct Adapters {
 }
 
 impl Adapters {
+    /// Writes statuses the way production does on these adapters: through
+    /// the atomic settle when broker and backend share a Redis, else
+    /// through the backend.
+    pub async fn set_statuses(&self, statuses: &[TaskStatus]) -> stem::Result<()> {
+        match &self.atomic {
+            Some(atomic) => atomic.settle(statuses, &[]).await,
+            None => self.backend.set_statuses(statuses).await,
+        }
+    }
+
+    /// The same stores with statuses kept only `ttl` (a new backend, and
+    /// atomic store, on the same server).
+    pub fn with_ttl(mut self, ttl: Duration) -> anyhow::Result<Self> {
+        match &self.redis {
+            None => self.backend = Arc::new(MemoryBackend::new(ttl)),
+            Some(server) => {
+                let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
+                self.backend = Arc::new(RedisBackend::new(client.clone(), ttl)?);
+                if self.atomic.is_some() {
+                    let broker = RedisBroker::new(client, 1000)?;
+                    self.atomic = Some(Arc::new(RedisAtomicStore::new(broker, ttl)));
+                }
+            }
+        }
+        Ok(self)
+    }
+
     /// The adapters as a client's stores.
     pub fn stores(&self) -> Stores {
         Stores {
@@ -94,69 +122,4 @@ pub fn memory() -> anyhow::Result<Adapters> {
 
 pub fn redis() -> anyhow::Result<Adapters> {
     redis_with_ttl(Duration::from_secs(3600))
-}
-
-/// Polls `f` every 20 ms until it yields `Some`, or fails after `timeout`.
-pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Checks `f` every 20 ms for the whole of `window` and fails the first
-/// time it answers false: for claims that something does *not* happen
-/// (a paused queue is not fetched), where there is no event to wait for.
-pub async fn holds<F, Fut>(what: &str, window: Duration, mut f: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + window;
-    while Instant::now() < deadline {
-        anyhow::ensure!(f().await?, "{what} stopped holding within {window:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-/// Runs each listed async test function against both adapters.
-#[macro_export]
-macro_rules! contract_suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory_adapter {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(super::common::memory()?).await
-                }
-            )*
-        }
-        mod redis_adapter {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(super::common::redis()?).await
-                }
-            )*
-        }
-        mod redis_colocated {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(super::common::redis_colocated()?).await
-                }
-            )*
-        }
-    };
 }
