@@ -88,7 +88,7 @@ pub async fn run(args: DevArgs) -> i32 {
     let mut beat_config = config.clone();
     beat_config.schedule_file = dev_schedule_file(&config);
     let beat_banner = match &beat_config.schedule_file {
-        Some(path) => format!("seeded from {}", path.display()),
+        Some(path) => format!("schedules from {}", path.display()),
         None => "no schedule file (set STEM_SCHEDULE_FILE)".to_string(),
     };
     let stores = config_or_exit(ScheduleStores::connect(&beat_config));

@@ -26,7 +26,7 @@ use crate::task::TaskHandler;
 
 use super::complete::{self, Final};
 use super::metrics::count_one;
-use super::{execute, Held, Shared};
+use super::{execute, Shared};
 
 /// Dead-letter replays a task may go through beyond its retry budget. The
 /// attempt is delivery state, not signed: a stream writer could set it to
@@ -64,32 +64,8 @@ fn failed_status(spec: &TaskSpec, attempt: u32, reason: &str, message: String) -
 
 /// Takes a fetched batch into the worker.
 pub(super) async fn admit(shared: &Arc<Shared>, batch: Vec<Fetched>) {
-    let fresh = take_in(shared, batch);
+    let fresh = shared.inflight.take_in(batch);
     admit_held(shared, fresh).await;
-}
-
-/// Records a fetched batch as held and not started (so the fetch loop's
-/// room is right at once); returns the entries that were not held yet.
-pub(super) fn take_in(shared: &Shared, batch: Vec<Fetched>) -> Vec<Fetched> {
-    let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
-    let fresh: Vec<Fetched> = batch
-        .into_iter()
-        .filter(|f| {
-            if held.contains_key(f.receipt()) {
-                return false;
-            }
-            held.insert(f.receipt().clone(), Held { running: None });
-            true
-        })
-        .collect();
-    shared
-        .metrics
-        .inflight
-        .store(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    shared
-        .unstarted
-        .fetch_add(fresh.len(), std::sync::atomic::Ordering::Relaxed);
-    fresh
 }
 
 /// A delivery that passed admission's checks, with what it takes to run it.
@@ -222,7 +198,7 @@ pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
             },
         }
     }
-    shared.left_waiting(rejects.len());
+    shared.inflight.left_waiting(rejects.len());
     settle_rejects(shared, rejects).await;
     if runnable.is_empty() {
         return;
@@ -252,7 +228,9 @@ pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
             execute::spawn(shared.clone(), d, spec, handler);
         }
     }
-    shared.left_waiting(finished.len() + over_limit.len());
+    shared
+        .inflight
+        .left_waiting(finished.len() + over_limit.len());
     settle_rejects(shared, over_limit).await;
     if !finished.is_empty() {
         redo_finished(shared, finished).await;
@@ -291,7 +269,7 @@ async fn redo_finished(shared: &Arc<Shared>, finished: Vec<(Delivery, Arc<TaskSp
         Err(e) => {
             tracing::warn!(error = %e, "could not read the statuses of finished tasks; they will be redelivered");
             let receipts: Vec<Receipt> = finished.into_iter().map(|(d, _)| d.receipt).collect();
-            shared.release(&receipts);
+            shared.inflight.release(&receipts);
             return;
         }
     };
@@ -387,6 +365,6 @@ async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
         });
         count_one(&shared.metrics.dead_lettered);
     }
-    shared.release(&unrecorded);
+    shared.inflight.release(&unrecorded);
     complete::follow_up_and_finalize(shared, items).await;
 }

@@ -276,7 +276,7 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
                 .chain(p.retries.iter().map(|r| r.receipt.clone()))
                 .chain(p.requeues.iter().map(|r| r.0.clone()))
                 .collect();
-            shared.release(&all);
+            shared.inflight.release(&all);
             return;
         }
         tokio::time::sleep(backoff::outage_delay(failures)).await;
@@ -307,7 +307,7 @@ async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
         }
         settled.push(receipt);
     }
-    shared.release(&settled);
+    shared.inflight.release(&settled);
 
     // 3. Terminal outcomes with follow-ups or dead letters.
     follow_up_and_finalize(shared, p.finishing).await;
@@ -386,7 +386,7 @@ async fn write_one_by_one(shared: &Shared, p: Plan) -> Plan {
             out.finishing.push(f);
         }
     }
-    shared.release(&left);
+    shared.inflight.release(&left);
     out
 }
 
@@ -430,7 +430,7 @@ pub(super) async fn follow_up_and_finalize(shared: &Arc<Shared>, items: Vec<Fini
         );
     }
     settled.extend(left);
-    shared.release(&settled);
+    shared.inflight.release(&settled);
 }
 
 /// Runs the follow-ups of every item's terminal status; `false` for the

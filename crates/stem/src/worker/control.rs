@@ -36,8 +36,8 @@ pub(super) fn info(shared: &Shared) -> WorkerInfo {
         host: crate::config::hostname(),
         pid: std::process::id(),
         concurrency: shared.opts.concurrency,
-        prefetch: shared.bound(),
-        inflight: shared.held_count(),
+        prefetch: shared.inflight.bound(),
+        inflight: shared.inflight.count(),
         started_at: shared.started_ms,
         heartbeat_at: now_ms(),
         started: m.started.load(Ordering::Relaxed),
@@ -206,6 +206,7 @@ async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
         Command::Inspect => {
             let now = now_ms();
             let active = shared
+                .inflight
                 .running()
                 .into_iter()
                 .map(|r| ActiveTask {
@@ -219,12 +220,12 @@ async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
                 .collect();
             reply(InspectReply {
                 active,
-                held: shared.held_count(),
+                held: shared.inflight.count(),
             })
         }
         Command::Revoke { task_ids } => {
             let mut cancelled = Vec::new();
-            for r in shared.running() {
+            for r in shared.inflight.running() {
                 if task_ids.contains(&r.spec.id) {
                     r.cancel.cancel();
                     cancelled.push(r.spec.id.clone());
@@ -233,7 +234,7 @@ async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
             reply(RevokeReply { cancelled })
         }
         Command::Shutdown => {
-            let active = shared.held_count();
+            let active = shared.inflight.count();
             tracing::warn!("shutdown requested over the control plane");
             shared.stopping.cancel();
             reply(ShutdownReply {

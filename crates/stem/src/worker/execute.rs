@@ -104,7 +104,7 @@ pub(super) fn spawn(
         }
     }
     // Stopping before it started: hand it back untouched.
-    shared.left_waiting(1);
+    shared.inflight.left_waiting(1);
     requeue(&shared, d, &spec);
 }
 
@@ -136,7 +136,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
             }
         };
         let Some(w) = next else { break };
-        shared.left_waiting(1);
+        shared.inflight.left_waiting(1);
         if shared.stopping.is_cancelled() {
             requeue(&shared, w.delivery, &w.spec);
             break;
@@ -153,7 +153,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
         q.closed = true;
         std::mem::take(&mut q.heap).into_vec()
     };
-    shared.left_waiting(left.len());
+    shared.inflight.left_waiting(left.len());
     for w in left {
         requeue(&shared, w.delivery, &w.spec);
     }
@@ -168,20 +168,16 @@ async fn run(
     let options = handler.options();
     let cancel = CancellationToken::new();
     let marked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(h) = shared
-        .held
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_mut(&d.receipt)
-    {
-        h.running = Some(super::RunningTask {
+    shared.inflight.start(
+        &d.receipt,
+        super::RunningTask {
             spec: spec.clone(),
             attempt: d.wire.attempt,
             started_ms: crate::envelope::now_ms(),
             cancel: cancel.clone(),
             marked: marked.clone(),
-        });
-    }
+        },
+    );
     shared.started.notify_one();
     count_one(&shared.metrics.started);
     tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
@@ -292,7 +288,7 @@ pub(super) async fn mark_running(shared: Arc<Shared>, stop: CancellationToken) {
         let started = shared.started.notified();
         let mut idle = true;
         let due: Vec<TaskStatus> = {
-            let held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+            let held = shared.inflight.lock();
             let cutoff = now_ms() - RUNNING_AFTER.as_millis() as i64;
             held.values()
                 .filter_map(|h| h.running.as_ref())

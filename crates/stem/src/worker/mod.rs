@@ -24,12 +24,19 @@
 //!   whose owner died; every 200 ms it promotes due delayed entries.
 //! - **shutdown**: stop fetching, let running tasks finish within the
 //!   grace period, hand the rest back for immediate redelivery.
+//!
+//! The parts have files of their own: `inflight.rs` (what is held and how
+//! much more may be fetched), `upkeep.rs` (the lease, promotion, recovery
+//! and revocation loops), `control.rs` (heartbeats and commands),
+//! `metrics.rs` (counters), `backoff.rs` (retry delays). This file wires
+//! them and runs the fetch loop.
 
 mod admit;
 mod backoff;
 mod complete;
 mod control;
 mod execute;
+mod inflight;
 mod metrics;
 mod upkeep;
 
@@ -100,18 +107,14 @@ pub(crate) struct Shared {
     atomic: Option<Arc<dyn AtomicStore>>,
     registry: TaskRegistry,
     verifier: Option<Verifier>,
-    held: Mutex<HashMap<Receipt, Held>>,
-    settled: Notify,
+    /// What the worker holds and how much more it may fetch.
+    inflight: inflight::Inflight,
     slots: Arc<Semaphore>,
     /// Admitted deliveries waiting for a slot, in priority order.
     waiting: Mutex<execute::WaitQueue>,
     waiting_changed: Notify,
     /// Signalled when a body starts (wakes the `running` marker).
     started: Notify,
-    /// Fetched entries that have not started (admission, waiting queue).
-    unstarted: std::sync::atomic::AtomicUsize,
-    /// Signalled when an entry starts or is settled (wakes the fetch loop).
-    room: Notify,
     outcomes: mpsc::UnboundedSender<Outcome>,
     /// Cancelled when running bodies must stop (grace period over).
     force: CancellationToken,
@@ -133,52 +136,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn held_count(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-    fn held_receipts(&self) -> Vec<Receipt> {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
-    }
-    fn release(&self, receipts: &[Receipt]) {
-        {
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            for r in receipts {
-                held.remove(r);
-            }
-            self.metrics
-                .inflight
-                .store(held.len() as u64, Ordering::Relaxed);
-        }
-        self.settled.notify_waiters();
-        self.room.notify_one();
-    }
-    /// `n` fetched entries started running or left without running.
-    fn left_waiting(&self, n: usize) {
-        if n > 0 {
-            self.unstarted.fetch_sub(n, Ordering::Relaxed);
-            self.room.notify_one();
-        }
-    }
-    /// How many entries the fetch loop may ask for now.
-    fn room_to_fetch(&self) -> usize {
-        let bound = self.bound();
-        let waiting = bound.saturating_sub(self.unstarted.load(Ordering::Relaxed));
-        let total = bound + self.opts.concurrency + complete::MAX_BATCH;
-        waiting.min(total.saturating_sub(self.held_count()))
-    }
-    fn running(&self) -> Vec<RunningTask> {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter_map(|h| h.running.clone())
-            .collect()
-    }
     fn active_queues(&self) -> Vec<String> {
         let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
         let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
@@ -203,9 +160,6 @@ impl Shared {
             .quarantined
             .store(quarantined.len() as u64, Ordering::Relaxed);
         fresh
-    }
-    fn bound(&self) -> usize {
-        self.opts.concurrency * self.opts.prefetch_multiplier
     }
 }
 
@@ -254,16 +208,17 @@ impl Worker {
             waiting: Mutex::new(execute::WaitQueue::default()),
             waiting_changed: Notify::new(),
             started: Notify::new(),
-            unstarted: Default::default(),
-            room: Notify::new(),
+            inflight: {
+                let bound = self.opts.concurrency * self.opts.prefetch_multiplier;
+                let cap = bound + self.opts.concurrency + complete::MAX_BATCH;
+                inflight::Inflight::new(bound, cap, self.metrics.clone())
+            },
             opts: self.opts,
             broker: self.broker,
             backend: self.backend,
             atomic: self.atomic,
             registry: self.registry,
             verifier: self.verifier,
-            held: Mutex::new(HashMap::new()),
-            settled: Notify::new(),
             outcomes: tx,
             force: CancellationToken::new(),
             stopping: shutdown.clone(),
@@ -280,7 +235,7 @@ impl Worker {
         }
         tracing::info!(
             worker = %o.name, queues = ?o.queues, namespace = %o.namespace,
-            concurrency = o.concurrency, prefetch = shared.bound(),
+            concurrency = o.concurrency, prefetch = shared.inflight.bound(),
             visibility_timeout_ms = o.visibility_timeout.as_millis() as u64,
             "worker starting"
         );
@@ -302,31 +257,14 @@ impl Worker {
         fetch_loop(&shared, &shutdown).await;
 
         // Drain: running tasks get the grace period.
-        let held = shared.held_count();
+        let held = shared.inflight.count();
         tracing::info!(worker = %shared.opts.name, held, grace_ms = shared.opts.shutdown_grace.as_millis() as u64, "worker stopping: draining");
-        let drained = tokio::time::timeout(shared.opts.shutdown_grace, async {
-            loop {
-                let notified = shared.settled.notified();
-                if shared.held_count() == 0 {
-                    break;
-                }
-                notified.await;
-            }
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(shared.opts.shutdown_grace, shared.inflight.drained()).await;
         if drained.is_err() {
-            tracing::warn!(worker = %shared.opts.name, left = shared.held_count(), "grace period over: handing running tasks back");
+            tracing::warn!(worker = %shared.opts.name, left = shared.inflight.count(), "grace period over: handing running tasks back");
             shared.force.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    let notified = shared.settled.notified();
-                    if shared.held_count() == 0 {
-                        break;
-                    }
-                    notified.await;
-                }
-            })
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), shared.inflight.drained()).await;
         }
         background.cancel();
         for l in loops.drain(..) {
@@ -377,8 +315,8 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
     let mut failures = 0u32;
     let consumer = shared.opts.name.clone();
     while !shutdown.is_cancelled() {
-        let notified = shared.room.notified();
-        let free = shared.room_to_fetch();
+        let notified = shared.inflight.room_changed();
+        let free = shared.inflight.room_to_fetch();
         if free == 0 {
             tokio::select! {
                 _ = notified => {}
@@ -416,7 +354,7 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                 if !batch.is_empty() {
                     // Admission (verification, the status check's round
                     // trip) runs beside the next fetch.
-                    let fresh = admit::take_in(shared, batch);
+                    let fresh = shared.inflight.take_in(batch);
                     let shared = shared.clone();
                     tokio::spawn(async move { admit::admit_held(&shared, fresh).await });
                 }

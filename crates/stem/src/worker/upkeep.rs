@@ -23,7 +23,7 @@ async fn ticked(stop: &CancellationToken, period: Duration) -> bool {
 pub(super) async fn renew_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let period = (shared.opts.visibility_timeout / 3).max(Duration::from_millis(50));
     while ticked(&stop, period).await {
-        let receipts = shared.held_receipts();
+        let receipts = shared.inflight.receipts();
         if receipts.is_empty() {
             continue;
         }
@@ -58,7 +58,7 @@ pub(super) async fn recover_loop(shared: Arc<Shared>, stop: CancellationToken) {
         if shared.stopping.is_cancelled() {
             continue;
         }
-        let free = shared.room_to_fetch();
+        let free = shared.inflight.room_to_fetch();
         if free == 0 {
             continue;
         }
@@ -81,7 +81,7 @@ pub(super) async fn recover_loop(shared: Arc<Shared>, stop: CancellationToken) {
 /// that were revoked (status `cancelled`).
 pub(super) async fn revocation_loop(shared: Arc<Shared>, stop: CancellationToken) {
     while ticked(&stop, Duration::from_secs(1)).await {
-        let running = shared.running();
+        let running = shared.inflight.running();
         if running.is_empty() {
             continue;
         }
