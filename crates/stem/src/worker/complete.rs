@@ -124,7 +124,10 @@ fn task_error(kind: &str, message: &str, reason: Option<&str>) -> TaskError {
     }
 }
 
-fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
+/// Sorts finished outcomes into what settling does with each: a status,
+/// and then a plain ack, follow-ups, a retry or a dead letter. Pure but
+/// for the counters, so a table test covers every branch.
+fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
     let mut p = Plan::default();
     for o in batch {
         let (receipt, spec, wire, result, budget) = match o {
@@ -147,7 +150,7 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
         let attempt = wire.attempt;
         match result {
             Ok(value) => {
-                count_one(&shared.metrics.succeeded);
+                count_one(&metrics.succeeded);
                 tracing::debug!(task = %spec.name, task_id = %spec.id, "task succeeded");
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Succeeded, attempt);
                 s.result = value;
@@ -166,7 +169,7 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                 }
             }
             Err(failure) if failure.retryable && attempt < budget => {
-                count_one(&shared.metrics.retried);
+                count_one(&metrics.retried);
                 let delay = backoff::retry_delay(attempt);
                 tracing::info!(
                     task = %spec.name, task_id = %spec.id, attempt, retry_in_ms = delay.as_millis() as u64,
@@ -186,8 +189,8 @@ fn plan(shared: &Shared, batch: Vec<Outcome>) -> Plan {
                 });
             }
             Err(failure) => {
-                count_one(&shared.metrics.failed);
-                count_one(&shared.metrics.dead_lettered);
+                count_one(&metrics.failed);
+                count_one(&metrics.dead_lettered);
                 let reason = if failure.retryable {
                     DeadLetterReason::MaxRetriesExhausted
                 } else {
@@ -236,7 +239,7 @@ fn chain_position(spec: &TaskSpec) -> Option<(String, usize)> {
 }
 
 async fn settle(shared: &Arc<Shared>, batch: Vec<Outcome>) {
-    let mut p = plan(shared, batch);
+    let mut p = plan(&shared.metrics, batch);
 
     // 1. Statuses first. Without them nothing is acknowledged. When the
     // backend shares the broker's Redis, the acks of tasks with nothing to
@@ -598,4 +601,145 @@ async fn settle_chord(shared: &Shared, gid: &str) -> Result<()> {
         None,
     ));
     shared.backend.set_statuses(&[s]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::envelope::TaskSpec;
+    use crate::task::TaskFailure;
+
+    fn spec(group: bool) -> Arc<TaskSpec> {
+        let mut headers = BTreeMap::new();
+        if group {
+            headers.insert(GROUP_HEADER.to_string(), "grp-1".to_string());
+        }
+        Arc::new(TaskSpec {
+            id: crate::envelope::new_task_id(),
+            name: "t".into(),
+            queue: "q".into(),
+            args: json!({}),
+            headers,
+            meta: Default::default(),
+            enqueued_at: 0,
+            max_retries: 2,
+            priority: 3,
+        })
+    }
+
+    fn finished(
+        spec: &Arc<TaskSpec>,
+        attempt: u32,
+        result: std::result::Result<Value, TaskFailure>,
+    ) -> Outcome {
+        Outcome::Finished {
+            receipt: Receipt {
+                queue: "q".into(),
+                lane: 3,
+                entry_id: format!("{attempt}-0"),
+            },
+            spec: spec.clone(),
+            wire: WireEnvelope {
+                body: spec.to_body().expect("body"),
+                key_id: None,
+                signature: None,
+                attempt,
+            },
+            result,
+            budget: 2,
+        }
+    }
+
+    /// (outcome, expected status, where it goes)
+    #[test]
+    fn every_outcome_is_planned_as_documented() {
+        let (plain, grouped) = (spec(false), spec(true));
+        let cases: Vec<(Outcome, Option<TaskState>, &str)> = vec![
+            (
+                finished(&plain, 0, Ok(json!(1))),
+                Some(TaskState::Succeeded),
+                "plain ack",
+            ),
+            (
+                finished(&grouped, 0, Ok(json!(1))),
+                Some(TaskState::Succeeded),
+                "follow-up, then ack",
+            ),
+            (
+                finished(&plain, 1, Err(TaskFailure::new("boom"))),
+                Some(TaskState::Retried),
+                "retry",
+            ),
+            (
+                finished(&plain, 2, Err(TaskFailure::new("boom"))),
+                Some(TaskState::Failed),
+                "max-retries-exhausted",
+            ),
+            (
+                finished(&plain, 0, Err(TaskFailure::fatal("no"))),
+                Some(TaskState::Failed),
+                "non-retryable",
+            ),
+            (
+                Outcome::Requeue {
+                    receipt: Receipt {
+                        queue: "q".into(),
+                        lane: 3,
+                        entry_id: "9-0".into(),
+                    },
+                    wire: WireEnvelope {
+                        body: plain.to_body().expect("body"),
+                        key_id: None,
+                        signature: None,
+                        attempt: 0,
+                    },
+                    priority: 3,
+                },
+                None,
+                "requeue",
+            ),
+        ];
+        for (outcome, state, route) in cases {
+            let metrics = super::super::WorkerMetrics::default();
+            let p = plan(&metrics, vec![outcome]);
+            assert_eq!(p.statuses.first().map(|s| s.state), state, "{route}");
+            let got = match (
+                &p.plain_acks[..],
+                &p.finishing[..],
+                &p.retries[..],
+                &p.requeues[..],
+            ) {
+                ([_], [], [], []) => "plain ack".to_string(),
+                ([], [f], [], []) => match &f.fin {
+                    Final::Ack => "follow-up, then ack".into(),
+                    Final::Dead(l) => l.reason.as_str().into(),
+                },
+                ([], [], [r], []) => {
+                    assert_eq!(r.wire.attempt, 2, "a retry raises the attempt");
+                    assert_eq!(r.priority, 3, "and keeps the priority");
+                    "retry".into()
+                }
+                ([], [], [], [_]) => "requeue".into(),
+                _ => "several".into(),
+            };
+            assert_eq!(got, route);
+            let counted = [
+                metrics.succeeded.load(Ordering::Relaxed),
+                metrics.retried.load(Ordering::Relaxed),
+                metrics.failed.load(Ordering::Relaxed),
+                metrics.dead_lettered.load(Ordering::Relaxed),
+            ];
+            let want = match route {
+                "plain ack" | "follow-up, then ack" => [1, 0, 0, 0],
+                "retry" => [0, 1, 0, 0],
+                "requeue" => [0, 0, 0, 0],
+                _ => [0, 0, 1, 1],
+            };
+            assert_eq!(counted, want, "{route}");
+        }
+    }
 }
