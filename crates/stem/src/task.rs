@@ -186,6 +186,36 @@ impl<T: Task> TaskHandler for Typed<T> {
     }
 }
 
+/// A task from a function ([`TaskRegistry::register_fn`]).
+struct FnTask<A, O, F> {
+    name: String,
+    options: TaskOptions,
+    body: F,
+    _types: std::marker::PhantomData<fn(A) -> O>,
+}
+
+#[async_trait]
+impl<A, O, F, Fut> TaskHandler for FnTask<A, O, F>
+where
+    A: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    F: Fn(TaskContext, A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = TaskResult<O>> + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn options(&self) -> TaskOptions {
+        self.options.clone()
+    }
+    async fn call(&self, ctx: TaskContext, args: Value) -> TaskResult<Value> {
+        let args: A = serde_json::from_value(args)?;
+        let out = (self.body)(ctx, args).await?;
+        serde_json::to_value(out)
+            .map_err(|e| TaskFailure::fatal(format!("unserialisable result: {e}")))
+    }
+}
+
 /// Tasks by name. Cheap to clone; clones share entries.
 #[derive(Clone, Default)]
 pub struct TaskRegistry {
@@ -201,6 +231,34 @@ impl TaskRegistry {
     /// Registers a typed task.
     pub fn register<T: Task>(&self, task: T) -> &Self {
         self.register_handler(Arc::new(Typed(task)))
+    }
+
+    /// Registers an async function as task `name`: JSON arguments in,
+    /// a JSON-serialisable result out, with `options` (queue, retries,
+    /// limits). For tasks that need no type of their own:
+    ///
+    /// ```
+    /// use stem::{TaskOptions, TaskRegistry};
+    ///
+    /// let registry = TaskRegistry::new();
+    /// registry.register_fn("math.add", TaskOptions::default(), |_ctx, args: (i64, i64)| async move {
+    ///     Ok(args.0 + args.1)
+    /// });
+    /// assert_eq!(registry.names(), ["math.add"]);
+    /// ```
+    pub fn register_fn<A, O, F, Fut>(&self, name: &str, options: TaskOptions, body: F) -> &Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(TaskContext, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult<O>> + Send + 'static,
+    {
+        self.register_handler(Arc::new(FnTask {
+            name: name.to_string(),
+            options,
+            body,
+            _types: std::marker::PhantomData,
+        }))
     }
 
     /// Registers a handler under its name (replacing an earlier one).
@@ -323,5 +381,52 @@ impl TaskContext {
             _ = tokio::time::sleep(d) => true,
             _ = self.cancel.cancelled() => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_function_task_decodes_its_arguments_and_encodes_its_result() -> crate::Result<()> {
+        let registry = TaskRegistry::new();
+        let options = TaskOptions {
+            queue: "math".into(),
+            max_retries: 4,
+            ..Default::default()
+        };
+        registry.register_fn("math.add", options, |_ctx, (a, b): (i64, i64)| async move {
+            if a < 0 {
+                return Err(TaskFailure::fatal("negative"));
+            }
+            Ok(a + b)
+        });
+        let handler = registry.get("math.add").expect("registered");
+        assert_eq!(handler.name(), "math.add");
+        assert_eq!(
+            registry
+                .options("math.add")
+                .map(|o| (o.queue, o.max_retries)),
+            Some(("math".to_string(), 4))
+        );
+        let ctx = || TaskContext::detached("math.add", Map::new());
+        assert_eq!(
+            handler.call(ctx(), json!([2, 3])).await.ok(),
+            Some(json!(5))
+        );
+        let refused = handler.call(ctx(), json!([-1, 3])).await.err();
+        assert_eq!(
+            refused.map(|f| (f.message, f.retryable)),
+            Some(("negative".into(), false))
+        );
+        let bad_args = handler.call(ctx(), json!({"a": 1})).await.err();
+        assert!(
+            bad_args.is_some_and(|f| !f.retryable),
+            "undecodable arguments fail for good"
+        );
+        Ok(())
     }
 }
