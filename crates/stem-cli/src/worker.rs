@@ -233,14 +233,12 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
             let ex = ask(&stem, &Command::Shutdown, &targets).await?;
             let mut t = Table::new(&["Worker", "Status", "Reply", "Active Tasks"]).right(&[3]);
             for a in &ex.answers {
-                t.row(vec![
-                    a.worker.clone(),
-                    a.status.into(),
-                    a.reply_as::<ShutdownReply>()
-                        .map_or_else(|| "-".into(), |r| r.status),
-                    a.reply_as::<ShutdownReply>()
-                        .map_or_else(|| "-".into(), |r| r.active.to_string()),
-                ]);
+                let (status, active) = a
+                    .reply_as::<ShutdownReply>()
+                    .map_or(("-".into(), "-".into()), |r| {
+                        (r.status, r.active.to_string())
+                    });
+                t.row(vec![a.worker.clone(), a.status.into(), status, active]);
             }
             finish(&ex, format, t, true)
         }

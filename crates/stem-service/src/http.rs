@@ -7,8 +7,6 @@
 //!
 //! Every other path answers 404 with a JSON body, like the enqueuer.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,22 +15,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use stem::broker::Broker;
 use stem::telemetry::{render, Exporter, MetricsSource};
 use tokio_util::sync::CancellationToken;
-
-/// Answers whether the service's store is reachable (`/readyz`).
-pub type Ping =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = stem::Result<()>> + Send>> + Send + Sync>;
 
 /// How long `/readyz` waits for the store before answering 503.
 const READY_WITHIN: Duration = Duration::from_secs(2);
 
-/// Serves `/healthz` (with the service's `name`) and `/readyz` (through
-/// `ping`) on `0.0.0.0:port` until `stop`.
+/// Serves `/healthz` (with the service's `name`) and `/readyz` (while
+/// `broker` answers a ping) on `0.0.0.0:port` until `stop`.
 pub async fn serve_health(
     port: u16,
     name: String,
-    ping: Ping,
+    broker: Arc<dyn Broker>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let healthy = name.clone();
@@ -44,7 +39,7 @@ pub async fn serve_health(
         .route(
             "/readyz",
             get(move || async move {
-                match tokio::time::timeout(READY_WITHIN, ping()).await {
+                match tokio::time::timeout(READY_WITHIN, broker.ping()).await {
                     Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
                     Ok(Err(e)) => not_ready(e.to_string()),
                     Err(_) => not_ready(format!("no answer within {READY_WITHIN:?}")),

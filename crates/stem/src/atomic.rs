@@ -25,7 +25,7 @@ use crate::backend::redis::{status_value, StatusWriter};
 use crate::broker::redis::entry::{delayed_member, pack, push_outgoing, Placement};
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Outgoing, Receipt, SubmitOnce};
-use crate::envelope::{TaskStatus, MAX_PRIORITY};
+use crate::envelope::TaskStatus;
 use crate::error::Result;
 use crate::keys;
 
@@ -122,7 +122,7 @@ impl AtomicStore for RedisAtomicStore {
                 t,
             ),
             Placement::Ready => (
-                keys::lane(&out.queue, out.priority.min(MAX_PRIORITY)),
+                keys::band(&out.queue, out.priority),
                 "x",
                 pack(&out.wire),
                 0,

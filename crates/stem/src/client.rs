@@ -153,7 +153,7 @@ impl Stores {
                 config.result_ttl,
             )?),
         };
-        let stores = match &config.broker_url {
+        Ok(match &config.broker_url {
             StoreUrl::Memory => Stores::memory_with(backend),
             StoreUrl::Redis(url) => {
                 let client = redis_conn::client(url, &config.tls)?;
@@ -171,8 +171,7 @@ impl Stores {
                     control: Arc::new(RedisControl::new(client)?),
                 }
             }
-        };
-        Ok(stores)
+        })
     }
 
     /// Fresh in-memory stores; statuses kept `result_ttl`.

@@ -41,6 +41,11 @@ pub fn lane(queue: &str, lane: u8) -> String {
     }
 }
 
+/// Stream of priority band `priority` of `queue` (above 9 counts as 9).
+pub fn band(queue: &str, priority: u8) -> String {
+    lane(queue, priority.min(MAX_PRIORITY))
+}
+
 /// Splits a key made by [`lane`] back into queue and lane.
 pub fn parse_lane(key: &str) -> Option<(String, u8)> {
     let rest = key.strip_prefix(PREFIX)?.strip_prefix(":{")?;

@@ -24,14 +24,9 @@ pub async fn run(
         "Worker \"{}\" listening on queues {:?}", worker.name, worker.queues
     );
     if let Some(port) = worker.health_port {
-        let broker = stem.broker();
-        let ping: stem_service::http::Ping = Arc::new(move || {
-            let broker = broker.clone();
-            Box::pin(async move { broker.ping().await })
-        });
-        let (name, stop) = (worker.name.clone(), shutdown.clone());
+        let (name, broker, stop) = (worker.name.clone(), stem.broker(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = stem_service::http::serve_health(port, name, ping, stop).await {
+            if let Err(e) = stem_service::http::serve_health(port, name, broker, stop).await {
                 tracing::error!(error = %e, "health endpoint failed");
             }
         });

@@ -47,10 +47,16 @@ impl State {
         self.next_id += 1;
         self.next_id
     }
-    /// Appends `wire` to `lane` (a band, or a band's due lane).
-    fn push_ready(&mut self, queue: &str, lane: u8, wire: WireEnvelope) {
+    /// Appends `wire` to priority band `band` (above 9 counts as 9).
+    fn push_ready(&mut self, queue: &str, band: u8, wire: WireEnvelope) {
+        self.push_lane(queue, band.min(MAX_PRIORITY), wire);
+    }
+    /// Appends `wire` to the due lane of band `band`.
+    fn push_due(&mut self, queue: &str, band: u8, wire: WireEnvelope) {
+        self.push_lane(queue, due_lane(band), wire);
+    }
+    fn push_lane(&mut self, queue: &str, lane: u8, wire: WireEnvelope) {
         let id = self.id();
-        let lane = lane.min(LANES - 1);
         self.queues.entry(queue.to_string()).or_default().ready[lane as usize]
             .push_back((id, wire));
     }
@@ -108,7 +114,7 @@ impl Broker for MemoryBroker {
                             .delayed
                             .insert((t, id), (o.priority.min(MAX_PRIORITY), o.wire));
                     }
-                    _ => st.push_ready(&o.queue, o.priority.min(MAX_PRIORITY), o.wire),
+                    _ => st.push_ready(&o.queue, o.priority, o.wire),
                 }
             }
         }
@@ -259,7 +265,7 @@ impl Broker for MemoryBroker {
         {
             let mut st = self.lock();
             st.take_pending(receipt);
-            st.push_ready(&receipt.queue, priority.min(MAX_PRIORITY), wire);
+            st.push_ready(&receipt.queue, priority, wire);
         }
         self.notify.notify_waiters();
         Ok(())
@@ -302,7 +308,7 @@ impl Broker for MemoryBroker {
                     due.into_values().collect()
                 };
                 for (band, wire) in due {
-                    st.push_ready(q, due_lane(band), wire);
+                    st.push_due(q, band, wire);
                     moved += 1;
                 }
             }
@@ -350,7 +356,7 @@ impl QueueAdmin for MemoryBroker {
             };
             wire.attempt += 1;
             let band = wire.spec().map(|s| s.priority).unwrap_or(0);
-            st.push_ready(queue, band.min(MAX_PRIORITY), wire.clone());
+            st.push_ready(queue, band, wire.clone());
             wire
         };
         self.notify.notify_waiters();

@@ -163,13 +163,6 @@ pub struct ControlReply {
     pub error: Option<String>,
 }
 
-impl ControlReply {
-    /// The payload as the reply type `T` of its command, when it is one.
-    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_value(self.payload.clone()).ok()
-    }
-}
-
 /// Heartbeats, commands, replies and pauses.
 #[async_trait]
 pub trait ControlPlane: Send + Sync + 'static {

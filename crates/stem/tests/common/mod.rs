@@ -7,27 +7,26 @@ use std::time::Duration;
 use stem::atomic::{AtomicStore, RedisAtomicStore};
 use stem::backend::memory::MemoryBackend;
 use stem::backend::redis::RedisBackend;
-use stem::backend::ResultBackend;
-use stem::broker::memory::MemoryBroker;
 use stem::broker::redis::RedisBroker;
-use stem::broker::{Broker, QueueAdmin};
 use stem::client::Stores;
 use stem::config::TlsSettings;
-use stem::control::memory::MemoryControl;
 use stem::control::redis::RedisControl;
-use stem::control::ControlPlane;
 use stem::envelope::TaskStatus;
 pub use stem_testkit::poll;
 use stem_testkit::RedisServer;
 
-/// One adapter pair under test; keeps its redis-server alive.
+/// One set of stores under test; keeps its redis-server alive. Derefs to
+/// its [`Stores`], so a test reads `a.broker`, `a.admin`, `a.backend`.
 pub struct Adapters {
-    pub broker: Arc<dyn Broker>,
-    pub admin: Arc<dyn QueueAdmin>,
-    pub backend: Arc<dyn ResultBackend>,
-    pub atomic: Option<Arc<dyn AtomicStore>>,
-    pub control: Arc<dyn ControlPlane>,
+    pub stores: Stores,
     pub redis: Option<RedisServer>,
+}
+
+impl std::ops::Deref for Adapters {
+    type Target = Stores;
+    fn deref(&self) -> &Stores {
+        &self.stores
+    }
 }
 
 impl Adapters {
@@ -45,13 +44,13 @@ impl Adapters {
     /// atomic store, on the same server).
     pub fn with_ttl(mut self, ttl: Duration) -> anyhow::Result<Self> {
         match &self.redis {
-            None => self.backend = Arc::new(MemoryBackend::new(ttl)),
+            None => self.stores.backend = Arc::new(MemoryBackend::new(ttl)),
             Some(server) => {
                 let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
-                self.backend = Arc::new(RedisBackend::new(client.clone(), ttl)?);
+                self.stores.backend = Arc::new(RedisBackend::new(client.clone(), ttl)?);
                 if self.atomic.is_some() {
                     let broker = RedisBroker::new(client, 1000)?;
-                    self.atomic = Some(Arc::new(RedisAtomicStore::new(broker, ttl)));
+                    self.stores.atomic = Some(Arc::new(RedisAtomicStore::new(broker, ttl)));
                 }
             }
         }
@@ -60,60 +59,45 @@ impl Adapters {
 
     /// The adapters as a client's stores.
     pub fn stores(&self) -> Stores {
-        Stores {
-            broker: self.broker.clone(),
-            admin: self.admin.clone(),
-            backend: self.backend.clone(),
-            atomic: self.atomic.clone(),
-            control: self.control.clone(),
-        }
+        self.stores.clone()
     }
 }
 
 pub fn memory_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
-    let broker = Arc::new(MemoryBroker::new());
     Ok(Adapters {
-        broker: broker.clone(),
-        admin: broker,
-        backend: Arc::new(MemoryBackend::new(ttl)),
-        atomic: None,
-        control: Arc::new(MemoryControl::new()),
+        stores: Stores::memory(ttl),
         redis: None,
     })
 }
 
-pub fn redis_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
+/// Broker and backend on a private Redis; with `colocated`, the atomic
+/// submit and settle (one round trip each) too, as `Stores::connect`
+/// builds them when both URLs are equal.
+fn redis_stores(ttl: Duration, colocated: bool) -> anyhow::Result<Adapters> {
     let server = RedisServer::start()?;
     let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
-    let broker = Arc::new(RedisBroker::new(client.clone(), 1000)?);
+    let broker = RedisBroker::new(client.clone(), 1000)?;
+    let atomic: Option<Arc<dyn AtomicStore>> =
+        colocated.then(|| Arc::new(RedisAtomicStore::new(broker.clone(), ttl)) as _);
+    let broker = Arc::new(broker);
     Ok(Adapters {
-        broker: broker.clone(),
-        admin: broker,
-        backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
-        atomic: None,
-        control: Arc::new(RedisControl::new(client)?),
+        stores: Stores {
+            broker: broker.clone(),
+            admin: broker,
+            backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
+            atomic,
+            control: Arc::new(RedisControl::new(client)?),
+        },
         redis: Some(server),
     })
 }
 
-/// Broker and backend on one Redis with the atomic submit and settle
-/// (one round trip each), as `Stores::connect` builds them when both URLs
-/// are equal.
+pub fn redis_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
+    redis_stores(ttl, false)
+}
+
 pub fn redis_colocated() -> anyhow::Result<Adapters> {
-    let ttl = Duration::from_secs(3600);
-    let server = RedisServer::start()?;
-    let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
-    let broker = RedisBroker::new(client.clone(), 1000)?;
-    let atomic = RedisAtomicStore::new(broker.clone(), ttl);
-    let broker = Arc::new(broker);
-    Ok(Adapters {
-        broker: broker.clone(),
-        admin: broker,
-        backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
-        atomic: Some(Arc::new(atomic)),
-        control: Arc::new(RedisControl::new(client)?),
-        redis: Some(server),
-    })
+    redis_stores(Duration::from_secs(3600), true)
 }
 
 pub fn memory() -> anyhow::Result<Adapters> {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::scripts::{PURGE_READY, REPLAY};
 use super::{dead, entry, RedisBroker, GROUP};
 use crate::broker::{DeadLetter, QueueAdmin, QueueStats, LANES};
-use crate::envelope::{WireEnvelope, MAX_PRIORITY};
+use crate::envelope::WireEnvelope;
 use crate::error::Result;
 use crate::keys;
 
@@ -48,7 +48,7 @@ impl QueueAdmin for RedisBroker {
         let band = wire.spec().map(|s| s.priority).unwrap_or(0);
         let replayed: u64 = REPLAY
             .key(keys::dead(queue))
-            .key(keys::lane(queue, band.min(MAX_PRIORITY)))
+            .key(keys::band(queue, band))
             .arg(id)
             .arg(entry::pack(&wire))
             .invoke_async(&mut self.conn())

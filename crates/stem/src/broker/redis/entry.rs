@@ -74,12 +74,8 @@ pub(crate) fn delayed_member(band: u8, wire: &WireEnvelope) -> Vec<u8> {
 
 /// Adds the `XADD` of `wire` to band `band` of `queue` (reply ignored).
 pub(super) fn push_entry(pipe: &mut Pipeline, queue: &str, band: u8, wire: &WireEnvelope) {
-    pipe.xadd(
-        keys::lane(queue, band.min(MAX_PRIORITY)),
-        "*",
-        &[(ENTRY_FIELD, pack(wire))],
-    )
-    .ignore();
+    pipe.xadd(keys::band(queue, band), "*", &[(ENTRY_FIELD, pack(wire))])
+        .ignore();
 }
 
 /// Where `out` goes now: the delayed set for a future not-before, else its
