@@ -20,14 +20,7 @@ use crate::envelope::{format_ms, now_ms};
 /// A snapshot of the worker for heartbeats and `stats`.
 pub(super) fn info(shared: &Shared) -> WorkerInfo {
     let m = &shared.metrics;
-    let mut paused: Vec<String> = shared
-        .paused
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .cloned()
-        .collect();
-    paused.sort();
+    let paused = shared.selection.paused();
     WorkerInfo {
         name: shared.opts.name.clone(),
         namespace: shared.opts.namespace.clone(),
@@ -49,14 +42,8 @@ pub(super) fn info(shared: &Shared) -> WorkerInfo {
 
 async fn refresh_paused(shared: &Shared) {
     if let Ok(list) = shared.control.paused_queues().await {
-        let mut paused = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
-        let mine: std::collections::HashSet<String> = list
-            .into_iter()
-            .filter(|q| shared.opts.queues.contains(q))
-            .collect();
-        if *paused != mine {
-            tracing::info!(paused = ?mine, "paused queues changed");
-            *paused = mine;
+        if shared.selection.adopt_paused(list) {
+            tracing::info!(paused = ?shared.selection.paused(), "paused queues changed");
         }
     }
 }
@@ -256,22 +243,11 @@ async fn handle(shared: &Arc<Shared>, cmd: &ControlCommand) -> ControlReply {
 /// Pauses or resumes those of `queues` this worker consumes; answers the
 /// paused set.
 async fn set_paused(shared: &Shared, queues: &[String], pause: bool) -> Value {
-    let mut now: Vec<String> = {
-        let mut paused = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
-        for q in queues.iter().filter(|q| shared.opts.queues.contains(q)) {
-            if pause {
-                paused.insert(q.clone());
-            } else {
-                paused.remove(q);
-            }
-        }
-        paused.iter().cloned().collect()
-    };
-    now.sort();
+    let now = shared.selection.set_paused(queues, pause);
     // The reply waits for a read already blocking on the queue to end (the
     // fetch loop holds the gate across a read), so once an operator sees it
     // no later read takes from a paused queue.
-    drop(shared.fetch_gate.lock().await);
+    shared.selection.settled().await;
     reply(PausedReply { paused: now })
 }
 

@@ -12,7 +12,9 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, Semaphore};
 
 use futures::FutureExt;
 use serde_json::Value;
@@ -62,11 +64,33 @@ impl Ord for Waiting {
     }
 }
 
+/// The worker's concurrency slots and the deliveries waiting for one.
+pub(super) struct Dispatch {
+    slots: Arc<Semaphore>,
+    /// Admitted deliveries waiting for a slot, in priority order.
+    waiting: Mutex<WaitQueue>,
+    waiting_changed: Notify,
+    /// Signalled when a body starts (wakes the `running` marker).
+    started: Notify,
+}
+
+impl Dispatch {
+    /// `concurrency` slots, nobody waiting.
+    pub(super) fn new(concurrency: usize) -> Self {
+        Dispatch {
+            slots: Arc::new(Semaphore::new(concurrency)),
+            waiting: Mutex::new(WaitQueue::default()),
+            waiting_changed: Notify::new(),
+            started: Notify::new(),
+        }
+    }
+}
+
 /// Deliveries waiting for a concurrency slot: highest priority first, then
 /// admission order. Closed once the worker stops (later arrivals are
 /// handed straight back).
 #[derive(Default)]
-pub(super) struct WaitQueue {
+struct WaitQueue {
     heap: BinaryHeap<Waiting>,
     next_seq: u64,
     closed: bool,
@@ -88,7 +112,11 @@ pub(super) fn spawn(
     handler: Arc<dyn TaskHandler>,
 ) {
     {
-        let mut q = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = shared
+            .dispatch
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if !q.closed {
             let seq = q.next_seq;
             q.next_seq += 1;
@@ -99,7 +127,7 @@ pub(super) fn spawn(
                 handler,
             });
             drop(q);
-            shared.waiting_changed.notify_one();
+            shared.dispatch.waiting_changed.notify_one();
             return;
         }
     }
@@ -115,12 +143,13 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
         let permit = tokio::select! {
             biased;
             _ = shared.stopping.cancelled() => None,
-            p = shared.slots.clone().acquire_owned() => p.ok(),
+            p = shared.dispatch.slots.clone().acquire_owned() => p.ok(),
         };
         let Some(permit) = permit else { break };
         let next = loop {
-            let changed = shared.waiting_changed.notified();
+            let changed = shared.dispatch.waiting_changed.notified();
             let popped = shared
+                .dispatch
                 .waiting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -149,7 +178,11 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
         });
     }
     let left: Vec<Waiting> = {
-        let mut q = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = shared
+            .dispatch
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         q.closed = true;
         std::mem::take(&mut q.heap).into_vec()
     };
@@ -178,7 +211,7 @@ async fn run(
             marked: marked.clone(),
         },
     );
-    shared.started.notify_one();
+    shared.dispatch.started.notify_one();
     count_one(&shared.metrics.started);
     tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
 
@@ -285,7 +318,7 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 pub(super) async fn mark_running(shared: Arc<Shared>, stop: CancellationToken) {
     use std::sync::atomic::Ordering::Relaxed;
     loop {
-        let started = shared.started.notified();
+        let started = shared.dispatch.started.notified();
         let mut idle = true;
         let due: Vec<TaskStatus> = {
             let held = shared.inflight.lock();

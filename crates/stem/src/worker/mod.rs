@@ -26,7 +26,9 @@
 //!   grace period, hand the rest back for immediate redelivery.
 //!
 //! The parts have files of their own: `inflight.rs` (what is held and how
-//! much more may be fetched), `upkeep.rs` (the lease, promotion, recovery
+//! much more may be fetched), `selection.rs` (which queues the next read
+//! takes from: pauses, quarantines), `execute.rs`'s `Dispatch`
+//! (concurrency slots and the deliveries waiting for one), `upkeep.rs` (the lease, promotion, recovery
 //! and revocation loops), `control.rs` (heartbeats and commands),
 //! `metrics.rs` (counters), `backoff.rs` (retry delays). This file wires
 //! them and runs the fetch loop.
@@ -38,14 +40,13 @@ mod control;
 mod execute;
 mod inflight;
 mod metrics;
+mod selection;
 mod upkeep;
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::WorkerConfig;
@@ -98,6 +99,9 @@ pub(crate) enum Outcome {
     },
 }
 
+/// What the parts of a running worker share: its stores, its named parts
+/// (in-flight accounting, dispatch, queue selection) and its lifecycle
+/// tokens.
 pub(crate) struct Shared {
     opts: WorkerConfig,
     broker: Arc<dyn Broker>,
@@ -109,12 +113,8 @@ pub(crate) struct Shared {
     verifier: Option<Verifier>,
     /// What the worker holds and how much more it may fetch.
     inflight: inflight::Inflight,
-    slots: Arc<Semaphore>,
-    /// Admitted deliveries waiting for a slot, in priority order.
-    waiting: Mutex<execute::WaitQueue>,
-    waiting_changed: Notify,
-    /// Signalled when a body starts (wakes the `running` marker).
-    started: Notify,
+    /// Concurrency slots and the deliveries waiting for one.
+    dispatch: execute::Dispatch,
     outcomes: mpsc::UnboundedSender<Outcome>,
     /// Cancelled when running bodies must stop (grace period over).
     force: CancellationToken,
@@ -123,49 +123,10 @@ pub(crate) struct Shared {
     stopping: CancellationToken,
     metrics: Arc<WorkerMetrics>,
     control: Arc<dyn ControlPlane>,
-    /// Queues paused by operators; not fetched from.
-    paused: Mutex<std::collections::HashSet<String>>,
-    /// Held by the fetch loop from choosing its queues to the end of the
-    /// read; a `pause` command takes it before answering (see
-    /// `control::handle`).
-    fetch_gate: tokio::sync::Mutex<()>,
-    /// Queues whose keys are broken, and when they were set aside; not
-    /// fetched from until [`QUARANTINE`] has passed, then tried again.
-    quarantined: Mutex<HashMap<String, std::time::Instant>>,
+    /// Which queues the next read takes from (pauses, quarantines).
+    selection: selection::QueueSelection,
     started_ms: i64,
 }
-
-impl Shared {
-    fn active_queues(&self) -> Vec<String> {
-        let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-        let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
-        quarantined.retain(|_, since| since.elapsed() < QUARANTINE);
-        self.metrics
-            .quarantined
-            .store(quarantined.len() as u64, Ordering::Relaxed);
-        self.opts
-            .queues
-            .iter()
-            .filter(|q| !paused.contains(*q) && !quarantined.contains_key(*q))
-            .cloned()
-            .collect()
-    }
-    /// Sets `queue` aside for [`QUARANTINE`]; true when it was not already.
-    fn quarantine(&self, queue: &str) -> bool {
-        let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = quarantined
-            .insert(queue.to_string(), std::time::Instant::now())
-            .is_none();
-        self.metrics
-            .quarantined
-            .store(quarantined.len() as u64, Ordering::Relaxed);
-        fresh
-    }
-}
-
-/// How long a queue with a broken key is left out of fetches before the
-/// worker tries it again.
-const QUARANTINE: Duration = Duration::from_secs(30);
 
 /// A worker process's runtime.
 pub struct Worker {
@@ -204,15 +165,16 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            slots: Arc::new(Semaphore::new(self.opts.concurrency)),
-            waiting: Mutex::new(execute::WaitQueue::default()),
-            waiting_changed: Notify::new(),
-            started: Notify::new(),
+            dispatch: execute::Dispatch::new(self.opts.concurrency),
             inflight: {
                 let bound = self.opts.concurrency * self.opts.prefetch_multiplier;
                 let cap = bound + self.opts.concurrency + complete::MAX_BATCH;
                 inflight::Inflight::new(bound, cap, self.metrics.clone())
             },
+            selection: selection::QueueSelection::new(
+                self.opts.queues.clone(),
+                self.metrics.clone(),
+            ),
             opts: self.opts,
             broker: self.broker,
             backend: self.backend,
@@ -224,9 +186,6 @@ impl Worker {
             stopping: shutdown.clone(),
             metrics: self.metrics,
             control: self.control,
-            paused: Mutex::new(Default::default()),
-            fetch_gate: tokio::sync::Mutex::new(()),
-            quarantined: Mutex::new(HashMap::new()),
             started_ms: crate::envelope::now_ms(),
         });
         let o = &shared.opts;
@@ -326,8 +285,8 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
         }
         // Not raced against shutdown: a read whose reply were dropped would
         // leave entries leased to us until the visibility timeout.
-        let gate = shared.fetch_gate.lock().await;
-        let queues = shared.active_queues();
+        let gate = shared.selection.gate().await;
+        let queues = shared.selection.active();
         if queues.is_empty() {
             drop(gate);
             // Every queue is paused: wait, then look again.
@@ -362,10 +321,10 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
             Err(crate::StemError::BrokenQueue { queue, reason }) => {
                 // One broken key fails a read of every queue: set its queue
                 // aside and keep serving the others.
-                if shared.quarantine(&queue) {
+                if shared.selection.quarantine(&queue) {
                     tracing::error!(
                         worker = %consumer, queue = %queue, error = %reason,
-                        retry_in_s = QUARANTINE.as_secs(),
+                        retry_in_s = selection::QUARANTINE.as_secs(),
                         "queue quarantined: its keys are broken; the worker keeps serving its other queues"
                     );
                 }
