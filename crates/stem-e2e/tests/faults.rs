@@ -482,7 +482,7 @@ async fn c13_unregistered_member_fails_the_chord_naming_it() -> anyhow::Result<(
     let cb = stem.wait(&chord.callback_id, SETTLE).await?;
     assert_eq!(cb.state, stem::envelope::TaskState::Failed, "{cb:?}");
     let error = cb.error.expect("error");
-    assert_eq!(error.kind, "chord-failed");
+    assert_eq!(error.kind.as_str(), "chord-failed");
     assert!(error.message.contains(&chord.header_ids[1]), "{error:?}");
     assert!(error.message.contains("unregistered-task"), "{error:?}");
     assert_eq!(body_runs(&worker.logs(), &chord.callback_id), 0);

@@ -20,7 +20,7 @@ use crate::control::memory::MemoryControl;
 use crate::control::redis::RedisControl;
 use crate::control::ControlPlane;
 use crate::envelope::{
-    new_task_id, now_ms, TaskSpec, TaskState, TaskStatus, WireEnvelope, MAX_PRIORITY,
+    new_task_id, now_ms, TaskErrorKind, TaskSpec, TaskState, TaskStatus, WireEnvelope, MAX_PRIORITY,
 };
 use crate::error::{Result, StemError};
 use crate::redis_conn;
@@ -503,11 +503,11 @@ impl Stem {
         }
         let mut cancelled = before.clone();
         cancelled.state = TaskState::Cancelled;
-        cancelled.error = Some(crate::envelope::TaskError {
-            kind: "revoked".into(),
-            message: reason.to_string(),
-            reason: Some("revoked".into()),
-        });
+        // `reason: revoked` is not a dead-letter reason; it tells readers
+        // of the error alone why the task stopped.
+        let mut error = crate::envelope::TaskError::new(TaskErrorKind::Revoked, reason);
+        error.reason = Some("revoked".into());
+        cancelled.error = Some(error);
         cancelled.updated_at = crate::envelope::format_ms(now_ms());
         if !self
             .stores

@@ -174,16 +174,176 @@ impl std::str::FromStr for TaskState {
     }
 }
 
+/// Why an entry was dead-lettered. Stored as its kebab-case name (the
+/// `reason` field of a dead letter, and of a failed task's error), which
+/// operators filter on; `docs/architecture.md` ("Bad input, defined
+/// outcomes") says when each is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeadLetterReason {
+    /// The task failed on its last allowed attempt.
+    MaxRetriesExhausted,
+    /// The task failed with a failure that must not be retried.
+    NonRetryable,
+    /// The entry's signature is missing or does not verify.
+    SignatureInvalid,
+    /// The entry does not decode as an envelope.
+    MalformedEnvelope,
+    /// No task of that name is registered on the worker.
+    UnregisteredTask,
+    /// The signed spec names another queue than the stream it was read from.
+    WrongQueue,
+    /// The unsigned attempt is beyond the retry budget plus replays.
+    AttemptOutOfRange,
+    /// Delivered `STEM_MAX_DELIVERIES` times without finishing (its runs
+    /// kill their worker).
+    DeliveryLimit,
+    /// The result backend refuses the task's result for good.
+    ResultUnwritable,
+}
+
+impl DeadLetterReason {
+    /// Every reason, for listings and tests.
+    pub const ALL: [DeadLetterReason; 9] = [
+        Self::MaxRetriesExhausted,
+        Self::NonRetryable,
+        Self::SignatureInvalid,
+        Self::MalformedEnvelope,
+        Self::UnregisteredTask,
+        Self::WrongQueue,
+        Self::AttemptOutOfRange,
+        Self::DeliveryLimit,
+        Self::ResultUnwritable,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxRetriesExhausted => "max-retries-exhausted",
+            Self::NonRetryable => "non-retryable",
+            Self::SignatureInvalid => "signature-invalid",
+            Self::MalformedEnvelope => "malformed-envelope",
+            Self::UnregisteredTask => "unregistered-task",
+            Self::WrongQueue => "wrong-queue",
+            Self::AttemptOutOfRange => "attempt-out-of-range",
+            Self::DeliveryLimit => "delivery-limit",
+            Self::ResultUnwritable => "result-unwritable",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeadLetterReason {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown dead-letter reason {s:?}"))
+    }
+}
+
+/// What kind of failure a [`TaskError`] records. Stored as its kebab-case
+/// name (the error's `type`), so a dashboard or a script filters on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum TaskErrorKind {
+    /// The task's body failed (`task-error`).
+    TaskError,
+    /// An earlier step of its chain failed, so it never ran (`chain-aborted`).
+    ChainAborted,
+    /// A chord callback whose header tasks did not all succeed (`chord-failed`).
+    ChordFailed,
+    /// Revoked by an operator (`revoked`).
+    Revoked,
+    /// Refused before it ran, for a dead-letter reason (its name).
+    Rejected(DeadLetterReason),
+    /// A kind this release does not know (written by hand or by a newer
+    /// release), as stored.
+    Other(String),
+}
+
+impl TaskErrorKind {
+    /// The stored name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::TaskError => "task-error",
+            Self::ChainAborted => "chain-aborted",
+            Self::ChordFailed => "chord-failed",
+            Self::Revoked => "revoked",
+            Self::Rejected(reason) => reason.as_str(),
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for TaskErrorKind {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "task-error" => Self::TaskError,
+            "chain-aborted" => Self::ChainAborted,
+            "chord-failed" => Self::ChordFailed,
+            "revoked" => Self::Revoked,
+            other => match other.parse() {
+                Ok(reason) => Self::Rejected(reason),
+                Err(_) => Self::Other(s),
+            },
+        }
+    }
+}
+
+impl From<TaskErrorKind> for String {
+    fn from(k: TaskErrorKind) -> String {
+        match k {
+            TaskErrorKind::Other(s) => s,
+            k => k.as_str().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a task failed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskError {
-    /// Short machine-readable kind, e.g. `task-error`, `signature-invalid`.
+    /// What kind of failure.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: TaskErrorKind,
     pub message: String,
-    /// Dead-letter reason when the task was dead-lettered.
+    /// Dead-letter reason when the task was dead-lettered (or `revoked`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+impl TaskError {
+    /// An error of `kind`, not dead-lettered.
+    pub fn new(kind: TaskErrorKind, message: impl Into<String>) -> Self {
+        TaskError {
+            kind,
+            message: message.into(),
+            reason: None,
+        }
+    }
+
+    /// The same error, recording that the task was dead-lettered for `reason`.
+    pub fn dead_lettered(mut self, reason: DeadLetterReason) -> Self {
+        self.reason = Some(reason.as_str().to_string());
+        self
+    }
+
+    /// The dead-letter reason, when it is one this release knows.
+    pub fn reason_kind(&self) -> Option<DeadLetterReason> {
+        self.reason.as_deref().and_then(|r| r.parse().ok())
+    }
 }
 
 /// Progress reported by a running task.
@@ -248,6 +408,37 @@ impl TaskStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_kinds_keep_their_stored_names() {
+        for (kind, name) in [
+            (TaskErrorKind::TaskError, "task-error"),
+            (TaskErrorKind::ChainAborted, "chain-aborted"),
+            (TaskErrorKind::ChordFailed, "chord-failed"),
+            (TaskErrorKind::Revoked, "revoked"),
+            (
+                TaskErrorKind::Rejected(DeadLetterReason::SignatureInvalid),
+                "signature-invalid",
+            ),
+            (
+                TaskErrorKind::Other("from-the-future".into()),
+                "from-the-future",
+            ),
+        ] {
+            let error = TaskError::new(kind.clone(), "m");
+            let json = serde_json::to_value(&error).expect("encodes");
+            assert_eq!(json["type"], name);
+            let back: TaskError = serde_json::from_value(json).expect("decodes");
+            assert_eq!(back.kind, kind);
+        }
+        for reason in DeadLetterReason::ALL {
+            let kind = TaskErrorKind::from(reason.as_str().to_string());
+            assert_eq!(kind, TaskErrorKind::Rejected(reason));
+        }
+        let dead = TaskError::new(TaskErrorKind::TaskError, "m")
+            .dead_lettered(DeadLetterReason::NonRetryable);
+        assert_eq!(dead.reason_kind(), Some(DeadLetterReason::NonRetryable));
+    }
 
     fn spec() -> TaskSpec {
         TaskSpec {

@@ -12,7 +12,6 @@ pub mod redis;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 use crate::envelope::{TaskStatus, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
@@ -104,79 +103,7 @@ pub struct Outgoing {
     pub wire: WireEnvelope,
 }
 
-/// Why an entry was dead-lettered. Stored as its kebab-case name (the
-/// `reason` field of a dead letter, and of a failed task's error), which
-/// operators filter on; `docs/architecture.md` ("Bad input, defined
-/// outcomes") says when each is used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeadLetterReason {
-    /// The task failed on its last allowed attempt.
-    MaxRetriesExhausted,
-    /// The task failed with a failure that must not be retried.
-    NonRetryable,
-    /// The entry's signature is missing or does not verify.
-    SignatureInvalid,
-    /// The entry does not decode as an envelope.
-    MalformedEnvelope,
-    /// No task of that name is registered on the worker.
-    UnregisteredTask,
-    /// The signed spec names another queue than the stream it was read from.
-    WrongQueue,
-    /// The unsigned attempt is beyond the retry budget plus replays.
-    AttemptOutOfRange,
-    /// Delivered `STEM_MAX_DELIVERIES` times without finishing (its runs
-    /// kill their worker).
-    DeliveryLimit,
-    /// The result backend refuses the task's result for good.
-    ResultUnwritable,
-}
-
-impl DeadLetterReason {
-    /// Every reason, for listings and tests.
-    pub const ALL: [DeadLetterReason; 9] = [
-        Self::MaxRetriesExhausted,
-        Self::NonRetryable,
-        Self::SignatureInvalid,
-        Self::MalformedEnvelope,
-        Self::UnregisteredTask,
-        Self::WrongQueue,
-        Self::AttemptOutOfRange,
-        Self::DeliveryLimit,
-        Self::ResultUnwritable,
-    ];
-
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MaxRetriesExhausted => "max-retries-exhausted",
-            Self::NonRetryable => "non-retryable",
-            Self::SignatureInvalid => "signature-invalid",
-            Self::MalformedEnvelope => "malformed-envelope",
-            Self::UnregisteredTask => "unregistered-task",
-            Self::WrongQueue => "wrong-queue",
-            Self::AttemptOutOfRange => "attempt-out-of-range",
-            Self::DeliveryLimit => "delivery-limit",
-            Self::ResultUnwritable => "result-unwritable",
-        }
-    }
-}
-
-impl std::fmt::Display for DeadLetterReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for DeadLetterReason {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown dead-letter reason {s:?}"))
-    }
-}
+pub use crate::envelope::DeadLetterReason;
 
 /// What a dead-letter record holds.
 #[derive(Clone, Debug)]

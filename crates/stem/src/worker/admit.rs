@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use crate::broker::{DeadLetterReason, Delivery, Fetched, NewDeadLetter, Receipt};
-use crate::envelope::{TaskError, TaskSpec, TaskState, TaskStatus};
+use crate::envelope::{TaskError, TaskErrorKind, TaskSpec, TaskState, TaskStatus};
 use crate::task::TaskHandler;
 
 use super::complete::{self, Final};
@@ -52,13 +52,14 @@ impl Reject {
     }
 }
 
-fn failed_status(spec: &TaskSpec, attempt: u32, reason: &str, message: String) -> TaskStatus {
+fn failed_status(
+    spec: &TaskSpec,
+    attempt: u32,
+    reason: DeadLetterReason,
+    message: String,
+) -> TaskStatus {
     let mut s = TaskStatus::for_spec(spec, TaskState::Failed, attempt);
-    s.error = Some(TaskError {
-        kind: reason.to_string(),
-        message,
-        reason: Some(reason.to_string()),
-    });
+    s.error = Some(TaskError::new(TaskErrorKind::Rejected(reason), message).dead_lettered(reason));
     s
 }
 
@@ -158,7 +159,12 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         count_one(&shared.metrics.failed);
         tracing::warn!(task = %spec.name, task_id = %spec.id, "unregistered task dead-lettered");
         let msg = format!("no task named {:?} is registered on this worker", spec.name);
-        let status = failed_status(&spec, d.wire.attempt, "unregistered-task", msg.clone());
+        let status = failed_status(
+            &spec,
+            d.wire.attempt,
+            DeadLetterReason::UnregisteredTask,
+            msg.clone(),
+        );
         return Err(Box::new(Reject {
             receipt: d.receipt,
             letter: NewDeadLetter {
@@ -246,7 +252,12 @@ fn delivery_limit(shared: &Shared, d: Delivery, spec: Arc<TaskSpec>) -> Reject {
         d.deliveries, shared.opts.max_deliveries
     );
     tracing::error!(task = %spec.name, task_id = %spec.id, error = %msg, "entry dead-lettered at the delivery limit");
-    let status = failed_status(&spec, d.wire.attempt, "delivery-limit", msg.clone());
+    let status = failed_status(
+        &spec,
+        d.wire.attempt,
+        DeadLetterReason::DeliveryLimit,
+        msg.clone(),
+    );
     Reject {
         receipt: d.receipt,
         letter: NewDeadLetter {

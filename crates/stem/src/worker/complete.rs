@@ -29,7 +29,9 @@ use crate::canvas::{
     GROUP_HEADER,
 };
 use crate::client::{submit_once, IDEMPOTENCY_WINDOW};
-use crate::envelope::{now_ms, TaskError, TaskSpec, TaskState, TaskStatus, WireEnvelope};
+use crate::envelope::{
+    now_ms, TaskError, TaskErrorKind, TaskSpec, TaskState, TaskStatus, WireEnvelope,
+};
 use crate::error::Result;
 
 use super::metrics::count_one;
@@ -116,14 +118,6 @@ pub(super) async fn run(
     let _ = in_flight.acquire_many(SETTLES_IN_FLIGHT).await;
 }
 
-fn task_error(kind: &str, message: &str, reason: Option<&str>) -> TaskError {
-    TaskError {
-        kind: kind.to_string(),
-        message: message.to_string(),
-        reason: reason.map(str::to_string),
-    }
-}
-
 /// Sorts finished outcomes into what settling does with each: a status,
 /// and then a plain ack, follow-ups, a retry or a dead letter. Pure but
 /// for the counters, so a table test covers every branch.
@@ -176,7 +170,7 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                     error = %failure.message, "task failed; retrying"
                 );
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Retried, attempt);
-                s.error = Some(task_error("task-error", &failure.message, None));
+                s.error = Some(TaskError::new(TaskErrorKind::TaskError, &failure.message));
                 p.statuses.push(s);
                 let mut next = wire.clone();
                 next.attempt += 1;
@@ -201,11 +195,10 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                     "task failed; dead-lettered"
                 );
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Failed, attempt);
-                s.error = Some(task_error(
-                    "task-error",
-                    &failure.message,
-                    Some(reason.as_str()),
-                ));
+                s.error = Some(
+                    TaskError::new(TaskErrorKind::TaskError, &failure.message)
+                        .dead_lettered(reason),
+                );
                 p.statuses.push(s.clone());
                 p.finishing.push(Finishing {
                     receipt,
@@ -547,10 +540,9 @@ async fn abort_chain(shared: &Shared, cid: &str, mut idx: usize, failed_id: &str
     while let Some(stored) = load_stored(shared, &chain_step_key(cid, idx)).await? {
         if let Ok(spec) = stored.wire().spec() {
             let mut s = TaskStatus::for_spec(&spec, TaskState::Cancelled, 0);
-            s.error = Some(task_error(
-                "chain-aborted",
-                &format!("an earlier step ({failed_id}) failed"),
-                None,
+            s.error = Some(TaskError::new(
+                TaskErrorKind::ChainAborted,
+                format!("an earlier step ({failed_id}) failed"),
             ));
             cancelled.push(s);
         }
@@ -577,7 +569,7 @@ async fn settle_chord(shared: &Shared, gid: &str) -> Result<()> {
             let why = s
                 .error
                 .as_ref()
-                .map(|e| e.reason.clone().unwrap_or_else(|| e.kind.clone()))
+                .map(|e| e.reason.clone().unwrap_or_else(|| e.kind.to_string()))
                 .unwrap_or_default();
             format!("{} ({}) {} {why}", s.id, s.task, s.state.as_str())
                 .trim_end()
@@ -592,13 +584,12 @@ async fn settle_chord(shared: &Shared, gid: &str) -> Result<()> {
     };
     let mut s = TaskStatus::for_spec(&spec, TaskState::Failed, 0);
     s.result = Value::Null;
-    s.error = Some(task_error(
-        "chord-failed",
-        &format!(
+    s.error = Some(TaskError::new(
+        TaskErrorKind::ChordFailed,
+        format!(
             "header tasks of the chord did not succeed: {}",
             failed.join(", ")
         ),
-        None,
     ));
     shared.backend.set_statuses(&[s]).await
 }
