@@ -11,7 +11,7 @@ use stem::envelope::TaskState;
 
 use crate::fail::{fail, Exit};
 use crate::output::{outln, print_json, Format, Table};
-use stem::control::{exchange, Answer, Command, RevokeReply};
+use stem::control::{Answer, RevokeReply};
 
 /// One revoked task in the `revoke` report.
 #[derive(Serialize)]
@@ -27,7 +27,7 @@ struct Revoked {
 #[derive(Serialize)]
 struct RevokeReport<'a> {
     tasks: &'a [Revoked],
-    workers: &'a [Answer],
+    workers: &'a [Answer<RevokeReply>],
 }
 
 /// Revokes `ids` (persisted: status `cancelled`, final), then tells the
@@ -69,19 +69,14 @@ pub async fn revoke(
         None
     } else {
         Some(
-            exchange(
-                stem.control().as_ref(),
-                stem.signer(),
-                &Command::Revoke {
-                    task_ids: to_cancel,
-                },
-                targets,
-                timeout,
-            )
-            .await?,
+            stem.workers()
+                .only(targets)
+                .timeout(timeout)
+                .revoke(&to_cancel)
+                .await?,
         )
     };
-    let answers: &[Answer] = ex.as_ref().map(|e| e.answers.as_slice()).unwrap_or(&[]);
+    let answers: &[Answer<RevokeReply>] = ex.as_ref().map(|e| e.answers.as_slice()).unwrap_or(&[]);
     if format.json {
         print_json(&RevokeReport {
             tasks: &tasks,
@@ -97,10 +92,7 @@ pub async fn revoke(
             outln!();
             let mut w = Table::new(&["Worker", "Status", "Cancelled Running"]);
             for a in answers {
-                let cancelled = a
-                    .reply_as::<RevokeReply>()
-                    .map(|r| r.cancelled)
-                    .unwrap_or_default();
+                let cancelled = a.reply.clone().map(|r| r.cancelled).unwrap_or_default();
                 w.row(vec![
                     a.worker.clone(),
                     a.status.into(),

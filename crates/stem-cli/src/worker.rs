@@ -14,16 +14,13 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use stem::client::Stem;
-use stem::control::WorkerInfo;
 use stem::envelope::now_ms;
 
 use crate::context::{parse_duration, Ctx};
 use crate::fail::{fail, require_yes, Exit};
 use crate::output::{age, outln, print_json, Format, Table};
 use crate::revoke::revoke;
-use stem::control::{
-    exchange, Command, Exchange, InspectReply, PausedReply, PingReply, ShutdownReply,
-};
+use stem::control::{Exchange, Workers};
 
 /// Which workers, and how long to wait for them.
 #[derive(Args, Debug, Clone)]
@@ -34,6 +31,13 @@ pub struct Targets {
     /// How long to wait for replies.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     timeout: Duration,
+}
+
+impl Targets {
+    /// The handle that sends commands to these workers.
+    fn of(&self, stem: &Stem) -> Workers {
+        stem.workers().only(&self.workers).timeout(self.timeout)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,20 +117,19 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
     match cmd {
         WorkerCommand::List(format) => list(&stem, format).await,
         WorkerCommand::Ping { targets, format } => {
-            let ex = ask(&stem, &Command::Ping, &targets).await?;
+            let ex = alive(targets.of(&stem).ping().await?, "ping")?;
             let mut t = Table::new(&["Worker", "Status", "Answered At"]);
             for a in &ex.answers {
                 t.row(vec![
                     a.worker.clone(),
                     a.status.into(),
-                    a.reply_as::<PingReply>()
-                        .map_or_else(|| "-".into(), |r| r.timestamp),
+                    a.reply.clone().map_or_else(|| "-".into(), |r| r.timestamp),
                 ]);
             }
             finish(&ex, format, t, true)
         }
         WorkerCommand::Stats { targets, format } => {
-            let ex = ask(&stem, &Command::Stats, &targets).await?;
+            let ex = alive(targets.of(&stem).stats().await?, "stats")?;
             let mut t = Table::new(&[
                 "Worker",
                 "Status",
@@ -143,7 +146,7 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
             ])
             .right(&[5, 6, 7, 8, 9, 10]);
             for a in &ex.answers {
-                let info = a.reply_as::<WorkerInfo>();
+                let info = a.reply.clone();
                 let mut row = vec![a.worker.clone(), a.status.into()];
                 match info {
                     Some(i) => row.extend([
@@ -165,7 +168,7 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
             finish(&ex, format, t, true)
         }
         WorkerCommand::Inspect { targets, format } => {
-            let ex = ask(&stem, &Command::Inspect, &targets).await?;
+            let ex = alive(targets.of(&stem).inspect().await?, "inspect")?;
             let mut t = Table::new(&[
                 "Worker",
                 "Status",
@@ -178,7 +181,7 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
             ])
             .right(&[2, 6]);
             for a in &ex.answers {
-                let inspect = a.reply_as::<InspectReply>();
+                let inspect = a.reply.clone();
                 let held = inspect
                     .as_ref()
                     .map_or_else(|| "-".into(), |r| r.held.to_string());
@@ -230,14 +233,12 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
                 format!("shutting down {}", targets.workers.join(", "))
             };
             require_yes(yes, &who)?;
-            let ex = ask(&stem, &Command::Shutdown, &targets).await?;
+            let ex = alive(targets.of(&stem).shutdown().await?, "shutdown")?;
             let mut t = Table::new(&["Worker", "Status", "Reply", "Active Tasks"]).right(&[3]);
             for a in &ex.answers {
-                let (status, active) = a
-                    .reply_as::<ShutdownReply>()
-                    .map_or(("-".into(), "-".into()), |r| {
-                        (r.status, r.active.to_string())
-                    });
+                let (status, active) = a.reply.clone().map_or(("-".into(), "-".into()), |r| {
+                    (r.status, r.active.to_string())
+                });
                 t.row(vec![a.worker.clone(), a.status.into(), status, active]);
             }
             finish(&ex, format, t, true)
@@ -255,23 +256,12 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
     }
 }
 
-/// Sends a command; exits 75 at once when no worker is alive.
-async fn ask(stem: &Stem, command: &Command, targets: &Targets) -> anyhow::Result<Exchange> {
-    let ex = exchange(
-        stem.control().as_ref(),
-        stem.signer(),
-        command,
-        &targets.workers,
-        targets.timeout,
-    )
-    .await?;
+/// Exits 75 at once when no worker was alive to `what`.
+fn alive<T>(ex: Exchange<T>, what: &str) -> anyhow::Result<Exchange<T>> {
     if ex.nobody_alive {
         return Err(fail(
             Exit::TempFail,
-            format!(
-                "no live workers to {} (none is heartbeating)",
-                command.name()
-            ),
+            format!("no live workers to {what} (none is heartbeating)"),
         ));
     }
     Ok(ex)
@@ -288,7 +278,12 @@ fn or_blank(s: String) -> String {
 /// Prints the exchange (table or JSON) and picks the exit code: 75 when an
 /// addressed worker did not answer and `strict`, 70 when one answered with
 /// an error.
-fn finish(ex: &Exchange, format: Format, table: Table, strict: bool) -> anyhow::Result<i32> {
+fn finish<T: serde::Serialize>(
+    ex: &Exchange<T>,
+    format: Format,
+    table: Table,
+    strict: bool,
+) -> anyhow::Result<i32> {
     if format.json {
         print_json(&ex.answers)?;
     } else {
@@ -370,23 +365,12 @@ async fn pause(
     let control = stem.control();
     control.set_paused(queues, paused).await?;
     let now_paused = control.paused_queues().await?;
-    let command = if paused {
-        Command::Pause {
-            queues: queues.to_vec(),
-        }
+    let workers = targets.of(stem);
+    let ex = if paused {
+        workers.pause(queues).await?
     } else {
-        Command::Resume {
-            queues: queues.to_vec(),
-        }
+        workers.resume(queues).await?
     };
-    let ex = exchange(
-        stem.control().as_ref(),
-        stem.signer(),
-        &command,
-        &targets.workers,
-        targets.timeout,
-    )
-    .await?;
     if format.json {
         print_json(&json!({
             "paused": now_paused,
@@ -404,10 +388,7 @@ async fn pause(
         } else {
             let mut t = Table::new(&["Worker", "Status", "Paused Queues"]);
             for a in &ex.answers {
-                let list = a
-                    .reply_as::<PausedReply>()
-                    .map(|r| r.paused)
-                    .unwrap_or_default();
+                let list = a.reply.clone().map(|r| r.paused).unwrap_or_default();
                 t.row(vec![
                     a.worker.clone(),
                     a.status.into(),

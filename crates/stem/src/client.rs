@@ -285,6 +285,12 @@ impl Stem {
         self.signer.as_ref()
     }
 
+    /// A handle for sending control commands to live workers, signed with
+    /// this client's key when it has one.
+    pub fn workers(&self) -> crate::control::Workers {
+        crate::control::Workers::new(self.control(), self.signer.clone())
+    }
+
     /// Builds and signs an envelope for `name`.
     pub(crate) fn prepare(
         &self,

@@ -16,7 +16,7 @@ pub use command::{
     is_mutating, ActiveTask, Command, InspectReply, PausedReply, PingReply, RevokeReply,
     ShutdownReply,
 };
-pub use exchange::{exchange, Answer, Exchange};
+pub use exchange::{Answer, Exchange, Workers, DEFAULT_REPLY_TIMEOUT};
 
 use std::time::Duration;
 
