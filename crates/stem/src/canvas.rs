@@ -83,13 +83,18 @@ pub(crate) fn chord_callback_key(chord_id: &str) -> String {
 /// A dispatched group.
 #[derive(Clone, Debug)]
 pub struct GroupHandle {
+    /// Group id (`grp-` and a UUID), under which the backend records the
+    /// results.
     pub group_id: String,
+    /// Ids of the group's tasks, in the order given.
     pub task_ids: Vec<String>,
 }
 
 /// A dispatched chain.
 #[derive(Clone, Debug)]
 pub struct ChainHandle {
+    /// Chain id (`chain-` and a UUID), carried in every step's `stem-chain-id`
+    /// header.
     pub chain_id: String,
     /// Step task ids in order; the last one holds the chain's result.
     pub task_ids: Vec<String>,
@@ -98,8 +103,11 @@ pub struct ChainHandle {
 /// A dispatched chord.
 #[derive(Clone, Debug)]
 pub struct ChordHandle {
+    /// Chord id (`chord-` and a UUID); also the group id of its header tasks.
     pub chord_id: String,
+    /// Ids of the header tasks, in the order given.
     pub header_ids: Vec<String>,
+    /// Id of the callback task, published once every header task succeeded.
     pub callback_id: String,
 }
 
@@ -142,7 +150,24 @@ impl Stem {
         })
     }
 
-    /// Enqueues `steps` to run one after another.
+    /// Enqueues `steps` to run one after another; each step sees the
+    /// previous step's result in [`TaskContext::chain_previous`](crate::TaskContext).
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use stem::client::EnqueueRequest;
+    ///
+    /// # async fn demo(stem: &stem::Stem) -> stem::Result<()> {
+    /// let chain = stem
+    ///     .chain(vec![
+    ///         EnqueueRequest::new("images.fetch", json!({"url": "https://example.com/a.png"})),
+    ///         EnqueueRequest::new("images.resize", json!({"width": 64})),
+    ///     ])
+    ///     .await?;
+    /// // The last step's status holds the chain's result.
+    /// let last = chain.task_ids.last().expect("two steps");
+    /// # let _ = last; Ok(()) }
+    /// ```
     pub async fn chain(&self, steps: Vec<EnqueueRequest>) -> Result<ChainHandle> {
         if steps.is_empty() {
             return Err(StemError::InvalidArgument(

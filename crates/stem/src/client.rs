@@ -80,7 +80,10 @@ pub(crate) async fn submit_once(
 /// Per-call overrides for an enqueue.
 #[derive(Clone, Debug, Default)]
 pub struct EnqueueOptions {
+    /// Queue to publish to; `None` takes the registered task's queue, else
+    /// `default`.
     pub queue: Option<String>,
+    /// Priority, 0 to 9; `None` takes the registered task's priority, else 0.
     pub priority: Option<u8>,
     /// Delay before the task may start.
     pub countdown: Option<Duration>,
@@ -88,21 +91,44 @@ pub struct EnqueueOptions {
     pub idempotency_key: Option<String>,
     /// Retry budget for tasks this producer does not have in its registry.
     pub max_retries: Option<u32>,
+    /// Extra envelope headers (signed with the body).
     pub headers: BTreeMap<String, String>,
+    /// Envelope meta, merged over the registered task's meta.
     pub meta: Map<String, Value>,
 }
 
 /// One task to enqueue by name.
 #[derive(Clone, Debug)]
 pub struct EnqueueRequest {
+    /// Name of the task to run.
     pub name: String,
+    /// Task arguments, as JSON.
     pub args: Value,
+    /// Per-call overrides.
     pub options: EnqueueOptions,
+}
+
+impl EnqueueRequest {
+    /// `name` with `args` and no overrides (a canvas step, say).
+    pub fn new(name: impl Into<String>, args: Value) -> Self {
+        EnqueueRequest {
+            name: name.into(),
+            args,
+            options: EnqueueOptions::default(),
+        }
+    }
+
+    /// The same request with `options`.
+    pub fn with_options(mut self, options: EnqueueOptions) -> Self {
+        self.options = options;
+        self
+    }
 }
 
 /// What an enqueue returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Enqueued {
+    /// Id of the new task, or of the earlier one when `duplicate`.
     pub task_id: String,
     /// True when an idempotency key matched an earlier enqueue.
     pub duplicate: bool,
@@ -134,11 +160,15 @@ impl Prepared {
 /// into adapters.
 #[derive(Clone)]
 pub struct Stores {
+    /// Publishes and delivers envelopes (the hot path).
     pub broker: Arc<dyn Broker>,
+    /// The operator's view of the same queues: counts, purges, dead letters.
     pub admin: Arc<dyn QueueAdmin>,
+    /// The result backend: statuses, groups, claims and blobs.
     pub backend: Arc<dyn ResultBackend>,
     /// Present when the broker and the backend live on the same Redis.
     pub atomic: Option<Arc<dyn AtomicStore>>,
+    /// Heartbeats, commands to workers and queue pauses.
     pub control: Arc<dyn ControlPlane>,
 }
 

@@ -114,19 +114,32 @@ pub struct TlsSettings {
 /// Log output format (`STEM_LOG_FORMAT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines (`text`, the default).
     Text,
+    /// One JSON object per line (`json`).
     Json,
 }
 
 /// Settings shared by every process.
 #[derive(Clone, Debug)]
 pub struct StemConfig {
+    /// Where the queues live (`STEM_BROKER_URL`, default
+    /// [`DEFAULT_BROKER_URL`]).
     pub broker_url: StoreUrl,
+    /// Where task statuses and results live (`STEM_RESULT_BACKEND_URL`; the
+    /// broker URL when unset).
     pub result_backend_url: StoreUrl,
+    /// Where schedule entries and beat's locks live (`STEM_SCHEDULE_STORE_URL`;
+    /// the broker URL when unset).
     pub schedule_store_url: StoreUrl,
+    /// How long the result backend keeps its records (`STEM_RESULT_TTL`,
+    /// default 24 h).
     pub result_ttl: Duration,
+    /// Signing algorithm and keys (`STEM_SIGNING_*`).
     pub keys: KeyRing,
+    /// TLS settings for Redis connections (`STEM_TLS_*`).
     pub tls: TlsSettings,
+    /// Log output format (`STEM_LOG_FORMAT`); the binaries install the logger.
     pub log_format: LogFormat,
     /// How many dead letters a queue keeps (`STEM_DEAD_LETTER_MAXLEN`).
     pub dead_letter_maxlen: usize,
@@ -177,6 +190,7 @@ pub struct WorkerConfig {
 /// Reads variables through a lookup function, so tests need not touch the
 /// process environment.
 pub trait Lookup {
+    /// The value of variable `key`; `None` when it is unset.
     fn get(&self, key: &str) -> Option<String>;
 }
 

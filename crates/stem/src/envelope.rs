@@ -49,19 +49,32 @@ pub const MAX_PRIORITY: u8 = 9;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSpec {
+    /// Task id, a UUID v7 from [`new_task_id`].
     pub id: String,
+    /// Registered task name the worker dispatches on, e.g. `images.resize`.
     pub name: String,
+    /// Queue the task is published to; a worker that reads it from another
+    /// queue dead-letters it.
     pub queue: String,
+    /// Task arguments, as JSON (`null` when absent).
     #[serde(default)]
     pub args: Value,
+    /// String headers; the canvas sets the `stem-*` ones (see
+    /// [`crate::canvas`]). Left out of the JSON when empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Free-form metadata, copied into the task's status. Left out of the JSON
+    /// when empty.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub meta: Map<String, Value>,
     /// Epoch milliseconds of the first enqueue; kept across retries.
     pub enqueued_at: i64,
+    /// Retries allowed after the first attempt, as set at enqueue (default 0);
+    /// copied into the status. Workers retry by the registered task's own
+    /// [`TaskOptions::max_retries`](crate::task::TaskOptions::max_retries).
     #[serde(default)]
     pub max_retries: u32,
+    /// Priority band, 0 (default) to [`MAX_PRIORITY`]; higher runs first.
     #[serde(default)]
     pub priority: u8,
 }
@@ -116,11 +129,19 @@ impl WireEnvelope {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
+    /// Published and waiting for a worker (or for its not-before time).
     Queued,
+    /// A worker runs the body (recorded once it has run a few milliseconds or
+    /// reports progress).
     Running,
+    /// An attempt failed and another one is scheduled.
     Retried,
+    /// The body returned a result (in [`TaskStatus::result`]).
     Succeeded,
+    /// Failed for good: no further attempt runs (see [`TaskStatus::error`]).
     Failed,
+    /// Revoked by an operator, or a chain step dropped because an earlier step
+    /// failed.
     Cancelled,
 }
 
@@ -318,6 +339,7 @@ pub struct TaskError {
     /// What kind of failure.
     #[serde(rename = "type")]
     pub kind: TaskErrorKind,
+    /// Human-readable description of the failure.
     pub message: String,
     /// Dead-letter reason when the task was dead-lettered (or `revoked`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,6 +373,8 @@ impl TaskError {
 pub struct Progress {
     /// 0.0 to 1.0.
     pub fraction: f64,
+    /// Free-form JSON the task attached; `null` (and left out of the JSON) when
+    /// none.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub data: Value,
 }
@@ -359,17 +383,31 @@ pub struct Progress {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatus {
+    /// Task id.
     pub id: String,
+    /// Task name.
     pub task: String,
+    /// Queue the task was published to.
     pub queue: String,
+    /// Where the task is in its life cycle.
     pub state: TaskState,
+    /// Attempt this status was written for; 0 for the first execution.
     pub attempt: u32,
+    /// Retry budget from the task's spec.
     pub max_retries: u32,
+    /// The body's result once `succeeded`; `null` otherwise.
     pub result: Value,
+    /// Why the task failed or was cancelled, or (when `retried`) why the last
+    /// attempt failed; `None` otherwise.
     pub error: Option<TaskError>,
+    /// Progress the running body reported; set only by its progress reports
+    /// (a revocation keeps the last one), `None` otherwise.
     pub progress: Option<Progress>,
+    /// The spec's meta.
     pub meta: Map<String, Value>,
+    /// When the task was first enqueued: RFC 3339 UTC with milliseconds.
     pub created_at: String,
+    /// When this status was written: RFC 3339 UTC with milliseconds.
     pub updated_at: String,
 }
 

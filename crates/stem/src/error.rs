@@ -8,7 +8,12 @@ use thiserror::Error;
 pub enum StemError {
     /// A configuration value is invalid. `variable` names the setting.
     #[error("{variable}: {message}")]
-    Config { variable: String, message: String },
+    Config {
+        /// The setting at fault, usually a `STEM_*` variable.
+        variable: String,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -43,7 +48,12 @@ pub enum StemError {
     /// string where a stream should be): the queue is set aside, the
     /// others keep running.
     #[error("queue {queue:?} is broken: {reason}")]
-    BrokenQueue { queue: String, reason: String },
+    BrokenQueue {
+        /// The queue set aside.
+        queue: String,
+        /// Which key holds what, and the Redis error.
+        reason: String,
+    },
 }
 
 impl StemError {

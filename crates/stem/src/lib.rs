@@ -56,6 +56,8 @@
 //! # let _ = id; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod atomic;
 pub mod backend;
 pub mod broker;

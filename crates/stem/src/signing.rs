@@ -21,8 +21,11 @@ use crate::error::{Result, StemError};
 /// Signature algorithm (`STEM_SIGNING_ALGORITHM`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Algorithm {
+    /// HMAC-SHA256 with shared secrets (`hmac-sha256`, the default).
     #[default]
     HmacSha256,
+    /// Ed25519: producers hold private keys, workers need only public ones
+    /// (`ed25519`).
     Ed25519,
 }
 
@@ -291,12 +294,16 @@ impl Signer {
 /// Why a signature was rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// No key id or no signature (or an empty one).
     #[error("envelope is unsigned")]
     Missing,
+    /// No key with this id (carried) is configured.
     #[error("unknown signing key {0:?}")]
     UnknownKey(String),
+    /// The signature does not decode as base64.
     #[error("signature is not valid base64")]
     NotBase64,
+    /// The signature does not match the body under that key.
     #[error("signature mismatch")]
     Mismatch,
 }

@@ -20,6 +20,7 @@ use crate::envelope::{Progress, TaskSpec, TaskState, TaskStatus};
 /// Why a task body failed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskFailure {
+    /// What went wrong; recorded in the task's status.
     pub message: String,
     /// `false` skips the remaining retry budget (dead-letter at once).
     pub retryable: bool,
@@ -114,10 +115,12 @@ where
 /// and workers (time limits).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskOptions {
+    /// Queue enqueues go to when they name none (default `default`).
     pub queue: String,
     /// Retries after the first attempt. Applies to every envelope of the
     /// task, whichever producer sent it.
     pub max_retries: u32,
+    /// Priority of enqueues that give none, 0 (default) to 9.
     pub priority: u8,
     /// Soft limit: the context's [`TaskContext::soft_limit_reached`] fires.
     pub soft_time_limit: Option<Duration>,
@@ -163,8 +166,11 @@ pub trait Task: Send + Sync + 'static {
 /// this; dynamic catalogues implement it directly.
 #[async_trait]
 pub trait TaskHandler: Send + Sync + 'static {
+    /// The name the task is registered and enqueued under.
     fn name(&self) -> &str;
+    /// The task's settings (queue, retry budget, limits).
     fn options(&self) -> TaskOptions;
+    /// Runs the body on JSON `args` and returns its result as JSON.
     async fn call(&self, ctx: TaskContext, args: Value) -> TaskResult<Value>;
 }
 
@@ -301,13 +307,19 @@ impl TaskRegistry {
 /// What a running task can see and do.
 #[derive(Clone)]
 pub struct TaskContext {
+    /// Id of the running task.
     pub task_id: String,
+    /// Task name.
     pub name: String,
+    /// Queue the task was published to.
     pub queue: String,
     /// 0 on the first execution.
     pub attempt: u32,
+    /// Retries allowed after the first attempt (the registered task's budget).
     pub max_retries: u32,
+    /// The envelope's headers, the canvas's `stem-*` ones included.
     pub headers: BTreeMap<String, String>,
+    /// The envelope's meta.
     pub meta: Map<String, Value>,
     /// Result of the previous step when this task is a chain step.
     pub chain_previous: Option<Value>,

@@ -7,11 +7,17 @@
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exporter {
     /// Serve Prometheus text on `0.0.0.0:<port>/metrics` (default 9464).
-    Prometheus { port: u16 },
+    Prometheus {
+        /// Port to listen on (default [`PROMETHEUS_PORT`]).
+        port: u16,
+    },
     /// Log a snapshot at info level every 15 s.
     Console,
     /// OTLP/HTTP push (accepted; not exported yet — a warning says so).
-    Otlp { url: Option<String> },
+    Otlp {
+        /// Collector URL from `otlp:URL`; `None` when only `otlp` was named.
+        url: Option<String>,
+    },
 }
 
 /// Default port of the Prometheus exporter.
@@ -57,7 +63,9 @@ pub fn parse_exporters(raw: &str) -> crate::Result<Vec<Exporter>> {
 
 /// A metric family to render.
 pub struct Family {
+    /// Metric name, e.g. `stem_tasks_started_total`.
     pub name: &'static str,
+    /// One-line description (the `# HELP` text).
     pub help: &'static str,
     /// `counter` or `gauge`.
     pub kind: &'static str,

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so tests of leases and TTLs can run on paused time.
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 

@@ -17,7 +17,9 @@ use crate::error::Result;
 /// Aggregated view of a group.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupView {
+    /// Group id (`grp-` or `chord-` and a UUID).
     pub id: String,
+    /// How many tasks the group has.
     pub expected: u64,
     /// Terminal results recorded so far, by task id.
     pub results: BTreeMap<String, TaskStatus>,
@@ -26,12 +28,38 @@ pub struct GroupView {
 /// Where a group stands after a result was added.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupProgress {
+    /// Group id.
     pub group_id: String,
+    /// Tasks of the group with a terminal result recorded so far.
     pub completed: u64,
+    /// How many tasks the group has.
     pub expected: u64,
 }
 
 /// Stores what happened to tasks.
+///
+/// ```
+/// use std::time::Duration;
+/// use stem::backend::{get_status, memory::MemoryBackend, ResultBackend};
+/// use stem::envelope::{new_task_id, now_ms, TaskSpec, TaskState, TaskStatus};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> stem::Result<()> {
+/// let backend = MemoryBackend::new(Duration::from_secs(3600));
+/// let spec = TaskSpec {
+///     id: new_task_id(), name: "emails.send".into(), queue: "emails".into(),
+///     args: serde_json::json!({}), headers: Default::default(), meta: Default::default(),
+///     enqueued_at: now_ms(), max_retries: 3, priority: 0,
+/// };
+/// let mut done = TaskStatus::for_spec(&spec, TaskState::Succeeded, 0);
+/// done.result = serde_json::json!("sent");
+/// backend.set_statuses(&[done]).await?;
+/// // A late `running` write ranks below the final state and is dropped.
+/// backend.set_statuses(&[TaskStatus::for_spec(&spec, TaskState::Running, 0)]).await?;
+/// let now = get_status(&backend, &spec.id).await?.expect("stored");
+/// assert_eq!(now.state, TaskState::Succeeded);
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait ResultBackend: Send + Sync + 'static {
     /// Writes statuses in one round trip. A write whose

@@ -5,7 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so tests of leases and TTLs can run on paused time.
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;

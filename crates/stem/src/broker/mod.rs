@@ -49,6 +49,7 @@ pub fn lane_rank(lane: u8) -> u8 {
 /// Identifies one delivery so it can be acknowledged, renewed or retried.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Receipt {
+    /// Queue the entry was read from.
     pub queue: String,
     /// The lane (see [`LANES`]) the entry was read from.
     pub lane: u8,
@@ -59,7 +60,9 @@ pub struct Receipt {
 /// A delivered envelope, leased to the consumer that fetched it.
 #[derive(Clone, Debug)]
 pub struct Delivery {
+    /// Identifies this delivery for ack, renewal, retry or dead-lettering.
     pub receipt: Receipt,
+    /// The envelope as stored (its signature not yet verified).
     pub wire: WireEnvelope,
     /// How many times this entry has been handed to a consumer, this time
     /// included: 1 for a first read, more after recoveries. A task that
@@ -70,16 +73,20 @@ pub struct Delivery {
 /// An entry that could not be decoded as an envelope.
 #[derive(Clone, Debug)]
 pub struct MalformedEntry {
+    /// Identifies the entry, so it can be dead-lettered.
     pub receipt: Receipt,
     /// The raw entry, as text, for the dead-letter record.
     pub raw: String,
+    /// Why the entry did not decode.
     pub error: String,
 }
 
 /// One fetched entry.
 #[derive(Clone, Debug)]
 pub enum Fetched {
+    /// An entry that decoded as an envelope.
     Task(Delivery),
+    /// An entry that did not decode; the worker dead-letters it.
     Malformed(MalformedEntry),
 }
 
@@ -96,10 +103,13 @@ impl Fetched {
 /// An envelope to publish.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
+    /// Queue to publish to.
     pub queue: String,
+    /// Priority band, 0 to [`MAX_PRIORITY`]; it picks the lane.
     pub priority: u8,
     /// Epoch ms before which the task must not start (countdown, retry).
     pub not_before_ms: Option<i64>,
+    /// The signed envelope.
     pub wire: WireEnvelope,
 }
 
@@ -108,7 +118,9 @@ pub use crate::envelope::DeadLetterReason;
 /// What a dead-letter record holds.
 #[derive(Clone, Debug)]
 pub struct NewDeadLetter {
+    /// Why the entry is dead-lettered.
     pub reason: DeadLetterReason,
+    /// The last error message, when there is one.
     pub error: Option<String>,
     /// The envelope, when it decoded.
     pub wire: Option<WireEnvelope>,
@@ -121,14 +133,20 @@ pub struct NewDeadLetter {
 pub struct DeadLetter {
     /// Dead-letter entry id (for show/replay).
     pub id: String,
+    /// Queue whose dead-letter stream holds the record.
     pub queue: String,
     /// The stored reason, as written; [`DeadLetter::reason_kind`] reads it
     /// as a [`DeadLetterReason`] (a record written by hand or by a newer
     /// release may hold another).
     pub reason: String,
+    /// The last error message, when one was recorded.
     pub error: Option<String>,
+    /// When the entry was dead-lettered, in epoch milliseconds (0 when the
+    /// record lacks it).
     pub dead_at_ms: i64,
+    /// The envelope, when it decoded.
     pub wire: Option<WireEnvelope>,
+    /// The raw entry as text, when it did not decode.
     pub raw: Option<String>,
 }
 
@@ -147,6 +165,7 @@ impl DeadLetter {
 /// Counts for one queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
+    /// The queue counted.
     pub queue: String,
     /// Ready and not yet delivered.
     pub ready: u64,
@@ -154,6 +173,7 @@ pub struct QueueStats {
     pub inflight: u64,
     /// Waiting for their not-before time.
     pub delayed: u64,
+    /// Dead letters the queue keeps.
     pub dead: u64,
 }
 
@@ -175,6 +195,35 @@ pub struct SubmitOnce<'a> {
 /// operators do to queues is [`QueueAdmin`]; publishing and settling
 /// together with the result backend, where both share one Redis, is
 /// [`crate::atomic::AtomicStore`].
+///
+/// One delivery's life on the in-memory broker (the Redis one behaves the
+/// same; the contract suite checks both):
+///
+/// ```
+/// use std::time::Duration;
+/// use stem::broker::{memory::MemoryBroker, Broker, Fetched, Outgoing};
+/// use stem::envelope::{new_task_id, now_ms, TaskSpec, WireEnvelope};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> stem::Result<()> {
+/// let broker = MemoryBroker::new();
+/// let queues = ["emails".to_string()];
+/// broker.register_queues(&queues).await?;
+/// let spec = TaskSpec {
+///     id: new_task_id(), name: "emails.send".into(), queue: "emails".into(),
+///     args: serde_json::json!({}), headers: Default::default(), meta: Default::default(),
+///     enqueued_at: now_ms(), max_retries: 3, priority: 0,
+/// };
+/// let wire = WireEnvelope { body: spec.to_body()?, key_id: None, signature: None, attempt: 0 };
+/// broker.publish(vec![Outgoing { queue: "emails".into(), priority: 0, not_before_ms: None, wire }]).await?;
+///
+/// // A worker leases it, runs it, acknowledges it.
+/// let fetched = broker.fetch("worker-1", &queues, 10, Duration::from_millis(100)).await?;
+/// let Some(Fetched::Task(delivery)) = fetched.first() else { panic!("one task") };
+/// assert_eq!(delivery.wire.spec()?.id, spec.id);
+/// broker.ack(&[delivery.receipt.clone()]).await?;
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes a batch (one round trip on Redis). Envelopes with a future
@@ -246,6 +295,16 @@ pub trait Broker: Send + Sync + 'static {
 /// and the dashboard use it; producers and workers never do, so the hot
 /// path ([`Broker`]) stays small and a decorator of it (timing, tracing)
 /// wraps twelve methods, not twenty.
+///
+/// ```
+/// # async fn demo(stem: &stem::Stem) -> stem::Result<()> {
+/// let admin = stem.admin();
+/// for queue in admin.known_queues().await? {
+///     let s = admin.stats(&queue).await?;
+///     println!("{queue}: {} ready, {} running, {} dead", s.ready, s.inflight, s.dead);
+/// }
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait QueueAdmin: Send + Sync + 'static {
     /// Newest dead letters first, at most `limit`.

@@ -28,13 +28,22 @@ pub enum Command {
     /// The tasks you are running.
     Inspect,
     /// Cancel these tasks if you run them.
-    Revoke { task_ids: Vec<String> },
+    Revoke {
+        /// Ids of the tasks to cancel.
+        task_ids: Vec<String>,
+    },
     /// Stop as on SIGTERM.
     Shutdown,
     /// Stop fetching from these queues.
-    Pause { queues: Vec<String> },
+    Pause {
+        /// Queues to pause (a worker acts on those it consumes).
+        queues: Vec<String>,
+    },
     /// Fetch from these queues again.
-    Resume { queues: Vec<String> },
+    Resume {
+        /// Queues to resume (a worker acts on those it consumes).
+        queues: Vec<String>,
+    },
 }
 
 impl Command {
@@ -119,12 +128,17 @@ pub struct PingReply {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveTask {
+    /// Task id.
     pub id: String,
+    /// Task name.
     pub task: String,
+    /// Queue of the task.
     pub queue: String,
+    /// Attempt being run; 0 for the first execution.
     pub attempt: u32,
     /// RFC 3339 UTC.
     pub started_at: String,
+    /// Milliseconds since the body started.
     pub runtime_ms: i64,
 }
 

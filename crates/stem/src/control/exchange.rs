@@ -129,12 +129,14 @@ impl Workers {
 /// The answer of one addressed worker, its reply decoded as `T`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Answer<T = Value> {
+    /// Name of the addressed worker.
     pub worker: String,
     /// `ok`, `error` or `no reply`.
     pub status: &'static str,
     /// The worker's reply (`null` without a reply, or when it does not
     /// decode as `T`: a worker of another release).
     pub reply: Option<T>,
+    /// The worker's error message, when it answered with an error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -169,6 +171,8 @@ impl<T> Answer<T> {
 /// Every addressed worker's answer, sorted by worker name.
 #[derive(Debug)]
 pub struct Exchange<T = Value> {
+    /// One answer per addressed worker (`no reply` for each that stayed
+    /// silent), sorted by worker name.
     pub answers: Vec<Answer<T>>,
     /// Nobody was addressed: no targets given and no live worker.
     pub nobody_alive: bool,

@@ -31,23 +31,37 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerInfo {
+    /// Worker name, also its consumer name in Redis.
     pub name: String,
+    /// Metrics label the worker runs under (`STEM_WORKER_NAMESPACE`).
     pub namespace: String,
+    /// Queues the worker consumes.
     pub queues: Vec<String>,
+    /// Those of its queues it does not fetch from now, sorted.
     #[serde(default)]
     pub paused: Vec<String>,
+    /// Host name of the worker's machine.
     pub host: String,
+    /// Process id of the worker.
     pub pid: u32,
+    /// Task bodies the worker runs at once.
     pub concurrency: usize,
+    /// Most entries the worker fetches ahead (concurrency × prefetch
+    /// multiplier).
     pub prefetch: usize,
+    /// Entries the worker holds now (fetched and not yet settled).
     pub inflight: usize,
     /// Epoch ms.
     pub started_at: i64,
     /// Epoch ms.
     pub heartbeat_at: i64,
+    /// Task executions started since the worker started.
     pub started: u64,
+    /// Task executions that succeeded.
     pub succeeded: u64,
+    /// Tasks that failed for good.
     pub failed: u64,
+    /// Failed attempts scheduled for a retry.
     pub retried: u64,
 }
 
@@ -55,12 +69,14 @@ pub struct WorkerInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlCommand {
+    /// Fresh UUID v7; replies are collected under it.
     pub id: String,
     /// `ping`, `stats`, `inspect`, `revoke`, `shutdown`, `pause`, `resume`.
     pub command: String,
     /// Worker names; empty means every worker.
     #[serde(default)]
     pub targets: Vec<String>,
+    /// The command's arguments as JSON (see [`Command::payload`]).
     #[serde(default)]
     pub payload: Value,
     /// Epoch ms when the command was issued (signed; commands older or
@@ -154,11 +170,14 @@ impl ControlCommand {
 /// A worker's answer to a command.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ControlReply {
+    /// Name of the answering worker.
     pub worker: String,
+    /// False when the worker refused the command or could not carry it out.
     pub ok: bool,
     /// The reply of the command's type (see [`Command`]'s table), as JSON.
     #[serde(default)]
     pub payload: Value,
+    /// Why, when `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

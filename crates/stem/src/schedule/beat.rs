@@ -104,14 +104,18 @@ pub fn default_instance_id() -> String {
 /// One published slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fired {
+    /// Schedule entry id.
     pub id: String,
+    /// The slot fired.
     pub slot: DateTime<Utc>,
+    /// Id of the task published for the slot.
     pub task_id: String,
 }
 
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
+    /// Slots published in this pass.
     pub fired: Vec<Fired>,
     /// Slots another beat had already recorded.
     pub duplicates: usize,
@@ -122,6 +126,28 @@ pub struct PassReport {
 }
 
 /// The scheduler. Cheap to clone.
+///
+/// Every beat process competes for one leader lease; the leader fires due
+/// entries, each slot at most once across processes.
+///
+/// ```
+/// use chrono::Utc;
+/// use stem::schedule::{ScheduleEntry, ScheduleStores};
+/// use stem::{Beat, BeatOptions, Stem};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> stem::Result<()> {
+/// let stem = Stem::memory();
+/// let stores = ScheduleStores::memory();
+/// let entry = ScheduleEntry::new("nightly-report", "reports.build", "0 3 * * *")?;
+/// stores.schedules.upsert(&entry, Utc::now()).await?;
+///
+/// let beat = Beat::new(stem, stores.schedules, stores.locks, BeatOptions::default());
+/// // `beat.run(shutdown)` leads and fires until cancelled; one pass by hand:
+/// let pass = beat.fire_due(Utc::now()).await?;
+/// assert!(pass.fired.is_empty(), "03:00 is not due the moment it is defined");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Beat {
     stem: Stem,

@@ -71,6 +71,7 @@ pub struct RunHistory {
     pub total_run_count: u64,
     /// Why the last dispatch failed; cleared by the next success.
     pub last_error: Option<String>,
+    /// When `last_error` was recorded.
     pub last_error_at: Option<DateTime<Utc>>,
     /// Publish time minus slot time of the last firing (jitter excluded).
     pub last_drift_ms: Option<i64>,
@@ -83,20 +84,27 @@ pub struct RunHistory {
 /// A schedule entry: definition plus run history.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleEntry {
+    /// Entry id (see [`validate_id`]); part of its Redis keys.
     pub id: String,
     /// Task name.
     pub task: String,
+    /// Queue the task is published to (default [`DEFAULT_QUEUE`]).
     pub queue: String,
+    /// When to fire: an `every:` interval or a cron expression.
     pub spec: Spec,
     /// Zone cron expressions are evaluated in (default UTC).
     pub timezone: Tz,
     /// Upper bound of a random countdown added to each firing.
     pub jitter: Duration,
+    /// A disabled entry keeps its definition and history but does not fire.
     pub enabled: bool,
     /// Task arguments (a JSON object).
     pub args: Value,
     /// Merged into the envelope meta of every firing.
     pub meta: Map<String, Value>,
+    /// What beat recorded;
+    /// [`ScheduleStore::upsert`](crate::schedule::ScheduleStore::upsert)
+    /// ignores it.
     pub history: RunHistory,
 }
 
@@ -104,14 +112,22 @@ pub struct ScheduleEntry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Definition {
+    /// Task name.
     pub task: String,
+    /// Queue name.
     pub queue: String,
+    /// The spec as written ([`Spec::as_str`]).
     pub spec: String,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
     pub timezone: String,
+    /// Upper bound of the random countdown, in milliseconds.
     pub jitter_ms: u64,
+    /// Whether the entry fires.
     pub enabled: bool,
+    /// Task arguments (a JSON object).
     #[serde(default)]
     pub args: Value,
+    /// Merged into the envelope meta of every firing.
     #[serde(default)]
     pub meta: Map<String, Value>,
 }
@@ -120,15 +136,26 @@ pub struct Definition {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleSummary {
+    /// Entry id.
     pub id: String,
+    /// Task name.
     pub task: String,
+    /// Queue name.
     pub queue: String,
+    /// The spec as written.
     pub spec: String,
+    /// The next slot to fire, RFC 3339 UTC; `None` while disabled.
     pub next_run_at: Option<String>,
+    /// When the last firing was published, RFC 3339 UTC; `None` before the
+    /// first.
     pub last_run_at: Option<String>,
+    /// Upper bound of the random countdown, in milliseconds.
     pub jitter_ms: u64,
+    /// Whether the entry fires.
     pub enabled: bool,
+    /// Firings published.
     pub total_run_count: u64,
+    /// Why the last dispatch failed; cleared by the next success.
     pub last_error: Option<String>,
 }
 

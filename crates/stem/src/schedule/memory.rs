@@ -1,13 +1,14 @@
 //! In-process [`ScheduleStore`] and [`LockStore`] (for `stem dev`, tests
 //! and single-process embedding). Same rules as the Redis store; clones
-//! share state; expiry uses the monotonic clock.
+//! share state; expiry uses tokio's clock (monotonic; paused in tests).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 
 use super::entry::{truncate_ms, ScheduleEntry};
 use super::store::{
@@ -29,6 +30,7 @@ pub struct MemoryScheduleStore {
 }
 
 impl MemoryScheduleStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -200,6 +202,7 @@ pub struct MemoryLockStore {
 }
 
 impl MemoryLockStore {
+    /// An empty lock store.
     pub fn new() -> Self {
         Self::default()
     }

@@ -1,5 +1,5 @@
-//! Beat's counters, named as the reference's Prometheus series (§10) so an
-//! exporter can publish them unchanged later. Plain atomics for now.
+//! Beat's counters, published under the `stem_scheduler_*` names the
+//! metrics exporters serve. Plain atomics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -92,6 +92,8 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 impl SchedulerMetrics {
+    /// A copy of the counters now (each read on its own, not all at one
+    /// instant).
     pub fn snapshot(&self) -> MetricsSnapshot {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MetricsSnapshot {

@@ -43,7 +43,9 @@ use crate::redis_conn;
 /// The schedule store and lock store on one URL.
 #[derive(Clone)]
 pub struct ScheduleStores {
+    /// Schedule entries and their run history.
     pub schedules: Arc<dyn ScheduleStore>,
+    /// Locks for beat's leader lease.
     pub locks: Arc<dyn LockStore>,
 }
 

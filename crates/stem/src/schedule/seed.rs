@@ -47,6 +47,7 @@ pub struct SeedError {
     pub index: Option<usize>,
     /// The entry's id, when it has a readable one.
     pub id: Option<String>,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -78,7 +79,9 @@ impl From<SeedError> for StemError {
 /// The entries of a file that loaded, and those that were skipped.
 #[derive(Clone, Debug, Default)]
 pub struct SeedFile {
+    /// Entries that loaded, in file order.
     pub entries: Vec<ScheduleEntry>,
+    /// Entries that did not load (invalid, or a duplicate id), with the reason.
     pub skipped: Vec<SeedError>,
     /// Non-fatal remarks (unknown keys, duplicates) already logged.
     pub warnings: Vec<SeedError>,

@@ -24,8 +24,11 @@ use crate::error::Result;
 /// What [`ScheduleStore::upsert`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpsertOutcome {
+    /// The id was new; the entry was stored.
     Created,
+    /// The definition changed; the run history was kept.
     Updated,
+    /// The stored definition was identical; nothing changed.
     Unchanged,
 }
 
@@ -45,7 +48,9 @@ impl UpsertOutcome {
 pub enum FiringOutcome {
     /// Published as task `task_id` at `at`.
     Dispatched {
+        /// Id of the published task.
         task_id: String,
+        /// When it was published.
         at: DateTime<Utc>,
         /// `at` minus the slot, in ms.
         drift_ms: i64,
@@ -53,7 +58,12 @@ pub enum FiringOutcome {
         jitter_ms: u64,
     },
     /// Publishing failed for good (not a store outage).
-    Failed { error: String, at: DateTime<Utc> },
+    Failed {
+        /// Why publishing failed.
+        error: String,
+        /// When it failed.
+        at: DateTime<Utc>,
+    },
     /// Another beat had already recorded this slot; nothing was published.
     AlreadyFired,
 }
@@ -61,15 +71,18 @@ pub enum FiringOutcome {
 /// Beat's bookkeeping after handling one slot of one entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FiringReport {
+    /// Schedule entry id.
     pub id: String,
     /// Revision of the definition the slot was planned with.
     pub revision: u64,
+    /// The slot handled.
     pub slot: DateTime<Utc>,
     /// The slot after this one. Stored only if the revision is current and
     /// it is later than the stored `nextRunAt` (never moves backwards).
     pub next_run_at: Option<DateTime<Utc>>,
     /// Slots skipped before this one (downtime).
     pub missed: u64,
+    /// How the slot ended.
     pub outcome: FiringOutcome,
 }
 

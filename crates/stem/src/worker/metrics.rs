@@ -8,11 +8,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters a worker keeps (exported as `stem_tasks_*_total`).
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
+    /// Task executions started.
     pub started: AtomicU64,
+    /// Task executions that succeeded.
     pub succeeded: AtomicU64,
+    /// Tasks that failed for good, including ones refused before they ran
+    /// (unregistered, delivery limit).
     pub failed: AtomicU64,
+    /// Failed attempts scheduled for a retry.
     pub retried: AtomicU64,
+    /// Envelopes rejected by signature verification.
     pub signature_invalid: AtomicU64,
+    /// Entries moved to a dead-letter queue.
     pub dead_lettered: AtomicU64,
     /// Entries held (fetched, not settled) right now.
     pub inflight: AtomicU64,
@@ -21,8 +28,8 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// The worker's series, named as the reference's Grafana dashboards
-    /// query them (`stem_tasks_*_total`, `stem_worker_*`), labelled with
+    /// The worker's series (`stem_tasks_*_total`, `stem_worker_*`; the
+    /// names and labels are listed in `docs/architecture.md`, "Metrics"), labelled with
     /// worker and namespace.
     pub fn families(
         &self,

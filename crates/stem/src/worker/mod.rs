@@ -162,6 +162,29 @@ impl Worker {
     }
 
     /// Runs until `shutdown` is cancelled, then drains and returns.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stem::{Stem, TaskContext, TaskOptions, Worker, WorkerConfig};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> stem::Result<()> {
+    /// let stem = Stem::memory();
+    /// stem.registry()
+    ///     .register_fn("double", TaskOptions::default(), |_: TaskContext, n: i64| async move { Ok(n * 2) });
+    /// let stop = CancellationToken::new();
+    /// let worker = Worker::new(WorkerConfig::new("w1", &["default"]), &stem, None);
+    /// let running = tokio::spawn(worker.run(stop.clone()));
+    ///
+    /// let id = stem.enqueue_raw("double", 21.into(), Default::default()).await?.task_id;
+    /// let done = stem.wait(&id, Duration::from_secs(5)).await?;
+    /// assert_eq!(done.result, 42);
+    ///
+    /// stop.cancel(); // stop fetching, let running tasks finish
+    /// running.await.expect("worker task")?;
+    /// # Ok(()) }
+    /// ```
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
