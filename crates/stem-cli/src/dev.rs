@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 use stem::client::Stem;
 use stem::config::{FlagsOverEnv, StemConfig, StoreUrl};
-use stem::schedule::{BeatOptions, ScheduleStores};
+use stem::schedule::{BeatConfig, ScheduleStores};
 use stem::signing::{generate_hmac_secret, KeyRing};
 use stem::worker::WorkerConfig;
 use stem_service::{config_or_exit, shutdown_token};
@@ -95,8 +95,7 @@ pub async fn run(args: DevArgs) -> i32 {
     let beat = tokio::spawn({
         let (stem, stop) = (stem.clone(), shutdown.clone());
         async move {
-            if let Err(e) =
-                beat::run(&beat_config, stem, stores, BeatOptions::default(), stop).await
+            if let Err(e) = beat::run(&beat_config, stem, stores, BeatConfig::default(), stop).await
             {
                 tracing::error!(error = %e, "beat stopped");
             }
@@ -104,7 +103,7 @@ pub async fn run(args: DevArgs) -> i32 {
     });
 
     let env = FlagsOverEnv::new().flag("PORT", Some(args.port));
-    let settings = config_or_exit(enqueuer::EnqueuerSettings::from_lookup(&env));
+    let settings = config_or_exit(enqueuer::EnqueuerConfig::from_lookup(&env));
     println!("Stem dev stack on {}", config.broker_url.redacted());
     println!("  Enqueue API: http://127.0.0.1:{}/enqueue", args.port);
     println!(

@@ -20,7 +20,7 @@ use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 use stem::broker::redis::RedisBroker;
 use stem::broker::{DeadLetter, QueueAdmin};
-use stem::config::TlsSettings;
+use stem::config::TlsConfig;
 
 pub use stem_testkit::{
     binary_path, free_port, Fault, FaultProxy, Pattern, RedisOptions, RedisServer, ServiceProcess,
@@ -653,7 +653,7 @@ pub async fn inject(url: &str, key: &str, packed: &[u8]) -> anyhow::Result<()> {
 /// The broker (and its [`QueueAdmin`] view) on a plain `redis://` URL,
 /// for reading dead letters: gray-box, as an operator tool would read them.
 pub fn broker(url: &str) -> anyhow::Result<RedisBroker> {
-    let client = stem::redis_conn::client(url, &TlsSettings::default())?;
+    let client = stem::redis_conn::client(url, &TlsConfig::default())?;
     Ok(RedisBroker::new(client, 1000)?)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stem::schedule::{ScheduleEntry, ScheduleStores};
-use stem::{Beat, BeatOptions, Stem, StemConfig, TaskContext, TaskOptions, Worker, WorkerConfig};
+use stem::{Beat, BeatConfig, Stem, StemConfig, TaskContext, TaskOptions, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         stem.clone(),
         stores.schedules.clone(),
         stores.locks.clone(),
-        BeatOptions::default(),
+        BeatConfig::default(),
     );
     let worker = Worker::new(WorkerConfig::new("clock", &["default"]), &stem, None);
     let beating = tokio::spawn({

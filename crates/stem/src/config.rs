@@ -100,7 +100,7 @@ fn scrub_userinfo(text: &str, url: &str) -> String {
 
 /// TLS settings for Redis connections (`STEM_TLS_*`).
 #[derive(Clone, Debug, Default)]
-pub struct TlsSettings {
+pub struct TlsConfig {
     /// PEM CA bundle that verifies the server; system roots when absent.
     pub ca_cert: Option<Vec<u8>>,
     /// PEM client certificate (mTLS).
@@ -138,7 +138,7 @@ pub struct StemConfig {
     /// Signing algorithm and keys (`STEM_SIGNING_*`).
     pub keys: KeyRing,
     /// TLS settings for Redis connections (`STEM_TLS_*`).
-    pub tls: TlsSettings,
+    pub tls: TlsConfig,
     /// Log output format (`STEM_LOG_FORMAT`); the binaries install the logger.
     pub log_format: LogFormat,
     /// How many dead letters a queue keeps (`STEM_DEAD_LETTER_MAXLEN`).
@@ -357,7 +357,7 @@ impl StemConfig {
         };
         let result_ttl = duration_var(env, "STEM_RESULT_TTL", Duration::from_secs(86_400))?;
         let keys = KeyRing::from_lookup(env)?;
-        let tls = TlsSettings {
+        let tls = TlsConfig {
             ca_cert: read_pem(env, "STEM_TLS_CA_CERT")?,
             client_cert: read_pem(env, "STEM_TLS_CLIENT_CERT")?,
             client_key: read_pem(env, "STEM_TLS_CLIENT_KEY")?,
@@ -410,7 +410,7 @@ impl StemConfig {
             schedule_store_url: StoreUrl::Memory,
             result_ttl: Duration::from_secs(86_400),
             keys: KeyRing::default(),
-            tls: TlsSettings::default(),
+            tls: TlsConfig::default(),
             log_format: LogFormat::Text,
             dead_letter_maxlen: 100_000,
             metric_exporters: Vec::new(),

@@ -79,6 +79,6 @@ pub use async_trait::async_trait;
 pub use client::{EnqueueOptions, Stem, Stores};
 pub use config::{StemConfig, WorkerConfig};
 pub use error::{Result, StemError};
-pub use schedule::{Beat, BeatOptions};
+pub use schedule::{Beat, BeatConfig};
 pub use task::{Task, TaskContext, TaskFailure, TaskOptions, TaskRegistry, TaskResult};
 pub use worker::Worker;

@@ -1,4 +1,4 @@
-//! The one place that turns a Redis URL plus [`TlsSettings`] into
+//! The one place that turns a Redis URL plus [`TlsConfig`] into
 //! connections. Connections are `ConnectionManager`s: multiplexed, lazily
 //! connected (a service starts even while Redis is down) and reconnecting
 //! by themselves after an outage.
@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
 use redis::{Client, ClientTlsConfig, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
-use crate::config::TlsSettings;
+use crate::config::TlsConfig;
 use crate::error::{Result, StemError};
 
 /// Installs the ring crypto provider for rustls once per process.
@@ -32,7 +32,7 @@ fn connection_info(url: &str) -> Result<ConnectionInfo> {
 }
 
 /// Builds a Redis client for `url` with the TLS material in `tls`.
-pub fn client(url: &str, tls: &TlsSettings) -> Result<Client> {
+pub fn client(url: &str, tls: &TlsConfig) -> Result<Client> {
     install_crypto_provider();
     if !url.starts_with("rediss://") {
         return Ok(Client::open(connection_info(url)?)?);

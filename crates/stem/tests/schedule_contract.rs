@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use stem::config::TlsSettings;
+use stem::config::TlsConfig;
 use stem::schedule::memory::{MemoryLockStore, MemoryScheduleStore};
 use stem::schedule::redis::{RedisLockStore, RedisScheduleStore};
 use stem::schedule::spec::parse_timezone;
@@ -30,7 +30,7 @@ fn memory() -> anyhow::Result<Stores> {
 
 fn redis() -> anyhow::Result<Stores> {
     let server = RedisServer::start()?;
-    let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
+    let client = stem::redis_conn::client(&server.url(), &TlsConfig::default())?;
     Ok(Stores {
         schedules: Arc::new(RedisScheduleStore::new(client.clone())?),
         locks: Arc::new(RedisLockStore::new(client)?),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use stem::client::Stem;
 use stem::config::{StemConfig, StoreUrl};
-use stem::schedule::{seed, Beat, BeatOptions, ScheduleStores};
+use stem::schedule::{seed, Beat, BeatConfig, ScheduleStores};
 use tokio_util::sync::CancellationToken;
 
 /// Seeds `config.schedule_file` (when set) into `stores`, then runs a
@@ -16,7 +16,7 @@ pub async fn run(
     config: &StemConfig,
     stem: Stem,
     stores: ScheduleStores,
-    opts: BeatOptions,
+    opts: BeatConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if config.schedule_store_url == StoreUrl::Memory {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use stem::client::Stem;
 use stem::config::{FlagsOverEnv, StemConfig};
-use stem::schedule::{BeatOptions, ScheduleStores};
+use stem::schedule::{BeatConfig, ScheduleStores};
 use stem_service::{config_or_exit, shutdown_token};
 
 /// Stem beat: fires schedule entries into their queues.
@@ -41,7 +41,7 @@ async fn main() {
     );
     let config = config_or_exit(StemConfig::from_lookup(&env));
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
-    let mut opts = BeatOptions {
+    let mut opts = BeatConfig {
         lease: args.lease,
         tick: args.tick,
         ..Default::default()

@@ -7,7 +7,7 @@ use stem::client::{EnqueueOptions, Stem};
 use stem_demo::CATALOGUE;
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::AutofillSettings;
+use crate::settings::AutofillConfig;
 
 const TEMPLATES: [(&str, [(&str, &str); 3]); 3] = [
     (
@@ -48,7 +48,7 @@ async fn send(stem: &Stem, task: &str, args: Value, meta: Map<String, Value>) {
 }
 
 /// Runs until `stop` fires.
-pub async fn run(stem: Stem, s: AutofillSettings, stop: CancellationToken) {
+pub async fn run(stem: Stem, s: AutofillConfig, stop: CancellationToken) {
     tracing::info!(
         interval_ms = s.interval_ms,
         batch = s.batch_size,

@@ -2,7 +2,7 @@
 //! binary and `stem dev` serve the same router.
 //!
 //! - [`router`]: the axum routes; every body, errors included, is JSON.
-//! - [`EnqueuerSettings`]: `PORT`, `ENQUEUER_TLS_*`, `ENQUEUER_AUTOFILL_*`.
+//! - [`EnqueuerConfig`]: `PORT`, `ENQUEUER_TLS_*`, `ENQUEUER_AUTOFILL_*`.
 //! - [`serve`]: HTTP or HTTPS (optionally requiring client certificates)
 //!   with graceful shutdown.
 //! - [`autofill`]: the demo traffic generator.
@@ -15,7 +15,7 @@ mod tls;
 
 pub use error::ApiError;
 pub use routes::{router, AppState};
-pub use settings::{AutofillSettings, EnqueuerSettings};
+pub use settings::{AutofillConfig, EnqueuerConfig};
 
 use std::net::SocketAddr;
 
@@ -45,7 +45,7 @@ async fn json_timeout(response: axum::response::Response) -> axum::response::Res
 
 /// Serves `state` on `settings` until `shutdown` fires.
 pub async fn serve(
-    settings: &EnqueuerSettings,
+    settings: &EnqueuerConfig,
     state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {

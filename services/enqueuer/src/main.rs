@@ -2,7 +2,7 @@
 //! and `ENQUEUER_*` (flags override); exit 78 on invalid configuration.
 
 use clap::Parser;
-use enqueuer::{AppState, EnqueuerSettings};
+use enqueuer::{AppState, EnqueuerConfig};
 use stem::client::Stem;
 use stem::config::{FlagsOverEnv, StemConfig};
 use stem_service::{config_or_exit, shutdown_token};
@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
         .flag("STEM_BROKER_URL", args.broker)
         .flag("PORT", args.port);
     let config = config_or_exit(StemConfig::from_lookup(&env));
-    let settings = config_or_exit(EnqueuerSettings::from_lookup(&env));
+    let settings = config_or_exit(EnqueuerConfig::from_lookup(&env));
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
     if stem.signer().is_none() {
         tracing::warn!("no signing keys configured: envelopes are published unsigned");

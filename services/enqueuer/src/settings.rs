@@ -26,7 +26,7 @@ pub struct Tls {
 
 /// Demo traffic generator settings (`ENQUEUER_AUTOFILL_*`).
 #[derive(Clone, Debug)]
-pub struct AutofillSettings {
+pub struct AutofillConfig {
     pub enabled: bool,
     pub interval_ms: u64,
     pub batch_size: u64,
@@ -35,13 +35,13 @@ pub struct AutofillSettings {
 
 /// Everything the enqueuer reads besides [`stem::config::StemConfig`].
 #[derive(Clone, Debug)]
-pub struct EnqueuerSettings {
+pub struct EnqueuerConfig {
     pub port: u16,
     /// Longest time one request may take, its body included
     /// (`ENQUEUER_REQUEST_TIMEOUT`).
     pub request_timeout: std::time::Duration,
     pub tls: Option<Tls>,
-    pub autofill: AutofillSettings,
+    pub autofill: AutofillConfig,
 }
 
 use stem::config::non_empty as get;
@@ -56,7 +56,7 @@ fn readable(key: &str, path: String) -> Result<PathBuf, StemError> {
     Ok(PathBuf::from(path))
 }
 
-impl EnqueuerSettings {
+impl EnqueuerConfig {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, StemError> {
         Self::from_lookup(&process_env)
@@ -115,11 +115,11 @@ impl EnqueuerSettings {
                 "must be above zero",
             ));
         }
-        Ok(EnqueuerSettings {
+        Ok(EnqueuerConfig {
             port,
             request_timeout,
             tls,
-            autofill: AutofillSettings {
+            autofill: AutofillConfig {
                 enabled: bool_var(env, "ENQUEUER_AUTOFILL_ENABLED", false)?,
                 interval_ms: positive(env, "ENQUEUER_AUTOFILL_INTERVAL_MS", 2500)?,
                 batch_size: positive(env, "ENQUEUER_AUTOFILL_BATCH_SIZE", 2)?,

@@ -69,7 +69,7 @@ const LEASE_SAFETY: Duration = Duration::from_millis(200);
 
 /// Settings of one beat process.
 #[derive(Clone, Debug)]
-pub struct BeatOptions {
+pub struct BeatConfig {
     /// Unique id of this process (lease owner, firing-record value).
     pub instance_id: String,
     /// Leader lease TTL; renewed every third of it.
@@ -82,9 +82,9 @@ pub struct BeatOptions {
     pub batch_size: usize,
 }
 
-impl Default for BeatOptions {
+impl Default for BeatConfig {
     fn default() -> Self {
-        BeatOptions {
+        BeatConfig {
             instance_id: default_instance_id(),
             lease: DEFAULT_LEASE,
             tick: DEFAULT_TICK,
@@ -133,7 +133,7 @@ pub struct PassReport {
 /// ```
 /// use chrono::Utc;
 /// use stem::schedule::{ScheduleEntry, ScheduleStores};
-/// use stem::{Beat, BeatOptions, Stem};
+/// use stem::{Beat, BeatConfig, Stem};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> stem::Result<()> {
@@ -142,7 +142,7 @@ pub struct PassReport {
 /// let entry = ScheduleEntry::new("nightly-report", "reports.build", "0 3 * * *")?;
 /// stores.schedules.upsert(&entry, Utc::now()).await?;
 ///
-/// let beat = Beat::new(stem, stores.schedules, stores.locks, BeatOptions::default());
+/// let beat = Beat::new(stem, stores.schedules, stores.locks, BeatConfig::default());
 /// // `beat.run(shutdown)` leads and fires until cancelled; one pass by hand:
 /// let pass = beat.fire_due(Utc::now()).await?;
 /// assert!(pass.fired.is_empty(), "03:00 is not due the moment it is defined");
@@ -153,7 +153,7 @@ pub struct Beat {
     stem: Stem,
     store: Arc<dyn ScheduleStore>,
     locks: Arc<dyn LockStore>,
-    opts: BeatOptions,
+    opts: BeatConfig,
     metrics: Arc<SchedulerMetrics>,
     /// The slot each entry was being fired at when an error cut the firing
     /// short (it may be recorded, even published): the next pass finishes
@@ -209,7 +209,7 @@ impl Beat {
         stem: Stem,
         store: Arc<dyn ScheduleStore>,
         locks: Arc<dyn LockStore>,
-        opts: BeatOptions,
+        opts: BeatConfig,
     ) -> Self {
         Beat {
             stem,
@@ -227,7 +227,7 @@ impl Beat {
     }
 
     /// This beat's settings.
-    pub fn options(&self) -> &BeatOptions {
+    pub fn options(&self) -> &BeatConfig {
         &self.opts
     }
 
@@ -582,7 +582,7 @@ mod tests {
             stem,
             Arc::new(store.clone()),
             Arc::new(MemoryLockStore::new()),
-            BeatOptions {
+            BeatConfig {
                 instance_id: id.into(),
                 ..Default::default()
             },

@@ -31,7 +31,7 @@ pub mod store;
 
 use std::sync::Arc;
 
-pub use beat::{Beat, BeatOptions};
+pub use beat::{Beat, BeatConfig};
 pub use entry::{RunHistory, ScheduleEntry, ScheduleSummary};
 pub use spec::Spec;
 pub use store::{LockStore, ScheduleStore, UpsertOutcome};

@@ -9,7 +9,7 @@ use stem::backend::memory::MemoryBackend;
 use stem::backend::redis::RedisBackend;
 use stem::broker::redis::RedisBroker;
 use stem::client::Stores;
-use stem::config::TlsSettings;
+use stem::config::TlsConfig;
 use stem::control::redis::RedisControl;
 use stem::envelope::TaskStatus;
 pub use stem_testkit::poll;
@@ -46,7 +46,7 @@ impl Adapters {
         match &self.redis {
             None => self.stores.backend = Arc::new(MemoryBackend::new(ttl)),
             Some(server) => {
-                let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
+                let client = stem::redis_conn::client(&server.url(), &TlsConfig::default())?;
                 self.stores.backend = Arc::new(RedisBackend::new(client.clone(), ttl)?);
                 if self.atomic.is_some() {
                     let broker = RedisBroker::new(client, 1000)?;
@@ -75,7 +75,7 @@ pub fn memory_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
 /// builds them when both URLs are equal.
 fn redis_stores(ttl: Duration, colocated: bool) -> anyhow::Result<Adapters> {
     let server = RedisServer::start()?;
-    let client = stem::redis_conn::client(&server.url(), &TlsSettings::default())?;
+    let client = stem::redis_conn::client(&server.url(), &TlsConfig::default())?;
     let broker = RedisBroker::new(client.clone(), 1000)?;
     let atomic: Option<Arc<dyn AtomicStore>> =
         colocated.then(|| Arc::new(RedisAtomicStore::new(broker.clone(), ttl)) as _);
