@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// A duration above zero.
 pub fn positive_duration(v: &str) -> Result<Duration, String> {
-    match stem::config::parse_duration(v) {
+    match stem::env::parse_duration(v) {
         Some(d) if !d.is_zero() => Ok(d),
         _ => Err(format!("invalid duration {v:?} (use <n>ms|s|m|h)")),
     }
@@ -14,8 +14,7 @@ pub fn positive_duration(v: &str) -> Result<Duration, String> {
 
 /// A duration, zero allowed (`--countdown 0`).
 pub fn duration(v: &str) -> Result<Duration, String> {
-    stem::config::parse_duration(v)
-        .ok_or_else(|| format!("invalid duration {v:?} (use <n>ms|s|m|h)"))
+    stem::env::parse_duration(v).ok_or_else(|| format!("invalid duration {v:?} (use <n>ms|s|m|h)"))
 }
 
 #[cfg(test)]

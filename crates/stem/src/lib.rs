@@ -3,7 +3,8 @@
 //! Distributed background tasks on Redis Streams, with signed envelopes.
 //!
 //! The map of the crate:
-//! - [`config`]: every `STEM_*` variable, validated once.
+//! - [`config`]: every `STEM_*` variable, validated once; [`env`](mod@env): the
+//!   lookup seam and the shared variable parsers it composes.
 //! - [`envelope`]: [`TaskSpec`](envelope::TaskSpec) (the signed body),
 //!   [`WireEnvelope`](envelope::WireEnvelope) (body + delivery state),
 //!   [`TaskStatus`](envelope::TaskStatus).
@@ -65,6 +66,7 @@ pub mod canvas;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod env;
 pub mod envelope;
 pub mod error;
 pub mod keys;

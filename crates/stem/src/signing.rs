@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 
-use crate::config::Lookup;
+use crate::env::Lookup;
 use crate::error::{Result, StemError};
 
 /// Signature algorithm (`STEM_SIGNING_ALGORITHM`).

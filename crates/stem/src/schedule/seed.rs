@@ -136,7 +136,7 @@ fn parse_jitter(v: &Value) -> std::result::Result<Duration, String> {
             if t.ends_with('d') {
                 return Err(format!("invalid jitter {s:?}: use <n>ms|s|m|h"));
             }
-            crate::config::parse_duration(t)
+            crate::env::parse_duration(t)
                 .ok_or_else(|| format!("invalid jitter {s:?}: use <n>ms|s|m|h or whole seconds"))
         }
         other => Err(format!(

@@ -95,7 +95,7 @@ pub fn parse_timezone(name: &str) -> Result<Tz> {
 
 /// Parses `<n>ms|s|m|h|d` (a bare number is seconds).
 fn parse_period(text: &str) -> Option<Duration> {
-    crate::config::parse_duration(text)
+    crate::env::parse_duration(text)
 }
 
 impl Spec {
