@@ -114,7 +114,7 @@ pub async fn run(args: DevArgs) -> i32 {
     println!("  Workers:     {}", stem_demo::QUEUES.join(", "));
     println!("  Beat:        {beat_banner}");
     println!("Try: curl -X POST http://127.0.0.1:{}/enqueue -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}'", args.port);
-    let served = enqueuer::serve(&settings, enqueuer::AppState { stem }, shutdown.clone()).await;
+    let served = enqueuer::serve(&settings, enqueuer::AppState::new(stem), shutdown.clone()).await;
     shutdown.cancel();
     for w in workers {
         let _ = w.await;

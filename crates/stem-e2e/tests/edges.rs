@@ -174,11 +174,14 @@ async fn worker_health_endpoint_and_verify_only_hmac_worker() -> anyhow::Result<
 
 #[test]
 fn invalid_configuration_exits_78_naming_the_variable() -> anyhow::Result<()> {
-    let cases: [(&str, &str, &str); 4] = [
+    let cases: [(&str, &str, &str); 7] = [
         ("worker", "STEM_SIGNING_KEYS", "primary:not-base64!"),
         ("worker", "STEM_VISIBILITY_TIMEOUT", "soon"),
         ("enqueuer", "STEM_BROKER_URL", "http://localhost:6379"),
         ("enqueuer", "STEM_TLS_CA_CERT", "/nonexistent/ca.pem"),
+        ("worker", "STEM_METRIC_EXPORTERS", "otlp:collector:4318"),
+        ("beat", "STEM_METRIC_EXPORTERS", "statsd"),
+        ("enqueuer", "STEM_OTLP_ENDPOINT", "collector:4318"),
     ];
     for (bin, var, value) in cases {
         let mut p = ServiceProcess::spawn(
@@ -282,7 +285,12 @@ async fn prometheus_metrics_from_worker_and_beat() -> anyhow::Result<()> {
         &[("STEM_METRIC_EXPORTERS", format!("prometheus:{wport}"))],
     )
     .await?;
-    let enq = start_enqueuer(&redis.url(), &[]).await?;
+    let eport = free_port();
+    let enq = start_enqueuer(
+        &redis.url(),
+        &[("STEM_METRIC_EXPORTERS", format!("prometheus:{eport}"))],
+    )
+    .await?;
     let id = enq
         .api
         .enqueue(json!({"name": "Ada", "delayMs": 10}))
@@ -295,15 +303,58 @@ async fn prometheus_metrics_from_worker_and_beat() -> anyhow::Result<()> {
         Ok((series(&page, "stem_tasks_succeeded_total") == Some(1.0)).then_some(page))
     })
     .await?;
-    assert!(
-        page.contains("stem_tasks_succeeded_total{worker=\"metrics-worker\",namespace=\"stem\"} 1"),
-        "{page}"
-    );
+    let succeeded = stem_e2e::samples(&page, "stem_tasks_succeeded_total");
+    assert_eq!(succeeded.len(), 1, "{page}");
+    for label in [
+        "task=\"greeting.send\"",
+        "queue=\"greetings\"",
+        "worker=\"metrics-worker\"",
+        "namespace=\"stem\"",
+    ] {
+        assert!(succeeded[0].contains(label), "{label} in {page}");
+    }
     assert_eq!(series(&page, "stem_tasks_started_total"), Some(1.0));
     assert_eq!(
         series(&page, "stem_worker_concurrency").map(|c| c >= 1.0),
         Some(true)
     );
+    assert_eq!(
+        series(&page, "stem_task_duration_seconds_count"),
+        Some(1.0),
+        "one body ran: {page}"
+    );
+    assert!(
+        series(&page, "stem_task_duration_seconds_sum").is_some_and(|s| s >= 0.01),
+        "it slept 10 ms: {page}"
+    );
+    stem_e2e::promtool_accepts(&page)?;
+    // The queue depth is sampled every few seconds, not per task.
+    let depth = stem_e2e::poll_until("queue depth", Duration::from_secs(15), || async {
+        let page = scrape(wport).await.unwrap_or_default();
+        Ok(stem_e2e::samples(&page, "stem_queue_depth")
+            .iter()
+            .any(|l| l.contains("queue=\"greetings\""))
+            .then_some(page))
+    })
+    .await?;
+    assert_eq!(series(&depth, "stem_queue_depth"), Some(0.0), "{depth}");
+
+    let api = scrape(eport).await?;
+    let enqueued = stem_e2e::samples(&api, "stem_enqueued_total");
+    assert!(
+        enqueued.len() == 1
+            && enqueued[0].contains("task=\"greeting.send\"")
+            && enqueued[0].contains("queue=\"greetings\"")
+            && enqueued[0].ends_with(" 1"),
+        "{api}"
+    );
+    assert!(
+        stem_e2e::samples(&api, "http_server_request_duration_seconds_count")
+            .iter()
+            .any(|l| l.contains("route=\"/enqueue\"") && l.contains("status=\"200\"")),
+        "{api}"
+    );
+    stem_e2e::promtool_accepts(&api)?;
 
     let dir = std::env::temp_dir().join(format!("stem-e2e-metrics-{}-{bport}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -321,11 +372,17 @@ async fn prometheus_metrics_from_worker_and_beat() -> anyhow::Result<()> {
             ("STEM_METRIC_EXPORTERS", format!("prometheus:{bport}")),
         ],
     )?;
-    stem_e2e::poll_until("beat dispatch metrics", Duration::from_secs(15), || async {
+    let page = stem_e2e::poll_until("beat dispatch metrics", Duration::from_secs(15), || async {
         let page = scrape(bport).await.unwrap_or_default();
-        Ok(series(&page, "stem_scheduler_dispatch_success_total").filter(|v| *v >= 1.0))
+        let fired = series(&page, "stem_scheduler_dispatch_success_total").filter(|v| *v >= 1.0);
+        Ok(fired.map(|_| page))
     })
     .await?;
+    assert!(
+        series(&page, "stem_scheduler_drift_seconds_count").is_some_and(|n| n >= 1.0),
+        "each dispatch records its drift: {page}"
+    );
+    stem_e2e::promtool_accepts(&page)?;
     beat.sigterm()?;
     assert_eq!(beat.wait_exit(Duration::from_secs(15))?, Some(0));
     Ok(())
@@ -379,8 +436,8 @@ async fn failure_counters_count_what_happened() -> anyhow::Result<()> {
         "{page}"
     );
     assert_eq!(
-        series(&page, "stem_tasks_succeeded_total"),
-        Some(0.0),
+        series(&page, "stem_tasks_succeeded_total").unwrap_or(0.0),
+        0.0,
         "{page}"
     );
     // The failed task and the forged entry.

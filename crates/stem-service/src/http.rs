@@ -2,8 +2,8 @@
 //!
 //! - the health endpoint (`STEM_WORKER_HEALTH_PORT` for the worker):
 //!   `/healthz` while the process runs, `/readyz` while its store answers;
-//! - the metrics exporters `STEM_METRIC_EXPORTERS` names: Prometheus text
-//!   on `/metrics` (with `/healthz` beside it), or a log line every 15 s.
+//! - the Prometheus endpoint of `STEM_METRIC_EXPORTERS=prometheus[:PORT]`:
+//!   `/metrics` (with `/healthz` beside it), rendered by [`crate::metrics`].
 //!
 //! Every other path answers 404 with a JSON body, like the enqueuer.
 
@@ -16,8 +16,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use stem::broker::Broker;
-use stem::telemetry::{render, Exporter, MetricsSource};
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// How long `/readyz` waits for the store before answering 503.
 const READY_WITHIN: Duration = Duration::from_secs(2);
@@ -75,21 +76,32 @@ async fn serve(port: u16, app: Router, stop: CancellationToken, what: &str) -> a
     Ok(())
 }
 
-/// Serves `source` as Prometheus text on `0.0.0.0:port/metrics` (and
-/// `/healthz`) until `stop`.
+/// Serves `metrics` in the Prometheus text format on
+/// `0.0.0.0:port/metrics` (and `/healthz`) until `stop`.
 pub async fn serve_prometheus(
     port: u16,
-    source: MetricsSource,
+    metrics: Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    render(&source()),
-                )
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    // Collecting walks every series; keep it off the
+                    // runtime's worker threads.
+                    let text = tokio::task::spawn_blocking(move || metrics.prometheus_text())
+                        .await
+                        .unwrap_or_default();
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
             }),
         )
         .route(
@@ -98,36 +110,4 @@ pub async fn serve_prometheus(
         )
         .fallback(not_found);
     serve(port, app, stop, "prometheus metrics (/metrics)").await
-}
-
-/// Starts the configured exporters for `source`; they stop with `stop`.
-pub fn start_exporters(exporters: &[Exporter], source: MetricsSource, stop: CancellationToken) {
-    for e in exporters {
-        match e.clone() {
-            Exporter::Prometheus { port } => {
-                let (source, stop) = (source.clone(), stop.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = serve_prometheus(port, source, stop).await {
-                        tracing::error!(port, error = %e, "prometheus exporter failed");
-                    }
-                });
-            }
-            Exporter::Console => {
-                let (source, stop) = (source.clone(), stop.clone());
-                tokio::spawn(async move {
-                    while stop
-                        .run_until_cancelled(tokio::time::sleep(Duration::from_secs(15)))
-                        .await
-                        .is_some()
-                    {
-                        tracing::info!(target: "stem::metrics", "\n{}", render(&source()));
-                    }
-                });
-            }
-            Exporter::Otlp { url } => tracing::warn!(
-                url = url.as_deref().unwrap_or("-"),
-                "the otlp metrics exporter is not implemented yet; use prometheus[:PORT]"
-            ),
-        }
-    }
 }

@@ -7,13 +7,18 @@
 //!   exit 78;
 //! - [`logging`]: the `tracing` subscriber (text or JSON to stderr);
 //! - [`shutdown_token`]: a token cancelled by SIGTERM or SIGINT;
-//! - [`http`]: the health endpoint and the metrics exporters, on axum;
+//! - [`http`]: the health endpoint and the Prometheus endpoint, on axum;
+//! - [`metrics`]: the meter provider and its exporters (Prometheus, console,
+//!   OTLP/HTTP);
+//! - [`depth`]: the queue-depth gauge, sampled off the task path;
 //! - [`flags`]: value parsers for duration flags.
 
+pub mod depth;
 pub mod exit;
 pub mod flags;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 mod signal;
 
 pub use exit::config_or_exit;

@@ -150,6 +150,13 @@ pub struct StemConfig {
     pub dead_letter_maxlen: usize,
     /// `STEM_METRIC_EXPORTERS`.
     pub metric_exporters: Vec<crate::telemetry::Exporter>,
+    /// The OpenTelemetry collector's OTLP/HTTP base URL
+    /// (`STEM_OTLP_ENDPOINT`, e.g. `http://otel-collector:4318`): where a
+    /// bare `otlp` exporter pushes metrics (`/v1/metrics` appended).
+    pub otlp_endpoint: Option<String>,
+    /// The namespace label of this deployment (`STEM_WORKER_NAMESPACE`,
+    /// default `stem`): `service.namespace` of every service's telemetry.
+    pub namespace: String,
     /// The YAML file beat seeds the schedule store from
     /// (`STEM_SCHEDULE_FILE`).
     pub schedule_file: Option<std::path::PathBuf>,
@@ -282,7 +289,12 @@ impl StemConfig {
         let metric_exporters = crate::telemetry::parse_exporters(
             &non_empty(env, "STEM_METRIC_EXPORTERS").unwrap_or_default(),
         )?;
+        let otlp_endpoint = non_empty(env, "STEM_OTLP_ENDPOINT")
+            .map(|url| crate::telemetry::http_url("STEM_OTLP_ENDPOINT", &url))
+            .transpose()?;
         Ok(StemConfig {
+            otlp_endpoint,
+            namespace: non_empty(env, "STEM_WORKER_NAMESPACE").unwrap_or_else(|| "stem".into()),
             broker_url,
             result_backend_url,
             schedule_store_url,
@@ -308,6 +320,8 @@ impl StemConfig {
             log_format: LogFormat::Text,
             dead_letter_maxlen: 100_000,
             metric_exporters: Vec::new(),
+            otlp_endpoint: None,
+            namespace: "stem".into(),
             schedule_file: None,
         }
     }

@@ -1,7 +1,10 @@
 //! What the library says about its own metrics: the exporters
-//! `STEM_METRIC_EXPORTERS` names, metric families (worker and beat build
-//! theirs), and the Prometheus text format. Serving them, like logging,
-//! is a process concern: `crates/stem-service` does it.
+//! `STEM_METRIC_EXPORTERS` names and the histogram buckets. The worker,
+//! beat and client record through the OpenTelemetry metrics API when they
+//! are given a meter (`WorkerMetrics::export_to`,
+//! `SchedulerMetrics::export_to`); building the meter provider, serving
+//! `/metrics` and pushing OTLP are process concerns, done by
+//! `crates/stem-service`.
 
 /// One metrics exporter named in `STEM_METRIC_EXPORTERS`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,9 +16,11 @@ pub enum Exporter {
     },
     /// Log a snapshot at info level every 15 s.
     Console,
-    /// OTLP/HTTP push (accepted; not exported yet — a warning says so).
+    /// OTLP/HTTP push of metrics to a collector, every
+    /// `OTEL_METRIC_EXPORT_INTERVAL` ms (default 15 s).
     Otlp {
-        /// Collector URL from `otlp:URL`; `None` when only `otlp` was named.
+        /// Metrics URL from `otlp:URL`; `None` when only `otlp` was named
+        /// (then `STEM_OTLP_ENDPOINT` + `/v1/metrics`).
         url: Option<String>,
     },
 }
@@ -46,7 +51,9 @@ pub fn parse_exporters(raw: &str) -> crate::Result<Vec<Exporter>> {
             },
             "console" => Exporter::Console,
             "otlp" => Exporter::Otlp {
-                url: arg.map(str::to_string),
+                url: arg
+                    .map(|url| http_url("STEM_METRIC_EXPORTERS", url))
+                    .transpose()?,
             },
             other => {
                 return Err(crate::StemError::config(
@@ -61,42 +68,29 @@ pub fn parse_exporters(raw: &str) -> crate::Result<Vec<Exporter>> {
     Ok(out)
 }
 
-/// A metric family to render.
-pub struct Family {
-    /// Metric name, e.g. `stem_tasks_started_total`.
-    pub name: &'static str,
-    /// One-line description (the `# HELP` text).
-    pub help: &'static str,
-    /// `counter` or `gauge`.
-    pub kind: &'static str,
-    /// Label pairs and value, one per series.
-    pub samples: Vec<(Vec<(&'static str, String)>, f64)>,
-}
-
-/// Renders families in the Prometheus text exposition format.
-pub fn render(families: &[Family]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for f in families {
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
-        for (labels, value) in &f.samples {
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-                .collect();
-            if labels.is_empty() {
-                let _ = writeln!(out, "{} {}", f.name, value);
-            } else {
-                let _ = writeln!(out, "{}{{{}}} {}", f.name, labels.join(","), value);
-            }
+/// `url` when it is an `http://` or `https://` URL with a host; else a
+/// configuration error naming `variable`.
+pub fn http_url(variable: &str, url: &str) -> crate::Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
+            Ok(url.to_string())
         }
+        _ => Err(crate::StemError::config(
+            variable,
+            format!("expected an http:// or https:// URL, got {url:?}"),
+        )),
     }
-    out
 }
 
-/// Something that can render its metrics on demand.
-pub type MetricsSource = std::sync::Arc<dyn Fn() -> Vec<Family> + Send + Sync>;
+/// Histogram bucket bounds, in seconds, for durations from 1 ms to 60 s
+/// (task bodies, scheduler drift): fine where most tasks are, coarse where
+/// few are.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 #[cfg(test)]
 mod tests {
@@ -122,20 +116,8 @@ mod tests {
             }]
         );
         assert!(parse_exporters("statsd").is_err());
-    }
-
-    #[test]
-    fn renders_the_text_format() {
-        let text = render(&[Family {
-            name: "stem_tasks_started_total",
-            help: "Tasks started.",
-            kind: "counter",
-            samples: vec![(vec![("worker", "w\"1".into())], 3.0)],
-        }]);
-        assert!(text.contains("# TYPE stem_tasks_started_total counter"));
-        assert!(
-            text.contains("stem_tasks_started_total{worker=\"w\\\"1\"} 3"),
-            "{text}"
-        );
+        assert!(parse_exporters("otlp:collector:4318").is_err(), "not a URL");
+        assert!(parse_exporters("otlp:http://").is_err(), "no host");
+        assert!(http_url("STEM_OTLP_ENDPOINT", "https://c:4318").is_ok());
     }
 }

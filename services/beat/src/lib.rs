@@ -32,14 +32,18 @@ pub async fn run(
     if let Some(path) = &config.schedule_file {
         seed_from(path, &stores, &stem, &shutdown).await;
     }
+    let metrics = stem_service::metrics::Metrics::start(
+        "stem-beat",
+        &config.namespace,
+        &config.metric_exporters,
+        config.otlp_endpoint.as_deref(),
+        &shutdown,
+    )?;
     let instance = opts.instance_id.clone();
     let beat = Beat::new(stem, stores.schedules, stores.locks, opts);
-    let metrics = beat.metrics();
-    stem_service::http::start_exporters(
-        &config.metric_exporters,
-        std::sync::Arc::new(move || metrics.families(&instance)),
-        shutdown.clone(),
-    );
+    if let Some(meter) = metrics.meter() {
+        beat.metrics().export_to(meter, &instance);
+    }
     beat.run(shutdown).await?;
     Ok(())
 }

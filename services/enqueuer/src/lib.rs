@@ -9,6 +9,7 @@
 
 pub mod autofill;
 mod error;
+pub mod metrics;
 mod routes;
 mod settings;
 mod tls;

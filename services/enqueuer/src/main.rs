@@ -5,6 +5,7 @@ use clap::Parser;
 use enqueuer::{AppState, EnqueuerConfig};
 use stem::client::Stem;
 use stem::config::{FlagsOverEnv, StemConfig};
+use stem_service::metrics::Metrics;
 use stem_service::{config_or_exit, shutdown_token};
 
 /// Stem HTTP enqueue API.
@@ -34,7 +35,19 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(broker = %config.broker_url.redacted(), "enqueuer starting");
     let shutdown = shutdown_token();
-    enqueuer::serve(&settings, AppState { stem }, shutdown).await?;
+    let metrics = Metrics::start(
+        "stem-enqueuer",
+        &config.namespace,
+        &config.metric_exporters,
+        config.otlp_endpoint.as_deref(),
+        &shutdown,
+    )?;
+    let mut state = AppState::new(stem);
+    if let Some(meter) = metrics.meter() {
+        state.metrics = enqueuer::metrics::ApiMetrics::new(meter);
+        stem_service::depth::sample(meter, state.stem.admin(), None, shutdown.clone());
+    }
+    enqueuer::serve(&settings, state, shutdown).await?;
     tracing::info!("enqueuer stopped");
     Ok(())
 }

@@ -18,6 +18,7 @@ use stem::envelope::TaskStatus;
 use stem_demo as demo;
 
 use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
 
 /// Most names a single `POST /group` accepts.
 pub const MAX_GROUP: usize = 10_000;
@@ -29,6 +30,18 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub struct AppState {
     /// A producer whose registry holds the demo catalogue.
     pub stem: Stem,
+    /// What the API records (off unless metrics are exported).
+    pub metrics: ApiMetrics,
+}
+
+impl AppState {
+    /// Handlers on `stem`, recording no metrics.
+    pub fn new(stem: Stem) -> Self {
+        AppState {
+            stem,
+            metrics: ApiMetrics::off(),
+        }
+    }
 }
 
 /// The API router.
@@ -43,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::time_requests,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -151,6 +168,10 @@ async fn enqueue(
     let mut body = json!({ "taskId": out.task_id, "task": task });
     if out.duplicate {
         body["duplicate"] = json!(true);
+    } else {
+        let queue = st.stem.registry().options(&task).map(|o| o.queue);
+        st.metrics
+            .enqueued(&task, queue.as_deref().unwrap_or("default"), 1);
     }
     Ok(Json(body).into_response())
 }
@@ -193,6 +214,16 @@ async fn create_group(
         });
     }
     let handle = st.stem.group(tasks).await?;
+    let queue = st
+        .stem
+        .registry()
+        .options(demo::DEFAULT_TASK)
+        .map(|o| o.queue);
+    st.metrics.enqueued(
+        demo::DEFAULT_TASK,
+        queue.as_deref().unwrap_or("default"),
+        handle.task_ids.len() as u64,
+    );
     Ok(Json(json!({ "groupId": handle.group_id, "count": handle.task_ids.len() })).into_response())
 }
 

@@ -3,11 +3,10 @@
 //! (`STEM_METRIC_EXPORTERS`). `main.rs` reads the configuration and calls
 //! [`run`]; `stem dev` calls [`run`] once per demo queue.
 
-use std::sync::Arc;
-
 use stem::client::Stem;
 use stem::config::StemConfig;
 use stem::worker::{Worker, WorkerConfig};
+use stem_service::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 /// Runs a worker on `stem`'s stores and registry until `shutdown`, then
@@ -31,18 +30,22 @@ pub async fn run(
             }
         });
     }
-    let (name, namespace, concurrency) = (
-        worker.name.clone(),
-        worker.namespace.clone(),
-        worker.concurrency,
-    );
-    let runtime = Worker::new(worker, stem, config.keys.verifier());
-    let metrics = runtime.metrics();
-    stem_service::http::start_exporters(
+    let metrics = Metrics::start(
+        "stem-worker",
+        &worker.namespace,
         &config.metric_exporters,
-        Arc::new(move || metrics.families(&name, &namespace, concurrency)),
-        shutdown.clone(),
-    );
+        config.otlp_endpoint.as_deref(),
+        &shutdown,
+    )?;
+    let queues = worker.queues.clone();
+    let runtime = Worker::new(worker, stem, config.keys.verifier());
+    if let Some(meter) = metrics.meter() {
+        let c = runtime.config();
+        runtime
+            .metrics()
+            .export_to(meter, &c.name, &c.namespace, c.concurrency);
+        stem_service::depth::sample(meter, stem.admin(), Some(queues), shutdown.clone());
+    }
     runtime.run(shutdown).await?;
     Ok(())
 }

@@ -1,7 +1,14 @@
-//! Beat's counters, published under the `stem_scheduler_*` names the
-//! metrics exporters serve. Plain atomics.
+//! Beat's counters: plain atomics that the CLI and tests read through
+//! [`SchedulerMetrics::snapshot`], and that the metrics exporters read as
+//! `stem_scheduler_*_total` once [`SchedulerMetrics::export_to`] gave beat
+//! a meter; the publish drift goes to the `stem_scheduler_drift_seconds`
+//! histogram then too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use opentelemetry::metrics::{Histogram, Meter, ObservableCounter};
+use opentelemetry::KeyValue;
 
 /// Live counters of one beat process.
 #[derive(Debug, Default)]
@@ -15,6 +22,16 @@ pub struct SchedulerMetrics {
     lock_contended: AtomicU64,
     lock_renew_failed: AtomicU64,
     drift_abs_ms_total: AtomicU64,
+    exported: OnceLock<Exported>,
+}
+
+/// What beat records through a meter.
+#[derive(Debug)]
+struct Exported {
+    instance: [KeyValue; 1],
+    drift: Histogram<f64>,
+    /// Kept so their callbacks stay registered.
+    _counters: Vec<ObservableCounter<u64>>,
 }
 
 /// A copy of the counters at one moment.
@@ -72,18 +89,41 @@ impl MetricsSnapshot {
 }
 
 impl SchedulerMetrics {
-    /// Beat's series in the Prometheus text format's terms.
-    pub fn families(&self, instance: &str) -> Vec<crate::telemetry::Family> {
-        self.snapshot()
+    /// Records from now on through `meter` as well, labelled with beat's
+    /// `instance`. A second call does nothing.
+    pub fn export_to(self: &Arc<Self>, meter: &Meter, instance: &str) {
+        let base = [KeyValue::new("instance", instance.to_string())];
+        let counters = MetricsSnapshot::default()
             .named()
             .into_iter()
-            .map(|(name, value)| crate::telemetry::Family {
-                name,
-                help: "Beat scheduler counter (see docs/architecture.md, Beat).",
-                kind: "counter",
-                samples: vec![(vec![("instance", instance.to_string())], value as f64)],
+            .enumerate()
+            // The drift goes to the histogram below; a counter of
+            // milliseconds is kept for `snapshot` only.
+            .filter(|(_, (name, _))| *name != "stem_scheduler_drift_ms_total")
+            .map(|(i, (name, _))| {
+                let (me, base) = (Arc::downgrade(self), base.clone());
+                meter
+                    .u64_observable_counter(name.trim_end_matches("_total"))
+                    .with_description("Beat scheduler counter (docs/architecture.md, \"Beat\").")
+                    .with_callback(move |o| {
+                        if let Some(me) = me.upgrade() {
+                            o.observe(me.snapshot().named()[i].1, &base);
+                        }
+                    })
+                    .build()
             })
-            .collect()
+            .collect();
+        let drift = meter
+            .f64_histogram("stem_scheduler_drift_seconds")
+            .with_description("How late (or early) beat published a slot, absolute.")
+            .with_unit("s")
+            .with_boundaries(crate::telemetry::DURATION_BUCKETS.to_vec())
+            .build();
+        let _ = self.exported.set(Exported {
+            instance: base,
+            drift,
+            _counters: counters,
+        });
     }
 }
 
@@ -115,6 +155,10 @@ impl SchedulerMetrics {
     pub(crate) fn success(&self, drift_ms: i64) {
         add(&self.dispatch_success, 1);
         add(&self.drift_abs_ms_total, drift_ms.unsigned_abs());
+        if let Some(e) = self.exported.get() {
+            e.drift
+                .record(drift_ms.unsigned_abs() as f64 / 1000.0, &e.instance);
+        }
     }
     pub(crate) fn failed(&self) {
         add(&self.dispatch_failed, 1);

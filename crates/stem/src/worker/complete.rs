@@ -34,7 +34,6 @@ use crate::envelope::{
 };
 use crate::error::Result;
 
-use super::metrics::count_one;
 use super::{backoff, Outcome, Shared};
 
 /// Most outcomes settled in one call.
@@ -142,9 +141,10 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
             } => (receipt, spec, wire, result, budget),
         };
         let attempt = wire.attempt;
+        let labels = metrics.labels(&spec);
         match result {
             Ok(value) => {
-                count_one(&metrics.succeeded);
+                metrics.succeeded(&labels);
                 tracing::debug!(task = %spec.name, task_id = %spec.id, "task succeeded");
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Succeeded, attempt);
                 s.result = value;
@@ -163,7 +163,7 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                 }
             }
             Err(failure) if failure.retryable && attempt < budget => {
-                count_one(&metrics.retried);
+                metrics.retried(&labels);
                 let delay = backoff::retry_delay(attempt);
                 tracing::info!(
                     task = %spec.name, task_id = %spec.id, attempt, retry_in_ms = delay.as_millis() as u64,
@@ -183,8 +183,8 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                 });
             }
             Err(failure) => {
-                count_one(&metrics.failed);
-                count_one(&metrics.dead_lettered);
+                metrics.failed(&labels);
+                metrics.dead_lettered(&labels);
                 let reason = if failure.retryable {
                     DeadLetterReason::MaxRetriesExhausted
                 } else {

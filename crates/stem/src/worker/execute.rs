@@ -26,7 +26,6 @@ use crate::canvas::{CHAIN_PREV_HEADER, CHORD_HEADER};
 use crate::envelope::{now_ms, TaskSpec, TaskState, TaskStatus};
 use crate::task::{TaskContext, TaskFailure, TaskHandler};
 
-use super::metrics::count_one;
 use super::{Outcome, Shared};
 
 /// How long a body runs before its `running` status is written (by
@@ -212,7 +211,9 @@ async fn run(
         },
     );
     shared.dispatch.started.notify_one();
-    count_one(&shared.metrics.started);
+    let labels = shared.metrics.labels(&spec);
+    shared.metrics.started(&labels);
+    let began = std::time::Instant::now();
     tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
 
     let chain_previous = match spec.headers.get(CHAIN_PREV_HEADER) {
@@ -292,6 +293,7 @@ async fn run(
     if let Some(t) = soft_timer {
         t.abort();
     }
+    shared.metrics.ran(&labels, began.elapsed());
     Outcome::Finished {
         receipt: d.receipt,
         spec,

@@ -1,9 +1,24 @@
-//! The worker's counters and gauges, and their Prometheus families
-//! (`stem_tasks_*_total`, `stem_worker_*`), like `schedule/metrics.rs` for
-//! beat. Plain atomics: every part of the worker increments them without a
-//! lock, and an exporter reads them when scraped.
+//! The worker's counters and gauges.
+//!
+//! Two readers: the control plane (heartbeats and `stats` carry the plain
+//! totals, kept in atomics so every part of the worker counts without a
+//! lock) and the metrics exporters. For the exporters the worker records
+//! through the OpenTelemetry metrics API once [`WorkerMetrics::export_to`]
+//! gave it a meter: task series per `task` and `queue` (plus `worker` and
+//! `namespace`), the `stem_task_duration_seconds` histogram, and gauges
+//! read from the atomics when a reader collects. Without a meter nothing
+//! but the atomics is touched, so a worker with exporters off pays nothing
+//! for them. Names and labels: `docs/architecture.md`, "Metrics".
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
+use opentelemetry::KeyValue;
+
+use crate::envelope::TaskSpec;
+use crate::telemetry::DURATION_BUCKETS;
 
 /// Counters a worker keeps (exported as `stem_tasks_*_total`).
 #[derive(Debug, Default)]
@@ -25,84 +40,166 @@ pub struct WorkerMetrics {
     pub inflight: AtomicU64,
     /// Queues set aside because their keys are broken, right now.
     pub quarantined: AtomicU64,
+    /// The exported instruments, once a meter was given.
+    exported: OnceLock<Exported>,
 }
 
+/// What the worker records through a meter.
+#[derive(Debug)]
+struct Exported {
+    /// `worker` and `namespace`, on every series.
+    base: [KeyValue; 2],
+    started: Counter<u64>,
+    succeeded: Counter<u64>,
+    failed: Counter<u64>,
+    retried: Counter<u64>,
+    signature_invalid: Counter<u64>,
+    dead_lettered: Counter<u64>,
+    duration: Histogram<f64>,
+    /// Kept so their callbacks stay registered.
+    _gauges: Vec<ObservableGauge<u64>>,
+}
+
+/// The labels of one task's series (`task`, `queue`, `worker`,
+/// `namespace`); empty when nothing is exported, so building them costs
+/// nothing then.
+pub(crate) struct TaskLabels(Vec<KeyValue>);
+
 impl WorkerMetrics {
-    /// The worker's series (`stem_tasks_*_total`, `stem_worker_*`; the
-    /// names and labels are listed in `docs/architecture.md`, "Metrics"), labelled with
-    /// worker and namespace.
-    pub fn families(
-        &self,
+    /// Records from now on through `meter` as well, labelled with `worker`
+    /// and `namespace`; `concurrency` is reported as a gauge. A second call
+    /// does nothing.
+    pub fn export_to(
+        self: &Arc<Self>,
+        meter: &Meter,
         worker: &str,
         namespace: &str,
         concurrency: usize,
-    ) -> Vec<crate::telemetry::Family> {
-        let labels = || {
-            vec![
-                ("worker", worker.to_string()),
-                ("namespace", namespace.to_string()),
-            ]
+    ) {
+        let base = [
+            KeyValue::new("worker", worker.to_string()),
+            KeyValue::new("namespace", namespace.to_string()),
+        ];
+        let counter = |name: &'static str, help: &'static str| {
+            meter.u64_counter(name).with_description(help).build()
         };
-        let counter = |name, help, c: &AtomicU64| crate::telemetry::Family {
-            name,
-            help,
-            kind: "counter",
-            samples: vec![(labels(), c.load(Ordering::Relaxed) as f64)],
+        let gauge = |name: &'static str, help: &'static str, read: fn(&WorkerMetrics) -> u64| {
+            let (me, base) = (Arc::downgrade(self), base.clone());
+            meter
+                .u64_observable_gauge(name)
+                .with_description(help)
+                .with_callback(move |observer| {
+                    if let Some(me) = me.upgrade() {
+                        observer.observe(read(&me), &base);
+                    }
+                })
+                .build()
         };
-        vec![
-            counter(
-                "stem_tasks_started_total",
-                "Task executions started.",
-                &self.started,
+        let concurrency = concurrency as u64;
+        let base_for_concurrency = base.clone();
+        let exported = Exported {
+            started: counter("stem_tasks_started", "Task executions started."),
+            succeeded: counter("stem_tasks_succeeded", "Task executions that succeeded."),
+            failed: counter(
+                "stem_tasks_failed",
+                "Tasks that failed for good (including ones refused before they ran).",
             ),
-            counter(
-                "stem_tasks_succeeded_total",
-                "Task executions that succeeded.",
-                &self.succeeded,
-            ),
-            counter(
-                "stem_tasks_failed_total",
-                "Tasks that failed for good.",
-                &self.failed,
-            ),
-            counter(
-                "stem_tasks_retried_total",
+            retried: counter(
+                "stem_tasks_retried",
                 "Failed attempts scheduled for a retry.",
-                &self.retried,
             ),
-            counter(
-                "stem_tasks_signature_invalid_total",
+            signature_invalid: counter(
+                "stem_tasks_signature_invalid",
                 "Envelopes rejected by signature verification.",
-                &self.signature_invalid,
             ),
-            counter(
-                "stem_tasks_dead_lettered_total",
+            dead_lettered: counter(
+                "stem_tasks_dead_lettered",
                 "Entries moved to a dead-letter queue.",
-                &self.dead_lettered,
             ),
-            crate::telemetry::Family {
-                name: "stem_worker_concurrency",
-                help: "Tasks the worker runs at once.",
-                kind: "gauge",
-                samples: vec![(labels(), concurrency as f64)],
-            },
-            crate::telemetry::Family {
-                name: "stem_worker_queues_quarantined",
-                help: "Queues set aside because a key of theirs is not what the broker wrote.",
-                kind: "gauge",
-                samples: vec![(labels(), self.quarantined.load(Ordering::Relaxed) as f64)],
-            },
-            crate::telemetry::Family {
-                name: "stem_worker_inflight",
-                help: "Entries the worker holds (running or prefetched).",
-                kind: "gauge",
-                samples: vec![(labels(), self.inflight.load(Ordering::Relaxed) as f64)],
-            },
-        ]
+            duration: meter
+                .f64_histogram("stem_task_duration_seconds")
+                .with_description("How long task bodies ran.")
+                .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            _gauges: vec![
+                meter
+                    .u64_observable_gauge("stem_worker_concurrency")
+                    .with_description("Tasks the worker runs at once.")
+                    .with_callback(move |o| o.observe(concurrency, &base_for_concurrency))
+                    .build(),
+                gauge(
+                    "stem_worker_inflight",
+                    "Entries the worker holds (running or prefetched).",
+                    |m| m.inflight.load(Ordering::Relaxed),
+                ),
+                gauge(
+                    "stem_worker_queues_quarantined",
+                    "Queues set aside because a key of theirs is not what the broker wrote.",
+                    |m| m.quarantined.load(Ordering::Relaxed),
+                ),
+            ],
+            base,
+        };
+        let _ = self.exported.set(exported);
     }
-}
 
-/// Adds one to `counter`.
-pub(crate) fn count_one(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    /// The labels of `spec`'s series (nothing when not exported).
+    pub(crate) fn labels(&self, spec: &TaskSpec) -> TaskLabels {
+        self.labels_of(Some(&spec.name), &spec.queue)
+    }
+
+    /// Labels for an entry of `queue` whose task is `task` (`None` when
+    /// it is not known or not authentic: an unverified name is not a label,
+    /// so forged entries cannot create series).
+    pub(crate) fn labels_of(&self, task: Option<&str>, queue: &str) -> TaskLabels {
+        let Some(e) = self.exported.get() else {
+            return TaskLabels(Vec::new());
+        };
+        let mut kv = Vec::with_capacity(4);
+        if let Some(task) = task {
+            kv.push(KeyValue::new("task", task.to_string()));
+        }
+        kv.push(KeyValue::new("queue", queue.to_string()));
+        kv.extend(e.base.iter().cloned());
+        TaskLabels(kv)
+    }
+
+    fn record(&self, total: &AtomicU64, labels: &TaskLabels, pick: fn(&Exported) -> &Counter<u64>) {
+        total.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.exported.get() {
+            pick(e).add(1, &labels.0);
+        }
+    }
+
+    /// A body started.
+    pub(crate) fn started(&self, l: &TaskLabels) {
+        self.record(&self.started, l, |e| &e.started);
+    }
+    /// A body ran for `took` (whatever its outcome).
+    pub(crate) fn ran(&self, l: &TaskLabels, took: Duration) {
+        if let Some(e) = self.exported.get() {
+            e.duration.record(took.as_secs_f64(), &l.0);
+        }
+    }
+    /// A task succeeded.
+    pub(crate) fn succeeded(&self, l: &TaskLabels) {
+        self.record(&self.succeeded, l, |e| &e.succeeded);
+    }
+    /// A failed attempt will be retried.
+    pub(crate) fn retried(&self, l: &TaskLabels) {
+        self.record(&self.retried, l, |e| &e.retried);
+    }
+    /// A task failed for good.
+    pub(crate) fn failed(&self, l: &TaskLabels) {
+        self.record(&self.failed, l, |e| &e.failed);
+    }
+    /// An entry was dead-lettered.
+    pub(crate) fn dead_lettered(&self, l: &TaskLabels) {
+        self.record(&self.dead_lettered, l, |e| &e.dead_lettered);
+    }
+    /// An envelope failed signature verification.
+    pub(crate) fn signature_invalid(&self, l: &TaskLabels) {
+        self.record(&self.signature_invalid, l, |e| &e.signature_invalid);
+    }
 }

@@ -156,6 +156,11 @@ impl Worker {
         }
     }
 
+    /// The worker's configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.opts
+    }
+
     /// The worker's counters.
     pub fn metrics(&self) -> Arc<WorkerMetrics> {
         self.metrics.clone()
