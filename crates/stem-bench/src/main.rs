@@ -38,6 +38,10 @@ struct Cli {
     /// Where to write the JSON results.
     #[arg(long, global = true, default_value = "target/bench")]
     out: PathBuf,
+    /// In-process workers export metrics (Prometheus on a free port and
+    /// OTLP/HTTP to 127.0.0.1:4318, as STEM_METRIC_EXPORTERS=prometheus,otlp).
+    #[arg(long, global = true)]
+    metrics: bool,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -89,10 +93,28 @@ async fn main() -> anyhow::Result<()> {
     if !matches!(cli.scenario, Scenario::Worker { .. }) {
         stem_service::logging::init_logging(stem::config::LogFormat::Text, "info");
     }
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let metrics = if cli.metrics {
+        let port = stem_testkit::free_port();
+        tracing::info!(port, "workers export metrics (prometheus and otlp)");
+        stem_service::metrics::Metrics::start(
+            "stem-bench",
+            "stem",
+            &[
+                stem::telemetry::Exporter::Prometheus { port },
+                stem::telemetry::Exporter::Otlp { url: None },
+            ],
+            None,
+            &stop_metrics,
+        )?
+    } else {
+        stem_service::metrics::Metrics::off()
+    };
     let opts = scenarios::Opts {
         tasks: cli.tasks,
         runs: cli.runs.max(1),
         prefetch: cli.prefetch.max(1),
+        metrics,
     };
     let reports = match cli.scenario {
         Scenario::Worker {

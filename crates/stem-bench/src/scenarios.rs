@@ -23,6 +23,9 @@ pub struct Opts {
     pub runs: usize,
     /// Prefetch multiplier of the bench's workers (product default 2).
     pub prefetch: usize,
+    /// The metrics pipeline in-process workers record through (off unless
+    /// `--metrics`).
+    pub metrics: stem_service::metrics::Metrics,
 }
 
 #[derive(Serialize)]
@@ -145,6 +148,24 @@ async fn wait_drained(stem: &Stem, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A worker for an in-process scenario; with `--metrics`, it records
+/// through a meter exported to Prometheus and OTLP, as a worker with
+/// `STEM_METRIC_EXPORTERS=prometheus,otlp` does.
+fn bench_worker(
+    config: WorkerConfig,
+    stem: &Stem,
+    verifier: Option<stem::signing::Verifier>,
+    opts: &Opts,
+) -> Worker {
+    let w = Worker::new(config, stem, verifier);
+    if let Some(meter) = opts.metrics.meter() {
+        let c = w.config();
+        w.metrics()
+            .export_to(meter, &c.name, &c.namespace, c.concurrency);
+    }
+    w
+}
+
 fn worker_options(name: &str, concurrency: usize, prefetch: usize) -> WorkerConfig {
     let mut o = WorkerConfig::new(name, &[QUEUE]);
     o.concurrency = concurrency;
@@ -248,8 +269,9 @@ async fn drain_once(
     n: usize,
     concurrency: usize,
     processes: usize,
-    prefetch: usize,
+    opts: &Opts,
 ) -> anyhow::Result<(f64, f64, f64)> {
+    let prefetch = opts.prefetch;
     r.redis.cli(&["FLUSHALL"])?;
     r.stem
         .broker()
@@ -261,10 +283,11 @@ async fn drain_once(
         let cpu_before = process_cpu("self")?;
         let stop = CancellationToken::new();
         let t = Instant::now();
-        let w = Worker::new(
+        let w = bench_worker(
             worker_options("bench-worker", concurrency, prefetch),
             &r.stem,
             r.stem_verifier(&r.keys)?,
+            opts,
         );
         let handle = tokio::spawn(w.run(stop.clone()));
         wait_drained(&r.stem, Duration::from_secs(600)).await?;
@@ -332,8 +355,7 @@ pub async fn drain(opts: &Opts, only: Option<&str>) -> anyhow::Result<Report> {
         }
         let (mut rates, mut rcpu, mut wcpu) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..opts.runs {
-            let (rate, redis, worker) =
-                drain_once(&r, n, concurrency, processes, opts.prefetch).await?;
+            let (rate, redis, worker) = drain_once(&r, n, concurrency, processes, opts).await?;
             tracing::info!(run, concurrency, processes, rate, "drain run");
             rates.push(rate);
             rcpu.push(redis);
@@ -366,10 +388,11 @@ pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Rep
         stores.atomic = Some(timing.clone());
         let stem = Stem::new(stores, r.stem.signer().cloned(), registry());
         let stop = CancellationToken::new();
-        let w = Worker::new(
+        let w = bench_worker(
             worker_options("bench-latency", 16, opts.prefetch),
             &stem,
             r.stem_verifier(&r.keys)?,
+            opts,
         );
         let handle = tokio::spawn(w.run(stop.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -520,10 +543,11 @@ pub async fn cost(opts: &Opts) -> anyhow::Result<Report> {
         r.redis.cli(&["CONFIG", "RESETSTAT"])?;
         let trips_before = stem::redis_conn::round_trips();
         let stop = CancellationToken::new();
-        let w = Worker::new(
+        let w = bench_worker(
             worker_options("bench-cost", 128, opts.prefetch),
             &r.stem,
             r.stem_verifier(&r.keys)?,
+            opts,
         );
         let handle = tokio::spawn(w.run(stop.clone()));
         wait_drained(&r.stem, Duration::from_secs(600)).await?;
