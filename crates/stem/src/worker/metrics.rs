@@ -10,8 +10,9 @@
 //! but the atomics is touched, so a worker with exporters off pays nothing
 //! for them. Names and labels: `docs/architecture.md`, "Metrics".
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
@@ -56,14 +57,31 @@ struct Exported {
     signature_invalid: Counter<u64>,
     dead_lettered: Counter<u64>,
     duration: Histogram<f64>,
+    /// Label sets by queue, then task (`""`: not known), built once each:
+    /// a task's series then cost no allocation (the set is shared) and
+    /// always present their labels in one order, which the SDK finds
+    /// without sorting.
+    label_sets: RwLock<LabelSets>,
     /// Kept so their callbacks stay registered.
     _gauges: Vec<ObservableGauge<u64>>,
 }
 
+/// Label sets by queue, then by task name.
+type LabelSets = HashMap<String, HashMap<String, Arc<[KeyValue]>>>;
+
+/// Most queues, and most tasks per queue, whose label sets are kept.
+const MAX_CACHED: usize = 256;
+
 /// The labels of one task's series (`task`, `queue`, `worker`,
-/// `namespace`); empty when nothing is exported, so building them costs
-/// nothing then.
-pub(crate) struct TaskLabels(Vec<KeyValue>);
+/// `namespace`); `None` when nothing is exported, so they cost nothing
+/// then.
+pub(crate) struct TaskLabels(Option<Arc<[KeyValue]>>);
+
+impl TaskLabels {
+    fn get(&self) -> &[KeyValue] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
 
 impl WorkerMetrics {
     /// Records from now on through `meter` as well, labelled with `worker`
@@ -139,6 +157,7 @@ impl WorkerMetrics {
                     |m| m.quarantined.load(Ordering::Relaxed),
                 ),
             ],
+            label_sets: RwLock::default(),
             base,
         };
         let _ = self.exported.set(exported);
@@ -154,21 +173,41 @@ impl WorkerMetrics {
     /// so forged entries cannot create series).
     pub(crate) fn labels_of(&self, task: Option<&str>, queue: &str) -> TaskLabels {
         let Some(e) = self.exported.get() else {
-            return TaskLabels(Vec::new());
+            return TaskLabels(None);
         };
+        let task_key = task.unwrap_or("");
+        if let Some(set) = e
+            .label_sets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+            .and_then(|by_task| by_task.get(task_key))
+        {
+            return TaskLabels(Some(set.clone()));
+        }
         let mut kv = Vec::with_capacity(4);
         if let Some(task) = task {
             kv.push(KeyValue::new("task", task.to_string()));
         }
         kv.push(KeyValue::new("queue", queue.to_string()));
         kv.extend(e.base.iter().cloned());
-        TaskLabels(kv)
+        let set: Arc<[KeyValue]> = kv.into();
+        let mut sets = e.label_sets.write().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the SDK's own series limit: past it a label set is
+        // built per use instead of kept.
+        if sets.len() < MAX_CACHED || sets.contains_key(queue) {
+            let by_task = sets.entry(queue.to_string()).or_default();
+            if by_task.len() < MAX_CACHED {
+                by_task.insert(task_key.to_string(), set.clone());
+            }
+        }
+        TaskLabels(Some(set))
     }
 
     fn record(&self, total: &AtomicU64, labels: &TaskLabels, pick: fn(&Exported) -> &Counter<u64>) {
         total.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = self.exported.get() {
-            pick(e).add(1, &labels.0);
+            pick(e).add(1, labels.get());
         }
     }
 
@@ -179,7 +218,7 @@ impl WorkerMetrics {
     /// A body ran for `took` (whatever its outcome).
     pub(crate) fn ran(&self, l: &TaskLabels, took: Duration) {
         if let Some(e) = self.exported.get() {
-            e.duration.record(took.as_secs_f64(), &l.0);
+            e.duration.record(took.as_secs_f64(), l.get());
         }
     }
     /// A task succeeded.
