@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, Counter, Histogram, Meter, ObservableGauge,
+};
 use opentelemetry::KeyValue;
 
 use crate::envelope::TaskSpec;
@@ -50,6 +52,16 @@ pub struct WorkerMetrics {
 struct Exported {
     /// `worker` and `namespace`, on every series.
     base: [KeyValue; 2],
+    instruments: Arc<Instruments>,
+    /// Each (queue, task)'s series, bound once: recording is then an
+    /// atomic add on the series, no label hashing or allocation per task.
+    series: RwLock<SeriesByQueue>,
+    /// Kept so their callbacks stay registered.
+    _gauges: Vec<ObservableGauge<u64>>,
+}
+
+#[derive(Debug)]
+struct Instruments {
     started: Counter<u64>,
     succeeded: Counter<u64>,
     failed: Counter<u64>,
@@ -57,31 +69,43 @@ struct Exported {
     signature_invalid: Counter<u64>,
     dead_lettered: Counter<u64>,
     duration: Histogram<f64>,
-    /// Label sets by queue, then task (`""`: not known), built once each:
-    /// a task's series then cost no allocation (the set is shared) and
-    /// always present their labels in one order, which the SDK finds
-    /// without sorting.
-    label_sets: RwLock<LabelSets>,
-    /// Kept so their callbacks stay registered.
-    _gauges: Vec<ObservableGauge<u64>>,
 }
 
-/// Label sets by queue, then by task name.
-type LabelSets = HashMap<String, HashMap<String, Arc<[KeyValue]>>>;
+/// Series by queue, then by task name (`""`: not known).
+type SeriesByQueue = HashMap<String, HashMap<String, Arc<TaskSeries>>>;
 
-/// Most queues, and most tasks per queue, whose label sets are kept.
+/// Most queues, and most tasks per queue, whose series are kept bound.
 const MAX_CACHED: usize = 256;
 
-/// The labels of one task's series (`task`, `queue`, `worker`,
-/// `namespace`); `None` when nothing is exported, so they cost nothing
-/// then.
-pub(crate) struct TaskLabels(Option<Arc<[KeyValue]>>);
+/// The series of one (queue, task), each bound on first use (so a task
+/// that never fails has no zero `failed` series of its own).
+#[derive(Debug)]
+pub(crate) struct TaskSeries {
+    labels: Vec<KeyValue>,
+    instruments: Arc<Instruments>,
+    started: OnceLock<BoundCounter<u64>>,
+    succeeded: OnceLock<BoundCounter<u64>>,
+    failed: OnceLock<BoundCounter<u64>>,
+    retried: OnceLock<BoundCounter<u64>>,
+    signature_invalid: OnceLock<BoundCounter<u64>>,
+    dead_lettered: OnceLock<BoundCounter<u64>>,
+    duration: OnceLock<BoundHistogram<f64>>,
+}
 
-impl TaskLabels {
-    fn get(&self) -> &[KeyValue] {
-        self.0.as_deref().unwrap_or(&[])
+impl TaskSeries {
+    fn count(
+        &self,
+        slot: &OnceLock<BoundCounter<u64>>,
+        counter: fn(&Instruments) -> &Counter<u64>,
+    ) {
+        slot.get_or_init(|| counter(&self.instruments).bind(&self.labels))
+            .add(1);
     }
 }
+
+/// The series of one task (`task`, `queue`, `worker`, `namespace`);
+/// `None` when nothing is exported, so they cost nothing then.
+pub(crate) struct SeriesHandle(Option<Arc<TaskSeries>>);
 
 impl WorkerMetrics {
     /// Records from now on through `meter` as well, labelled with `worker`
@@ -115,7 +139,7 @@ impl WorkerMetrics {
         };
         let concurrency = concurrency as u64;
         let base_for_concurrency = base.clone();
-        let exported = Exported {
+        let instruments = Instruments {
             started: counter("stem_tasks_started", "Task executions started."),
             succeeded: counter("stem_tasks_succeeded", "Task executions that succeeded."),
             failed: counter(
@@ -140,6 +164,10 @@ impl WorkerMetrics {
                 .with_unit("s")
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
+        };
+        let exported = Exported {
+            instruments: Arc::new(instruments),
+            series: RwLock::default(),
             _gauges: vec![
                 meter
                     .u64_observable_gauge("stem_worker_concurrency")
@@ -157,88 +185,118 @@ impl WorkerMetrics {
                     |m| m.quarantined.load(Ordering::Relaxed),
                 ),
             ],
-            label_sets: RwLock::default(),
             base,
         };
         let _ = self.exported.set(exported);
     }
 
     /// The labels of `spec`'s series (nothing when not exported).
-    pub(crate) fn labels(&self, spec: &TaskSpec) -> TaskLabels {
+    pub(crate) fn labels(&self, spec: &TaskSpec) -> SeriesHandle {
         self.labels_of(Some(&spec.name), &spec.queue)
     }
 
     /// Labels for an entry of `queue` whose task is `task` (`None` when
     /// it is not known or not authentic: an unverified name is not a label,
     /// so forged entries cannot create series).
-    pub(crate) fn labels_of(&self, task: Option<&str>, queue: &str) -> TaskLabels {
+    pub(crate) fn labels_of(&self, task: Option<&str>, queue: &str) -> SeriesHandle {
         let Some(e) = self.exported.get() else {
-            return TaskLabels(None);
+            return SeriesHandle(None);
         };
         let task_key = task.unwrap_or("");
-        if let Some(set) = e
-            .label_sets
+        if let Some(series) = e
+            .series
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(queue)
             .and_then(|by_task| by_task.get(task_key))
         {
-            return TaskLabels(Some(set.clone()));
+            return SeriesHandle(Some(series.clone()));
         }
-        let mut kv = Vec::with_capacity(4);
+        let mut labels = Vec::with_capacity(4);
         if let Some(task) = task {
-            kv.push(KeyValue::new("task", task.to_string()));
+            labels.push(KeyValue::new("task", task.to_string()));
         }
-        kv.push(KeyValue::new("queue", queue.to_string()));
-        kv.extend(e.base.iter().cloned());
-        let set: Arc<[KeyValue]> = kv.into();
-        let mut sets = e.label_sets.write().unwrap_or_else(|p| p.into_inner());
-        // Bounded like the SDK's own series limit: past it a label set is
-        // built per use instead of kept.
-        if sets.len() < MAX_CACHED || sets.contains_key(queue) {
-            let by_task = sets.entry(queue.to_string()).or_default();
+        labels.push(KeyValue::new("queue", queue.to_string()));
+        labels.extend(e.base.iter().cloned());
+        let series = Arc::new(TaskSeries {
+            labels,
+            instruments: e.instruments.clone(),
+            started: OnceLock::new(),
+            succeeded: OnceLock::new(),
+            failed: OnceLock::new(),
+            retried: OnceLock::new(),
+            signature_invalid: OnceLock::new(),
+            dead_lettered: OnceLock::new(),
+            duration: OnceLock::new(),
+        });
+        let mut all = e.series.write().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the SDK's own series limit: past it a task's series
+        // are bound per use instead of kept.
+        if all.len() < MAX_CACHED || all.contains_key(queue) {
+            let by_task = all.entry(queue.to_string()).or_default();
             if by_task.len() < MAX_CACHED {
-                by_task.insert(task_key.to_string(), set.clone());
+                by_task
+                    .entry(task_key.to_string())
+                    .or_insert_with(|| series.clone());
             }
         }
-        TaskLabels(Some(set))
+        SeriesHandle(Some(series))
     }
 
-    fn record(&self, total: &AtomicU64, labels: &TaskLabels, pick: fn(&Exported) -> &Counter<u64>) {
+    fn record(
+        &self,
+        total: &AtomicU64,
+        l: &SeriesHandle,
+        slot: fn(&TaskSeries) -> &OnceLock<BoundCounter<u64>>,
+        counter: fn(&Instruments) -> &Counter<u64>,
+    ) {
         total.fetch_add(1, Ordering::Relaxed);
-        if let Some(e) = self.exported.get() {
-            pick(e).add(1, labels.get());
+        if let Some(series) = &l.0 {
+            series.count(slot(series), counter);
         }
     }
 
     /// A body started.
-    pub(crate) fn started(&self, l: &TaskLabels) {
-        self.record(&self.started, l, |e| &e.started);
+    pub(crate) fn started(&self, l: &SeriesHandle) {
+        self.record(&self.started, l, |s| &s.started, |i| &i.started);
     }
     /// A body ran for `took` (whatever its outcome).
-    pub(crate) fn ran(&self, l: &TaskLabels, took: Duration) {
-        if let Some(e) = self.exported.get() {
-            e.duration.record(took.as_secs_f64(), l.get());
+    pub(crate) fn ran(&self, l: &SeriesHandle, took: Duration) {
+        if let Some(series) = &l.0 {
+            series
+                .duration
+                .get_or_init(|| series.instruments.duration.bind(&series.labels))
+                .record(took.as_secs_f64());
         }
     }
     /// A task succeeded.
-    pub(crate) fn succeeded(&self, l: &TaskLabels) {
-        self.record(&self.succeeded, l, |e| &e.succeeded);
+    pub(crate) fn succeeded(&self, l: &SeriesHandle) {
+        self.record(&self.succeeded, l, |s| &s.succeeded, |i| &i.succeeded);
     }
     /// A failed attempt will be retried.
-    pub(crate) fn retried(&self, l: &TaskLabels) {
-        self.record(&self.retried, l, |e| &e.retried);
+    pub(crate) fn retried(&self, l: &SeriesHandle) {
+        self.record(&self.retried, l, |s| &s.retried, |i| &i.retried);
     }
     /// A task failed for good.
-    pub(crate) fn failed(&self, l: &TaskLabels) {
-        self.record(&self.failed, l, |e| &e.failed);
+    pub(crate) fn failed(&self, l: &SeriesHandle) {
+        self.record(&self.failed, l, |s| &s.failed, |i| &i.failed);
     }
     /// An entry was dead-lettered.
-    pub(crate) fn dead_lettered(&self, l: &TaskLabels) {
-        self.record(&self.dead_lettered, l, |e| &e.dead_lettered);
+    pub(crate) fn dead_lettered(&self, l: &SeriesHandle) {
+        self.record(
+            &self.dead_lettered,
+            l,
+            |s| &s.dead_lettered,
+            |i| &i.dead_lettered,
+        );
     }
     /// An envelope failed signature verification.
-    pub(crate) fn signature_invalid(&self, l: &TaskLabels) {
-        self.record(&self.signature_invalid, l, |e| &e.signature_invalid);
+    pub(crate) fn signature_invalid(&self, l: &SeriesHandle) {
+        self.record(
+            &self.signature_invalid,
+            l,
+            |s| &s.signature_invalid,
+            |i| &i.signature_invalid,
+        );
     }
 }
