@@ -186,6 +186,14 @@ impl Api {
     }
 
     /// `POST /enqueue` that must succeed; returns the task id.
+    /// Enqueues `body` and waits (up to 15 s) until the task succeeded.
+    pub async fn enqueue_succeeded(&self, body: Value) -> anyhow::Result<String> {
+        let id = self.enqueue(body).await?;
+        self.wait_state(&id, "succeeded", Duration::from_secs(15))
+            .await?;
+        Ok(id)
+    }
+
     pub async fn enqueue(&self, body: Value) -> anyhow::Result<String> {
         let reply = self.post_json("/enqueue", &body).await?;
         if reply.status != 200 {

@@ -162,12 +162,8 @@ async fn worker_health_endpoint_and_verify_only_hmac_worker() -> anyhow::Result<
         ],
     )
     .await?;
-    let id = enq
-        .api
-        .enqueue(json!({"name": "Ada", "delayMs": 10}))
-        .await?;
     enq.api
-        .wait_state(&id, "succeeded", Duration::from_secs(15))
+        .enqueue_succeeded(json!({"name": "Ada", "delayMs": 10}))
         .await?;
     Ok(())
 }
@@ -291,12 +287,8 @@ async fn prometheus_metrics_from_worker_and_beat() -> anyhow::Result<()> {
         &[("STEM_METRIC_EXPORTERS", format!("prometheus:{eport}"))],
     )
     .await?;
-    let id = enq
-        .api
-        .enqueue(json!({"name": "Ada", "delayMs": 10}))
-        .await?;
     enq.api
-        .wait_state(&id, "succeeded", Duration::from_secs(15))
+        .enqueue_succeeded(json!({"name": "Ada", "delayMs": 10}))
         .await?;
     let page = stem_e2e::poll_until("worker metrics", Duration::from_secs(10), || async {
         let page = scrape(wport).await.unwrap_or_default();
@@ -385,6 +377,116 @@ async fn prometheus_metrics_from_worker_and_beat() -> anyhow::Result<()> {
     stem_e2e::promtool_accepts(&page)?;
     beat.sigterm()?;
     assert_eq!(beat.wait_exit(Duration::from_secs(15))?, Some(0));
+    Ok(())
+}
+
+/// `otlp` pushes the same series to a collector: a real OTLP/HTTP receiver
+/// gets the worker's task counters with their labels, under the worker's
+/// `service.name`, and the enqueuer's `stem_enqueued` counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_pushes_metrics_to_a_collector() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let collector = stem_testkit::OtlpReceiver::start().await?;
+    let otlp = [
+        ("STEM_METRIC_EXPORTERS", "otlp".to_string()),
+        ("STEM_OTLP_ENDPOINT", collector.endpoint()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300".to_string()),
+    ];
+    let _worker = start_worker(&redis.url(), "otlp-worker", "greetings", &otlp).await?;
+    let enq = start_enqueuer(&redis.url(), &otlp).await?;
+    enq.api
+        .enqueue_succeeded(json!({"name": "Ada", "delayMs": 10}))
+        .await?;
+    let point = stem_e2e::poll_until("the worker's counters", Duration::from_secs(15), || async {
+        Ok(collector
+            .points("stem_tasks_succeeded")
+            .into_iter()
+            .find(|p| p.value >= 1.0))
+    })
+    .await?;
+    assert_eq!(point.service, "stem-worker");
+    for (k, v) in [
+        ("task", "greeting.send"),
+        ("queue", "greetings"),
+        ("worker", "otlp-worker"),
+        ("namespace", "stem"),
+    ] {
+        assert_eq!(
+            point.attributes.get(k).map(String::as_str),
+            Some(v),
+            "{point:?}"
+        );
+    }
+    let enqueued = stem_e2e::poll_until(
+        "the enqueuer's counter",
+        Duration::from_secs(15),
+        || async {
+            Ok(collector
+                .points("stem_enqueued")
+                .into_iter()
+                .find(|p| p.value >= 1.0))
+        },
+    )
+    .await?;
+    assert_eq!(enqueued.service, "stem-enqueuer");
+    assert_eq!(
+        enqueued.attributes.get("queue").map(String::as_str),
+        Some("greetings")
+    );
+    Ok(())
+}
+
+/// A collector that accepts connections and never answers does not slow
+/// tasks: the push runs on its own thread with a timeout, and its failure
+/// is logged, not waited on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_does_not_slow_tasks() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", stalled.local_addr()?);
+    let tried = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = tried.clone();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = stalled.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            open.push(conn); // read nothing, answer nothing
+        }
+    });
+    let otlp = [
+        ("STEM_METRIC_EXPORTERS", "otlp".to_string()),
+        ("STEM_OTLP_ENDPOINT", endpoint),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_string()),
+    ];
+    let worker = start_worker(&redis.url(), "stalled-otlp", "greetings", &otlp).await?;
+    let enq = start_enqueuer(&redis.url(), &[]).await?;
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            enq.api
+                .enqueue(json!({"name": format!("n{i}"), "delayMs": 10}))
+                .await?,
+        );
+    }
+    for id in &ids {
+        enq.api
+            .wait_state(id, "succeeded", Duration::from_secs(10))
+            .await?;
+    }
+    // 20 tasks of 10 ms on two slots: well under the 5 s export timeout
+    // that a blocking push would add to each.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        tried.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the worker did try to push"
+    );
+    held.abort();
+    drop(worker);
     Ok(())
 }
 

@@ -13,6 +13,8 @@
 //! * [`FaultProxy`]: a TCP proxy between one process and Redis that kills
 //!   the process, cuts the connection or stalls it when the process sends a
 //!   matching command, for crash-window and stall tests;
+//! * [`OtlpReceiver`]: an OTLP/HTTP receiver (what a collector accepts),
+//!   decoding the metrics and spans the services push;
 //! * [`poll`], [`wait_until`], [`holds`]: deadline-bounded polling instead
 //!   of fixed sleeps;
 //! * [`contract_suite!`]: one test per (adapter, contract test) pair, the
@@ -21,6 +23,7 @@
 //! Every process started here is killed when its handle is dropped, and all
 //! files live in [`tempfile::TempDir`]s removed at the same time.
 
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod redis;
@@ -28,6 +31,7 @@ mod suite;
 pub mod tls;
 pub mod wait;
 
+pub use otlp::OtlpReceiver;
 pub use process::{binary_path, free_port, ServiceProcess};
 pub use proxy::{Fault, FaultProxy, Pattern, Victim};
 pub use redis::{RedisOptions, RedisServer, TlsMode};
