@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/ensure-packages.sh
-ensure_packages "tests start private redis-servers, check metrics pages with promtool; the fault proxy kills processes with kill" \
+ensure_packages "tests start private redis-servers, check metrics pages with promtool and dashboards against prometheus; the fault proxy kills processes with kill" \
   redis-server:redis-server redis-cli:redis-tools openssl:openssl kill:procps \
-  promtool:prometheus
+  promtool:prometheus prometheus:prometheus
 
 start=$(date +%s)
 phase_start=$start

@@ -13,6 +13,7 @@
 //! * [`FaultProxy`]: a TCP proxy between one process and Redis that kills
 //!   the process, cuts the connection or stalls it when the process sends a
 //!   matching command, for crash-window and stall tests;
+//! * [`PrometheusServer`]: a private Prometheus scraping given ports;
 //! * [`OtlpReceiver`]: an OTLP/HTTP receiver (what a collector accepts),
 //!   decoding the metrics and spans the services push;
 //! * [`poll`], [`wait_until`], [`holds`]: deadline-bounded polling instead
@@ -25,6 +26,7 @@
 
 pub mod otlp;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod redis;
 mod suite;
@@ -33,6 +35,7 @@ pub mod wait;
 
 pub use otlp::OtlpReceiver;
 pub use process::{binary_path, free_port, ServiceProcess};
+pub use prometheus::PrometheusServer;
 pub use proxy::{Fault, FaultProxy, Pattern, Victim};
 pub use redis::{RedisOptions, RedisServer, TlsMode};
 pub use tls::TlsAssets;
