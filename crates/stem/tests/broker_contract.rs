@@ -156,9 +156,11 @@ async fn unacked_entry_is_recovered_after_the_lease(a: Adapters) -> anyhow::Resu
     a.broker.register_queues(&q("c4")).await?;
     let w = wire("c4", 0);
     a.broker.publish(vec![out("c4", 0, &w)]).await?;
+    // Taken before the read: Redis counts idle time from the delivery,
+    // which happens between the call and its reply.
+    let fetched_at = Instant::now();
     let got = a.broker.fetch("dead-worker", &q("c4"), 1, NO_BLOCK).await?;
     assert_eq!(got.len(), 1);
-    let fetched_at = Instant::now();
     let lease = Duration::from_millis(300);
     let recovered = poll("recovery", Duration::from_secs(5), || async {
         let r = a.broker.recover("rescuer", &q("c4"), lease, 10).await?;
