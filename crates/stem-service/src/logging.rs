@@ -1,23 +1,105 @@
 //! The `tracing` subscriber of every Stem process: stderr, text or JSON
 //! (`STEM_LOG_FORMAT`), level from `RUST_LOG`, else the caller's default
-//! (`info` for services, `warn` for the operator CLI).
+//! (`info` for services, `warn` for the operator CLI); and, for services
+//! when `STEM_OTLP_ENDPOINT` is set, the OpenTelemetry layer that exports
+//! the spans of [`stem::trace`] over OTLP/HTTP.
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
 use stem::config::LogFormat;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Installs the global subscriber, filtering by `RUST_LOG` or else by
 /// `default_filter`. Safe to call more than once (later calls are ignored).
 pub fn init_logging(format: LogFormat, default_filter: &str) {
+    install(format, default_filter, None);
+}
+
+/// Keeps the span exporter of a service; flushes it when dropped (at the
+/// end of `main`), so the last spans are not lost.
+#[must_use = "spans are flushed when this is dropped"]
+pub struct Traces(Option<SdkTracerProvider>);
+
+impl Drop for Traces {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            if let Err(e) = provider.shutdown() {
+                tracing::debug!(error = %e, "trace exporter shutdown");
+            }
+        }
+    }
+}
+
+/// [`init_logging`] for the service `service` (the spans'
+/// `service.name`): when `STEM_OTLP_ENDPOINT` holds an http(s) URL, spans
+/// are exported in batches to `<endpoint>/v1/traces` and
+/// [`stem::trace::enable`] turns them on. (An invalid endpoint is left to
+/// the configuration check, which exits 78 naming it.)
+pub fn init_service_logging(service: &str, format: LogFormat, default_filter: &str) -> Traces {
+    let endpoint = std::env::var("STEM_OTLP_ENDPOINT")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| stem::telemetry::http_url("STEM_OTLP_ENDPOINT", v.trim()).ok());
+    let provider = endpoint.and_then(|url| match tracer_provider(service, &url) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("could not set up trace export to {url}: {e}");
+            None
+        }
+    });
+    install(format, default_filter, provider.clone());
+    if provider.is_some() {
+        stem::trace::enable();
+    }
+    Traces(provider)
+}
+
+fn tracer_provider(service: &str, endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let namespace = std::env::var("STEM_WORKER_NAMESPACE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "stem".into());
+    let resource = Resource::builder()
+        .with_service_name(service.to_string())
+        .with_attribute(KeyValue::new("service.namespace", namespace))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+fn install(format: LogFormat, default_filter: &str, provider: Option<SdkTracerProvider>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Spans go to the exporter whatever RUST_LOG says about log lines: the
+    // log filter applies to the log layer only.
+    let otel = provider.map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("stem"))
+            .with_filter(Targets::new().with_default(LevelFilter::INFO))
+    });
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(otel);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry.with(fmt.json().with_filter(filter)).try_init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
     };
 }
 

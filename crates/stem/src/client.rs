@@ -358,12 +358,36 @@ impl Stem {
         }
         let mut meta = defaults.map(|d| d.meta).unwrap_or_default();
         meta.extend(opts.meta.clone());
+        let id = new_task_id();
+        let mut headers = opts.headers.clone();
+        if crate::trace::enabled() {
+            // The producer span: a child of the caller's span, or of the
+            // trace a `traceparent` header given by the caller names; its
+            // context goes into the signed headers.
+            let span = tracing::info_span!(
+                "stem.enqueue",
+                otel.kind = "producer",
+                stem.task = %name,
+                stem.task.id = %id,
+                stem.queue = %queue,
+                stem.task.priority = priority,
+            );
+            crate::trace::continue_trace(
+                &span,
+                opts.headers
+                    .get(crate::trace::TRACEPARENT_HEADER)
+                    .map(String::as_str),
+            );
+            if let Some(tp) = crate::trace::traceparent_of(&span) {
+                headers.insert(crate::trace::TRACEPARENT_HEADER.into(), tp);
+            }
+        }
         let spec = TaskSpec {
-            id: new_task_id(),
+            id,
             name: name.to_string(),
             queue,
             args,
-            headers: opts.headers.clone(),
+            headers,
             meta,
             enqueued_at: now_ms(),
             max_retries,

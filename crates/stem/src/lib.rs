@@ -24,8 +24,8 @@
 //!   leader-leased [`Beat`] scheduler.
 //! - [`keys`]: every Redis key. [`atomic`]: submit and settle in one step
 //!   when broker and backend share a Redis.
-//! - [`redis_conn`]: URL + TLS → connections. [`telemetry`]: metric
-//!   families and the exporters' configuration. [`error`]: [`StemError`].
+//! - [`redis_conn`]: URL + TLS → connections. [`telemetry`]: the metrics
+//!   exporters' configuration; [`trace`]: a task's `traceparent` and spans. [`error`]: [`StemError`].
 //!
 //! Process concerns (logging, exit codes, signals, HTTP endpoints) live in
 //! `crates/stem-service`, the demo catalogue in `crates/stem-demo`: the
@@ -75,6 +75,7 @@ pub mod schedule;
 pub mod signing;
 pub mod task;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;
 
 pub use async_trait::async_trait;

@@ -34,7 +34,11 @@ struct Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    stem_service::logging::init_logging(stem_service::logging::log_format_from_env(), "info");
+    let _traces = stem_service::logging::init_service_logging(
+        "stem-beat",
+        stem_service::logging::log_format_from_env(),
+        "info",
+    );
     let env = FlagsOverEnv::new().flag(
         "STEM_SCHEDULE_FILE",
         args.schedule_file.as_ref().map(|f| f.display()),

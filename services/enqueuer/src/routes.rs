@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
 use stem::envelope::TaskStatus;
 use stem_demo as demo;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
@@ -125,9 +126,36 @@ fn opt_bool(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError>
     }
 }
 
-/// `POST /enqueue`.
+/// `POST /enqueue`. With tracing on, the request is a server span that
+/// continues the caller's trace when it sends a `traceparent` header, and
+/// the task's `stem.enqueue` span is its child.
 async fn enqueue(
     State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let span = if stem::trace::enabled() {
+        let span = tracing::info_span!(
+            "POST /enqueue",
+            otel.kind = "server",
+            http.request.method = "POST",
+            http.route = "/enqueue",
+        );
+        stem::trace::continue_trace(
+            &span,
+            headers
+                .get(stem::trace::TRACEPARENT_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        span
+    } else {
+        tracing::Span::none()
+    };
+    enqueue_body(st, body).instrument(span).await
+}
+
+async fn enqueue_body(
+    st: AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let m = parse_object(body)?;

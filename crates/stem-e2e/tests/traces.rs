@@ -1,0 +1,123 @@
+//! One trace from the HTTP request to the task, exported over OTLP/HTTP
+//! by the real enqueuer and worker to a real receiver: the caller's
+//! `traceparent` is continued, `POST /enqueue` → `stem.enqueue` →
+//! `stem.consume` → `stem.execute.<task>` are parent and child, the spans
+//! carry the task and queue, and a retry is a second execute span of the
+//! same trace.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::{json, Value};
+use stem_e2e::{start_enqueuer, start_worker};
+use stem_testkit::otlp::attributes;
+use stem_testkit::{OtlpReceiver, RedisServer};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_request_to_every_attempt() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let collector = OtlpReceiver::start().await?;
+    let env = [
+        ("STEM_OTLP_ENDPOINT", collector.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let _worker = start_worker(&redis.url(), "traced-worker", "greetings", &env).await?;
+    let enq = start_enqueuer(&redis.url(), &env).await?;
+
+    // The caller's own trace.
+    let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{}/enqueue", enq.api.base()))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&json!({"name": "Ada", "fail": true}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_id = reply["taskId"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(!task_id.is_empty(), "enqueued: {reply}");
+
+    // The first attempt fails; the retry (about 2 s later) is a second
+    // execute span of the same trace.
+    let spans: Vec<(String, Span)> = stem_e2e::poll_until(
+        "the spans of two attempts",
+        Duration::from_secs(20),
+        || async {
+            let spans: Vec<(String, Span)> = collector
+                .spans()
+                .into_iter()
+                .filter(|(_, s)| hex(&s.trace_id) == trace_id)
+                .collect();
+            let executes = spans
+                .iter()
+                .filter(|(_, s)| s.name == "stem.execute.greeting.send")
+                .count();
+            Ok((executes >= 2).then_some(spans))
+        },
+    )
+    .await?;
+    let named = |name: &str| -> Vec<&(String, Span)> {
+        spans.iter().filter(|(_, s)| s.name == name).collect()
+    };
+    let request = named("POST /enqueue");
+    assert_eq!(request.len(), 1, "{spans:#?}");
+    let (service, request) = request[0];
+    assert_eq!(service, "stem-enqueuer");
+    assert_eq!(
+        hex(&request.parent_span_id),
+        caller_span,
+        "the caller's trace continues"
+    );
+
+    let enqueue = named("stem.enqueue");
+    assert_eq!(enqueue.len(), 1, "{spans:#?}");
+    let enqueue = &enqueue[0].1;
+    assert_eq!(enqueue.parent_span_id, request.span_id);
+    let attrs = attributes(&enqueue.attributes);
+    assert_eq!(attrs.get("stem.task.id"), Some(&task_id));
+
+    let consumes = named("stem.consume");
+    assert!(
+        consumes.len() >= 2,
+        "one consume span per attempt: {spans:#?}"
+    );
+    for (service, consume) in &consumes {
+        assert_eq!(service, "stem-worker");
+        assert_eq!(
+            consume.parent_span_id, enqueue.span_id,
+            "consume is a child of the enqueue"
+        );
+        let attrs = attributes(&consume.attributes);
+        assert_eq!(
+            attrs.get("stem.task").map(String::as_str),
+            Some("greeting.send")
+        );
+        assert_eq!(
+            attrs.get("stem.queue").map(String::as_str),
+            Some("greetings")
+        );
+        assert_eq!(attrs.get("stem.task.id"), Some(&task_id));
+    }
+    let mut attempts: Vec<String> = named("stem.execute.greeting.send")
+        .iter()
+        .map(|(_, execute)| {
+            assert!(
+                consumes
+                    .iter()
+                    .any(|(_, c)| c.span_id == execute.parent_span_id),
+                "execute is a child of a consume span"
+            );
+            attributes(&execute.attributes)
+                .get("stem.task.attempt")
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    attempts.sort();
+    assert_eq!(&attempts[..2], ["0", "1"], "a span per attempt");
+    Ok(())
+}
