@@ -25,7 +25,9 @@ async fn one_trace_runs_from_the_request_to_every_attempt() -> anyhow::Result<()
         ("STEM_OTLP_ENDPOINT", collector.endpoint()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
     ];
-    let _worker = start_worker(&redis.url(), "traced-worker", "greetings", &env).await?;
+    let mut worker_env = env.to_vec();
+    worker_env.push(("STEM_LOG_FORMAT", "json".to_string()));
+    let worker = start_worker(&redis.url(), "traced-worker", "greetings", &worker_env).await?;
     let enq = start_enqueuer(&redis.url(), &env).await?;
 
     // The caller's own trace.
@@ -119,5 +121,24 @@ async fn one_trace_runs_from_the_request_to_every_attempt() -> anyhow::Result<()
         .collect();
     attempts.sort();
     assert_eq!(&attempts[..2], ["0", "1"], "a span per attempt");
+
+    // The body's log line, in JSON, names the trace and its span.
+    let logs = worker.logs();
+    let line: Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "demo task body running")
+        .ok_or_else(|| anyhow::anyhow!("no JSON body log line: {logs}"))?;
+    assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
+    let execute_ids: Vec<String> = named("stem.execute.greeting.send")
+        .iter()
+        .map(|(_, s)| hex(&s.span_id))
+        .collect();
+    assert!(
+        line["span"]["span_id"]
+            .as_str()
+            .is_some_and(|id| execute_ids.iter().any(|e| e == id)),
+        "the line names its execute span: {line}"
+    );
     Ok(())
 }

@@ -77,10 +77,24 @@ pub fn parent_from(traceparent: &str) -> Option<Context> {
         .then(|| Context::new().with_remote_span_context(sc))
 }
 
-/// Makes `span` a child of the trace `traceparent` names (when valid).
+/// Makes `span` a child of the trace `traceparent` names (when valid),
+/// then records its `trace_id` and `span_id` fields (declared empty by
+/// the span), so log lines inside it name them: the JSON log format shows
+/// them under `span` and `spans`.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(cx) = traceparent.and_then(parent_from) {
         let _ = span.set_parent(cx);
+    }
+    stamp(span);
+}
+
+/// Records `span`'s `trace_id` and `span_id` fields from its trace context.
+pub fn stamp(span: &tracing::Span) {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", format!("{:032x}", sc.trace_id()).as_str());
+        span.record("span_id", format!("{:016x}", sc.span_id()).as_str());
     }
 }
 

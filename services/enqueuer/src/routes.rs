@@ -137,6 +137,8 @@ async fn enqueue(
     let span = if stem::trace::enabled() {
         let span = tracing::info_span!(
             "POST /enqueue",
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             otel.kind = "server",
             http.request.method = "POST",
             http.route = "/enqueue",

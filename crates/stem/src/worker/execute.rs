@@ -335,6 +335,8 @@ fn spans(shared: &Shared, spec: &TaskSpec, attempt: u32) -> (tracing::Span, trac
     }
     let consume = tracing::info_span!(
         "stem.consume",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         otel.kind = "consumer",
         stem.task = %spec.name,
         stem.task.id = %spec.id,
@@ -352,6 +354,8 @@ fn spans(shared: &Shared, spec: &TaskSpec, attempt: u32) -> (tracing::Span, trac
     let execute = tracing::info_span!(
         parent: &consume,
         "stem.execute",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         otel.name = %format!("stem.execute.{}", spec.name),
         stem.task = %spec.name,
         stem.task.id = %spec.id,
@@ -360,6 +364,7 @@ fn spans(shared: &Shared, spec: &TaskSpec, attempt: u32) -> (tracing::Span, trac
         otel.status_code = tracing::field::Empty,
         otel.status_message = tracing::field::Empty,
     );
+    crate::trace::stamp(&execute);
     (consume, execute)
 }
 
