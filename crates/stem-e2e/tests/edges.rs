@@ -22,9 +22,8 @@ fn https_client(tls: &TlsAssets, identity: Identity) -> anyhow::Result<reqwest::
     stem::redis_conn::install_crypto_provider();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca_cert)?)?;
     let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
+        .tls_backend_rustls()
+        .tls_certs_only([ca])
         .timeout(Duration::from_secs(10));
     let files = match identity {
         Identity::None => None,

@@ -42,6 +42,9 @@ impl Drop for Traces {
 /// [`stem::trace::enable`] turns them on. (An invalid endpoint is left to
 /// the configuration check, which exits 78 naming it.)
 pub fn init_service_logging(service: &str, format: LogFormat, default_filter: &str) -> Traces {
+    // The exporter's HTTP client is built on rustls, which needs the
+    // process's crypto provider before any client exists.
+    stem::redis_conn::install_crypto_provider();
     let endpoint = std::env::var("STEM_OTLP_ENDPOINT")
         .ok()
         .filter(|v| !v.trim().is_empty())

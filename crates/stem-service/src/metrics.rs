@@ -72,6 +72,9 @@ impl Metrics {
         if exporters.is_empty() {
             return Ok(Metrics::off());
         }
+        // The OTLP client is built on rustls, which needs the process's
+        // crypto provider first.
+        stem::redis_conn::install_crypto_provider();
         let resource = Resource::builder()
             .with_service_name(service.to_string())
             .with_attribute(KeyValue::new("service.namespace", namespace.to_string()))
