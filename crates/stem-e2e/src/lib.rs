@@ -451,10 +451,19 @@ pub async fn wait_body_running(
 
 /// The Prometheus page a service serves on `127.0.0.1:port/metrics`.
 pub async fn scrape(port: u16) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    Ok(http_client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
         .await?
         .text()
         .await?)
+}
+
+/// A plain HTTP client for the tests (rustls needs the process's crypto
+/// provider before any client is built).
+pub fn http_client() -> reqwest::Client {
+    stem::redis_conn::install_crypto_provider();
+    reqwest::Client::new()
 }
 
 /// Value of the first series of `name` in a Prometheus text page.

@@ -53,7 +53,7 @@ fn substitute(expr: &str) -> String {
 }
 
 async fn query(prom: &PrometheusServer, expr: &str) -> anyhow::Result<Value> {
-    let reply: Value = reqwest::Client::new()
+    let reply: Value = stem_e2e::http_client()
         .get(format!("{}/api/v1/query", prom.url()))
         .query(&[("query", expr)])
         .send()
@@ -164,7 +164,7 @@ async fn every_panel_query_returns_data_from_the_real_services() -> anyhow::Resu
             let (metric, label) = inner
                 .split_once(',')
                 .ok_or_else(|| anyhow::anyhow!("{file}: variable query {q:?}"))?;
-            let reply: Value = reqwest::Client::new()
+            let reply: Value = stem_e2e::http_client()
                 .get(format!(
                     "{}/api/v1/label/{}/values",
                     prom.url(),

@@ -489,6 +489,37 @@ async fn a_stalled_collector_does_not_slow_tasks() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An unreachable collector is logged and counted: the SDK's warnings go
+/// to the log, and `stem_telemetry_errors_total` counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_is_logged_and_counted() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let (closed, port) = (free_port(), free_port());
+    let worker = start_worker(
+        &redis.url(),
+        "lonely-worker",
+        "greetings",
+        &[
+            ("STEM_METRIC_EXPORTERS", format!("otlp,prometheus:{port}")),
+            ("STEM_OTLP_ENDPOINT", format!("http://127.0.0.1:{closed}")),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_string()),
+        ],
+    )
+    .await?;
+    let page = stem_e2e::poll_until("the error counter", Duration::from_secs(20), || async {
+        let page = scrape(port).await.unwrap_or_default();
+        Ok((series(&page, "stem_telemetry_errors_total").unwrap_or(0.0) >= 1.0).then_some(page))
+    })
+    .await?;
+    stem_e2e::promtool_accepts(&page)?;
+    assert!(
+        worker.logs().contains("export"),
+        "the failed export is logged: {}",
+        worker.logs()
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_counters_count_what_happened() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;

@@ -32,7 +32,7 @@ async fn one_trace_runs_from_the_request_to_every_attempt() -> anyhow::Result<()
 
     // The caller's own trace.
     let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
-    let reply: Value = reqwest::Client::new()
+    let reply: Value = stem_e2e::http_client()
         .post(format!("{}/enqueue", enq.api.base()))
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
         .json(&json!({"name": "Ada", "fail": true}))

@@ -4,6 +4,8 @@
 //! when `STEM_OTLP_ENDPOINT` is set, the OpenTelemetry layer that exports
 //! the spans of [`stem::trace`] over OTLP/HTTP.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -84,6 +86,32 @@ fn tracer_provider(service: &str, endpoint: &str) -> anyhow::Result<SdkTracerPro
         .build())
 }
 
+/// Warnings and errors the OpenTelemetry SDK and exporter logged (failed
+/// exports, dropped spans): each means telemetry was lost. Exported as
+/// `stem_telemetry_errors_total`.
+static TELEMETRY_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// How many telemetry errors this process logged so far.
+pub fn telemetry_errors() -> u64 {
+    TELEMETRY_ERRORS.load(Ordering::Relaxed)
+}
+
+/// Counts the SDK's own warnings and errors (it logs through `tracing`).
+struct CountTelemetryErrors;
+
+impl<S: tracing::Subscriber> Layer<S> for CountTelemetryErrors {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let meta = event.metadata();
+        if *meta.level() <= tracing::Level::WARN && meta.target().starts_with("opentelemetry") {
+            TELEMETRY_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn install(format: LogFormat, default_filter: &str, provider: Option<SdkTracerProvider>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -99,7 +127,9 @@ fn install(format: LogFormat, default_filter: &str, provider: Option<SdkTracerPr
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(ansi);
-    let registry = tracing_subscriber::registry().with(otel);
+    let registry = tracing_subscriber::registry()
+        .with(otel)
+        .with(CountTelemetryErrors);
     let _ = match format {
         LogFormat::Json => registry.with(fmt.json().with_filter(filter)).try_init(),
         LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),

@@ -18,7 +18,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::metrics::{Meter, MeterProvider as _, ObservableCounter};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -50,6 +50,8 @@ struct Inner {
     meter: Meter,
     /// Read on demand (Prometheus scrape, console log).
     pull: Option<Arc<ManualReader>>,
+    /// `stem_telemetry_errors_total`, kept so its callback stays.
+    _errors: ObservableCounter<u64>,
 }
 
 impl Metrics {
@@ -113,11 +115,19 @@ impl Metrics {
         }
         let provider = builder.build();
         let meter = provider.meter("stem");
+        let errors = meter
+            .u64_observable_counter("stem_telemetry_errors")
+            .with_description(
+                "Warnings and errors of the telemetry exporters (failed exports, dropped spans): telemetry lost.",
+            )
+            .with_callback(|o| o.observe(crate::logging::telemetry_errors(), &[]))
+            .build();
         let metrics = Metrics {
             inner: Some(Arc::new(Inner {
                 provider,
                 meter,
                 pull,
+                _errors: errors,
             })),
         };
         for e in exporters {
