@@ -42,6 +42,10 @@ struct Cli {
     /// OTLP/HTTP to 127.0.0.1:4318, as STEM_METRIC_EXPORTERS=prometheus,otlp).
     #[arg(long, global = true)]
     metrics: bool,
+    /// Producers and in-process workers open spans and export them over
+    /// OTLP/HTTP to a sink process that accepts and discards them.
+    #[arg(long, global = true)]
+    traces: bool,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -74,6 +78,11 @@ enum Scenario {
     Memory,
     /// Every scenario.
     All,
+    /// (internal) an OTLP/HTTP sink: answers 200 to every POST, keeps nothing.
+    Sink {
+        #[arg(long)]
+        port: u16,
+    },
     /// (internal) a worker process with the no-op task.
     Worker {
         #[arg(long)]
@@ -90,7 +99,28 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if !matches!(cli.scenario, Scenario::Worker { .. }) {
+    if let Scenario::Sink { port } = cli.scenario {
+        return sink(port).await;
+    }
+    // Kept until the end of main: flushes the spans.
+    let mut _traces = None;
+    let mut _sink = None;
+    if cli.traces {
+        let port = stem_testkit::free_port();
+        let exe = std::env::current_exe()?;
+        _sink = Some(stem_testkit::ServiceProcess::spawn_path(
+            "otlp-sink",
+            &exe,
+            &["sink", "--port", &port.to_string()],
+            &[],
+        )?);
+        _traces = Some(stem_service::logging::init_service_logging_to(
+            "stem-bench",
+            stem::config::LogFormat::Text,
+            "info",
+            Some(&format!("http://127.0.0.1:{port}")),
+        ));
+    } else if !matches!(cli.scenario, Scenario::Worker { .. }) {
         stem_service::logging::init_logging(stem::config::LogFormat::Text, "info");
     }
     let stop_metrics = tokio_util::sync::CancellationToken::new();
@@ -117,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
     };
     let reports = match cli.scenario {
+        Scenario::Sink { .. } => return Ok(()),
         Scenario::Worker {
             url,
             concurrency,
@@ -152,5 +183,14 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&path, serde_json::to_vec_pretty(r)?)?;
         println!("  → {}", path.display());
     }
+    Ok(())
+}
+
+/// Accepts OTLP/HTTP exports on `port` and drops them.
+async fn sink(port: u16) -> anyhow::Result<()> {
+    let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::OK });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    eprintln!("sink listening on {port}");
+    axum::serve(listener, app).await?;
     Ok(())
 }

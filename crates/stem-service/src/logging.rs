@@ -44,13 +44,25 @@ impl Drop for Traces {
 /// [`stem::trace::enable`] turns them on. (An invalid endpoint is left to
 /// the configuration check, which exits 78 naming it.)
 pub fn init_service_logging(service: &str, format: LogFormat, default_filter: &str) -> Traces {
+    let endpoint = std::env::var("STEM_OTLP_ENDPOINT").ok();
+    init_service_logging_to(service, format, default_filter, endpoint.as_deref())
+}
+
+/// [`init_service_logging`] with the OTLP endpoint given instead of read
+/// from `STEM_OTLP_ENDPOINT` (the benchmark points it at its own sink).
+pub fn init_service_logging_to(
+    service: &str,
+    format: LogFormat,
+    default_filter: &str,
+    endpoint: Option<&str>,
+) -> Traces {
     // The exporter's HTTP client is built on rustls, which needs the
     // process's crypto provider before any client exists.
     stem::redis_conn::install_crypto_provider();
-    let endpoint = std::env::var("STEM_OTLP_ENDPOINT")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .and_then(|v| stem::telemetry::http_url("STEM_OTLP_ENDPOINT", v.trim()).ok());
+    let endpoint = endpoint
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .and_then(|v| stem::telemetry::http_url("STEM_OTLP_ENDPOINT", v).ok());
     let provider = endpoint.and_then(|url| match tracer_provider(service, &url) {
         Ok(p) => Some(p),
         Err(e) => {
