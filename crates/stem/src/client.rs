@@ -365,15 +365,13 @@ impl Stem {
             // trace a `traceparent` header given by the caller names; its
             // context goes into the signed headers.
             let span = tracing::info_span!(
-                    "stem.enqueue",
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-                    otel.kind = "producer",
-                    stem.task = %name,
-                    stem.task.id = %id,
-                    stem.queue = %queue,
-                    stem.task.priority = priority,
-                );
+                "stem.enqueue",
+                otel.kind = "producer",
+                stem.task = %name,
+                stem.task.id = %id,
+                stem.queue = %queue,
+                stem.task.priority = priority,
+            );
             crate::trace::continue_trace(
                 &span,
                 opts.headers

@@ -77,18 +77,18 @@ pub fn parent_from(traceparent: &str) -> Option<Context> {
         .then(|| Context::new().with_remote_span_context(sc))
 }
 
-/// Makes `span` a child of the trace `traceparent` names (when valid),
-/// then records its `trace_id` and `span_id` fields (declared empty by
-/// the span), so log lines inside it name them: the JSON log format shows
-/// them under `span` and `spans`.
+/// Makes `span` a child of the trace `traceparent` names (when valid).
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(cx) = traceparent.and_then(parent_from) {
         let _ = span.set_parent(cx);
     }
-    stamp(span);
 }
 
-/// Records `span`'s `trace_id` and `span_id` fields from its trace context.
+/// Records `span`'s `trace_id` and `span_id` fields (declared empty by the
+/// span) from its trace context, so log lines inside it name them: the
+/// JSON log format shows them under `span` and `spans`. Done for the spans
+/// log lines are written in (the task body's, the HTTP request's), not for
+/// every span: each recorded field is also an attribute to export.
 pub fn stamp(span: &tracing::Span) {
     let cx = span.context();
     let sc = cx.span().span_context().clone();

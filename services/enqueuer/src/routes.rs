@@ -149,6 +149,7 @@ async fn enqueue(
                 .get(stem::trace::TRACEPARENT_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
+        stem::trace::stamp(&span);
         span
     } else {
         tracing::Span::none()

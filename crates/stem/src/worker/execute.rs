@@ -335,8 +335,6 @@ fn spans(shared: &Shared, spec: &TaskSpec, attempt: u32) -> (tracing::Span, trac
     }
     let consume = tracing::info_span!(
         "stem.consume",
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
         otel.kind = "consumer",
         stem.task = %spec.name,
         stem.task.id = %spec.id,
@@ -357,10 +355,7 @@ fn spans(shared: &Shared, spec: &TaskSpec, attempt: u32) -> (tracing::Span, trac
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
         otel.name = %format!("stem.execute.{}", spec.name),
-        stem.task = %spec.name,
-        stem.task.id = %spec.id,
         stem.task.attempt = attempt,
-        stem.queue = %spec.queue,
         otel.status_code = tracing::field::Empty,
         otel.status_message = tracing::field::Empty,
     );
