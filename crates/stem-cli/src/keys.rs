@@ -3,6 +3,8 @@
 use clap::Subcommand;
 use stem::signing::{generate_ed25519_pair, generate_hmac_secret};
 
+use crate::output::outln;
+
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// A 32-byte HMAC-SHA256 secret.
@@ -22,16 +24,16 @@ pub enum KeysCommand {
 pub fn run(cmd: KeysCommand) -> i32 {
     match cmd {
         KeysCommand::Hmac { id } => {
-            println!("STEM_SIGNING_ALGORITHM=hmac-sha256");
-            println!("STEM_SIGNING_KEYS={id}:{}", generate_hmac_secret());
-            println!("STEM_SIGNING_ACTIVE_KEY={id}");
+            outln!("STEM_SIGNING_ALGORITHM=hmac-sha256");
+            outln!("STEM_SIGNING_KEYS={id}:{}", generate_hmac_secret());
+            outln!("STEM_SIGNING_ACTIVE_KEY={id}");
         }
         KeysCommand::Ed25519 { id } => {
             let (public, seed) = generate_ed25519_pair();
-            println!("STEM_SIGNING_ALGORITHM=ed25519");
-            println!("STEM_SIGNING_PUBLIC_KEYS={id}:{public}");
-            println!("STEM_SIGNING_PRIVATE_KEYS={id}:{seed}");
-            println!("STEM_SIGNING_ACTIVE_KEY={id}");
+            outln!("STEM_SIGNING_ALGORITHM=ed25519");
+            outln!("STEM_SIGNING_PUBLIC_KEYS={id}:{public}");
+            outln!("STEM_SIGNING_PRIVATE_KEYS={id}:{seed}");
+            outln!("STEM_SIGNING_ACTIVE_KEY={id}");
             eprintln!(
                 "# give workers only STEM_SIGNING_PUBLIC_KEYS; producers need the private key"
             );

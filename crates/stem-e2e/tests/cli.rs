@@ -700,3 +700,27 @@ async fn health_reports_redis_and_exits_69_without_it() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `stem keys hmac | head -1`: a reader that closes the pipe early ends
+/// the command quietly with 0, not with a panic on the broken pipe.
+#[test]
+fn keys_survive_a_closed_pipe() -> anyhow::Result<()> {
+    for kind in ["hmac", "ed25519"] {
+        let mut child = std::process::Command::new(stem_testkit::binary_path("stem")?)
+            .args(["keys", kind])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        // Close the reading end before the command writes (it is still
+        // starting up).
+        drop(child.stdout.take());
+        let out = child.wait_with_output()?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stem keys {kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
