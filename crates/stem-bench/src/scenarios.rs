@@ -159,9 +159,7 @@ fn bench_worker(
 ) -> Worker {
     let w = Worker::new(config, stem, verifier);
     if let Some(meter) = opts.metrics.meter() {
-        let c = w.config();
-        w.metrics()
-            .export_to(meter, &c.name, &c.namespace, c.concurrency);
+        w.export_metrics(meter);
     }
     w
 }

@@ -40,10 +40,7 @@ pub async fn run(
     let queues = worker.queues.clone();
     let runtime = Worker::new(worker, stem, config.keys.verifier());
     if let Some(meter) = metrics.meter() {
-        let c = runtime.config();
-        runtime
-            .metrics()
-            .export_to(meter, &c.name, &c.namespace, c.concurrency);
+        runtime.export_metrics(meter);
         stem_service::depth::sample(meter, stem.admin(), Some(queues), shutdown.clone());
     }
     runtime.run(shutdown).await?;

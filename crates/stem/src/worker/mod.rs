@@ -156,9 +156,15 @@ impl Worker {
         }
     }
 
-    /// The worker's configuration.
-    pub fn config(&self) -> &WorkerConfig {
-        &self.opts
+    /// Records the worker's metrics through `meter` as well, labelled with
+    /// its name and namespace (see [`WorkerMetrics::export_to`]).
+    pub fn export_metrics(&self, meter: &opentelemetry::metrics::Meter) {
+        self.metrics.export_to(
+            meter,
+            &self.opts.name,
+            &self.opts.namespace,
+            self.opts.concurrency,
+        );
     }
 
     /// The worker's counters.
