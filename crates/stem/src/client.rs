@@ -97,6 +97,15 @@ pub struct EnqueueOptions {
     pub meta: Map<String, Value>,
 }
 
+/// The override in `opts`, else the registered `defaults`' queue, else
+/// `default` (one rule for [`Stem::queue_for`] and every enqueue).
+fn pick_queue(opts: &EnqueueOptions, defaults: Option<&crate::task::TaskOptions>) -> String {
+    opts.queue
+        .clone()
+        .or_else(|| defaults.map(|d| d.queue.clone()))
+        .unwrap_or_else(|| "default".into())
+}
+
 /// One task to enqueue by name.
 #[derive(Clone, Debug)]
 pub struct EnqueueRequest {
@@ -321,6 +330,12 @@ impl Stem {
         crate::control::Workers::new(self.control(), self.signer.clone())
     }
 
+    /// The queue a task of `name` enqueued with `opts` goes to: the
+    /// override, else the registered task's queue, else `default`.
+    pub fn queue_for(&self, name: &str, opts: &EnqueueOptions) -> String {
+        pick_queue(opts, self.registry.options(name).as_ref())
+    }
+
     /// Builds and signs an envelope for `name`.
     pub(crate) fn prepare(
         &self,
@@ -329,11 +344,7 @@ impl Stem {
         opts: &EnqueueOptions,
     ) -> Result<Prepared> {
         let defaults = self.registry.options(name);
-        let queue = opts
-            .queue
-            .clone()
-            .or_else(|| defaults.as_ref().map(|d| d.queue.clone()))
-            .unwrap_or_else(|| "default".into());
+        let queue = pick_queue(opts, defaults.as_ref());
         validate_queue_name("queue", &queue)
             .map_err(|e| StemError::InvalidArgument(e.to_string()))?;
         let priority = opts

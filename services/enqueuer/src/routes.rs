@@ -192,6 +192,7 @@ async fn enqueue_body(
         meta,
         ..Default::default()
     };
+    let queue = st.stem.queue_for(&task, &opts);
     let out = st
         .stem
         .enqueue_raw(&task, Value::Object(args), opts)
@@ -200,9 +201,7 @@ async fn enqueue_body(
     if out.duplicate {
         body["duplicate"] = json!(true);
     } else {
-        let queue = st.stem.registry().options(&task).map(|o| o.queue);
-        st.metrics
-            .enqueued(&task, queue.as_deref().unwrap_or("default"), 1);
+        st.metrics.enqueued(&task, &queue, 1);
     }
     Ok(Json(body).into_response())
 }
@@ -247,14 +246,9 @@ async fn create_group(
     let handle = st.stem.group(tasks).await?;
     let queue = st
         .stem
-        .registry()
-        .options(demo::DEFAULT_TASK)
-        .map(|o| o.queue);
-    st.metrics.enqueued(
-        demo::DEFAULT_TASK,
-        queue.as_deref().unwrap_or("default"),
-        handle.task_ids.len() as u64,
-    );
+        .queue_for(demo::DEFAULT_TASK, &EnqueueOptions::default());
+    st.metrics
+        .enqueued(demo::DEFAULT_TASK, &queue, handle.task_ids.len() as u64);
     Ok(Json(json!({ "groupId": handle.group_id, "count": handle.task_ids.len() })).into_response())
 }
 
