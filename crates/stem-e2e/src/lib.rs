@@ -347,6 +347,34 @@ pub async fn start_worker(
     Ok(process)
 }
 
+/// A beat seeded with one entry firing `greeting.send` on `greetings` every
+/// second, serving Prometheus metrics on `metrics_port`. The directory
+/// holds the schedule file; keep it as long as the beat.
+pub fn spawn_ticking_beat(
+    broker_url: &str,
+    metrics_port: u16,
+) -> anyhow::Result<(tempfile::TempDir, ServiceProcess)> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("schedules.yaml");
+    std::fs::write(
+        &file,
+        "entries:\n  - id: tick\n    task: greeting.send\n    queue: greetings\n    spec: every:1s\n",
+    )?;
+    let beat = ServiceProcess::spawn(
+        "beat",
+        &[],
+        &[
+            ("STEM_BROKER_URL", broker_url.to_string()),
+            ("STEM_SCHEDULE_FILE", file.display().to_string()),
+            (
+                "STEM_METRIC_EXPORTERS",
+                format!("prometheus:{metrics_port}"),
+            ),
+        ],
+    )?;
+    Ok((dir, beat))
+}
+
 /// Spawns a `worker` without waiting for it to be ready.
 pub fn spawn_worker(
     broker_url: &str,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use stem_e2e::{start_enqueuer, start_worker};
-use stem_testkit::{free_port, PrometheusServer, RedisServer, ServiceProcess};
+use stem_testkit::{free_port, PrometheusServer, RedisServer};
 
 /// What `$__rate_interval` becomes: four scrape intervals of the test's
 /// Prometheus (1 s), as Grafana computes it, with room to spare.
@@ -52,15 +52,23 @@ fn substitute(expr: &str) -> String {
         .replace("$queue", ".*")
 }
 
-async fn query(prom: &PrometheusServer, expr: &str) -> anyhow::Result<Value> {
-    let reply: Value = stem_e2e::http_client()
-        .get(format!("{}/api/v1/query", prom.url()))
-        .query(&[("query", expr)])
+/// A GET of Prometheus's HTTP API, as JSON.
+async fn api(
+    prom: &PrometheusServer,
+    path: &str,
+    params: &[(&str, &str)],
+) -> anyhow::Result<Value> {
+    Ok(stem_e2e::http_client()
+        .get(format!("{}/api/v1/{path}", prom.url()))
+        .query(params)
         .send()
         .await?
         .json()
-        .await?;
-    Ok(reply)
+        .await?)
+}
+
+async fn query(prom: &PrometheusServer, expr: &str) -> anyhow::Result<Value> {
+    api(prom, "query", &[("query", expr)]).await
 }
 
 fn series_count(reply: &Value) -> usize {
@@ -83,21 +91,7 @@ async fn every_panel_query_returns_data_from_the_real_services() -> anyhow::Resu
         &[("STEM_METRIC_EXPORTERS", format!("prometheus:{eport}"))],
     )
     .await?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("schedules.yaml");
-    std::fs::write(
-        &file,
-        "entries:\n  - id: tick\n    task: greeting.send\n    queue: greetings\n    spec: every:1s\n",
-    )?;
-    let _beat = ServiceProcess::spawn(
-        "beat",
-        &[],
-        &[
-            ("STEM_BROKER_URL", redis.url()),
-            ("STEM_SCHEDULE_FILE", file.display().to_string()),
-            ("STEM_METRIC_EXPORTERS", format!("prometheus:{bport}")),
-        ],
-    )?;
+    let _beat = stem_e2e::spawn_ticking_beat(&redis.url(), bport)?;
     let prom = PrometheusServer::start(&[wport, eport, bport])?;
 
     // Traffic: tasks that succeed, and one that fails for good after its
@@ -164,17 +158,8 @@ async fn every_panel_query_returns_data_from_the_real_services() -> anyhow::Resu
             let (metric, label) = inner
                 .split_once(',')
                 .ok_or_else(|| anyhow::anyhow!("{file}: variable query {q:?}"))?;
-            let reply: Value = stem_e2e::http_client()
-                .get(format!(
-                    "{}/api/v1/label/{}/values",
-                    prom.url(),
-                    label.trim()
-                ))
-                .query(&[("match[]", metric.trim())])
-                .send()
-                .await?
-                .json()
-                .await?;
+            let path = format!("label/{}/values", label.trim());
+            let reply = api(&prom, &path, &[("match[]", metric.trim())]).await?;
             assert!(
                 reply["data"].as_array().is_some_and(|v| !v.is_empty()),
                 "{file}: variable {q:?} finds no values: {reply}"

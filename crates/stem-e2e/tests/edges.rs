@@ -347,22 +347,7 @@ async fn prometheus_metrics_from_worker_and_beat() -> anyhow::Result<()> {
     );
     stem_e2e::promtool_accepts(&api)?;
 
-    let dir = std::env::temp_dir().join(format!("stem-e2e-metrics-{}-{bport}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("schedules.yaml");
-    std::fs::write(
-        &file,
-        "entries:\n  - id: tick\n    task: greeting.send\n    queue: greetings\n    spec: every:1s\n",
-    )?;
-    let mut beat = ServiceProcess::spawn(
-        "beat",
-        &[],
-        &[
-            ("STEM_BROKER_URL", redis.url()),
-            ("STEM_SCHEDULE_FILE", file.display().to_string()),
-            ("STEM_METRIC_EXPORTERS", format!("prometheus:{bport}")),
-        ],
-    )?;
+    let (_schedules, mut beat) = stem_e2e::spawn_ticking_beat(&redis.url(), bport)?;
     let page = stem_e2e::poll_until("beat dispatch metrics", Duration::from_secs(15), || async {
         let page = scrape(bport).await.unwrap_or_default();
         let fired = series(&page, "stem_scheduler_dispatch_success_total").filter(|v| *v >= 1.0);
