@@ -80,8 +80,8 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
             d.wire.signature.as_deref(),
             &d.wire.body,
         ) {
-            let labels = shared.metrics.labels_of(None, &d.receipt.queue);
-            shared.metrics.signature_invalid(&labels);
+            let series = shared.metrics.series_of(None, &d.receipt.queue);
+            shared.metrics.signature_invalid(&series);
             tracing::warn!(
                 queue = %d.receipt.queue, entry = %d.receipt.entry_id,
                 key_id = d.wire.key_id.as_deref().unwrap_or("-"),
@@ -156,7 +156,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         )));
     }
     let Some(handler) = handler else {
-        shared.metrics.failed(&shared.metrics.labels(&spec));
+        shared.metrics.failed(&shared.metrics.series(&spec));
         tracing::warn!(task = %spec.name, task_id = %spec.id, "unregistered task dead-lettered");
         let msg = format!("no task named {:?} is registered on this worker", spec.name);
         let status = failed_status(
@@ -246,7 +246,7 @@ pub(super) async fn admit_held(shared: &Arc<Shared>, fresh: Vec<Fetched>) {
 /// A task whose runs keep killing their worker (abort, OOM, a wedged
 /// process) is not handed out again: it fails as `delivery-limit`.
 fn delivery_limit(shared: &Shared, d: Delivery, spec: Arc<TaskSpec>) -> Reject {
-    shared.metrics.failed(&shared.metrics.labels(&spec));
+    shared.metrics.failed(&shared.metrics.series(&spec));
     let msg = format!(
         "delivered {} times without finishing (STEM_MAX_DELIVERIES = {}): its runs may be killing their workers",
         d.deliveries, shared.opts.max_deliveries
@@ -370,7 +370,7 @@ async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
         let task = spec.as_ref().map(|s| s.name.as_str());
         shared
             .metrics
-            .dead_lettered(&shared.metrics.labels_of(task, &r.receipt.queue));
+            .dead_lettered(&shared.metrics.series_of(task, &r.receipt.queue));
         items.push(complete::Finishing {
             receipt: r.receipt,
             spec,

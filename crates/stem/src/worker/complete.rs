@@ -141,10 +141,10 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
             } => (receipt, spec, wire, result, budget),
         };
         let attempt = wire.attempt;
-        let labels = metrics.labels(&spec);
+        let series = metrics.series(&spec);
         match result {
             Ok(value) => {
-                metrics.succeeded(&labels);
+                metrics.succeeded(&series);
                 tracing::debug!(task = %spec.name, task_id = %spec.id, "task succeeded");
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Succeeded, attempt);
                 s.result = value;
@@ -163,7 +163,7 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                 }
             }
             Err(failure) if failure.retryable && attempt < budget => {
-                metrics.retried(&labels);
+                metrics.retried(&series);
                 let delay = backoff::retry_delay(attempt);
                 tracing::info!(
                     task = %spec.name, task_id = %spec.id, attempt, retry_in_ms = delay.as_millis() as u64,
@@ -183,8 +183,8 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                 });
             }
             Err(failure) => {
-                metrics.failed(&labels);
-                metrics.dead_lettered(&labels);
+                metrics.failed(&series);
+                metrics.dead_lettered(&series);
                 let reason = if failure.retryable {
                     DeadLetterReason::MaxRetriesExhausted
                 } else {

@@ -212,8 +212,8 @@ async fn run(
         },
     );
     shared.dispatch.started.notify_one();
-    let labels = shared.metrics.labels(&spec);
-    shared.metrics.started(&labels);
+    let series = shared.metrics.series(&spec);
+    shared.metrics.started(&series);
     let began = std::time::Instant::now();
     tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
 
@@ -300,7 +300,7 @@ async fn run(
     if let Some(t) = soft_timer {
         t.abort();
     }
-    shared.metrics.ran(&labels, began.elapsed());
+    shared.metrics.ran(&series, began.elapsed());
     if let Err(failure) = &result {
         execute.record("otel.status_code", "ERROR");
         execute.record("otel.status_message", failure.message.as_str());

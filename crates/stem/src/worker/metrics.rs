@@ -190,15 +190,15 @@ impl WorkerMetrics {
         let _ = self.exported.set(exported);
     }
 
-    /// The labels of `spec`'s series (nothing when not exported).
-    pub(crate) fn labels(&self, spec: &TaskSpec) -> SeriesHandle {
-        self.labels_of(Some(&spec.name), &spec.queue)
+    /// `spec`'s series (nothing when not exported).
+    pub(crate) fn series(&self, spec: &TaskSpec) -> SeriesHandle {
+        self.series_of(Some(&spec.name), &spec.queue)
     }
 
-    /// Labels for an entry of `queue` whose task is `task` (`None` when
+    /// The series of an entry of `queue` whose task is `task` (`None` when
     /// it is not known or not authentic: an unverified name is not a label,
     /// so forged entries cannot create series).
-    pub(crate) fn labels_of(&self, task: Option<&str>, queue: &str) -> SeriesHandle {
+    pub(crate) fn series_of(&self, task: Option<&str>, queue: &str) -> SeriesHandle {
         let Some(e) = self.exported.get() else {
             return SeriesHandle(None);
         };
