@@ -185,7 +185,6 @@ impl Api {
         Self::reply(resp).await
     }
 
-    /// `POST /enqueue` that must succeed; returns the task id.
     /// Enqueues `body` and waits (up to 15 s) until the task succeeded.
     pub async fn enqueue_succeeded(&self, body: Value) -> anyhow::Result<String> {
         let id = self.enqueue(body).await?;
@@ -194,6 +193,7 @@ impl Api {
         Ok(id)
     }
 
+    /// `POST /enqueue` that must succeed; returns the task id.
     pub async fn enqueue(&self, body: Value) -> anyhow::Result<String> {
         let reply = self.post_json("/enqueue", &body).await?;
         if reply.status != 200 {

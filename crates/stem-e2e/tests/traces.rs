@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{json, Value};
-use stem_e2e::{start_enqueuer, start_worker};
+use stem_e2e::{hmac_key, start_enqueuer, start_worker, Stem};
 use stem_testkit::otlp::attributes;
 use stem_testkit::{OtlpReceiver, RedisServer};
 
@@ -140,5 +140,142 @@ async fn one_trace_runs_from_the_request_to_every_attempt() -> anyhow::Result<()
             .is_some_and(|id| execute_ids.iter().any(|e| e == id)),
         "the line names its execute span: {line}"
     );
+    Ok(())
+}
+
+/// The sampler (`OTEL_TRACES_SAMPLER`) decides at the root and the worker
+/// follows: with `parentbased_always_off` on the enqueuer, a request
+/// without a caller's trace leaves no span anywhere (its task still runs),
+/// while a caller's sampled trace is still continued into the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producers_sampling_decision_is_followed_by_the_worker() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let collector = OtlpReceiver::start().await?;
+    let env = [
+        ("STEM_OTLP_ENDPOINT", collector.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let _worker = start_worker(&redis.url(), "sampled-worker", "greetings", &env).await?;
+    let mut enqueuer_env = env.to_vec();
+    enqueuer_env.push(("OTEL_TRACES_SAMPLER", "parentbased_always_off".to_string()));
+    let enq = start_enqueuer(&redis.url(), &enqueuer_env).await?;
+
+    let unsampled = enq.api.enqueue_succeeded(json!({"name": "Ada"})).await?;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let reply = stem_e2e::http_client()
+        .post(format!("{}/enqueue", enq.api.base()))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&json!({"name": "Grace"}))
+        .send()
+        .await?;
+    anyhow::ensure!(reply.status().is_success(), "enqueue: {}", reply.status());
+
+    // The worker exports in the order it ran the tasks: once the sampled
+    // task's execute span is in, the unsampled one's would be too.
+    stem_e2e::poll_until(
+        "the sampled task's execute span",
+        Duration::from_secs(20),
+        || async {
+            Ok(collector
+                .spans()
+                .iter()
+                .any(|(_, s)| {
+                    hex(&s.trace_id) == trace_id && s.name == "stem.execute.greeting.send"
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
+    let leaked: Vec<String> = collector
+        .spans()
+        .into_iter()
+        .filter(|(_, s)| {
+            attributes(&s.attributes).get("stem.task.id") == Some(&unsampled)
+                || hex(&s.trace_id) != trace_id
+        })
+        .map(|(service, s)| format!("{service}: {}", s.name))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "spans outside the sampled trace: {leaked:?}"
+    );
+    Ok(())
+}
+
+/// A replayed dead letter runs in the trace of its enqueue: the worker
+/// that could not verify it leaves no span, and the attempt after
+/// `stem dlq replay` is a child of the original `stem.enqueue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_stays_in_its_trace() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let collector = OtlpReceiver::start().await?;
+    let key = hmac_key("k1");
+    let traced = |key: &str| {
+        vec![
+            ("STEM_OTLP_ENDPOINT", collector.endpoint()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+            ("STEM_SIGNING_KEYS", key.to_string()),
+            ("STEM_SIGNING_ACTIVE_KEY", "k1".to_string()),
+        ]
+    };
+    // A worker holding another secret under the same id dead-letters it.
+    let mut wrong = start_worker(
+        &redis.url(),
+        "wrong-key",
+        "greetings",
+        &traced(&hmac_key("k1")),
+    )
+    .await?;
+    let enq = start_enqueuer(&redis.url(), &traced(&key)).await?;
+    let task_id = enq.api.enqueue(json!({"name": "Ada"})).await?;
+    let stem = Stem::new(&redis.url());
+    stem_e2e::poll_until("the dead letter", Duration::from_secs(20), || async {
+        let letters = stem.json(&["dlq", "list", "-q", "greetings"])?;
+        Ok(letters
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l["taskId"] == task_id.as_str()))
+            .then_some(()))
+    })
+    .await?;
+    wrong.sigterm()?;
+    wrong.wait_exit(Duration::from_secs(15))?;
+
+    let _right = start_worker(&redis.url(), "right-key", "greetings", &traced(&key)).await?;
+    stem.ok(&["dlq", "replay", "-q", "greetings", &task_id])?;
+    enq.api
+        .wait_state(&task_id, "succeeded", Duration::from_secs(20))
+        .await?;
+    let spans = stem_e2e::poll_until(
+        "the replayed attempt's spans",
+        Duration::from_secs(20),
+        || async {
+            let spans = collector.spans();
+            let of_task = |name: &str| {
+                spans
+                    .iter()
+                    .find(|(_, s)| {
+                        s.name == name
+                            && attributes(&s.attributes).get("stem.task.id") == Some(&task_id)
+                    })
+                    .map(|(_, s)| s.clone())
+            };
+            Ok(match (of_task("stem.enqueue"), of_task("stem.consume")) {
+                (Some(enqueue), Some(consume)) => Some((enqueue, consume, spans.clone())),
+                _ => None,
+            })
+        },
+    )
+    .await?;
+    let (enqueue, consume, all) = spans;
+    assert_eq!(
+        consume.trace_id, enqueue.trace_id,
+        "the replay stays in the trace"
+    );
+    assert_eq!(consume.parent_span_id, enqueue.span_id);
+    let consumes = all
+        .iter()
+        .filter(|(_, s)| s.name == "stem.consume" && s.trace_id == enqueue.trace_id)
+        .count();
+    assert_eq!(consumes, 1, "the rejected delivery opened no span");
     Ok(())
 }

@@ -71,7 +71,9 @@ pub fn init_service_logging_to(
         }
     });
     install(format, default_filter, provider.clone());
-    if provider.is_some() {
+    if let Some(provider) = &provider {
+        // The worker's spans go through the global provider (stem::trace).
+        opentelemetry::global::set_tracer_provider(provider.clone());
         stem::trace::enable();
     }
     Traces(provider)
@@ -129,11 +131,16 @@ fn install(format: LogFormat, default_filter: &str, provider: Option<SdkTracerPr
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Spans go to the exporter whatever RUST_LOG says about log lines: the
-    // log filter applies to the log layer only.
+    // log filter applies to the log layer only. The spans that only carry
+    // a trace's ids to log lines stay out (what they name is exported).
     let otel = provider.map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("stem"))
-            .with_filter(Targets::new().with_default(LevelFilter::INFO))
+            .with_filter(
+                Targets::new()
+                    .with_default(LevelFilter::INFO)
+                    .with_target(stem::trace::LOG_ONLY_TARGET, LevelFilter::OFF),
+            )
     });
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

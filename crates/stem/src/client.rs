@@ -371,27 +371,17 @@ impl Stem {
         meta.extend(opts.meta.clone());
         let id = new_task_id();
         let mut headers = opts.headers.clone();
-        if crate::trace::enabled() {
-            // The producer span: a child of the caller's span, or of the
-            // trace a `traceparent` header given by the caller names; its
-            // context goes into the signed headers.
-            let span = tracing::info_span!(
-                "stem.enqueue",
-                otel.kind = "producer",
-                stem.task = %name,
-                stem.task.id = %id,
-                stem.queue = %queue,
-                stem.task.priority = priority,
-            );
-            crate::trace::continue_trace(
-                &span,
-                opts.headers
-                    .get(crate::trace::TRACEPARENT_HEADER)
-                    .map(String::as_str),
-            );
-            if let Some(tp) = crate::trace::traceparent_of(&span) {
-                headers.insert(crate::trace::TRACEPARENT_HEADER.into(), tp);
-            }
+        // The producer span; its context goes into the signed headers.
+        if let Some(tp) = crate::trace::enqueue(
+            name,
+            &id,
+            &queue,
+            priority,
+            opts.headers
+                .get(crate::trace::TRACEPARENT_HEADER)
+                .map(String::as_str),
+        ) {
+            headers.insert(crate::trace::TRACEPARENT_HEADER.into(), tp);
         }
         let spec = TaskSpec {
             id,

@@ -9,23 +9,50 @@
 //! under that, once per attempt, so retries and replays show up as more
 //! attempts of one trace.
 //!
+//! The worker's spans (`Attempt`) are opened on the OpenTelemetry API
+//! directly rather than as `tracing` spans: the sampler decides first, and
+//! an attempt whose trace is not sampled costs that decision and nothing
+//! more (a `tracing` span is built, recorded and bridged whether sampled or
+//! not, which cost about 15 µs of worker CPU per task; see
+//! `docs/benchmarks.md`, session 7). A sampled attempt also gets a
+//! `tracing` span of target [`LOG_ONLY_TARGET`] holding its `trace_id` and
+//! `span_id`, so the body's log lines name them; the services keep that
+//! span out of their export.
+//!
 //! Spans are only opened once a process turned tracing on with [`enable`]
 //! (the services do when `STEM_OTLP_ENDPOINT` is set): otherwise nothing
 //! here runs on the task path.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-use opentelemetry::Context;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{
+    FutureExt as _, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags,
+    TraceId, TraceState, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::envelope::TaskSpec;
 
 /// The header a task's trace context travels in.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The target of the `tracing` spans that only carry a trace's ids to the
+/// log lines inside them; a process exporting `tracing` spans leaves this
+/// target out, as the spans they name are exported already.
+pub const LOG_ONLY_TARGET: &str = "stem::trace::log_only";
 
-/// Opens spans from now on (the process exports them).
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
+
+/// Opens spans from now on, through the global tracer provider, which the
+/// process installs first (`opentelemetry::global::set_tracer_provider`).
 pub fn enable() {
+    let _ = TRACER.set(opentelemetry::global::tracer("stem"));
     ENABLED.store(true, Ordering::Relaxed);
 }
 
@@ -34,11 +61,122 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// `span`'s W3C trace context, `00-<trace id>-<span id>-<flags>`, when the
-/// span belongs to a trace.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
+/// The spans of one attempt of a task on a worker: `stem.consume` under
+/// the trace the task's `traceparent` names (a new trace without one) and
+/// `stem.execute.<task>` under it, around the body.
+pub(crate) struct Attempt {
+    consume: Context,
+    execute: Context,
+    log: tracing::Span,
+}
+
+impl Attempt {
+    /// Opens the spans of an attempt; `None` when tracing is off or the
+    /// sampler drops the trace (then nothing else is built).
+    pub(crate) fn open(
+        spec: &TaskSpec,
+        attempt: u32,
+        worker: &str,
+        namespace: &str,
+    ) -> Option<Self> {
+        if !enabled() {
+            return None;
+        }
+        let tracer = TRACER.get()?;
+        let parent = spec
+            .headers
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| parent_from(v))
+            .unwrap_or_default();
+        let mut consume = tracer
+            .span_builder("stem.consume")
+            .with_kind(SpanKind::Consumer)
+            .start_with_context(tracer, &parent);
+        if !consume.is_recording() {
+            return None;
+        }
+        consume.set_attributes([
+            KeyValue::new("stem.task", spec.name.clone()),
+            KeyValue::new("stem.task.id", spec.id.clone()),
+            KeyValue::new("stem.task.attempt", i64::from(attempt)),
+            KeyValue::new("stem.queue", spec.queue.clone()),
+            KeyValue::new("stem.worker.id", worker.to_string()),
+            KeyValue::new("stem.worker.namespace", namespace.to_string()),
+        ]);
+        let consume = parent.with_span(consume);
+        let execute = tracer
+            .span_builder(format!("stem.execute.{}", spec.name))
+            .with_attributes([KeyValue::new("stem.task.attempt", i64::from(attempt))])
+            .start_with_context(tracer, &consume);
+        let sc = execute.span_context().clone();
+        let log = tracing::info_span!(
+            target: LOG_ONLY_TARGET,
+            "stem.execute",
+            trace_id = %format_args!("{:032x}", sc.trace_id()),
+            span_id = %format_args!("{:016x}", sc.span_id()),
+        );
+        let execute = consume.with_span(execute);
+        Some(Self {
+            consume,
+            execute,
+            log,
+        })
+    }
+
+    /// `body` run inside the execute span: its log lines name the span, and
+    /// spans the body opens are its children.
+    pub(crate) fn around<F: Future>(&self, body: F) -> impl Future<Output = F::Output> {
+        body.instrument(self.log.clone())
+            .with_context(self.execute.clone())
+    }
+
+    /// Ends the spans, the execute span with an error status when the
+    /// attempt failed.
+    pub(crate) fn finish(self, error: Option<&str>) {
+        if let Some(message) = error {
+            self.execute
+                .span()
+                .set_status(Status::error(message.to_string()));
+        }
+        self.execute.span().end();
+        self.consume.span().end();
+    }
+}
+
+/// Opens and ends the producer span `stem.enqueue` of the task `id`, a
+/// child of the trace `given` names (a `traceparent` the caller put in the
+/// task's headers) or else of the caller's current `tracing` span (such as
+/// the enqueuer's HTTP request); returns the `traceparent` to carry in the
+/// task's headers, `None` when tracing is off. An unsampled trace still
+/// gets one (flags `00`), so the worker follows the producer's decision.
+pub(crate) fn enqueue(
+    name: &str,
+    id: &str,
+    queue: &str,
+    priority: u8,
+    given: Option<&str>,
+) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let tracer = TRACER.get()?;
+    let parent = given
+        .and_then(parent_from)
+        .unwrap_or_else(|| tracing::Span::current().context());
+    let mut span = tracer
+        .span_builder("stem.enqueue")
+        .with_kind(SpanKind::Producer)
+        .start_with_context(tracer, &parent);
+    if span.is_recording() {
+        span.set_attributes([
+            KeyValue::new("stem.task", name.to_string()),
+            KeyValue::new("stem.task.id", id.to_string()),
+            KeyValue::new("stem.queue", queue.to_string()),
+            KeyValue::new("stem.task.priority", i64::from(priority)),
+        ]);
+    }
+    let sc = span.span_context().clone();
+    span.end();
     sc.is_valid().then(|| {
         format!(
             "00-{:032x}-{:016x}-{:02x}",

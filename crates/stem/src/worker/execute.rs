@@ -19,7 +19,6 @@ use tokio::sync::{Notify, Semaphore};
 use futures::FutureExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::backend::get_status;
 use crate::broker::Delivery;
@@ -263,13 +262,18 @@ async fn run(
     // The body runs inside this task; a panic is caught at its poll and
     // reported as a failed attempt. Dropping the future (hard limit,
     // shutdown) stops it at its next await.
-    let (consume, execute) = spans(shared, &spec, d.wire.attempt);
-    let body = AssertUnwindSafe(
-        handler
-            .call(ctx, spec.args.clone())
-            .instrument(execute.clone()),
-    )
-    .catch_unwind();
+    let spans = crate::trace::Attempt::open(
+        &spec,
+        d.wire.attempt,
+        &shared.opts.name,
+        &shared.opts.namespace,
+    );
+    let call = handler.call(ctx, spec.args.clone());
+    let call = match &spans {
+        Some(spans) => spans.around(call).boxed(),
+        None => call,
+    };
+    let body = AssertUnwindSafe(call).catch_unwind();
     let hard = options.time_limit;
     let joined = async move {
         match hard {
@@ -301,11 +305,9 @@ async fn run(
         t.abort();
     }
     shared.metrics.ran(&series, began.elapsed());
-    if let Err(failure) = &result {
-        execute.record("otel.status_code", "ERROR");
-        execute.record("otel.status_message", failure.message.as_str());
+    if let Some(spans) = spans {
+        spans.finish(result.as_ref().err().map(|f| f.message.as_str()));
     }
-    drop(consume);
     Outcome::Finished {
         receipt: d.receipt,
         spec,
@@ -323,44 +325,6 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     } else {
         "unknown panic".into()
     }
-}
-
-/// The spans of one attempt: `stem.consume` under the trace the task's
-/// `traceparent` names (a new trace without one), and
-/// `stem.execute.<task>` under it, around the body. Disabled spans when
-/// tracing is off.
-fn spans(shared: &Shared, spec: &TaskSpec, attempt: u32) -> (tracing::Span, tracing::Span) {
-    if !crate::trace::enabled() {
-        return (tracing::Span::none(), tracing::Span::none());
-    }
-    let consume = tracing::info_span!(
-        "stem.consume",
-        otel.kind = "consumer",
-        stem.task = %spec.name,
-        stem.task.id = %spec.id,
-        stem.task.attempt = attempt,
-        stem.queue = %spec.queue,
-        stem.worker.id = %shared.opts.name,
-        stem.worker.namespace = %shared.opts.namespace,
-    );
-    crate::trace::continue_trace(
-        &consume,
-        spec.headers
-            .get(crate::trace::TRACEPARENT_HEADER)
-            .map(String::as_str),
-    );
-    let execute = tracing::info_span!(
-        parent: &consume,
-        "stem.execute",
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        otel.name = %format!("stem.execute.{}", spec.name),
-        stem.task.attempt = attempt,
-        otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
-    );
-    crate::trace::stamp(&execute);
-    (consume, execute)
 }
 
 /// Records `running` for bodies that have run for [`RUNNING_AFTER`]: one
