@@ -19,6 +19,9 @@ pub struct DevArgs {
     /// Enqueue API port.
     #[arg(long, env = "PORT", default_value_t = 8081)]
     port: u16,
+    /// Dashboard port.
+    #[arg(long, env = "DASHBOARD_PORT", default_value_t = 3080)]
+    dashboard_port: u16,
     /// Concurrency of each demo worker.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -73,7 +76,7 @@ pub async fn run(args: DevArgs) -> i32 {
     config.metric_exporters.clear();
 
     // The same services the stack runs, composed in one process: a worker
-    // per demo queue, a beat, the enqueue API.
+    // per demo queue, a beat, the enqueue API and the dashboard.
     let mut workers = Vec::new();
     for queue in stem_demo::QUEUES {
         let mut worker = WorkerConfig::new(format!("dev-{queue}-{}", std::process::id()), &[queue]);
@@ -92,6 +95,8 @@ pub async fn run(args: DevArgs) -> i32 {
         None => "no schedule file (set STEM_SCHEDULE_FILE)".to_string(),
     };
     let stores = config_or_exit(ScheduleStores::connect(&beat_config));
+    // The dashboard reads the beat's store (a private one on memory://).
+    let schedules = stores.schedules.clone();
     let beat = tokio::spawn({
         let (stem, stop) = (stem.clone(), shutdown.clone());
         async move {
@@ -102,8 +107,21 @@ pub async fn run(args: DevArgs) -> i32 {
         }
     });
 
-    let env = FlagsOverEnv::new().flag("PORT", Some(args.port));
+    let env = FlagsOverEnv::new()
+        .flag("PORT", Some(args.port))
+        .flag("DASHBOARD_PORT", Some(args.dashboard_port));
     let settings = config_or_exit(enqueuer::EnqueuerConfig::from_lookup(&env));
+    let board = config_or_exit(dashboard::DashboardConfig::from_lookup(&env));
+    let board_url = format!("http://{}:{}{}/", board.host, board.port, board.base_path);
+    let ui = tokio::spawn({
+        let state = dashboard::AppState::new(stem.clone(), schedules, board);
+        let stop = shutdown.clone();
+        async move {
+            if let Err(e) = dashboard::serve(state, stop).await {
+                tracing::error!(error = %e, "dashboard stopped");
+            }
+        }
+    });
     println!("Stem dev stack on {}", config.broker_url.redacted());
     println!("  Enqueue API: http://127.0.0.1:{}/enqueue", args.port);
     println!(
@@ -111,6 +129,7 @@ pub async fn run(args: DevArgs) -> i32 {
         args.port
     );
     println!("  Health:      http://127.0.0.1:{}/healthz", args.port);
+    println!("  Dashboard:   {board_url}");
     println!("  Workers:     {}", stem_demo::QUEUES.join(", "));
     println!("  Beat:        {beat_banner}");
     println!("Try: curl -X POST http://127.0.0.1:{}/enqueue -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}'", args.port);
@@ -120,6 +139,7 @@ pub async fn run(args: DevArgs) -> i32 {
         let _ = w.await;
     }
     let _ = beat.await;
+    let _ = ui.await;
     match served {
         Ok(()) => 0,
         Err(e) => {

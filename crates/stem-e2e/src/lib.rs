@@ -290,32 +290,85 @@ pub struct Enqueuer {
 }
 
 /// Starts the `enqueuer` on a free port with `STEM_BROKER_URL=broker_url`
-/// plus `extra` variables, and waits until `GET /healthz` answers. Retries
-/// on another port if the process exits (its port was taken meanwhile).
+/// plus `extra` variables, and waits until `GET /healthz` answers.
 pub async fn start_enqueuer(
     broker_url: &str,
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<Enqueuer> {
+    let (process, port) = start_http("enqueuer", "PORT", "", broker_url, extra).await?;
+    let api = Api::new(format!("http://127.0.0.1:{port}"))?;
+    Ok(Enqueuer { process, api, port })
+}
+
+/// A running `dashboard` and where it answers.
+#[derive(Debug)]
+pub struct Dashboard {
+    pub process: ServiceProcess,
+    pub port: u16,
+    /// `http://127.0.0.1:PORT` plus the base path.
+    pub base: String,
+}
+
+impl Dashboard {
+    /// The absolute URL of `path` (under the base path).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Starts the `dashboard` on a free port with `STEM_BROKER_URL=broker_url`
+/// plus `extra` variables (a `DASHBOARD_BASE_PATH` among them is honoured),
+/// and waits until its `/healthz` answers.
+pub async fn start_dashboard(
+    broker_url: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<Dashboard> {
+    let base_path = extra
+        .iter()
+        .find(|(k, _)| *k == "DASHBOARD_BASE_PATH")
+        .map(|(_, v)| v.trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    let (process, port) =
+        start_http("dashboard", "DASHBOARD_PORT", &base_path, broker_url, extra).await?;
+    Ok(Dashboard {
+        process,
+        port,
+        base: format!("http://127.0.0.1:{port}{base_path}"),
+    })
+}
+
+/// Starts `binary` with its port variable `port_var` set to a free port,
+/// `STEM_BROKER_URL=broker_url` and `extra`, and waits until
+/// `GET <prefix>/healthz` answers 200. Retries on another port if the
+/// process exits (its port was taken meanwhile).
+async fn start_http(
+    binary: &str,
+    port_var: &'static str,
+    prefix: &str,
+    broker_url: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<(ServiceProcess, u16)> {
     let mut last_error = None;
+    let client = http_client();
     for _attempt in 0..3 {
         let port = free_port();
         let mut envs: Vec<(&str, String)> = vec![
-            ("PORT", port.to_string()),
+            (port_var, port.to_string()),
             ("STEM_BROKER_URL", broker_url.to_string()),
         ];
         envs.extend(extra.iter().cloned());
-        let mut process = ServiceProcess::spawn("enqueuer", &[], &envs)?;
-        let api = Api::new(format!("http://127.0.0.1:{port}"))?;
+        let mut process = ServiceProcess::spawn(binary, &[], &envs)?;
+        let health = format!("http://127.0.0.1:{port}{prefix}/healthz");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = api.get("/healthz").await {
-                if r.status == 200 {
-                    return Ok(Enqueuer { process, api, port });
+            if let Ok(r) = client.get(&health).send().await {
+                if r.status() == 200 {
+                    return Ok((process, port));
                 }
             }
             if !process.is_running() {
                 last_error = Some(anyhow::anyhow!(
-                    "enqueuer on port {port} exited with {:?}; log:\n{}",
+                    "{binary} on port {port} exited with {:?}; log:\n{}",
                     process.exit_status(),
                     process.logs()
                 ));
@@ -323,14 +376,14 @@ pub async fn start_enqueuer(
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "enqueuer on port {port} did not answer GET /healthz within 20s; log:\n{}",
+                    "{binary} on port {port} did not answer GET {health} within 20s; log:\n{}",
                     process.logs()
                 );
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
-    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("enqueuer did not start")))
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("{binary} did not start")))
 }
 
 /// Starts a `worker` named `name` on `queues` (CSV) with

@@ -102,11 +102,23 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stem_dev_runs_the_stack_in_one_process() -> anyhow::Result<()> {
-    let port = free_port();
+    let (port, board) = (free_port(), free_port());
     let mut dev = ServiceProcess::spawn(
         "stem",
-        &["dev", "--port", &port.to_string()],
-        &[("STEM_BROKER_URL", "memory://".to_string())],
+        &[
+            "dev",
+            "--port",
+            &port.to_string(),
+            "--dashboard-port",
+            &board.to_string(),
+        ],
+        &[
+            ("STEM_BROKER_URL", "memory://".to_string()),
+            (
+                "STEM_SCHEDULE_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../schedules.example.yaml").to_string(),
+            ),
+        ],
     )?;
     dev.wait_for_log("Enqueue API listening", Duration::from_secs(20))?;
     // The beat service runs inside too, and leads its private store.
@@ -125,6 +137,37 @@ async fn stem_dev_runs_the_stack_in_one_process() -> anyhow::Result<()> {
             .await?;
         assert_eq!(status["result"], json!(format!("Processed {task} for Dev")));
     }
+    // The dashboard is served too, on the same (memory) stores.
+    assert!(
+        dev.logs()
+            .contains(&format!("Dashboard:   http://127.0.0.1:{board}/")),
+        "prints the dashboard's URL"
+    );
+    dev.wait_for_log("Dashboard listening", Duration::from_secs(20))?;
+    let page = stem_e2e::http_client()
+        .get(format!("http://127.0.0.1:{board}/queues"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        page.contains("reporting"),
+        "the dashboard sees the dev queues: {page}"
+    );
+    stem_e2e::poll_until(
+        "the beat's schedules on the dashboard",
+        Duration::from_secs(10),
+        || async {
+            let page = stem_e2e::http_client()
+                .get(format!("http://127.0.0.1:{board}/schedules"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            Ok(page.contains("greetings-reminder").then_some(()))
+        },
+    )
+    .await?;
     dev.sigterm()?;
     assert_eq!(dev.wait_exit(Duration::from_secs(15))?, Some(0));
     Ok(())

@@ -2,6 +2,8 @@
 //!
 //! - the health endpoint (`STEM_WORKER_HEALTH_PORT` for the worker):
 //!   `/healthz` while the process runs, `/readyz` while its store answers;
+//! - [`readyz`], the same readiness answer for the services that hold a
+//!   [`Stem`] handle and serve their own router (enqueuer, dashboard);
 //! - the Prometheus endpoint of `STEM_METRIC_EXPORTERS=prometheus[:PORT]`:
 //!   `/metrics` (with `/healthz` beside it), rendered by [`crate::metrics`].
 //!
@@ -16,6 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use stem::broker::Broker;
+use stem::client::Stem;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -49,6 +52,35 @@ pub async fn serve_health(
         )
         .fallback(not_found);
     serve(port, app, stop, &format!("health endpoint of {name}")).await
+}
+
+/// The `/readyz` answer of a service holding a [`Stem`] handle (the
+/// enqueuer, the dashboard): 200 `{"status":"ready"}` when the broker and
+/// the result backend both answer a ping within 2 s, else 503
+/// naming which did not.
+pub async fn readyz(stem: &Stem) -> Response {
+    let (b, r) = (stem.broker(), stem.backend());
+    let (broker, backend) = tokio::join!(
+        tokio::time::timeout(READY_WITHIN, b.ping()),
+        tokio::time::timeout(READY_WITHIN, r.ping()),
+    );
+    let describe = |r: Result<stem::Result<()>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {READY_WITHIN:?}")),
+    };
+    match (describe(broker), describe(backend)) {
+        (Ok(()), Ok(())) => Json(json!({ "status": "ready" })).into_response(),
+        (b, r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": "Redis is not answering.",
+                "broker": b.err().unwrap_or_else(|| "ok".into()),
+                "backend": r.err().unwrap_or_else(|| "ok".into()),
+            })),
+        )
+            .into_response(),
+    }
 }
 
 fn not_ready(reason: String) -> Response {

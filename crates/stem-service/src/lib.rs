@@ -1,5 +1,5 @@
 //! Process concerns shared by the Stem services (`enqueuer`, `worker`,
-//! `beat`) and the `stem` CLI, kept out of the library so that embedding
+//! `beat`, `dashboard`) and the `stem` CLI, kept out of the library so that embedding
 //! `stem` in another program never installs a logger, exits the process
 //! or opens a port behind its back:
 //!

@@ -312,26 +312,5 @@ async fn healthz() -> Json<Value> {
 
 /// `GET /readyz`: 200 when the broker and backend answer.
 async fn readyz(State(st): State<AppState>) -> Response {
-    let (b, r) = (st.stem.broker(), st.stem.backend());
-    let (broker, backend) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(2), b.ping()),
-        tokio::time::timeout(Duration::from_secs(2), r.ping()),
-    );
-    let describe = |r: Result<stem::Result<()>, tokio::time::error::Elapsed>| match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within 2s".to_string()),
-    };
-    match (describe(broker), describe(backend)) {
-        (Ok(()), Ok(())) => Json(json!({ "status": "ready" })).into_response(),
-        (b, r) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "error": "Redis is not answering.",
-                "broker": b.err().unwrap_or_else(|| "ok".into()),
-                "backend": r.err().unwrap_or_else(|| "ok".into()),
-            })),
-        )
-            .into_response(),
-    }
+    stem_service::http::readyz(&st.stem).await
 }

@@ -1,0 +1,539 @@
+//! The `dashboard` binary over HTTP, against a real Redis and real
+//! workers: every page answers, unknown ids get the 404 page, actions need
+//! the CSRF token (403 and nothing changed without it), answer 303 to the
+//! page they came from and change what the pages show; basic auth,
+//! read-only mode and a base path; and the event stream carries
+//! `<turbo-stream>` fragments within 2 s of a change.
+
+use std::time::Duration;
+
+use serde_json::json;
+use stem_e2e::{
+    hmac_key, poll_until, start_dashboard, start_enqueuer, start_worker, Dashboard, RedisServer,
+    ServiceProcess, Stem,
+};
+
+/// A client that does not follow redirects, so a 303 can be checked.
+fn client() -> reqwest::Client {
+    stem::redis_conn::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// GET `path` of `dash`: status and body.
+async fn get(dash: &Dashboard, path: &str) -> anyhow::Result<(u16, String)> {
+    let r = client().get(dash.url(path)).send().await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+/// The CSRF token a page carries.
+fn csrf_of(page: &str) -> anyhow::Result<String> {
+    let start = page
+        .find(r#"<meta name="csrf-token" content=""#)
+        .ok_or_else(|| anyhow::anyhow!("no csrf-token meta in the page"))?
+        + r#"<meta name="csrf-token" content=""#.len();
+    let end = page[start..]
+        .find('"')
+        .ok_or_else(|| anyhow::anyhow!("unterminated csrf-token"))?;
+    Ok(page[start..start + end].to_string())
+}
+
+/// POST `path` as the page `from` (its Referer) with `fields`; returns
+/// the status and the Location.
+async fn post(
+    dash: &Dashboard,
+    path: &str,
+    from: &str,
+    fields: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    let r = client()
+        .post(dash.url(path))
+        .header("referer", dash.url(from))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(fields)?)
+        .send()
+        .await?;
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Ok((r.status().as_u16(), location))
+}
+
+/// Polls page `path` until it contains `needle`.
+async fn wait_page(dash: &Dashboard, path: &str, needle: &str) -> anyhow::Result<String> {
+    poll_until(
+        &format!("{path} to show {needle:?}"),
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = get(dash, path).await?;
+            Ok((status == 200 && body.contains(needle)).then_some(body))
+        },
+    )
+    .await
+}
+
+/// The task id a notice `Enqueued <task> <id>` names in a Location.
+fn enqueued_id(location: &str) -> anyhow::Result<String> {
+    let notice = location
+        .split("notice=")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no notice in {location}"))?;
+    let decoded: Vec<(String, String)> = serde_urlencoded::from_str(&format!("n={notice}"))?;
+    let text = &decoded[0].1;
+    anyhow::ensure!(text.starts_with("Enqueued "), "{text}");
+    text.rsplit(' ')
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no id in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_answer_and_actions_change_what_they_show() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let _worker = start_worker(&url, "dash-worker", "greetings", &[]).await?;
+    let dash = start_dashboard(&url, &[]).await?;
+
+    // Every page answers, carries the token and loads nothing from
+    // elsewhere: every src and href is a path of this dashboard.
+    let mut token = String::new();
+    for path in [
+        "/",
+        "/queues",
+        "/tasks",
+        "/workers",
+        "/schedules",
+        "/dead-letters",
+    ] {
+        let r = client().get(dash.url(path)).send().await?;
+        assert_eq!(r.status(), 200, "{path}");
+        let csp = r
+            .headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(csp.starts_with("default-src 'self'"), "{path}: {csp}");
+        let page = r.text().await?;
+        token = csrf_of(&page)?;
+        for attr in ["src=\"", "href=\""] {
+            for link in page.split(attr).skip(1) {
+                assert!(
+                    link.starts_with('/') && !link.starts_with("//"),
+                    "{path} links elsewhere: {attr}{}",
+                    &link[..link.len().min(60)]
+                );
+            }
+        }
+    }
+    let workers = wait_page(&dash, "/workers", "dash-worker").await?;
+    assert!(workers.contains("greetings"), "{workers}");
+    let (status, turbo) = get(&dash, "/assets/turbo.js").await?;
+    assert_eq!(status, 200);
+    assert!(
+        turbo.contains("Turbo 8.0.23"),
+        "the vendored Turbo is served"
+    );
+
+    // Unknown ids and routes: the 404 page.
+    let (status, page) = get(&dash, "/tasks/no-such-task").await?;
+    assert_eq!(status, 404);
+    assert!(page.contains("No task with id"), "{page}");
+    assert_eq!(get(&dash, "/no/such/page").await?.0, 404);
+    assert_eq!(get(&dash, "/queues/no-such-queue").await?.0, 404);
+
+    // Without the token (or with another one): 403 and nothing changes.
+    let (status, _) = post(&dash, "/queues/greetings/pause", "/queues", &[]).await?;
+    assert_eq!(status, 403);
+    let (status, _) = post(
+        &dash,
+        "/queues/greetings/pause",
+        "/queues",
+        &[("csrf_token", "forged")],
+    )
+    .await?;
+    assert_eq!(status, 403);
+    let (_, queue) = get(&dash, "/queues/greetings").await?;
+    assert!(
+        queue.contains(r#"<span class="value">active</span>"#),
+        "{queue}"
+    );
+
+    // With it: 303 back to the page, whose notice and content show it.
+    let (status, location) = post(
+        &dash,
+        "/queues/greetings/pause",
+        "/queues/greetings",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    assert_eq!(location, "/queues/greetings?notice=Paused%20greetings");
+    let paused = wait_page(
+        &dash,
+        "/queues/greetings",
+        r#"<span class="value">paused</span>"#,
+    )
+    .await?;
+    assert!(
+        !paused.contains("/pause\""),
+        "a paused queue offers resume only"
+    );
+    // The token also works as a header.
+    let r = client()
+        .post(dash.url("/queues/greetings/resume"))
+        .header("x-csrf-token", &token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 303);
+    wait_page(
+        &dash,
+        "/queues/greetings",
+        r#"<span class="value">active</span>"#,
+    )
+    .await?;
+
+    // Enqueue from the dashboard: the task runs.
+    let (status, location) = post(
+        &dash,
+        "/tasks",
+        "/tasks",
+        &[
+            ("csrf_token", &token),
+            ("task", "greeting.send"),
+            ("args", r#"{"name":"Dash"}"#),
+        ],
+    )
+    .await?;
+    assert_eq!(status, 303, "{location}");
+    let id = enqueued_id(&location)?;
+    wait_page(&dash, &format!("/tasks/{id}"), "state-succeeded").await?;
+    let (_, found) = get(&dash, &format!("/tasks?q={id}")).await?;
+    assert!(
+        found.contains(&format!("/tasks/{id}")),
+        "the id finds the task"
+    );
+
+    // Bad arguments are refused with a notice, and nothing is enqueued.
+    let (status, location) = post(
+        &dash,
+        "/tasks",
+        "/tasks",
+        &[
+            ("csrf_token", &token),
+            ("task", "greeting.send"),
+            ("args", "{nope"),
+        ],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    assert!(location.contains("not%20JSON"), "{location}");
+
+    // Revoke a running task: it shows cancelled.
+    let (_, location) = post(
+        &dash,
+        "/tasks",
+        "/tasks",
+        &[
+            ("csrf_token", &token),
+            ("task", "greeting.send"),
+            ("args", r#"{"name":"Slow","delayMs":20000}"#),
+        ],
+    )
+    .await?;
+    let slow = enqueued_id(&location)?;
+    wait_page(&dash, &format!("/tasks/{slow}"), "state-running").await?;
+    let (status, location) = post(
+        &dash,
+        &format!("/tasks/{slow}/revoke"),
+        &format!("/tasks/{slow}"),
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    assert!(
+        location.starts_with(&format!("/tasks/{slow}?notice=Revoked")),
+        "{location}"
+    );
+    let cancelled = wait_page(&dash, &format!("/tasks/{slow}"), "state-cancelled").await?;
+    assert!(
+        !cancelled.contains("/revoke\""),
+        "a finished task offers no revoke"
+    );
+
+    // Ping a worker.
+    let (status, location) = post(
+        &dash,
+        "/workers/dash-worker/ping",
+        "/workers",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    assert!(location.contains("answered%20in"), "{location}");
+
+    // Disable and enable a schedule.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("s.yaml");
+    std::fs::write(
+        &file,
+        "entries:\n  - id: nightly\n    task: greeting.send\n    queue: greetings\n    spec: \"0 3 * * *\"\n",
+    )?;
+    Stem::new(&url).ok(&["schedule", "apply", "--file", &file.display().to_string()])?;
+    wait_page(&dash, "/schedules", "nightly").await?;
+    let (status, _) = post(
+        &dash,
+        "/schedules/nightly/disable",
+        "/schedules",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    wait_page(&dash, "/schedules", "/schedules/nightly/enable").await?;
+    let shown = Stem::new(&url).json(&["schedule", "show", "nightly"])?;
+    assert_eq!(shown["enabled"], false, "{shown}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_listed_and_replayed() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let key = hmac_key("k1");
+    let signed = |key: &str| {
+        vec![
+            ("STEM_SIGNING_KEYS", key.to_string()),
+            ("STEM_SIGNING_ACTIVE_KEY", "k1".to_string()),
+        ]
+    };
+    // A worker holding another secret under the same id dead-letters it.
+    let mut wrong = start_worker(&url, "wrong-key", "greetings", &signed(&hmac_key("k1"))).await?;
+    let enq = start_enqueuer(&url, &signed(&key)).await?;
+    let dash = start_dashboard(&url, &signed(&key)).await?;
+    let id = enq.api.enqueue(json!({"name": "Letter"})).await?;
+    let letters = wait_page(&dash, "/dead-letters", &id).await?;
+    assert!(letters.contains("signature-invalid"), "{letters}");
+    let filtered = wait_page(&dash, "/dead-letters?queue=greetings", &id).await?;
+    let token = csrf_of(&filtered)?;
+    wrong.sigterm()?;
+    wrong.wait_exit(Duration::from_secs(15))?;
+    let _right = start_worker(&url, "right-key", "greetings", &signed(&key)).await?;
+
+    // The replay button's form: /dead-letters/{queue}/{entry}/replay.
+    let action = filtered
+        .split("action=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap_or(0)])
+        .find(|a| a.ends_with("/replay"))
+        .ok_or_else(|| anyhow::anyhow!("no replay form: {filtered}"))?
+        .to_string();
+    let (status, location) = post(
+        &dash,
+        &action,
+        "/dead-letters?queue=greetings",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    assert!(
+        location.starts_with("/dead-letters?queue=greetings&notice=Replayed"),
+        "{location}"
+    );
+    enq.api
+        .wait_state(&id, "succeeded", Duration::from_secs(20))
+        .await?;
+    let (_, after) = get(&dash, "/dead-letters").await?;
+    assert!(!after.contains(&id), "the replayed letter left the list");
+    let (status, location) = post(
+        &dash,
+        "/dead-letters/greetings/replay-all",
+        "/dead-letters",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    assert!(
+        location.contains("Replayed%200%20dead%20letters"),
+        "{location}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_read_only_and_a_base_path() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let dash = start_dashboard(
+        &url,
+        &[
+            ("DASHBOARD_BASE_PATH", "/ops".to_string()),
+            ("DASHBOARD_USERNAME", "ops".to_string()),
+            ("DASHBOARD_PASSWORD", "s3cret pass".to_string()),
+        ],
+    )
+    .await?;
+    let c = client();
+    // Health checks answer without credentials; pages and assets do not.
+    assert_eq!(c.get(dash.url("/healthz")).send().await?.status(), 200);
+    for path in ["/", "/queues", "/assets/turbo.js", "/events"] {
+        let r = c.get(dash.url(path)).send().await?;
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(r.headers().contains_key("www-authenticate"), "{path}");
+    }
+    let wrong = c
+        .get(dash.url("/"))
+        .basic_auth("ops", Some("guess"))
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 401);
+    let page = c
+        .get(dash.url("/"))
+        .basic_auth("ops", Some("s3cret pass"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    // Every link, form, asset and the event stream carry the base path.
+    for needle in [
+        r#"src="/ops/assets/turbo.js""#,
+        r#"href="/ops/assets/app.css""#,
+        r#"<turbo-stream-source src="/ops/events">"#,
+        r#"href="/ops/queues""#,
+        r#"href="/ops/dead-letters""#,
+    ] {
+        assert!(page.contains(needle), "{needle} in {page}");
+    }
+    for link in page.split("href=\"").skip(1) {
+        assert!(
+            link.starts_with("/ops/"),
+            "a link outside the base path: {link:.40}"
+        );
+    }
+    let bare = c
+        .get(format!("http://127.0.0.1:{}/ops", dash.port))
+        .basic_auth("ops", Some("s3cret pass"))
+        .send()
+        .await?;
+    assert!(bare.status().is_redirection(), "{}", bare.status());
+    assert_eq!(bare.headers()["location"], "/ops/");
+    let outside = c
+        .get(format!("http://127.0.0.1:{}/queues", dash.port))
+        .basic_auth("ops", Some("s3cret pass"))
+        .send()
+        .await?;
+    assert_eq!(outside.status(), 404);
+
+    // Read-only: no action is offered, and each is refused even with the
+    // token.
+    let ro = start_dashboard(&url, &[("DASHBOARD_READ_ONLY", "true".to_string())]).await?;
+    let (_, page) = get(&ro, "/tasks").await?;
+    assert!(page.contains("read-only"), "{page}");
+    assert!(
+        !page.contains("method=\"post\""),
+        "no action form when read-only"
+    );
+    let token = csrf_of(&page)?;
+    let (status, _) = post(
+        &ro,
+        "/queues/greetings/pause",
+        "/queues",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 403);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_carries_a_fragment_within_two_seconds_of_a_change() -> anyhow::Result<()>
+{
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let _worker = start_worker(&url, "sse-worker", "greetings", &[]).await?;
+    let dash = start_dashboard(&url, &[]).await?;
+    let token = csrf_of(&get(&dash, "/").await?.1)?;
+    let mut r = client().get(dash.url("/events")).send().await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str()?,
+        "text/event-stream",
+        "an SSE stream"
+    );
+    let mut seen = String::new();
+    // The first picture arrives once the poller sees the open page.
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        while !seen.contains("</turbo-stream>") {
+            match r.chunk().await? {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                None => anyhow::bail!("stream ended"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    first.map_err(|_| anyhow::anyhow!("no fragment within 5 s: {seen}"))??;
+    assert!(
+        seen.contains(r#"<turbo-stream action="replace" target="queue-table">"#),
+        "{seen}"
+    );
+
+    // A change (a pause) is on the stream within 2 s.
+    seen.clear();
+    let (status, _) = post(
+        &dash,
+        "/queues/greetings/pause",
+        "/",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    let changed = tokio::time::timeout(Duration::from_secs(2), async {
+        while !seen.contains(r#"<span class="badge">paused</span>"#) {
+            match r.chunk().await? {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                None => anyhow::bail!("stream ended"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    changed.map_err(|_| anyhow::anyhow!("the pause was not streamed within 2 s: {seen}"))??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_setting_exits_78_naming_it() -> anyhow::Result<()> {
+    for (key, value) in [
+        ("DASHBOARD_BASE_PATH", "ops"),
+        ("DASHBOARD_PORT", "http"),
+        ("DASHBOARD_USERNAME", "only-a-user"),
+        ("STEM_TRACE_UI_URL", "jaeger"),
+    ] {
+        let mut p = ServiceProcess::spawn(
+            "dashboard",
+            &[],
+            &[
+                ("STEM_BROKER_URL", "redis://127.0.0.1:1".to_string()),
+                (key, value.to_string()),
+            ],
+        )?;
+        assert_eq!(
+            p.wait_exit(Duration::from_secs(15))?,
+            Some(78),
+            "{key}={value}"
+        );
+        let logs = p.logs();
+        let named = if key == "DASHBOARD_USERNAME" {
+            "DASHBOARD_PASSWORD"
+        } else {
+            key
+        };
+        assert!(logs.contains(named), "{key}={value}: {logs}");
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Who may see and act: HTTP basic auth on every route but the health
+//! checks (`DASHBOARD_USERNAME`/`DASHBOARD_PASSWORD`), the CSRF token
+//! every action must send back, the read-only switch, and the security
+//! headers every answer carries (CSP `default-src 'self'`: the pages run
+//! no inline script and load nothing from elsewhere).
+
+use std::collections::HashMap;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+
+/// The header an action may carry its CSRF token in (else the form field
+/// `csrf_token`).
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Equal in time independent of where the inputs differ.
+fn same(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// Asks for credentials on every route but `/healthz` and `/readyz` when
+/// they are configured.
+pub async fn basic_auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(creds) = &st.config().credentials else {
+        return next.run(req).await;
+    };
+    let health = req
+        .uri()
+        .path()
+        .strip_prefix(st.base())
+        .is_some_and(|rest| matches!(rest, "/healthz" | "/readyz"));
+    if health {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+        })
+        .and_then(|v| String::from_utf8(v).ok());
+    let ok = given
+        .as_deref()
+        .and_then(|v| v.split_once(':'))
+        .is_some_and(|(user, pass)| {
+            // Both compared, whatever the first gives.
+            same(user, &creds.username) & same(pass, &creds.password)
+        });
+    if ok {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            "Basic realm=\"Stem dashboard\", charset=\"UTF-8\"",
+        )],
+        "authentication required\n",
+    )
+        .into_response()
+}
+
+/// Adds the security headers to every answer.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    res
+}
+
+/// Why an action was refused (403, nothing changed).
+#[derive(Debug)]
+pub enum Refusal {
+    /// No CSRF token, or another one.
+    Csrf,
+    /// `DASHBOARD_READ_ONLY` is on.
+    ReadOnly,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let text = match self {
+            Refusal::Csrf => "missing or wrong CSRF token: reload the page and try again\n",
+            Refusal::ReadOnly => "this dashboard is read-only (DASHBOARD_READ_ONLY)\n",
+        };
+        (StatusCode::FORBIDDEN, text).into_response()
+    }
+}
+
+/// Lets an action through only when the dashboard takes actions and the
+/// request carries the process's CSRF token (header or form field).
+pub fn check_action(
+    st: &AppState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<(), Refusal> {
+    if st.config().read_only {
+        return Err(Refusal::ReadOnly);
+    }
+    let given = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| form.get("csrf_token").map(String::as_str));
+    match given {
+        Some(token) if same(token, &st.0.csrf) => Ok(()),
+        _ => Err(Refusal::Csrf),
+    }
+}

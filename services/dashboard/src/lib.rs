@@ -1,0 +1,157 @@
+//! The operations dashboard (README "Dashboard") as a library, so the
+//! `dashboard` binary and `stem dev` serve the same router.
+//!
+//! - [`router`]: the pages, actions, event stream and assets of
+//!   CONTRACT §8, under [`DashboardConfig::base_path`].
+//! - [`DashboardConfig`]: `DASHBOARD_*` and `STEM_TRACE_UI_URL`.
+//! - [`serve`]: binds, warns when exposed without auth, serves until
+//!   shutdown.
+//!
+//! Pages are rendered on the server (askama); Hotwire Turbo, vendored under
+//! `assets/`, turns links and forms into fetches and applies the
+//! `<turbo-stream>` fragments the `live` module pushes over server-sent
+//! events, so an open page stays current without a reload and without a
+//! script of ours.
+
+mod actions;
+mod assets;
+mod auth;
+mod live;
+mod pages;
+mod settings;
+mod view;
+
+pub use settings::{Credentials, DashboardConfig};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use stem::client::Stem;
+use stem::schedule::ScheduleStore;
+use tokio_util::sync::CancellationToken;
+
+/// What every handler reads: the library handle, the schedule store, the
+/// settings, the process's CSRF token and the live-update hub.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    stem: Stem,
+    schedules: Arc<dyn ScheduleStore>,
+    config: DashboardConfig,
+    csrf: String,
+    hub: live::Hub,
+}
+
+impl AppState {
+    /// State over `stem` and `schedules`. The CSRF token is drawn at
+    /// random once per process: every page carries it, every action must
+    /// send it back.
+    pub fn new(stem: Stem, schedules: Arc<dyn ScheduleStore>, config: DashboardConfig) -> Self {
+        Self(Arc::new(Inner {
+            stem,
+            schedules,
+            config,
+            csrf: stem::signing::generate_hmac_secret(),
+            hub: live::Hub::new(),
+        }))
+    }
+
+    fn stem(&self) -> &Stem {
+        &self.0.stem
+    }
+
+    fn config(&self) -> &DashboardConfig {
+        &self.0.config
+    }
+
+    fn base(&self) -> &str {
+        &self.0.config.base_path
+    }
+}
+
+/// The dashboard's routes under the base path `B`: the overview at `B/`
+/// (and, with a base path, `B` itself redirects there), every other page
+/// at `B/<route>`.
+pub fn router(state: AppState) -> Router {
+    let base = state.base().to_string();
+    let at = |path: &str| format!("{base}{path}");
+    let mut routes = Router::new()
+        .route(&at("/"), get(pages::overview))
+        .route(&at("/queues"), get(pages::queues))
+        .route(&at("/queues/{queue}"), get(pages::queue))
+        .route(&at("/tasks"), get(pages::tasks).post(actions::enqueue))
+        .route(&at("/tasks/{id}"), get(pages::task))
+        .route(&at("/workers"), get(pages::workers))
+        .route(&at("/schedules"), get(pages::schedules))
+        .route(&at("/dead-letters"), get(pages::dead_letters))
+        .route(&at("/events"), get(live::events))
+        .route(&at("/assets/{*file}"), get(assets::serve))
+        .route(&at("/healthz"), get(pages::healthz))
+        .route(&at("/readyz"), get(pages::readyz))
+        .route(&at("/tasks/{id}/revoke"), post(actions::revoke))
+        .route(
+            &at("/dead-letters/{queue}/{entry}/replay"),
+            post(actions::replay),
+        )
+        .route(
+            &at("/dead-letters/{queue}/replay-all"),
+            post(actions::replay_all),
+        )
+        .route(&at("/queues/{queue}/purge"), post(actions::purge))
+        .route(&at("/queues/{queue}/pause"), post(actions::pause))
+        .route(&at("/queues/{queue}/resume"), post(actions::resume))
+        .route(&at("/workers/{name}/ping"), post(actions::ping))
+        .route(&at("/workers/{name}/shutdown"), post(actions::shutdown))
+        .route(
+            &at("/schedules/{id}/enable"),
+            post(actions::enable_schedule),
+        )
+        .route(
+            &at("/schedules/{id}/disable"),
+            post(actions::disable_schedule),
+        );
+    if !base.is_empty() {
+        let overview = at("/");
+        routes = routes.route(
+            &base,
+            get(move || async move { axum::response::Redirect::permanent(&overview) }),
+        );
+    }
+    routes
+        .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::basic_auth,
+        ))
+        .layer(axum::middleware::from_fn(auth::security_headers))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `state` until `shutdown` fires; the live-update poller runs
+/// alongside while any page is open.
+pub async fn serve(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = state.config().clone();
+    if config.exposed() && config.credentials.is_none() {
+        tracing::warn!(
+            host = %config.host,
+            "dashboard bound beyond loopback without DASHBOARD_USERNAME/DASHBOARD_PASSWORD: \
+             anyone who reaches it can act on your queues"
+        );
+    }
+    tokio::spawn(live::poll(state.clone(), shutdown.clone()));
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(
+        "Dashboard listening on http://{}{}/",
+        listener.local_addr()?,
+        config.base_path
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The pages (GET routes of CONTRACT §8): each reads what it shows
+//! through the library's admin, control and schedule APIs and renders an
+//! askama template; plus the health checks and the 404 page.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use std::collections::HashMap;
+use stem::envelope::TaskStatus;
+use stem::schedule::ScheduleSummary;
+
+use crate::view::{self, LetterRow, QueueRow, Snapshot};
+use crate::AppState;
+
+/// Dead letters listed per queue.
+pub const LETTERS_PER_QUEUE: usize = 100;
+
+/// What every page's frame needs: the base path, the CSRF token, whether
+/// actions show, the title, which navigation entry is current and a
+/// notice left by the last action.
+pub struct Chrome {
+    pub base: String,
+    pub csrf: String,
+    pub read_only: bool,
+    pub title: String,
+    pub nav: &'static str,
+    pub notice: Option<String>,
+}
+
+impl Chrome {
+    pub fn new(st: &AppState, title: impl Into<String>, nav: &'static str) -> Self {
+        Self {
+            base: st.base().to_string(),
+            csrf: st.0.csrf.clone(),
+            read_only: st.config().read_only,
+            title: title.into(),
+            nav,
+            notice: None,
+        }
+    }
+
+    fn with_notice(mut self, query: &HashMap<String, String>) -> Self {
+        self.notice = query.get("notice").filter(|n| !n.is_empty()).cloned();
+        self
+    }
+
+    /// Whether the navigation entry `href` is this page's.
+    pub fn is_current(&self, href: &str) -> bool {
+        href == self.nav
+    }
+
+    /// The navigation: (path under the base, label).
+    pub fn links(&self) -> [(&'static str, &'static str); 6] {
+        [
+            ("/", "Overview"),
+            ("/queues", "Queues"),
+            ("/tasks", "Tasks"),
+            ("/workers", "Workers"),
+            ("/schedules", "Schedules"),
+            ("/dead-letters", "Dead letters"),
+        ]
+    }
+}
+
+/// A page that could not be read: the store did not answer.
+pub struct Unavailable(stem::StemError);
+
+impl From<stem::StemError> for Unavailable {
+    fn from(e: stem::StemError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for Unavailable {
+    fn into_response(self) -> Response {
+        tracing::warn!(error = %self.0, "dashboard page could not be read");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store did not answer: {}\n", self.0),
+        )
+            .into_response()
+    }
+}
+
+type Page<T> = Result<T, Unavailable>;
+
+#[derive(Template, WebTemplate)]
+#[template(path = "overview.html")]
+pub struct Overview {
+    chrome: Chrome,
+    snap: Snapshot,
+}
+
+pub async fn overview(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page<Overview> {
+    Ok(Overview {
+        chrome: Chrome::new(&st, "Overview", "/").with_notice(&q),
+        snap: view::snapshot(st.stem()).await?,
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "queues.html")]
+pub struct Queues {
+    chrome: Chrome,
+    snap: Snapshot,
+}
+
+pub async fn queues(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page<Queues> {
+    Ok(Queues {
+        chrome: Chrome::new(&st, "Queues", "/queues").with_notice(&q),
+        snap: view::snapshot(st.stem()).await?,
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "queue.html")]
+pub struct QueuePage {
+    chrome: Chrome,
+    row: QueueRow,
+    letters: Vec<LetterRow>,
+}
+
+pub async fn queue(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Unavailable> {
+    let snap = view::snapshot(st.stem()).await?;
+    let Some(row) = snap.queues.into_iter().find(|r| r.name == name) else {
+        return Ok(not_found_page(
+            &st,
+            format!("No queue named {name:?} is known."),
+        ));
+    };
+    let letters = st.stem().admin().list_dead_letters(&name, 10).await?;
+    Ok(QueuePage {
+        chrome: Chrome::new(&st, format!("Queue {name}"), "/queues").with_notice(&q),
+        row,
+        letters: letters.iter().map(LetterRow::of).collect(),
+    }
+    .into_response())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "workers.html")]
+pub struct Workers {
+    chrome: Chrome,
+    snap: Snapshot,
+}
+
+pub async fn workers(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page<Workers> {
+    Ok(Workers {
+        chrome: Chrome::new(&st, "Workers", "/workers").with_notice(&q),
+        snap: view::snapshot(st.stem()).await?,
+    })
+}
+
+/// A schedule entry as the table shows it.
+pub struct ScheduleRow {
+    pub id: String,
+    pub task: String,
+    pub queue: String,
+    pub spec: String,
+    pub next_run_at: String,
+    pub last_run_at: String,
+    pub last_error: String,
+    pub total_run_count: u64,
+    pub enabled: bool,
+}
+
+impl From<ScheduleSummary> for ScheduleRow {
+    fn from(s: ScheduleSummary) -> Self {
+        Self {
+            id: s.id,
+            task: s.task,
+            queue: s.queue,
+            spec: s.spec,
+            next_run_at: s.next_run_at.unwrap_or_else(|| "—".into()),
+            last_run_at: s.last_run_at.unwrap_or_else(|| "never".into()),
+            last_error: s.last_error.unwrap_or_default(),
+            total_run_count: s.total_run_count,
+            enabled: s.enabled,
+        }
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "schedules.html")]
+pub struct Schedules {
+    chrome: Chrome,
+    rows: Vec<ScheduleRow>,
+}
+
+pub async fn schedules(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page<Schedules> {
+    let mut entries = st.0.schedules.list().await?;
+    // Soonest next run first, disabled last (as `stem schedule list`).
+    entries.sort_by_key(|e| (!e.enabled, e.history.next_run_at, e.id.clone()));
+    Ok(Schedules {
+        chrome: Chrome::new(&st, "Schedules", "/schedules").with_notice(&q),
+        rows: entries.iter().map(|e| e.summary().into()).collect(),
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "dead_letters.html")]
+pub struct DeadLetters {
+    chrome: Chrome,
+    queues: Vec<String>,
+    queue: String,
+    letters: Vec<LetterRow>,
+    limit: usize,
+}
+
+pub async fn dead_letters(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page<DeadLetters> {
+    let admin = st.stem().admin();
+    let mut queues = admin.known_queues().await?;
+    queues.sort();
+    let queue = q.get("queue").cloned().unwrap_or_default();
+    let shown: Vec<String> = if queue.is_empty() {
+        queues.clone()
+    } else {
+        vec![queue.clone()]
+    };
+    let lists = futures::future::try_join_all(
+        shown
+            .iter()
+            .map(|name| admin.list_dead_letters(name, LETTERS_PER_QUEUE)),
+    )
+    .await?;
+    let mut letters: Vec<_> = lists.into_iter().flatten().collect();
+    letters.sort_by_key(|d| std::cmp::Reverse(d.dead_at_ms));
+    Ok(DeadLetters {
+        chrome: Chrome::new(&st, "Dead letters", "/dead-letters").with_notice(&q),
+        queues,
+        queue,
+        letters: letters.iter().map(LetterRow::of).collect(),
+        limit: LETTERS_PER_QUEUE,
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "tasks.html")]
+pub struct Tasks {
+    chrome: Chrome,
+    q: String,
+    found: Option<TaskStatus>,
+    found_state: String,
+    task_names: Vec<String>,
+}
+
+pub async fn tasks(
+    State(st): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Page<Tasks> {
+    let q = query
+        .get("q")
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let found = if q.is_empty() {
+        None
+    } else {
+        st.stem().status(&q).await?
+    };
+    let mut task_names = st.stem().registry().names();
+    task_names.sort();
+    Ok(Tasks {
+        chrome: Chrome::new(&st, "Tasks", "/tasks").with_notice(&query),
+        found_state: found
+            .as_ref()
+            .map(|s| s.state.as_str().to_string())
+            .unwrap_or_default(),
+        q,
+        found,
+        task_names,
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "task.html")]
+pub struct TaskPage {
+    chrome: Chrome,
+    state: String,
+    terminal: bool,
+    result: String,
+    meta: String,
+    status: TaskStatus,
+}
+
+pub async fn task(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Unavailable> {
+    let Some(status) = st.stem().status(&id).await? else {
+        return Ok(not_found_page(
+            &st,
+            format!("No task with id {id:?}: it never existed, or its result expired."),
+        ));
+    };
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    Ok(TaskPage {
+        chrome: Chrome::new(&st, format!("{} {}", status.task, status.id), "/tasks")
+            .with_notice(&q),
+        state: status.state.as_str().to_string(),
+        terminal: status.state.is_terminal(),
+        result: pretty(&status.result),
+        meta: pretty(&serde_json::Value::Object(status.meta.clone())),
+        status,
+    }
+    .into_response())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "not_found.html")]
+pub struct NotFound {
+    chrome: Chrome,
+    what: String,
+}
+
+fn not_found_page(st: &AppState, what: String) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        NotFound {
+            chrome: Chrome::new(st, "Not found", ""),
+            what,
+        },
+    )
+        .into_response()
+}
+
+pub async fn not_found(State(st): State<AppState>) -> Response {
+    not_found_page(&st, "There is no page at this address.".into())
+}
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 when the broker and backend answer (the
+/// enqueuer's check and body).
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    stem_service::http::readyz(st.stem()).await
+}

@@ -1,0 +1,186 @@
+//! What the pages show, read from the library in one place: the queue
+//! and worker tables, the overview's totals, and the small formatting
+//! helpers (ages, times) the templates share. The pages and the live
+//! poller render from the same [`Snapshot`], so a page and its updates
+//! never disagree.
+
+use std::collections::BTreeSet;
+
+use stem::broker::DeadLetter;
+use stem::client::Stem;
+use stem::control::WorkerInfo;
+use stem::envelope::now_ms;
+
+/// One queue's counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueRow {
+    pub name: String,
+    pub ready: u64,
+    pub running: u64,
+    pub delayed: u64,
+    pub dead: u64,
+    pub paused: bool,
+}
+
+/// One live worker, from its heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerRow {
+    pub name: String,
+    pub namespace: String,
+    pub host: String,
+    pub pid: u32,
+    pub queues: String,
+    pub paused: String,
+    pub concurrency: usize,
+    pub inflight: usize,
+    pub heartbeat_age: String,
+    pub uptime: String,
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+/// The overview's totals.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub backlog: u64,
+    pub running: u64,
+    pub delayed: u64,
+    pub dead: u64,
+    pub workers: usize,
+    /// Summed over live workers since each started.
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+/// Queues, workers and totals at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub queues: Vec<QueueRow>,
+    pub workers: Vec<WorkerRow>,
+    pub totals: Totals,
+}
+
+/// Reads the queues the broker knows and the workers consume, their
+/// counts, pauses and the live workers' heartbeats.
+pub async fn snapshot(stem: &Stem) -> stem::Result<Snapshot> {
+    let admin = stem.admin();
+    let control = stem.control();
+    let (known, infos, paused) = tokio::try_join!(
+        admin.known_queues(),
+        control.workers(),
+        control.paused_queues()
+    )?;
+    let mut names: BTreeSet<String> = known.into_iter().collect();
+    names.extend(infos.iter().flat_map(|w| w.queues.iter().cloned()));
+    let stats = futures::future::try_join_all(names.iter().map(|q| admin.stats(q))).await?;
+    let queues: Vec<QueueRow> = stats
+        .into_iter()
+        .map(|s| QueueRow {
+            paused: paused.contains(&s.queue),
+            name: s.queue,
+            ready: s.ready,
+            running: s.inflight,
+            delayed: s.delayed,
+            dead: s.dead,
+        })
+        .collect();
+    let now = now_ms();
+    let mut workers: Vec<WorkerRow> = infos.iter().map(|w| worker_row(w, now)).collect();
+    workers.sort_by(|a, b| a.name.cmp(&b.name));
+    let totals = Totals {
+        backlog: queues.iter().map(|q| q.ready).sum(),
+        running: queues.iter().map(|q| q.running).sum(),
+        delayed: queues.iter().map(|q| q.delayed).sum(),
+        dead: queues.iter().map(|q| q.dead).sum(),
+        workers: infos.len(),
+        succeeded: infos.iter().map(|w| w.succeeded).sum(),
+        failed: infos.iter().map(|w| w.failed).sum(),
+    };
+    Ok(Snapshot {
+        queues,
+        workers,
+        totals,
+    })
+}
+
+fn worker_row(w: &WorkerInfo, now: i64) -> WorkerRow {
+    WorkerRow {
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        host: w.host.clone(),
+        pid: w.pid,
+        queues: w.queues.join(", "),
+        paused: w.paused.join(", "),
+        concurrency: w.concurrency,
+        inflight: w.inflight,
+        heartbeat_age: age(now - w.heartbeat_at),
+        uptime: age(now - w.started_at),
+        started: w.started,
+        succeeded: w.succeeded,
+        failed: w.failed,
+    }
+}
+
+/// One dead letter as the list shows it.
+#[derive(Clone, Debug)]
+pub struct LetterRow {
+    pub id: String,
+    pub queue: String,
+    pub task_id: String,
+    pub task: String,
+    pub attempt: String,
+    pub reason: String,
+    pub error: String,
+    pub when: String,
+}
+
+impl LetterRow {
+    pub fn of(d: &DeadLetter) -> Self {
+        let spec = d.wire.as_ref().and_then(|w| w.spec().ok());
+        Self {
+            id: d.id.clone(),
+            queue: d.queue.clone(),
+            task_id: spec.as_ref().map(|s| s.id.clone()).unwrap_or_default(),
+            task: spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            attempt: d
+                .wire
+                .as_ref()
+                .map(|w| w.attempt.to_string())
+                .unwrap_or_default(),
+            reason: d.reason.clone(),
+            error: d.error.clone().unwrap_or_default(),
+            when: if d.dead_at_ms > 0 {
+                format!("{} ago", age(now_ms() - d.dead_at_ms))
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
+/// A duration in ms as an operator reads it: `4s`, `3m 20s`, `2h 5m`,
+/// `3d 4h`.
+pub fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        assert_eq!(age(-5), "0s");
+        assert_eq!(age(4_999), "4s");
+        assert_eq!(age(200_000), "3m 20s");
+        assert_eq!(age(7_500_000), "2h 5m");
+        assert_eq!(age(273_600_000), "3d 4h");
+    }
+}
