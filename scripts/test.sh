@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/ensure-packages.sh
-ensure_packages "tests start private redis-servers, check metrics pages with promtool and dashboards against prometheus; the fault proxy kills processes with kill" \
+ensure_packages "tests start private redis-servers, check metrics pages with promtool and dashboards against prometheus, drive the web dashboard in headless chromium; the fault proxy kills processes with kill" \
   redis-server:redis-server redis-cli:redis-tools openssl:openssl kill:procps \
-  promtool:prometheus prometheus:prometheus
+  promtool:prometheus prometheus:prometheus chromium:chromium chromedriver:chromium-driver
 
 start=$(date +%s)
 phase_start=$start

@@ -8,9 +8,14 @@
 //! package's binaries): [`stem_testkit::binary_path`] fails when they are
 //! missing or older than their sources.
 //!
+//! [`browser::Browser`] drives a real headless Chromium for the
+//! dashboard's tests.
+//!
 //! Nothing here sleeps for a fixed time to wait for an outcome: every wait
 //! is [`poll_until`] with a deadline, and fails with a message saying what
 //! was awaited and what was last seen.
+
+pub mod browser;
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -832,6 +837,16 @@ where
 /// `id:<fresh base64 HMAC secret>`, one entry of `STEM_SIGNING_KEYS`.
 pub fn hmac_key(id: &str) -> String {
     format!("{id}:{}", stem::signing::generate_hmac_secret())
+}
+
+/// The signing variables of a process that signs with (and verifies by)
+/// `key`, an entry made by `hmac_key("k1")`: `STEM_SIGNING_KEYS=key`,
+/// `STEM_SIGNING_ACTIVE_KEY=k1`.
+pub fn signed(key: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("STEM_SIGNING_KEYS", key.to_string()),
+        ("STEM_SIGNING_ACTIVE_KEY", "k1".into()),
+    ]
 }
 
 /// A fresh Ed25519 key: `(id:public, id:seed)` entries for

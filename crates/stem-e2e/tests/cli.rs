@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 use stem_e2e::{
-    body_runs, hmac_key, poll_until, start_worker, wait_body_running, wait_log, worker_name,
-    RedisServer, ServiceProcess, Stem, SETTLE,
+    body_runs, hmac_key, poll_until, signed, start_worker, wait_body_running, wait_log,
+    worker_name, RedisServer, ServiceProcess, Stem, SETTLE,
 };
 
 /// The seed file at the workspace root.
@@ -407,14 +407,6 @@ async fn worker_ping_pause_and_shutdown_reach_every_namespace() -> anyhow::Resul
 // ---------------------------------------------------------------------------
 // task
 // ---------------------------------------------------------------------------
-
-/// Worker + CLI environment sharing one HMAC key.
-fn signed(key: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("STEM_SIGNING_KEYS", key.to_string()),
-        ("STEM_SIGNING_ACTIVE_KEY", "k1".into()),
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_revoke_cancels_queued_and_running_tasks() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{json, Value};
-use stem_e2e::{hmac_key, start_enqueuer, start_worker, Stem};
+use stem_e2e::{hmac_key, signed, start_enqueuer, start_worker, Stem};
 use stem_testkit::otlp::attributes;
 use stem_testkit::{OtlpReceiver, RedisServer};
 
@@ -211,12 +211,10 @@ async fn a_replayed_dead_letter_stays_in_its_trace() -> anyhow::Result<()> {
     let collector = OtlpReceiver::start().await?;
     let key = hmac_key("k1");
     let traced = |key: &str| {
-        vec![
-            ("STEM_OTLP_ENDPOINT", collector.endpoint()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
-            ("STEM_SIGNING_KEYS", key.to_string()),
-            ("STEM_SIGNING_ACTIVE_KEY", "k1".to_string()),
-        ]
+        let mut env = signed(key);
+        env.push(("STEM_OTLP_ENDPOINT", collector.endpoint()));
+        env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()));
+        env
     };
     // A worker holding another secret under the same id dead-letters it.
     let mut wrong = start_worker(

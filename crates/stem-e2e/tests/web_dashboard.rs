@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use stem_e2e::{
-    hmac_key, poll_until, start_dashboard, start_enqueuer, start_worker, Dashboard, RedisServer,
-    ServiceProcess, Stem,
+    hmac_key, poll_until, signed, start_dashboard, start_enqueuer, start_worker, Dashboard,
+    RedisServer, ServiceProcess, Stem,
 };
 
 /// A client that does not follow redirects, so a 303 can be checked.
@@ -119,6 +119,9 @@ async fn pages_answer_and_actions_change_what_they_show() -> anyhow::Result<()> 
             .unwrap_or_default()
             .to_string();
         assert!(csp.starts_with("default-src 'self'"), "{path}: {csp}");
+        // Live pages are never cached (nor parked with their event stream
+        // open in a back/forward cache).
+        assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
         let page = r.text().await?;
         token = csrf_of(&page)?;
         for attr in ["src=\"", "href=\""] {
@@ -305,12 +308,6 @@ async fn a_dead_letter_is_listed_and_replayed() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
     let url = redis.url();
     let key = hmac_key("k1");
-    let signed = |key: &str| {
-        vec![
-            ("STEM_SIGNING_KEYS", key.to_string()),
-            ("STEM_SIGNING_ACTIVE_KEY", "k1".to_string()),
-        ]
-    };
     // A worker holding another secret under the same id dead-letters it.
     let mut wrong = start_worker(&url, "wrong-key", "greetings", &signed(&hmac_key("k1"))).await?;
     let enq = start_enqueuer(&url, &signed(&key)).await?;

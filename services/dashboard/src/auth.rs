@@ -1,8 +1,9 @@
 //! Who may see and act: HTTP basic auth on every route but the health
 //! checks (`DASHBOARD_USERNAME`/`DASHBOARD_PASSWORD`), the CSRF token
-//! every action must send back, the read-only switch, and the security
-//! headers every answer carries (CSP `default-src 'self'`: the pages run
-//! no inline script and load nothing from elsewhere).
+//! every action must send back, the read-only switch, and the headers
+//! every answer carries (CSP `default-src 'self'`: the pages run no inline
+//! script and load nothing from elsewhere; `no-store` on everything but the
+//! assets).
 
 use std::collections::HashMap;
 
@@ -86,6 +87,12 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
+    // Pages show live state, never to be served from a cache; this also
+    // keeps a browser from parking a left page, with its open event
+    // stream, in its back/forward cache. Assets set their own.
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     res
 }
 
