@@ -222,6 +222,14 @@ async fn pages_answer_and_actions_change_what_they_show() -> anyhow::Result<()> 
         "the id finds the task"
     );
 
+    // The overview's chart counts it (the worker adds its counts with its
+    // heartbeat), and the count is in Redis: another dashboard shows it.
+    let overview = wait_page(&dash, "/", r#"class="ok""#).await?;
+    assert!(overview.contains("1 succeeded · 0 failed"), "{overview}");
+    let second = start_dashboard(&url, &[]).await?;
+    let (_, again) = get(&second, "/").await?;
+    assert!(again.contains("1 succeeded · 0 failed"), "{again}");
+
     // Bad arguments are refused with a notice, and nothing is enqueued.
     let (status, location) = post(
         &dash,
@@ -464,7 +472,7 @@ async fn the_event_stream_carries_a_fragment_within_two_seconds_of_a_change() ->
     let mut seen = String::new();
     // The first picture arrives once the poller sees the open page.
     let first = tokio::time::timeout(Duration::from_secs(5), async {
-        while !seen.contains("</turbo-stream>") {
+        while !seen.contains(r#"<turbo-stream action="replace" target="queue-table">"#) {
             match r.chunk().await? {
                 Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
                 None => anyhow::bail!("stream ended"),

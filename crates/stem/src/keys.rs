@@ -117,6 +117,12 @@ pub fn worker(name: &str) -> String {
     format!("{PREFIX}:worker:{name}")
 }
 
+/// Hash of the tasks finished in the minute starting at `minute_ms`
+/// (`succeeded`, `failed`, `retried`), expiring after three days.
+pub fn throughput(minute_ms: i64) -> String {
+    format!("{PREFIX}:throughput:{minute_ms}")
+}
+
 /// The list the replies to command `id` are pushed on.
 pub fn control_reply(id: &str) -> String {
     format!("{PREFIX}:control:reply:{id}")

@@ -591,6 +591,44 @@ async fn revoked_tasks_do_not_run_and_running_ones_stop(a: Adapters) -> anyhow::
     r.finish().await
 }
 
+/// Workers add what finished to the per-minute throughput history with
+/// their heartbeats, and the history reads it back by minute.
+async fn finished_tasks_are_counted_per_minute(a: Adapters) -> anyhow::Result<()> {
+    let r = rig_with(a, None, None, |o| {
+        o.heartbeat_interval = Duration::from_millis(200);
+    });
+    let began = stem::envelope::now_ms();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(r.stem.enqueue::<Add>((n, 1)).await?);
+    }
+    ids.push(r.stem.enqueue::<Fatal>(()).await?);
+    for id in &ids {
+        r.wait(id).await?;
+    }
+    let control = r.stem.control();
+    let total = poll(
+        "the history to count them",
+        Duration::from_secs(5),
+        || async {
+            let minutes = control
+                .throughput(began - 60_000, stem::envelope::now_ms())
+                .await?;
+            let mut sum = stem::control::Throughput::default();
+            for (minute, t) in &minutes {
+                assert_eq!(minute % 60_000, 0, "whole minutes");
+                sum.succeeded += t.succeeded;
+                sum.failed += t.failed;
+                sum.retried += t.retried;
+            }
+            Ok((sum.succeeded == 3 && sum.failed == 1).then_some(sum))
+        },
+    )
+    .await?;
+    assert_eq!(total.retried, 0);
+    r.finish().await
+}
+
 async fn control_plane_reaches_the_worker(a: Adapters) -> anyhow::Result<()> {
     use stem::control::{Command, ControlCommand};
     // A long fetch block: a pause answered while a read still blocks on
@@ -856,6 +894,7 @@ stem_testkit::contract_suite!(
     unregistered_task_is_dead_lettered,
     revoked_tasks_do_not_run_and_running_ones_stop,
     control_plane_reaches_the_worker,
+    finished_tasks_are_counted_per_minute,
     long_bodies_are_marked_running,
     prefetch_bound_and_graceful_shutdown,
     blocking_bodies_off_the_executor_keep_their_leases,

@@ -52,6 +52,12 @@ struct Totals<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "partials/chart.html")]
+struct Throughput<'a> {
+    snap: &'a Snapshot,
+}
+
+#[derive(Template)]
 #[template(path = "partials/queue_table.html")]
 struct QueueTable<'a> {
     chrome: &'a Chrome,
@@ -66,9 +72,10 @@ struct WorkerTable<'a> {
 }
 
 /// The fragments of `snap`, by target id.
-fn render(chrome: &Chrome, snap: &Snapshot) -> askama::Result<[(&'static str, String); 3]> {
+fn render(chrome: &Chrome, snap: &Snapshot) -> askama::Result<[(&'static str, String); 4]> {
     Ok([
         ("totals", Totals { snap }.render()?),
+        ("throughput", Throughput { snap }.render()?),
         ("queue-table", QueueTable { chrome, snap }.render()?),
         ("worker-table", WorkerTable { chrome, snap }.render()?),
     ])

@@ -1,5 +1,6 @@
 //! What the pages show, read from the library in one place: the queue
-//! and worker tables, the overview's totals, and the small formatting
+//! and worker tables, the overview's totals and throughput chart, and the
+//! small formatting
 //! helpers (ages, times) the templates share. The pages and the live
 //! poller render from the same [`Snapshot`], so a page and its updates
 //! never disagree.
@@ -8,7 +9,7 @@ use std::collections::BTreeSet;
 
 use stem::broker::DeadLetter;
 use stem::client::Stem;
-use stem::control::WorkerInfo;
+use stem::control::{Throughput, WorkerInfo};
 use stem::envelope::now_ms;
 
 /// One queue's counts.
@@ -53,23 +54,104 @@ pub struct Totals {
     pub failed: u64,
 }
 
-/// Queues, workers and totals at one moment.
+/// One minute of the throughput chart, laid out in the SVG's units.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bar {
+    pub x: u32,
+    /// Succeeded: from `ok_y` down to the baseline.
+    pub ok_y: u32,
+    pub ok_h: u32,
+    /// Failed, stacked on top.
+    pub failed_y: u32,
+    pub failed_h: u32,
+    /// The tooltip: minute and counts.
+    pub title: String,
+}
+
+/// Tasks finished per minute over the last hour, as SVG bars.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Chart {
+    pub bars: Vec<Bar>,
+    /// The busiest minute's count (the top of the scale).
+    pub peak: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+/// Chart area: width, height of the bars' area.
+pub const CHART_W: u32 = 600;
+pub const CHART_H: u32 = 100;
+const MINUTES: i64 = 60;
+
+impl Chart {
+    fn of(minutes: &[(i64, Throughput)]) -> Self {
+        let peak = minutes
+            .iter()
+            .map(|(_, t)| t.succeeded + t.failed)
+            .max()
+            .unwrap_or(0);
+        let scale = |n: u64| -> u32 {
+            if peak == 0 {
+                0
+            } else {
+                // At least a pixel for any non-zero count.
+                ((n * u64::from(CHART_H)).div_ceil(peak)) as u32
+            }
+        };
+        let slot = CHART_W / MINUTES as u32;
+        let bars = minutes
+            .iter()
+            .enumerate()
+            .map(|(i, (minute, t))| {
+                let (ok_h, failed_h) = (scale(t.succeeded), scale(t.failed));
+                let ok_h = ok_h.min(CHART_H);
+                let failed_h = failed_h.min(CHART_H - ok_h);
+                Bar {
+                    x: i as u32 * slot,
+                    ok_y: CHART_H - ok_h,
+                    ok_h,
+                    failed_y: CHART_H - ok_h - failed_h,
+                    failed_h,
+                    title: format!(
+                        "{}: {} succeeded, {} failed, {} retried",
+                        stem::envelope::format_ms(*minute).get(11..16).unwrap_or(""),
+                        t.succeeded,
+                        t.failed,
+                        t.retried
+                    ),
+                }
+            })
+            .collect();
+        Chart {
+            bars,
+            peak,
+            succeeded: minutes.iter().map(|(_, t)| t.succeeded).sum(),
+            failed: minutes.iter().map(|(_, t)| t.failed).sum(),
+        }
+    }
+}
+
+/// Queues, workers, totals and the last hour's throughput at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     pub queues: Vec<QueueRow>,
     pub workers: Vec<WorkerRow>,
     pub totals: Totals,
+    pub chart: Chart,
 }
 
 /// Reads the queues the broker knows and the workers consume, their
-/// counts, pauses and the live workers' heartbeats.
+/// counts, pauses, the live workers' heartbeats and the last hour of the
+/// throughput history.
 pub async fn snapshot(stem: &Stem) -> stem::Result<Snapshot> {
     let admin = stem.admin();
     let control = stem.control();
-    let (known, infos, paused) = tokio::try_join!(
+    let now = now_ms();
+    let (known, infos, paused, minutes) = tokio::try_join!(
         admin.known_queues(),
         control.workers(),
-        control.paused_queues()
+        control.paused_queues(),
+        control.throughput(now - (MINUTES - 1) * 60_000, now),
     )?;
     let mut names: BTreeSet<String> = known.into_iter().collect();
     names.extend(infos.iter().flat_map(|w| w.queues.iter().cloned()));
@@ -85,7 +167,6 @@ pub async fn snapshot(stem: &Stem) -> stem::Result<Snapshot> {
             dead: s.dead,
         })
         .collect();
-    let now = now_ms();
     let mut workers: Vec<WorkerRow> = infos.iter().map(|w| worker_row(w, now)).collect();
     workers.sort_by(|a, b| a.name.cmp(&b.name));
     let totals = Totals {
@@ -101,6 +182,7 @@ pub async fn snapshot(stem: &Stem) -> stem::Result<Snapshot> {
         queues,
         workers,
         totals,
+        chart: Chart::of(&minutes),
     })
 }
 

@@ -13,7 +13,10 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{ControlCommand, ControlPlane, ControlReply, WorkerInfo};
+use super::{
+    minutes_between, ControlCommand, ControlPlane, ControlReply, Throughput, WorkerInfo,
+    THROUGHPUT_TTL,
+};
 use crate::error::Result;
 
 #[derive(Default)]
@@ -27,6 +30,9 @@ struct State {
         ),
     >,
     paused: BTreeSet<String>,
+    /// Minute → counts; minutes older than [`THROUGHPUT_TTL`] are dropped
+    /// when another is added.
+    throughput: BTreeMap<i64, Throughput>,
 }
 
 /// The in-memory control plane. Clones share state.
@@ -146,6 +152,25 @@ impl ControlPlane for MemoryControl {
             }
         }
         Ok(())
+    }
+
+    async fn add_throughput(&self, minute_ms: i64, counts: &Throughput) -> Result<()> {
+        let oldest = crate::envelope::now_ms() - THROUGHPUT_TTL.as_millis() as i64;
+        let mut st = self.lock();
+        let slot = st.throughput.entry(minute_ms).or_default();
+        slot.succeeded += counts.succeeded;
+        slot.failed += counts.failed;
+        slot.retried += counts.retried;
+        st.throughput.retain(|minute, _| *minute >= oldest);
+        Ok(())
+    }
+
+    async fn throughput(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, Throughput)>> {
+        let st = self.lock();
+        Ok(minutes_between(from_ms, to_ms)
+            .into_iter()
+            .map(|m| (m, st.throughput.get(&m).copied().unwrap_or_default()))
+            .collect())
     }
 }
 

@@ -182,7 +182,46 @@ pub struct ControlReply {
     pub error: Option<String>,
 }
 
-/// Heartbeats, commands, replies and pauses.
+/// Tasks that finished in one minute, summed over every worker: what the
+/// dashboard's throughput chart draws. Workers add their counts with each
+/// heartbeat (so a minute's figures come in up to one heartbeat interval
+/// late, and a worker killed with `kill -9` loses at most one interval's),
+/// and each minute is kept [`THROUGHPUT_TTL`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Executions that succeeded.
+    pub succeeded: u64,
+    /// Tasks that failed for good.
+    pub failed: u64,
+    /// Failed attempts scheduled for a retry.
+    pub retried: u64,
+}
+
+impl Throughput {
+    /// What `self` adds to `before` (counters only grow).
+    pub fn since(&self, before: &Throughput) -> Throughput {
+        Throughput {
+            succeeded: self.succeeded.saturating_sub(before.succeeded),
+            failed: self.failed.saturating_sub(before.failed),
+            retried: self.retried.saturating_sub(before.retried),
+        }
+    }
+
+    /// True when nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        *self == Throughput::default()
+    }
+}
+
+/// How long a minute of [`Throughput`] is kept: three days.
+pub const THROUGHPUT_TTL: Duration = Duration::from_secs(72 * 3600);
+
+/// The start of the minute holding `ms` (epoch milliseconds).
+pub fn minute_of(ms: i64) -> i64 {
+    ms - ms.rem_euclid(60_000)
+}
+
+/// Heartbeats, commands, replies, pauses and the throughput history.
 #[async_trait]
 pub trait ControlPlane: Send + Sync + 'static {
     /// Records `info` as alive for `ttl`.
@@ -210,6 +249,63 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn paused_queues(&self) -> Result<Vec<String>>;
     /// Pauses or resumes queues.
     async fn set_paused(&self, queues: &[String], paused: bool) -> Result<()>;
+    /// Adds `counts` to the minute starting at `minute_ms` (see
+    /// [`minute_of`]).
+    async fn add_throughput(&self, minute_ms: i64, counts: &Throughput) -> Result<()>;
+    /// Every minute from the one holding `from_ms` to the one holding
+    /// `to_ms`, oldest first, with its counts (zero where nothing was
+    /// recorded or the record expired).
+    async fn throughput(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, Throughput)>>;
+}
+
+/// The minutes of `from_ms..=to_ms`, at most a day of them (a longer span
+/// is cut at its newest day).
+pub fn minutes_between(from_ms: i64, to_ms: i64) -> Vec<i64> {
+    let (from, to) = (minute_of(from_ms), minute_of(to_ms));
+    let from = from.max(to - 1439 * 60_000);
+    (0..)
+        .map(|i| from + i * 60_000)
+        .take_while(|m| *m <= to)
+        .collect()
+}
+
+#[cfg(test)]
+mod throughput_tests {
+    use super::*;
+
+    #[test]
+    fn minutes_are_whole_and_bounded() {
+        assert_eq!(minute_of(125_000), 120_000);
+        assert_eq!(minute_of(-1), -60_000);
+        assert_eq!(
+            minutes_between(61_000, 185_000),
+            vec![60_000, 120_000, 180_000]
+        );
+        assert_eq!(
+            minutes_between(0, 10 * 86_400_000).len(),
+            1440,
+            "a day at most"
+        );
+        let t = Throughput {
+            succeeded: 5,
+            failed: 2,
+            retried: 1,
+        };
+        let before = Throughput {
+            succeeded: 3,
+            failed: 2,
+            retried: 0,
+        };
+        assert_eq!(
+            t.since(&before),
+            Throughput {
+                succeeded: 2,
+                failed: 0,
+                retried: 1
+            }
+        );
+        assert!(t.since(&t).is_zero());
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::{ControlCommand, ControlPlane, ControlReply, WorkerInfo};
+use super::{
+    minutes_between, ControlCommand, ControlPlane, ControlReply, Throughput, WorkerInfo,
+    THROUGHPUT_TTL,
+};
 use crate::error::Result;
 use crate::keys;
 use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
@@ -174,5 +177,48 @@ impl ControlPlane for RedisControl {
             let _: () = conn.srem(keys::PAUSED, queues).await?;
         }
         Ok(())
+    }
+
+    async fn add_throughput(&self, minute_ms: i64, counts: &Throughput) -> Result<()> {
+        let key = keys::throughput(minute_ms);
+        let mut pipe = ::redis::pipe();
+        for (field, n) in [
+            ("succeeded", counts.succeeded),
+            ("failed", counts.failed),
+            ("retried", counts.retried),
+        ] {
+            if n > 0 {
+                pipe.hincr(&key, field, n).ignore();
+            }
+        }
+        pipe.pexpire(&key, THROUGHPUT_TTL.as_millis() as i64)
+            .ignore();
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn throughput(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, Throughput)>> {
+        let minutes = minutes_between(from_ms, to_ms);
+        let mut pipe = ::redis::pipe();
+        for m in &minutes {
+            pipe.cmd("HMGET")
+                .arg(keys::throughput(*m))
+                .arg(&["succeeded", "failed", "retried"]);
+        }
+        let rows: Vec<[Option<u64>; 3]> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(minutes
+            .into_iter()
+            .zip(rows)
+            .map(|(m, [succeeded, failed, retried])| {
+                (
+                    m,
+                    Throughput {
+                        succeeded: succeeded.unwrap_or(0),
+                        failed: failed.unwrap_or(0),
+                        retried: retried.unwrap_or(0),
+                    },
+                )
+            })
+            .collect())
     }
 }

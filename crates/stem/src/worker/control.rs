@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{backoff, Shared};
 use crate::control::{
-    ActiveTask, Command, ControlCommand, ControlReply, InspectReply, PausedReply, PingReply,
-    RevokeReply, ShutdownReply, WorkerInfo, COMMAND_WINDOW,
+    minute_of, ActiveTask, Command, ControlCommand, ControlReply, InspectReply, PausedReply,
+    PingReply, RevokeReply, ShutdownReply, Throughput, WorkerInfo, COMMAND_WINDOW,
 };
 use crate::envelope::{format_ms, now_ms};
 
@@ -40,6 +40,32 @@ pub(super) fn info(shared: &Shared) -> WorkerInfo {
     }
 }
 
+/// Adds what finished since `recorded` to the throughput history, once
+/// per heartbeat rather than once per task; what a failed write could not
+/// add is added with the next.
+async fn record_throughput(shared: &Shared, recorded: &mut Throughput) {
+    let m = &shared.metrics;
+    let now = Throughput {
+        succeeded: m.succeeded.load(Ordering::Relaxed),
+        failed: m.failed.load(Ordering::Relaxed),
+        retried: m.retried.load(Ordering::Relaxed),
+    };
+    let delta = now.since(recorded);
+    if delta.is_zero() {
+        return;
+    }
+    match shared
+        .control
+        .add_throughput(minute_of(now_ms()), &delta)
+        .await
+    {
+        Ok(()) => *recorded = now,
+        Err(e) => {
+            tracing::debug!(error = %e, "throughput history not written; retried next heartbeat")
+        }
+    }
+}
+
 async fn refresh_paused(shared: &Shared) {
     if let Ok(list) = shared.control.paused_queues().await {
         if shared.selection.adopt_paused(list) {
@@ -56,6 +82,7 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
         .heartbeat_interval
         .max(Duration::from_millis(100));
     let mut failures = 0u32;
+    let mut recorded = Throughput::default();
     loop {
         refresh_paused(&shared).await;
         match shared.control.heartbeat(&info(&shared), period * 3).await {
@@ -67,6 +94,7 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
                 failures += 1;
             }
         }
+        record_throughput(&shared, &mut recorded).await;
         if stop
             .run_until_cancelled(tokio::time::sleep(period))
             .await
@@ -75,6 +103,8 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
             break;
         }
     }
+    // What finished since the last heartbeat, before the record goes.
+    record_throughput(&shared, &mut recorded).await;
     if let Err(e) = shared.control.forget(&shared.opts.name).await {
         tracing::debug!(error = %e, "could not remove the worker record");
     }
