@@ -187,6 +187,33 @@ async fn pages_answer_and_actions_change_what_they_show() -> anyhow::Result<()> 
         !paused.contains("/pause\""),
         "a paused queue offers resume only"
     );
+    assert!(
+        paused.contains(r#"Oldest ready</span><span class="value">—</span>"#),
+        "nothing waits yet"
+    );
+    // A task published while the queue is paused waits, and its age shows.
+    let (status, _) = post(
+        &dash,
+        "/tasks",
+        "/tasks",
+        &[
+            ("csrf_token", &token),
+            ("task", "greeting.send"),
+            ("args", r#"{"name":"Waiting"}"#),
+        ],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    let waiting = wait_page(
+        &dash,
+        "/queues/greetings",
+        "Ready</span><span class=\"value\">1<",
+    )
+    .await?;
+    assert!(
+        !waiting.contains(r#"Oldest ready</span><span class="value">—</span>"#),
+        "the waiting task is dated: {waiting}"
+    );
     // The token also works as a header.
     let r = client()
         .post(dash.url("/queues/greetings/resume"))
@@ -224,11 +251,11 @@ async fn pages_answer_and_actions_change_what_they_show() -> anyhow::Result<()> 
 
     // The overview's chart counts it (the worker adds its counts with its
     // heartbeat), and the count is in Redis: another dashboard shows it.
-    let overview = wait_page(&dash, "/", r#"class="ok""#).await?;
-    assert!(overview.contains("1 succeeded · 0 failed"), "{overview}");
+    // (Two: the one that waited out the pause, and this one.)
+    wait_page(&dash, "/", "2 succeeded · 0 failed").await?;
     let second = start_dashboard(&url, &[]).await?;
     let (_, again) = get(&second, "/").await?;
-    assert!(again.contains("1 succeeded · 0 failed"), "{again}");
+    assert!(again.contains("2 succeeded · 0 failed"), "{again}");
 
     // Bad arguments are refused with a notice, and nothing is enqueued.
     let (status, location) = post(

@@ -79,6 +79,37 @@ async fn publish_fetch_ack_empties_the_queue(a: Adapters) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Stats date the oldest ready entry and move on once it is delivered.
+async fn the_oldest_ready_entry_is_dated(a: Adapters) -> anyhow::Result<()> {
+    a.broker.register_queues(&q("c20")).await?;
+    assert_eq!(a.admin.stats("c20").await?.oldest_ready_ms, None);
+    let before = stem::envelope::now_ms();
+    a.broker
+        .publish(vec![out("c20", 0, &wire("c20", 0))])
+        .await?;
+    let between = stem::envelope::now_ms();
+    a.broker
+        .publish(vec![out("c20", 0, &wire("c20", 0))])
+        .await?;
+    let after = stem::envelope::now_ms();
+    let within = |t: Option<i64>, from: i64, to: i64| t.is_some_and(|t| (from..=to).contains(&t));
+    let oldest = a.admin.stats("c20").await?.oldest_ready_ms;
+    assert!(
+        within(oldest, before, between),
+        "{oldest:?} not in {before}..={between}"
+    );
+    // The first is delivered: the second is now the oldest ready.
+    a.broker.fetch("w1", &q("c20"), 1, NO_BLOCK).await?;
+    let next = a.admin.stats("c20").await?.oldest_ready_ms;
+    assert!(
+        within(next, between, after),
+        "{next:?} not in {between}..={after}"
+    );
+    a.broker.fetch("w1", &q("c20"), 1, NO_BLOCK).await?;
+    assert_eq!(a.admin.stats("c20").await?.oldest_ready_ms, None);
+    Ok(())
+}
+
 async fn fetch_takes_at_most_max(a: Adapters) -> anyhow::Result<()> {
     a.broker.register_queues(&q("c2")).await?;
     let batch = (0..5).map(|_| out("c2", 0, &wire("c2", 0))).collect();
@@ -425,6 +456,7 @@ stem_testkit::contract_suite!(
     redis_colocated => crate::common::redis_colocated,
 ];
     publish_fetch_ack_empties_the_queue,
+    the_oldest_ready_entry_is_dated,
     fetch_takes_at_most_max,
     higher_priority_is_fetched_first,
     due_entries_start_ahead_of_their_bands_backlog,

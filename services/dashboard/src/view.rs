@@ -21,6 +21,8 @@ pub struct QueueRow {
     pub delayed: u64,
     pub dead: u64,
     pub paused: bool,
+    /// How long the oldest ready task has waited (`—` when none is ready).
+    pub oldest_ready: String,
 }
 
 /// One live worker, from its heartbeat.
@@ -160,6 +162,10 @@ pub async fn snapshot(stem: &Stem) -> stem::Result<Snapshot> {
         .into_iter()
         .map(|s| QueueRow {
             paused: paused.contains(&s.queue),
+            oldest_ready: s
+                .oldest_ready_ms
+                .map(|t| age(now - t))
+                .unwrap_or_else(|| "—".into()),
             name: s.queue,
             ready: s.ready,
             running: s.inflight,

@@ -30,8 +30,9 @@ struct Pending {
 
 #[derive(Default)]
 struct MemQueue {
-    /// Ready entries by lane (see [`LANES`]).
-    ready: [VecDeque<(u64, WireEnvelope)>; LANES as usize],
+    /// Ready entries by lane (see [`LANES`]): id, when it became ready
+    /// (epoch ms), envelope.
+    ready: [VecDeque<(u64, i64, WireEnvelope)>; LANES as usize],
     pending: BTreeMap<u64, Pending>,
     delayed: BTreeMap<(i64, u64), (u8, WireEnvelope)>,
     dead: BTreeMap<u64, DeadLetter>,
@@ -60,8 +61,11 @@ impl State {
     }
     fn push_lane(&mut self, queue: &str, lane: u8, wire: WireEnvelope) {
         let id = self.id();
-        self.queues.entry(queue.to_string()).or_default().ready[lane as usize]
-            .push_back((id, wire));
+        self.queues.entry(queue.to_string()).or_default().ready[lane as usize].push_back((
+            id,
+            crate::envelope::now_ms(),
+            wire,
+        ));
     }
     fn take_pending(&mut self, r: &Receipt) -> Option<Pending> {
         let id: u64 = r.entry_id.parse().ok()?;
@@ -154,7 +158,7 @@ impl Broker for MemoryBroker {
                     };
                     for lane in lanes_in_fetch_order() {
                         while out.len() < max {
-                            let Some((id, wire)) = mq.ready[lane as usize].pop_front() else {
+                            let Some((id, _, wire)) = mq.ready[lane as usize].pop_front() else {
                                 break;
                             };
                             mq.pending.insert(
@@ -395,6 +399,11 @@ impl QueueAdmin for MemoryBroker {
         };
         if let Some(q) = st.queues.get(queue) {
             s.ready = q.ready.iter().map(|b| b.len() as u64).sum();
+            s.oldest_ready_ms = q
+                .ready
+                .iter()
+                .filter_map(|lane| lane.front().map(|(_, at, _)| *at))
+                .min();
             s.inflight = q.pending.len() as u64;
             s.delayed = q.delayed.len() as u64;
             s.dead = q.dead.len() as u64;

@@ -175,6 +175,9 @@ pub struct QueueStats {
     pub delayed: u64,
     /// Dead letters the queue keeps.
     pub dead: u64,
+    /// When the oldest ready entry became ready (published, or promoted
+    /// when due), in epoch milliseconds; `None` when nothing is ready.
+    pub oldest_ready_ms: Option<i64>,
 }
 
 /// A publish that must happen at most once per marker: an idempotency

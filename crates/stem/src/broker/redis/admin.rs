@@ -5,7 +5,7 @@
 use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
-use super::scripts::{PURGE_READY, REPLAY};
+use super::scripts::{FIRST_READY, PURGE_READY, REPLAY};
 use super::{dead, entry, RedisBroker, GROUP};
 use crate::broker::{DeadLetter, QueueAdmin, QueueStats, LANES};
 use crate::envelope::WireEnvelope;
@@ -122,8 +122,20 @@ impl QueueAdmin for RedisBroker {
             total += len;
             let pending: ::redis::RedisResult<::redis::streams::StreamPendingReply> =
                 conn.xpending(keys::lane(queue, lane), GROUP).await;
-            if let Ok(p) = pending {
-                inflight += p.count() as u64;
+            let held = pending.map(|p| p.count() as u64).unwrap_or(0);
+            inflight += held;
+            if len > held {
+                // Stream ids start with the ms the entry was added.
+                let first: Option<String> = FIRST_READY
+                    .key(keys::lane(queue, lane))
+                    .arg(GROUP)
+                    .invoke_async(&mut conn)
+                    .await?;
+                let ms = first.and_then(|id| id.split('-').next()?.parse::<i64>().ok());
+                stats.oldest_ready_ms = match (stats.oldest_ready_ms, ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
         }
         stats.inflight = inflight;

@@ -45,14 +45,10 @@ return 1
     )
 });
 
-/// Deletes up to ARGV[2] never-delivered entries of stream KEYS[1]: those
-/// after the last-delivered id of group ARGV[1] (all of them when the group
-/// does not exist). Entries at or before it are in flight or acknowledged,
-/// and stay. Returns how many were deleted.
-pub(super) static PURGE_READY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+/// Lua: sets `last` to the last-delivered id of group ARGV[1] on stream
+/// KEYS[1] (`0-0` when the group does not exist); the entries after it
+/// were never delivered.
+const LAST_DELIVERED: &str = r#"
 local last = '0-0'
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local name, lid
@@ -62,12 +58,38 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   end
   if name == ARGV[1] then last = lid end
 end
+"#;
+
+/// Deletes up to ARGV[2] never-delivered entries of stream KEYS[1]: those
+/// after the last-delivered id of group ARGV[1] (all of them when the group
+/// does not exist). Entries at or before it are in flight or acknowledged,
+/// and stay. Returns how many were deleted.
+pub(super) static PURGE_READY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+{LAST_DELIVERED}
 local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[2])
 local n = 0
 for _, e in ipairs(entries) do
   n = n + redis.call('XDEL', KEYS[1], e[1])
 end
 return n
-"#,
-    )
+"#
+    ))
+});
+
+/// The id of the oldest never-delivered entry of stream KEYS[1] for group
+/// ARGV[1] (the first after its last-delivered id), or nil: how long the
+/// lane's next task has waited.
+pub(super) static FIRST_READY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+{LAST_DELIVERED}
+local first = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)[1]
+if first then return first[1] end
+return false
+"#
+    ))
 });
