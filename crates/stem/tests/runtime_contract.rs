@@ -753,6 +753,8 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
         o.prefetch_multiplier = 1;
         o.shutdown_grace = Duration::from_millis(300);
     });
+    // No body can finish before 400 ms have passed since this instant.
+    let began = std::time::Instant::now();
     let ids: Vec<String> = {
         let mut v = Vec::new();
         for _ in 0..6 {
@@ -765,10 +767,18 @@ async fn prefetch_bound_and_graceful_shutdown(a: Adapters) -> anyhow::Result<()>
     for _ in 0..20 {
         let s = admin.stats(QUEUE).await?;
         // Running (≤ concurrency) plus fetched-but-not-started
-        // (≤ concurrency × prefetch).
+        // (≤ concurrency × prefetch); once bodies finish, also the finished
+        // ones awaiting their batched settle (they no longer count against
+        // the bound; here at most one per slot, as a settle takes
+        // milliseconds and a body 400).
+        let bound = if began.elapsed() < Duration::from_millis(400) {
+            4
+        } else {
+            6
+        };
         assert!(
-            s.inflight <= 4,
-            "held {} > concurrency + concurrency × prefetch",
+            s.inflight <= bound,
+            "held {} > {bound}: concurrency + concurrency × prefetch (+ settling)",
             s.inflight
         );
         most = most.max(s.inflight);
