@@ -74,6 +74,20 @@ async fn journeys(base_path: &str, label: &str) -> anyhow::Result<()> {
     let marker = browser.eval("return window.stemMarker;", json!([])).await?;
     assert_eq!(marker, 42, "the page was updated in place, not reloaded");
 
+    // A task's page follows it to the end without a reload.
+    let brief = enq
+        .api
+        .enqueue(json!({"name": "Brief", "delayMs": 1200}))
+        .await?;
+    browser.goto(&dash.url(&format!("/tasks/{brief}"))).await?;
+    browser.eval("window.stemMarker = 7;", json!([])).await?;
+    browser
+        .wait_text(".state", "succeeded", Duration::from_secs(10))
+        .await?;
+    let marker = browser.eval("return window.stemMarker;", json!([])).await?;
+    assert_eq!(marker, 7, "the task page was updated in place");
+    browser.screenshot(&dir.join("task-succeeded.png")).await?;
+
     // Revoke the running task by a click: the page shows cancelled.
     enq.api
         .wait_state(&slow, "running", Duration::from_secs(15))

@@ -538,6 +538,60 @@ async fn the_event_stream_carries_a_fragment_within_two_seconds_of_a_change() ->
     Ok(())
 }
 
+/// A task's page follows that task: its stream carries the task's part
+/// until it finishes, and only that page's stream does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_page_follows_its_task_until_it_finishes() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let _worker = start_worker(&url, "follow-worker", "greetings", &[]).await?;
+    let enq = start_enqueuer(&url, &[]).await?;
+    let dash = start_dashboard(&url, &[]).await?;
+    let id = enq
+        .api
+        .enqueue(json!({"name": "Followed", "delayMs": 1500}))
+        .await?;
+    let (_, page) = get(&dash, &format!("/tasks/{id}")).await?;
+    assert!(
+        page.contains(&format!(r#"<turbo-stream-source src="/events?task={id}">"#)),
+        "the page's stream names its task: {page}"
+    );
+    let mut other = client().get(dash.url("/events")).send().await?;
+    let mut mine = client()
+        .get(dash.url(&format!("/events?task={id}")))
+        .send()
+        .await?;
+    let target = format!(r#"<turbo-stream action="replace" target="task-{id}">"#);
+    let mut seen = String::new();
+    let finished = tokio::time::timeout(Duration::from_secs(15), async {
+        // Until the last fragment of the task's part shows it succeeded.
+        let done = |seen: &str| {
+            seen.rfind(&target)
+                .is_some_and(|i| seen[i..].contains("state-succeeded"))
+        };
+        while !done(&seen) {
+            match mine.chunk().await? {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                None => anyhow::bail!("stream ended"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    finished.map_err(|_| anyhow::anyhow!("the task's part never showed succeeded: {seen}"))??;
+    // The overview's stream got the tables, never the task.
+    let mut overview = String::new();
+    while let Ok(next) = tokio::time::timeout(Duration::from_millis(300), other.chunk()).await {
+        match next? {
+            Some(c) => overview.push_str(&String::from_utf8_lossy(&c)),
+            None => break,
+        }
+    }
+    assert!(overview.contains("queue-table"), "{overview}");
+    assert!(!overview.contains("target=\"task-"), "{overview}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_setting_exits_78_naming_it() -> anyhow::Result<()> {
     for (key, value) in [

@@ -1,46 +1,100 @@
 //! Live updates: one poller per dashboard process reads the
 //! [`Snapshot`](crate::view::Snapshot) every [`TICK`] while at least one
-//! page is open and, when a table changed, renders the tables as
-//! `<turbo-stream action="replace">` fragments for every open page's
-//! `GET /events` stream (server-sent events, which Turbo's
+//! page is open, plus the status of every task an open page shows, and
+//! when anything changed renders the tables and those tasks as
+//! `<turbo-stream action="replace">` fragments for the open pages'
+//! `GET /events` streams (server-sent events, which Turbo's
 //! `<turbo-stream-source>` applies). Open tabs cost one channel receiver
-//! each, not a poll each.
+//! each, not a poll each; each stream sends its page only the fragments
+//! that differ from what it sent that page before.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::pages::Chrome;
-use crate::view::{self, Snapshot};
+use crate::view::{self, Snapshot, TaskView};
 use crate::AppState;
 
 /// How often the poller reads while a page is open.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// The latest fragments, numbered so a stream sends each change once.
+/// Most distinct tasks the poller follows for open task pages; pages of
+/// others get the tables only.
+const MAX_WATCHED: usize = 100;
+
+/// The element id a task's live part has on its page.
+pub fn task_target(id: &str) -> String {
+    format!("task-{id}")
+}
+
+/// The latest fragments: (target element id, HTML), numbered.
 #[derive(Clone, Default)]
 pub struct Update {
     pub seq: u64,
-    /// `<turbo-stream>` elements, one per table.
-    pub streams: Arc<Vec<String>>,
+    pub fragments: Arc<Vec<(String, String)>>,
 }
 
-/// The channel between the poller and the open pages.
+/// The channel between the poller and the open pages, and the tasks those
+/// pages show.
 pub struct Hub {
     tx: watch::Sender<Update>,
+    watched: Mutex<HashMap<String, usize>>,
 }
 
 impl Hub {
     pub fn new() -> Self {
         Self {
             tx: watch::Sender::new(Update::default()),
+            watched: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A task an open page shows; the poller stops reading it when the last
+/// such page closes (its stream, holding this, is dropped).
+struct Watching {
+    st: AppState,
+    id: String,
+}
+
+impl Watching {
+    fn start(st: &AppState, id: &str) -> Option<Self> {
+        let mut watched = st.0.hub.watched();
+        if id.is_empty() || id.len() > 100 {
+            return None;
+        }
+        if !watched.contains_key(id) && watched.len() >= MAX_WATCHED {
+            return None;
+        }
+        *watched.entry(id.to_string()).or_default() += 1;
+        Some(Self {
+            st: st.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut watched = self.st.0.hub.watched();
+        if let Some(n) = watched.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                watched.remove(&self.id);
+            }
         }
     }
 }
@@ -71,21 +125,45 @@ struct WorkerTable<'a> {
     snap: &'a Snapshot,
 }
 
-/// The fragments of `snap`, by target id.
-fn render(chrome: &Chrome, snap: &Snapshot) -> askama::Result<[(&'static str, String); 4]> {
-    Ok([
-        ("totals", Totals { snap }.render()?),
-        ("throughput", Throughput { snap }.render()?),
-        ("queue-table", QueueTable { chrome, snap }.render()?),
-        ("worker-table", WorkerTable { chrome, snap }.render()?),
-    ])
+#[derive(Template)]
+#[template(path = "partials/task_state.html")]
+struct TaskState<'a> {
+    chrome: &'a Chrome,
+    task: &'a TaskView,
+}
+
+/// The fragments of `snap` and of the watched `tasks`, by target id.
+fn render(
+    chrome: &Chrome,
+    snap: &Snapshot,
+    tasks: &[TaskView],
+) -> askama::Result<Vec<(String, String)>> {
+    let mut out = vec![
+        ("totals".to_string(), Totals { snap }.render()?),
+        ("throughput".to_string(), Throughput { snap }.render()?),
+        (
+            "queue-table".to_string(),
+            QueueTable { chrome, snap }.render()?,
+        ),
+        (
+            "worker-table".to_string(),
+            WorkerTable { chrome, snap }.render()?,
+        ),
+    ];
+    for task in tasks {
+        out.push((
+            task_target(&task.status.id),
+            TaskState { chrome, task }.render()?,
+        ));
+    }
+    Ok(out)
 }
 
 /// Reads and publishes while pages are open, until `stop`.
 pub async fn poll(st: AppState, stop: CancellationToken) {
     let tx = &st.0.hub.tx;
     let chrome = Chrome::new(&st, "", "");
-    let mut last: Vec<(&'static str, String)> = Vec::new();
+    let mut last: Vec<(String, String)> = Vec::new();
     let mut seq = 0u64;
     loop {
         tokio::select! {
@@ -93,64 +171,103 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
             _ = tokio::time::sleep(TICK) => {}
         }
         if tx.receiver_count() == 0 {
-            // Nobody watches: forget, so the next page gets a full picture.
             last.clear();
             continue;
         }
-        let snap = match view::snapshot(st.stem()).await {
-            Ok(s) => s,
+        let ids: Vec<String> = st.0.hub.watched().keys().cloned().collect();
+        let read = async {
+            let snap = view::snapshot(st.stem()).await?;
+            let statuses = if ids.is_empty() {
+                Vec::new()
+            } else {
+                st.stem().backend().get_statuses(&ids).await?
+            };
+            Ok::<_, stem::StemError>((snap, statuses))
+        };
+        let (snap, statuses) = match read.await {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "dashboard poll failed");
                 continue;
             }
         };
-        let fragments = match render(&chrome, &snap) {
+        let tasks: Vec<TaskView> = statuses.into_iter().flatten().map(TaskView::of).collect();
+        let fragments = match render(&chrome, &snap, &tasks) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "dashboard fragment did not render");
                 continue;
             }
         };
-        if fragments.iter().eq(last.iter()) {
+        if fragments == last {
             continue;
         }
-        // Every table goes out, not only the changed ones: a page that
-        // missed an update (the channel keeps the latest only) is whole
-        // again with the next.
-        let streams: Vec<String> = fragments
-            .iter()
-            .map(|(target, html)| {
-                format!(
-                    "<turbo-stream action=\"replace\" target=\"{target}\"><template>{html}</template></turbo-stream>"
-                )
-            })
-            .collect();
-        last = fragments.into();
+        last = fragments.clone();
         seq += 1;
         tx.send_replace(Update {
             seq,
-            streams: Arc::new(streams),
+            fragments: Arc::new(fragments),
         });
     }
 }
 
-/// `GET /events`: the changes from now on, as SSE messages of
-/// `<turbo-stream>` elements (a comment every 15 s keeps proxies from
-/// closing the stream).
+/// What one open page's stream keeps: the channel, what it sent the page
+/// (so it sends only changes, and a missed update costs nothing), and the
+/// task the page shows.
+struct Page {
+    rx: watch::Receiver<Update>,
+    sent: HashMap<String, String>,
+    task: Option<String>,
+    _watching: Option<Watching>,
+}
+
+impl Page {
+    /// The `<turbo-stream>` elements of `update` this page shows and has
+    /// not been sent yet.
+    fn changes(&mut self, update: &Update) -> String {
+        let mut data = String::new();
+        for (target, html) in update.fragments.iter() {
+            let mine = !target.starts_with("task-")
+                || self.task.as_deref().map(task_target).as_ref() == Some(target);
+            if !mine || self.sent.get(target) == Some(html) {
+                continue;
+            }
+            data.push_str(&format!(
+                "<turbo-stream action=\"replace\" target=\"{target}\"><template>{html}</template></turbo-stream>"
+            ));
+            self.sent.insert(target.clone(), html.clone());
+        }
+        data
+    }
+}
+
+/// `GET /events[?task=ID]`: from now on, the changes to the tables (and
+/// to task `ID`'s part of its page) as SSE messages of `<turbo-stream>`
+/// elements; a comment every 15 s keeps proxies from closing the stream.
 pub async fn events(
     State(st): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut rx = st.0.hub.tx.subscribe();
     // What was published before this page was rendered is in the page.
     rx.borrow_and_update();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        let update = rx.borrow_and_update().clone();
-        let data = update.streams.join("");
-        Some((
-            Ok(Event::default().id(update.seq.to_string()).data(data)),
-            rx,
-        ))
+    let task = query.get("task").cloned();
+    let page = Page {
+        rx,
+        _watching: task.as_deref().and_then(|id| Watching::start(&st, id)),
+        task,
+        sent: HashMap::new(),
+    };
+    let stream = futures::stream::unfold(page, |mut page| async move {
+        loop {
+            page.rx.changed().await.ok()?;
+            let update = page.rx.borrow_and_update().clone();
+            let data = page.changes(&update);
+            if !data.is_empty() {
+                let event = Event::default().id(update.seq.to_string()).data(data);
+                return Some((Ok(event), page));
+            }
+        }
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use stem::envelope::TaskStatus;
 use stem::schedule::ScheduleSummary;
 
-use crate::view::{self, LetterRow, QueueRow, Snapshot};
+use crate::view::{self, LetterRow, QueueRow, Snapshot, TaskView};
 use crate::AppState;
 
 /// Dead letters listed per queue.
@@ -29,6 +29,8 @@ pub struct Chrome {
     pub title: String,
     pub nav: &'static str,
     pub notice: Option<String>,
+    /// The task whose live part the page's event stream follows.
+    pub watch: Option<String>,
 }
 
 impl Chrome {
@@ -40,6 +42,7 @@ impl Chrome {
             title: title.into(),
             nav,
             notice: None,
+            watch: None,
         }
     }
 
@@ -298,11 +301,7 @@ pub async fn tasks(
 #[template(path = "task.html")]
 pub struct TaskPage {
     chrome: Chrome,
-    state: String,
-    terminal: bool,
-    result: String,
-    meta: String,
-    status: TaskStatus,
+    task: TaskView,
 }
 
 pub async fn task(
@@ -316,15 +315,12 @@ pub async fn task(
             format!("No task with id {id:?}: it never existed, or its result expired."),
         ));
     };
-    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut chrome =
+        Chrome::new(&st, format!("{} {}", status.task, status.id), "/tasks").with_notice(&q);
+    chrome.watch = Some(status.id.clone());
     Ok(TaskPage {
-        chrome: Chrome::new(&st, format!("{} {}", status.task, status.id), "/tasks")
-            .with_notice(&q),
-        state: status.state.as_str().to_string(),
-        terminal: status.state.is_terminal(),
-        result: pretty(&status.result),
-        meta: pretty(&serde_json::Value::Object(status.meta.clone())),
-        status,
+        chrome,
+        task: TaskView::of(status),
     }
     .into_response())
 }

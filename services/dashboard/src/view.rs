@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use stem::broker::DeadLetter;
 use stem::client::Stem;
 use stem::control::{Throughput, WorkerInfo};
-use stem::envelope::now_ms;
+use stem::envelope::{now_ms, TaskStatus};
 
 /// One queue's counts.
 #[derive(Clone, Debug, PartialEq)]
@@ -207,6 +207,30 @@ fn worker_row(w: &WorkerInfo, now: i64) -> WorkerRow {
         started: w.started,
         succeeded: w.succeeded,
         failed: w.failed,
+    }
+}
+
+/// One task as its page shows it: the status and what is derived from it.
+#[derive(Clone, Debug)]
+pub struct TaskView {
+    pub status: TaskStatus,
+    pub state: &'static str,
+    pub terminal: bool,
+    /// The result and the meta, pretty-printed.
+    pub result: String,
+    pub meta: String,
+}
+
+impl TaskView {
+    pub fn of(status: TaskStatus) -> Self {
+        let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+        Self {
+            state: status.state.as_str(),
+            terminal: status.state.is_terminal(),
+            result: pretty(&status.result),
+            meta: pretty(&serde_json::Value::Object(status.meta.clone())),
+            status,
+        }
     }
 }
 
