@@ -1,6 +1,7 @@
 //! `stem`: the operator CLI (README "CLI"). `stem <group> <command>`:
 //! schedules, workers, queues, dead letters, tasks, health, plus `stem
-//! keys` (signing keys) and `stem dev` (the whole stack in one process).
+//! keys` (signing keys), `stem probe` (an HTTP health probe) and `stem
+//! dev` (the whole stack in one process).
 //!
 //! Data goes to stdout (tables, or JSON with `--json`); errors go to
 //! stderr as one line. Exit codes: 0 ok, 1 awaited task failed (`task
@@ -15,6 +16,7 @@ mod fail;
 mod health;
 mod keys;
 mod output;
+mod probe;
 mod queue;
 mod revoke;
 mod schedule;
@@ -62,9 +64,12 @@ enum Command {
     /// Print ready-to-paste STEM_SIGNING_* lines with fresh keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Run the enqueue API, one worker per demo queue and a beat in one
-    /// process.
+    /// Run the enqueue API, one worker per demo queue, a beat and the
+    /// dashboard in one process.
     Dev(dev::DevArgs),
+    /// GET a URL; exit 0 on a 2xx answer, 69 otherwise (for container
+    /// healthchecks).
+    Probe(probe::ProbeArgs),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -116,6 +121,7 @@ fn main() {
     };
     let code = match cli.command {
         Command::Keys(k) => keys::run(k),
+        Command::Probe(a) => probe::run(a),
         Command::Dev(args) => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(dev::run(args)),
             Err(e) => {

@@ -648,6 +648,26 @@ async fn queue_purge_needs_yes_and_empties_the_queue() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `stem probe URL` (container healthchecks): 0 on a 2xx answer, 69 on
+/// another status or no answer, 64 for what is not an http(s) URL; it
+/// needs no STEM_* configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exits_0_only_for_a_2xx_answer() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let enq = stem_e2e::start_enqueuer(&redis.url(), &[]).await?;
+    let stem = Stem::new("bogus://not-read");
+    stem.ok(&["probe", &format!("{}/healthz", enq.api.base())])?;
+    let missing = stem
+        .run(&["probe", &format!("{}/no-such-route", enq.api.base())])?
+        .expect(69)?;
+    assert!(missing.stderr.contains("404"), "{}", missing.describe());
+    let closed = format!("http://127.0.0.1:{}/healthz", stem_testkit::free_port());
+    stem.run(&["probe", &closed, "--timeout", "1s"])?
+        .expect(69)?;
+    stem.run(&["probe", "redis://127.0.0.1:6379"])?.expect(64)?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_redis_and_exits_69_without_it() -> anyhow::Result<()> {
     let mut redis = RedisServer::start()?;

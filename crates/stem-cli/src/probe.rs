@@ -1,0 +1,58 @@
+//! `stem probe URL`: GET one URL and exit 0 when it answers 2xx, 69
+//! otherwise (no answer within `--timeout`, or another status). Container
+//! healthchecks use it, so the image needs no curl; it reads no `STEM_*`
+//! configuration.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::context::parse_duration;
+use crate::fail::Exit;
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// The URL to GET (http or https; certificates are verified).
+    url: String,
+    /// How long the answer may take.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+pub fn run(args: ProbeArgs) -> i32 {
+    if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
+        eprintln!("error: {:?} is not an http(s) URL", args.url);
+        return Exit::Usage.code();
+    }
+    stem::redis_conn::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return Exit::Software.code();
+        }
+    };
+    runtime.block_on(async {
+        let client = match reqwest::Client::builder().timeout(args.timeout).build() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Software.code();
+            }
+        };
+        match client.get(&args.url).send().await {
+            Ok(r) if r.status().is_success() => 0,
+            Ok(r) => {
+                eprintln!("probe: {} answered {}", args.url, r.status());
+                Exit::Unavailable.code()
+            }
+            Err(e) => {
+                eprintln!("probe: {} did not answer: {e}", args.url);
+                Exit::Unavailable.code()
+            }
+        }
+    })
+}
