@@ -591,6 +591,43 @@ async fn revoked_tasks_do_not_run_and_running_ones_stop(a: Adapters) -> anyhow::
     r.finish().await
 }
 
+/// A worker that stops forgets its own record only: another process
+/// started under the same name meanwhile stays listed.
+async fn a_stopping_worker_forgets_only_its_own_record(a: Adapters) -> anyhow::Result<()> {
+    let control = a.stores.control.clone();
+    let info = |started_at: i64| stem::control::WorkerInfo {
+        name: "same-name".into(),
+        namespace: "stem".into(),
+        queues: vec![QUEUE.to_string()],
+        paused: Vec::new(),
+        host: "h".into(),
+        pid: 1,
+        concurrency: 1,
+        prefetch: 1,
+        inflight: 0,
+        started_at,
+        heartbeat_at: stem::envelope::now_ms(),
+        started: 0,
+        succeeded: 0,
+        failed: 0,
+        retried: 0,
+    };
+    let ttl = Duration::from_secs(30);
+    control.heartbeat(&info(1_000), ttl).await?;
+    // The successor's first heartbeat lands before the old one's goodbye.
+    control.heartbeat(&info(2_000), ttl).await?;
+    control.forget("same-name", 1_000).await?;
+    let live = control.workers().await?;
+    assert_eq!(
+        live.iter().map(|w| w.started_at).collect::<Vec<_>>(),
+        [2_000],
+        "the successor stays"
+    );
+    control.forget("same-name", 2_000).await?;
+    assert!(control.workers().await?.is_empty());
+    Ok(())
+}
+
 /// Workers add what finished to the per-minute throughput history with
 /// their heartbeats, and the history reads it back by minute.
 async fn finished_tasks_are_counted_per_minute(a: Adapters) -> anyhow::Result<()> {
@@ -905,6 +942,7 @@ stem_testkit::contract_suite!(
     revoked_tasks_do_not_run_and_running_ones_stop,
     control_plane_reaches_the_worker,
     finished_tasks_are_counted_per_minute,
+    a_stopping_worker_forgets_only_its_own_record,
     long_bodies_are_marked_running,
     prefetch_bound_and_graceful_shutdown,
     blocking_bodies_off_the_executor_keep_their_leases,

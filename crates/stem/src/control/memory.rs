@@ -83,8 +83,15 @@ impl ControlPlane for MemoryControl {
         Ok(())
     }
 
-    async fn forget(&self, worker: &str) -> Result<()> {
-        self.lock().workers.remove(worker);
+    async fn forget(&self, worker: &str, started_at: i64) -> Result<()> {
+        let mut st = self.lock();
+        if st
+            .workers
+            .get(worker)
+            .is_some_and(|(info, _)| info.started_at == started_at)
+        {
+            st.workers.remove(worker);
+        }
         Ok(())
     }
 

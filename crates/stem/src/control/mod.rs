@@ -226,8 +226,10 @@ pub fn minute_of(ms: i64) -> i64 {
 pub trait ControlPlane: Send + Sync + 'static {
     /// Records `info` as alive for `ttl`.
     async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<()>;
-    /// Removes a worker that stopped cleanly.
-    async fn forget(&self, worker: &str) -> Result<()>;
+    /// Removes the record of a worker that stopped cleanly, only while it
+    /// is still that process's (`started_at` of its [`WorkerInfo`]): a
+    /// worker started under the same name meanwhile keeps its record.
+    async fn forget(&self, worker: &str, started_at: i64) -> Result<()>;
     /// Live workers, sorted by name (expired ones are pruned).
     async fn workers(&self) -> Result<Vec<WorkerInfo>>;
     /// Broadcasts a command to every subscribed worker.

@@ -40,6 +40,24 @@ impl RedisControl {
     }
 }
 
+/// Deletes worker record KEYS[1] and its member ARGV[1] of the live set
+/// KEYS[2] when the record's `startedAt` is ARGV[2] (or the record has
+/// expired); a record of another process under the same name stays.
+static FORGET: std::sync::LazyLock<::redis::Script> = std::sync::LazyLock::new(|| {
+    ::redis::Script::new(
+        r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, info = pcall(cjson.decode, v)
+  if ok and info['startedAt'] ~= tonumber(ARGV[2]) then return 0 end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
 #[async_trait]
 impl ControlPlane for RedisControl {
     async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
@@ -56,13 +74,16 @@ impl ControlPlane for RedisControl {
         Ok(())
     }
 
-    async fn forget(&self, worker: &str) -> Result<()> {
-        let mut pipe = ::redis::pipe();
-        pipe.del(keys::worker(worker))
-            .ignore()
-            .zrem(keys::WORKERS, worker)
-            .ignore();
-        pipe.exec_async(&mut self.conn.clone()).await?;
+    async fn forget(&self, worker: &str, started_at: i64) -> Result<()> {
+        // One script: a worker that started under this name between a
+        // read and a delete would otherwise lose its record.
+        FORGET
+            .key(keys::worker(worker))
+            .key(keys::WORKERS)
+            .arg(worker)
+            .arg(started_at)
+            .invoke_async::<()>(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 

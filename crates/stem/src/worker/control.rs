@@ -105,7 +105,11 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
     }
     // What finished since the last heartbeat, before the record goes.
     record_throughput(&shared, &mut recorded).await;
-    if let Err(e) = shared.control.forget(&shared.opts.name).await {
+    if let Err(e) = shared
+        .control
+        .forget(&shared.opts.name, shared.started_ms)
+        .await
+    {
         tracing::debug!(error = %e, "could not remove the worker record");
     }
 }
