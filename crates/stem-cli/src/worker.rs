@@ -362,15 +362,13 @@ async fn pause(
         stem::config::validate_queue_name("queue", q)
             .map_err(|e| fail(Exit::Data, format!("invalid queue name: {e}")))?;
     }
-    let control = stem.control();
-    control.set_paused(queues, paused).await?;
-    let now_paused = control.paused_queues().await?;
     let workers = targets.of(stem);
     let ex = if paused {
         workers.pause(queues).await?
     } else {
         workers.resume(queues).await?
     };
+    let now_paused = stem.control().paused_queues().await?;
     if format.json {
         print_json(&json!({
             "paused": now_paused,

@@ -308,15 +308,13 @@ async fn set_paused(st: &AppState, queue: &str, paused: bool) -> String {
     if let Err(e) = stem::config::validate_queue_name("queue", queue) {
         return format!("Not a queue name: {e}");
     }
-    // Persisted first, so workers that miss the command (or start later)
-    // apply it at their next heartbeat; the command makes it immediate.
+    // Persisted, then told (Workers::pause).
     let queues = [queue.to_string()];
-    let persisted = st.stem().control().set_paused(&queues, paused).await;
     let workers = st.stem().workers().timeout(REPLY_WAIT);
-    let sent = match persisted {
-        Err(e) => Err(e),
-        Ok(()) if paused => workers.pause(&queues).await.map(drop),
-        Ok(()) => workers.resume(&queues).await.map(drop),
+    let sent = if paused {
+        workers.pause(&queues).await.map(drop)
+    } else {
+        workers.resume(&queues).await.map(drop)
     };
     match sent {
         Ok(()) if paused => format!("Paused {queue}"),

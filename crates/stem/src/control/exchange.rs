@@ -96,17 +96,21 @@ impl Workers {
         self.send(&Command::Shutdown).await
     }
 
-    /// Stop fetching from `queues` at once. (Persisting the pause is
-    /// [`ControlPlane::set_paused`]'s job.)
+    /// Stop fetching from `queues`: persisted first
+    /// ([`ControlPlane::set_paused`]), so workers that miss the command or
+    /// start later apply it at their next heartbeat; the command makes it
+    /// immediate for the ones that answer.
     pub async fn pause(&self, queues: &[String]) -> Result<Exchange<PausedReply>> {
+        self.control.set_paused(queues, true).await?;
         self.send(&Command::Pause {
             queues: queues.to_vec(),
         })
         .await
     }
 
-    /// Fetch from `queues` again.
+    /// Fetch from `queues` again: persisted first, like [`Workers::pause`].
     pub async fn resume(&self, queues: &[String]) -> Result<Exchange<PausedReply>> {
+        self.control.set_paused(queues, false).await?;
         self.send(&Command::Resume {
             queues: queues.to_vec(),
         })
