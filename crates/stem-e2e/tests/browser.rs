@@ -1,7 +1,8 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium` through
 //! `chromedriver`), against the real binaries and Redis: the overview loads
 //! nothing from another origin, an open page follows a task enqueued
-//! through the API without a reload, a dead letter is replayed by a click
+//! through the API without a reload, the open tasks page lists it within
+//! 2 s, a dead letter is replayed by a click
 //! (its confirmation accepted), a running task revoked by a click shows
 //! `cancelled` — at the root and again under `DASHBOARD_BASE_PATH=/ops`.
 //! Screenshots of every page land in `target/screenshots/<root|ops>/`.
@@ -73,6 +74,19 @@ async fn journeys(base_path: &str, label: &str) -> anyhow::Result<()> {
         .await?;
     let marker = browser.eval("return window.stemMarker;", json!([])).await?;
     assert_eq!(marker, 42, "the page was updated in place, not reloaded");
+
+    // The open tasks page lists a task enqueued through the API within
+    // 2 s, newest first, without a reload.
+    browser.goto(&dash.url("/tasks")).await?;
+    browser.wait_text("h1", "Tasks", LIVE).await?;
+    browser.eval("window.stemMarker = 9;", json!([])).await?;
+    let listed = enq.api.enqueue(json!({"name": "Listed"})).await?;
+    browser
+        .wait_text("#task-table tbody tr:first-child", &listed, LIVE)
+        .await?;
+    let marker = browser.eval("return window.stemMarker;", json!([])).await?;
+    assert_eq!(marker, 9, "the tasks page was refreshed in place");
+    browser.screenshot(&dir.join("tasks-live.png")).await?;
 
     // A task's page follows it to the end without a reload.
     let brief = enq

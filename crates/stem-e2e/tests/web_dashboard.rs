@@ -496,26 +496,15 @@ async fn the_event_stream_carries_a_fragment_within_two_seconds_of_a_change() ->
         "text/event-stream",
         "an SSE stream"
     );
-    let mut seen = String::new();
     // The first picture arrives once the poller sees the open page.
-    let first = tokio::time::timeout(Duration::from_secs(5), async {
-        while !seen.contains(r#"<turbo-stream action="replace" target="queue-table">"#) {
-            match r.chunk().await? {
-                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-                None => anyhow::bail!("stream ended"),
-            }
-        }
-        Ok(())
-    })
-    .await;
-    first.map_err(|_| anyhow::anyhow!("no fragment within 5 s: {seen}"))??;
-    assert!(
-        seen.contains(r#"<turbo-stream action="replace" target="queue-table">"#),
-        "{seen}"
-    );
+    stream_until(
+        &mut r,
+        r#"<turbo-stream action="replace" target="queue-table">"#,
+        Duration::from_secs(5),
+    )
+    .await?;
 
     // A change (a pause) is on the stream within 2 s.
-    seen.clear();
     let (status, _) = post(
         &dash,
         "/queues/greetings/pause",
@@ -524,17 +513,12 @@ async fn the_event_stream_carries_a_fragment_within_two_seconds_of_a_change() ->
     )
     .await?;
     assert_eq!(status, 303);
-    let changed = tokio::time::timeout(Duration::from_secs(2), async {
-        while !seen.contains(r#"<span class="badge">paused</span>"#) {
-            match r.chunk().await? {
-                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-                None => anyhow::bail!("stream ended"),
-            }
-        }
-        Ok(())
-    })
-    .await;
-    changed.map_err(|_| anyhow::anyhow!("the pause was not streamed within 2 s: {seen}"))??;
+    stream_until(
+        &mut r,
+        r#"<span class="badge">paused</span>"#,
+        Duration::from_secs(2),
+    )
+    .await?;
     Ok(())
 }
 
@@ -589,6 +573,144 @@ async fn a_task_page_follows_its_task_until_it_finishes() -> anyhow::Result<()> 
     }
     assert!(overview.contains("queue-table"), "{overview}");
     assert!(!overview.contains("target=\"task-"), "{overview}");
+    Ok(())
+}
+
+/// Reads `stream` until it has carried `needle` (counting from now), at
+/// most `within`.
+async fn stream_until(
+    stream: &mut reqwest::Response,
+    needle: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let mut seen = String::new();
+    let found = tokio::time::timeout(within, async {
+        while !seen.contains(needle) {
+            match stream.chunk().await? {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                None => anyhow::bail!("stream ended"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    found.map_err(|_| anyhow::anyhow!("{needle:?} not streamed within {within:?}: {seen}"))?
+}
+
+/// The tasks page lists recent tasks newest first from the recent-task
+/// index, filters them by state, queue, task and text (id, args or
+/// error), pages them; a task's page shows its args, timeline and a link
+/// to its trace; a list page's stream asks for a refresh when a task is
+/// enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_page_filters_pages_and_links_a_task_to_its_trace() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let _worker = start_worker(&url, "list-worker", "greetings,reporting", &[]).await?;
+    // Tracing on (to a port nobody serves): tasks carry a traceparent.
+    let otlp = format!("http://127.0.0.1:{}/v1/traces", stem_e2e::free_port());
+    let enq = start_enqueuer(&url, &[("STEM_OTLP_ENDPOINT", otlp)]).await?;
+    let dash = start_dashboard(
+        &url,
+        &[("STEM_TRACE_UI_URL", "http://localhost:8080/jaeger/".into())],
+    )
+    .await?;
+    let ada = enq
+        .api
+        .enqueue_succeeded(json!({"name": "Ada Lovelace"}))
+        .await?;
+    let broken = enq
+        .api
+        .enqueue(json!({"task": "reports.publish", "name": "Bob", "delayMs": 1, "fail": true}))
+        .await?;
+    // Two retries, then failed for good (about 6 s of backoff).
+    enq.api
+        .wait_state(&broken, "failed", Duration::from_secs(30))
+        .await?;
+    let mut guests = Vec::new();
+    for i in 0..30 {
+        guests.push(
+            enq.api
+                .enqueue(json!({"name": format!("Guest {i}"), "delayMs": 1}))
+                .await?,
+        );
+    }
+    let shows = |page: &str, ids: &[&String]| ids.iter().all(|id| page.contains(id.as_str()));
+    let (status, first) = get(&dash, "/tasks").await?;
+    assert_eq!(status, 200);
+    let at = |id: &str| first.find(id).unwrap_or(usize::MAX);
+    assert!(at(&guests[29]) < at(&guests[28]), "newest first");
+    assert!(shows(&first, &guests[5..].iter().collect::<Vec<_>>()));
+    assert!(
+        !first.contains(&guests[4]) && !first.contains(&ada),
+        "25 a page"
+    );
+    assert!(
+        first.contains(r#"href="/tasks?page=2" rel="next""#),
+        "{first}"
+    );
+    let (_, second) = get(&dash, "/tasks?page=2").await?;
+    assert!(shows(&second, &[&guests[0], &broken, &ada]), "{second}");
+    assert!(!second.contains("rel=\"next\"") && second.contains("rel=\"prev\""));
+    let (_, all) = get(&dash, "/tasks?pageSize=50").await?;
+    assert!(shows(
+        &all,
+        &guests.iter().chain([&ada, &broken]).collect::<Vec<_>>()
+    ));
+
+    for (query, hit, miss) in [
+        ("state=failed", &broken, &ada),
+        ("queue=reporting", &broken, &ada),
+        ("task=greeting.send&q=LOVELACE", &ada, &broken),
+        ("q=synthetic+FAILURE", &broken, &ada),
+        ("q=", &ada, &broken),
+    ] {
+        let (status, page) = get(&dash, &format!("/tasks?{query}&pageSize=50")).await?;
+        assert_eq!(status, 200, "{query}");
+        assert!(page.contains(hit.as_str()), "{query} finds {hit}");
+        if query != "q=" {
+            assert!(!page.contains(miss.as_str()), "{query} leaves out {miss}");
+        }
+    }
+    let (status, bogus) = get(&dash, "/tasks?state=bogus&page=x&pageSize=-1").await?;
+    assert_eq!(status, 200, "bad filters fall back to none");
+    assert!(bogus.contains(&guests[29]));
+
+    // A task's page: args, timeline and its trace.
+    let (_, task) = get(&dash, &format!("/tasks/{ada}")).await?;
+    assert!(
+        task.contains("<h2>Arguments</h2>\n<pre>{\n  &#34;name&#34;: &#34;Ada Lovelace&#34;"),
+        "{task}"
+    );
+    assert!(
+        task.contains("<h2>Timeline</h2>") && task.contains("succeeded (attempt 0)"),
+        "{task}"
+    );
+    let link = "href=\"http://localhost:8080/jaeger/trace/";
+    let trace = task
+        .split(link)
+        .nth(1)
+        .map(|rest| &rest[..rest.find('"').unwrap_or(0)])
+        .unwrap_or_default();
+    assert!(
+        trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a trace link: {task}"
+    );
+
+    // A list page follows new tasks: its stream asks Turbo to refresh.
+    assert!(first.contains(r#"<turbo-stream-source src="/events?list=tasks">"#));
+    // Once the guests finished, only the next enqueue changes the list.
+    for id in &guests {
+        enq.api
+            .wait_state(id, "succeeded", Duration::from_secs(15))
+            .await?;
+    }
+    let mut stream = client().get(dash.url("/events?list=tasks")).send().await?;
+    let refresh = r#"<turbo-stream action="refresh">"#;
+    // The first refresh comes with the first look (the page may predate it).
+    stream_until(&mut stream, refresh, Duration::from_secs(5)).await?;
+    enq.api.enqueue(json!({"name": "Latecomer"})).await?;
+    stream_until(&mut stream, refresh, Duration::from_secs(2)).await?;
     Ok(())
 }
 

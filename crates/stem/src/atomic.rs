@@ -52,9 +52,11 @@ pub trait AtomicStore: Send + Sync + 'static {
 /// marker (an idempotency key, a chain step's or a chord's "published"
 /// record), the task's first status (when given) and the `XADD` or `ZADD`
 /// commit together, so a crash or a cut connection leaves either all of
-/// them or none. KEYS = marker, status key, target (band stream or delayed
-/// set). ARGV = marker value, marker ttl ms, status value ('' for none),
-/// status ttl ms, 'x' (XADD) or 'z' (ZADD), entry or member, score.
+/// them or none; the task's entry in its queue's recent-task index goes
+/// with them. KEYS = marker, status key, target (band stream or delayed
+/// set), recent-task index. ARGV = marker value, marker ttl ms, status
+/// value ('' for none), status ttl ms, 'x' (XADD) or 'z' (ZADD), entry or
+/// member, score, index cap (0: no index), spec body.
 /// Returns the marker's existing value, or nil when this call published.
 static SUBMIT_ONCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -69,6 +71,9 @@ if ARGV[5] == 'x' then
   redis.call('XADD', KEYS[3], '*', 'e', ARGV[6])
 else
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
+end
+if ARGV[8] ~= '0' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'b', ARGV[9])
 end
 return false
 "#,
@@ -102,7 +107,7 @@ impl AtomicStore for RedisAtomicStore {
         self.broker.remember(batch.iter().map(|o| &o.queue)).await?;
         let mut pipe = ::redis::pipe();
         self.writer.push_queued(&mut pipe, statuses)?;
-        push_outgoing(&mut pipe, batch);
+        push_outgoing(&mut pipe, batch, self.broker.recent_cap());
         pipe.exec_async(&mut self.broker.conn()).await?;
         Ok(())
     }
@@ -132,13 +137,16 @@ impl AtomicStore for RedisAtomicStore {
         inv.key(keys::kv(once.marker))
             .key(keys::status(task_id))
             .key(target)
+            .key(keys::recent(&out.queue))
             .arg(once.value)
             .arg(once.ttl.as_millis().max(1) as u64)
             .arg(status)
             .arg(self.writer.ttl_ms())
             .arg(mode)
             .arg(payload)
-            .arg(score);
+            .arg(score)
+            .arg(self.broker.recent_cap())
+            .arg(out.wire.body.as_ref());
         Ok(inv.invoke_async(&mut self.broker.conn()).await?)
     }
 

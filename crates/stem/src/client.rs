@@ -193,10 +193,14 @@ impl Stores {
             )?),
         };
         Ok(match &config.broker_url {
-            StoreUrl::Memory => Stores::memory_with(backend),
+            StoreUrl::Memory => Stores::memory_with(
+                backend,
+                MemoryBroker::new().with_recent_tasks(config.recent_tasks),
+            ),
             StoreUrl::Redis(url) => {
                 let client = redis_conn::client(url, &config.tls)?;
-                let broker = RedisBroker::new(client.clone(), config.dead_letter_maxlen)?;
+                let broker = RedisBroker::new(client.clone(), config.dead_letter_maxlen)?
+                    .with_recent_tasks(config.recent_tasks);
                 let atomic: Option<Arc<dyn AtomicStore>> =
                     (config.result_backend_url == config.broker_url).then(|| {
                         Arc::new(RedisAtomicStore::new(broker.clone(), config.result_ttl)) as _
@@ -215,11 +219,14 @@ impl Stores {
 
     /// Fresh in-memory stores; statuses kept `result_ttl`.
     pub fn memory(result_ttl: Duration) -> Self {
-        Stores::memory_with(Arc::new(MemoryBackend::new(result_ttl)))
+        Stores::memory_with(
+            Arc::new(MemoryBackend::new(result_ttl)),
+            MemoryBroker::new(),
+        )
     }
 
-    fn memory_with(backend: Arc<dyn ResultBackend>) -> Self {
-        let broker = Arc::new(MemoryBroker::new());
+    fn memory_with(backend: Arc<dyn ResultBackend>, broker: MemoryBroker) -> Self {
+        let broker = Arc::new(broker);
         Stores {
             broker: broker.clone(),
             admin: broker,
@@ -546,6 +553,20 @@ impl Stem {
     /// The status of task `id`.
     pub async fn status(&self, id: &str) -> Result<Option<TaskStatus>> {
         get_status(self.stores.backend.as_ref(), id).await
+    }
+
+    /// Recent tasks matching `query`, newest first, from the recent-task
+    /// index (see [`crate::recent`]).
+    pub async fn find_tasks(
+        &self,
+        query: &crate::recent::TaskQuery,
+    ) -> Result<crate::recent::TaskListing> {
+        crate::recent::find_tasks(
+            self.stores.admin.as_ref(),
+            self.stores.backend.as_ref(),
+            query,
+        )
+        .await
     }
 
     /// Revokes task `id`: a queued task will not run, a running task is

@@ -9,8 +9,8 @@ use crate::error::{Result, StemError};
 use crate::signing::KeyRing;
 
 pub use crate::env::{
-    bool_var, duration_var, non_empty, parse_duration, positive_var, process_env, FlagsOverEnv,
-    Lookup,
+    bool_var, count_var, duration_var, non_empty, parse_duration, positive_var, process_env,
+    FlagsOverEnv, Lookup,
 };
 
 /// Where a store lives: Redis (plain or TLS) or the in-process memory adapter.
@@ -148,6 +148,9 @@ pub struct StemConfig {
     pub log_format: LogFormat,
     /// How many dead letters a queue keeps (`STEM_DEAD_LETTER_MAXLEN`).
     pub dead_letter_maxlen: usize,
+    /// How many published tasks a queue's recent-task index keeps
+    /// (`STEM_RECENT_TASKS`; 0 turns the index off).
+    pub recent_tasks: usize,
     /// `STEM_METRIC_EXPORTERS`.
     pub metric_exporters: Vec<crate::telemetry::Exporter>,
     /// The OpenTelemetry collector's OTLP/HTTP base URL
@@ -286,6 +289,11 @@ impl StemConfig {
             }
         };
         let dead_letter_maxlen = positive_var(env, "STEM_DEAD_LETTER_MAXLEN", 100_000)?;
+        let recent_tasks = count_var(
+            env,
+            "STEM_RECENT_TASKS",
+            crate::broker::DEFAULT_RECENT_TASKS,
+        )?;
         let metric_exporters = crate::telemetry::parse_exporters(
             &non_empty(env, "STEM_METRIC_EXPORTERS").unwrap_or_default(),
         )?;
@@ -303,6 +311,7 @@ impl StemConfig {
             tls,
             log_format,
             dead_letter_maxlen,
+            recent_tasks,
             metric_exporters,
             schedule_file: non_empty(env, "STEM_SCHEDULE_FILE").map(Into::into),
         })
@@ -319,6 +328,7 @@ impl StemConfig {
             tls: TlsConfig::default(),
             log_format: LogFormat::Text,
             dead_letter_maxlen: 100_000,
+            recent_tasks: crate::broker::DEFAULT_RECENT_TASKS,
             metric_exporters: Vec::new(),
             otlp_endpoint: None,
             namespace: "stem".into(),

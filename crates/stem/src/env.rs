@@ -97,13 +97,28 @@ pub fn duration_var(env: &dyn Lookup, key: &str, default: Duration) -> Result<Du
 
 /// `key` as an integer above zero, `default` when unset.
 pub fn positive_var(env: &dyn Lookup, key: &str, default: usize) -> Result<usize> {
+    bounded_var(env, key, default, 1, "a positive integer")
+}
+
+/// Parses a count variable that may be 0 (0 turns the feature off).
+pub fn count_var(env: &dyn Lookup, key: &str, default: usize) -> Result<usize> {
+    bounded_var(env, key, default, 0, "0 or a positive integer")
+}
+
+fn bounded_var(
+    env: &dyn Lookup,
+    key: &str,
+    default: usize,
+    min: usize,
+    expected: &str,
+) -> Result<usize> {
     match non_empty(env, key) {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
+            Ok(n) if n >= min => Ok(n),
             _ => Err(StemError::config(
                 key,
-                format!("expected a positive integer, got {v:?}"),
+                format!("expected {expected}, got {v:?}"),
             )),
         },
     }

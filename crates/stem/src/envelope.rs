@@ -30,6 +30,13 @@ pub fn format_ms(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Reads an RFC 3339 time (as [`format_ms`] writes) back into epoch ms.
+pub fn parse_ms(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
 /// A new time-ordered task id (UUID v7).
 pub fn new_task_id() -> String {
     uuid::Uuid::now_v7().to_string()

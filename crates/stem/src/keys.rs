@@ -64,6 +64,11 @@ pub fn delayed(queue: &str) -> String {
     format!("{PREFIX}:{{{queue}}}:delayed")
 }
 
+/// Stream of `queue`'s recent-task index (see [`crate::recent`]).
+pub fn recent(queue: &str) -> String {
+    format!("{PREFIX}:{{{queue}}}:recent")
+}
+
 /// Stream of `queue`'s dead letters.
 pub fn dead(queue: &str) -> String {
     format!("{PREFIX}:{{{queue}}}:dead")

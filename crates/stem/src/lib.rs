@@ -70,6 +70,7 @@ pub mod env;
 pub mod envelope;
 pub mod error;
 pub mod keys;
+pub mod recent;
 pub mod redis_conn;
 pub mod schedule;
 pub mod signing;

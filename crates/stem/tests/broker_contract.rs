@@ -511,3 +511,116 @@ async fn garbage_delayed_members_are_promoted_as_malformed() -> anyhow::Result<(
     assert!(raw[1].contains("no newline here"), "{raw:?}");
     Ok(())
 }
+
+/// A queue's recent-task index keeps the newest entries, newest first,
+/// pages by cursor, and drops the oldest past its cap (exactly on the
+/// memory broker; in whole stream nodes on Redis, where `MAXLEN ~` keeps
+/// at least the cap). A published then retried task keeps one entry.
+#[tokio::test]
+async fn the_recent_task_index_is_capped_and_paged() -> anyhow::Result<()> {
+    use stem::broker::{memory::MemoryBroker, redis::RedisBroker, Broker, QueueAdmin};
+    let server = stem_testkit::RedisServer::start()?;
+    let client = stem::redis_conn::client(&server.url(), &Default::default())?;
+    let redis = std::sync::Arc::new(RedisBroker::new(client, 1000)?.with_recent_tasks(100));
+    let memory = std::sync::Arc::new(MemoryBroker::new().with_recent_tasks(100));
+    type Pair = (std::sync::Arc<dyn Broker>, std::sync::Arc<dyn QueueAdmin>);
+    let brokers: [(&str, Pair); 2] = [
+        ("redis", (redis.clone(), redis)),
+        ("memory", (memory.clone(), memory)),
+    ];
+    for (name, (broker, admin)) in brokers {
+        let wires: Vec<WireEnvelope> = (0..350).map(|_| wire("c30", 0)).collect();
+        for chunk in wires.chunks(50) {
+            broker
+                .publish(chunk.iter().map(|w| out("c30", 0, w)).collect())
+                .await?;
+        }
+        let ids: Vec<String> = wires.iter().map(|w| w.spec().expect("spec").id).collect();
+        let kept = admin.recent_tasks("c30", None, 1000).await?;
+        let kept_ids: Vec<&str> = kept.iter().map(|r| r.spec.id.as_str()).collect();
+        assert!(
+            (100..=250).contains(&kept.len()),
+            "{name}: {} kept",
+            kept.len()
+        );
+        if name == "memory" {
+            assert_eq!(kept.len(), 100);
+        }
+        let newest: Vec<&str> = ids
+            .iter()
+            .rev()
+            .take(kept.len())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(kept_ids, newest, "{name}: the newest, newest first");
+        let next = admin.recent_tasks("c30", Some(&kept[9].cursor), 5).await?;
+        assert_eq!(
+            next.iter().map(|r| r.spec.id.as_str()).collect::<Vec<_>>(),
+            &newest[10..15],
+            "{name}: the page after a cursor"
+        );
+        assert!(admin
+            .recent_tasks("c30", Some("1-0; DEL x"), 5)
+            .await
+            .is_err());
+        // The query reads the index in growing chunks: page 3 and a text
+        // that only the oldest kept entry holds both need several.
+        let backend = stem::backend::memory::MemoryBackend::new(Duration::from_secs(60));
+        let page3 = stem::recent::find_tasks(
+            admin.as_ref(),
+            &backend,
+            &stem::recent::TaskQuery {
+                page: 3,
+                page_size: 25,
+                ..Default::default()
+            },
+        )
+        .await?;
+        assert_eq!(
+            page3
+                .rows
+                .iter()
+                .map(|r| r.spec.id.as_str())
+                .collect::<Vec<_>>(),
+            &newest[50..75],
+            "{name}: page 3"
+        );
+        let oldest = kept.last().expect("kept");
+        let by_id = stem::recent::find_tasks(
+            admin.as_ref(),
+            &backend,
+            &stem::recent::TaskQuery {
+                text: Some(oldest.spec.id.to_uppercase()),
+                page: 1,
+                page_size: 25,
+                ..Default::default()
+            },
+        )
+        .await?;
+        assert_eq!(by_id.rows.len(), 1, "{name}");
+        assert_eq!(by_id.rows[0].spec.id, oldest.spec.id);
+        assert!(
+            by_id.complete && by_id.scanned == kept.len(),
+            "{name}: {by_id:?}"
+        );
+        assert!(admin.find_recent("c30", &ids[0], now_ms()).await?.is_none());
+        let last = admin
+            .find_recent("c30", &ids[349], wires[349].spec()?.enqueued_at)
+            .await?
+            .expect("the newest is found");
+        assert_eq!(last.spec.id, ids[349]);
+        // A retry is the same task: no new entry.
+        broker.register_queues(&q("c30")).await?;
+        let got = broker.fetch("w", &q("c30"), 1, NO_BLOCK).await?;
+        let d = task(&got[0]);
+        broker
+            .retry(&d.receipt, d.wire.clone(), 0, now_ms())
+            .await?;
+        assert_eq!(
+            admin.recent_tasks("c30", None, 1).await?[0].spec.id,
+            ids[349],
+            "{name}"
+        );
+    }
+    Ok(())
+}

@@ -921,6 +921,138 @@ async fn blocking_bodies_off_the_executor_keep_their_leases(a: Adapters) -> anyh
     r.finish().await
 }
 
+/// The recent-task index finds every published task (plain, with an
+/// idempotency key, a chain's later step) newest first, by state, task,
+/// text in args or error, page by page, and holds each one's args.
+async fn recent_tasks_are_found_by_state_task_and_text(a: Adapters) -> anyhow::Result<()> {
+    use stem::recent::TaskQuery;
+    let r = rig(a);
+    let plain = r.stem.enqueue::<Add>((4242, 1)).await?;
+    let keyed = r
+        .stem
+        .enqueue_with::<Add>(
+            (7, 7),
+            EnqueueOptions {
+                idempotency_key: Some("recent-once".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let fatal = r.stem.enqueue::<Fatal>(()).await?;
+    let step = |a: i64, b: i64| EnqueueRequest {
+        name: "math.add".into(),
+        args: json!([a, b]),
+        options: EnqueueOptions::default(),
+    };
+    let chain = r.stem.chain(vec![step(1, 1), step(0, 31337)]).await?;
+    for id in [&plain, &keyed, &fatal, &chain.task_ids[1]] {
+        r.wait(id).await?;
+    }
+    let find = |q: TaskQuery| {
+        let stem = r.stem.clone();
+        async move {
+            let page = stem.find_tasks(&q).await?;
+            anyhow::Ok(page)
+        }
+    };
+    let all = find(TaskQuery {
+        page: 1,
+        page_size: 25,
+        ..Default::default()
+    })
+    .await?;
+    let ids: Vec<&str> = all.rows.iter().map(|r| r.spec.id.as_str()).collect();
+    // The chain's first step is published with the chain; its second when
+    // the first finished, after the other three.
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids[0], chain.task_ids[1], "newest first: {ids:?}");
+    assert_eq!(&ids[2..], [&fatal, &keyed, &plain], "{ids:?}");
+    assert!(all.complete && !all.has_more);
+    assert!(
+        all.rows.iter().all(|r| r.status.is_some()),
+        "rows carry statuses"
+    );
+    let failed = find(TaskQuery {
+        state: Some(TaskState::Failed),
+        page: 1,
+        page_size: 25,
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(
+        failed
+            .rows
+            .iter()
+            .map(|r| r.spec.id.as_str())
+            .collect::<Vec<_>>(),
+        [&fatal]
+    );
+    let by_args = find(TaskQuery {
+        text: Some("4242".into()),
+        page: 1,
+        page_size: 25,
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(by_args.rows.len(), 1);
+    assert_eq!(by_args.rows[0].spec.args, json!([4242, 1]));
+    let by_error = find(TaskQuery {
+        text: Some("BAD INPUT".into()),
+        page: 1,
+        page_size: 25,
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(by_error.rows.len(), 1, "text matches the error, any case");
+    assert_eq!(by_error.rows[0].spec.id, fatal);
+    let adds = find(TaskQuery {
+        task: Some("math.add".into()),
+        queue: Some(QUEUE.into()),
+        page: 2,
+        page_size: 2,
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(
+        adds.rows
+            .iter()
+            .map(|r| r.spec.id.as_str())
+            .collect::<Vec<_>>(),
+        [&keyed, &plain],
+        "page 2 of math.add, two a page"
+    );
+    assert!(!adds.has_more);
+    let first = find(TaskQuery {
+        task: Some("math.add".into()),
+        page: 1,
+        page_size: 2,
+        ..Default::default()
+    })
+    .await?;
+    assert!(first.has_more, "page 1 of 2 says more follow");
+    let none = find(TaskQuery {
+        queue: Some("no-such-queue".into()),
+        page: 1,
+        page_size: 25,
+        ..Default::default()
+    })
+    .await?;
+    assert!(none.rows.is_empty() && none.complete);
+    let spec = r.stem.status(&keyed).await?.expect("status");
+    let entry = r
+        .stem
+        .admin()
+        .find_recent(
+            QUEUE,
+            &keyed,
+            stem::envelope::parse_ms(&spec.created_at).unwrap_or(0),
+        )
+        .await?
+        .expect("the index holds the keyed task");
+    assert_eq!(entry.spec.args, json!([7, 7]));
+    r.finish().await
+}
+
 stem_testkit::contract_suite!(
     [
     memory_adapter => crate::common::memory,
@@ -946,4 +1078,5 @@ stem_testkit::contract_suite!(
     long_bodies_are_marked_running,
     prefetch_bound_and_graceful_shutdown,
     blocking_bodies_off_the_executor_keep_their_leases,
+    recent_tasks_are_found_by_state_task_and_text,
 );

@@ -19,6 +19,7 @@ mod auth;
 mod live;
 mod pages;
 mod settings;
+mod task_list;
 mod view;
 
 pub use settings::{Credentials, DashboardConfig};

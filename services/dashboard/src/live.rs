@@ -1,6 +1,7 @@
 //! Live updates: one poller per dashboard process reads the
 //! [`Snapshot`](crate::view::Snapshot) every [`TICK`] while at least one
-//! page is open, plus the status of every task an open page shows, and
+//! page is open, plus the status of every task an open page shows and,
+//! while a tasks list is open, the newest tasks, and
 //! when anything changed renders the tables and those tasks as
 //! `<turbo-stream action="replace">` fragments for the open pages'
 //! `GET /events` streams (server-sent events, which Turbo's
@@ -10,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
+use stem::recent::TaskQuery;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +51,8 @@ pub struct Update {
 pub struct Hub {
     tx: watch::Sender<Update>,
     watched: Mutex<HashMap<String, usize>>,
+    /// Open pages that list recent tasks.
+    lists: AtomicUsize,
 }
 
 impl Hub {
@@ -55,6 +60,7 @@ impl Hub {
         Self {
             tx: watch::Sender::new(Update::default()),
             watched: Mutex::new(HashMap::new()),
+            lists: AtomicUsize::new(0),
         }
     }
 
@@ -97,6 +103,48 @@ impl Drop for Watching {
             }
         }
     }
+}
+
+/// An open page listing recent tasks; the poller reads the newest tasks
+/// while one exists.
+struct Listing(AppState);
+
+impl Listing {
+    fn start(st: &AppState) -> Self {
+        st.0.hub.lists.fetch_add(1, Ordering::Relaxed);
+        Self(st.clone())
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        self.0 .0.hub.lists.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The target name of the newest tasks' digest: not an element, a change
+/// of it makes list pages refresh.
+const TASKS_HEAD: &str = "tasks-head";
+
+/// The newest tasks by id and state: what a change of shows on a list page.
+async fn tasks_head(st: &AppState) -> stem::Result<String> {
+    let newest = st
+        .stem()
+        .find_tasks(&TaskQuery {
+            page: 1,
+            page_size: crate::task_list::DEFAULT_PAGE_SIZE,
+            ..Default::default()
+        })
+        .await?;
+    Ok(newest
+        .rows
+        .iter()
+        .map(|r| {
+            let state = r.status.as_ref().map(|s| s.state.as_str()).unwrap_or("");
+            format!("{} {state}", r.spec.id)
+        })
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 #[derive(Template)]
@@ -175,6 +223,7 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
             continue;
         }
         let ids: Vec<String> = st.0.hub.watched().keys().cloned().collect();
+        let listing = st.0.hub.lists.load(Ordering::Relaxed) > 0;
         let read = async {
             let snap = view::snapshot(st.stem()).await?;
             let statuses = if ids.is_empty() {
@@ -182,9 +231,14 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
             } else {
                 st.stem().backend().get_statuses(&ids).await?
             };
-            Ok::<_, stem::StemError>((snap, statuses))
+            let head = if listing {
+                Some(tasks_head(&st).await?)
+            } else {
+                None
+            };
+            Ok::<_, stem::StemError>((snap, statuses, head))
         };
-        let (snap, statuses) = match read.await {
+        let (snap, statuses, head) = match read.await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "dashboard poll failed");
@@ -193,7 +247,10 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
         };
         let tasks: Vec<TaskView> = statuses.into_iter().flatten().map(TaskView::of).collect();
         let fragments = match render(&chrome, &snap, &tasks) {
-            Ok(f) => f,
+            Ok(mut f) => {
+                f.extend(head.map(|h| (TASKS_HEAD.to_string(), h)));
+                f
+            }
             Err(e) => {
                 tracing::error!(error = %e, "dashboard fragment did not render");
                 continue;
@@ -219,30 +276,43 @@ struct Page {
     sent: HashMap<String, String>,
     task: Option<String>,
     _watching: Option<Watching>,
+    listing: Option<Listing>,
 }
 
 impl Page {
     /// The `<turbo-stream>` elements of `update` this page shows and has
-    /// not been sent yet.
+    /// not been sent yet. A list page is told to refresh itself (Turbo
+    /// fetches it again and morphs the difference in, keeping scroll and
+    /// the stream) when the newest tasks changed, the first digest it
+    /// sees included: the page may have been rendered before it.
     fn changes(&mut self, update: &Update) -> String {
         let mut data = String::new();
         for (target, html) in update.fragments.iter() {
-            let mine = !target.starts_with("task-")
-                || self.task.as_deref().map(task_target).as_ref() == Some(target);
+            let mine = if target == TASKS_HEAD {
+                self.listing.is_some()
+            } else {
+                !target.starts_with("task-")
+                    || self.task.as_deref().map(task_target).as_ref() == Some(target)
+            };
             if !mine || self.sent.get(target) == Some(html) {
                 continue;
             }
-            data.push_str(&format!(
-                "<turbo-stream action=\"replace\" target=\"{target}\"><template>{html}</template></turbo-stream>"
-            ));
+            if target == TASKS_HEAD {
+                data.push_str("<turbo-stream action=\"refresh\"></turbo-stream>");
+            } else {
+                data.push_str(&format!(
+                    "<turbo-stream action=\"replace\" target=\"{target}\"><template>{html}</template></turbo-stream>"
+                ));
+            }
             self.sent.insert(target.clone(), html.clone());
         }
         data
     }
 }
 
-/// `GET /events[?task=ID]`: from now on, the changes to the tables (and
-/// to task `ID`'s part of its page) as SSE messages of `<turbo-stream>`
+/// `GET /events[?task=ID|?list=tasks]`: from now on, the changes to the
+/// tables (and to task `ID`'s part of its page, or a refresh of a tasks
+/// list when the newest tasks change) as SSE messages of `<turbo-stream>`
 /// elements; a comment every 15 s keeps proxies from closing the stream.
 pub async fn events(
     State(st): State<AppState>,
@@ -255,6 +325,10 @@ pub async fn events(
     let page = Page {
         rx,
         _watching: task.as_deref().and_then(|id| Watching::start(&st, id)),
+        listing: query
+            .get("list")
+            .is_some_and(|l| l == "tasks")
+            .then(|| Listing::start(&st)),
         task,
         sent: HashMap::new(),
     };

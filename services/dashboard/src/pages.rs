@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use std::collections::HashMap;
-use stem::envelope::TaskStatus;
+use stem::envelope::{format_ms, is_task_id, now_ms, parse_ms, TaskStatus};
 use stem::schedule::ScheduleSummary;
 
+use crate::task_list::{self, Filters};
 use crate::view::{self, LetterRow, QueueRow, Snapshot, TaskView};
 use crate::AppState;
 
@@ -31,6 +32,9 @@ pub struct Chrome {
     pub notice: Option<String>,
     /// The task whose live part the page's event stream follows.
     pub watch: Option<String>,
+    /// Whether the page lists recent tasks: its event stream asks Turbo to
+    /// refresh it when the newest tasks change.
+    pub list: bool,
 }
 
 impl Chrome {
@@ -43,6 +47,7 @@ impl Chrome {
             nav,
             notice: None,
             watch: None,
+            list: false,
         }
     }
 
@@ -264,37 +269,50 @@ pub async fn dead_letters(
 #[template(path = "tasks.html")]
 pub struct Tasks {
     chrome: Chrome,
-    q: String,
+    filters: Filters,
+    rows: Vec<task_list::Row>,
+    /// A task typed into `q` by id that the index no longer lists.
     found: Option<TaskStatus>,
-    found_state: String,
+    reach: String,
+    prev: Option<String>,
+    next: Option<String>,
+    queues: Vec<String>,
     task_names: Vec<String>,
+    states: [&'static str; 6],
+    page_sizes: [usize; 4],
 }
 
 pub async fn tasks(
     State(st): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Page<Tasks> {
-    let q = query
-        .get("q")
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default();
-    let found = if q.is_empty() {
-        None
+) -> Result<Response, Unavailable> {
+    let filters = Filters::parse(&query);
+    let listing = st.stem().find_tasks(&filters.query()).await?;
+    let found = if listing.rows.is_empty() && is_task_id(&filters.q) {
+        st.stem().status(&filters.q).await?
     } else {
-        st.stem().status(&q).await?
+        None
     };
+    let mut queues = st.stem().admin().known_queues().await?;
+    queues.sort();
     let mut task_names = st.stem().registry().names();
     task_names.sort();
+    let mut chrome = Chrome::new(&st, "Tasks", "/tasks").with_notice(&query);
+    chrome.list = filters.page == 1;
     Ok(Tasks {
-        chrome: Chrome::new(&st, "Tasks", "/tasks").with_notice(&query),
-        found_state: found
-            .as_ref()
-            .map(|s| s.state.as_str().to_string())
-            .unwrap_or_default(),
-        q,
+        chrome,
+        rows: task_list::rows(&listing),
+        reach: task_list::reach(&listing),
+        prev: (filters.page > 1).then(|| filters.href(filters.page - 1)),
+        next: listing.has_more.then(|| filters.href(filters.page + 1)),
         found,
+        filters,
+        queues,
         task_names,
-    })
+        states: task_list::STATES,
+        page_sizes: task_list::PAGE_SIZES,
+    }
+    .into_response())
 }
 
 #[derive(Template, WebTemplate)]
@@ -302,6 +320,18 @@ pub async fn tasks(
 pub struct TaskPage {
     chrome: Chrome,
     task: TaskView,
+    /// The spec as published, when the recent-task index still holds it.
+    published: Option<Published>,
+}
+
+/// What the recent-task index adds to a task's page.
+pub struct Published {
+    pub args: String,
+    pub headers: String,
+    pub at: String,
+    /// Link to the task's trace (`STEM_TRACE_UI_URL`), when it has one.
+    pub trace_url: Option<String>,
+    pub trace_id: Option<String>,
 }
 
 pub async fn task(
@@ -315,12 +345,42 @@ pub async fn task(
             format!("No task with id {id:?}: it never existed, or its result expired."),
         ));
     };
+    let near = parse_ms(&status.created_at).unwrap_or_else(now_ms);
+    let published = st
+        .stem()
+        .admin()
+        .find_recent(&status.queue, &status.id, near)
+        .await?
+        .map(|r| {
+            let trace_id = r
+                .spec
+                .headers
+                .get("traceparent")
+                .and_then(|tp| tp.split('-').nth(1))
+                .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_string);
+            let pretty =
+                |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+            Published {
+                args: pretty(&r.spec.args),
+                headers: pretty(&serde_json::to_value(&r.spec.headers).unwrap_or_default()),
+                at: format_ms(r.at_ms),
+                trace_url: trace_id.as_ref().and_then(|t| {
+                    st.config()
+                        .trace_ui_url
+                        .as_ref()
+                        .map(|u| format!("{}/trace/{t}", u.trim_end_matches('/')))
+                }),
+                trace_id,
+            }
+        });
     let mut chrome =
         Chrome::new(&st, format!("{} {}", status.task, status.id), "/tasks").with_notice(&q);
     chrome.watch = Some(status.id.clone());
     Ok(TaskPage {
         chrome,
         task: TaskView::of(status),
+        published,
     }
     .into_response())
 }

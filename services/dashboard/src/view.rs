@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use stem::broker::DeadLetter;
 use stem::client::Stem;
 use stem::control::{Throughput, WorkerInfo};
-use stem::envelope::{now_ms, TaskStatus};
+use stem::envelope::{now_ms, TaskState, TaskStatus};
 
 /// One queue's counts.
 #[derive(Clone, Debug, PartialEq)]
@@ -219,6 +219,8 @@ pub struct TaskView {
     /// The result and the meta, pretty-printed.
     pub result: String,
     pub meta: String,
+    /// The state changes the status records, oldest first: (when, what).
+    pub timeline: Vec<(String, String)>,
 }
 
 impl TaskView {
@@ -229,9 +231,36 @@ impl TaskView {
             terminal: status.state.is_terminal(),
             result: pretty(&status.result),
             meta: pretty(&serde_json::Value::Object(status.meta.clone())),
+            timeline: timeline(&status),
             status,
         }
     }
+}
+
+/// What a status tells of its task's history: when it was enqueued, how
+/// many attempts went before, and its state since its last change (a
+/// status keeps its first and its latest time, not every step between).
+fn timeline(s: &TaskStatus) -> Vec<(String, String)> {
+    let mut out = vec![(s.created_at.clone(), "enqueued".to_string())];
+    if s.attempt > 0 {
+        let n = s.attempt;
+        out.push((
+            String::new(),
+            format!(
+                "{n} earlier attempt{} failed and {} retried",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "was" } else { "were" }
+            ),
+        ));
+    }
+    let what = match s.state {
+        TaskState::Queued => return out,
+        TaskState::Running => format!("running (attempt {})", s.attempt),
+        TaskState::Retried => format!("attempt {} failed; retry scheduled", s.attempt),
+        state => format!("{} (attempt {})", state.as_str(), s.attempt),
+    };
+    out.push((s.updated_at.clone(), what));
+    out
 }
 
 /// One dead letter as the list shows it.

@@ -15,10 +15,10 @@ use tokio::sync::Notify;
 
 use super::{
     due_lane, lanes_in_fetch_order, Broker, DeadLetter, Delivery, Fetched, NewDeadLetter, Outgoing,
-    QueueAdmin, QueueStats, Receipt, LANES,
+    QueueAdmin, QueueStats, Receipt, RecentTask, LANES,
 };
 use crate::envelope::{now_ms, WireEnvelope, MAX_PRIORITY};
-use crate::error::Result;
+use crate::error::{Result, StemError};
 
 struct Pending {
     lane: u8,
@@ -36,6 +36,8 @@ struct MemQueue {
     pending: BTreeMap<u64, Pending>,
     delayed: BTreeMap<(i64, u64), (u8, WireEnvelope)>,
     dead: BTreeMap<u64, DeadLetter>,
+    /// The recent-task index, oldest first: id, epoch ms, spec body.
+    recent: VecDeque<(u64, i64, bytes::Bytes)>,
 }
 
 #[derive(Default)]
@@ -44,6 +46,8 @@ struct State {
     next_id: u64,
     /// Lease each consumer declared (its visibility timeout).
     leases: HashMap<String, Duration>,
+    /// Entries kept per queue in the recent-task index.
+    recent_cap: usize,
 }
 
 impl State {
@@ -67,6 +71,18 @@ impl State {
             wire,
         ));
     }
+    /// Adds `wire`'s body to `queue`'s recent-task index.
+    fn push_recent(&mut self, queue: &str, wire: &WireEnvelope) {
+        if self.recent_cap == 0 {
+            return;
+        }
+        let (id, cap) = (self.id(), self.recent_cap);
+        let recent = &mut self.queues.entry(queue.to_string()).or_default().recent;
+        recent.push_back((id, now_ms(), wire.body.clone()));
+        while recent.len() > cap {
+            recent.pop_front();
+        }
+    }
     fn take_pending(&mut self, r: &Receipt) -> Option<Pending> {
         let id: u64 = r.entry_id.parse().ok()?;
         self.queues.get_mut(&r.queue)?.pending.remove(&id)
@@ -74,16 +90,35 @@ impl State {
 }
 
 /// The in-memory broker. Clones share state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryBroker {
     state: Arc<std::sync::Mutex<State>>,
     notify: Arc<Notify>,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(std::sync::Mutex::new(State {
+                recent_cap: super::DEFAULT_RECENT_TASKS,
+                ..State::default()
+            })),
+            notify: Arc::default(),
+        }
+    }
 }
 
 impl MemoryBroker {
     /// An empty broker.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps `cap` entries per queue in the recent-task index (0 turns the
+    /// index off); [`super::DEFAULT_RECENT_TASKS`] unless set.
+    pub fn with_recent_tasks(self, cap: usize) -> Self {
+        self.lock().recent_cap = cap;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -112,6 +147,7 @@ impl Broker for MemoryBroker {
         {
             let mut st = self.lock();
             for o in batch {
+                st.push_recent(&o.queue, &o.wire);
                 match o.not_before_ms {
                     Some(t) if t > now => {
                         let id = st.id();
@@ -417,4 +453,51 @@ impl QueueAdmin for MemoryBroker {
         v.sort();
         Ok(v)
     }
+
+    async fn recent_tasks(
+        &self,
+        queue: &str,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<RecentTask>> {
+        let before = match before {
+            None => u64::MAX,
+            Some(c) => c.parse::<u64>().map_err(|_| {
+                StemError::InvalidArgument(format!("{c:?} is not a recent-task cursor"))
+            })?,
+        };
+        let st = self.lock();
+        let Some(q) = st.queues.get(queue) else {
+            return Ok(Vec::new());
+        };
+        Ok(q.recent
+            .iter()
+            .rev()
+            .filter(|(id, _, _)| *id < before)
+            .filter_map(recent_entry)
+            .take(count)
+            .collect())
+    }
+
+    async fn find_recent(
+        &self,
+        queue: &str,
+        id: &str,
+        _near_ms: i64,
+    ) -> Result<Option<RecentTask>> {
+        let st = self.lock();
+        let Some(q) = st.queues.get(queue) else {
+            return Ok(None);
+        };
+        Ok(q.recent
+            .iter()
+            .rev()
+            .filter_map(recent_entry)
+            .find(|r| r.spec.id == id))
+    }
+}
+
+/// One index entry, when its body decodes.
+fn recent_entry((id, at_ms, body): &(u64, i64, bytes::Bytes)) -> Option<RecentTask> {
+    RecentTask::decode(id.to_string(), *at_ms, body)
 }

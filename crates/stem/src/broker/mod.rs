@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::envelope::{TaskStatus, WireEnvelope, MAX_PRIORITY};
+use crate::envelope::{TaskSpec, TaskStatus, WireEnvelope, MAX_PRIORITY};
 use crate::error::Result;
 
 /// Lanes per queue. Lane `n` (0–9) holds priority band `n` in publish
@@ -180,6 +180,34 @@ pub struct QueueStats {
     pub oldest_ready_ms: Option<i64>,
 }
 
+/// How many published tasks the recent-task index keeps per queue by
+/// default (`STEM_RECENT_TASKS`); see [`crate::recent`].
+pub const DEFAULT_RECENT_TASKS: usize = 10_000;
+
+/// One entry of a queue's recent-task index: a task as it was published.
+#[derive(Clone, Debug)]
+pub struct RecentTask {
+    /// Where the entry sits in its queue's index (a stream entry id on
+    /// Redis): pass it as `before` to read the entries older than it.
+    pub cursor: String,
+    /// When the entry was written, in epoch milliseconds.
+    pub at_ms: i64,
+    /// The task's spec as its producer signed it (the signature is not
+    /// kept: the index is for reading, never for running).
+    pub spec: TaskSpec,
+}
+
+impl RecentTask {
+    /// The entry at `cursor`, written at `at_ms`, when `body` decodes.
+    pub(crate) fn decode(cursor: String, at_ms: i64, body: &[u8]) -> Option<Self> {
+        Some(RecentTask {
+            cursor,
+            at_ms,
+            spec: TaskSpec::from_body(body).ok()?,
+        })
+    }
+}
+
 /// A publish that must happen at most once per marker: an idempotency
 /// key, a chain step, a chord callback.
 #[derive(Clone, Copy, Debug)]
@@ -332,6 +360,20 @@ pub trait QueueAdmin: Send + Sync + 'static {
 
     /// Queues this broker has seen published to or consumed from.
     async fn known_queues(&self) -> Result<Vec<String>>;
+
+    /// `queue`'s recent-task index, newest first: at most `count` entries
+    /// older than the entry at cursor `before` (from the newest when
+    /// `None`). Entries whose body does not decode are skipped.
+    async fn recent_tasks(
+        &self,
+        queue: &str,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<RecentTask>>;
+
+    /// The index entry of task `id`, published to `queue` around
+    /// `near_ms` (its `enqueued_at`), when the index still holds it.
+    async fn find_recent(&self, queue: &str, id: &str, near_ms: i64) -> Result<Option<RecentTask>>;
 }
 
 #[cfg(test)]

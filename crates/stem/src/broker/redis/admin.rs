@@ -1,21 +1,23 @@
 //! The operator's view of the Redis broker ([`QueueAdmin`]): counts,
-//! purges and dead letters, for the CLI and the dashboard. Workers never
+//! purges, dead letters and the recent-task index, for the CLI and the
+//! dashboard. Workers never
 //! call these.
 
+use ::redis::streams::{StreamId, StreamRangeReply};
 use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
 use super::scripts::{FIRST_READY, PURGE_READY, REPLAY};
 use super::{dead, entry, RedisBroker, GROUP};
-use crate::broker::{DeadLetter, QueueAdmin, QueueStats, LANES};
+use crate::broker::{DeadLetter, QueueAdmin, QueueStats, RecentTask, LANES};
 use crate::envelope::WireEnvelope;
-use crate::error::Result;
+use crate::error::{Result, StemError};
 use crate::keys;
 
 #[async_trait]
 impl QueueAdmin for RedisBroker {
     async fn list_dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
-        let reply: ::redis::streams::StreamRangeReply = self
+        let reply: StreamRangeReply = self
             .conn()
             .xrevrange_count(keys::dead(queue), "+", "-", limit)
             .await?;
@@ -23,17 +25,16 @@ impl QueueAdmin for RedisBroker {
     }
 
     async fn get_dead_letter(&self, queue: &str, id: &str) -> Result<Option<DeadLetter>> {
-        let reply: ::redis::streams::StreamRangeReply =
-            match self.conn().xrange(keys::dead(queue), id, id).await {
-                Ok(r) => r,
-                Err(e)
-                    if e.kind()
-                        == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ResponseError) =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let reply: StreamRangeReply = match self.conn().xrange(keys::dead(queue), id, id).await {
+            Ok(r) => r,
+            Err(e)
+                if e.kind()
+                    == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(reply.ids.first().map(|e| dead::decode(queue, e)))
     }
 
@@ -148,4 +149,91 @@ impl QueueAdmin for RedisBroker {
         v.sort();
         Ok(v)
     }
+
+    async fn recent_tasks(
+        &self,
+        queue: &str,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<RecentTask>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let end = match before {
+            Some(c) => format!("({}", stream_id(c)?),
+            None => "+".to_string(),
+        };
+        let reply: StreamRangeReply = self
+            .conn()
+            .xrevrange_count(keys::recent(queue), end, "-", count)
+            .await?;
+        Ok(reply.ids.iter().filter_map(recent_entry).collect())
+    }
+
+    async fn find_recent(&self, queue: &str, id: &str, near_ms: i64) -> Result<Option<RecentTask>> {
+        // Entry ids start with the ms Redis added them, a moment after the
+        // producer stamped `enqueued_at` (clocks of different hosts may
+        // disagree by a little): read forward from a minute before.
+        let mut start = format!("{}", (near_ms - FIND_WINDOW_MS).max(0));
+        let mut conn = self.conn();
+        loop {
+            let reply: StreamRangeReply = conn
+                .xrange_count(keys::recent(queue), &start, "+", FIND_CHUNK)
+                .await?;
+            for e in &reply.ids {
+                if at_ms(&e.id) > near_ms + FIND_WINDOW_MS {
+                    return Ok(None);
+                }
+                let Some(body) = e.get::<Vec<u8>>(entry::RECENT_FIELD) else {
+                    continue;
+                };
+                // The id appears in the body as text; only a hit is decoded.
+                if body.windows(id.len()).any(|w| w == id.as_bytes()) {
+                    if let Some(found) = recent_entry(e).filter(|r| r.spec.id == id) {
+                        return Ok(Some(found));
+                    }
+                }
+            }
+            match reply.ids.last() {
+                Some(last) if reply.ids.len() == FIND_CHUNK => start = format!("({}", last.id),
+                _ => return Ok(None),
+            }
+        }
+    }
+}
+
+/// How far around a task's `enqueued_at` [`QueueAdmin::find_recent`] looks.
+const FIND_WINDOW_MS: i64 = 60_000;
+/// Index entries read per round trip while looking for one task.
+const FIND_CHUNK: usize = 500;
+
+/// The ms part of a stream entry id.
+fn at_ms(id: &str) -> i64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `cursor` when it is a stream entry id (`<ms>-<seq>`), so a cursor from
+/// a URL cannot smuggle another range into the command.
+fn stream_id(cursor: &str) -> Result<&str> {
+    let ok = cursor.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if ok {
+        Ok(cursor)
+    } else {
+        Err(StemError::InvalidArgument(format!(
+            "{cursor:?} is not a recent-task cursor"
+        )))
+    }
+}
+
+/// One index entry, when its body decodes.
+fn recent_entry(e: &StreamId) -> Option<RecentTask> {
+    let body: Vec<u8> = e.get(entry::RECENT_FIELD)?;
+    RecentTask::decode(e.id.clone(), at_ms(&e.id), &body)
 }

@@ -9,6 +9,7 @@
 //! | `stem:{q}:p<n>:due` | stream | band n's delayed and retried entries, moved here when due and read before `p<n>` (the band's due lane, see [`super::LANES`]) |
 //! | `stem:{q}:delayed` | sorted set | delayed and retried entries, score = not-before epoch ms |
 //! | `stem:{q}:dead` | stream | dead letters, capped at `STEM_DEAD_LETTER_MAXLEN` |
+//! | `stem:{q}:recent` | stream | the recent-task index: field `b`, the spec body of each published task, capped at `STEM_RECENT_TASKS` (see [`crate::recent`]) |
 //! | `stem:queues` | set | every queue name seen |
 //! | `stem:leases` | hash | consumer → the visibility timeout (ms) it renews within |
 //!
@@ -71,6 +72,8 @@ pub struct RedisBroker {
     /// Queues already named in `stem:queues` by this process.
     known: Arc<Mutex<HashSet<String>>>,
     dead_maxlen: usize,
+    /// Entries kept per queue in the recent-task index (0: no index).
+    recent_cap: usize,
     /// When recovery last removed stale consumers.
     pruned: Arc<Mutex<Option<std::time::Instant>>>,
 }
@@ -84,8 +87,21 @@ impl RedisBroker {
             blocking: Arc::new(Mutex::new(Vec::new())),
             known: Arc::new(Mutex::new(HashSet::new())),
             dead_maxlen: dead_letter_maxlen,
+            recent_cap: super::DEFAULT_RECENT_TASKS,
             pruned: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Keeps `cap` entries per queue in the recent-task index (0 turns the
+    /// index off); [`super::DEFAULT_RECENT_TASKS`] unless set.
+    pub fn with_recent_tasks(mut self, cap: usize) -> Self {
+        self.recent_cap = cap;
+        self
+    }
+
+    /// Entries kept per queue in the recent-task index.
+    pub(crate) fn recent_cap(&self) -> usize {
+        self.recent_cap
     }
 
     /// The shared multiplexed connection (cheap clone).
@@ -238,7 +254,7 @@ impl Broker for RedisBroker {
         }
         self.remember(batch.iter().map(|o| &o.queue)).await?;
         let mut pipe = ::redis::pipe();
-        push_outgoing(&mut pipe, &batch);
+        push_outgoing(&mut pipe, &batch, self.recent_cap);
         pipe.exec_async(&mut self.conn()).await?;
         Ok(())
     }
