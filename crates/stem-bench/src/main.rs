@@ -76,6 +76,8 @@ enum Scenario {
     Cost,
     /// Worker RSS idle and while draining at concurrency 128.
     Memory,
+    /// Dashboard pages over 1 000 000 finished tasks, and its idle CPU.
+    Dashboard,
     /// Every scenario.
     All,
     /// (internal) an OTLP/HTTP sink: answers 200 to every POST, keeps nothing.
@@ -167,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         } => vec![scenarios::http(&opts, connections, seconds).await?],
         Scenario::Cost => vec![scenarios::cost(&opts).await?],
         Scenario::Memory => vec![scenarios::memory(&opts).await?],
+        Scenario::Dashboard => vec![scenarios::dashboard(&opts).await?],
         Scenario::All => vec![
             scenarios::enqueue(&opts).await?,
             scenarios::drain(&opts, None).await?,
@@ -174,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
             scenarios::http(&opts, 64, 10).await?,
             scenarios::cost(&opts).await?,
             scenarios::memory(&opts).await?,
+            scenarios::dashboard(&opts).await?,
         ],
     };
     std::fs::create_dir_all(&cli.out)?;

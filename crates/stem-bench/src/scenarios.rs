@@ -654,6 +654,125 @@ pub async fn memory(opts: &Opts) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The dashboard over a Redis holding `n` finished tasks (default
+/// 1 000 000): how long the release `dashboard` binary takes to answer its
+/// overview and tasks pages (unfiltered; filtered by a state no task is
+/// in and by a text no task holds, both of which read the queue's whole
+/// recent-task index), p50 and p95 over 50 requests each, timed by the
+/// client on loopback; what the index costs Redis (`MEMORY USAGE`); and
+/// the dashboard's CPU over 20 s with no page open and with one list
+/// page's event stream open.
+pub async fn dashboard(opts: &Opts) -> anyhow::Result<Report> {
+    let n = opts.tasks.unwrap_or(1_000_000);
+    let r = rig()?;
+    let mut report = Report::new("dashboard");
+    r.stem
+        .broker()
+        .register_queues(&[QUEUE.to_string()])
+        .await?;
+    let stop = CancellationToken::new();
+    let w = bench_worker(
+        worker_options("bench-dashboard", 128, opts.prefetch),
+        &r.stem,
+        r.stem_verifier(&r.keys)?,
+        opts,
+    );
+    let worker = tokio::spawn(w.run(stop.clone()));
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 100_000).min(n);
+        fill(&r.stem, end - i).await?;
+        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        i = end;
+        tracing::info!(finished = i, secs = t.elapsed().as_secs_f64(), "filling");
+    }
+    stop.cancel();
+    worker.await??;
+    let keys = r.redis.cli(&["DBSIZE"])?;
+    let index = stem::keys::recent(QUEUE);
+    let entries: f64 = r.redis.cli(&["XLEN", &index])?.trim().parse()?;
+    let bytes: f64 = r
+        .redis
+        .cli(&["MEMORY", "USAGE", &index, "SAMPLES", "0"])?
+        .trim()
+        .parse()?;
+    tracing::info!(keys = keys.trim(), entries, bytes, "finished tasks stored");
+
+    let port = stem_testkit::free_port();
+    let mut dash = ServiceProcess::spawn(
+        "dashboard",
+        &[],
+        &[
+            ("DASHBOARD_PORT", port.to_string()),
+            ("STEM_BROKER_URL", r.redis.url()),
+            ("RUST_LOG", "warn".into()),
+        ],
+    )?;
+    stem_testkit::wait_until("dashboard", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })?;
+    stem::redis_conn::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    for (path, figure) in [
+        ("/", "overview"),
+        ("/tasks", "tasks, page 1 of 25"),
+        ("/tasks?page=4&pageSize=200", "tasks, page 4 of 200"),
+        (
+            "/tasks?state=failed",
+            "tasks, state=failed (none: whole index read)",
+        ),
+        (
+            "/tasks?q=no-such-text",
+            "tasks, q=no-such-text (none: whole index read)",
+        ),
+    ] {
+        let mut ms = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            let reply = http.get(format!("{base}{path}")).send().await?;
+            anyhow::ensure!(reply.status() == 200, "{path}: {}", reply.status());
+            reply.bytes().await?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        report.add(&format!("{figure} p50"), "ms", vec![percentile(&ms, 50.0)]);
+        report.add(&format!("{figure} p95"), "ms", vec![percentile(&ms, 95.0)]);
+    }
+    let pid = dash.pid().to_string();
+    let idle = |secs: u64| {
+        let pid = pid.clone();
+        async move {
+            let before = process_cpu(&pid)?;
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            anyhow::Ok((process_cpu(&pid)? - before) / secs as f64 * 100.0)
+        }
+    };
+    report.add(
+        "dashboard CPU, no page open",
+        "% of a core",
+        vec![idle(20).await?],
+    );
+    let mut stream = http.get(format!("{base}/events?list=tasks")).send().await?;
+    let reading = tokio::spawn(async move { while let Ok(Some(_)) = stream.chunk().await {} });
+    report.add(
+        "dashboard CPU, one list page open",
+        "% of a core",
+        vec![idle(20).await?],
+    );
+    reading.abort();
+    report.add("recent-task index entries", "entries", vec![entries]);
+    report.add(
+        "recent-task index memory per entry",
+        "bytes",
+        vec![bytes / entries.max(1.0)],
+    );
+    dash.sigterm()?;
+    dash.wait_exit(Duration::from_secs(15))?;
+    Ok(report)
+}
+
 /// The internal `worker` subcommand: a no-op worker process.
 pub async fn worker_process(
     url: &str,

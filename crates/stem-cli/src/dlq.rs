@@ -7,13 +7,13 @@
 //! key verifies and runs it. The task's status is set to `queued` for the
 //! new attempt, which outranks the old `failed`.
 
-use anyhow::Context as _;
 use clap::Subcommand;
 use serde::Serialize;
 use serde_json::{json, Value};
 use stem::broker::DeadLetter;
 use stem::client::Stem;
-use stem::envelope::{format_ms, TaskState, TaskStatus};
+use stem::envelope::format_ms;
+use stem::replay::ReplayReport;
 
 use crate::context::Ctx;
 use crate::fail::{fail, require_yes, Exit};
@@ -109,16 +109,6 @@ impl LetterRow {
     }
 }
 
-/// One replayed entry.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReplayRow {
-    id: String,
-    task_id: String,
-    task: String,
-    attempt: u32,
-}
-
 /// How many dead letters `--all` and task-id look-ups read at most.
 const SCAN: usize = 1_000_000;
 
@@ -197,22 +187,24 @@ pub async fn run(ctx: &Ctx, cmd: DlqCommand) -> anyhow::Result<i32> {
             } else if ids.len() > 1 {
                 require_yes(yes, &format!("replaying {} dead letters", ids.len()))?;
             }
-            let letters = if all {
-                all_letters(&stem, &queue).await?
+            let ReplayReport { replayed, skipped } = if all {
+                stem.replay_dead_letters(&queue, SCAN).await?
             } else {
-                let mut v = Vec::new();
+                let mut report = ReplayReport::default();
                 for id in &ids {
-                    v.push(resolve(&stem, &queue, id).await?);
+                    let l = resolve(&stem, &queue, id).await?;
+                    match stem.replay_dead_letter(&queue, &l).await? {
+                        Some(r) => report.replayed.push(r),
+                        None => report.skipped.push(l.id.clone()),
+                    }
                 }
-                v
+                report
             };
-            let mut replayed = Vec::new();
-            let mut skipped = Vec::new();
-            for l in letters {
-                match replay_one(&stem, &queue, &l).await? {
-                    Some(r) => replayed.push(r),
-                    None => skipped.push(l.id.clone()),
-                }
+            for r in replayed.iter().filter(|r| r.revoked) {
+                eprintln!(
+                    "note: task {} was revoked; workers will drop the replayed copy without running it",
+                    r.task_id
+                );
             }
             if format.json {
                 print_json(&json!({ "replayed": replayed, "skipped": skipped }))?;
@@ -301,48 +293,4 @@ async fn resolve(stem: &Stem, queue: &str, id: &str) -> anyhow::Result<DeadLette
         Exit::Data,
         format!("no dead letter {id:?} in {queue} (see `stem dlq list -q {queue}`)"),
     ))
-}
-
-/// Every dead letter of `queue`, oldest first.
-async fn all_letters(stem: &Stem, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
-    let mut v = stem.admin().list_dead_letters(queue, SCAN).await?;
-    v.reverse();
-    Ok(v)
-}
-
-/// Records `queued` for the entry's new attempt, then replays it; `None`
-/// when it could not be replayed (malformed, or gone). The status goes
-/// first so that it has reopened the task (the old `failed` no longer
-/// blocks the new result) before any worker can run the replayed copy.
-async fn replay_one(stem: &Stem, queue: &str, l: &DeadLetter) -> anyhow::Result<Option<ReplayRow>> {
-    let Some(old) = &l.wire else {
-        return Ok(None);
-    };
-    let spec = old
-        .spec()
-        .with_context(|| format!("dead letter {} has an undecodable envelope", l.id))?;
-    stem.backend()
-        .set_statuses(&[TaskStatus::for_spec(
-            &spec,
-            TaskState::Queued,
-            old.attempt + 1,
-        )])
-        .await?;
-    let Some(wire) = stem.admin().replay_dead_letter(queue, &l.id).await? else {
-        return Ok(None);
-    };
-    if let Some(now) = stem.status(&spec.id).await? {
-        if now.state == TaskState::Cancelled {
-            eprintln!(
-                "note: task {} was revoked; workers will drop the replayed copy without running it",
-                spec.id
-            );
-        }
-    }
-    Ok(Some(ReplayRow {
-        id: l.id.clone(),
-        task_id: spec.id,
-        task: spec.name,
-        attempt: wire.attempt,
-    }))
 }

@@ -73,7 +73,7 @@ else
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
 end
 if ARGV[8] ~= '0' then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'b', ARGV[9])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', '0', ARGV[9])
 end
 return false
 "#,
@@ -107,7 +107,8 @@ impl AtomicStore for RedisAtomicStore {
         self.broker.remember(batch.iter().map(|o| &o.queue)).await?;
         let mut pipe = ::redis::pipe();
         self.writer.push_queued(&mut pipe, statuses)?;
-        push_outgoing(&mut pipe, batch, self.broker.recent_cap());
+        push_outgoing(&mut pipe, batch);
+        self.broker.index_recent(&mut pipe, batch);
         pipe.exec_async(&mut self.broker.conn()).await?;
         Ok(())
     }

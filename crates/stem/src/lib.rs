@@ -72,6 +72,7 @@ pub mod error;
 pub mod keys;
 pub mod recent;
 pub mod redis_conn;
+pub mod replay;
 pub mod schedule;
 pub mod signing;
 pub mod task;

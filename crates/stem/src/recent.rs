@@ -1,24 +1,26 @@
 //! Finding tasks without scanning the keyspace: the recent-task index and
 //! the query over it.
 //!
-//! **The index.** Every publish also appends the task's spec body to its
-//! queue's index (`stem:{q}:recent` on Redis, a stream capped with
-//! `XADD MAXLEN ~ STEM_RECENT_TASKS`, default
-//! [`DEFAULT_RECENT_TASKS`](crate::broker::DEFAULT_RECENT_TASKS) per
-//! queue), in the pipeline or script that publishes it, so it costs one
-//! more command in a round trip that is made anyway and nothing on the
-//! worker's side. Retries and dead-letter replays keep the task's entry
-//! (they are the same task). The index reaches back the last
-//! `STEM_RECENT_TASKS` publishes of each queue; a queue's index costs
-//! about the spec body plus ~20 bytes per entry (`docs/architecture.md`).
+//! **The index.** Every publish also records the task's spec body in its
+//! queue's index (`stem:{q}:recent` on Redis: a stream whose entries each
+//! hold the tasks one write indexed together; a list on the memory
+//! broker), keeping about `STEM_RECENT_TASKS` tasks per queue (default
+//! [`DEFAULT_RECENT_TASKS`](crate::broker::DEFAULT_RECENT_TASKS)). On
+//! Redis a producer writes it in the publish's own pipeline when it wrote
+//! none in the last 100 ms, and otherwise coalesces it into one write per
+//! 100 ms (see `broker/redis/recent.rs`), so the index costs the hot path
+//! about nothing. Retries and dead-letter replays keep the task's entry
+//! (they are the same task). The index reaches back about the last
+//! `STEM_RECENT_TASKS` publishes of each queue; its memory is about the
+//! spec body plus a few bytes per task (`docs/benchmarks.md`).
 //!
 //! **The query.** [`find_tasks`] reads the indexes of the asked queues
-//! newest first in chunks, merges them by publish time, joins each entry
-//! with its status in one `get_statuses` per chunk, and keeps what the
-//! filters match, until the page is full. It never reads more than
-//! [`MAX_SCAN`] entries, so a filter that matches little costs a bounded
-//! amount; [`TaskListing::scanned`] and [`TaskListing::complete`] say how
-//! far it looked.
+//! newest first in chunks, merges them by enqueue time, joins each entry
+//! with its status in one `get_statuses` per chunk when a filter needs
+//! it, and keeps what the filters match, until the page is full. It never
+//! reads more than [`MAX_SCAN`] tasks, so a filter that matches little
+//! costs a bounded amount; [`TaskListing::scanned`] and
+//! [`TaskListing::complete`] say how far it looked.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -92,14 +94,18 @@ struct Reader {
 
 impl Reader {
     async fn refill(&mut self, admin: &dyn QueueAdmin) -> Result<()> {
-        let got = admin
+        let mut got = admin
             .recent_tasks(&self.queue, self.last.as_deref(), self.chunk)
             .await?;
-        self.done = got.len() < self.chunk;
+        self.done = got.is_empty();
         self.chunk = (self.chunk * 2).min(MAX_CHUNK);
         if let Some(last) = got.last() {
             self.last = Some(last.cursor.clone());
         }
+        // Index order is write order, which a coalesced write may put up
+        // to a flush window behind publish order: each chunk is put back
+        // in publish order (ids are time-ordered UUIDs within a ms).
+        got.sort_by(|a, b| newer(b).cmp(&newer(a)));
         self.buf.extend(got);
         Ok(())
     }
@@ -133,12 +139,14 @@ pub async fn find_tasks(
             queue,
             buf: VecDeque::new(),
             last: None,
-            chunk: wanted.clamp(16, MAX_CHUNK),
+            // An entry holds one task or (on Redis) up to a hundred: start
+            // small, then double.
+            chunk: 2,
             done: false,
         })
         .collect();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut matches: Vec<TaskRow> = Vec::new();
+    let mut matches: Vec<RecentTask> = Vec::new();
     let mut scanned = 0usize;
     let mut complete = false;
     while matches.len() < wanted {
@@ -157,7 +165,7 @@ pub async fn find_tasks(
             let Some(next) = readers
                 .iter_mut()
                 .filter(|r| !r.buf.is_empty())
-                .max_by_key(|r| r.buf.front().map(|e| e.at_ms))
+                .max_by(|a, b| a.buf.front().map(newer).cmp(&b.buf.front().map(newer)))
             else {
                 break;
             };
@@ -166,12 +174,9 @@ pub async fn find_tasks(
             };
             let refill = next.buf.is_empty() && !next.done;
             scanned += 1;
-            if seen.insert(entry.spec.id.clone())
-                && query.task.as_ref().is_none_or(|t| *t == entry.spec.name)
+            if seen.insert(entry.id.clone()) && query.task.as_ref().is_none_or(|t| *t == entry.name)
             {
-                let text_hit = text
-                    .as_deref()
-                    .is_some_and(|t| spec_contains(&entry.spec, t));
+                let text_hit = text.as_deref().is_some_and(|t| entry_contains(&entry, t));
                 batch.push((entry, text_hit));
             }
             if refill {
@@ -186,44 +191,24 @@ pub async fn find_tasks(
             }
             continue;
         }
-        // Statuses are needed to filter by state or by error text.
-        let need_status = query.state.is_some() || text.is_some();
-        let statuses = if need_status {
-            let ids: Vec<String> = batch.iter().map(|(e, _)| e.spec.id.clone()).collect();
-            backend.get_statuses(&ids).await?
-        } else {
-            vec![None; batch.len()]
-        };
-        for ((entry, text_hit), status) in batch.into_iter().zip(statuses) {
-            if let Some(state) = query.state {
-                if status.as_ref().map(|s| s.state) != Some(state) {
-                    continue;
-                }
-            }
-            if let Some(t) = text.as_deref() {
-                let error_hit = status
-                    .as_ref()
-                    .and_then(|s| s.error.as_ref())
-                    .is_some_and(|e| e.message.to_ascii_lowercase().contains(t));
-                if !text_hit && !error_hit {
-                    continue;
-                }
-            }
-            matches.push(TaskRow {
-                spec: entry.spec,
-                published_ms: entry.at_ms,
-                status,
-            });
-        }
+        matches.extend(filter_batch(backend, query, text.as_deref(), batch).await?);
     }
     let has_more = matches.len() > skip + page_size;
-    let mut rows: Vec<TaskRow> = matches.into_iter().skip(skip).take(page_size).collect();
-    if query.state.is_none() && text.is_none() {
-        let ids: Vec<String> = rows.iter().map(|r| r.spec.id.clone()).collect();
-        for (row, status) in rows.iter_mut().zip(backend.get_statuses(&ids).await?) {
-            row.status = status;
-        }
-    }
+    let page: Vec<RecentTask> = matches.into_iter().skip(skip).take(page_size).collect();
+    // Only the page's rows are decoded whole and read with full statuses.
+    let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
+    let statuses = backend.get_statuses(&ids).await?;
+    let rows = page
+        .into_iter()
+        .zip(statuses)
+        .filter_map(|(entry, status)| {
+            Some(TaskRow {
+                spec: entry.spec().ok()?,
+                published_ms: entry.at_ms,
+                status,
+            })
+        })
+        .collect();
     Ok(TaskListing {
         rows,
         has_more,
@@ -232,8 +217,65 @@ pub async fn find_tasks(
     })
 }
 
-/// Whether `spec`'s id or JSON args contain `needle` (lower case).
-fn spec_contains(spec: &TaskSpec, needle: &str) -> bool {
-    spec.id.to_ascii_lowercase().contains(needle)
-        || serde_json::to_string(&spec.args).is_ok_and(|a| a.to_ascii_lowercase().contains(needle))
+/// The publish-order key of an index entry: the producer's enqueue
+/// time, then the id (a time-ordered UUID).
+fn newer(r: &RecentTask) -> (i64, &str) {
+    (r.enqueued_at, r.id.as_str())
+}
+
+/// Whether the task's id or JSON args contain `needle` (lower case).
+fn entry_contains(entry: &RecentTask, needle: &str) -> bool {
+    entry.id.to_ascii_lowercase().contains(needle)
+        || entry.args_json().to_ascii_lowercase().contains(needle)
+}
+
+/// The entries of `batch` the state and text filters keep. States come
+/// from the backend's cheap state read; whole statuses (for the error
+/// text) only for entries whose id and args did not match and whose state
+/// can carry an error.
+async fn filter_batch(
+    backend: &dyn ResultBackend,
+    query: &TaskQuery,
+    text: Option<&str>,
+    batch: Vec<(RecentTask, bool)>,
+) -> Result<Vec<RecentTask>> {
+    if query.state.is_none() && text.is_none() {
+        return Ok(batch.into_iter().map(|(e, _)| e).collect());
+    }
+    let ids: Vec<String> = batch.iter().map(|(e, _)| e.id.clone()).collect();
+    let states = backend.states(&ids).await?;
+    let mut kept: Vec<(RecentTask, bool, Option<TaskState>)> = batch
+        .into_iter()
+        .zip(states)
+        .filter(|((_, _), state)| query.state.is_none_or(|want| *state == Some(want)))
+        .map(|((e, hit), state)| (e, hit, state))
+        .collect();
+    let Some(t) = text else {
+        return Ok(kept.into_iter().map(|(e, _, _)| e).collect());
+    };
+    let errored = |s: &Option<TaskState>| {
+        matches!(
+            s,
+            Some(TaskState::Retried | TaskState::Failed | TaskState::Cancelled)
+        )
+    };
+    let ask: Vec<String> = kept
+        .iter()
+        .filter(|(_, hit, s)| !hit && errored(s))
+        .map(|(e, _, _)| e.id.clone())
+        .collect();
+    let errors: HashSet<String> = backend
+        .get_statuses(&ask)
+        .await?
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            s.error
+                .as_ref()
+                .is_some_and(|e| e.message.to_ascii_lowercase().contains(t))
+        })
+        .map(|s| s.id)
+        .collect();
+    kept.retain(|(e, hit, _)| *hit || errors.contains(&e.id));
+    Ok(kept.into_iter().map(|(e, _, _)| e).collect())
 }

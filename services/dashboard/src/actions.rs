@@ -57,7 +57,7 @@ fn back(st: &AppState, headers: &HeaderMap, fallback: &str, notice: &str) -> Res
         .split('&')
         .filter(|p| !p.is_empty() && !p.starts_with("notice="))
         .collect();
-    let notice = format!("notice={}", encode(notice));
+    let notice = serde_urlencoded::to_string([("notice", notice)]).unwrap_or_default();
     pairs.push(&notice);
     let location = format!("{path}?{}", pairs.join("&"));
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
@@ -71,19 +71,6 @@ fn local_path(referer: &str, headers: &HeaderMap) -> Option<String> {
         .or_else(|| referer.strip_prefix("https://"))?;
     let (authority, path) = rest.split_at(rest.find('/')?);
     (authority == host && !path.starts_with("//")).then(|| path.to_string())
-}
-
-/// Percent-encodes a query value.
-fn encode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// What an action reports when the store failed under it.
@@ -174,7 +161,12 @@ pub async fn revoke(
     headers: HeaderMap,
     Fields(f): Fields,
 ) -> Response {
-    let page = format!("/tasks/{}", encode(&id));
+    // A task id is a UUID, safe in a path; anything else goes back to the list.
+    let page = if stem::envelope::is_task_id(&id) {
+        format!("/tasks/{id}")
+    } else {
+        "/tasks".to_string()
+    };
     act(&st, &headers, &f, &page, || async {
         match st.stem().revoke(&id, "revoked from the dashboard").await {
             Ok(None) => format!("No task with id {id}"),
@@ -209,15 +201,17 @@ pub async fn replay(
     Fields(f): Fields,
 ) -> Response {
     act(&st, &headers, &f, "/dead-letters", || async {
-        match st.stem().admin().replay_dead_letter(&queue, &entry).await {
-            Ok(Some(wire)) => match wire.spec() {
-                Ok(spec) => format!(
-                    "Replayed {} {} (attempt {})",
-                    spec.name, spec.id, wire.attempt
-                ),
-                Err(_) => format!("Replayed dead letter {entry}"),
-            },
-            Ok(None) => format!("No dead letter {entry} in {queue} (replayed already?)"),
+        let replayed = async {
+            match st.stem().admin().get_dead_letter(&queue, &entry).await? {
+                Some(letter) => st.stem().replay_dead_letter(&queue, &letter).await,
+                None => Ok(None),
+            }
+        };
+        match replayed.await {
+            Ok(Some(r)) => format!("Replayed {} {} (attempt {})", r.task, r.task_id, r.attempt),
+            Ok(None) => format!(
+                "Dead letter {entry} of {queue} was not replayed (gone already, or it holds no task)"
+            ),
             Err(e) => failed("replay", e),
         }
     })
@@ -225,7 +219,8 @@ pub async fn replay(
 }
 
 /// `POST /dead-letters/{queue}/replay-all`: every dead letter of the
-/// queue, up to [`REPLAY_ALL_MAX`].
+/// queue (the newest [`REPLAY_ALL_MAX`] when there are more), oldest
+/// first.
 pub async fn replay_all(
     State(st): State<AppState>,
     Path(queue): Path<String>,
@@ -233,30 +228,16 @@ pub async fn replay_all(
     Fields(f): Fields,
 ) -> Response {
     act(&st, &headers, &f, "/dead-letters", || async {
-        let admin = st.stem().admin();
-        let mut replayed = 0usize;
-        let outcome: stem::Result<()> = async {
-            while replayed < REPLAY_ALL_MAX {
-                let page = admin.list_dead_letters(&queue, 500).await?;
-                if page.is_empty() {
-                    break;
-                }
-                for letter in page {
-                    if admin
-                        .replay_dead_letter(&queue, &letter.id)
-                        .await?
-                        .is_some()
-                    {
-                        replayed += 1;
-                    }
-                }
+        match st.stem().replay_dead_letters(&queue, REPLAY_ALL_MAX).await {
+            Ok(r) if r.skipped.is_empty() => {
+                format!("Replayed {} dead letters of {queue}", r.replayed.len())
             }
-            Ok(())
-        }
-        .await;
-        match outcome {
-            Ok(()) => format!("Replayed {replayed} dead letters of {queue}"),
-            Err(e) => failed(&format!("replay of {queue} (after {replayed})"), e),
+            Ok(r) => format!(
+                "Replayed {} dead letters of {queue}; {} not replayed (gone already, or holding no task)",
+                r.replayed.len(),
+                r.skipped.len()
+            ),
+            Err(e) => failed(&format!("replay of {queue}"), e),
         }
     })
     .await
@@ -417,14 +398,6 @@ mod tests {
         assert_eq!(local_path("http://evil.example/ops/queues", &h), None);
         assert_eq!(local_path("http://127.0.0.1:3080//evil.example/", &h), None);
         assert_eq!(local_path("javascript:alert(1)", &h), None);
-    }
-
-    #[test]
-    fn notices_are_query_safe() {
-        assert_eq!(
-            encode("Purged 3 tasks & more"),
-            "Purged%203%20tasks%20%26%20more"
-        );
     }
 
     #[test]

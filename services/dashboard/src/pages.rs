@@ -351,9 +351,9 @@ pub async fn task(
         .admin()
         .find_recent(&status.queue, &status.id, near)
         .await?
-        .map(|r| {
-            let trace_id = r
-                .spec
+        .and_then(|r| Some((r.at_ms, r.spec().ok()?)))
+        .map(|(at_ms, spec)| {
+            let trace_id = spec
                 .headers
                 .get("traceparent")
                 .and_then(|tp| tp.split('-').nth(1))
@@ -362,9 +362,9 @@ pub async fn task(
             let pretty =
                 |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
             Published {
-                args: pretty(&r.spec.args),
-                headers: pretty(&serde_json::to_value(&r.spec.headers).unwrap_or_default()),
-                at: format_ms(r.at_ms),
+                args: pretty(&spec.args),
+                headers: pretty(&serde_json::to_value(&spec.headers).unwrap_or_default()),
+                at: format_ms(at_ms),
                 trace_url: trace_id.as_ref().and_then(|t| {
                     st.config()
                         .trace_ui_url

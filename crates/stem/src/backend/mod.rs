@@ -90,6 +90,17 @@ pub trait ResultBackend: Send + Sync + 'static {
             .collect())
     }
 
+    /// The state of each task now (`None` for unknown or expired ids),
+    /// in one round trip: the cheap read behind listing tasks by state.
+    async fn states(&self, ids: &[String]) -> Result<Vec<Option<TaskState>>> {
+        Ok(self
+            .get_statuses(ids)
+            .await?
+            .into_iter()
+            .map(|s| s.map(|s| s.state))
+            .collect())
+    }
+
     /// Creates group `id` expecting `expected` results.
     async fn init_group(&self, id: &str, expected: u64) -> Result<()>;
 

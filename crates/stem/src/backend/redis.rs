@@ -256,6 +256,29 @@ impl RedisBackend {
             .await?)
     }
 
+    /// The stored value of each task's status (the higher-ranked of its
+    /// terminal and live records; a terminal one wins a tie), one `MGET`.
+    async fn current(&self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .flat_map(|id| [keys::done(id), keys::status(id)])
+            .collect();
+        let mut raw = self.stored(&keys).await?.into_iter();
+        let mut out = Vec::with_capacity(ids.len());
+        while let (Some(done), Some(live)) = (raw.next(), raw.next()) {
+            let rank = |v: &Option<Vec<u8>>| v.as_deref().and_then(rank_of);
+            out.push(match (rank(&done), rank(&live)) {
+                (Some(d), Some(l)) if l > d => live,
+                (Some(_), _) => done,
+                _ => live,
+            });
+        }
+        Ok(out)
+    }
+
     /// A backend on `client`; records live for `ttl`.
     pub fn new(client: Client, ttl: Duration) -> Result<Self> {
         Ok(RedisBackend {
@@ -297,23 +320,21 @@ impl ResultBackend for RedisBackend {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids
-            .iter()
-            .flat_map(|id| [keys::done(id), keys::status(id)])
-            .collect();
-        let mut raw = self.stored(&keys).await?.into_iter();
-        let mut out = Vec::with_capacity(ids.len());
-        while let (Some(done), Some(live)) = (raw.next(), raw.next()) {
-            // The higher rank is the status; a terminal one wins a tie.
-            let rank = |v: &Option<Vec<u8>>| v.as_deref().and_then(rank_of);
-            let best = match (rank(&done), rank(&live)) {
-                (Some(d), Some(l)) if l > d => live,
-                (Some(_), _) => done,
-                _ => live,
-            };
-            out.push(best.as_deref().and_then(decode_status));
-        }
-        Ok(out)
+        Ok(self
+            .current(ids)
+            .await?
+            .into_iter()
+            .map(|raw| raw.as_deref().and_then(decode_status))
+            .collect())
+    }
+
+    async fn states(&self, ids: &[String]) -> Result<Vec<Option<TaskState>>> {
+        Ok(self
+            .current(ids)
+            .await?
+            .into_iter()
+            .map(|raw| raw.as_deref().and_then(decode_head).map(|(s, _)| s))
+            .collect())
     }
 
     async fn final_states(&self, ids: &[String]) -> Result<Vec<Option<(TaskState, u32)>>> {

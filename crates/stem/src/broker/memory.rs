@@ -493,11 +493,11 @@ impl QueueAdmin for MemoryBroker {
             .iter()
             .rev()
             .filter_map(recent_entry)
-            .find(|r| r.spec.id == id))
+            .find(|r| r.id == id))
     }
 }
 
 /// One index entry, when its body decodes.
 fn recent_entry((id, at_ms, body): &(u64, i64, bytes::Bytes)) -> Option<RecentTask> {
-    RecentTask::decode(id.to_string(), *at_ms, body)
+    RecentTask::decode(id.to_string(), *at_ms, body.clone())
 }

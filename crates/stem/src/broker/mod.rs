@@ -184,7 +184,11 @@ pub struct QueueStats {
 /// default (`STEM_RECENT_TASKS`); see [`crate::recent`].
 pub const DEFAULT_RECENT_TASKS: usize = 10_000;
 
-/// One entry of a queue's recent-task index: a task as it was published.
+/// One task in a queue's recent-task index, as it was published. Only
+/// what listing needs is read from the body up front (id, name, enqueue
+/// time, where its args are); [`RecentTask::spec`] decodes the rest when
+/// a page shows the task, so a query that reads thousands of entries does
+/// not build thousands of specs.
 #[derive(Clone, Debug)]
 pub struct RecentTask {
     /// Where the entry sits in its queue's index (a stream entry id on
@@ -192,19 +196,57 @@ pub struct RecentTask {
     pub cursor: String,
     /// When the entry was written, in epoch milliseconds.
     pub at_ms: i64,
-    /// The task's spec as its producer signed it (the signature is not
+    /// The task's id.
+    pub id: String,
+    /// The task's name.
+    pub name: String,
+    /// When the producer enqueued it, in epoch milliseconds.
+    pub enqueued_at: i64,
+    /// The spec's bytes as the producer signed them (the signature is not
     /// kept: the index is for reading, never for running).
-    pub spec: TaskSpec,
+    body: bytes::Bytes,
+    /// Where the args' JSON text sits in `body`.
+    args: std::ops::Range<usize>,
+}
+
+/// The fields of a spec body that listing reads, borrowed from it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecHead<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    args: &'a serde_json::value::RawValue,
+    enqueued_at: i64,
 }
 
 impl RecentTask {
-    /// The entry at `cursor`, written at `at_ms`, when `body` decodes.
-    pub(crate) fn decode(cursor: String, at_ms: i64, body: &[u8]) -> Option<Self> {
+    /// The entry at `cursor`, written at `at_ms`, when `body` is a spec.
+    pub(crate) fn decode(cursor: String, at_ms: i64, body: bytes::Bytes) -> Option<Self> {
+        let head: SpecHead<'_> = serde_json::from_slice(&body).ok()?;
+        let raw = head.args.get();
+        let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
         Some(RecentTask {
             cursor,
             at_ms,
-            spec: TaskSpec::from_body(body).ok()?,
+            id: head.id.into_owned(),
+            name: head.name.into_owned(),
+            enqueued_at: head.enqueued_at,
+            args: start..start + raw.len(),
+            body,
         })
+    }
+
+    /// The whole spec.
+    pub fn spec(&self) -> Result<TaskSpec> {
+        TaskSpec::from_body(&self.body)
+    }
+
+    /// The args as the producer wrote them (JSON text).
+    pub fn args_json(&self) -> &str {
+        std::str::from_utf8(self.body.get(self.args.clone()).unwrap_or_default()).unwrap_or("")
     }
 }
 
@@ -361,9 +403,12 @@ pub trait QueueAdmin: Send + Sync + 'static {
     /// Queues this broker has seen published to or consumed from.
     async fn known_queues(&self) -> Result<Vec<String>>;
 
-    /// `queue`'s recent-task index, newest first: at most `count` entries
-    /// older than the entry at cursor `before` (from the newest when
-    /// `None`). Entries whose body does not decode are skipped.
+    /// `queue`'s recent-task index, newest first: the tasks of at most
+    /// `count` index entries older than the entry at cursor `before`
+    /// (from the newest when `None`). An entry holds the tasks one write
+    /// indexed together (one on the memory broker, up to 100 on Redis),
+    /// all with the entry's cursor; bodies that do not decode are
+    /// skipped. An empty answer means the index holds nothing older.
     async fn recent_tasks(
         &self,
         queue: &str,

@@ -3,12 +3,12 @@
 //! dashboard. Workers never
 //! call these.
 
-use ::redis::streams::{StreamId, StreamRangeReply};
+use ::redis::streams::StreamRangeReply;
 use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
 use super::scripts::{FIRST_READY, PURGE_READY, REPLAY};
-use super::{dead, entry, RedisBroker, GROUP};
+use super::{dead, entry, recent, RedisBroker, GROUP};
 use crate::broker::{DeadLetter, QueueAdmin, QueueStats, RecentTask, LANES};
 use crate::envelope::WireEnvelope;
 use crate::error::{Result, StemError};
@@ -167,7 +167,7 @@ impl QueueAdmin for RedisBroker {
             .conn()
             .xrevrange_count(keys::recent(queue), end, "-", count)
             .await?;
-        Ok(reply.ids.iter().filter_map(recent_entry).collect())
+        Ok(reply.ids.iter().flat_map(recent::decode_entry).collect())
     }
 
     async fn find_recent(&self, queue: &str, id: &str, near_ms: i64) -> Result<Option<RecentTask>> {
@@ -184,12 +184,13 @@ impl QueueAdmin for RedisBroker {
                 if at_ms(&e.id) > near_ms + FIND_WINDOW_MS {
                     return Ok(None);
                 }
-                let Some(body) = e.get::<Vec<u8>>(entry::RECENT_FIELD) else {
-                    continue;
-                };
-                // The id appears in the body as text; only a hit is decoded.
-                if body.windows(id.len()).any(|w| w == id.as_bytes()) {
-                    if let Some(found) = recent_entry(e).filter(|r| r.spec.id == id) {
+                // The id appears in a body as text; only a hit is decoded.
+                let holds = e.map.values().any(|v| {
+                    matches!(v, ::redis::Value::BulkString(b)
+                        if b.windows(id.len()).any(|w| w == id.as_bytes()))
+                });
+                if holds {
+                    if let Some(found) = recent::decode_entry(e).into_iter().find(|r| r.id == id) {
                         return Ok(Some(found));
                     }
                 }
@@ -230,10 +231,4 @@ fn stream_id(cursor: &str) -> Result<&str> {
             "{cursor:?} is not a recent-task cursor"
         )))
     }
-}
-
-/// One index entry, when its body decodes.
-fn recent_entry(e: &StreamId) -> Option<RecentTask> {
-    let body: Vec<u8> = e.get(entry::RECENT_FIELD)?;
-    RecentTask::decode(e.id.clone(), at_ms(&e.id), &body)
 }

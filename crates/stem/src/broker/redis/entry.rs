@@ -96,32 +96,9 @@ impl Placement {
     }
 }
 
-/// Field name of the spec's body in a recent-task index entry.
-pub(super) const RECENT_FIELD: &str = "b";
-
-/// Adds the `XADD` of `wire`'s body to `queue`'s recent-task index, capped
-/// at about `cap` entries (`MAXLEN ~` trims whole stream nodes, so the
-/// trim costs nearly nothing); nothing when `cap` is 0.
-pub(crate) fn push_recent(pipe: &mut Pipeline, queue: &str, cap: usize, wire: &WireEnvelope) {
-    if cap == 0 {
-        return;
-    }
-    pipe.cmd("XADD")
-        .arg(keys::recent(queue))
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(cap)
-        .arg("*")
-        .arg(RECENT_FIELD)
-        .arg(wire.body.as_ref())
-        .ignore();
-}
-
-/// Adds the commands that publish `batch` and index it in the recent-task
-/// index of at most `recent_cap` entries per queue (replies ignored).
-pub(crate) fn push_outgoing(pipe: &mut Pipeline, batch: &[Outgoing], recent_cap: usize) {
+/// Adds the commands that publish `batch` (replies ignored).
+pub(crate) fn push_outgoing(pipe: &mut Pipeline, batch: &[Outgoing]) {
     for o in batch {
-        push_recent(pipe, &o.queue, recent_cap, &o.wire);
         match Placement::of(o) {
             Placement::Delayed(t) => {
                 pipe.zadd(

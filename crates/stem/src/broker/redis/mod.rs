@@ -9,7 +9,7 @@
 //! | `stem:{q}:p<n>:due` | stream | band n's delayed and retried entries, moved here when due and read before `p<n>` (the band's due lane, see [`super::LANES`]) |
 //! | `stem:{q}:delayed` | sorted set | delayed and retried entries, score = not-before epoch ms |
 //! | `stem:{q}:dead` | stream | dead letters, capped at `STEM_DEAD_LETTER_MAXLEN` |
-//! | `stem:{q}:recent` | stream | the recent-task index: field `b`, the spec body of each published task, capped at `STEM_RECENT_TASKS` (see [`crate::recent`]) |
+//! | `stem:{q}:recent` | stream | the recent-task index: fields `b`, the spec bodies of published tasks, about `STEM_RECENT_TASKS` tasks (see `recent.rs`) |
 //! | `stem:queues` | set | every queue name seen |
 //! | `stem:leases` | hash | consumer → the visibility timeout (ms) it renews within |
 //!
@@ -23,11 +23,13 @@
 //! The parts: this file (connections, consumer groups, the hot path),
 //! `entry.rs` (how an envelope is stored and read back), `recovery.rs`
 //! (claiming a dead worker's entries), `admin.rs` (`QueueAdmin`),
-//! `dead.rs` (the dead-letter record), `scripts.rs` (the Lua scripts).
+//! `dead.rs` (the dead-letter record), `recent.rs` (the recent-task
+//! index), `scripts.rs` (the Lua scripts).
 
 mod admin;
 mod dead;
 pub(crate) mod entry;
+pub(crate) mod recent;
 mod recovery;
 mod scripts;
 
@@ -72,8 +74,8 @@ pub struct RedisBroker {
     /// Queues already named in `stem:queues` by this process.
     known: Arc<Mutex<HashSet<String>>>,
     dead_maxlen: usize,
-    /// Entries kept per queue in the recent-task index (0: no index).
-    recent_cap: usize,
+    /// This process's writes to the recent-task index.
+    recent: Arc<recent::RecentLog>,
     /// When recovery last removed stale consumers.
     pruned: Arc<Mutex<Option<std::time::Instant>>>,
 }
@@ -87,7 +89,7 @@ impl RedisBroker {
             blocking: Arc::new(Mutex::new(Vec::new())),
             known: Arc::new(Mutex::new(HashSet::new())),
             dead_maxlen: dead_letter_maxlen,
-            recent_cap: super::DEFAULT_RECENT_TASKS,
+            recent: recent::RecentLog::new(super::DEFAULT_RECENT_TASKS),
             pruned: Arc::new(Mutex::new(None)),
         })
     }
@@ -95,13 +97,19 @@ impl RedisBroker {
     /// Keeps `cap` entries per queue in the recent-task index (0 turns the
     /// index off); [`super::DEFAULT_RECENT_TASKS`] unless set.
     pub fn with_recent_tasks(mut self, cap: usize) -> Self {
-        self.recent_cap = cap;
+        self.recent = recent::RecentLog::new(cap);
         self
     }
 
-    /// Entries kept per queue in the recent-task index.
+    /// Tasks kept per queue in the recent-task index.
     pub(crate) fn recent_cap(&self) -> usize {
-        self.recent_cap
+        self.recent.cap()
+    }
+
+    /// Indexes `batch` in the recent-task index: in `pipe`, or soon after
+    /// by the flusher (see `recent.rs`).
+    pub(crate) fn index_recent(&self, pipe: &mut ::redis::Pipeline, batch: &[Outgoing]) {
+        self.recent.record(pipe, batch, &self.conn);
     }
 
     /// The shared multiplexed connection (cheap clone).
@@ -254,7 +262,8 @@ impl Broker for RedisBroker {
         }
         self.remember(batch.iter().map(|o| &o.queue)).await?;
         let mut pipe = ::redis::pipe();
-        push_outgoing(&mut pipe, &batch, self.recent_cap);
+        push_outgoing(&mut pipe, &batch);
+        self.index_recent(&mut pipe, &batch);
         pipe.exec_async(&mut self.conn()).await?;
         Ok(())
     }
