@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/test.sh and scripts/bench.sh.
 # ensure_packages WHY CMD:PACKAGE...: installs (apt-get, as root or via
 # sudo) the Debian package of every command that is not on PATH.

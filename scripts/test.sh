@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/ensure-packages.sh
-ensure_packages "tests start private redis-servers, check metrics pages with promtool and dashboards against prometheus, drive the web dashboard in headless chromium; the fault proxy kills processes with kill" \
+ensure_packages "tests start private redis-servers, check metrics pages with promtool and dashboards against prometheus, drive the web dashboard in headless chromium; the fault proxy kills processes with kill; the compose stack is checked with docker-compose config, nginx -t and shellcheck" \
   redis-server:redis-server redis-cli:redis-tools openssl:openssl kill:procps \
-  promtool:prometheus prometheus:prometheus chromium:chromium chromedriver:chromium-driver
+  promtool:prometheus prometheus:prometheus chromium:chromium chromedriver:chromium-driver \
+  docker-compose:docker-compose nginx:nginx shellcheck:shellcheck unshare:util-linux
 
 start=$(date +%s)
 phase_start=$start
@@ -32,6 +33,8 @@ phase "cargo build --bins (the black-box tests run these binaries)"
 cargo build --workspace --bins --locked
 phase "cargo test"
 cargo test --workspace --locked --no-fail-fast
+phase "scripts/check-stack.sh (compose, nginx, prometheus, collector, grafana, shellcheck)"
+scripts/check-stack.sh
 phase "scripts/generate_tls_assets.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
