@@ -2,13 +2,16 @@
 //! dashboard both do it: the task's next attempt is recorded as `queued`
 //! first, so its old `failed` status no longer stands for it (a reader
 //! sees it waiting again, and the new result is not ranked below the old
-//! one), and only then is the envelope published again by
+//! one) — but only for a letter whose envelope was authenticated (not
+//! `signature-invalid`, `malformed-envelope`, `wrong-queue` or
+//! `attempt-out-of-range`, which never wrote a status and may claim a real
+//! task's id) — and only then is the envelope published again by
 //! [`QueueAdmin::replay_dead_letter`](crate::broker::QueueAdmin::replay_dead_letter)
 //! (same task id, same signature, `attempt + 1`).
 
 use serde::Serialize;
 
-use crate::broker::DeadLetter;
+use crate::broker::{DeadLetter, DeadLetterReason};
 use crate::client::Stem;
 use crate::envelope::{TaskState, TaskStatus};
 use crate::error::Result;
@@ -51,13 +54,27 @@ impl Stem {
         let Some((old, spec)) = letter.wire.as_ref().and_then(|w| Some((w, w.spec().ok()?))) else {
             return Ok(None);
         };
-        self.backend()
-            .set_statuses(&[TaskStatus::for_spec(
-                &spec,
-                TaskState::Queued,
-                old.attempt + 1,
-            )])
-            .await?;
+        // Only a letter whose envelope was authenticated reopens its task:
+        // a forged or mangled one never wrote a status, and its (claimed)
+        // task id may name a real task whose result must stand.
+        let authentic = letter.reason_kind().is_some_and(|r| {
+            !matches!(
+                r,
+                DeadLetterReason::SignatureInvalid
+                    | DeadLetterReason::MalformedEnvelope
+                    | DeadLetterReason::WrongQueue
+                    | DeadLetterReason::AttemptOutOfRange
+            )
+        });
+        if authentic {
+            self.backend()
+                .set_statuses(&[TaskStatus::for_spec(
+                    &spec,
+                    TaskState::Queued,
+                    old.attempt + 1,
+                )])
+                .await?;
+        }
         let Some(wire) = self.admin().replay_dead_letter(queue, &letter.id).await? else {
             return Ok(None);
         };

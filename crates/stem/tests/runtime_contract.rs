@@ -1058,6 +1058,55 @@ async fn recent_tasks_are_found_by_state_task_and_text(a: Adapters) -> anyhow::R
     r.finish().await
 }
 
+/// Replaying a forged dead letter (a copy of a real task's spec with a
+/// bad signature) does not reopen the real task: its result stands.
+async fn replaying_a_forged_letter_leaves_the_real_task_alone(a: Adapters) -> anyhow::Result<()> {
+    use stem::broker::Outgoing;
+    let r = rig(a);
+    let real = r.stem.enqueue::<Add>((1, 2)).await?;
+    assert_eq!(r.wait(&real).await?.state, TaskState::Succeeded);
+    let query = stem::recent::TaskQuery {
+        text: Some(real.clone()),
+        page: 1,
+        page_size: 25,
+        ..Default::default()
+    };
+    let spec = poll("the indexed spec", Duration::from_secs(5), || async {
+        let page = r.stem.find_tasks(&query).await?;
+        Ok(page.rows.into_iter().next().map(|row| row.spec))
+    })
+    .await?;
+    let forged = stem::envelope::WireEnvelope {
+        body: spec.to_body()?,
+        key_id: Some("k1".into()),
+        signature: Some("Zm9yZ2Vk".into()),
+        attempt: 0,
+    };
+    r.stem
+        .broker()
+        .publish(vec![Outgoing {
+            queue: QUEUE.into(),
+            priority: 0,
+            not_before_ms: None,
+            wire: forged,
+        }])
+        .await?;
+    let letter = poll("the forged letter", Duration::from_secs(10), || async {
+        let d = r.stem.admin().list_dead_letters(QUEUE, 10).await?;
+        Ok(d.into_iter().find(|d| d.reason == "signature-invalid"))
+    })
+    .await?;
+    let replayed = r.stem.replay_dead_letter(QUEUE, &letter).await?;
+    assert!(replayed.is_some(), "the letter is replayed");
+    let s = r.stem.status(&real).await?.expect("status");
+    assert_eq!(
+        (s.state, s.attempt),
+        (TaskState::Succeeded, 0),
+        "the real task's result stands"
+    );
+    r.finish().await
+}
+
 stem_testkit::contract_suite!(
     [
     memory_adapter => crate::common::memory,
@@ -1084,4 +1133,5 @@ stem_testkit::contract_suite!(
     prefetch_bound_and_graceful_shutdown,
     blocking_bodies_off_the_executor_keep_their_leases,
     recent_tasks_are_found_by_state_task_and_text,
+    replaying_a_forged_letter_leaves_the_real_task_alone,
 );
