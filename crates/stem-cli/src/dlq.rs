@@ -5,7 +5,8 @@
 //! Replay republishes the stored envelope with `attempt + 1`: same task id,
 //! same signature (the signed body never changes), so a worker holding the
 //! key verifies and runs it. The task's status is set to `queued` for the
-//! new attempt, which outranks the old `failed`.
+//! new attempt, which outranks the old `failed`, unless the letter was
+//! never authenticated (`stem::replay`).
 
 use clap::Subcommand;
 use serde::Serialize;

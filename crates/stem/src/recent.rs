@@ -15,9 +15,11 @@
 //! spec body plus a few bytes per task (`docs/benchmarks.md`).
 //!
 //! **The query.** [`find_tasks`] reads the indexes of the asked queues
-//! newest first in chunks, merges them by enqueue time, joins each entry
-//! with its status in one `get_statuses` per chunk when a filter needs
-//! it, and keeps what the filters match, until the page is full. It never
+//! newest first in chunks, merges them by enqueue time, reads the states
+//! of each batch in one `states` call when a filter needs them (whole
+//! statuses only where an error text must be searched), and keeps what
+//! the filters match, until the page is full; only the page's rows are
+//! decoded whole and read with their statuses. It never
 //! reads more than [`MAX_SCAN`] tasks, so a filter that matches little
 //! costs a bounded amount; [`TaskListing::scanned`] and
 //! [`TaskListing::complete`] say how far it looked.
@@ -29,13 +31,13 @@ use crate::broker::{QueueAdmin, RecentTask};
 use crate::envelope::{TaskSpec, TaskState, TaskStatus};
 use crate::error::Result;
 
-/// Most index entries one query reads.
+/// Most tasks one query reads from the index.
 pub const MAX_SCAN: usize = 20_000;
 
-/// Most index entries read per queue and round trip: a query reads what
-/// its page needs first, then twice as much each time it needs more.
+/// Most index entries read per queue and round trip: a query reads two
+/// first, then twice as many each time it needs more.
 const MAX_CHUNK: usize = 1000;
-/// Most entries whose statuses one round trip reads.
+/// Most tasks whose states one round trip reads.
 const BATCH: usize = 500;
 
 /// What to list: every filter is optional; pages count from 1.
@@ -75,7 +77,7 @@ pub struct TaskListing {
     pub rows: Vec<TaskRow>,
     /// Whether a later page has rows.
     pub has_more: bool,
-    /// Index entries read to answer.
+    /// Tasks read from the index to answer.
     pub scanned: usize,
     /// Whether every entry of the asked queues' indexes was considered
     /// (false when the query stopped at [`MAX_SCAN`] or at a full page).

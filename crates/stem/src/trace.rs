@@ -190,6 +190,17 @@ pub(crate) fn enqueue(
 /// The remote parent a `traceparent` value names; `None` when it is not a
 /// valid version-00 value (ignored then, as the W3C rules ask).
 pub fn parent_from(traceparent: &str) -> Option<Context> {
+    span_context_of(traceparent).map(|sc| Context::new().with_remote_span_context(sc))
+}
+
+/// The trace id (32 hex digits) a `traceparent` value names, by the same
+/// rules as [`parent_from`]: what a trace UI's `/trace/<id>` link takes.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    span_context_of(traceparent).map(|sc| format!("{:032x}", sc.trace_id()))
+}
+
+/// The valid span context a version-00 `traceparent` value carries.
+fn span_context_of(traceparent: &str) -> Option<SpanContext> {
     let mut parts = traceparent.trim().split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -211,8 +222,7 @@ pub fn parent_from(traceparent: &str) -> Option<Context> {
         true,
         TraceState::default(),
     );
-    sc.is_valid()
-        .then(|| Context::new().with_remote_span_context(sc))
+    sc.is_valid().then_some(sc)
 }
 
 /// Makes `span` a child of the trace `traceparent` names (when valid).
@@ -251,6 +261,10 @@ mod tests {
         );
         assert_eq!(format!("{:016x}", sc.span_id()), "00f067aa0ba902b7");
         assert!(sc.is_remote());
+        assert_eq!(
+            trace_id_of(ok).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         for bad in [
             "",
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -261,6 +275,7 @@ mod tests {
             "00-xyz92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert!(parent_from(bad).is_none(), "{bad:?}");
+            assert!(trace_id_of(bad).is_none(), "{bad:?}");
         }
     }
 }

@@ -355,10 +355,8 @@ pub async fn task(
         .map(|(at_ms, spec)| {
             let trace_id = spec
                 .headers
-                .get("traceparent")
-                .and_then(|tp| tp.split('-').nth(1))
-                .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-                .map(str::to_string);
+                .get(stem::trace::TRACEPARENT_HEADER)
+                .and_then(|tp| stem::trace::trace_id_of(tp));
             let pretty =
                 |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
             Published {

@@ -132,7 +132,7 @@ impl QueueAdmin for RedisBroker {
                     .arg(GROUP)
                     .invoke_async(&mut conn)
                     .await?;
-                let ms = first.and_then(|id| id.split('-').next()?.parse::<i64>().ok());
+                let ms = first.as_deref().and_then(entry::entry_ms);
                 stats.oldest_ready_ms = match (stats.oldest_ready_ms, ms) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -181,7 +181,7 @@ impl QueueAdmin for RedisBroker {
                 .xrange_count(keys::recent(queue), &start, "+", FIND_CHUNK)
                 .await?;
             for e in &reply.ids {
-                if at_ms(&e.id) > near_ms + FIND_WINDOW_MS {
+                if entry::entry_ms(&e.id).unwrap_or(0) > near_ms + FIND_WINDOW_MS {
                     return Ok(None);
                 }
                 // The id appears in a body as text; only a hit is decoded.
@@ -207,14 +207,6 @@ impl QueueAdmin for RedisBroker {
 const FIND_WINDOW_MS: i64 = 60_000;
 /// Index entries read per round trip while looking for one task.
 const FIND_CHUNK: usize = 500;
-
-/// The ms part of a stream entry id.
-fn at_ms(id: &str) -> i64 {
-    id.split('-')
-        .next()
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or(0)
-}
 
 /// `cursor` when it is a stream entry id (`<ms>-<seq>`), so a cursor from
 /// a URL cannot smuggle another range into the command.

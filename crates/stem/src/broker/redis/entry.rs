@@ -65,6 +65,12 @@ pub(super) fn unpack(packed: Vec<u8>) -> Result<WireEnvelope, (String, Vec<u8>)>
     })
 }
 
+/// The epoch ms a stream entry id (`<ms>-<seq>`) starts with: when Redis
+/// added the entry.
+pub(crate) fn entry_ms(id: &str) -> Option<i64> {
+    id.split('-').next()?.parse().ok()
+}
+
 /// A delayed-set member: the band, then the packed entry.
 pub(crate) fn delayed_member(band: u8, wire: &WireEnvelope) -> Vec<u8> {
     let mut m = format!("{}\n", band.min(MAX_PRIORITY)).into_bytes();

@@ -9,7 +9,7 @@
 //! | `stem:{q}:p<n>:due` | stream | band n's delayed and retried entries, moved here when due and read before `p<n>` (the band's due lane, see [`super::LANES`]) |
 //! | `stem:{q}:delayed` | sorted set | delayed and retried entries, score = not-before epoch ms |
 //! | `stem:{q}:dead` | stream | dead letters, capped at `STEM_DEAD_LETTER_MAXLEN` |
-//! | `stem:{q}:recent` | stream | the recent-task index: fields `b`, the spec bodies of published tasks, about `STEM_RECENT_TASKS` tasks (see `recent.rs`) |
+//! | `stem:{q}:recent` | stream | the recent-task index: fields `0`, `1`, …, the spec bodies of up to 100 tasks written together, about `STEM_RECENT_TASKS` tasks (see `recent.rs`) |
 //! | `stem:queues` | set | every queue name seen |
 //! | `stem:leases` | hash | consumer → the visibility timeout (ms) it renews within |
 //!

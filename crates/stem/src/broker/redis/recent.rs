@@ -63,11 +63,7 @@ pub(crate) fn push_entries(pipe: &mut Pipeline, queue: &str, cap: usize, bodies:
 /// The tasks of one index entry, newest first (field `i` is the entry's
 /// i-th task in publish order); bodies that do not decode are skipped.
 pub(crate) fn decode_entry(e: &StreamId) -> Vec<RecentTask> {
-    let at_ms =
-        e.id.split('-')
-            .next()
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or(0);
+    let at_ms = super::entry::entry_ms(&e.id).unwrap_or(0);
     let mut bodies: Vec<(usize, &[u8])> = e
         .map
         .iter()
