@@ -8,6 +8,11 @@
 # Environment:
 #   DAYS       validity in days of every certificate (default 365)
 #   CLIENT_CN  common name of the client certificate (default stem-client)
+#   KEY_MODE   mode of server.key and client.key (default 600). The compose
+#              stack's containers run as their own users (redis as 999,
+#              Stem as 10001), not as the owner of the bind-mounted files,
+#              so for docker-compose.yml use KEY_MODE=644 (demo keys only;
+#              ca.key always stays 600 and is never mounted into a service)
 #
 # Produces in out_dir:
 #   ca.key / ca.crt          CA (CN "<primary_host>-ca")
@@ -23,10 +28,15 @@ OUT_DIR="${1:-certs}"
 PRIMARY_HOST="${2:-redis}"
 ALT_NAMES_CSV="${3:-redis,localhost,127.0.0.1}"
 DAYS="${DAYS:-365}"
+KEY_MODE="${KEY_MODE:-600}"
 CLIENT_CN="${CLIENT_CN:-stem-client}"
 
 if ! command -v openssl >/dev/null 2>&1; then
     echo "error: openssl not found on PATH (apt-get install openssl)" >&2
+    exit 1
+fi
+if ! [[ "$KEY_MODE" =~ ^[0-7]{3,4}$ ]]; then
+    echo "error: KEY_MODE must be an octal mode such as 600 or 644, got '$KEY_MODE'" >&2
     exit 1
 fi
 if ! [[ "$DAYS" =~ ^[0-9]+$ ]] || [ "$DAYS" -lt 1 ]; then
@@ -133,8 +143,12 @@ openssl x509 -req -sha256 -in "$WORK/client.csr" -CA ca.crt -CAkey ca.key -CAcre
     -days "$DAYS" -extfile "$WORK/client.ext" -out client.crt 2>/dev/null
 
 rm -f ca.srl
-chmod 600 ./*.key
+chmod 600 ca.key
+chmod "$KEY_MODE" server.key client.key
 chmod 644 ./*.crt
+# The directory only lists public certificates and keys that guard
+# themselves; containers running as other users must be able to enter it.
+chmod 755 .
 
 openssl verify -CAfile ca.crt server.crt client.crt >/dev/null
 

@@ -100,7 +100,15 @@ pub async fn run(args: DevArgs) -> i32 {
     let beat = tokio::spawn({
         let (stem, stop) = (stem.clone(), shutdown.clone());
         async move {
-            if let Err(e) = beat::run(&beat_config, stem, stores, BeatConfig::default(), stop).await
+            if let Err(e) = beat::run(
+                &beat_config,
+                stem,
+                stores,
+                BeatConfig::default(),
+                None,
+                stop,
+            )
+            .await
             {
                 tracing::error!(error = %e, "beat stopped");
             }

@@ -129,6 +129,15 @@ impl Api {
         })
     }
 
+    /// A client for `base` sending through `http` (e.g. one that resolves
+    /// a virtual host such as `api.localhost` to a loopback port).
+    pub fn with_client(base: impl Into<String>, http: reqwest::Client) -> Self {
+        Api {
+            base: base.into(),
+            http,
+        }
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -550,6 +559,27 @@ pub async fn scrape(port: u16) -> anyhow::Result<String> {
 pub fn http_client() -> reqwest::Client {
     stem::redis_conn::install_crypto_provider();
     reqwest::Client::new()
+}
+
+/// Reads a streamed response (server-sent events) until it has carried
+/// `needle`, at most `within`; the error shows what did arrive.
+pub async fn stream_until(
+    stream: &mut reqwest::Response,
+    needle: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let mut seen = String::new();
+    let found = tokio::time::timeout(within, async {
+        while !seen.contains(needle) {
+            match stream.chunk().await? {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                None => anyhow::bail!("stream ended"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    found.map_err(|_| anyhow::anyhow!("{needle:?} not streamed within {within:?}: {seen}"))?
 }
 
 /// Value of the first series of `name` in a Prometheus text page.

@@ -9,7 +9,8 @@
 //! - drift: 30 firings stay on the slot grid (mean |publish − slot| < 50 ms,
 //!   no accumulation);
 //! - a Redis outage under the leader: the beat keeps running, says so once,
-//!   and fires again on the grid when Redis is back, no slot twice.
+//!   and fires again on the grid when Redis is back, no slot twice; its
+//!   health endpoint (`STEM_BEAT_HEALTH_PORT`) answers not ready meanwhile.
 //!
 //! The scenarios run as parallel tests, each with its own Redis.
 
@@ -18,8 +19,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
-use stem_e2e::{env, hmac_key, poll_until, wait_log, RedisOptions, RedisServer, ServiceProcess};
+use serde_json::{json, Value};
+use stem_e2e::{
+    env, free_port, hmac_key, poll_until, wait_log, RedisOptions, RedisServer, ServiceProcess,
+};
 
 /// The beat's default lease and tick (documented takeover bound: lease + tick).
 const LEASE: Duration = Duration::from_secs(3);
@@ -67,6 +70,20 @@ async fn start_beat(name: &str, envs: &[(&'static str, String)]) -> anyhow::Resu
     let p = ServiceProcess::spawn("beat", &["--instance-id", name], envs)?;
     wait_log(&p, "beat started", Duration::from_secs(20)).await?;
     Ok(p)
+}
+
+/// GET `http://127.0.0.1:{port}{path}`: status and JSON body.
+async fn get_json(port: u16, path: &str) -> anyhow::Result<(u16, Value)> {
+    let resp = stem_e2e::http_client()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .with_context(|| format!("GET {path} on the beat's health port"))?;
+    let status = resp.status().as_u16();
+    Ok((
+        status,
+        resp.json().await.with_context(|| format!("{path} body"))?,
+    ))
 }
 
 /// One published envelope, as read back from the queue stream.
@@ -326,8 +343,17 @@ async fn beat_rides_out_a_redis_outage() -> anyhow::Result<()> {
         ..Default::default()
     })?;
     let file = ScheduleFile::every_second("outage")?;
-    let envs = beat_env(&redis.url(), &file, &hmac_key("k1"));
+    let health = free_port();
+    let mut envs = beat_env(&redis.url(), &file, &hmac_key("k1"));
+    envs.push(("STEM_BEAT_HEALTH_PORT", health.to_string()));
     let mut beat = start_beat("beat-outage", &envs).await?;
+    // The compose healthcheck's endpoint: alive, and ready while Redis is.
+    let healthz = get_json(health, "/healthz").await?;
+    assert_eq!(
+        healthz,
+        (200, json!({"status": "ok", "beat": "beat-outage"}))
+    );
+    assert_eq!(get_json(health, "/readyz").await?.0, 200);
     poll_until(
         "3 firings before the outage",
         Duration::from_secs(15),
@@ -344,6 +370,9 @@ async fn beat_rides_out_a_redis_outage() -> anyhow::Result<()> {
         Duration::from_secs(10),
     )
     .await?;
+    let (status, body) = get_json(health, "/readyz").await?;
+    assert_eq!(status, 503, "not ready while Redis is down: {body}");
+    assert_eq!(get_json(health, "/healthz").await?.0, 200, "but alive");
     // The outage itself: three slots fall due while Redis is away.
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(down_at.elapsed())).await;
     assert!(
@@ -360,6 +389,7 @@ async fn beat_rides_out_a_redis_outage() -> anyhow::Result<()> {
     )
     .await
     .with_context(|| beat.logs())?;
+    assert_eq!(get_json(health, "/readyz").await?.0, 200, "ready again");
 
     beat.sigterm()?;
     let code = beat.wait_exit(Duration::from_secs(10))?;

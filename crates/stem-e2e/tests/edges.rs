@@ -212,13 +212,14 @@ async fn worker_health_endpoint_and_verify_only_hmac_worker() -> anyhow::Result<
 
 #[test]
 fn invalid_configuration_exits_78_naming_the_variable() -> anyhow::Result<()> {
-    let cases: [(&str, &str, &str); 7] = [
+    let cases: [(&str, &str, &str); 8] = [
         ("worker", "STEM_SIGNING_KEYS", "primary:not-base64!"),
         ("worker", "STEM_VISIBILITY_TIMEOUT", "soon"),
         ("enqueuer", "STEM_BROKER_URL", "http://localhost:6379"),
         ("enqueuer", "STEM_TLS_CA_CERT", "/nonexistent/ca.pem"),
         ("worker", "STEM_METRIC_EXPORTERS", "otlp:collector:4318"),
         ("beat", "STEM_METRIC_EXPORTERS", "statsd"),
+        ("beat", "STEM_BEAT_HEALTH_PORT", "http"),
         ("enqueuer", "STEM_OTLP_ENDPOINT", "collector:4318"),
     ];
     for (bin, var, value) in cases {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use stem_e2e::{
-    hmac_key, poll_until, signed, start_dashboard, start_enqueuer, start_worker, Dashboard,
-    RedisServer, ServiceProcess, Stem,
+    hmac_key, poll_until, signed, start_dashboard, start_enqueuer, start_worker, stream_until,
+    Dashboard, RedisServer, ServiceProcess, Stem,
 };
 
 /// A client that does not follow redirects, so a 303 can be checked.
@@ -571,27 +571,6 @@ async fn a_task_page_follows_its_task_until_it_finishes() -> anyhow::Result<()> 
     assert!(overview.contains("queue-table"), "{overview}");
     assert!(!overview.contains("target=\"task-"), "{overview}");
     Ok(())
-}
-
-/// Reads `stream` until it has carried `needle` (counting from now), at
-/// most `within`.
-async fn stream_until(
-    stream: &mut reqwest::Response,
-    needle: &str,
-    within: Duration,
-) -> anyhow::Result<()> {
-    let mut seen = String::new();
-    let found = tokio::time::timeout(within, async {
-        while !seen.contains(needle) {
-            match stream.chunk().await? {
-                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-                None => anyhow::bail!("stream ended"),
-            }
-        }
-        Ok(())
-    })
-    .await;
-    found.map_err(|_| anyhow::anyhow!("{needle:?} not streamed within {within:?}: {seen}"))?
 }
 
 /// The tasks page lists recent tasks newest first from the recent-task

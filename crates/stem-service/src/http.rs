@@ -1,6 +1,7 @@
 //! The HTTP endpoints a service answers besides its own API, on axum:
 //!
-//! - the health endpoint (`STEM_WORKER_HEALTH_PORT` for the worker):
+//! - the health endpoint (`STEM_WORKER_HEALTH_PORT` for the worker,
+//!   `STEM_BEAT_HEALTH_PORT` for beat):
 //!   `/healthz` while the process runs, `/readyz` while its store answers;
 //! - [`readyz`], the same readiness answer for the services that hold a
 //!   [`Stem`] handle and serve their own router (enqueuer, dashboard);
@@ -26,20 +27,19 @@ use crate::metrics::Metrics;
 /// How long `/readyz` waits for the store before answering 503.
 const READY_WITHIN: Duration = Duration::from_secs(2);
 
-/// Serves `/healthz` (with the service's `name`) and `/readyz` (while
-/// `broker` answers a ping) on `0.0.0.0:port` until `stop`.
+/// Serves `/healthz` and `/readyz` (while `broker` answers a ping) on
+/// `0.0.0.0:port` until `stop`. `/healthz` names the process: `role` is
+/// the JSON key (`"worker"`, `"beat"`), `name` its value.
 pub async fn serve_health(
     port: u16,
+    role: &'static str,
     name: String,
     broker: Arc<dyn Broker>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let healthy = name.clone();
+    let healthy = json!({ "status": "ok", role: name.clone() });
     let app = Router::new()
-        .route(
-            "/healthz",
-            get(move || async move { Json(json!({ "status": "ok", "worker": healthy })) }),
-        )
+        .route("/healthz", get(move || async move { Json(healthy) }))
         .route(
             "/readyz",
             get(move || async move {

@@ -34,7 +34,7 @@ pub mod tls;
 pub mod wait;
 
 pub use otlp::OtlpReceiver;
-pub use process::{binary_path, free_port, ServiceProcess};
+pub use process::{binary_path, free_port, installed, ServiceProcess};
 pub use prometheus::PrometheusServer;
 pub use proxy::{Fault, FaultProxy, Pattern, Victim};
 pub use redis::{RedisOptions, RedisServer, TlsMode};

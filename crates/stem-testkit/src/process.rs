@@ -38,6 +38,29 @@ pub fn try_free_port() -> anyhow::Result<u16> {
     Ok(port)
 }
 
+/// Path of the installed command `name` (searched on `$PATH`); the error
+/// names the Debian `package` to install (`scripts/test.sh` installs every
+/// one the tests use), so a missing tool fails loudly, never silently.
+pub fn installed(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| is_executable(candidate))
+    });
+    found.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{name} not found on PATH: install it with `apt-get install {package}` (scripts/test.sh does this)"
+        )
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
 /// Path of the workspace binary `name` (e.g. `"enqueuer"`, `"worker"`,
 /// `"stem"`).
 ///
@@ -185,6 +208,29 @@ impl ServiceProcess {
         args: &[&str],
         envs: &[(&str, String)],
     ) -> anyhow::Result<Self> {
+        Self::launch(name, path, args, envs, false)
+    }
+
+    /// Like [`ServiceProcess::spawn_path`], but the process sees only
+    /// `envs` (plus `PATH` and `HOME` from this process), as in a
+    /// container: nothing of the test's own environment leaks in, and no
+    /// `RUST_LOG` or `STEM_LOG_FORMAT` is added.
+    pub fn spawn_isolated(
+        name: &str,
+        path: &Path,
+        args: &[&str],
+        envs: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        Self::launch(name, path, args, envs, true)
+    }
+
+    fn launch(
+        name: &str,
+        path: &Path,
+        args: &[&str],
+        envs: &[(&str, String)],
+        isolated: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("stem-{name}-"))
             .tempdir()
@@ -200,11 +246,20 @@ impl ServiceProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr));
-        if !envs.iter().any(|(k, _)| *k == "RUST_LOG") {
-            cmd.env("RUST_LOG", "info");
-        }
-        if !envs.iter().any(|(k, _)| *k == "STEM_LOG_FORMAT") {
-            cmd.env("STEM_LOG_FORMAT", "text");
+        if isolated {
+            cmd.env_clear();
+            for key in ["PATH", "HOME"] {
+                if let Some(v) = std::env::var_os(key) {
+                    cmd.env(key, v);
+                }
+            }
+        } else {
+            if !envs.iter().any(|(k, _)| *k == "RUST_LOG") {
+                cmd.env("RUST_LOG", "info");
+            }
+            if !envs.iter().any(|(k, _)| *k == "STEM_LOG_FORMAT") {
+                cmd.env("STEM_LOG_FORMAT", "text");
+            }
         }
         for (k, v) in envs {
             cmd.env(k, v);

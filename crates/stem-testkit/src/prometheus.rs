@@ -2,13 +2,11 @@
 //! loopback ports every second, with its own storage in a temporary
 //! directory, for tests that send real PromQL to a real Prometheus.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use tempfile::TempDir;
 
-use crate::process::{free_port, ServiceProcess};
+use crate::process::{free_port, installed, ServiceProcess};
 
 /// A running Prometheus; killed (and its storage removed) when dropped.
 pub struct PrometheusServer {
@@ -22,9 +20,7 @@ impl PrometheusServer {
     /// `targets` every second. Fails saying what to install when the
     /// `prometheus` binary is missing.
     pub fn start(targets: &[u16]) -> anyhow::Result<Self> {
-        let binary = which("prometheus").context(
-            "prometheus is not installed: install Debian's prometheus package (scripts/test.sh does)",
-        )?;
+        let binary = installed("prometheus", "prometheus")?;
         let dir = tempfile::Builder::new()
             .prefix("stem-prometheus-")
             .tempdir()?;
@@ -71,12 +67,4 @@ impl PrometheusServer {
     pub fn logs(&self) -> String {
         self.process.logs()
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file())
 }

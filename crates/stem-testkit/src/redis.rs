@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tempfile::TempDir;
 
-use crate::process::{append_file, try_free_port};
+use crate::process::{append_file, installed, try_free_port};
 use crate::tail_lines;
 use crate::tls::TlsAssets;
 use crate::wait::POLL_INTERVAL;
@@ -90,34 +90,6 @@ impl StartFailure {
     }
 }
 
-/// Finds `name` in the directories of `$PATH`.
-fn find_on_path(name: &str) -> anyhow::Result<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|candidate| is_executable(candidate))
-    });
-    found.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{name} not found on PATH: install it with `apt-get install redis-server` (scripts/test.sh does this)"
-        )
-    })
-}
-
-fn is_executable(path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        path.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    }
-    #[cfg(not(unix))]
-    {
-        path.is_file()
-    }
-}
-
 fn read_lossy(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -134,8 +106,8 @@ impl RedisServer {
     /// up to 3 times if the server cannot bind), and waits (at most 10 s)
     /// until it answers `PING`.
     pub fn start_with(opts: RedisOptions) -> anyhow::Result<Self> {
-        let redis_server = find_on_path("redis-server")?;
-        let redis_cli = find_on_path("redis-cli")?;
+        let redis_server = installed("redis-server", "redis-server")?;
+        let redis_cli = installed("redis-cli", "redis-tools")?;
         let dir = tempfile::Builder::new()
             .prefix("stem-redis-")
             .tempdir()

@@ -9,8 +9,8 @@ use crate::error::{Result, StemError};
 use crate::signing::KeyRing;
 
 pub use crate::env::{
-    bool_var, count_var, duration_var, non_empty, parse_duration, positive_var, process_env,
-    FlagsOverEnv, Lookup,
+    bool_var, count_var, duration_var, non_empty, parse_duration, port_var, positive_var,
+    process_env, FlagsOverEnv, Lookup,
 };
 
 /// Where a store lives: Redis (plain or TLS) or the in-process memory adapter.
@@ -402,15 +402,7 @@ impl WorkerConfig {
                 Duration::from_secs(10),
             )?,
             shutdown_grace: duration_var(env, "STEM_SHUTDOWN_GRACE", Duration::from_secs(30))?,
-            health_port: match non_empty(env, "STEM_WORKER_HEALTH_PORT") {
-                None => None,
-                Some(p) => Some(p.parse::<u16>().map_err(|_| {
-                    StemError::config(
-                        "STEM_WORKER_HEALTH_PORT",
-                        format!("expected a port number, got {p:?}"),
-                    )
-                })?),
-            },
+            health_port: port_var(env, "STEM_WORKER_HEALTH_PORT")?,
         })
     }
 }

@@ -124,6 +124,20 @@ fn bounded_var(
     }
 }
 
+/// A TCP port variable (`1`–`65535`); `None` when unset or blank.
+pub fn port_var(env: &dyn Lookup, key: &str) -> Result<Option<u16>> {
+    match non_empty(env, key) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(Some(p)),
+            _ => Err(StemError::config(
+                key,
+                format!("expected a port number, got {v:?}"),
+            )),
+        },
+    }
+}
+
 /// Parses a boolean variable (`1|true|yes|on`, `0|false|no|off`).
 pub fn bool_var(env: &dyn Lookup, key: &str, default: bool) -> Result<bool> {
     match non_empty(env, key).map(|v| v.to_ascii_lowercase()) {

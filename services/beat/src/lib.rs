@@ -11,12 +11,15 @@ use stem::schedule::{seed, Beat, BeatConfig, ScheduleStores};
 use tokio_util::sync::CancellationToken;
 
 /// Seeds `config.schedule_file` (when set) into `stores`, then runs a
-/// beat with `opts`, publishing through `stem`, until `shutdown`.
+/// beat with `opts`, publishing through `stem`, until `shutdown`; with a
+/// `health_port`, serves `/healthz` and `/readyz` there meanwhile (the
+/// compose healthcheck probes it).
 pub async fn run(
     config: &StemConfig,
     stem: Stem,
     stores: ScheduleStores,
     opts: BeatConfig,
+    health_port: Option<u16>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if config.schedule_store_url == StoreUrl::Memory {
@@ -29,6 +32,14 @@ pub async fn run(
         schedule_store = %config.schedule_store_url.redacted(),
         "Beat scheduler starting"
     );
+    if let Some(port) = health_port {
+        let (id, broker, stop) = (opts.instance_id.clone(), stem.broker(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = stem_service::http::serve_health(port, "beat", id, broker, stop).await {
+                tracing::error!(error = %e, "health endpoint failed");
+            }
+        });
+    }
     if let Some(path) = &config.schedule_file {
         seed_from(path, &stores, &stem, &shutdown).await;
     }

@@ -2,14 +2,15 @@
 //! the schedule store from `STEM_SCHEDULE_FILE` when set, then runs
 //! [`stem::schedule::Beat`] until SIGTERM/SIGINT and exits 0. Any number of
 //! beats may run against one store: one leads, the others take over within
-//! the lease time. Invalid configuration exits 78.
+//! the lease time. `STEM_BEAT_HEALTH_PORT` (or `--health-port`) serves
+//! `/healthz` and `/readyz`. Invalid configuration exits 78.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use stem::client::Stem;
-use stem::config::{FlagsOverEnv, StemConfig};
+use stem::config::{port_var, FlagsOverEnv, StemConfig};
 use stem::schedule::{BeatConfig, ScheduleStores};
 use stem_service::{config_or_exit, shutdown_token};
 
@@ -29,6 +30,10 @@ struct Args {
     /// Unique id of this beat (default beat-<hostname>-<pid>-<random>).
     #[arg(long)]
     instance_id: Option<String>,
+    /// Serve /healthz and /readyz on this port (overrides
+    /// STEM_BEAT_HEALTH_PORT).
+    #[arg(long, value_name = "PORT")]
+    health_port: Option<u16>,
 }
 
 #[tokio::main]
@@ -39,11 +44,14 @@ async fn main() {
         stem_service::logging::log_format_from_env(),
         "info",
     );
-    let env = FlagsOverEnv::new().flag(
-        "STEM_SCHEDULE_FILE",
-        args.schedule_file.as_ref().map(|f| f.display()),
-    );
+    let env = FlagsOverEnv::new()
+        .flag(
+            "STEM_SCHEDULE_FILE",
+            args.schedule_file.as_ref().map(|f| f.display()),
+        )
+        .flag("STEM_BEAT_HEALTH_PORT", args.health_port);
     let config = config_or_exit(StemConfig::from_lookup(&env));
+    let health_port = config_or_exit(port_var(&env, "STEM_BEAT_HEALTH_PORT"));
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
     let mut opts = BeatConfig {
         lease: args.lease,
@@ -54,7 +62,7 @@ async fn main() {
         opts.instance_id = id;
     }
     let stores = config_or_exit(ScheduleStores::connect(&config));
-    if let Err(e) = beat::run(&config, stem, stores, opts, shutdown_token()).await {
+    if let Err(e) = beat::run(&config, stem, stores, opts, health_port, shutdown_token()).await {
         tracing::error!(error = %e, "beat failed");
         std::process::exit(stem_service::exit::EXIT_SOFTWARE);
     }

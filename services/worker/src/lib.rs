@@ -25,7 +25,9 @@ pub async fn run(
     if let Some(port) = worker.health_port {
         let (name, broker, stop) = (worker.name.clone(), stem.broker(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = stem_service::http::serve_health(port, name, broker, stop).await {
+            if let Err(e) =
+                stem_service::http::serve_health(port, "worker", name, broker, stop).await
+            {
                 tracing::error!(error = %e, "health endpoint failed");
             }
         });

@@ -1,0 +1,242 @@
+//! The compose stack, run for real once per shipped profile (`.env.hmac`,
+//! `.env.hmac_tls`, `.env.ed25519_tls`): the Stem services with
+//! docker-compose.yml's commands, environment and healthchecks, Debian's
+//! redis-server, Prometheus and nginx with the repository's configs
+//! (`tests/src/stack.rs` says what is mapped and why). Then what a user
+//! does, through the gateway:
+//!
+//! - `POST /api/enqueue` for a task of every queue → `GET /api/tasks/{id}`
+//!   succeeded, run by that queue's worker;
+//! - the same API on `Host: api.localhost`, at its root;
+//! - a body over 1 MiB refused by the gateway (413);
+//! - the dashboard page, and its event stream delivering an update;
+//! - `/prometheus/` scraping every Stem service that exports metrics;
+//! - `stem schedule list` in the beat container lists the seeded schedules;
+//! - with a TLS profile: Redis speaks TLS only, a client without the
+//!   client certificate is refused, and a server certificate from another
+//!   CA fails every client with an error naming the certificate;
+//! - `docker compose stop`: every Stem service exits 0 on SIGTERM.
+//!
+//! The profiles run as parallel tests, each with its own stack.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use stem_e2e::{poll_until, stream_until, Api, SETTLE};
+use stem_stack_tests::stack::{generate_certs, repo_root};
+use stem_stack_tests::Stack;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hmac_profile_serves_through_the_gateway() -> anyhow::Result<()> {
+    journeys(".env.hmac").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hmac_tls_profile_serves_through_the_gateway() -> anyhow::Result<()> {
+    journeys(".env.hmac_tls").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ed25519_tls_profile_serves_through_the_gateway() -> anyhow::Result<()> {
+    journeys(".env.ed25519_tls").await
+}
+
+async fn journeys(profile: &str) -> anyhow::Result<()> {
+    let mut stack = Stack::up(profile).await?;
+    let mut not_run = stack.not_run.clone();
+    not_run.sort();
+    assert_eq!(
+        not_run,
+        ["grafana", "jaeger", "otel-collector"],
+        "the services without a Debian counterpart, and only those, are left out"
+    );
+    let gw = stack.gateway();
+    let http = stem_e2e::http_client();
+
+    let r = http.get(format!("{gw}/healthz")).send().await?;
+    assert_eq!(r.status(), 200, "the gateway's own health");
+
+    // Every queue's worker, through /api/.
+    let api = Api::new(format!("{gw}/api"))?;
+    for (task, queue) in [
+        ("greeting.send", "greetings"),
+        ("billing.charge", "billing"),
+        ("reports.aggregate", "reporting"),
+    ] {
+        let reply = api
+            .post_json(
+                "/enqueue",
+                &json!({"task": task, "name": "Ada", "delayMs": 1}),
+            )
+            .await?;
+        assert_eq!(
+            reply.status, 200,
+            "{profile} POST /api/enqueue: {}",
+            reply.text
+        );
+        let id = reply.json["taskId"].as_str().context("taskId")?;
+        let status = api.wait_state(id, "succeeded", SETTLE).await?;
+        assert_eq!(status["queue"], queue, "{status}");
+        assert_eq!(status["task"], task, "{status}");
+    }
+
+    // The API at the root of api.localhost (which resolves to loopback,
+    // as curl and browsers resolve *.localhost).
+    let port = stack.gateway_port();
+    let vhost = reqwest::Client::builder()
+        .resolve("api.localhost", SocketAddr::from(([127, 0, 0, 1], port)))
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let vhost = Api::with_client(format!("http://api.localhost:{port}"), vhost);
+    let id = vhost
+        .enqueue(json!({"name": "Grace", "delayMs": 1}))
+        .await?;
+    let status = vhost.wait_state(&id, "succeeded", SETTLE).await?;
+    assert_eq!(status["result"], "Processed greeting.send for Grace");
+    assert_eq!(
+        api.task(&id).await?.map(|s| s["state"].clone()),
+        Some(json!("succeeded")),
+        "one API behind both routes"
+    );
+
+    // The gateway refuses what the enqueuer would (over 1 MiB).
+    let r = api.post_raw("/enqueue", vec![b' '; 2 << 20]).await?;
+    assert_eq!(r.status, 413, "a 2 MiB body: {}", r.text);
+
+    // The dashboard, and its live stream through nginx.
+    let page = http.get(format!("{gw}/")).send().await?;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await?;
+    for queue in ["greetings", "billing", "reporting"] {
+        assert!(page.contains(queue), "the overview lists {queue}");
+    }
+    let mut events = http
+        .get(format!("{gw}/events?list=tasks"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await?;
+    assert_eq!(events.status(), 200);
+    assert_eq!(
+        events
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    api.enqueue(json!({"name": "Live", "delayMs": 1})).await?;
+    stream_until(&mut events, "<turbo-stream", Duration::from_secs(30)).await?;
+    drop(events);
+
+    // Prometheus, under /prometheus/, scrapes every Stem service that
+    // exports metrics, all up.
+    let mut expected: Vec<String> = Vec::new();
+    for service in stack.stem_services() {
+        let env = stack.project.service(&service)?.environment.clone();
+        if env
+            .get("STEM_METRIC_EXPORTERS")
+            .is_some_and(|e| e.contains("prometheus"))
+        {
+            expected.push(format!("127.0.0.1:{}", stack.loopback.port(&service, 9464)));
+        }
+    }
+    expected.sort();
+    assert_eq!(expected.len(), 5, "enqueuer, three workers and beat export");
+    let targets_url = format!("{gw}/prometheus/api/v1/targets");
+    poll_until(
+        "Prometheus to scrape every Stem service",
+        Duration::from_secs(60),
+        || async {
+            let body: Value = http.get(&targets_url).send().await?.json().await?;
+            let mut up: Vec<String> = body["data"]["activeTargets"]
+                .as_array()
+                .context("activeTargets")?
+                .iter()
+                .filter(|t| t["labels"]["job"] == "stem" && t["health"] == "up")
+                .filter_map(|t| t["labels"]["instance"].as_str().map(str::to_string))
+                .collect();
+            up.sort();
+            Ok((up == expected).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| stack.logs())?;
+
+    // `docker compose exec beat stem schedule list`: the seeded schedules.
+    let out = stack.exec("beat", "stem", &["schedule", "list"]).await?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stem schedule list: {out:?}");
+    for id in ["greetings-reminder", "billing-charge", "reports-aggregate"] {
+        assert!(listed.contains(id), "{id} is seeded: {listed}");
+    }
+
+    if stack.profile.tls() {
+        tls_is_enforced(&stack).await?;
+    }
+
+    // `docker compose stop`: SIGTERM, then exit 0 within the grace period.
+    for service in stack.stem_services() {
+        let code = stack.stop(&service, Duration::from_secs(40))?;
+        assert_eq!(code, Some(0), "{service} exits 0 on SIGTERM");
+    }
+    Ok(())
+}
+
+/// Redis speaks TLS only and asks for a client certificate; every client
+/// verifies the server's certificate against `certs/ca.crt`.
+async fn tls_is_enforced(stack: &Stack) -> anyhow::Result<()> {
+    let env = stack.env_of("beat")?;
+    let health = |env: Vec<(String, String)>| async move {
+        let out = stack.exec_with(env, "stem", &["health"]).await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::Ok((out.status.code(), text))
+    };
+    let (code, text) = health(env.clone()).await?;
+    assert_eq!(code, Some(0), "stem health with the profile: {text}");
+
+    let plain: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.replace("rediss://", "redis://")))
+        .collect();
+    let (code, text) = health(plain).await?;
+    assert_eq!(code, Some(69), "plain redis:// is refused: {text}");
+
+    let anonymous: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "STEM_TLS_CLIENT_CERT" && k != "STEM_TLS_CLIENT_KEY")
+        .cloned()
+        .collect();
+    let (code, text) = health(anonymous).await?;
+    assert_eq!(code, Some(69), "no client certificate, no Redis: {text}");
+
+    // A Redis whose certificate another CA signed: refused, saying why.
+    let other = stack.dir().join("other-certs");
+    generate_certs(&repo_root(), &other)?;
+    let (_impostor, impostor_port) = stack.start_redis_with_certs(&other)?;
+    let ours = format!("127.0.0.1:{}", stack.loopback.port("redis", 6379));
+    let redirected: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.replace(&ours, &format!("127.0.0.1:{impostor_port}")),
+            )
+        })
+        .collect();
+    let (code, text) = health(redirected).await?;
+    assert_eq!(
+        code,
+        Some(69),
+        "a server certificate from another CA: {text}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("certificate"),
+        "the error names the certificate: {text}"
+    );
+    Ok(())
+}
