@@ -282,8 +282,8 @@ fn invalid_configuration_exits_78_naming_the_variable() -> anyhow::Result<()> {
 async fn allow_insecure_skips_verification_and_says_so() -> anyhow::Result<()> {
     use stem_testkit::{RedisOptions, TlsMode};
     let redis = RedisServer::start_with(RedisOptions {
-        persistence: false,
         tls: Some(TlsMode::MutualTls),
+        ..Default::default()
     })?;
     let tls = redis
         .tls()

@@ -358,7 +358,7 @@ async fn c3_group_result_lands_after_a_crash_before_it() -> anyhow::Result<()> {
         &proxy,
         "c3g",
         "greetings",
-        Pattern::all(&["HSET", &format!("stem:group:{gid}:results")]),
+        Pattern::all(&["HSET", &stem::keys::group_results(&gid)]),
     )
     .await?;
     wait_killed(&proxy, &mut victim).await?;
@@ -505,7 +505,7 @@ async fn c11_revoke_racing_a_finishing_task_keeps_its_result() -> anyhow::Result
     // (The write is `SET stem:done:<id> <status> NX PX <ttl>`; the read
     // before it names the key too, without NX.)
     proxy.once(
-        Pattern::all(&[&format!("stem:done:{id}"), "NX", "PX"]),
+        Pattern::all(&[&stem::keys::done(&id), "NX", "PX"]),
         Fault::Hold(Duration::from_secs(3)),
     );
     let revoke = Cli::new(&proxy.url()).spawn(&["task", "revoke", &id])?;
@@ -864,7 +864,7 @@ async fn s2_a_task_that_keeps_killing_its_worker_stops_at_the_delivery_limit() -
     for round in 0..2 {
         let victim = Victim::new();
         proxy.once(
-            Pattern::all(&[&format!("stem:done:{id}"), "NX"]),
+            Pattern::all(&[&stem::keys::done(&id), "NX"]),
             Fault::Kill(victim.clone()),
         );
         let mut w = stem_e2e::spawn_worker(&proxy.url(), &worker_name("s2"), "greetings", &limit)?;
@@ -907,7 +907,7 @@ async fn c8_a_result_redis_refuses_does_not_wedge_the_worker() -> anyhow::Result
             .api
             .enqueue(json!({"name": format!("poisoned-{n}"), "delayMs": 1}))
             .await?;
-        let key = format!("stem:task:{id}");
+        let key = stem::keys::status(&id);
         redis.cli(&["DEL", &key])?;
         redis.cli(&["HSET", &key, "not", "a status"])?;
         poisoned.push(id);
@@ -1037,7 +1037,7 @@ async fn beat_through_a_stall(label: &str, held: Pattern) -> anyhow::Result<(Vec
         let slot = spec["meta"]["schedule-slot"].as_str().unwrap_or_default();
         published.push(stem_e2e::rfc3339_utc_ms(slot)?);
     }
-    let records = redis.cli(&["KEYS", &format!("stem:schedule:fired:{label}:*")])?;
+    let records = redis.cli(&["KEYS", &format!("stem:{{schedule}}:fired:{label}:*")])?;
     let recorded = records
         .lines()
         .filter_map(|k| k.rsplit(':').next()?.parse().ok())
@@ -1071,7 +1071,7 @@ async fn c4_a_publish_that_times_out_but_ran_is_not_fired_twice() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c4_a_firing_record_that_times_out_but_was_stored_is_not_lost() -> anyhow::Result<()> {
     let (published, recorded) =
-        beat_through_a_stall("c4b", Pattern::contains("stem:schedule:fired:c4b:")).await?;
+        beat_through_a_stall("c4b", Pattern::contains("stem:{schedule}:fired:c4b:")).await?;
     assert_exactly_once(&published, &recorded);
     Ok(())
 }

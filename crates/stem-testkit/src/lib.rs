@@ -5,6 +5,8 @@
 //! * [`RedisServer`]: a private `redis-server` child process on a free port,
 //!   in its own temporary directory, optionally with AOF persistence and TLS
 //!   or mutual TLS (see [`RedisOptions`] and [`TlsMode`]);
+//! * [`RedisCluster`]: a private Redis Cluster (three masters by default,
+//!   optionally a replica each) of such servers;
 //! * [`TlsAssets`]: a throw-away CA with server and client certificates (plus
 //!   an unrelated CA for "wrong CA is refused" tests), generated with rcgen;
 //! * [`ServiceProcess`]: one of the workspace's real binaries (`enqueuer`,
@@ -24,6 +26,7 @@
 //! Every process started here is killed when its handle is dropped, and all
 //! files live in [`tempfile::TempDir`]s removed at the same time.
 
+pub mod cluster;
 pub mod otlp;
 pub mod process;
 pub mod prometheus;
@@ -33,6 +36,7 @@ mod suite;
 pub mod tls;
 pub mod wait;
 
+pub use cluster::{ClusterOptions, RedisCluster};
 pub use otlp::OtlpReceiver;
 pub use process::{binary_path, free_port, installed, ServiceProcess};
 pub use prometheus::PrometheusServer;

@@ -44,6 +44,10 @@ pub struct RedisOptions {
     pub persistence: bool,
     /// Serve TLS (only TLS: the plain port is disabled).
     pub tls: Option<TlsMode>,
+    /// Run as a Redis Cluster node (`--cluster-enabled yes`, its bus on a
+    /// free port of its own, this node timeout); [`crate::RedisCluster`]
+    /// joins such nodes into a cluster.
+    pub cluster_node_timeout: Option<Duration>,
 }
 
 /// A `redis-server` child process owned by a test.
@@ -55,6 +59,8 @@ pub struct RedisOptions {
 pub struct RedisServer {
     opts: RedisOptions,
     port: u16,
+    /// The cluster bus port of a cluster node (0 otherwise).
+    bus_port: u16,
     tls: Option<TlsAssets>,
     child: Option<Child>,
     redis_server: PathBuf,
@@ -123,6 +129,7 @@ impl RedisServer {
         let mut server = RedisServer {
             opts,
             port: 0,
+            bus_port: 0,
             tls,
             child: None,
             redis_server,
@@ -133,6 +140,9 @@ impl RedisServer {
         let mut last_error = None;
         for attempt in 1..=START_ATTEMPTS {
             server.port = try_free_port()?;
+            if server.opts.cluster_node_timeout.is_some() {
+                server.bus_port = try_free_port()?;
+            }
             match server.launch() {
                 Ok(()) => return Ok(server),
                 Err(StartFailure::Retryable(e)) => {
@@ -371,6 +381,18 @@ impl RedisServer {
             "--enable-debug-command".into(),
             "local".into(),
         ];
+        if let Some(timeout) = self.opts.cluster_node_timeout {
+            args.extend([
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-port".into(),
+                self.bus_port.to_string(),
+                "--cluster-config-file".into(),
+                self.data_dir().join("nodes.conf").display().to_string(),
+                "--cluster-node-timeout".into(),
+                timeout.as_millis().to_string(),
+            ]);
+        }
         if self.opts.persistence {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
         } else {

@@ -30,6 +30,7 @@ fn persistent_server_keeps_data_across_restart() -> anyhow::Result<()> {
     let mut redis = RedisServer::start_with(RedisOptions {
         persistence: true,
         tls: None,
+        ..Default::default()
     })?;
     let port = redis.port();
     assert_eq!(redis.cli(&["SET", "stem:key", "kept"])?, "OK");
@@ -47,6 +48,7 @@ fn persistent_server_keeps_acknowledged_writes_across_kill() -> anyhow::Result<(
     let mut redis = RedisServer::start_with(RedisOptions {
         persistence: true,
         tls: None,
+        ..Default::default()
     })?;
     assert_eq!(redis.cli(&["SET", "stem:crash", "survives"])?, "OK");
     redis.kill()?;
@@ -70,6 +72,7 @@ fn mutual_tls_requires_client_certificate() -> anyhow::Result<()> {
     let redis = RedisServer::start_with(RedisOptions {
         persistence: false,
         tls: Some(TlsMode::MutualTls),
+        ..Default::default()
     })?;
     assert_eq!(
         redis.url(),
@@ -105,6 +108,7 @@ fn mutual_tls_refuses_certificate_from_other_ca() -> anyhow::Result<()> {
     let redis = RedisServer::start_with(RedisOptions {
         persistence: false,
         tls: Some(TlsMode::MutualTls),
+        ..Default::default()
     })?;
     let tls = redis.tls().expect("TLS server has assets");
     let out = redis
@@ -128,6 +132,7 @@ fn server_only_tls_accepts_clients_without_certificate() -> anyhow::Result<()> {
     let redis = RedisServer::start_with(RedisOptions {
         persistence: false,
         tls: Some(TlsMode::ServerOnly),
+        ..Default::default()
     })?;
     assert_eq!(redis.cli(&["PING"])?, "PONG");
     let out = redis
@@ -143,6 +148,7 @@ fn wrong_ca_does_not_verify_server() -> anyhow::Result<()> {
     let redis = RedisServer::start_with(RedisOptions {
         persistence: false,
         tls: Some(TlsMode::ServerOnly),
+        ..Default::default()
     })?;
     let tls = redis.tls().expect("TLS server has assets");
     let out = std::process::Command::new("redis-cli")

@@ -188,7 +188,7 @@ impl Stores {
         let backend: Arc<dyn ResultBackend> = match &config.result_backend_url {
             StoreUrl::Memory => Arc::new(MemoryBackend::new(config.result_ttl)),
             StoreUrl::Redis(url) => Arc::new(RedisBackend::new(
-                redis_conn::client(url, &config.tls)?,
+                redis_conn::endpoint(url, &config.tls)?,
                 config.result_ttl,
             )?),
         };
@@ -198,13 +198,17 @@ impl Stores {
                 MemoryBroker::new().with_recent_tasks(config.recent_tasks),
             ),
             StoreUrl::Redis(url) => {
-                let client = redis_conn::client(url, &config.tls)?;
+                let client = redis_conn::endpoint(url, &config.tls)?;
                 let broker = RedisBroker::new(client.clone(), config.dead_letter_maxlen)?
                     .with_recent_tasks(config.recent_tasks);
-                let atomic: Option<Arc<dyn AtomicStore>> =
-                    (config.result_backend_url == config.broker_url).then(|| {
-                        Arc::new(RedisAtomicStore::new(broker.clone(), config.result_ttl)) as _
-                    });
+                // One server holding both stores makes a status and a
+                // publish (or a result and an ack) one atomic step. A
+                // cluster keeps a task's keys and its queue's on different
+                // slots, so there the stores work as on two servers.
+                let atomic: Option<Arc<dyn AtomicStore>> = (config.result_backend_url
+                    == config.broker_url
+                    && !client.is_cluster())
+                .then(|| Arc::new(RedisAtomicStore::new(broker.clone(), config.result_ttl)) as _);
                 let broker = Arc::new(broker);
                 Stores {
                     broker: broker.clone(),

@@ -16,7 +16,8 @@ pub use crate::env::{
 /// Where a store lives: Redis (plain or TLS) or the in-process memory adapter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreUrl {
-    /// `redis://` or `rediss://` URL, kept verbatim.
+    /// `redis://`, `rediss://` (one server), `redis+cluster://` or
+    /// `rediss+cluster://` (a Redis Cluster's seed nodes) URL, kept verbatim.
     Redis(String),
     /// `memory://`: the embedded in-memory adapter.
     Memory,
@@ -31,11 +32,18 @@ impl StoreUrl {
         }
         // Error lines never carry the password: the value is redacted
         // before it is formatted, and so is the parser's own message.
-        if !(value.starts_with("redis://") || value.starts_with("rediss://")) {
+        const SCHEMES: [&str; 4] = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
+        if !SCHEMES.iter().any(|scheme| value.starts_with(scheme)) {
             return Err(StemError::config(
                 variable,
                 format!(
-                    "malformed URL {:?}: expected redis://, rediss:// or memory://",
+                    "malformed URL {:?}: expected redis://, rediss://, redis+cluster://, \
+                     rediss+cluster:// or memory://",
                     redact_url(value)
                 ),
             ));
@@ -47,22 +55,30 @@ impl StoreUrl {
                  warning; remove it, and set STEM_TLS_ALLOW_INSECURE=true if you really mean it",
             ));
         }
-        redis::IntoConnectionInfo::into_connection_info(value).map_err(|e| {
+        let malformed = |why: String| {
             StemError::config(
                 variable,
                 format!(
                     "malformed URL {:?}: {}",
                     redact_url(value),
-                    scrub_userinfo(&e.to_string(), value)
+                    scrub_userinfo(&why, value)
                 ),
             )
-        })?;
+        };
+        // A cluster URL is checked seed by seed, as one-server URLs.
+        let nodes = crate::redis_conn::cluster_seeds(value)
+            .map_err(malformed)?
+            .unwrap_or_else(|| vec![value.to_string()]);
+        for node in nodes {
+            redis::IntoConnectionInfo::into_connection_info(node.as_str())
+                .map_err(|e| malformed(e.to_string()))?;
+        }
         Ok(StoreUrl::Redis(value.to_string()))
     }
 
-    /// True for `rediss://` URLs.
+    /// True for `rediss://` and `rediss+cluster://` URLs.
     pub fn is_tls(&self) -> bool {
-        matches!(self, StoreUrl::Redis(u) if u.starts_with("rediss://"))
+        matches!(self, StoreUrl::Redis(u) if u.starts_with("rediss://") || u.starts_with("rediss+cluster://"))
     }
 
     /// The URL with any password replaced by `***`, safe to log.
@@ -520,6 +536,25 @@ mod tests {
             "redis://admin:S3cr3tPassw0rd@10.0.0.5:6379/notadb",
         ] {
             let err = StoreUrl::parse("X", bad).expect_err("malformed");
+            assert!(!err.to_string().contains("S3cr3t"), "{err}");
+        }
+    }
+
+    #[test]
+    fn cluster_urls_name_seed_nodes_on_database_0() {
+        let u = StoreUrl::parse("X", "redis+cluster://user:secret@h1:7000,h2:7001").expect("url");
+        assert_eq!(u.redacted(), "redis+cluster://***@h1:7000,h2:7001");
+        assert!(StoreUrl::parse("X", "rediss+cluster://h1:7000/0")
+            .expect("tls url")
+            .is_tls());
+        for bad in [
+            "redis+cluster://h1:7000/1",
+            "redis+cluster://h1",
+            "redis+cluster://h1:7000,:7001",
+            "redis+cluster://admin:S3cr3tPassw0rd@h1:notaport",
+        ] {
+            let err = StoreUrl::parse("STEM_BROKER_URL", bad).expect_err(bad);
+            assert!(err.to_string().starts_with("STEM_BROKER_URL"), "{err}");
             assert!(!err.to_string().contains("S3cr3t"), "{err}");
         }
     }

@@ -7,13 +7,16 @@
 //! type, owner and lifetime.
 //!
 //! **The hash-tag rule.** Redis Cluster places a key by the part between
-//! the first `{` and `}`. Every broker key of one queue carries the tag
-//! `{queue}`, so a queue's lanes, delayed set and dead letters live on one
-//! slot and the promotion script and the `MULTI` blocks of ack, retry and
-//! dead-letter touch one slot. Keys of one task, group or schedule entry
-//! are not tagged yet: each is used alone, except where a script or
-//! transaction combines them with broker keys (submit-once, the co-located
-//! settle), which only a single Redis serves today.
+//! the first `{` and `}`, and a script or `MULTI` may only touch keys of
+//! one slot. So keys written together share a tag: every broker key of one
+//! queue carries `{queue}` (lanes, delayed set, dead letters, recent-task
+//! index: the promotion script and the `MULTI` blocks of ack, retry and
+//! dead-letter stay in one slot); a task's live and terminal status carry
+//! `{<id>}`; a group's count and results `{<gid>}`; the schedule store
+//! `{schedule}`; the worker records and their index `{workers}`. Scripts
+//! that combine a task's or a marker's keys with a queue's (submit-once,
+//! the co-located settle) run only on one server; a cluster works without
+//! them (`docs/architecture.md`, "Redis Cluster").
 
 use crate::envelope::MAX_PRIORITY;
 
@@ -78,24 +81,26 @@ pub fn dead(queue: &str) -> String {
 // Result backend
 // ---------------------------------------------------------------------------
 
-/// A task's live status (queued, running, retried).
+/// A task's live status (queued, running, retried). Tagged by the task
+/// id, like [`done`]: the status scripts read and write both together.
 pub fn status(id: &str) -> String {
-    format!("{PREFIX}:task:{id}")
+    format!("{PREFIX}:task:{{{id}}}")
 }
 
 /// A task's terminal status (succeeded, failed, cancelled).
 pub fn done(id: &str) -> String {
-    format!("{PREFIX}:done:{id}")
+    format!("{PREFIX}:done:{{{id}}}")
 }
 
-/// A group's expected member count.
+/// A group's expected member count. Tagged by the group id, like
+/// [`group_results`]: `init_group` writes both in one transaction.
 pub fn group(id: &str) -> String {
-    format!("{PREFIX}:group:{id}")
+    format!("{PREFIX}:group:{{{id}}}")
 }
 
 /// Hash of a group's member results.
 pub fn group_results(id: &str) -> String {
-    format!("{PREFIX}:group:{id}:results")
+    format!("{PREFIX}:group:{{{id}}}:results")
 }
 
 /// A small record: idempotency key, claim, published marker, stored
@@ -108,8 +113,10 @@ pub fn kv(key: &str) -> String {
 // Control plane
 // ---------------------------------------------------------------------------
 
-/// Sorted set: worker name → last heartbeat ms.
-pub const WORKERS: &str = "stem:workers";
+/// Sorted set: worker name → last heartbeat ms. Tagged `{workers}`, like
+/// every [`worker`] record: the script that removes a stopping worker
+/// touches its record and this set together.
+pub const WORKERS: &str = "stem:{workers}";
 
 /// Pub/sub channel of control commands.
 pub const CONTROL: &str = "stem:control";
@@ -119,7 +126,7 @@ pub const PAUSED: &str = "stem:paused";
 
 /// A worker's info record.
 pub fn worker(name: &str) -> String {
-    format!("{PREFIX}:worker:{name}")
+    format!("{PREFIX}:{{workers}}:{name}")
 }
 
 /// Hash of the tasks finished in the minute starting at `minute_ms`
@@ -137,17 +144,20 @@ pub fn control_reply(id: &str) -> String {
 // Schedule store
 // ---------------------------------------------------------------------------
 
-/// Sorted set of every schedule entry id by next run.
-pub const SCHEDULE_INDEX: &str = "stem:schedule:index";
+/// Sorted set of every schedule entry id by next run. Every schedule key
+/// carries the tag `{schedule}`: the upsert and bookkeeping scripts write
+/// an entry and the index together (schedule traffic is a few commands a
+/// second, so one slot serves it).
+pub const SCHEDULE_INDEX: &str = "stem:{schedule}:index";
 
 /// Hash of schedule entry `id`.
 pub fn schedule_entry(id: &str) -> String {
-    format!("{PREFIX}:schedule:entry:{id}")
+    format!("{PREFIX}:{{schedule}}:entry:{id}")
 }
 
 /// Firing record of slot `slot_ms` of schedule entry `id`.
 pub fn schedule_fired(id: &str, slot_ms: i64) -> String {
-    format!("{PREFIX}:schedule:fired:{id}:{slot_ms}")
+    format!("{PREFIX}:{{schedule}}:fired:{id}:{slot_ms}")
 }
 
 /// Lock `key` (beat's leader lease is `lock("beat:leader")`).

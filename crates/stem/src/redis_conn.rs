@@ -1,12 +1,18 @@
 //! The one place that turns a Redis URL plus [`TlsConfig`] into
-//! connections. Connections are `ConnectionManager`s: multiplexed, lazily
-//! connected (a service starts even while Redis is down) and reconnecting
-//! by themselves after an outage.
+//! connections: an [`Endpoint`] is one server (`redis://`, `rediss://`) or
+//! a Redis Cluster reached through seed nodes (`redis+cluster://h1:p1,…`,
+//! `rediss+cluster://…`). Connections to one server are
+//! `ConnectionManager`s, to a cluster the cluster client's connection: both
+//! multiplexed, lazily connected (a service starts even while Redis is
+//! down) and reconnecting by themselves after an outage; the cluster one
+//! also follows slot moves and failovers.
 
 use std::sync::Once;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, ClientTlsConfig, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
@@ -31,23 +37,19 @@ fn connection_info(url: &str) -> Result<ConnectionInfo> {
         .set_tcp_settings(TcpSettings::default().set_nodelay(true)))
 }
 
-/// Builds a Redis client for `url` with the TLS material in `tls`.
-pub fn client(url: &str, tls: &TlsConfig) -> Result<Client> {
-    install_crypto_provider();
-    if !url.starts_with("rediss://") {
-        return Ok(Client::open(connection_info(url)?)?);
-    }
-    let mut url = url.to_string();
-    if tls.allow_insecure && !url.contains("#insecure") {
-        static WARNED: Once = Once::new();
-        WARNED.call_once(|| {
-            tracing::warn!(
-                "STEM_TLS_ALLOW_INSECURE is set: the Redis server's certificate is NOT verified; \
-                 anyone on the network path can impersonate it"
-            )
-        });
-        url.push_str("#insecure");
-    }
+/// Logs, once per process, that server certificates go unverified.
+fn warn_insecure() {
+    static WARNED: Once = Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "STEM_TLS_ALLOW_INSECURE is set: the Redis server's certificate is NOT verified; \
+             anyone on the network path can impersonate it"
+        )
+    });
+}
+
+/// The CA and client certificate of `tls`, when it names any.
+fn certificates(tls: &TlsConfig) -> Option<TlsCertificates> {
     let client_tls = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => Some(ClientTlsConfig {
             client_cert: cert.clone(),
@@ -55,17 +57,145 @@ pub fn client(url: &str, tls: &TlsConfig) -> Result<Client> {
         }),
         _ => None,
     };
-    if tls.ca_cert.is_none() && client_tls.is_none() {
-        return Ok(Client::open(connection_info(&url)?)?);
+    (tls.ca_cert.is_some() || client_tls.is_some()).then(|| TlsCertificates {
+        client_tls,
+        root_cert: tls.ca_cert.clone(),
+    })
+}
+
+/// Builds a Redis client for the one server at `url` with the TLS
+/// material in `tls`.
+pub fn client(url: &str, tls: &TlsConfig) -> Result<Client> {
+    install_crypto_provider();
+    if !url.starts_with("rediss://") {
+        return Ok(Client::open(connection_info(url)?)?);
     }
-    Client::build_with_tls(
-        connection_info(&url)?,
-        TlsCertificates {
-            client_tls,
-            root_cert: tls.ca_cert.clone(),
-        },
+    let mut url = url.to_string();
+    if tls.allow_insecure && !url.contains("#insecure") {
+        warn_insecure();
+        url.push_str("#insecure");
+    }
+    match certificates(tls) {
+        None => Ok(Client::open(connection_info(&url)?)?),
+        Some(certs) => Client::build_with_tls(connection_info(&url)?, certs)
+            .map_err(|e| StemError::Tls(format!("invalid TLS material: {e}"))),
+    }
+}
+
+/// The seed nodes of a cluster URL (`redis+cluster://[user:pass@]h1:p1,h2:p2[/0]`
+/// or `rediss+cluster://…`) as one single-node URL each (`redis://` or
+/// `rediss://`, with the credentials); `Ok(None)` for any other URL; `Err`
+/// says what is wrong with a malformed one (never quoting the password).
+pub fn cluster_seeds(url: &str) -> std::result::Result<Option<Vec<String>>, String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+        ("rediss", rest)
+    } else {
+        return Ok(None);
+    };
+    // The last '@' ends the credentials (a password may hold a raw '@').
+    let (userinfo, hosts) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (hosts, db) = hosts.split_once('/').unwrap_or((hosts, ""));
+    if !(db.is_empty() || db == "0") {
+        return Err("a Redis Cluster has only database 0".into());
+    }
+    let mut seeds = Vec::new();
+    for host in hosts.split(',').map(str::trim) {
+        let valid = host.rsplit_once(':').is_some_and(|(name, port)| {
+            !name.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            return Err(format!("seed node {host:?} is not host:port"));
+        }
+        seeds.push(match userinfo {
+            Some(u) => format!("{scheme}://{u}@{host}"),
+            None => format!("{scheme}://{host}"),
+        });
+    }
+    Ok(Some(seeds))
+}
+
+/// Where a store's connections go.
+// Built once per store and cloned a handful of times: the size of a
+// variant does not matter here.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub enum Endpoint {
+    /// One Redis server.
+    Single(Client),
+    /// A Redis Cluster, reached through its seed nodes.
+    Cluster(ClusterEndpoint),
+}
+
+/// A Redis Cluster's clients.
+#[derive(Clone)]
+pub struct ClusterEndpoint {
+    /// The cluster client (slot routing, redirects, failover).
+    pub cluster: ClusterClient,
+    /// A client of the first seed node alone, for pub/sub: a cluster
+    /// delivers a `PUBLISH` to the subscribers of every node.
+    pub seed: Client,
+}
+
+impl From<Client> for Endpoint {
+    fn from(client: Client) -> Self {
+        Endpoint::Single(client)
+    }
+}
+
+impl Endpoint {
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Endpoint::Cluster(_))
+    }
+
+    /// A client of one server: the server itself, or a cluster's first
+    /// seed node (for pub/sub).
+    pub fn node(&self) -> &Client {
+        match self {
+            Endpoint::Single(client) => client,
+            Endpoint::Cluster(c) => &c.seed,
+        }
+    }
+}
+
+/// The [`Endpoint`] of `url`: a cluster for `redis+cluster://` and
+/// `rediss+cluster://`, else one server; TLS material from `tls`.
+pub fn endpoint(url: &str, tls: &TlsConfig) -> Result<Endpoint> {
+    let seeds = match cluster_seeds(url) {
+        Ok(None) => return Ok(Endpoint::Single(client(url, tls)?)),
+        Ok(Some(seeds)) => seeds,
+        Err(why) => return Err(StemError::config("cluster URL", why)),
+    };
+    let first = seeds
+        .first()
+        .ok_or_else(|| StemError::config("cluster URL", "no seed node"))?;
+    let seed = client(first, tls)?;
+    let mut builder = ClusterClientBuilder::new(
+        seeds
+            .iter()
+            .map(|s| connection_info(s))
+            .collect::<Result<Vec<_>>>()?,
     )
-    .map_err(|e| StemError::Tls(format!("invalid TLS material: {e}")))
+    .tcp_settings(TcpSettings::default().set_nodelay(true));
+    if url.starts_with("rediss+cluster://") {
+        builder = builder.tls(if tls.allow_insecure {
+            redis::TlsMode::Insecure
+        } else {
+            redis::TlsMode::Secure
+        });
+        if let Some(certs) = certificates(tls) {
+            builder = builder.certs(certs);
+        }
+    }
+    let cluster = builder
+        .build()
+        .map_err(|e| StemError::Tls(format!("invalid cluster client settings: {e}")))?;
+    Ok(Endpoint::Cluster(ClusterEndpoint { cluster, seed }))
 }
 
 /// A lazily connected, self-reconnecting connection. `response_timeout`
@@ -106,6 +236,124 @@ fn never_sent(e: &redis::RedisError) -> bool {
     text.contains("broken pipe") || text.contains("not connected")
 }
 
+/// The connection under a [`Conn`].
+#[derive(Clone)]
+enum Inner {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Inner {
+    async fn send(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        use redis::aio::ConnectionLike;
+        match self {
+            Inner::Single(c) => c.req_packed_command(cmd).await,
+            Inner::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+
+    async fn send_many(
+        &mut self,
+        pipeline: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        use redis::aio::ConnectionLike;
+        match self {
+            Inner::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
+            Inner::Cluster(c) if pipeline.is_transaction() => {
+                c.req_packed_commands(pipeline, offset, count).await
+            }
+            Inner::Cluster(c) => send_by_slot(c, pipeline).await,
+        }
+    }
+}
+
+/// The first key `cmd` names, as Redis Cluster routes it: after `numkeys`
+/// for scripts, after `STREAMS` for stream reads, after the subcommand for
+/// `XGROUP`, `XINFO`, `OBJECT` and `MEMORY`, else the first argument;
+/// `None` for commands without a key (`PING`, `SCRIPT LOAD`, `PUBLISH`).
+fn first_key(cmd: &redis::Cmd) -> Option<Vec<u8>> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?.to_ascii_uppercase();
+    let key = match name.as_slice() {
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
+            let numkeys: usize = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
+            if numkeys == 0 {
+                return None;
+            }
+            args.get(3)?
+        }
+        b"XREAD" | b"XREADGROUP" => {
+            let at = args
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
+            args.get(at + 1)?
+        }
+        // Subcommand first, then the key.
+        b"XGROUP" | b"XINFO" | b"OBJECT" | b"MEMORY" => args.get(2)?,
+        b"PING" | b"SCRIPT" | b"PUBLISH" | b"INFO" | b"TIME" | b"CLUSTER" | b"CLIENT" => {
+            return None
+        }
+        _ => args.get(1)?,
+    };
+    Some(key.to_vec())
+}
+
+/// Sends a plain (non-transaction) pipeline to a cluster: the commands are
+/// grouped by the slot of their first key, each group goes to its node as
+/// a pipeline of its own (all at once), and the replies come back in the
+/// pipeline's order. The cluster client itself sends a pipeline to one
+/// node only and refuses one whose keys span slots; a batch of settles or
+/// status writes names many tasks, so it does span them. Keyless commands
+/// ride with the first group.
+async fn send_by_slot(
+    conn: &mut ClusterConnection,
+    pipeline: &redis::Pipeline,
+) -> redis::RedisResult<Vec<redis::Value>> {
+    use redis::aio::ConnectionLike;
+    use redis::cluster_routing::Slot;
+    let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        let slot = first_key(cmd).map(Slot::for_key);
+        match groups
+            .iter_mut()
+            .find(|(s, _)| slot.is_none() || *s == slot)
+        {
+            Some((_, members)) => members.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    if groups.len() <= 1 {
+        return conn.req_packed_commands(pipeline, 0, pipeline.len()).await;
+    }
+    let cmds: Vec<&redis::Cmd> = pipeline.cmd_iter().collect();
+    let sends = groups.iter().map(|(_, members)| {
+        let mut sub = redis::pipe();
+        for &i in members {
+            sub.add_command(cmds[i].clone());
+        }
+        let mut conn = conn.clone();
+        async move {
+            let replies = conn.req_packed_commands(&sub, 0, sub.len()).await?;
+            Ok::<_, redis::RedisError>((members, replies))
+        }
+    });
+    let mut out = vec![redis::Value::Nil; pipeline.len()];
+    for (members, replies) in futures::future::try_join_all(sends).await? {
+        for (&i, reply) in members.iter().zip(replies) {
+            out[i] = reply;
+        }
+    }
+    Ok(out)
+}
+
 /// A [`ConnectionManager`] that counts round trips and sends a request a
 /// second time when the first attempt never left the process. After a
 /// Redis restart the first request on each connection meets the dead
@@ -114,7 +362,7 @@ fn never_sent(e: &redis::RedisError) -> bool {
 /// request, a settle) do not fail for a restart that is already over.
 /// Every adapter talks to Redis through one of these.
 #[derive(Clone)]
-pub struct Conn(ConnectionManager);
+pub struct Conn(Inner);
 
 impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(
@@ -123,10 +371,10 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, redis::Value> {
         Box::pin(async move {
             ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match self.0.req_packed_command(cmd).await {
+            match self.0.send(cmd).await {
                 Err(e) if never_sent(&e) => {
                     ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.0.req_packed_command(cmd).await
+                    self.0.send(cmd).await
                 }
                 other => other,
             }
@@ -141,10 +389,10 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
             ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match self.0.req_packed_commands(pipeline, offset, count).await {
+            match self.0.send_many(pipeline, offset, count).await {
                 Err(e) if never_sent(&e) => {
                     ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.0.req_packed_commands(pipeline, offset, count).await
+                    self.0.send_many(pipeline, offset, count).await
                 }
                 other => other,
             }
@@ -152,11 +400,30 @@ impl redis::aio::ConnectionLike for Conn {
     }
 
     fn get_db(&self) -> i64 {
-        self.0.get_db()
+        match &self.0 {
+            Inner::Single(c) => c.get_db(),
+            Inner::Cluster(c) => c.get_db(),
+        }
     }
 }
 
-/// A lazily connected, self-reconnecting, round-trip-counting connection.
-pub fn connection(client: Client, response_timeout: Duration) -> Result<Conn> {
-    Ok(Conn(manager(client, response_timeout)?))
+/// A lazily connected, self-reconnecting, round-trip-counting connection
+/// to `endpoint`.
+pub fn connection(endpoint: impl Into<Endpoint>, response_timeout: Duration) -> Result<Conn> {
+    Ok(Conn(match endpoint.into() {
+        Endpoint::Single(client) => Inner::Single(manager(client, response_timeout)?),
+        Endpoint::Cluster(c) => {
+            let config = ClusterConfig::new()
+                .set_response_timeout(response_timeout)
+                .set_connection_timeout(Duration::from_secs(3));
+            Inner::Cluster(c.cluster.get_pending_async_connection_with_config(config))
+        }
+    }))
+}
+
+impl Conn {
+    /// Whether this connection goes to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.0, Inner::Cluster(_))
+    }
 }

@@ -259,6 +259,7 @@ stem_testkit::contract_suite!(
     memory_adapter => crate::common::memory,
     redis_adapter => crate::common::redis,
     redis_colocated => crate::common::redis_colocated,
+    redis_cluster => crate::common::cluster,
 ];
     status_round_trips,
     status_never_moves_backwards,

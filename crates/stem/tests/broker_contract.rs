@@ -454,6 +454,7 @@ stem_testkit::contract_suite!(
     memory_adapter => crate::common::memory,
     redis_adapter => crate::common::redis,
     redis_colocated => crate::common::redis_colocated,
+    redis_cluster => crate::common::cluster,
 ];
     publish_fetch_ack_empties_the_queue,
     the_oldest_ready_entry_is_dated,

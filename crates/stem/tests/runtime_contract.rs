@@ -1112,6 +1112,7 @@ stem_testkit::contract_suite!(
     memory_adapter => crate::common::memory,
     redis_adapter => crate::common::redis,
     redis_colocated => crate::common::redis_colocated,
+    redis_cluster => crate::common::cluster,
 ];
     typed_task_succeeds,
     failed_attempt_is_retried_with_backoff,

@@ -11,13 +11,14 @@ use stem::schedule::redis::{RedisLockStore, RedisScheduleStore};
 use stem::schedule::spec::parse_timezone;
 use stem::schedule::store::{FiringOutcome, FiringReport};
 use stem::schedule::{LockStore, ScheduleEntry, ScheduleStore, UpsertOutcome};
-use stem_testkit::RedisServer;
+use stem_testkit::{RedisCluster, RedisServer};
 
 /// One pair of stores under test; keeps its redis-server alive.
 struct Stores {
     schedules: Arc<dyn ScheduleStore>,
     locks: Arc<dyn LockStore>,
     _redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 fn memory() -> anyhow::Result<Stores> {
@@ -25,6 +26,7 @@ fn memory() -> anyhow::Result<Stores> {
         schedules: Arc::new(MemoryScheduleStore::new()),
         locks: Arc::new(MemoryLockStore::new()),
         _redis: None,
+        _cluster: None,
     })
 }
 
@@ -35,6 +37,19 @@ fn redis() -> anyhow::Result<Stores> {
         schedules: Arc::new(RedisScheduleStore::new(client.clone())?),
         locks: Arc::new(RedisLockStore::new(client)?),
         _redis: Some(server),
+        _cluster: None,
+    })
+}
+
+/// The stores on a private three-master Redis Cluster.
+fn cluster() -> anyhow::Result<Stores> {
+    let cluster = RedisCluster::start()?;
+    let endpoint = stem::redis_conn::endpoint(&cluster.url(), &TlsConfig::default())?;
+    Ok(Stores {
+        schedules: Arc::new(RedisScheduleStore::new(endpoint.clone())?),
+        locks: Arc::new(RedisLockStore::new(endpoint)?),
+        _redis: None,
+        _cluster: Some(cluster),
     })
 }
 
@@ -433,7 +448,7 @@ async fn lock_expiry_and_renewal(s: Stores) -> anyhow::Result<()> {
 }
 
 stem_testkit::contract_suite!(
-    [memory_stores => crate::memory, redis_stores => crate::redis];
+    [memory_stores => crate::memory, redis_stores => crate::redis, redis_cluster => crate::cluster];
     upsert_get_list_delete,
     reseeding_keeps_history,
     enable_and_disable,

@@ -2,10 +2,10 @@
 //!
 //! | key | type | lifetime |
 //! | --- | --- | --- |
-//! | `stem:task:<id>` | string `"<rank>\|<status JSON>"`: the live status (queued, running, retried) | `STEM_RESULT_TTL`; deleted when the task finishes |
-//! | `stem:done:<id>` | string `"<rank>\|<status JSON>"`: the terminal status (succeeded, failed, cancelled) | `STEM_RESULT_TTL` |
-//! | `stem:group:<id>` | string, expected count | `STEM_RESULT_TTL` |
-//! | `stem:group:<id>:results` | hash task id → status JSON | `STEM_RESULT_TTL` |
+//! | `stem:task:{<id>}` | string `"<rank>\|<status JSON>"`: the live status (queued, running, retried) | `STEM_RESULT_TTL`; deleted when the task finishes |
+//! | `stem:done:{<id>}` | string `"<rank>\|<status JSON>"`: the terminal status (succeeded, failed, cancelled) | `STEM_RESULT_TTL` |
+//! | `stem:group:{<id>}` | string, expected count | `STEM_RESULT_TTL` |
+//! | `stem:group:{<id>}:results` | hash task id → status JSON | `STEM_RESULT_TTL` |
 //! | `stem:kv:<key>` | string (idempotency keys, claims, chain steps) | per call |
 //!
 //! A task's status is the higher-ranked of its two records, so a status
@@ -24,14 +24,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::{AsyncCommands, Client, Cmd, Pipeline, Script, Value};
+use ::redis::{AsyncCommands, Cmd, Pipeline, Script, Value};
 use async_trait::async_trait;
 
 use super::{GroupProgress, GroupView, ResultBackend};
 use crate::envelope::{TaskState, TaskStatus};
 use crate::error::{Result, StemError};
 use crate::keys;
-use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, Conn, Endpoint, COMMAND_TIMEOUT};
 
 /// Lua: `set_ranked` writes status value `v` ("<rank>|<JSON>") at key `k`
 /// unless the stored rank is higher. One `SET … GET` per status: the old
@@ -177,7 +177,43 @@ impl StatusWriter {
     /// go through the rank script, and a live status that outranks the
     /// terminal one just written (a newer attempt already running) is put
     /// back.
+    ///
+    /// On a Redis Cluster each task's keys have a slot of their own, so the
+    /// statuses are written slot by slot, all at once; `extra` commands
+    /// (which belong to a queue's slot) are refused there: the cluster's
+    /// stores are never co-located.
     pub(crate) async fn write(
+        &self,
+        conn: &mut Conn,
+        statuses: &[TaskStatus],
+        extra: Vec<Cmd>,
+    ) -> Result<()> {
+        if !conn.is_cluster() {
+            return self.write_slot(conn, statuses, extra).await;
+        }
+        if !extra.is_empty() {
+            return Err(StemError::Internal(
+                "a co-located settle was attempted on a Redis Cluster".into(),
+            ));
+        }
+        let mut by_slot: Vec<(::redis::cluster_routing::Slot, Vec<TaskStatus>)> = Vec::new();
+        for s in statuses {
+            let slot = ::redis::cluster_routing::Slot::for_key(keys::status(&s.id));
+            match by_slot.iter_mut().find(|(k, _)| *k == slot) {
+                Some((_, group)) => group.push(s.clone()),
+                None => by_slot.push((slot, vec![s.clone()])),
+            }
+        }
+        let writes = by_slot.iter().map(|(_, group)| {
+            let mut conn = conn.clone();
+            async move { self.write_slot(&mut conn, group, Vec::new()).await }
+        });
+        futures::future::try_join_all(writes).await?;
+        Ok(())
+    }
+
+    /// [`StatusWriter::write`] of statuses whose keys share one slot.
+    async fn write_slot(
         &self,
         conn: &mut Conn,
         statuses: &[TaskStatus],
@@ -279,10 +315,11 @@ impl RedisBackend {
         Ok(out)
     }
 
-    /// A backend on `client`; records live for `ttl`.
-    pub fn new(client: Client, ttl: Duration) -> Result<Self> {
+    /// A backend on `endpoint` (a server's [`::redis::Client`] or an
+    /// [`Endpoint`]); records live for `ttl`.
+    pub fn new(endpoint: impl Into<Endpoint>, ttl: Duration) -> Result<Self> {
         Ok(RedisBackend {
-            conn: connection(client, COMMAND_TIMEOUT)?,
+            conn: connection(endpoint, COMMAND_TIMEOUT)?,
             writer: StatusWriter::new(ttl),
         })
     }

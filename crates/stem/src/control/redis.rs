@@ -2,8 +2,8 @@
 //!
 //! | key | type | lifetime |
 //! | --- | --- | --- |
-//! | `stem:workers` | sorted set: worker name, score = last heartbeat ms | pruned when a worker's info key has expired |
-//! | `stem:worker:<name>` | string: [`WorkerInfo`] JSON | 3 × heartbeat interval |
+//! | `stem:{workers}` | sorted set: worker name, score = last heartbeat ms | pruned when a worker's info key has expired |
+//! | `stem:{workers}:<name>` | string: [`WorkerInfo`] JSON | 3 × heartbeat interval |
 //! | `stem:control` | pub/sub channel of [`ControlCommand`] JSON | — |
 //! | `stem:control:reply:<id>` | list of [`ControlReply`] JSON | 60 s |
 //! | `stem:paused` | set of paused queue names | until resumed |
@@ -21,7 +21,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::keys;
-use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, Conn, Endpoint, COMMAND_TIMEOUT};
 
 /// The Redis control plane.
 #[derive(Clone)]
@@ -31,11 +31,15 @@ pub struct RedisControl {
 }
 
 impl RedisControl {
-    /// A control plane on `client`; connects lazily.
-    pub fn new(client: Client) -> Result<Self> {
+    /// A control plane on `endpoint` (a server's [`Client`] or an
+    /// [`Endpoint`]); connects lazily. Commands are subscribed to on one
+    /// node: a cluster delivers every `PUBLISH` to every node's
+    /// subscribers.
+    pub fn new(endpoint: impl Into<Endpoint>) -> Result<Self> {
+        let endpoint = endpoint.into();
         Ok(RedisControl {
-            conn: connection(client.clone(), COMMAND_TIMEOUT)?,
-            client,
+            conn: connection(endpoint.clone(), COMMAND_TIMEOUT)?,
+            client: endpoint.node().clone(),
         })
     }
 }

@@ -56,7 +56,7 @@ impl ScheduleStores {
         Ok(match &config.schedule_store_url {
             StoreUrl::Memory => ScheduleStores::memory(),
             StoreUrl::Redis(url) => {
-                let client = redis_conn::client(url, &config.tls)?;
+                let client = redis_conn::endpoint(url, &config.tls)?;
                 ScheduleStores {
                     schedules: Arc::new(redis::RedisScheduleStore::new(client.clone())?),
                     locks: Arc::new(redis::RedisLockStore::new(client)?),

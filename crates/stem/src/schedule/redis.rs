@@ -3,9 +3,9 @@
 //!
 //! | key | type | lifetime |
 //! | --- | --- | --- |
-//! | `stem:schedule:index` | sorted set: id → `nextRunAt` ms (`+inf` when disabled) | permanent |
-//! | `stem:schedule:entry:<id>` | hash: `def` (definition JSON), `timing`, `enabled`, `rev`, history fields | until deleted |
-//! | `stem:schedule:fired:<id>:<slot ms>` | string: beat instance that fired the slot | 2 × period (≥ 60 s) |
+//! | `stem:{schedule}:index` | sorted set: id → `nextRunAt` ms (`+inf` when disabled) | permanent |
+//! | `stem:{schedule}:entry:<id>` | hash: `def` (definition JSON), `timing`, `enabled`, `rev`, history fields | until deleted |
+//! | `stem:{schedule}:fired:<id>:<slot ms>` | string: beat instance that fired the slot | 2 × period (≥ 60 s) |
 //! | `stem:lock:<key>` | string: owner | lock TTL (beat: `stem:lock:beat:leader`) |
 //!
 //! Upsert, bookkeeping and the lock's compare-and-renew / compare-and-release
@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ::redis::{Client, Script};
+use ::redis::Script;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -24,7 +24,7 @@ use super::store::{
 };
 use crate::error::{Result, StemError};
 use crate::keys;
-use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, Conn, Endpoint, COMMAND_TIMEOUT};
 
 const UPSERT: &str = r#"
 local function score(n) if n == '' then return 'inf' end return n end
@@ -162,10 +162,11 @@ pub struct RedisScheduleStore {
 }
 
 impl RedisScheduleStore {
-    /// A store on `client` (connected lazily, reconnecting by itself).
-    pub fn new(client: Client) -> Result<Self> {
+    /// A store on `endpoint` (a server's [`::redis::Client`] or an
+    /// [`Endpoint`]; connected lazily, reconnecting by itself).
+    pub fn new(endpoint: impl Into<Endpoint>) -> Result<Self> {
         Ok(RedisScheduleStore {
-            conn: connection(client, COMMAND_TIMEOUT)?,
+            conn: connection(endpoint, COMMAND_TIMEOUT)?,
             upsert: std::sync::Arc::new(Script::new(UPSERT)),
             complete: std::sync::Arc::new(Script::new(COMPLETE)),
         })
@@ -369,10 +370,11 @@ pub struct RedisLockStore {
 }
 
 impl RedisLockStore {
-    /// A lock store on `client`.
-    pub fn new(client: Client) -> Result<Self> {
+    /// A lock store on `endpoint` (a server's [`::redis::Client`] or an
+    /// [`Endpoint`]).
+    pub fn new(endpoint: impl Into<Endpoint>) -> Result<Self> {
         Ok(RedisLockStore {
-            conn: connection(client, COMMAND_TIMEOUT)?,
+            conn: connection(endpoint, COMMAND_TIMEOUT)?,
             acquire: std::sync::Arc::new(Script::new(ACQUIRE)),
             renew: std::sync::Arc::new(Script::new(RENEW)),
             release: std::sync::Arc::new(Script::new(DELETE_IF_OWNER)),

@@ -13,13 +13,14 @@ use stem::config::TlsConfig;
 use stem::control::redis::RedisControl;
 use stem::envelope::TaskStatus;
 pub use stem_testkit::poll;
-use stem_testkit::RedisServer;
+use stem_testkit::{RedisCluster, RedisServer};
 
 /// One set of stores under test; keeps its redis-server alive. Derefs to
 /// its [`Stores`], so a test reads `a.broker`, `a.admin`, `a.backend`.
 pub struct Adapters {
     pub stores: Stores,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
 }
 
 impl std::ops::Deref for Adapters {
@@ -43,10 +44,15 @@ impl Adapters {
     /// The same stores with statuses kept only `ttl` (a new backend, and
     /// atomic store, on the same server).
     pub fn with_ttl(mut self, ttl: Duration) -> anyhow::Result<Self> {
-        match &self.redis {
+        let url = match (&self.redis, &self.cluster) {
+            (Some(server), _) => Some(server.url()),
+            (None, Some(cluster)) => Some(cluster.url()),
+            (None, None) => None,
+        };
+        match url {
             None => self.stores.backend = Arc::new(MemoryBackend::new(ttl)),
-            Some(server) => {
-                let client = stem::redis_conn::client(&server.url(), &TlsConfig::default())?;
+            Some(url) => {
+                let client = stem::redis_conn::endpoint(&url, &TlsConfig::default())?;
                 self.stores.backend = Arc::new(RedisBackend::new(client.clone(), ttl)?);
                 if self.atomic.is_some() {
                     let broker = RedisBroker::new(client, 1000)?;
@@ -67,6 +73,7 @@ pub fn memory_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
     Ok(Adapters {
         stores: Stores::memory(ttl),
         redis: None,
+        cluster: None,
     })
 }
 
@@ -89,7 +96,33 @@ fn redis_stores(ttl: Duration, colocated: bool) -> anyhow::Result<Adapters> {
             control: Arc::new(RedisControl::new(client)?),
         },
         redis: Some(server),
+        cluster: None,
     })
+}
+
+/// Broker, backend and control plane on a private three-master Redis
+/// Cluster, as `Stores::connect` builds them for a `redis+cluster://` URL
+/// (no atomic store: a cluster keeps a task's status and its queue on
+/// different slots).
+pub fn cluster_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
+    let cluster = RedisCluster::start()?;
+    let endpoint = stem::redis_conn::endpoint(&cluster.url(), &TlsConfig::default())?;
+    let broker = Arc::new(RedisBroker::new(endpoint.clone(), 1000)?);
+    Ok(Adapters {
+        stores: Stores {
+            broker: broker.clone(),
+            admin: broker,
+            backend: Arc::new(RedisBackend::new(endpoint.clone(), ttl)?),
+            atomic: None,
+            control: Arc::new(RedisControl::new(endpoint)?),
+        },
+        redis: None,
+        cluster: Some(cluster),
+    })
+}
+
+pub fn cluster() -> anyhow::Result<Adapters> {
+    cluster_with_ttl(Duration::from_secs(3600))
 }
 
 pub fn redis_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::{AsyncCommands, Client, Value};
+use ::redis::{AsyncCommands, Value};
 use async_trait::async_trait;
 
 use super::{
@@ -47,7 +47,7 @@ use super::{
 use crate::envelope::{WireEnvelope, MAX_PRIORITY};
 use crate::error::{Result, StemError};
 use crate::keys;
-use crate::redis_conn::{connection, Conn, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, Conn, Endpoint, COMMAND_TIMEOUT};
 use entry::{push_entry, push_outgoing};
 use scripts::PROMOTE;
 
@@ -57,6 +57,10 @@ const GROUP: &str = "stem";
 const RECOVER_SCAN: usize = 1000;
 /// Most delayed entries one promotion script call moves.
 const PROMOTE_BATCH: usize = 512;
+/// Longest block on one queue while a cluster fetch of several queues
+/// waits (see `RedisBroker::fetch_each`).
+const CLUSTER_BLOCK_SLICE: Duration = Duration::from_millis(100);
+
 /// Most promotion calls per queue per promoter tick.
 const PROMOTE_ROUNDS: usize = 20;
 
@@ -67,7 +71,7 @@ fn is_nogroup(e: &::redis::RedisError) -> bool {
 /// The Redis Streams broker.
 #[derive(Clone)]
 pub struct RedisBroker {
-    client: Client,
+    endpoint: Endpoint,
     conn: Conn,
     /// Connections for blocking reads, one per concurrent fetch.
     blocking: Arc<Mutex<Vec<Conn>>>,
@@ -78,19 +82,24 @@ pub struct RedisBroker {
     recent: Arc<recent::RecentLog>,
     /// When recovery last removed stale consumers.
     pruned: Arc<Mutex<Option<std::time::Instant>>>,
+    /// Which queue a cluster fetch of several queues reads first.
+    rotation: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RedisBroker {
-    /// A broker on `client`; connects lazily.
-    pub fn new(client: Client, dead_letter_maxlen: usize) -> Result<Self> {
+    /// A broker on `endpoint` (a server's [`::redis::Client`] or an
+    /// [`Endpoint`]); connects lazily.
+    pub fn new(endpoint: impl Into<Endpoint>, dead_letter_maxlen: usize) -> Result<Self> {
+        let endpoint = endpoint.into();
         Ok(RedisBroker {
-            conn: connection(client.clone(), COMMAND_TIMEOUT)?,
-            client,
+            conn: connection(endpoint.clone(), COMMAND_TIMEOUT)?,
+            endpoint,
             blocking: Arc::new(Mutex::new(Vec::new())),
             known: Arc::new(Mutex::new(HashSet::new())),
             dead_maxlen: dead_letter_maxlen,
             recent: recent::RecentLog::new(super::DEFAULT_RECENT_TASKS),
             pruned: Arc::new(Mutex::new(None)),
+            rotation: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }
 
@@ -115,6 +124,108 @@ impl RedisBroker {
     /// The shared multiplexed connection (cheap clone).
     pub(crate) fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// One `XREADGROUP` over every lane of `queues` (which a cluster
+    /// serves from one slot only when they are one queue).
+    async fn read(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Fetched>> {
+        let mut keys = Vec::with_capacity(queues.len() * LANES as usize);
+        for q in queues {
+            keys.extend(lanes_in_fetch_order().map(|lane| keys::lane(q, lane)));
+        }
+        let ids = vec![">"; keys.len()];
+        let mut cmd = ::redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(&keys).arg(&ids);
+        let mut conn = self.take_blocking(block)?;
+        let reply: ::redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
+        self.give_blocking(conn);
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if is_nogroup(&e) => {
+                self.create_groups(queues).await?;
+                return Ok(Vec::new());
+            }
+            // A stream deleted while we were blocked on it: the next read
+            // recreates its group.
+            Err(e) if e.to_string().contains("UNBLOCKED") => return Ok(Vec::new()),
+            Err(e) if !StemError::from(e.clone()).is_transient() => {
+                return Err(self.broken_queue(queues, e).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::with_capacity(max);
+        entry::from_read_reply(reply, &mut out);
+        // Highest band first, its due lane before it; within a lane,
+        // stream order.
+        out.sort_by_key(|f| std::cmp::Reverse(lane_rank(f.receipt().lane)));
+        Ok(out)
+    }
+
+    /// [`Broker::fetch`] of several queues on a Redis Cluster, where one
+    /// read cannot span them (each queue has a slot of its own): every
+    /// queue is read without blocking, starting with a different one each
+    /// time; when all are empty, the read blocks on one queue after
+    /// another for at most [`CLUSTER_BLOCK_SLICE`] each until `block` is
+    /// over. A task published to one queue while the read blocks on
+    /// another waits at most one slice. (Blocking on all at once would
+    /// leave the reads not taken still waiting in Redis, and what they
+    /// receive later would be leased to this consumer with no one to run
+    /// it until its lease ran out.)
+    async fn fetch_each(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Fetched>> {
+        let start = self
+            .rotation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % queues.len();
+        let order: Vec<&String> = queues
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(queues.len())
+            .collect();
+        let mut out = Vec::new();
+        for q in &order {
+            let one = std::slice::from_ref(*q);
+            out.extend(self.read(consumer, one, max, Duration::ZERO).await?);
+        }
+        if !out.is_empty() || block.is_zero() {
+            out.sort_by_key(|f| std::cmp::Reverse(lane_rank(f.receipt().lane)));
+            return Ok(out);
+        }
+        let deadline = std::time::Instant::now() + block;
+        for q in order.iter().cycle() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let one = std::slice::from_ref(*q);
+            let got = self
+                .read(consumer, one, max, left.min(CLUSTER_BLOCK_SLICE))
+                .await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// After a read of `queues` failed with `error` (one `XREADGROUP`
@@ -154,7 +265,7 @@ impl RedisBroker {
             .pop();
         match pooled {
             Some(c) => Ok(c),
-            None => connection(self.client.clone(), block + COMMAND_TIMEOUT),
+            None => connection(self.endpoint.clone(), block + COMMAND_TIMEOUT),
         }
     }
 
@@ -283,44 +394,10 @@ impl Broker for RedisBroker {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        let mut keys = Vec::with_capacity(queues.len() * LANES as usize);
-        for q in queues {
-            keys.extend(lanes_in_fetch_order().map(|lane| keys::lane(q, lane)));
+        if self.conn.is_cluster() && queues.len() > 1 {
+            return self.fetch_each(consumer, queues, max, block).await;
         }
-        let ids = vec![">"; keys.len()];
-        let mut cmd = ::redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(max);
-        if !block.is_zero() {
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS").arg(&keys).arg(&ids);
-        let mut conn = self.take_blocking(block)?;
-        let reply: ::redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
-        self.give_blocking(conn);
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) if is_nogroup(&e) => {
-                self.create_groups(queues).await?;
-                return Ok(Vec::new());
-            }
-            // A stream deleted while we were blocked on it: the next read
-            // recreates its group.
-            Err(e) if e.to_string().contains("UNBLOCKED") => return Ok(Vec::new()),
-            Err(e) if !StemError::from(e.clone()).is_transient() => {
-                return Err(self.broken_queue(queues, e).await);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::with_capacity(max);
-        entry::from_read_reply(reply, &mut out);
-        // Highest band first, its due lane before it; within a lane,
-        // stream order.
-        out.sort_by_key(|f| std::cmp::Reverse(lane_rank(f.receipt().lane)));
-        Ok(out)
+        self.read(consumer, queues, max, block).await
     }
 
     async fn ack(&self, receipts: &[Receipt]) -> Result<()> {

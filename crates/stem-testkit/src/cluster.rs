@@ -1,0 +1,210 @@
+//! A private Redis Cluster per test: `masters` redis-servers started with
+//! `--cluster-enabled yes` on free loopback ports (each with its cluster
+//! bus on a free port of its own, `--cluster-port`), optionally a replica
+//! for each, joined by `redis-cli --cluster create`, and waited for until
+//! every node reports `cluster_state:ok` and knows every other node. Nodes
+//! can be killed (a master's replica then takes over); everything is
+//! killed and removed when dropped.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::redis::{RedisOptions, RedisServer};
+use crate::wait::POLL_INTERVAL;
+
+/// How long the cluster may take to form.
+const FORM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options of [`RedisCluster::start_with`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Master nodes (at least 3, as `redis-cli --cluster create` asks).
+    pub masters: usize,
+    /// Replicas per master.
+    pub replicas: usize,
+    /// `cluster-node-timeout`: how long a master may be unreachable before
+    /// its replica is promoted.
+    pub node_timeout: Duration,
+    /// AOF persistence on every node (`appendfsync always`).
+    pub persistence: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            masters: 3,
+            replicas: 0,
+            node_timeout: Duration::from_millis(2000),
+            persistence: false,
+        }
+    }
+}
+
+/// A running Redis Cluster owned by a test.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCluster")
+            .field("ports", &self.ports())
+            .finish()
+    }
+}
+
+impl RedisCluster {
+    /// Three masters, no replicas.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    /// Starts the nodes, creates the cluster and waits until it serves.
+    pub fn start_with(opts: ClusterOptions) -> anyhow::Result<Self> {
+        if opts.masters < 3 {
+            bail!(
+                "a Redis Cluster needs at least 3 masters, not {}",
+                opts.masters
+            );
+        }
+        let count = opts.masters * (1 + opts.replicas);
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
+            nodes.push(RedisServer::start_with(RedisOptions {
+                persistence: opts.persistence,
+                cluster_node_timeout: Some(opts.node_timeout),
+                ..Default::default()
+            })?);
+        }
+        let cluster = RedisCluster { nodes };
+        let addresses: Vec<String> = cluster
+            .ports()
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let first = cluster.node(0)?;
+        let out = first
+            .cli_command()
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args([
+                "--cluster-replicas",
+                &opts.replicas.to_string(),
+                "--cluster-yes",
+            ])
+            .output()
+            .context("running redis-cli --cluster create")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create {addresses:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        cluster.wait_formed(count)?;
+        Ok(cluster)
+    }
+
+    /// Polls every node until it reports `cluster_state:ok` and knows all
+    /// `count` nodes.
+    fn wait_formed(&self, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let mut pending = None;
+            for node in &self.nodes {
+                let info = node.cli(&["CLUSTER", "INFO"]).unwrap_or_default();
+                let known = node
+                    .cli(&["CLUSTER", "NODES"])
+                    .unwrap_or_default()
+                    .lines()
+                    .count();
+                if !info.contains("cluster_state:ok") || known < count {
+                    pending = Some(format!(
+                        "node {} knows {known}/{count} nodes: {}",
+                        node.port(),
+                        info.lines().next().unwrap_or("")
+                    ));
+                    break;
+                }
+            }
+            let Some(why) = pending else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                bail!("the cluster did not form within {FORM_TIMEOUT:?}: {why}");
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…` (every node a seed).
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// Every node's port, in start order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    /// Node `i` (in start order).
+    pub fn node(&self, i: usize) -> anyhow::Result<&RedisServer> {
+        self.nodes
+            .get(i)
+            .with_context(|| format!("the cluster has no node {i}"))
+    }
+
+    /// Node `i`, mutably (to kill or restart it).
+    pub fn node_mut(&mut self, i: usize) -> anyhow::Result<&mut RedisServer> {
+        self.nodes
+            .get_mut(i)
+            .with_context(|| format!("the cluster has no node {i}"))
+    }
+
+    /// The nodes that are masters now, by `ROLE`.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i]
+                    .cli(&["ROLE"])
+                    .is_ok_and(|r| r.lines().next() == Some("master"))
+            })
+            .collect()
+    }
+
+    /// The node index serving `key`'s slot as master now.
+    pub fn master_of(&self, key: &str) -> anyhow::Result<usize> {
+        let slot: u16 = self
+            .node(0)?
+            .cli(&["CLUSTER", "KEYSLOT", key])?
+            .parse()
+            .context("CLUSTER KEYSLOT")?;
+        for i in self.masters() {
+            let nodes = self.nodes[i].cli(&["CLUSTER", "NODES"])?;
+            let Some(me) = nodes.lines().find(|l| l.contains("myself")) else {
+                continue;
+            };
+            let owns = me.split_whitespace().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+            });
+            if owns {
+                return Ok(i);
+            }
+        }
+        bail!("no master owns slot {slot} of {key}")
+    }
+
+    /// `DBSIZE` of node `i`.
+    pub fn dbsize(&self, i: usize) -> anyhow::Result<u64> {
+        self.node(i)?.cli(&["DBSIZE"])?.parse().context("DBSIZE")
+    }
+}
