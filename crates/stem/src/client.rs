@@ -42,9 +42,11 @@ pub const REVOCATION_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
 /// Publishes `out` at most once per `once.marker` (see
 /// [`SubmitOnce`]). With an [`AtomicStore`] (broker and backend on one Redis) the
 /// marker, the first status and the publish commit in one atomic step;
-/// otherwise the marker is reserved first and released again when the
-/// status write or the publish fails, so a retry can succeed. Returns the
-/// marker's existing value when the publish had already happened.
+/// otherwise (two servers, a Redis Cluster) the first status is written
+/// first and the marker and the publish commit together on the queue's
+/// slot ([`Broker::publish_once`]): a crash between the two leaves a
+/// `queued` status and no marker, so a retry publishes the task. Returns
+/// the marker's existing value when the publish had already happened.
 pub(crate) async fn submit_once(
     broker: &dyn Broker,
     backend: &dyn ResultBackend,
@@ -55,26 +57,10 @@ pub(crate) async fn submit_once(
     if let Some(atomic) = atomic {
         return atomic.submit_once(&once, &out).await;
     }
-    if let Some(existing) = backend
-        .put_if_absent(once.marker, once.value, once.ttl)
-        .await?
-    {
-        return Ok(Some(existing));
+    if let Some(s) = once.status {
+        backend.set_statuses(std::slice::from_ref(s)).await?;
     }
-    let published = async {
-        if let Some(s) = once.status {
-            backend.set_statuses(std::slice::from_ref(s)).await?;
-        }
-        broker.publish(vec![out]).await
-    }
-    .await;
-    if let Err(e) = published {
-        if let Err(release) = backend.release(once.marker, once.value).await {
-            tracing::warn!(marker = once.marker, error = %release, "could not release a reservation after a failed publish");
-        }
-        return Err(e);
-    }
-    Ok(None)
+    broker.publish_once(&once, out).await
 }
 
 /// Per-call overrides for an enqueue.

@@ -72,6 +72,14 @@ pub fn recent(queue: &str) -> String {
     format!("{PREFIX}:{{{queue}}}:recent")
 }
 
+/// The publish-once marker `marker` of a task published to `queue`
+/// (`idem:<key>`, `published:chain:<cid>:<i>`, `chord-claim:<gid>`,
+/// `beat-slot:<entry>:<slot ms>`): tagged with the queue, so the marker and
+/// the publish it guards are one script on one slot, on a cluster too.
+pub fn once(queue: &str, marker: &str) -> String {
+    format!("{PREFIX}:{{{queue}}}:once:{marker}")
+}
+
 /// Stream of `queue`'s dead letters.
 pub fn dead(queue: &str) -> String {
     format!("{PREFIX}:{{{queue}}}:dead")

@@ -238,13 +238,9 @@ async fn groups_aggregate_results(a: Adapters) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn put_if_absent_keeps_the_first_value(a: Adapters) -> anyhow::Result<()> {
+/// Blobs (stored chain steps, chord callbacks) keep their bytes.
+async fn blobs_keep_their_bytes(a: Adapters) -> anyhow::Result<()> {
     let ttl = Duration::from_secs(60);
-    assert_eq!(a.backend.put_if_absent("idem:x", "first", ttl).await?, None);
-    assert_eq!(
-        a.backend.put_if_absent("idem:x", "second", ttl).await?,
-        Some("first".into())
-    );
     a.backend.put_blob("blob:a", b"\x00bytes\xff", ttl).await?;
     assert_eq!(
         a.backend.get_blob("blob:a").await?,
@@ -265,7 +261,7 @@ stem_testkit::contract_suite!(
     status_never_moves_backwards,
     statuses_expire_after_the_ttl,
     groups_aggregate_results,
-    put_if_absent_keeps_the_first_value,
+    blobs_keep_their_bytes,
     final_states_read_finished_tasks,
     terminal_statuses_follow_rank,
 );

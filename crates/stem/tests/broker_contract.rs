@@ -50,6 +50,72 @@ fn q(name: &str) -> Vec<String> {
 
 const NO_BLOCK: Duration = Duration::from_millis(1);
 
+/// A publish-once marker guards its queue: the first publish sets it and
+/// publishes, a second with the same marker publishes nothing and answers
+/// the first value; the same marker on another queue is another marker;
+/// after its ttl the marker is gone.
+async fn publish_once_publishes_once_per_marker(a: Adapters) -> anyhow::Result<()> {
+    use stem::broker::SubmitOnce;
+    a.broker
+        .register_queues(&["o1".into(), "o2".into()])
+        .await?;
+    let once = |value: &'static str, ttl_ms: u64| SubmitOnce {
+        marker: "idem:k",
+        value,
+        ttl: Duration::from_millis(ttl_ms),
+        status: None,
+    };
+    let first = wire("o1", 0);
+    let got = a
+        .broker
+        .publish_once(&once("first", 60_000), out("o1", 0, &first))
+        .await?;
+    assert_eq!(got, None, "the first publish goes out");
+    let again = a
+        .broker
+        .publish_once(&once("second", 60_000), out("o1", 0, &wire("o1", 0)))
+        .await?;
+    assert_eq!(again.as_deref(), Some("first"), "the marker answers");
+    assert_eq!(a.admin.stats("o1").await?.ready, 1, "published once");
+    let other = a
+        .broker
+        .publish_once(&once("other", 60_000), out("o2", 0, &wire("o2", 0)))
+        .await?;
+    assert_eq!(other, None, "a marker belongs to its queue");
+
+    let brief = a
+        .broker
+        .publish_once(
+            &SubmitOnce {
+                marker: "idem:brief",
+                ..once("brief", 200)
+            },
+            out("o1", 0, &wire("o1", 0)),
+        )
+        .await?;
+    assert_eq!(brief, None);
+    poll(
+        "the brief marker to expire",
+        Duration::from_secs(5),
+        || async {
+            let r = a
+                .broker
+                .publish_once(
+                    &SubmitOnce {
+                        marker: "idem:brief",
+                        ..once("later", 200)
+                    },
+                    out("o1", 0, &wire("o1", 0)),
+                )
+                .await?;
+            Ok(r.is_none().then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(a.admin.stats("o1").await?.ready, 3);
+    Ok(())
+}
+
 async fn publish_fetch_ack_empties_the_queue(a: Adapters) -> anyhow::Result<()> {
     a.broker.register_queues(&q("c1")).await?;
     let w = wire("c1", 0);
@@ -456,6 +522,7 @@ stem_testkit::contract_suite!(
     redis_colocated => crate::common::redis_colocated,
     redis_cluster => crate::common::cluster,
 ];
+    publish_once_publishes_once_per_marker,
     publish_fetch_ack_empties_the_queue,
     the_oldest_ready_entry_is_dated,
     fetch_takes_at_most_max,

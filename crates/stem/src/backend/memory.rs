@@ -152,33 +152,6 @@ impl ResultBackend for MemoryBackend {
         }))
     }
 
-    async fn put_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
-        let mut st = self.lock();
-        if let Some(e) = st.blobs.get(key).filter(|e| e.live()) {
-            return Ok(Some(String::from_utf8_lossy(&e.value).into_owned()));
-        }
-        st.blobs.insert(
-            key.to_string(),
-            Expiring {
-                value: value.as_bytes().to_vec(),
-                expires: Instant::now() + ttl,
-            },
-        );
-        Ok(None)
-    }
-
-    async fn release(&self, key: &str, value: &str) -> Result<()> {
-        let mut st = self.lock();
-        if st
-            .blobs
-            .get(key)
-            .is_some_and(|e| e.value == value.as_bytes())
-        {
-            st.blobs.remove(key);
-        }
-        Ok(())
-    }
-
     async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         self.lock().blobs.insert(
             key.to_string(),

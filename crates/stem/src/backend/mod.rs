@@ -114,14 +114,6 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// The group and its results, or `None` when unknown or expired.
     async fn get_group(&self, id: &str) -> Result<Option<GroupView>>;
 
-    /// Stores `value` under `key` unless the key exists; returns the
-    /// existing value when it does (idempotency keys, chord claims).
-    async fn put_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>>;
-
-    /// Deletes `key` if it still holds `value` (a reservation made by
-    /// [`put_if_absent`](Self::put_if_absent) whose work failed).
-    async fn release(&self, key: &str, value: &str) -> Result<()>;
-
     /// Stores a blob (chain steps, chord callbacks).
     async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
 

@@ -6,11 +6,11 @@
 //! | `stem:done:{<id>}` | string `"<rank>\|<status JSON>"`: the terminal status (succeeded, failed, cancelled) | `STEM_RESULT_TTL` |
 //! | `stem:group:{<id>}` | string, expected count | `STEM_RESULT_TTL` |
 //! | `stem:group:{<id>}:results` | hash task id → status JSON | `STEM_RESULT_TTL` |
-//! | `stem:kv:<key>` | string (idempotency keys, claims, chain steps) | per call |
+//! | `stem:kv:<key>` | string (claims, stored chain steps and chord callbacks) | per call |
 //!
 //! A task's status is the higher-ranked of its two records, so a status
 //! never moves backwards. Terminal statuses, the hot path, are written
-//! without a script, in one `MULTI`: `SET stem:done:<id> … NX PX` (the
+//! without a script, in one `MULTI`: `SET stem:done:{<id>} … NX PX` (the
 //! first terminal write wins at once) and `GETDEL` of the live key. Only
 //! when a terminal status is already stored (a duplicate delivery, a
 //! revoke after the result) does a script compare ranks, and only when the
@@ -79,12 +79,6 @@ local ttl = ARGV[1]
 for i, k in ipairs(KEYS) do
   set_ranked(k, ARGV[i + 1], ttl)
 end
-return 0
-"#;
-
-/// Compare-and-delete: KEYS[1] is deleted only while it holds ARGV[1].
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
 
@@ -461,30 +455,6 @@ impl ResultBackend for RedisBackend {
             view.results.insert(tid, status);
         }
         Ok(Some(view))
-    }
-
-    async fn put_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
-        let k = keys::kv(key);
-        // SET NX GET answers the existing value, or nil when it was set.
-        let existing: Option<String> = ::redis::cmd("SET")
-            .arg(&k)
-            .arg(value)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(existing)
-    }
-
-    async fn release(&self, key: &str, value: &str) -> Result<()> {
-        let _: i64 = Script::new(RELEASE)
-            .key(keys::kv(key))
-            .arg(value)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
     }
 
     async fn put_blob(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::{
     due_lane, lanes_in_fetch_order, Broker, DeadLetter, Delivery, Fetched, NewDeadLetter, Outgoing,
-    QueueAdmin, QueueStats, Receipt, RecentTask, LANES,
+    QueueAdmin, QueueStats, Receipt, RecentTask, SubmitOnce, LANES,
 };
 use crate::envelope::{now_ms, WireEnvelope, MAX_PRIORITY};
 use crate::error::{Result, StemError};
@@ -48,6 +48,8 @@ struct State {
     leases: HashMap<String, Duration>,
     /// Entries kept per queue in the recent-task index.
     recent_cap: usize,
+    /// Publish-once markers: (queue, marker) → (value, expiry epoch ms).
+    markers: HashMap<(String, String), (String, i64)>,
 }
 
 impl State {
@@ -163,6 +165,25 @@ impl Broker for MemoryBroker {
         }
         self.notify.notify_waiters();
         Ok(())
+    }
+
+    async fn publish_once(&self, once: &SubmitOnce<'_>, out: Outgoing) -> Result<Option<String>> {
+        let now = now_ms();
+        let key = (out.queue.clone(), once.marker.to_string());
+        {
+            let mut st = self.lock();
+            st.markers.retain(|_, (_, expires)| *expires > now);
+            if let Some((value, _)) = st.markers.get(&key) {
+                return Ok(Some(value.clone()));
+            }
+            let ttl = i64::try_from(once.ttl.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let expires = now.saturating_add(ttl);
+            st.markers.insert(key, (once.value.to_string(), expires));
+        }
+        self.publish(vec![out]).await?;
+        Ok(None)
     }
 
     async fn register_queues(&self, queues: &[String]) -> Result<()> {

@@ -254,7 +254,8 @@ impl RecentTask {
 /// key, a chain step, a chord callback.
 #[derive(Clone, Copy, Debug)]
 pub struct SubmitOnce<'a> {
-    /// Backend key (without the `stem:kv:` prefix) that records the publish.
+    /// The marker that records the publish (`idem:<key>`, …), kept in the
+    /// target queue's tag (`crate::keys::once`).
     pub marker: &'a str,
     /// Value stored under the marker (the task id).
     pub value: &'a str,
@@ -302,6 +303,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes a batch (one round trip on Redis). Envelopes with a future
     /// `not_before_ms` go to the delayed set.
     async fn publish(&self, batch: Vec<Outgoing>) -> Result<()>;
+
+    /// Publishes `out` unless its queue holds the marker `once.marker`,
+    /// setting the marker (to `once.value`, kept `once.ttl`) in the same
+    /// atomic step, so a crash or a cut connection leaves both or neither.
+    /// `None`: published; `Some(v)`: the marker already held `v` and
+    /// nothing was published. `once.status` is not the broker's: the
+    /// caller writes it first.
+    async fn publish_once(&self, once: &SubmitOnce<'_>, out: Outgoing) -> Result<Option<String>>;
 
     /// Prepares `queues` for consumption (consumer groups on Redis).
     async fn register_queues(&self, queues: &[String]) -> Result<()>;

@@ -42,14 +42,14 @@ use async_trait::async_trait;
 
 use super::{
     due_lane, lane_rank, lanes_in_fetch_order, Broker, Fetched, NewDeadLetter, Outgoing, Receipt,
-    LANES,
+    SubmitOnce, LANES,
 };
 use crate::envelope::{WireEnvelope, MAX_PRIORITY};
 use crate::error::{Result, StemError};
 use crate::keys;
 use crate::redis_conn::{connection, Conn, Endpoint, COMMAND_TIMEOUT};
-use entry::{push_entry, push_outgoing};
-use scripts::PROMOTE;
+use entry::{delayed_member, pack, push_entry, push_outgoing, Placement};
+use scripts::{PROMOTE, SUBMIT_ONCE};
 
 /// The consumer group of every lane stream.
 const GROUP: &str = "stem";
@@ -119,6 +119,51 @@ impl RedisBroker {
     /// by the flusher (see `recent.rs`).
     pub(crate) fn index_recent(&self, pipe: &mut ::redis::Pipeline, batch: &[Outgoing]) {
         self.recent.record(pipe, batch, &self.conn);
+    }
+
+    /// Runs the submit-once script: publishes `out` unless its queue holds
+    /// the marker `once.marker`, setting the marker and, when `status` is
+    /// given (key, value, ttl ms: only on one server, where the status key
+    /// may sit in another slot), the task's first status in the same step.
+    pub(crate) async fn run_submit_once(
+        &self,
+        once: &SubmitOnce<'_>,
+        out: &Outgoing,
+        status: Option<(String, Vec<u8>, u64)>,
+    ) -> Result<Option<String>> {
+        self.remember(std::iter::once(&out.queue)).await?;
+        let marker = keys::once(&out.queue, once.marker);
+        let (status_key, status_value, status_ttl) =
+            status.unwrap_or_else(|| (marker.clone(), Vec::new(), 0));
+        let (target, mode, payload, score) = match Placement::of(out) {
+            Placement::Delayed(t) => (
+                keys::delayed(&out.queue),
+                "z",
+                delayed_member(out.priority, &out.wire),
+                t,
+            ),
+            Placement::Ready => (
+                keys::band(&out.queue, out.priority),
+                "x",
+                pack(&out.wire),
+                0,
+            ),
+        };
+        let mut inv = SUBMIT_ONCE.prepare_invoke();
+        inv.key(marker)
+            .key(status_key)
+            .key(target)
+            .key(keys::recent(&out.queue))
+            .arg(once.value)
+            .arg(once.ttl.as_millis().max(1) as u64)
+            .arg(status_value)
+            .arg(status_ttl)
+            .arg(mode)
+            .arg(payload)
+            .arg(score)
+            .arg(self.recent_cap())
+            .arg(out.wire.body.as_ref());
+        Ok(inv.invoke_async(&mut self.conn()).await?)
     }
 
     /// The shared multiplexed connection (cheap clone).
@@ -377,6 +422,10 @@ impl Broker for RedisBroker {
         self.index_recent(&mut pipe, &batch);
         pipe.exec_async(&mut self.conn()).await?;
         Ok(())
+    }
+
+    async fn publish_once(&self, once: &SubmitOnce<'_>, out: Outgoing) -> Result<Option<String>> {
+        self.run_submit_once(once, &out, None).await
     }
 
     async fn register_queues(&self, queues: &[String]) -> Result<()> {

@@ -93,3 +93,36 @@ return false
 "#
     ))
 });
+
+/// Publishes one envelope unless its marker exists, atomically: the
+/// marker (an idempotency key, a chain step's or a chord's "published"
+/// record), the task's first status (when given) and the `XADD` or `ZADD`
+/// commit together, so a crash or a cut connection leaves either all of
+/// them or none; the task's entry in its queue's recent-task index goes
+/// with them. KEYS = marker, status key (the marker again when there is
+/// no status, so that every key shares the queue's slot), target (band
+/// stream or delayed set), recent-task index. ARGV = marker value, marker ttl ms, status
+/// value ('' for none), status ttl ms, 'x' (XADD) or 'z' (ZADD), entry or
+/// member, score, index cap (0: no index), spec body.
+/// Returns the marker's existing value, or nil when this call published.
+pub(crate) static SUBMIT_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4])
+end
+if ARGV[5] == 'x' then
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[6])
+else
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
+end
+if ARGV[8] ~= '0' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', '0', ARGV[9])
+end
+return false
+"#,
+    )
+});
