@@ -203,6 +203,54 @@ impl RedisCluster {
         bail!("no master owns slot {slot} of {key}")
     }
 
+    /// Waits until every live master's replicas have applied everything
+    /// the master had written when this was called (`INFO replication`:
+    /// each replica's `offset` reaches the master's `master_repl_offset`
+    /// read first), so killing a master afterwards loses nothing it had
+    /// acknowledged by then. Writes go on meanwhile; they are not waited
+    /// for.
+    pub fn wait_replicated(&self, timeout: Duration) -> anyhow::Result<()> {
+        let info = |i: usize| self.nodes[i].cli(&["INFO", "replication"]);
+        let mut targets = Vec::new();
+        for i in self.masters() {
+            let offset: u64 = info(i)?
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("master_repl_offset in INFO replication")?;
+            targets.push((i, offset));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut lagging = None;
+            for &(i, target) in &targets {
+                let text = info(i)?;
+                let replicas: Vec<u64> = text
+                    .lines()
+                    .filter(|l| l.starts_with("slave"))
+                    .filter_map(|l| {
+                        l.split(',')
+                            .find_map(|kv| kv.strip_prefix("offset="))
+                            .and_then(|o| o.parse().ok())
+                    })
+                    .collect();
+                if replicas.iter().any(|&o| o < target) {
+                    lagging = Some(format!(
+                        "master {i}: replicas at {replicas:?}, target {target}"
+                    ));
+                    break;
+                }
+            }
+            let Some(why) = lagging else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                bail!("replicas not caught up within {timeout:?}: {why}");
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
     /// `DBSIZE` of node `i`.
     pub fn dbsize(&self, i: usize) -> anyhow::Result<u64> {
         self.node(i)?.cli(&["DBSIZE"])?.parse().context("DBSIZE")
