@@ -30,7 +30,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stem_testkit::{binary_path, installed, ServiceProcess};
+use stem_testkit::{binary_path, installed, tail_lines, ServiceProcess};
 use tempfile::TempDir;
 
 use crate::compose::{Condition, Healthcheck, Profile, Project, Service};
@@ -194,9 +194,7 @@ impl Stack {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for (name, p) in &self.running {
-            let logs = p.logs();
-            let lines: Vec<&str> = logs.lines().collect();
-            for line in &lines[lines.len().saturating_sub(30)..] {
+            for line in tail_lines(&p.logs(), 30).lines() {
                 out.push_str(&format!("[{name}] {line}\n"));
             }
         }

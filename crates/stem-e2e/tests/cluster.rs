@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 use stem_e2e::{body_runs, poll_until, start_enqueuer, start_worker, ServiceProcess, SETTLE};
-use stem_testkit::{ClusterOptions, RedisCluster};
+use stem_testkit::{tail_lines, ClusterOptions, RedisCluster};
 
 const QUEUES: [(&str, &str); 3] = [
     ("greeting.send", "greetings"),
@@ -186,11 +186,7 @@ async fn a_master_failover_loses_no_acknowledged_task() -> anyhow::Result<()> {
     let killed_at = std::time::Instant::now();
 
     // A replica takes the slots over; the clients find it by themselves.
-    let tail = |p: &ServiceProcess| {
-        let logs = p.logs();
-        let lines: Vec<&str> = logs.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    };
+    let tail = |p: &ServiceProcess| tail_lines(&p.logs(), 40);
     let after = poll_until("an enqueue after the failover", SETTLE, || async {
         Ok(enq
             .api

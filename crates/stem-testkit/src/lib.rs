@@ -46,7 +46,7 @@ pub use tls::TlsAssets;
 pub use wait::{holds, poll, wait_until};
 
 /// Last `n` lines of `text` (all of it when it has fewer lines).
-pub(crate) fn tail_lines(text: &str, n: usize) -> String {
+pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
     lines[start..].join("\n")

@@ -306,6 +306,35 @@ fn first_key(cmd: &redis::Cmd) -> Option<Vec<u8>> {
     Some(key.to_vec())
 }
 
+/// `items` grouped by the Redis Cluster slot of the key `key` names for
+/// each, groups in order of first appearance and items in order within a
+/// group; an item without a key joins the first group. The one grouping
+/// of every per-slot split (pipelines here, status scripts in the
+/// backend).
+pub(crate) fn by_slot<T>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> Option<Vec<u8>>,
+) -> Vec<Vec<T>> {
+    use redis::cluster_routing::Slot;
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut index: std::collections::HashMap<Slot, usize> = std::collections::HashMap::new();
+    for item in items {
+        let at = match key(&item).map(Slot::for_key) {
+            None if !groups.is_empty() => 0,
+            None => {
+                groups.push(Vec::new());
+                0
+            }
+            Some(slot) => *index.entry(slot).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            }),
+        };
+        groups[at].push(item);
+    }
+    groups
+}
+
 /// Sends a plain (non-transaction) pipeline to a cluster: the commands are
 /// grouped by the slot of their first key, each group goes to its node as
 /// a pipeline of its own (all at once), and the replies come back in the
@@ -318,23 +347,12 @@ async fn send_by_slot(
     pipeline: &redis::Pipeline,
 ) -> redis::RedisResult<Vec<redis::Value>> {
     use redis::aio::ConnectionLike;
-    use redis::cluster_routing::Slot;
-    let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
-    for (i, cmd) in pipeline.cmd_iter().enumerate() {
-        let slot = first_key(cmd).map(Slot::for_key);
-        match groups
-            .iter_mut()
-            .find(|(s, _)| slot.is_none() || *s == slot)
-        {
-            Some((_, members)) => members.push(i),
-            None => groups.push((slot, vec![i])),
-        }
-    }
+    let cmds: Vec<&redis::Cmd> = pipeline.cmd_iter().collect();
+    let groups = by_slot(0..cmds.len(), |&i| first_key(cmds[i]));
     if groups.len() <= 1 {
         return conn.req_packed_commands(pipeline, 0, pipeline.len()).await;
     }
-    let cmds: Vec<&redis::Cmd> = pipeline.cmd_iter().collect();
-    let sends = groups.iter().map(|(_, members)| {
+    let sends = groups.iter().map(|members| {
         let mut sub = redis::pipe();
         for &i in members {
             sub.add_command(cmds[i].clone());
@@ -425,5 +443,24 @@ impl Conn {
     /// Whether this connection goes to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.0, Inner::Cluster(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_slot;
+
+    #[test]
+    fn by_slot_groups_by_hash_tag_in_order_and_keyless_items_join_the_first() {
+        let keys = [
+            Some("stem:{a}:p0"),
+            Some("stem:{b}:p0"),
+            None,
+            Some("stem:{a}:delayed"),
+            Some("stem:{b}:dead"),
+        ];
+        let groups = by_slot(0..keys.len(), |&i| keys[i].map(|k| k.as_bytes().to_vec()));
+        assert_eq!(groups, vec![vec![0, 2, 3], vec![1, 4]]);
+        assert_eq!(by_slot(Vec::<u8>::new(), |_| None), Vec::<Vec<u8>>::new());
     }
 }

@@ -31,7 +31,7 @@ use super::{GroupProgress, GroupView, ResultBackend};
 use crate::envelope::{TaskState, TaskStatus};
 use crate::error::{Result, StemError};
 use crate::keys;
-use crate::redis_conn::{connection, Conn, Endpoint, COMMAND_TIMEOUT};
+use crate::redis_conn::{by_slot, connection, Conn, Endpoint, COMMAND_TIMEOUT};
 
 /// Lua: `set_ranked` writes status value `v` ("<rank>|<JSON>") at key `k`
 /// unless the stored rank is higher. One `SET … GET` per status: the old
@@ -190,15 +190,10 @@ impl StatusWriter {
                 "a co-located settle was attempted on a Redis Cluster".into(),
             ));
         }
-        let mut by_slot: Vec<(::redis::cluster_routing::Slot, Vec<TaskStatus>)> = Vec::new();
-        for s in statuses {
-            let slot = ::redis::cluster_routing::Slot::for_key(keys::status(&s.id));
-            match by_slot.iter_mut().find(|(k, _)| *k == slot) {
-                Some((_, group)) => group.push(s.clone()),
-                None => by_slot.push((slot, vec![s.clone()])),
-            }
-        }
-        let writes = by_slot.iter().map(|(_, group)| {
+        let groups = by_slot(statuses.iter().cloned(), |s| {
+            Some(keys::status(&s.id).into_bytes())
+        });
+        let writes = groups.iter().map(|group| {
             let mut conn = conn.clone();
             async move { self.write_slot(&mut conn, group, Vec::new()).await }
         });
