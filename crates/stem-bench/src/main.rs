@@ -7,11 +7,13 @@
 //! cargo build --release --workspace
 //! cargo run --release -p stem-bench -- all
 //! cargo run --release -p stem-bench -- drain --tasks 100000
+//! cargo run --release -p stem-bench -- cost --cluster --queues 3
 //! ```
 
 mod measure;
 mod noop;
 mod scenarios;
+mod store;
 mod timing;
 
 use std::path::PathBuf;
@@ -46,6 +48,15 @@ struct Cli {
     /// OTLP/HTTP to a sink process that accepts and discards them.
     #[arg(long, global = true)]
     traces: bool,
+    /// `drain` and `cost` also run on a private three-master Redis Cluster,
+    /// each run right after the single node's (interleaved), with Redis
+    /// CPU and commands per master.
+    #[arg(long, global = true)]
+    cluster: bool,
+    /// `drain` and `cost` spread their tasks round-robin over this many
+    /// queues (`bench0`, `bench1`, …; one queue is `bench`).
+    #[arg(long, global = true, default_value_t = 1)]
+    queues: usize,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -95,6 +106,8 @@ enum Scenario {
         name: String,
         #[arg(long)]
         keys: String,
+        #[arg(long, value_delimiter = ',', default_value = "bench")]
+        queues: Vec<String>,
     },
 }
 
@@ -147,6 +160,8 @@ async fn main() -> anyhow::Result<()> {
         runs: cli.runs.max(1),
         prefetch: cli.prefetch.max(1),
         metrics,
+        cluster: cli.cluster,
+        queues: cli.queues.max(1),
     };
     let reports = match cli.scenario {
         Scenario::Sink { .. } => return Ok(()),
@@ -155,8 +170,17 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             name,
             keys,
+            queues,
         } => {
-            return scenarios::worker_process(&url, concurrency, opts.prefetch, &name, &keys).await;
+            return scenarios::worker_process(
+                &url,
+                concurrency,
+                opts.prefetch,
+                &name,
+                &keys,
+                &queues,
+            )
+            .await;
         }
         Scenario::Enqueue => vec![scenarios::enqueue(&opts).await?],
         Scenario::Drain { only } => vec![scenarios::drain(&opts, only.as_deref()).await?],

@@ -29,6 +29,17 @@ impl TaskHandler for Noop {
     }
 }
 
+/// The queues of a run over `n` queues: `bench` alone, or `bench0`,
+/// `bench1`, … (the first three hash to the three slot ranges
+/// `redis-cli --cluster create` gives three masters, so on a cluster each
+/// lands on a master of its own). Tasks go round-robin.
+pub fn queues(n: usize) -> Vec<String> {
+    match n {
+        0 | 1 => vec![QUEUE.to_string()],
+        n => (0..n).map(|i| format!("{QUEUE}{i}")).collect(),
+    }
+}
+
 pub fn registry() -> TaskRegistry {
     let r = TaskRegistry::new();
     r.register_handler(Arc::new(Noop));

@@ -11,11 +11,12 @@ use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
 use stem::config::StemConfig;
 use stem::signing::generate_hmac_secret;
 use stem::worker::{Worker, WorkerConfig};
-use stem_testkit::{RedisServer, ServiceProcess};
+use stem_testkit::ServiceProcess;
 use tokio_util::sync::CancellationToken;
 
-use crate::measure::{command_calls, median, percentile, process_cpu, process_memory, redis_cpu};
-use crate::noop::{registry, QUEUE, TASK};
+use crate::measure::{median, percentile, process_cpu, process_memory};
+use crate::noop::{queues as queues_of, registry, QUEUE, TASK};
+use crate::store::Store;
 use crate::timing::TimingAtomic;
 
 pub struct Opts {
@@ -26,6 +27,11 @@ pub struct Opts {
     /// The metrics pipeline in-process workers record through (off unless
     /// `--metrics`).
     pub metrics: stem_service::metrics::Metrics,
+    /// `drain` and `cost` run on a three-master cluster too, interleaved
+    /// with the single node (`--cluster`).
+    pub cluster: bool,
+    /// Queues the tasks of `drain` and `cost` spread over (`--queues`).
+    pub queues: usize,
 }
 
 #[derive(Serialize)]
@@ -88,11 +94,12 @@ fn machine() -> Value {
     json!({ "nproc": nproc, "cpu": cpu, "redis": redis })
 }
 
-/// A Redis server plus a signing producer on it.
+/// A store plus a signing producer on it, and the queues a run uses.
 struct Rig {
-    redis: RedisServer,
+    store: Store,
     keys: String,
     stem: Stem,
+    queues: Vec<String>,
 }
 
 fn config(url: &str, keys: &str) -> anyhow::Result<StemConfig> {
@@ -107,39 +114,101 @@ fn config(url: &str, keys: &str) -> anyhow::Result<StemConfig> {
     })?)
 }
 
+/// A single node and the one queue `bench`.
 fn rig() -> anyhow::Result<Rig> {
-    let redis = RedisServer::start()?;
-    let keys = format!("bench:{}", generate_hmac_secret());
-    let stem = Stem::connect(&config(&redis.url(), &keys)?)?.with_registry(registry());
-    Ok(Rig { redis, keys, stem })
+    Rig::start(false, 1)
 }
 
-fn noop(i: usize) -> EnqueueRequest {
-    EnqueueRequest {
-        name: TASK.into(),
-        args: json!(i),
-        options: EnqueueOptions::default(),
+impl Rig {
+    /// A single node or a three-master cluster, and `queues` queues.
+    fn start(cluster: bool, queues: usize) -> anyhow::Result<Rig> {
+        let store = Store::start(cluster)?;
+        let keys = format!("bench:{}", generate_hmac_secret());
+        let stem = Stem::connect(&config(&store.url(), &keys)?)?.with_registry(registry());
+        Ok(Rig {
+            store,
+            keys,
+            stem,
+            queues: queues_of(queues),
+        })
+    }
+
+    /// The rigs `drain` and `cost` compare: the single node, and with
+    /// `--cluster` the cluster too.
+    fn compared(opts: &Opts) -> anyhow::Result<Vec<Rig>> {
+        let mut rigs = vec![Rig::start(false, opts.queues)?];
+        if opts.cluster {
+            rigs.push(Rig::start(true, opts.queues)?);
+        }
+        Ok(rigs)
+    }
+
+    /// Empties the store and registers the queues.
+    async fn reset(&self) -> anyhow::Result<()> {
+        self.store.flushall()?;
+        self.stem.broker().register_queues(&self.queues).await?;
+        Ok(())
+    }
+
+    async fn fill(&self, n: usize) -> anyhow::Result<()> {
+        fill(&self.stem, &self.queues, n).await
+    }
+
+    async fn wait_drained(&self, limit: Duration) -> anyhow::Result<()> {
+        wait_drained(&self.stem, &self.queues, limit).await
+    }
+
+    fn worker_options(&self, name: &str, concurrency: usize, prefetch: usize) -> WorkerConfig {
+        worker_options(name, concurrency, prefetch, &self.queues)
+    }
+
+    /// A figure's name: with `--cluster`, prefixed by the store's label.
+    fn figure(&self, opts: &Opts, name: &str) -> String {
+        if opts.cluster {
+            format!("{}: {name}", self.store.label())
+        } else {
+            name.to_string()
+        }
     }
 }
 
-async fn fill(stem: &Stem, n: usize) -> anyhow::Result<()> {
+/// Task `i` of a run over `queues` (round-robin).
+fn noop(i: usize, queues: &[String]) -> EnqueueRequest {
+    let queue = (queues.len() > 1).then(|| queues[i % queues.len()].clone());
+    EnqueueRequest {
+        name: TASK.into(),
+        args: json!(i),
+        options: EnqueueOptions {
+            queue,
+            ..Default::default()
+        },
+    }
+}
+
+async fn fill(stem: &Stem, queues: &[String], n: usize) -> anyhow::Result<()> {
     let mut i = 0;
     while i < n {
         let end = (i + 1000).min(n);
-        stem.enqueue_many((i..end).map(noop).collect()).await?;
+        stem.enqueue_many((i..end).map(|i| noop(i, queues)).collect())
+            .await?;
         i = end;
     }
     Ok(())
 }
 
-async fn drained(stem: &Stem) -> anyhow::Result<bool> {
-    let s = stem.admin().stats(QUEUE).await?;
-    Ok(s.ready == 0 && s.inflight == 0 && s.delayed == 0)
+async fn drained(stem: &Stem, queues: &[String]) -> anyhow::Result<bool> {
+    for q in queues {
+        let s = stem.admin().stats(q).await?;
+        if s.ready != 0 || s.inflight != 0 || s.delayed != 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
-async fn wait_drained(stem: &Stem, limit: Duration) -> anyhow::Result<()> {
+async fn wait_drained(stem: &Stem, queues: &[String], limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
-    while !drained(stem).await? {
+    while !drained(stem, queues).await? {
         if Instant::now() > deadline {
             anyhow::bail!("queue not drained within {limit:?}");
         }
@@ -164,8 +233,14 @@ fn bench_worker(
     w
 }
 
-fn worker_options(name: &str, concurrency: usize, prefetch: usize) -> WorkerConfig {
-    let mut o = WorkerConfig::new(name, &[QUEUE]);
+fn worker_options(
+    name: &str,
+    concurrency: usize,
+    prefetch: usize,
+    queues: &[String],
+) -> WorkerConfig {
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    let mut o = WorkerConfig::new(name, &queues);
     o.concurrency = concurrency;
     o.prefetch_multiplier = prefetch;
     o
@@ -189,20 +264,21 @@ pub async fn enqueue(opts: &Opts) -> anyhow::Result<Report> {
     let (mut single, mut single_ct, mut bulk) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bulk_redis, mut bulk_client) = (Vec::new(), Vec::new());
     for run in 0..opts.runs {
-        r.redis.cli(&["FLUSHALL"])?;
+        r.store.flushall()?;
         // On a runtime worker, as a producer inside a server would run (the
         // main thread's block_on would add a cross-thread hand-off per call).
         let stem = r.stem.clone();
         single.push(tokio::spawn(async move { one_by_one(&stem, n).await }).await??);
-        r.redis.cli(&["FLUSHALL"])?;
+        r.store.flushall()?;
         single_ct.push(one_by_one_current_thread(&r, n)?);
-        r.redis.cli(&["FLUSHALL"])?;
-        let (redis_before, self_before) = (redis_cpu(&r.redis)?, process_cpu("self")?);
+        r.store.flushall()?;
+        let (redis_before, self_before) =
+            (r.store.cpu()?.iter().sum::<f64>(), process_cpu("self")?);
         let t = Instant::now();
-        fill(&r.stem, n).await?;
+        r.fill(n).await?;
         bulk.push(n as f64 / t.elapsed().as_secs_f64());
         let per10k = 10_000.0 / n as f64;
-        bulk_redis.push((redis_cpu(&r.redis)? - redis_before) * per10k);
+        bulk_redis.push((r.store.cpu()?.iter().sum::<f64>() - redis_before) * per10k);
         bulk_client.push((process_cpu("self")? - self_before) * per10k);
         tracing::info!(
             run,
@@ -242,7 +318,7 @@ async fn one_by_one(stem: &Stem, n: usize) -> anyhow::Result<f64> {
 /// thread and connections): a sequential producer has nothing to run in
 /// parallel, and one thread saves the cross-thread wake-up per call.
 fn one_by_one_current_thread(r: &Rig, n: usize) -> anyhow::Result<f64> {
-    let cfg = config(&r.redis.url(), &r.keys)?;
+    let cfg = config(&r.store.url(), &r.keys)?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -260,35 +336,41 @@ fn one_by_one_current_thread(r: &Rig, n: usize) -> anyhow::Result<f64> {
     })
 }
 
+/// What one drain measured.
+struct Drained {
+    /// Tasks per second.
+    rate: f64,
+    /// Redis CPU seconds per 10k tasks, node by node.
+    redis: Vec<f64>,
+    /// Worker CPU seconds per 10k tasks.
+    worker: f64,
+}
+
 /// Drains `n` pre-enqueued tasks with `processes` worker processes (1 =
-/// in this process). Returns (tasks/s, redis cpu s per 10k, worker cpu s per 10k).
+/// in this process).
 async fn drain_once(
     r: &Rig,
     n: usize,
     concurrency: usize,
     processes: usize,
     opts: &Opts,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<Drained> {
     let prefetch = opts.prefetch;
-    r.redis.cli(&["FLUSHALL"])?;
-    r.stem
-        .broker()
-        .register_queues(&[QUEUE.to_string()])
-        .await?;
-    fill(&r.stem, n).await?;
-    let redis_before = redis_cpu(&r.redis)?;
+    r.reset().await?;
+    r.fill(n).await?;
+    let redis_before = r.store.cpu()?;
     let (rate, worker_cpu) = if processes == 1 {
         let cpu_before = process_cpu("self")?;
         let stop = CancellationToken::new();
         let t = Instant::now();
         let w = bench_worker(
-            worker_options("bench-worker", concurrency, prefetch),
+            r.worker_options("bench-worker", concurrency, prefetch),
             &r.stem,
             r.stem_verifier(&r.keys)?,
             opts,
         );
         let handle = tokio::spawn(w.run(stop.clone()));
-        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        r.wait_drained(Duration::from_secs(600)).await?;
         let rate = n as f64 / t.elapsed().as_secs_f64();
         let cpu = process_cpu("self")? - cpu_before;
         stop.cancel();
@@ -302,7 +384,7 @@ async fn drain_once(
             let args = [
                 "worker",
                 "--url",
-                &r.redis.url(),
+                &r.store.url(),
                 "--concurrency",
                 &concurrency.to_string(),
                 "--prefetch",
@@ -311,6 +393,8 @@ async fn drain_once(
                 &format!("bench-worker-{i}"),
                 "--keys",
                 &r.keys,
+                "--queues",
+                &r.queues.join(","),
             ];
             children.push(ServiceProcess::spawn_path(
                 "stem-bench-worker",
@@ -319,7 +403,7 @@ async fn drain_once(
                 &[],
             )?);
         }
-        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        r.wait_drained(Duration::from_secs(600)).await?;
         let rate = n as f64 / t.elapsed().as_secs_f64();
         let mut cpu = 0.0;
         for c in &mut children {
@@ -331,38 +415,94 @@ async fn drain_once(
         }
         (rate, cpu)
     };
-    let redis = redis_cpu(&r.redis)? - redis_before;
     let per10k = 10_000.0 / n as f64;
-    Ok((rate, redis * per10k, worker_cpu * per10k))
+    let redis = r
+        .store
+        .cpu()?
+        .iter()
+        .zip(redis_before)
+        .map(|(after, before)| (after - before) * per10k)
+        .collect();
+    Ok(Drained {
+        rate,
+        redis,
+        worker: worker_cpu * per10k,
+    })
 }
 
 impl Rig {
     fn stem_verifier(&self, keys: &str) -> anyhow::Result<Option<stem::signing::Verifier>> {
-        Ok(config(&self.redis.url(), keys)?.keys.verifier())
+        Ok(config(&self.store.url(), keys)?.keys.verifier())
     }
 }
 
-/// `only` = `"<concurrency>x<processes>"` runs one configuration.
+/// Adds a store's Redis CPU rows: the total and, on a cluster, each
+/// master's share (`runs[run][node]`).
+fn add_redis_cpu(report: &mut Report, r: &Rig, opts: &Opts, label: &str, runs: &[Vec<f64>]) {
+    let unit = "s per 10k tasks";
+    report.add(
+        &r.figure(opts, &format!("{label}: redis cpu")),
+        unit,
+        runs.iter().map(|nodes| nodes.iter().sum()).collect(),
+    );
+    if let Store::Cluster(_) = r.store {
+        let nodes = runs.first().map_or(0, Vec::len);
+        for node in 0..nodes {
+            report.add(
+                &r.figure(opts, &format!("{label}: redis cpu, master {node}")),
+                unit,
+                runs.iter().map(|n| n[node]).collect(),
+            );
+        }
+    }
+}
+
+/// `only` = `"<concurrency>x<processes>"` runs one configuration. With
+/// `--cluster` every run drains the single node, then the cluster.
 pub async fn drain(opts: &Opts, only: Option<&str>) -> anyhow::Result<Report> {
     let n = opts.tasks.unwrap_or(100_000);
-    let r = rig()?;
+    let rigs = Rig::compared(opts)?;
     let mut report = Report::new("drain");
     for (concurrency, processes) in [(1usize, 1usize), (16, 1), (128, 1), (128, 2)] {
         if only.is_some_and(|o| o != format!("{concurrency}x{processes}")) {
             continue;
         }
-        let (mut rates, mut rcpu, mut wcpu) = (Vec::new(), Vec::new(), Vec::new());
+        let mut runs: Vec<Vec<Drained>> = rigs.iter().map(|_| Vec::new()).collect();
         for run in 0..opts.runs {
-            let (rate, redis, worker) = drain_once(&r, n, concurrency, processes, opts).await?;
-            tracing::info!(run, concurrency, processes, rate, "drain run");
-            rates.push(rate);
-            rcpu.push(redis);
-            wcpu.push(worker);
+            for (r, runs) in rigs.iter().zip(&mut runs) {
+                let d = drain_once(r, n, concurrency, processes, opts).await?;
+                let store = r.store.label();
+                tracing::info!(
+                    run,
+                    store,
+                    concurrency,
+                    processes,
+                    rate = d.rate,
+                    "drain run"
+                );
+                runs.push(d);
+            }
         }
-        let label = format!("{processes} process(es) × concurrency {concurrency} ({n} tasks)");
-        report.add(&format!("{label}: throughput"), "tasks/s", rates);
-        report.add(&format!("{label}: redis cpu"), "s per 10k tasks", rcpu);
-        report.add(&format!("{label}: worker cpu"), "s per 10k tasks", wcpu);
+        let queues = match opts.queues {
+            0 | 1 => String::new(),
+            q => format!(", {q} queues"),
+        };
+        let label =
+            format!("{processes} process(es) × concurrency {concurrency} ({n} tasks{queues})");
+        for (r, runs) in rigs.iter().zip(runs) {
+            report.add(
+                &r.figure(opts, &format!("{label}: throughput")),
+                "tasks/s",
+                runs.iter().map(|d| d.rate).collect(),
+            );
+            let redis: Vec<Vec<f64>> = runs.iter().map(|d| d.redis.clone()).collect();
+            add_redis_cpu(&mut report, r, opts, &label, &redis);
+            report.add(
+                &r.figure(opts, &format!("{label}: worker cpu")),
+                "s per 10k tasks",
+                runs.iter().map(|d| d.worker).collect(),
+            );
+        }
     }
     Ok(report)
 }
@@ -387,7 +527,7 @@ pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Rep
         let stem = Stem::new(stores, r.stem.signer().cloned(), registry());
         let stop = CancellationToken::new();
         let w = bench_worker(
-            worker_options("bench-latency", 16, opts.prefetch),
+            r.worker_options("bench-latency", 16, opts.prefetch),
             &stem,
             r.stem_verifier(&r.keys)?,
             opts,
@@ -406,7 +546,7 @@ pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Rep
                 .await?;
             sent.push((e.task_id, at));
         }
-        wait_drained(&stem, Duration::from_secs(60)).await?;
+        wait_drained(&stem, &r.queues, Duration::from_secs(60)).await?;
         stop.cancel();
         handle.await??;
         let stored = timing.stored.lock().unwrap_or_else(|p| p.into_inner());
@@ -462,7 +602,7 @@ pub async fn http(opts: &Opts, connections: u32, seconds: u64) -> anyhow::Result
             &[],
             &[
                 ("PORT", port.to_string()),
-                ("STEM_BROKER_URL", r.redis.url()),
+                ("STEM_BROKER_URL", r.store.url()),
                 ("STEM_SIGNING_KEYS", r.keys.clone()),
                 ("STEM_SIGNING_ACTIVE_KEY", "bench".into()),
                 ("RUST_LOG", "warn".into()),
@@ -525,70 +665,139 @@ fn parse_wrk_duration(v: &str) -> f64 {
     }
 }
 
+/// Commands the bench itself issues (INFO, stats polling), not the worker's.
+const BENCH_COMMANDS: [&str; 6] = [
+    "info",
+    "config|resetstat",
+    "xlen",
+    "zcard",
+    "xpending",
+    "ping",
+];
+
+/// What one drain of `cost` counted.
+struct Counted {
+    /// Worker commands per task, node by node.
+    commands: Vec<f64>,
+    /// Client round trips per task.
+    trips: f64,
+    /// Redis CPU seconds per 10k tasks, node by node.
+    redis: Vec<f64>,
+    /// Per command, summed over the nodes: (calls, µs) per task.
+    breakdown: BTreeMap<String, (f64, f64)>,
+}
+
+async fn count_once(r: &Rig, n: usize, opts: &Opts) -> anyhow::Result<Counted> {
+    r.reset().await?;
+    r.fill(n).await?;
+    r.store.reset_stats()?;
+    let cpu_before = r.store.cpu()?;
+    let trips_before = stem::redis_conn::round_trips();
+    let stop = CancellationToken::new();
+    let w = bench_worker(
+        r.worker_options("bench-cost", 128, opts.prefetch),
+        &r.stem,
+        r.stem_verifier(&r.keys)?,
+        opts,
+    );
+    let handle = tokio::spawn(w.run(stop.clone()));
+    r.wait_drained(Duration::from_secs(600)).await?;
+    stop.cancel();
+    handle.await??;
+    let trips = (stem::redis_conn::round_trips() - trips_before) as f64 / n as f64;
+    let per_task = |count: u64| count as f64 / n as f64;
+    let per10k = 10_000.0 / n as f64;
+    let redis = r
+        .store
+        .cpu()?
+        .iter()
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before) * per10k)
+        .collect();
+    let mut commands = Vec::new();
+    let mut breakdown: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for node in r.store.command_calls()? {
+        let worker: Vec<(String, (u64, u64))> = node
+            .into_iter()
+            .filter(|(k, _)| !BENCH_COMMANDS.contains(&k.as_str()))
+            .collect();
+        commands.push(per_task(worker.iter().map(|(_, (c, _))| *c).sum()));
+        for (cmd, (calls, us)) in worker {
+            let e = breakdown.entry(cmd).or_default();
+            e.0 += per_task(calls);
+            e.1 += per_task(us);
+        }
+    }
+    Ok(Counted {
+        commands,
+        trips,
+        redis,
+        breakdown,
+    })
+}
+
+/// Redis commands, round trips and Redis CPU per task of a drain at
+/// concurrency 128; with `--cluster`, also on the cluster (runs
+/// interleaved), node by node.
 pub async fn cost(opts: &Opts) -> anyhow::Result<Report> {
     let n = opts.tasks.unwrap_or(20_000);
-    let r = rig()?;
+    let rigs = Rig::compared(opts)?;
     let mut report = Report::new("cost");
-    let (mut per_task, mut trips) = (Vec::new(), Vec::new());
-    let mut breakdown = BTreeMap::new();
+    let mut runs: Vec<Vec<Counted>> = rigs.iter().map(|_| Vec::new()).collect();
     for run in 0..opts.runs {
-        r.redis.cli(&["FLUSHALL"])?;
-        r.stem
-            .broker()
-            .register_queues(&[QUEUE.to_string()])
-            .await?;
-        fill(&r.stem, n).await?;
-        r.redis.cli(&["CONFIG", "RESETSTAT"])?;
-        let trips_before = stem::redis_conn::round_trips();
-        let stop = CancellationToken::new();
-        let w = bench_worker(
-            worker_options("bench-cost", 128, opts.prefetch),
-            &r.stem,
-            r.stem_verifier(&r.keys)?,
-            opts,
-        );
-        let handle = tokio::spawn(w.run(stop.clone()));
-        wait_drained(&r.stem, Duration::from_secs(600)).await?;
-        stop.cancel();
-        handle.await??;
-        let trips_used = stem::redis_conn::round_trips() - trips_before;
-        let calls = command_calls(&r.redis)?;
-        // Commands the bench itself issued (INFO, stats polling) are not the worker's.
-        let ignore = [
-            "info",
-            "config|resetstat",
-            "xlen",
-            "zcard",
-            "xpending",
-            "ping",
-        ];
-        let total: u64 = calls
-            .iter()
-            .filter(|(k, _)| !ignore.contains(&k.as_str()))
-            .map(|(_, (c, _))| *c)
-            .sum();
-        per_task.push(total as f64 / n as f64);
-        trips.push(trips_used as f64 / n as f64);
-        breakdown = calls
-            .into_iter()
-            .filter(|(k, _)| !ignore.contains(&k.as_str()))
-            .map(|(k, (c, us))| (k, (c as f64 / n as f64, us as f64 / n as f64)))
-            .collect();
-        tracing::info!(run, per_task = per_task[run], "cost run");
+        for (r, runs) in rigs.iter().zip(&mut runs) {
+            let c = count_once(r, n, opts).await?;
+            let per_task: f64 = c.commands.iter().sum();
+            tracing::info!(run, store = r.store.label(), per_task, "cost run");
+            runs.push(c);
+        }
     }
-    report.add(
-        &format!("redis commands per task, drain at concurrency 128 ({n} tasks)"),
-        "commands",
-        per_task,
-    );
-    report.add(
-        "client round trips per task (includes the bench's polling)",
-        "round trips",
-        trips,
-    );
-    for (cmd, (per, us)) in breakdown {
-        report.add(&format!("  {cmd}"), "per task (last run)", vec![per]);
-        report.add(&format!("  {cmd} time"), "µs per task (last run)", vec![us]);
+    let queues = match opts.queues {
+        0 | 1 => String::new(),
+        q => format!(", {q} queues"),
+    };
+    for (r, runs) in rigs.iter().zip(runs) {
+        report.add(
+            &r.figure(
+                opts,
+                &format!("redis commands per task, drain at concurrency 128 ({n} tasks{queues})"),
+            ),
+            "commands",
+            runs.iter().map(|c| c.commands.iter().sum()).collect(),
+        );
+        if let Store::Cluster(_) = r.store {
+            for node in 0..runs.first().map_or(0, |c| c.commands.len()) {
+                report.add(
+                    &r.figure(opts, &format!("  commands on master {node}")),
+                    "per task",
+                    runs.iter().map(|c| c.commands[node]).collect(),
+                );
+            }
+        }
+        report.add(
+            &r.figure(
+                opts,
+                "client round trips per task (includes the bench's polling)",
+            ),
+            "round trips",
+            runs.iter().map(|c| c.trips).collect(),
+        );
+        let redis: Vec<Vec<f64>> = runs.iter().map(|c| c.redis.clone()).collect();
+        add_redis_cpu(&mut report, r, opts, "drain", &redis);
+        if let Some(last) = runs.last() {
+            for (cmd, (per, us)) in &last.breakdown {
+                report.add(
+                    &r.figure(opts, &format!("  {cmd}")),
+                    "per task (last run)",
+                    vec![*per],
+                );
+                report.add(
+                    &r.figure(opts, &format!("  {cmd} time")),
+                    "µs per task (last run)",
+                    vec![*us],
+                );
+            }
+        }
     }
     Ok(report)
 }
@@ -601,7 +810,7 @@ pub async fn memory(opts: &Opts) -> anyhow::Result<Report> {
     let args = [
         "worker",
         "--url",
-        &r.redis.url(),
+        &r.store.url(),
         "--concurrency",
         "128",
         "--prefetch",
@@ -616,15 +825,15 @@ pub async fn memory(opts: &Opts) -> anyhow::Result<Report> {
     child.wait_for_log("worker ready", Duration::from_secs(10))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (idle, _) = process_memory(&pid)?;
-    fill(&r.stem, 10_000).await?;
-    wait_drained(&r.stem, Duration::from_secs(600)).await?;
+    r.fill(10_000).await?;
+    r.wait_drained(Duration::from_secs(600)).await?;
     let (warm, _) = process_memory(&pid)?;
     let mut i = 0;
     let t = Instant::now();
     while i < n {
         let end = (i + 20_000).min(n);
-        fill(&r.stem, end - i).await?;
-        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        r.fill(end - i).await?;
+        r.wait_drained(Duration::from_secs(600)).await?;
         i = end;
     }
     let (end_rss, peak) = process_memory(&pid)?;
@@ -666,13 +875,10 @@ pub async fn dashboard(opts: &Opts) -> anyhow::Result<Report> {
     let n = opts.tasks.unwrap_or(1_000_000);
     let r = rig()?;
     let mut report = Report::new("dashboard");
-    r.stem
-        .broker()
-        .register_queues(&[QUEUE.to_string()])
-        .await?;
+    r.stem.broker().register_queues(&r.queues).await?;
     let stop = CancellationToken::new();
     let w = bench_worker(
-        worker_options("bench-dashboard", 128, opts.prefetch),
+        r.worker_options("bench-dashboard", 128, opts.prefetch),
         &r.stem,
         r.stem_verifier(&r.keys)?,
         opts,
@@ -682,18 +888,19 @@ pub async fn dashboard(opts: &Opts) -> anyhow::Result<Report> {
     let mut i = 0;
     while i < n {
         let end = (i + 100_000).min(n);
-        fill(&r.stem, end - i).await?;
-        wait_drained(&r.stem, Duration::from_secs(600)).await?;
+        r.fill(end - i).await?;
+        r.wait_drained(Duration::from_secs(600)).await?;
         i = end;
         tracing::info!(finished = i, secs = t.elapsed().as_secs_f64(), "filling");
     }
     stop.cancel();
     worker.await??;
-    let keys = r.redis.cli(&["DBSIZE"])?;
+    let keys = r.store.single()?.cli(&["DBSIZE"])?;
     let index = stem::keys::recent(QUEUE);
-    let entries: f64 = r.redis.cli(&["XLEN", &index])?.trim().parse()?;
+    let entries: f64 = r.store.single()?.cli(&["XLEN", &index])?.trim().parse()?;
     let bytes: f64 = r
-        .redis
+        .store
+        .single()?
         .cli(&["MEMORY", "USAGE", &index, "SAMPLES", "0"])?
         .trim()
         .parse()?;
@@ -705,7 +912,7 @@ pub async fn dashboard(opts: &Opts) -> anyhow::Result<Report> {
         &[],
         &[
             ("DASHBOARD_PORT", port.to_string()),
-            ("STEM_BROKER_URL", r.redis.url()),
+            ("STEM_BROKER_URL", r.store.url()),
             ("RUST_LOG", "warn".into()),
         ],
     )?;
@@ -780,12 +987,13 @@ pub async fn worker_process(
     prefetch: usize,
     name: &str,
     keys: &str,
+    queues: &[String],
 ) -> anyhow::Result<()> {
     stem_service::logging::init_logging(stem::config::LogFormat::Text, "info");
     let cfg = config(url, keys)?;
     let stem = Stem::connect_consumer(&cfg)?.with_registry(registry());
     let w = Worker::new(
-        worker_options(name, concurrency, prefetch),
+        worker_options(name, concurrency, prefetch, queues),
         &stem,
         cfg.keys.verifier(),
     );

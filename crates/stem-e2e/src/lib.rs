@@ -28,8 +28,8 @@ use stem::broker::{DeadLetter, QueueAdmin};
 use stem::config::TlsConfig;
 
 pub use stem_testkit::{
-    binary_path, free_port, Fault, FaultProxy, Pattern, RedisOptions, RedisServer, ServiceProcess,
-    TlsAssets, TlsMode, Victim,
+    binary_path, free_port, ClusterOptions, Fault, FaultProxy, Pattern, RedisCluster, RedisOptions,
+    RedisServer, RedisUnderTest, ServiceProcess, TlsAssets, TlsMode, Victim,
 };
 
 /// What the demo task body logs at the start of every execution.
@@ -876,6 +876,38 @@ pub fn signed(key: &str) -> Vec<(&'static str, String)> {
     vec![
         ("STEM_SIGNING_KEYS", key.to_string()),
         ("STEM_SIGNING_ACTIVE_KEY", "k1".into()),
+    ]
+}
+
+/// The demo catalogue's producer on `url`, unsigned, from the library
+/// (chains and chords have no HTTP endpoint).
+pub fn library_producer(url: &str) -> anyhow::Result<stem::client::Stem> {
+    let url = url.to_string();
+    let config = stem::config::StemConfig::from_lookup(&move |k: &str| {
+        (k == "STEM_BROKER_URL").then(|| url.clone())
+    })?;
+    Ok(stem::client::Stem::connect(&config)?.with_registry(stem_demo::registry()))
+}
+
+/// An enqueue of `task` with `args` and default options.
+pub fn request(task: &str, args: Value) -> stem::client::EnqueueRequest {
+    stem::client::EnqueueRequest {
+        name: task.into(),
+        args,
+        options: Default::default(),
+    }
+}
+
+/// The `STEM_TLS_*` variables of a client presenting `tls`'s client
+/// certificate and trusting `ca`.
+pub fn tls_env(tls: &TlsAssets, ca: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("STEM_TLS_CA_CERT", ca.display().to_string()),
+        (
+            "STEM_TLS_CLIENT_CERT",
+            tls.client_cert.display().to_string(),
+        ),
+        ("STEM_TLS_CLIENT_KEY", tls.client_key.display().to_string()),
     ]
 }
 

@@ -5,7 +5,8 @@
 //!
 //! - two beats on `every:1s` for 20 s: every slot fired exactly once;
 //! - SIGKILL of the leader: the other takes over within the lease time, no
-//!   slot is duplicated, none is lost beyond the documented lease gap;
+//!   slot is duplicated, none is lost beyond the documented lease gap (also
+//!   on a Redis Cluster);
 //! - drift: 30 firings stay on the slot grid (mean |publish − slot| < 50 ms,
 //!   no accumulation);
 //! - a Redis outage under the leader: the beat keeps running, says so once,
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use stem_e2e::{
-    env, free_port, hmac_key, poll_until, wait_log, RedisOptions, RedisServer, ServiceProcess,
+    env, free_port, hmac_key, poll_until, wait_log, RedisCluster, RedisOptions, RedisServer,
+    RedisUnderTest, ServiceProcess,
 };
 
 /// The beat's default lease and tick (documented takeover bound: lease + tick).
@@ -105,7 +107,7 @@ fn slot_ms(s: &str) -> anyhow::Result<i64> {
 }
 
 /// Every envelope in band 0 of the test queue, in stream order.
-fn published(redis: &RedisServer) -> anyhow::Result<Vec<Published>> {
+fn published(redis: &impl RedisUnderTest) -> anyhow::Result<Vec<Published>> {
     let out = redis.cli(&["XRANGE", &format!("stem:{{{QUEUE}}}:p0"), "-", "+"])?;
     let mut entries: Vec<(Option<String>, Option<String>)> = Vec::new();
     let mut lines = out.lines().map(str::trim);
@@ -234,7 +236,17 @@ async fn two_beats_fire_every_slot_exactly_once() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_leader_fails_over_within_the_lease() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
+    leader_failover(&RedisServer::start()?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_fails_over_within_the_lease_on_a_cluster() -> anyhow::Result<()> {
+    leader_failover(&RedisCluster::start()?).await
+}
+
+/// The leader is SIGKILLed; the other beat takes over within the lease and
+/// the firings resume with one gap at most.
+async fn leader_failover(redis: &impl RedisUnderTest) -> anyhow::Result<()> {
     let file = ScheduleFile::every_second("failover")?;
     let envs = beat_env(&redis.url(), &file, &hmac_key("k1"));
     let mut a = start_beat("beat-a", &envs).await?;
@@ -243,7 +255,7 @@ async fn sigkill_of_the_leader_fails_over_within_the_lease() -> anyhow::Result<(
     poll_until(
         "the leader to fire 4 slots",
         Duration::from_secs(15),
-        || async { Ok((published(&redis)?.len() >= 4).then_some(())) },
+        || async { Ok((published(redis)?.len() >= 4).then_some(())) },
     )
     .await?;
     a.kill9()?;
@@ -252,11 +264,11 @@ async fn sigkill_of_the_leader_fails_over_within_the_lease() -> anyhow::Result<(
         .await
         .with_context(|| logs_of(&[&a, &b]))?;
     let takeover = killed.elapsed();
-    let fired_at_takeover = published(&redis)?.len();
+    let fired_at_takeover = published(redis)?.len();
     poll_until(
         "the new leader to fire 4 more slots",
         Duration::from_secs(15),
-        || async { Ok((published(&redis)?.len() >= fired_at_takeover + 4).then_some(())) },
+        || async { Ok((published(redis)?.len() >= fired_at_takeover + 4).then_some(())) },
     )
     .await?;
     let logs = logs_of(&[&a, &b]);
@@ -267,7 +279,7 @@ async fn sigkill_of_the_leader_fails_over_within_the_lease() -> anyhow::Result<(
         "takeover took {takeover:?}:\n{logs}"
     );
 
-    let p = published(&redis)?;
+    let p = published(redis)?;
     check_envelopes(&p)?;
     let slots = distinct_slots(&p).with_context(|| logs.clone())?;
     let gaps: Vec<i64> = slots.windows(2).map(|w| w[1] - w[0]).collect();

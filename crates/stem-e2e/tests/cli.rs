@@ -1,7 +1,9 @@
 //! The `stem` operator CLI, black box (README "CLI"): the real `stem`,
 //! `worker` and `beat` binaries against private Redis servers. Every test
 //! has its own server, so they run in parallel; every wait polls with a
-//! deadline.
+//! deadline. The schedule, worker control, task, dead-letter and purge
+//! scenarios run on a Redis Cluster too (`…_on_a_cluster`): the same body
+//! with a `redis+cluster://` URL.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,7 @@ use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 use stem_e2e::{
     body_runs, hmac_key, poll_until, signed, start_worker, wait_body_running, wait_log,
-    worker_name, RedisServer, ServiceProcess, Stem, SETTLE,
+    worker_name, RedisCluster, RedisServer, ServiceProcess, Stem, SETTLE,
 };
 
 /// The seed file at the workspace root.
@@ -69,7 +71,18 @@ fn ids_of(list: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedule_apply_list_dry_run_and_round_trip() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
-    let stem = Stem::new(&redis.url());
+    schedule_apply_list_dry_run_and_round_trip_on(&redis.url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_apply_list_dry_run_and_round_trip_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start()?;
+    schedule_apply_list_dry_run_and_round_trip_on(&cluster.url()).await
+}
+
+/// The scenario, on the Redis at `url`.
+async fn schedule_apply_list_dry_run_and_round_trip_on(url: &str) -> anyhow::Result<()> {
+    let stem = Stem::new(url);
     let file = example_schedule_file();
 
     let empty = stem.ok(&["schedule", "list"])?;
@@ -193,8 +206,8 @@ async fn schedule_apply_list_dry_run_and_round_trip() -> anyhow::Result<()> {
     stem.run(&["schedule", "dry-run"])?.expect(64)?;
 
     // An invalid file changes nothing.
-    // The server's own temporary directory, removed with it.
-    let bad = redis.dir().join("bad.yaml");
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
         "entries:\n  - id: greetings-reminder\n    task: greeting.send\n    spec: every:1s\n  - id: broken\n    task: x\n    spec: \"every:soon\"\n",
@@ -312,7 +325,18 @@ async fn wait_pinged(stem: &Stem, names: &[&String]) -> anyhow::Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_ping_pause_and_shutdown_reach_every_namespace() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
-    let url = redis.url();
+    worker_ping_pause_and_shutdown_reach_every_namespace_on(&redis.url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_ping_pause_and_shutdown_reach_every_namespace_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start()?;
+    worker_ping_pause_and_shutdown_reach_every_namespace_on(&cluster.url()).await
+}
+
+/// The scenario, on the Redis at `url`.
+async fn worker_ping_pause_and_shutdown_reach_every_namespace_on(url: &str) -> anyhow::Result<()> {
+    let url = url.to_string();
     let stem = Stem::new(&url);
     // Nobody alive: ping exits 75 at once.
     let none = stem.run(&["worker", "ping"])?.expect(75)?;
@@ -411,7 +435,18 @@ async fn worker_ping_pause_and_shutdown_reach_every_namespace() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_revoke_cancels_queued_and_running_tasks() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
-    let url = redis.url();
+    task_revoke_cancels_queued_and_running_tasks_on(&redis.url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_revoke_cancels_queued_and_running_tasks_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start()?;
+    task_revoke_cancels_queued_and_running_tasks_on(&cluster.url()).await
+}
+
+/// The scenario, on the Redis at `url`.
+async fn task_revoke_cancels_queued_and_running_tasks_on(url: &str) -> anyhow::Result<()> {
+    let url = url.to_string();
     let key = hmac_key("k1");
     let stem = Stem::new(&url)
         .with("STEM_SIGNING_KEYS", &key)
@@ -532,7 +567,18 @@ async fn task_revoke_cancels_queued_and_running_tasks() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_replay_runs_the_task_again_with_its_signature() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
-    let url = redis.url();
+    dlq_replay_runs_the_task_again_with_its_signature_on(&redis.url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_runs_the_task_again_with_its_signature_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start()?;
+    dlq_replay_runs_the_task_again_with_its_signature_on(&cluster.url()).await
+}
+
+/// The scenario, on the Redis at `url`.
+async fn dlq_replay_runs_the_task_again_with_its_signature_on(url: &str) -> anyhow::Result<()> {
+    let url = url.to_string();
     let key = hmac_key("k1");
     let stem = Stem::new(&url)
         .with("STEM_SIGNING_KEYS", &key)
@@ -612,7 +658,18 @@ fn ready_of(list: &Value, queue: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_purge_needs_yes_and_empties_the_queue() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
-    let stem = Stem::new(&redis.url());
+    queue_purge_needs_yes_and_empties_the_queue_on(&redis.url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_purge_needs_yes_and_empties_the_queue_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start()?;
+    queue_purge_needs_yes_and_empties_the_queue_on(&cluster.url()).await
+}
+
+/// The scenario, on the Redis at `url`.
+async fn queue_purge_needs_yes_and_empties_the_queue_on(url: &str) -> anyhow::Result<()> {
+    let stem = Stem::new(url);
     // Unsigned (no key configured): warned about, but published.
     let first = stem.ok(&["task", "enqueue", "billing.charge"])?;
     assert!(first.stderr.contains("unsigned"), "{}", first.describe());

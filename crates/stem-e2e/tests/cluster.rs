@@ -10,20 +10,30 @@
 //! - a failing task retries and is dead-lettered; a group completes;
 //! - `stem health`, `stem queue list` and `stem dlq list` answer on the
 //!   cluster URL;
+//! - a chain and a chord whose tasks live on different masters complete;
+//! - over mutual TLS (`rediss+cluster://`, every node TLS-only, the bus and
+//!   replication too) tasks flow, and clients trusting another CA or
+//!   speaking plain TCP are refused;
 //! - failover: with a replica per master, the master holding a queue is
 //!   killed (SIGKILL) while a worker drains it; the replica takes over, the
 //!   worker and the enqueuer reconnect by themselves, every task whose
 //!   enqueue was acknowledged succeeds, and the run reports how many ran
 //!   twice.
 //!
-//! The scenarios run as parallel tests, each with its own cluster.
+//! The scenarios run as parallel tests, each with its own cluster. Other
+//! suites run some of their scenarios on a cluster as well: kill -9
+//! redelivery (delivery.rs), beat leader failover (beat.rs) and the CLI
+//! (cli.rs), in tests named `…_on_a_cluster`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use stem_e2e::{body_runs, poll_until, start_enqueuer, start_worker, ServiceProcess, SETTLE};
+use stem_e2e::{
+    body_runs, library_producer, poll_until, request, start_enqueuer, start_worker, tls_env,
+    ServiceProcess, TlsMode, SETTLE,
+};
 use stem_testkit::{tail_lines, ClusterOptions, RedisCluster};
 
 const QUEUES: [(&str, &str); 3] = [
@@ -215,5 +225,100 @@ async fn a_master_failover_loses_no_acknowledged_task() -> anyhow::Result<()> {
          the kill; {twice} ran twice (a result or ack written to the dying master, redone)",
         ids.len()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_and_chords_span_masters_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start()?;
+    let url = cluster.url();
+    let stem = library_producer(&url)?;
+    let _worker = start_worker(&url, "cluster-canvas", "greetings,billing,reporting", &[]).await?;
+
+    // A chain whose steps live on two masters: each step is published by
+    // the settle of the one before, on another slot than its own status.
+    let chain = stem
+        .chain(vec![
+            request("greeting.send", json!({"name": "one", "delayMs": 1})),
+            request("billing.charge", json!({"name": "two", "delayMs": 1})),
+            request("reports.aggregate", json!({"name": "three", "delayMs": 1})),
+        ])
+        .await?;
+    for (id, task) in
+        chain
+            .task_ids
+            .iter()
+            .zip(["greeting.send", "billing.charge", "reports.aggregate"])
+    {
+        let done = stem.wait(id, SETTLE).await?;
+        assert_eq!(done.state, stem::envelope::TaskState::Succeeded, "{done:?}");
+        assert!(
+            done.result.to_string().contains(task),
+            "step {task}: {done:?}"
+        );
+    }
+
+    // A chord whose header spans two queues (two masters) and whose
+    // callback runs on a third once every member has settled.
+    let chord = stem
+        .chord(
+            vec![
+                request("greeting.send", json!({"name": "a", "delayMs": 1})),
+                request("billing.charge", json!({"name": "b", "delayMs": 1})),
+            ],
+            request("reports.aggregate", json!({"name": "total", "delayMs": 1})),
+        )
+        .await?;
+    let cb = stem.wait(&chord.callback_id, SETTLE).await?;
+    assert_eq!(cb.state, stem::envelope::TaskState::Succeeded, "{cb:?}");
+    for id in &chord.header_ids {
+        let member = stem.wait(id, SETTLE).await?;
+        assert_eq!(
+            member.state,
+            stem::envelope::TaskState::Succeeded,
+            "{member:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_flow_over_mutual_tls_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start_with(ClusterOptions {
+        tls: Some(TlsMode::MutualTls),
+        ..Default::default()
+    })?;
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let tls = cluster.tls().context("the cluster's certificates")?.clone();
+    let envs = tls_env(&tls, &tls.ca_cert);
+    let worker = start_worker(&url, "cluster-tls", "greetings,billing,reporting", &envs).await?;
+    let enq = start_enqueuer(&url, &envs).await?;
+    for (task, queue) in QUEUES {
+        let id = enq
+            .api
+            .enqueue(json!({"task": task, "name": "Ada", "delayMs": 1}))
+            .await?;
+        let status = enq.api.wait_state(&id, "succeeded", SETTLE).await?;
+        assert_eq!(status["queue"], queue, "{status}");
+        assert_eq!(body_runs(&worker.logs(), &id), 1, "{}", worker.logs());
+    }
+
+    // Every node speaks TLS only, and checks certificates both ways: a
+    // client trusting another CA is refused, and says why.
+    let mut envs = tls_env(&tls, &tls.other_ca_cert);
+    envs.push(("STEM_BROKER_URL", url.clone()));
+    let mut health = ServiceProcess::spawn("stem", &["health"], &envs)?;
+    let code = health.wait_exit(Duration::from_secs(30))?;
+    assert_eq!(code, Some(69), "stem health, wrong CA: {}", health.logs());
+    assert!(
+        health.logs().to_ascii_lowercase().contains("certificate"),
+        "the refusal names the certificate: {}",
+        health.logs()
+    );
+    let plain = url.replacen("rediss+cluster://", "redis+cluster://", 1);
+    let mut health = ServiceProcess::spawn("stem", &["health"], &[("STEM_BROKER_URL", plain)])?;
+    let code = health.wait_exit(Duration::from_secs(30))?;
+    assert_eq!(code, Some(69), "stem health, plain: {}", health.logs());
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! Delivery guarantees (README "Behaviour an operator can rely on") observed from outside: retries and
 //! dead letters, redelivery after a worker crash, lease keeping for long
-//! tasks, garbage in a stream, countdowns and priorities.
+//! tasks, garbage in a stream, countdowns and priorities. The redelivery
+//! after a kill -9 also runs on a Redis Cluster.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stem_e2e::{
     body_run_lines, body_runs, env, start_enqueuer, start_order, start_worker, state_of, wait_all,
-    wait_body_running, wait_dead_letter, worker_name, RedisServer, POLL_INTERVAL, SETTLE,
+    wait_body_running, wait_dead_letter, worker_name, RedisCluster, RedisServer, POLL_INTERVAL,
+    SETTLE,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +62,19 @@ async fn exhausted_retries_fail_and_dead_letter() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_of_a_killed_worker_is_redelivered() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
-    let url = redis.url();
+    killed_worker_redelivered(&redis.url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_of_a_killed_worker_is_redelivered_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start()?;
+    killed_worker_redelivered(&cluster.url()).await
+}
+
+/// A worker is SIGKILLed mid-task; another one runs the task once the
+/// visibility timeout has passed.
+async fn killed_worker_redelivered(url: &str) -> anyhow::Result<()> {
+    let url = url.to_string();
     let vt = env(&[("STEM_VISIBILITY_TIMEOUT", "2s")]);
     let enq = start_enqueuer(&url, &[]).await?;
     let mut a = start_worker(&url, &worker_name("doomed"), "greetings", &vt).await?;

@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use stem::client::EnqueueRequest;
-use stem::config::StemConfig;
 use stem_e2e::{
-    body_runs, dead_letters, env, hmac_key, inject, pack, packed_entries, poll_until,
-    start_enqueuer, start_worker, unpack, wait_dead_letter, wait_log, worker_name, Fault,
-    FaultProxy, Pattern, RedisServer, Stem as Cli, Victim, SETTLE,
+    body_runs, dead_letters, env, hmac_key, inject, library_producer, pack, packed_entries,
+    poll_until, request, start_enqueuer, start_worker, unpack, wait_dead_letter, wait_log,
+    worker_name, Fault, FaultProxy, Pattern, RedisServer, Stem as Cli, Victim, SETTLE,
 };
 
 /// Environment of a producer and a worker sharing HMAC key `k`.
@@ -54,23 +53,6 @@ async fn entry_of(url: &str, key: &str, id: &str) -> anyhow::Result<Vec<u8>> {
         .into_iter()
         .find(|e| String::from_utf8_lossy(e).contains(id))
         .ok_or_else(|| anyhow::anyhow!("no entry for task {id} in {key}"))
-}
-
-/// The demo catalogue's producer on `url`, unsigned, from the library
-/// (chains and chords have no HTTP endpoint).
-fn library_producer(url: &str) -> anyhow::Result<stem::client::Stem> {
-    let url = url.to_string();
-    let config =
-        StemConfig::from_lookup(&move |k: &str| (k == "STEM_BROKER_URL").then(|| url.clone()))?;
-    Ok(stem::client::Stem::connect(&config)?.with_registry(stem_demo::registry()))
-}
-
-fn request(task: &str, args: Value) -> EnqueueRequest {
-    EnqueueRequest {
-        name: task.into(),
-        args,
-        options: Default::default(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

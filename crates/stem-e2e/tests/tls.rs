@@ -8,8 +8,8 @@ use anyhow::Context;
 
 use serde_json::json;
 use stem_e2e::{
-    body_runs, poll_until, spawn_worker, start_enqueuer, start_worker, worker_name, RedisOptions,
-    RedisServer, TlsAssets, TlsMode, SETTLE,
+    body_runs, poll_until, spawn_worker, start_enqueuer, start_worker, tls_env, worker_name,
+    RedisOptions, RedisServer, TlsMode, SETTLE,
 };
 
 fn mtls_redis() -> anyhow::Result<RedisServer> {
@@ -17,17 +17,6 @@ fn mtls_redis() -> anyhow::Result<RedisServer> {
         tls: Some(TlsMode::MutualTls),
         ..Default::default()
     })
-}
-
-fn tls_env(tls: &TlsAssets, ca: &std::path::Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("STEM_TLS_CA_CERT", ca.display().to_string()),
-        (
-            "STEM_TLS_CLIENT_CERT",
-            tls.client_cert.display().to_string(),
-        ),
-        ("STEM_TLS_CLIENT_KEY", tls.client_key.display().to_string()),
-    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

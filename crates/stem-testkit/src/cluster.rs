@@ -4,13 +4,15 @@
 //! for each, joined by `redis-cli --cluster create`, and waited for until
 //! every node reports `cluster_state:ok` and knows every other node. Nodes
 //! can be killed (a master's replica then takes over); everything is
-//! killed and removed when dropped.
+//! killed and removed when dropped. With TLS every node serves one shared
+//! CA's certificate, and the cluster bus and replication run over TLS too.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::redis::{RedisOptions, RedisServer};
+use crate::redis::{RedisOptions, RedisServer, TlsMode};
+use crate::tls::TlsAssets;
 use crate::wait::POLL_INTERVAL;
 
 /// How long the cluster may take to form.
@@ -28,6 +30,9 @@ pub struct ClusterOptions {
     pub node_timeout: Duration,
     /// AOF persistence on every node (`appendfsync always`).
     pub persistence: bool,
+    /// Serve TLS only, every node with a certificate of one CA
+    /// ([`RedisCluster::tls`]).
+    pub tls: Option<TlsMode>,
 }
 
 impl Default for ClusterOptions {
@@ -37,6 +42,7 @@ impl Default for ClusterOptions {
             replicas: 0,
             node_timeout: Duration::from_millis(2000),
             persistence: false,
+            tls: None,
         }
     }
 }
@@ -44,6 +50,8 @@ impl Default for ClusterOptions {
 /// A running Redis Cluster owned by a test.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// The shared certificates and the directory holding them.
+    tls: Option<(tempfile::TempDir, TlsAssets)>,
 }
 
 impl std::fmt::Debug for RedisCluster {
@@ -69,15 +77,27 @@ impl RedisCluster {
             );
         }
         let count = opts.masters * (1 + opts.replicas);
+        let tls = match opts.tls {
+            Some(_) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("stem-cluster-tls-")
+                    .tempdir()
+                    .context("creating a directory for the cluster's certificates")?;
+                let assets = TlsAssets::generate(dir.path())?;
+                Some((dir, assets))
+            }
+            None => None,
+        };
         let mut nodes = Vec::with_capacity(count);
         for _ in 0..count {
             nodes.push(RedisServer::start_with(RedisOptions {
                 persistence: opts.persistence,
                 cluster_node_timeout: Some(opts.node_timeout),
-                ..Default::default()
+                tls: opts.tls,
+                tls_assets: tls.as_ref().map(|(_, assets)| assets.clone()),
             })?);
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls };
         let addresses: Vec<String> = cluster
             .ports()
             .iter()
@@ -140,14 +160,40 @@ impl RedisCluster {
         }
     }
 
-    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…` (every node a seed).
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…` (every node a seed),
+    /// `rediss+cluster://…` with TLS (the nodes announce themselves by IP,
+    /// which the server certificate names).
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self
             .ports()
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        let scheme = if self.tls.is_some() {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        };
+        format!("{scheme}://{}", seeds.join(","))
+    }
+
+    /// The shared certificates, when TLS is on.
+    pub fn tls(&self) -> Option<&TlsAssets> {
+        self.tls.as_ref().map(|(_, assets)| assets)
+    }
+
+    /// Runs `redis-cli -c ARGS...` through the first live master (`-c`
+    /// follows MOVED redirections to the node owning the key) and returns
+    /// its trimmed stdout, like [`RedisServer::cli`].
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let first = self
+            .masters()
+            .first()
+            .copied()
+            .context("the cluster has no live master")?;
+        let mut with_redirects = vec!["-c"];
+        with_redirects.extend_from_slice(args);
+        self.nodes[first].cli(&with_redirects)
     }
 
     /// Every node's port, in start order.
@@ -188,15 +234,11 @@ impl RedisCluster {
             .parse()
             .context("CLUSTER KEYSLOT")?;
         for i in self.masters() {
-            let nodes = self.nodes[i].cli(&["CLUSTER", "NODES"])?;
-            let Some(me) = nodes.lines().find(|l| l.contains("myself")) else {
-                continue;
-            };
-            let owns = me.split_whitespace().skip(8).any(|range| {
-                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
-            });
-            if owns {
+            if self
+                .slots_of(i)?
+                .iter()
+                .any(|&(lo, hi)| lo <= slot && slot <= hi)
+            {
                 return Ok(i);
             }
         }
@@ -249,6 +291,56 @@ impl RedisCluster {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// The slot ranges master `i` serves, from its own `CLUSTER NODES`
+    /// line, as `(first, last)`.
+    pub fn slots_of(&self, i: usize) -> anyhow::Result<Vec<(u16, u16)>> {
+        let nodes = self.node(i)?.cli(&["CLUSTER", "NODES"])?;
+        let me = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .context("CLUSTER NODES without a myself line")?;
+        Ok(me
+            .split_whitespace()
+            .skip(8)
+            .filter_map(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                Some((lo.parse().ok()?, hi.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Moves `count` slots of master `from` (all of them for `None`), keys
+    /// and all, to master `to` (`redis-cli --cluster reshard`), as an
+    /// operator rebalancing does.
+    pub fn move_slots(&self, from: usize, to: usize, count: Option<u32>) -> anyhow::Result<()> {
+        let held: u32 = self
+            .slots_of(from)?
+            .iter()
+            .map(|(lo, hi)| u32::from(hi - lo) + 1)
+            .sum();
+        let count = count.unwrap_or(held).min(held);
+        let id = |i: usize| self.node(i)?.cli(&["CLUSTER", "MYID"]);
+        let source = self.node(from)?;
+        let out = source
+            .cli_command()
+            .args(["--cluster", "reshard"])
+            .arg(format!("127.0.0.1:{}", source.port()))
+            .args(["--cluster-from", &id(from)?, "--cluster-to", &id(to)?])
+            .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+            .output()
+            .context("running redis-cli --cluster reshard")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster reshard of {count} slots from node {from} to node {to} \
+                 failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// `DBSIZE` of node `i`.

@@ -6,7 +6,9 @@
 //!   in its own temporary directory, optionally with AOF persistence and TLS
 //!   or mutual TLS (see [`RedisOptions`] and [`TlsMode`]);
 //! * [`RedisCluster`]: a private Redis Cluster (three masters by default,
-//!   optionally a replica each) of such servers;
+//!   optionally a replica each, optionally over TLS) of such servers;
+//! * [`RedisUnderTest`]: either of them as a scenario sees it (URL and
+//!   `redis-cli`), so one scenario runs on both;
 //! * [`TlsAssets`]: a throw-away CA with server and client certificates (plus
 //!   an unrelated CA for "wrong CA is refused" tests), generated with rcgen;
 //! * [`ServiceProcess`]: one of the workspace's real binaries (`enqueuer`,
@@ -34,6 +36,7 @@ pub mod proxy;
 pub mod redis;
 mod suite;
 pub mod tls;
+pub mod under_test;
 pub mod wait;
 
 pub use cluster::{ClusterOptions, RedisCluster};
@@ -43,6 +46,7 @@ pub use prometheus::PrometheusServer;
 pub use proxy::{Fault, FaultProxy, Pattern, Victim};
 pub use redis::{RedisOptions, RedisServer, TlsMode};
 pub use tls::TlsAssets;
+pub use under_test::RedisUnderTest;
 pub use wait::{holds, poll, wait_until};
 
 /// Last `n` lines of `text` (all of it when it has fewer lines).

@@ -48,6 +48,9 @@ pub struct RedisOptions {
     /// free port of its own, this node timeout); [`crate::RedisCluster`]
     /// joins such nodes into a cluster.
     pub cluster_node_timeout: Option<Duration>,
+    /// With `tls`: serve these certificates instead of generating a fresh
+    /// CA for this server (the nodes of a TLS cluster share one CA).
+    pub tls_assets: Option<TlsAssets>,
 }
 
 /// A `redis-server` child process owned by a test.
@@ -121,9 +124,10 @@ impl RedisServer {
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let tls = match opts.tls {
-            Some(_) => Some(TlsAssets::generate(&dir.path().join("tls"))?),
-            None => None,
+        let tls = match (opts.tls, &opts.tls_assets) {
+            (Some(_), Some(shared)) => Some(shared.clone()),
+            (Some(_), None) => Some(TlsAssets::generate(&dir.path().join("tls"))?),
+            (None, _) => None,
         };
 
         let mut server = RedisServer {
@@ -417,6 +421,21 @@ impl RedisServer {
                         TlsMode::ServerOnly => "no".into(),
                     },
                 ]);
+                if self.opts.cluster_node_timeout.is_some() {
+                    // The cluster bus and replication speak TLS too; a node
+                    // dialling another presents the client certificate (the
+                    // server one is for serverAuth only).
+                    args.extend([
+                        "--tls-cluster".into(),
+                        "yes".into(),
+                        "--tls-replication".into(),
+                        "yes".into(),
+                        "--tls-client-cert-file".into(),
+                        tls.client_cert.display().to_string(),
+                        "--tls-client-key-file".into(),
+                        tls.client_key.display().to_string(),
+                    ]);
+                }
             }
             _ => args.extend(["--port".into(), self.port.to_string()]),
         }

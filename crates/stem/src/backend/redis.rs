@@ -10,8 +10,9 @@
 //!
 //! A task's status is the higher-ranked of its two records, so a status
 //! never moves backwards. Terminal statuses, the hot path, are written
-//! without a script, in one `MULTI`: `SET stem:done:{<id>} … NX PX` (the
-//! first terminal write wins at once) and `GETDEL` of the live key. Only
+//! without a script, in one pipeline (a `MULTI` when the broker's acks ride
+//! along): `SET stem:done:{<id>} … NX PX` (the first terminal write wins at
+//! once) and `GETDEL` of the live key. Only
 //! when a terminal status is already stored (a duplicate delivery, a
 //! revoke after the result) does a script compare ranks, and only when the
 //! deleted live status outranks the terminal one (a newer attempt is
@@ -31,7 +32,7 @@ use super::{GroupProgress, GroupView, ResultBackend};
 use crate::envelope::{TaskState, TaskStatus};
 use crate::error::{Result, StemError};
 use crate::keys;
-use crate::redis_conn::{by_slot, connection, Conn, Endpoint, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, Conn, Endpoint, COMMAND_TIMEOUT};
 
 /// Lua: `set_ranked` writes status value `v` ("<rank>|<JSON>") at key `k`
 /// unless the stored rank is higher. One `SET … GET` per status: the old
@@ -163,75 +164,84 @@ impl StatusWriter {
 
     /// Writes `statuses`: live ones through the rank script first (so a
     /// replay's reopening lands before a terminal write of the same batch),
-    /// then, in one `MULTI` transaction, terminal ones with `SET NX`, a
-    /// `GETDEL` of each one's live key, and the `extra` commands (replies
-    /// ignored). A refused command aborts the whole transaction, so the
-    /// `extra` commands (the broker's acks) never run without the statuses.
-    /// Afterwards, rarely: terminal writes that met a stored terminal status
-    /// go through the rank script, and a live status that outranks the
-    /// terminal one just written (a newer attempt already running) is put
-    /// back.
+    /// then, in one pipeline, terminal ones with `SET NX`, a `GETDEL` of
+    /// each one's live key, and the `extra` commands (replies ignored).
+    /// With `extra` commands the pipeline is a `MULTI` transaction: a
+    /// refused command aborts it whole, so the `extra` commands (the
+    /// broker's acks) never run without the statuses. Afterwards, rarely:
+    /// terminal writes that met a stored terminal status go through the
+    /// rank script, and a live status that outranks the terminal one just
+    /// written (a newer attempt already running) is put back.
     ///
-    /// On a Redis Cluster each task's keys have a slot of their own, so the
-    /// statuses are written slot by slot, all at once; `extra` commands
-    /// (which belong to a queue's slot) are refused there: the cluster's
-    /// stores are never co-located.
+    /// On a Redis Cluster each task's keys have a slot of their own: the
+    /// scripts run slot by slot, all at once, and the pipeline goes one per
+    /// master (`redis_conn`); `extra` commands (which belong to a queue's
+    /// slot) are refused there: the cluster's stores are never co-located.
     pub(crate) async fn write(
         &self,
         conn: &mut Conn,
         statuses: &[TaskStatus],
         extra: Vec<Cmd>,
     ) -> Result<()> {
-        if !conn.is_cluster() {
-            return self.write_slot(conn, statuses, extra).await;
-        }
-        if !extra.is_empty() {
+        if conn.is_cluster() && !extra.is_empty() {
             return Err(StemError::Internal(
                 "a co-located settle was attempted on a Redis Cluster".into(),
             ));
         }
-        let groups = by_slot(statuses.iter().cloned(), |s| {
-            Some(keys::status(&s.id).into_bytes())
-        });
-        let writes = groups.iter().map(|group| {
-            let mut conn = conn.clone();
-            async move { self.write_slot(&mut conn, group, Vec::new()).await }
-        });
-        futures::future::try_join_all(writes).await?;
-        Ok(())
-    }
-
-    /// [`StatusWriter::write`] of statuses whose keys share one slot.
-    async fn write_slot(
-        &self,
-        conn: &mut Conn,
-        statuses: &[TaskStatus],
-        extra: Vec<Cmd>,
-    ) -> Result<()> {
         let (done, live): (Vec<&TaskStatus>, Vec<&TaskStatus>) =
             statuses.iter().partition(|s| s.state.is_terminal());
-        if !live.is_empty() {
-            let mut inv = self.live.prepare_invoke();
-            inv.arg(self.ttl_ms);
-            for s in &live {
-                inv.key(keys::status(&s.id))
-                    .key(keys::done(&s.id))
-                    .arg(status_value(s)?);
-            }
-            let _: i64 = inv.invoke_async(conn).await?;
-        }
+        let groups = conn.slot_groups(live, |s| Some(keys::status(&s.id).into_bytes()));
+        let writes = groups.iter().map(|group| {
+            let mut conn = conn.clone();
+            async move { self.write_live(&mut conn, group).await }
+        });
+        futures::future::try_join_all(writes).await?;
         if done.is_empty() && extra.is_empty() {
             return Ok(());
         }
+        self.write_done(conn, &done, extra).await
+    }
+
+    /// Live statuses whose keys share one slot, through the rank script.
+    async fn write_live(&self, conn: &mut Conn, live: &[&TaskStatus]) -> Result<()> {
+        let mut inv = self.live.prepare_invoke();
+        inv.arg(self.ttl_ms);
+        for s in live {
+            inv.key(keys::status(&s.id))
+                .key(keys::done(&s.id))
+                .arg(status_value(s)?);
+        }
+        let _: i64 = inv.invoke_async(conn).await?;
+        Ok(())
+    }
+
+    /// The terminal half of [`StatusWriter::write`].
+    async fn write_done(
+        &self,
+        conn: &mut Conn,
+        done: &[&TaskStatus],
+        extra: Vec<Cmd>,
+    ) -> Result<()> {
         let mut pipe = ::redis::pipe();
-        pipe.atomic();
+        // A transaction only for the `extra` commands: they must never run
+        // without the statuses. The status writes themselves need none:
+        // whatever runs between a `SET NX` and its `GETDEL` is a live
+        // write, which either meets the terminal record (and loses to it)
+        // or outranks it (and is put back below), and a `GETDEL` lost to a
+        // dropped connection leaves a live record the terminal one outranks
+        // until its TTL. On a cluster, where every task is a slot of its
+        // own, this is what lets a batch go one pipeline per master
+        // (2026-12-02).
+        if !extra.is_empty() {
+            pipe.atomic();
+        }
         let mut values = Vec::with_capacity(done.len());
-        for s in &done {
+        for s in done {
             let v = status_value(s)?;
             self.set_nx(&mut pipe, keys::done(&s.id), &v);
             values.push(v);
         }
-        for s in &done {
+        for s in done {
             pipe.cmd("GETDEL").arg(keys::status(&s.id));
         }
         for cmd in extra {
@@ -239,14 +249,11 @@ impl StatusWriter {
         }
         let replies: Vec<Value> = pipe.query_async(conn).await?;
         let (set, old_live) = replies.split_at(done.len().min(replies.len()));
-        let mut ranked = self.done.prepare_invoke();
-        ranked.arg(self.ttl_ms);
-        let mut any_ranked = false;
+        let mut ranked = Vec::new();
         let mut put_back = ::redis::pipe();
         for (((s, v), set), old) in done.iter().zip(values).zip(set).zip(old_live) {
             if *set == Value::Nil {
-                ranked.key(keys::done(&s.id)).arg(v);
-                any_ranked = true;
+                ranked.push((keys::done(&s.id), v));
             }
             if let Value::BulkString(old) = old {
                 if rank_of(old).is_some_and(|r| r > s.rank()) {
@@ -255,8 +262,15 @@ impl StatusWriter {
                 }
             }
         }
-        if any_ranked {
-            let _: i64 = ranked.invoke_async(conn).await?;
+        // One rank script per slot on a cluster (a script's keys must
+        // share one), one call on one server.
+        for group in conn.slot_groups(ranked, |(key, _)| Some(key.clone().into_bytes())) {
+            let mut inv = self.done.prepare_invoke();
+            inv.arg(self.ttl_ms);
+            for (key, v) in group {
+                inv.key(key).arg(v);
+            }
+            let _: i64 = inv.invoke_async(conn).await?;
         }
         if !put_back.is_empty() {
             put_back.exec_async(conn).await?;
@@ -273,12 +287,32 @@ pub struct RedisBackend {
 }
 
 impl RedisBackend {
-    /// The stored values (`"<rank>|<JSON>"`) at `keys`, one `MGET`.
+    /// The stored values (`"<rank>|<JSON>"`) at `keys`: one `MGET`, on a
+    /// cluster one per slot, in one pipeline per master.
     async fn stored(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        Ok(::redis::cmd("MGET")
-            .arg(keys)
-            .query_async(&mut self.conn.clone())
-            .await?)
+        let mut conn = self.conn.clone();
+        let groups = conn.slot_groups((0..keys.len()).collect(), |&i| {
+            Some(keys[i].clone().into_bytes())
+        });
+        if groups.len() <= 1 {
+            return Ok(::redis::cmd("MGET")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await?);
+        }
+        let mut pipe = ::redis::pipe();
+        for group in &groups {
+            pipe.cmd("MGET")
+                .arg(group.iter().map(|&i| &keys[i]).collect::<Vec<_>>());
+        }
+        let replies: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut conn).await?;
+        let mut out = vec![None; keys.len()];
+        for (group, values) in groups.iter().zip(replies) {
+            for (&i, value) in group.iter().zip(values) {
+                out[i] = value;
+            }
+        }
+        Ok(out)
     }
 
     /// The stored value of each task's status (the higher-ranked of its

@@ -5,9 +5,14 @@
 //! `ConnectionManager`s, to a cluster the cluster client's connection: both
 //! multiplexed, lazily connected (a service starts even while Redis is
 //! down) and reconnecting by themselves after an outage; the cluster one
-//! also follows slot moves and failovers.
+//! also follows slot moves and failovers. Plain pipelines to a cluster
+//! go one per master (`redis_conn/cluster.rs`).
 
-use std::sync::Once;
+mod cluster;
+
+use cluster::by_slot;
+
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -139,6 +144,31 @@ pub struct ClusterEndpoint {
     /// A client of the first seed node alone, for pub/sub: a cluster
     /// delivers a `PUBLISH` to the subscribers of every node.
     pub seed: Client,
+    /// The first seed's URL (credentials included: never logged), the
+    /// model of a URL of any node.
+    seed_url: String,
+    /// TLS material for connections to single nodes.
+    tls: TlsConfig,
+}
+
+impl ClusterEndpoint {
+    /// A client of the node at `host:port`, with the seeds' scheme,
+    /// credentials and TLS material.
+    pub(crate) fn node_client(&self, host: &str, port: u16) -> Result<Client> {
+        let prefix_end = match self.seed_url.rfind('@') {
+            Some(at) => at + 1,
+            None => self.seed_url.find("://").map_or(0, |i| i + 3),
+        };
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        client(
+            &format!("{}{address}", &self.seed_url[..prefix_end]),
+            &self.tls,
+        )
+    }
 }
 
 impl From<Client> for Endpoint {
@@ -195,7 +225,12 @@ pub fn endpoint(url: &str, tls: &TlsConfig) -> Result<Endpoint> {
     let cluster = builder
         .build()
         .map_err(|e| StemError::Tls(format!("invalid cluster client settings: {e}")))?;
-    Ok(Endpoint::Cluster(ClusterEndpoint { cluster, seed }))
+    Ok(Endpoint::Cluster(ClusterEndpoint {
+        cluster,
+        seed,
+        seed_url: first.clone(),
+        tls: tls.clone(),
+    }))
 }
 
 /// A lazily connected, self-reconnecting connection. `response_timeout`
@@ -240,7 +275,9 @@ fn never_sent(e: &redis::RedisError) -> bool {
 #[derive(Clone)]
 enum Inner {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    /// The cluster client's connection and the slot map its plain
+    /// pipelines are split by.
+    Cluster(ClusterConnection, Arc<cluster::Slots>),
 }
 
 impl Inner {
@@ -248,7 +285,7 @@ impl Inner {
         use redis::aio::ConnectionLike;
         match self {
             Inner::Single(c) => c.req_packed_command(cmd).await,
-            Inner::Cluster(c) => c.req_packed_command(cmd).await,
+            Inner::Cluster(c, _) => c.req_packed_command(cmd).await,
         }
     }
 
@@ -261,115 +298,12 @@ impl Inner {
         use redis::aio::ConnectionLike;
         match self {
             Inner::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
-            Inner::Cluster(c) if pipeline.is_transaction() => {
+            Inner::Cluster(c, _) if pipeline.is_transaction() => {
                 c.req_packed_commands(pipeline, offset, count).await
             }
-            Inner::Cluster(c) => send_by_slot(c, pipeline).await,
+            Inner::Cluster(c, slots) => cluster::send(c, slots, pipeline).await,
         }
     }
-}
-
-/// The first key `cmd` names, as Redis Cluster routes it: after `numkeys`
-/// for scripts, after `STREAMS` for stream reads, after the subcommand for
-/// `XGROUP`, `XINFO`, `OBJECT` and `MEMORY`, else the first argument;
-/// `None` for commands without a key (`PING`, `SCRIPT LOAD`, `PUBLISH`).
-fn first_key(cmd: &redis::Cmd) -> Option<Vec<u8>> {
-    let args: Vec<&[u8]> = cmd
-        .args_iter()
-        .filter_map(|a| match a {
-            redis::Arg::Simple(bytes) => Some(bytes),
-            _ => None,
-        })
-        .collect();
-    let name = args.first()?.to_ascii_uppercase();
-    let key = match name.as_slice() {
-        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
-            let numkeys: usize = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
-            if numkeys == 0 {
-                return None;
-            }
-            args.get(3)?
-        }
-        b"XREAD" | b"XREADGROUP" => {
-            let at = args
-                .iter()
-                .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
-            args.get(at + 1)?
-        }
-        // Subcommand first, then the key.
-        b"XGROUP" | b"XINFO" | b"OBJECT" | b"MEMORY" => args.get(2)?,
-        b"PING" | b"SCRIPT" | b"PUBLISH" | b"INFO" | b"TIME" | b"CLUSTER" | b"CLIENT" => {
-            return None
-        }
-        _ => args.get(1)?,
-    };
-    Some(key.to_vec())
-}
-
-/// `items` grouped by the Redis Cluster slot of the key `key` names for
-/// each, groups in order of first appearance and items in order within a
-/// group; an item without a key joins the first group. The one grouping
-/// of every per-slot split (pipelines here, status scripts in the
-/// backend).
-pub(crate) fn by_slot<T>(
-    items: impl IntoIterator<Item = T>,
-    key: impl Fn(&T) -> Option<Vec<u8>>,
-) -> Vec<Vec<T>> {
-    use redis::cluster_routing::Slot;
-    let mut groups: Vec<Vec<T>> = Vec::new();
-    let mut index: std::collections::HashMap<Slot, usize> = std::collections::HashMap::new();
-    for item in items {
-        let at = match key(&item).map(Slot::for_key) {
-            None if !groups.is_empty() => 0,
-            None => {
-                groups.push(Vec::new());
-                0
-            }
-            Some(slot) => *index.entry(slot).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            }),
-        };
-        groups[at].push(item);
-    }
-    groups
-}
-
-/// Sends a plain (non-transaction) pipeline to a cluster: the commands are
-/// grouped by the slot of their first key, each group goes to its node as
-/// a pipeline of its own (all at once), and the replies come back in the
-/// pipeline's order. The cluster client itself sends a pipeline to one
-/// node only and refuses one whose keys span slots; a batch of settles or
-/// status writes names many tasks, so it does span them. Keyless commands
-/// ride with the first group.
-async fn send_by_slot(
-    conn: &mut ClusterConnection,
-    pipeline: &redis::Pipeline,
-) -> redis::RedisResult<Vec<redis::Value>> {
-    use redis::aio::ConnectionLike;
-    let cmds: Vec<&redis::Cmd> = pipeline.cmd_iter().collect();
-    let groups = by_slot(0..cmds.len(), |&i| first_key(cmds[i]));
-    if groups.len() <= 1 {
-        return conn.req_packed_commands(pipeline, 0, pipeline.len()).await;
-    }
-    let sends = groups.iter().map(|members| {
-        let mut sub = redis::pipe();
-        for &i in members {
-            sub.add_command(cmds[i].clone());
-        }
-        let mut conn = conn.clone();
-        async move {
-            let replies = conn.req_packed_commands(&sub, 0, sub.len()).await?;
-            Ok::<_, redis::RedisError>((members, replies))
-        }
-    });
-    let mut out = vec![redis::Value::Nil; pipeline.len()];
-    for (members, replies) in futures::future::try_join_all(sends).await? {
-        for (&i, reply) in members.iter().zip(replies) {
-            out[i] = reply;
-        }
-    }
-    Ok(out)
 }
 
 /// A [`ConnectionManager`] that counts round trips and sends a request a
@@ -420,7 +354,7 @@ impl redis::aio::ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match &self.0 {
             Inner::Single(c) => c.get_db(),
-            Inner::Cluster(c) => c.get_db(),
+            Inner::Cluster(c, _) => c.get_db(),
         }
     }
 }
@@ -434,7 +368,10 @@ pub fn connection(endpoint: impl Into<Endpoint>, response_timeout: Duration) -> 
             let config = ClusterConfig::new()
                 .set_response_timeout(response_timeout)
                 .set_connection_timeout(Duration::from_secs(3));
-            Inner::Cluster(c.cluster.get_pending_async_connection_with_config(config))
+            Inner::Cluster(
+                c.cluster.get_pending_async_connection_with_config(config),
+                Arc::new(cluster::Slots::new(&c, response_timeout)),
+            )
         }
     }))
 }
@@ -442,25 +379,21 @@ pub fn connection(endpoint: impl Into<Endpoint>, response_timeout: Duration) -> 
 impl Conn {
     /// Whether this connection goes to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.0, Inner::Cluster(_))
+        matches!(self.0, Inner::Cluster(..))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::by_slot;
-
-    #[test]
-    fn by_slot_groups_by_hash_tag_in_order_and_keyless_items_join_the_first() {
-        let keys = [
-            Some("stem:{a}:p0"),
-            Some("stem:{b}:p0"),
-            None,
-            Some("stem:{a}:delayed"),
-            Some("stem:{b}:dead"),
-        ];
-        let groups = by_slot(0..keys.len(), |&i| keys[i].map(|k| k.as_bytes().to_vec()));
-        assert_eq!(groups, vec![vec![0, 2, 3], vec![1, 4]]);
-        assert_eq!(by_slot(Vec::<u8>::new(), |_| None), Vec::<Vec<u8>>::new());
+    /// `items` in the groups one script or transaction may name: all of
+    /// them on one server, one group per slot on a cluster ([`by_slot`]);
+    /// empty for no items.
+    pub(crate) fn slot_groups<T>(
+        &self,
+        items: Vec<T>,
+        key: impl Fn(&T) -> Option<Vec<u8>>,
+    ) -> Vec<Vec<T>> {
+        match self.0 {
+            _ if items.is_empty() => Vec::new(),
+            Inner::Single(_) => vec![items],
+            Inner::Cluster(..) => by_slot(items, key),
+        }
     }
 }
