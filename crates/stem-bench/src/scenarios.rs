@@ -436,6 +436,20 @@ impl Rig {
     }
 }
 
+/// The rigs of run `run` with their figures, the order alternating
+/// between runs (so neither store always runs first).
+fn interleaved<'a, T>(
+    rigs: &'a [Rig],
+    runs: &'a mut [Vec<T>],
+    run: usize,
+) -> Vec<(&'a Rig, &'a mut Vec<T>)> {
+    let mut pairs: Vec<_> = rigs.iter().zip(runs.iter_mut()).collect();
+    if run % 2 == 1 {
+        pairs.reverse();
+    }
+    pairs
+}
+
 /// Adds a store's Redis CPU rows: the total and, on a cluster, each
 /// master's share (`runs[run][node]`).
 fn add_redis_cpu(report: &mut Report, r: &Rig, opts: &Opts, label: &str, runs: &[Vec<f64>]) {
@@ -469,7 +483,7 @@ pub async fn drain(opts: &Opts, only: Option<&str>) -> anyhow::Result<Report> {
         }
         let mut runs: Vec<Vec<Drained>> = rigs.iter().map(|_| Vec::new()).collect();
         for run in 0..opts.runs {
-            for (r, runs) in rigs.iter().zip(&mut runs) {
+            for (r, runs) in interleaved(&rigs, &mut runs, run) {
                 let d = drain_once(r, n, concurrency, processes, opts).await?;
                 let store = r.store.label();
                 tracing::info!(
@@ -745,7 +759,7 @@ pub async fn cost(opts: &Opts) -> anyhow::Result<Report> {
     let mut report = Report::new("cost");
     let mut runs: Vec<Vec<Counted>> = rigs.iter().map(|_| Vec::new()).collect();
     for run in 0..opts.runs {
-        for (r, runs) in rigs.iter().zip(&mut runs) {
+        for (r, runs) in interleaved(&rigs, &mut runs, run) {
             let c = count_once(r, n, opts).await?;
             let per_task: f64 = c.commands.iter().sum();
             tracing::info!(run, store = r.store.label(), per_task, "cost run");

@@ -235,6 +235,25 @@ impl Api {
         }
     }
 
+    /// `POST /group` of a greeting per name, then polls `GET /group/{id}`
+    /// until every member has completed; the group id.
+    pub async fn run_group(&self, names: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        let group = self
+            .post_json("/group", &serde_json::json!({ "names": names }))
+            .await?;
+        ensure!(group.status == 200, "POST /group: {}", group.text);
+        let gid = group.json["groupId"]
+            .as_str()
+            .context("groupId in the POST /group answer")?
+            .to_string();
+        poll_until("the group to complete", timeout, || async {
+            let g = self.get(&format!("/group/{gid}")).await?;
+            Ok((g.json["completed"] == names.len()).then_some(()))
+        })
+        .await?;
+        Ok(gid)
+    }
+
     /// Polls `GET /tasks/{id}` until its state is `state`. Fails at once if
     /// the task reaches another terminal state, and on timeout with the
     /// last status seen.

@@ -117,20 +117,9 @@ async fn retries_dead_letters_and_groups_work_on_a_cluster() -> anyhow::Result<(
         status["error"]["reason"], "max-retries-exhausted",
         "{status}"
     );
-    let group = enq
-        .api
-        .post_json("/group", &json!({"names": ["Ada", "Grace", "Edsger"]}))
+    enq.api
+        .run_group(&["Ada", "Grace", "Edsger"], SETTLE)
         .await?;
-    assert_eq!(group.status, 200, "{}", group.text);
-    let gid = group.json["groupId"]
-        .as_str()
-        .context("groupId")?
-        .to_string();
-    stem_e2e::poll_until("the group to complete", SETTLE, || async {
-        let g = enq.api.get(&format!("/group/{gid}")).await?;
-        Ok((g.json["completed"] == 3).then_some(()))
-    })
-    .await?;
 
     let env = [("STEM_BROKER_URL", url.clone())];
     let mut dlq = ServiceProcess::spawn("stem", &["dlq", "list", "-q", "reporting"], &env)?;
@@ -303,6 +292,12 @@ async fn tasks_flow_over_mutual_tls_on_a_cluster() -> anyhow::Result<()> {
         assert_eq!(status["queue"], queue, "{status}");
         assert_eq!(body_runs(&worker.logs(), &id), 1, "{}", worker.logs());
     }
+    // A group: its members' first statuses are one pipeline naming several
+    // slots, sent one pipeline per master over the TLS connections the
+    // store opens to each master itself.
+    enq.api
+        .run_group(&["Ada", "Grace", "Edsger", "Barbara"], SETTLE)
+        .await?;
 
     // Every node speaks TLS only, and checks certificates both ways: a
     // client trusting another CA is refused, and says why.

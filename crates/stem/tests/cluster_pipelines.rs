@@ -69,7 +69,20 @@ async fn pipelines_span_slots_and_follow_moved_slots() -> anyhow::Result<()> {
 
     // The connection still holds the old map: it sends to the old master,
     // which answers MOVED, and the commands go again where they belong.
+    let moved = |node: usize| -> anyhow::Result<u64> {
+        let stats = cluster.node(node)?.cli(&["INFO", "errorstats"])?;
+        Ok(stats
+            .lines()
+            .find_map(|l| l.strip_prefix("errorstat_MOVED:count="))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
+    };
+    let moved_before = moved(from)?;
     assert_eq!(get_all(&mut conn).await?, want);
+    assert!(
+        moved(from)? > moved_before,
+        "the stale map sent commands to the old master, which answered MOVED"
+    );
     set_all(&mut conn, 2).await?;
     let want: Vec<String> = (0..KEYS).map(|i| format!("2:{i}")).collect();
     assert_eq!(get_all(&mut conn).await?, want);

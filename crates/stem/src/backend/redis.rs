@@ -227,9 +227,11 @@ impl StatusWriter {
         // without the statuses. The status writes themselves need none:
         // whatever runs between a `SET NX` and its `GETDEL` is a live
         // write, which either meets the terminal record (and loses to it)
-        // or outranks it (and is put back below), and a `GETDEL` lost to a
-        // dropped connection leaves a live record the terminal one outranks
-        // until its TTL. On a cluster, where every task is a slot of its
+        // or outranks it (and is put back below; until then, for that
+        // instant, neither record is there: only a replay's new attempt
+        // starting just as the old one finishes meets this), and a
+        // `GETDEL` lost to a dropped connection leaves a live record the
+        // terminal one outranks until its TTL. On a cluster, where every task is a slot of its
         // own, this is what lets a batch go one pipeline per master
         // (2026-12-02).
         if !extra.is_empty() {
@@ -263,15 +265,20 @@ impl StatusWriter {
             }
         }
         // One rank script per slot on a cluster (a script's keys must
-        // share one), one call on one server.
-        for group in conn.slot_groups(ranked, |(key, _)| Some(key.clone().into_bytes())) {
-            let mut inv = self.done.prepare_invoke();
-            inv.arg(self.ttl_ms);
-            for (key, v) in group {
-                inv.key(key).arg(v);
+        // share one), all at once; one call on one server.
+        let groups = conn.slot_groups(ranked, |(key, _)| Some(key.clone().into_bytes()));
+        let scripts = groups.into_iter().map(|group| {
+            let mut conn = conn.clone();
+            async move {
+                let mut inv = self.done.prepare_invoke();
+                inv.arg(self.ttl_ms);
+                for (key, v) in group {
+                    inv.key(key).arg(v);
+                }
+                inv.invoke_async::<i64>(&mut conn).await
             }
-            let _: i64 = inv.invoke_async(conn).await?;
-        }
+        });
+        futures::future::try_join_all(scripts).await?;
         if !put_back.is_empty() {
             put_back.exec_async(conn).await?;
         }

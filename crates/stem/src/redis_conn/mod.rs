@@ -211,7 +211,11 @@ pub fn endpoint(url: &str, tls: &TlsConfig) -> Result<Endpoint> {
             .map(|s| connection_info(s))
             .collect::<Result<Vec<_>>>()?,
     )
-    .tcp_settings(TcpSettings::default().set_nodelay(true));
+    .tcp_settings(TcpSettings::default().set_nodelay(true))
+    // Bounds a request with all its retries and redirects (each attempt
+    // is bounded by its connection's own response timeout): without it
+    // a request the client never answers would wait forever.
+    .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT));
     if url.starts_with("rediss+cluster://") {
         builder = builder.tls(if tls.allow_insecure {
             redis::TlsMode::Insecure
@@ -246,6 +250,10 @@ pub fn manager(client: Client, response_timeout: Duration) -> Result<ConnectionM
 
 /// Default timeout for ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest a request to a Redis Cluster may take with its retries and
+/// redirects (above every blocking read's response timeout).
+const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 static ROUND_TRIPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -341,8 +349,12 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
             ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A plain pipeline to a cluster went to several masters, and
+            // some parts may have run when one failed: the cluster module
+            // resends what was never sent itself, part by part.
+            let whole = !matches!(self.0, Inner::Cluster(..)) || pipeline.is_transaction();
             match self.0.send_many(pipeline, offset, count).await {
-                Err(e) if never_sent(&e) => {
+                Err(e) if whole && never_sent(&e) => {
                     ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.0.send_many(pipeline, offset, count).await
                 }
@@ -395,5 +407,41 @@ impl Conn {
             Inner::Single(_) => vec![items],
             Inner::Cluster(..) => by_slot(items, key),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_url(cluster_url: &str, host: &str, port: u16) -> String {
+        let Ok(Endpoint::Cluster(c)) = endpoint(cluster_url, &TlsConfig::default()) else {
+            panic!("{cluster_url} is a cluster URL");
+        };
+        let client = c.node_client(host, port).expect("a node client");
+        let info = client.get_connection_info();
+        format!(
+            "{:?} {:?} {:?}",
+            info.addr(),
+            info.redis_settings().username(),
+            info.redis_settings().password()
+        )
+    }
+
+    #[test]
+    fn node_clients_keep_the_seeds_credentials_and_scheme() {
+        let url = node_url(
+            "redis+cluster://user:p@ss@seed:7000,seed2:7001",
+            "10.0.0.5",
+            7003,
+        );
+        assert!(url.contains("10.0.0.5") && url.contains("7003"), "{url}");
+        assert!(
+            url.contains("\"user\"") && url.contains("\"p@ss\""),
+            "{url}"
+        );
+        let url = node_url("redis+cluster://seed:7000", "::1", 7004);
+        assert!(url.contains("::1") && url.contains("7004"), "{url}");
+        assert!(url.contains("None None"), "{url}");
     }
 }
