@@ -16,9 +16,10 @@
 //!   speaking plain TCP are refused;
 //! - failover: with a replica per master, the master holding a queue is
 //!   killed (SIGKILL) while a worker drains it; the replica takes over, the
-//!   worker and the enqueuer reconnect by themselves, every task whose
-//!   enqueue was acknowledged succeeds, and the run reports how many ran
-//!   twice.
+//!   worker, the enqueuer and a beat firing into that queue reconnect by
+//!   themselves, every task whose enqueue was acknowledged succeeds, the
+//!   beat's tasks run again after the failover, and the run reports how
+//!   many ran twice.
 //!
 //! The scenarios run as parallel tests, each with its own cluster. Other
 //! suites run some of their scenarios on a cluster as well: kill -9
@@ -32,7 +33,7 @@ use anyhow::Context;
 use serde_json::json;
 use stem_e2e::{
     body_runs, library_producer, poll_until, request, start_enqueuer, start_worker, tls_env,
-    ServiceProcess, TlsMode, SETTLE,
+    wait_log, ServiceProcess, TlsMode, BODY_RUNNING, SETTLE,
 };
 use stem_testkit::{tail_lines, ClusterOptions, RedisCluster};
 
@@ -158,6 +159,29 @@ async fn a_master_failover_loses_no_acknowledged_task() -> anyhow::Result<()> {
     )
     .await?;
     let enq = start_enqueuer(&url, &[]).await?;
+    // A beat firing a greeting every second into the same queue: it must
+    // find the promoted replica by itself too.
+    let dir = tempfile::tempdir()?;
+    let schedule = dir.path().join("schedules.yaml");
+    std::fs::write(
+        &schedule,
+        "entries:\n  - id: failover-tick\n    task: greeting.send\n    queue: greetings\n    \
+         spec: every:1s\n    args: {name: beat-failover, delayMs: 1}\n",
+    )?;
+    let mut beat = ServiceProcess::spawn(
+        "beat",
+        &["--instance-id", "cluster-beat"],
+        &[
+            ("STEM_BROKER_URL", url.clone()),
+            ("STEM_SCHEDULE_FILE", schedule.display().to_string()),
+        ],
+    )?;
+    wait_log(&beat, "became leader", SETTLE).await?;
+    let beat_runs = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains(BODY_RUNNING) && l.contains("name=beat-failover"))
+            .count()
+    };
 
     // Acknowledged enqueues: each answered 200 with a task id.
     let mut ids = Vec::with_capacity(TASKS);
@@ -205,6 +229,14 @@ async fn a_master_failover_loses_no_acknowledged_task() -> anyhow::Result<()> {
             .with_context(|| format!("worker log:\n{}", tail(&worker)))?;
         assert_eq!(status["queue"], "greetings", "{status}");
     }
+    // The beat fires again after the failover, and its task runs.
+    let fired = beat_runs(&worker.logs());
+    poll_until("a beat firing run after the failover", SETTLE, || async {
+        Ok((beat_runs(&worker.logs()) > fired).then_some(()))
+    })
+    .await
+    .with_context(|| format!("beat log:\n{}", tail(&beat)))?;
+    assert!(beat.is_running(), "beat exited: {}", tail(&beat));
     let logs = worker.logs();
     let twice = ids.iter().filter(|id| body_runs(&logs, id) > 1).count();
     let never = ids.iter().filter(|id| body_runs(&logs, id) == 0).count();
