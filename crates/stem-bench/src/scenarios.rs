@@ -143,6 +143,10 @@ impl Rig {
         Ok(rigs)
     }
 
+    fn stem_verifier(&self, keys: &str) -> anyhow::Result<Option<stem::signing::Verifier>> {
+        Ok(config(&self.store.url(), keys)?.keys.verifier())
+    }
+
     /// Empties the store and registers the queues.
     async fn reset(&self) -> anyhow::Result<()> {
         self.store.flushall()?;
@@ -272,14 +276,12 @@ pub async fn enqueue(opts: &Opts) -> anyhow::Result<Report> {
         r.store.flushall()?;
         single_ct.push(one_by_one_current_thread(&r, n)?);
         r.store.flushall()?;
-        let (redis_before, self_before) =
-            (r.store.cpu()?.iter().sum::<f64>(), process_cpu("self")?);
+        let (redis_before, self_before) = (r.store.cpu()?, process_cpu("self")?);
         let t = Instant::now();
         r.fill(n).await?;
         bulk.push(n as f64 / t.elapsed().as_secs_f64());
-        let per10k = 10_000.0 / n as f64;
-        bulk_redis.push((r.store.cpu()?.iter().sum::<f64>() - redis_before) * per10k);
-        bulk_client.push((process_cpu("self")? - self_before) * per10k);
+        bulk_redis.push(r.store.cpu_per_10k(&redis_before, n)?.iter().sum());
+        bulk_client.push((process_cpu("self")? - self_before) * 10_000.0 / n as f64);
         tracing::info!(
             run,
             one_by_one = single[run],
@@ -415,24 +417,18 @@ async fn drain_once(
         }
         (rate, cpu)
     };
-    let per10k = 10_000.0 / n as f64;
-    let redis = r
-        .store
-        .cpu()?
-        .iter()
-        .zip(redis_before)
-        .map(|(after, before)| (after - before) * per10k)
-        .collect();
     Ok(Drained {
         rate,
-        redis,
-        worker: worker_cpu * per10k,
+        redis: r.store.cpu_per_10k(&redis_before, n)?,
+        worker: worker_cpu * 10_000.0 / n as f64,
     })
 }
 
-impl Rig {
-    fn stem_verifier(&self, keys: &str) -> anyhow::Result<Option<stem::signing::Verifier>> {
-        Ok(config(&self.store.url(), keys)?.keys.verifier())
+/// `", N queues"` for figure names when the tasks spread over several.
+fn queues_label(opts: &Opts) -> String {
+    match opts.queues {
+        0 | 1 => String::new(),
+        q => format!(", {q} queues"),
     }
 }
 
@@ -497,10 +493,7 @@ pub async fn drain(opts: &Opts, only: Option<&str>) -> anyhow::Result<Report> {
                 runs.push(d);
             }
         }
-        let queues = match opts.queues {
-            0 | 1 => String::new(),
-            q => format!(", {q} queues"),
-        };
+        let queues = queues_label(opts);
         let label =
             format!("{processes} process(es) × concurrency {concurrency} ({n} tasks{queues})");
         for (r, runs) in rigs.iter().zip(runs) {
@@ -720,14 +713,7 @@ async fn count_once(r: &Rig, n: usize, opts: &Opts) -> anyhow::Result<Counted> {
     handle.await??;
     let trips = (stem::redis_conn::round_trips() - trips_before) as f64 / n as f64;
     let per_task = |count: u64| count as f64 / n as f64;
-    let per10k = 10_000.0 / n as f64;
-    let redis = r
-        .store
-        .cpu()?
-        .iter()
-        .zip(cpu_before)
-        .map(|(after, before)| (after - before) * per10k)
-        .collect();
+    let redis = r.store.cpu_per_10k(&cpu_before, n)?;
     let mut commands = Vec::new();
     let mut breakdown: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for node in r.store.command_calls()? {
@@ -766,10 +752,7 @@ pub async fn cost(opts: &Opts) -> anyhow::Result<Report> {
             runs.push(c);
         }
     }
-    let queues = match opts.queues {
-        0 | 1 => String::new(),
-        q => format!(", {q} queues"),
-    };
+    let queues = queues_label(opts);
     for (r, runs) in rigs.iter().zip(runs) {
         report.add(
             &r.figure(

@@ -82,6 +82,18 @@ impl Store {
         self.nodes()?.into_iter().map(redis_cpu).collect()
     }
 
+    /// CPU seconds each node has used since `before` (a [`Store::cpu`]
+    /// reading) per 10 000 of `tasks` tasks, in node order.
+    pub fn cpu_per_10k(&self, before: &[f64], tasks: usize) -> anyhow::Result<Vec<f64>> {
+        let per10k = 10_000.0 / tasks as f64;
+        Ok(self
+            .cpu()?
+            .iter()
+            .zip(before)
+            .map(|(after, before)| (after - before) * per10k)
+            .collect())
+    }
+
     /// `INFO commandstats` of each node, in node order.
     pub fn command_calls(&self) -> anyhow::Result<Vec<BTreeMap<String, (u64, u64)>>> {
         self.nodes()?.into_iter().map(command_calls).collect()

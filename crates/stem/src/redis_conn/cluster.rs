@@ -126,8 +126,8 @@ type Master = (String, u16);
 /// Which master serves each slot, as `CLUSTER SLOTS` last said.
 #[derive(Debug, Default, PartialEq)]
 struct SlotMap {
-    /// `(first slot, last slot, master's host, port)`, sorted by first slot.
-    ranges: Vec<(u16, u16, String, u16)>,
+    /// `(first slot, last slot, master)`, sorted by first slot.
+    ranges: Vec<(u16, u16, Master)>,
 }
 
 impl SlotMap {
@@ -160,21 +160,21 @@ impl SlotMap {
             let host = text(master.first()?)?;
             let port = int(master.get(1)?)?;
             if !host.is_empty() && host != "?" {
-                ranges.push((first, last, host, port));
+                ranges.push((first, last, (host, port)));
             }
         }
         ranges.sort_by_key(|r| r.0);
         Some(SlotMap { ranges })
     }
 
-    /// The master serving `slot`, by index into `ranges`' addresses.
-    fn master_of(&self, slot: u16) -> Option<(&str, u16)> {
+    /// The master serving `slot`.
+    fn master_of(&self, slot: u16) -> Option<&Master> {
         let at = self
             .ranges
             .partition_point(|r| r.0 <= slot)
             .checked_sub(1)?;
-        let (_, last, host, port) = &self.ranges[at];
-        (slot <= *last).then_some((host.as_str(), *port))
+        let (_, last, master) = &self.ranges[at];
+        (slot <= *last).then_some(master)
     }
 }
 
@@ -198,9 +198,9 @@ impl Slots {
         }
     }
 
-    /// The connection to the master at `host:port` (lazily connected,
-    /// reconnecting by itself, kept for the connection's lifetime).
-    fn master(&self, host: &str, port: u16) -> RedisResult<ConnectionManager> {
+    /// The connection to `master` (lazily connected, reconnecting by
+    /// itself, kept while the master serves slots).
+    fn master(&self, master: &Master) -> RedisResult<ConnectionManager> {
         let fail = |e: crate::error::StemError| {
             redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
@@ -209,13 +209,15 @@ impl Slots {
             ))
         };
         let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
-        let address = (host.to_string(), port);
-        if let Some(conn) = masters.get(&address) {
+        if let Some(conn) = masters.get(master) {
             return Ok(conn.clone());
         }
-        let client = self.endpoint.node_client(host, port).map_err(fail)?;
+        let client = self
+            .endpoint
+            .node_client(&master.0, master.1)
+            .map_err(fail)?;
         let conn = super::manager(client, self.response_timeout).map_err(fail)?;
-        masters.insert(address, conn.clone());
+        masters.insert(master.clone(), conn.clone());
         Ok(conn)
     }
 
@@ -237,8 +239,7 @@ impl Slots {
         // Connections to nodes that serve no slot any more (a demoted
         // master, a removed node) are closed.
         if let Ok(mut masters) = self.masters.lock() {
-            masters
-                .retain(|(host, port), _| map.ranges.iter().any(|r| r.2 == *host && r.3 == *port));
+            masters.retain(|master, _| map.ranges.iter().any(|r| &r.2 == master));
         }
         Some(map)
     }
@@ -294,7 +295,7 @@ pub(super) async fn send(
             .as_deref()
             .zip(slot)
             .and_then(|(m, slot)| m.master_of(slot))
-            .map(|(host, port)| (host.to_string(), port));
+            .cloned();
         match batches
             .iter_mut()
             .find(|(m, _)| master.is_some() && *m == master)
@@ -307,15 +308,12 @@ pub(super) async fn send(
         let conn = conn.clone();
         let cmds = &cmds;
         async move {
-            let Some((host, port)) = master else {
+            let Some(master) = master else {
                 return per_slot(&conn, cmds, &groups).await;
             };
             let members: Vec<usize> = groups.iter().flatten().copied().collect();
-            let mut sub = redis::pipe();
-            for &i in &members {
-                sub.add_command(cmds[i].clone());
-            }
-            let mut master = slots.master(&host, port)?;
+            let sub = sub_pipeline(cmds, &members);
+            let mut master = slots.master(&master)?;
             let mut sent = master.req_packed_commands(&sub, 0, members.len()).await;
             if let Err(e) = &sent {
                 // After a restart the first write meets the dead socket
@@ -366,6 +364,15 @@ pub(super) async fn send(
     Ok(out)
 }
 
+/// The pipeline of `cmds[i]` for each `i` of `members`, in that order.
+fn sub_pipeline(cmds: &[&Cmd], members: &[usize]) -> Pipeline {
+    let mut sub = redis::pipe();
+    for &i in members {
+        sub.add_command(cmds[i].clone());
+    }
+    sub
+}
+
 /// Sends each group of `cmds` (one slot each) as a pipeline of its own
 /// through the client's routing, which follows redirects; all at once.
 async fn per_slot(
@@ -375,10 +382,7 @@ async fn per_slot(
 ) -> RedisResult<Vec<(usize, Value)>> {
     use redis::aio::ConnectionLike;
     let sends = groups.iter().map(|members| {
-        let mut sub = redis::pipe();
-        for &i in members {
-            sub.add_command(cmds[i].clone());
-        }
+        let sub = sub_pipeline(cmds, members);
         let mut conn = conn.clone();
         async move {
             let replies = conn.req_packed_commands(&sub, 0, sub.len()).await?;
@@ -440,10 +444,11 @@ mod tests {
             range(5461, 10922, node("?", 7001)),
         ]);
         let map = SlotMap::parse(&reply).expect("a CLUSTER SLOTS reply");
-        assert_eq!(map.master_of(0), Some(("127.0.0.1", 7000)));
-        assert_eq!(map.master_of(5460), Some(("127.0.0.1", 7000)));
+        let master = |port| Some(("127.0.0.1".to_string(), port));
+        assert_eq!(map.master_of(0).cloned(), master(7000));
+        assert_eq!(map.master_of(5460).cloned(), master(7000));
         assert_eq!(map.master_of(5461), None, "unusable address");
-        assert_eq!(map.master_of(16383), Some(("127.0.0.1", 7002)));
+        assert_eq!(map.master_of(16383).cloned(), master(7002));
         assert_eq!(SlotMap::parse(&Value::Nil), None);
     }
 }
