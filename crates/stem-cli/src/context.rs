@@ -8,7 +8,7 @@
 use stem::client::Stem;
 use stem::config::{StemConfig, StoreUrl};
 use stem::schedule::ScheduleStores;
-use stem_service::config_or_exit;
+use stem_service::stem_config_or_exit;
 
 use crate::fail::{fail, Exit};
 
@@ -29,7 +29,7 @@ impl Ctx {
     /// Reads `STEM_*`; exits 78 with one line naming the variable when a
     /// value is invalid.
     pub fn load() -> Self {
-        let config = config_or_exit(StemConfig::from_env());
+        let config = stem_config_or_exit(StemConfig::from_env());
         let urls = [
             ("broker", &config.broker_url),
             ("backend", &config.result_backend_url),

@@ -67,7 +67,7 @@ fn dev_schedule_file(config: &StemConfig) -> Option<PathBuf> {
 
 pub async fn run(args: DevArgs) -> i32 {
     stem_service::logging::init_logging(stem_service::logging::log_format_from_env(), "info");
-    let config = config_or_exit(dev_config());
+    let config = stem_service::stem_config_or_exit(dev_config());
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
     let shutdown = shutdown_token();
     // One process, one port: the composed services export no metrics of
@@ -119,7 +119,8 @@ pub async fn run(args: DevArgs) -> i32 {
         .flag("PORT", Some(args.port))
         .flag("DASHBOARD_PORT", Some(args.dashboard_port));
     let settings = config_or_exit(enqueuer::EnqueuerConfig::from_lookup(&env));
-    let board = config_or_exit(dashboard::DashboardConfig::from_lookup(&env));
+    let mut board = config_or_exit(dashboard::DashboardConfig::from_lookup(&env));
+    board.demo_keys = config.keys.uses_demo_keys();
     let board_url = format!("http://{}:{}{}/", board.host, board.port, board.base_path);
     let ui = tokio::spawn({
         let state = dashboard::AppState::new(stem.clone(), schedules, board);

@@ -99,6 +99,24 @@ impl Reply {
         Ok(&self.json)
     }
 
+    /// Reads `resp` whole.
+    pub async fn of(resp: reqwest::Response) -> anyhow::Result<Reply> {
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await.context("reading the response body")?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            content_type,
+            text,
+            json,
+        })
+    }
+
     /// The `"error"` sentence of a JSON error reply.
     pub fn error_message(&self) -> anyhow::Result<&str> {
         self.expect_json()?
@@ -144,20 +162,7 @@ impl Api {
     }
 
     async fn reply(resp: reqwest::Response) -> anyhow::Result<Reply> {
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let text = resp.text().await.context("reading the response body")?;
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            content_type,
-            text,
-            json,
-        })
+        Reply::of(resp).await
     }
 
     /// `GET path`.

@@ -609,3 +609,140 @@ async fn failure_counters_count_what_happened() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A process's environment, as the start helpers take it.
+type Env = Vec<(&'static str, String)>;
+
+/// The `STEM_SIGNING_*` (and `STEM_ALLOW_DEMO_KEYS`) lines of a `.env`
+/// text, as a process's environment (names leaked: the start helpers take
+/// `&'static str`, and a test makes a handful).
+fn signing_lines(text: &str) -> Vec<(&'static str, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("STEM_SIGNING_") || *k == "STEM_ALLOW_DEMO_KEYS")
+        .map(|(k, v)| (&*Box::leak(k.to_string().into_boxed_str()), v.to_string()))
+        .collect()
+}
+
+/// A shipped profile's signing lines, read from the repository.
+fn profile(name: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name);
+    Ok(signing_lines(&std::fs::read_to_string(path)?))
+}
+
+/// What a worker of the compose stack holds: no private key.
+fn verify_only(env: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    env.iter()
+        .filter(|(k, _)| *k != "STEM_SIGNING_PRIVATE_KEYS")
+        .cloned()
+        .collect()
+}
+
+/// The placeholder keys shipped in the `.env` profiles are public: every
+/// service refuses them (exit 78 naming the variable) unless
+/// `STEM_ALLOW_DEMO_KEYS` is on, the workers' public-key-only view of the
+/// Ed25519 profile included.
+#[test]
+fn placeholder_keys_exit_78_without_the_opt_in() -> anyhow::Result<()> {
+    for name in [".env.hmac", ".env.ed25519_tls"] {
+        let mut env = profile(name)?;
+        assert!(
+            env.iter()
+                .any(|(k, v)| *k == "STEM_ALLOW_DEMO_KEYS" && v == "true"),
+            "{name} opts in, with its comment"
+        );
+        env.retain(|(k, _)| *k != "STEM_ALLOW_DEMO_KEYS");
+        let worker_env = verify_only(&env);
+        let cases: [(&str, &Env, &str); 4] = [
+            ("enqueuer", &env, "PORT"),
+            ("dashboard", &env, "DASHBOARD_PORT"),
+            ("beat", &env, "STEM_BEAT_HEALTH_PORT"),
+            ("worker", &worker_env, "STEM_WORKER_HEALTH_PORT"),
+        ];
+        for (bin, signing, port_var) in cases {
+            let mut envs: Vec<(&str, String)> = signing.to_vec();
+            envs.push((port_var, free_port().to_string()));
+            let mut p = ServiceProcess::spawn(bin, &[], &envs)?;
+            let code = p.wait_exit(Duration::from_secs(15))?;
+            let logs = p.logs();
+            assert_eq!(code, Some(78), "{bin} on {name}'s keys: {logs}");
+            let line = logs
+                .lines()
+                .find(|l| l.contains("configuration error"))
+                .unwrap_or_default();
+            assert!(
+                line.contains("STEM_SIGNING_") && line.contains("placeholder"),
+                "{bin} on {name}: the error names the variable: {logs}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// With `STEM_ALLOW_DEMO_KEYS=true` (as the shipped profiles set it) the
+/// services run on the placeholder keys and warn at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholder_keys_run_and_warn_with_the_opt_in() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let env = profile(".env.hmac")?;
+    let worker = start_worker(&redis.url(), "demo-keys", "greetings", &verify_only(&env)).await?;
+    let enq = start_enqueuer(&redis.url(), &env).await?;
+    enq.api
+        .enqueue_succeeded(json!({"name": "Ada", "delayMs": 1}))
+        .await?;
+    for (what, logs) in [("worker", worker.logs()), ("enqueuer", enq.process.logs())] {
+        assert!(
+            logs.contains("STEM_ALLOW_DEMO_KEYS is on"),
+            "{what} warns at start: {logs}"
+        );
+    }
+    Ok(())
+}
+
+/// `stem keys hmac|ed25519` print `.env` lines: pasted in place of a
+/// profile's placeholders (and its opt-in removed), a producer signs with
+/// them and a worker (the Ed25519 one holding only the public key)
+/// verifies them, with no demo-key warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stem_keys_output_pasted_into_env_just_works() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    for kind in ["hmac", "ed25519"] {
+        let out = stem_e2e::Stem::new("").run(&["keys", kind])?;
+        assert_eq!(out.code, Some(0), "stem keys {kind}: {}", out.stderr);
+        let env = signing_lines(&out.stdout);
+        assert!(
+            env.iter().any(|(k, _)| *k == "STEM_SIGNING_ACTIVE_KEY"),
+            "{}",
+            out.stdout
+        );
+        let queue = if kind == "hmac" {
+            "greetings"
+        } else {
+            "billing"
+        };
+        let worker = start_worker(
+            &redis.url(),
+            &format!("keys-{kind}"),
+            queue,
+            &verify_only(&env),
+        )
+        .await?;
+        let enq = start_enqueuer(&redis.url(), &env).await?;
+        let task = if kind == "hmac" {
+            "greeting.send"
+        } else {
+            "billing.charge"
+        };
+        enq.api
+            .enqueue_succeeded(json!({"task": task, "name": "Ada", "delayMs": 1}))
+            .await?;
+        for logs in [worker.logs(), enq.process.logs()] {
+            assert!(!logs.contains("STEM_ALLOW_DEMO_KEYS"), "{logs}");
+        }
+    }
+    Ok(())
+}

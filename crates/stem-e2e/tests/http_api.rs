@@ -285,6 +285,59 @@ async fn errors_are_json_with_the_documented_status() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A web page can send a cross-site `POST` without a CORS preflight only
+/// as `text/plain`, a form or multipart: the API refuses every body not
+/// declared `application/json` (415), and an empty one (400), enqueueing
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_declared_json_bodies_are_enqueued() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let enq = start_enqueuer(&redis.url(), &[]).await?;
+    let http = stem_e2e::http_client();
+    let keys_before = redis.cli(&["DBSIZE"])?;
+    let body = r#"{"name": "from-a-web-page"}"#;
+    for path in ["/enqueue", "/group"] {
+        let url = format!("{}{path}", enq.api.base());
+        for content_type in [
+            Some("text/plain"),
+            Some("text/plain;charset=UTF-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            None,
+        ] {
+            let mut request = http.post(&url).body(body);
+            if let Some(ct) = content_type {
+                request = request.header("content-type", ct);
+            }
+            let r = stem_e2e::Reply::of(request.send().await?).await?;
+            let what = format!("POST {path} as {content_type:?}");
+            expect_error(r, 415, &what);
+        }
+        for empty in ["", "  \n"] {
+            let r = enq.api.post_raw(path, empty.as_bytes().to_vec()).await?;
+            let body = expect_error(r, 400, &format!("POST {path} with {empty:?}"));
+            assert!(
+                body["error"].as_str().unwrap_or_default().contains("empty"),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(
+        redis.cli(&["DBSIZE"])?,
+        keys_before,
+        "a refused request wrote to Redis"
+    );
+    // Parameters are allowed: JSON with a charset is enqueued.
+    let r = http
+        .post(format!("{}/enqueue", enq.api.base()))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_returns_the_first_task() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;

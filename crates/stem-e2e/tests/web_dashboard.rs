@@ -13,11 +13,27 @@ use stem_e2e::{
     Dashboard, RedisServer, ServiceProcess, Stem,
 };
 
-/// A client that does not follow redirects, so a 303 can be checked.
+/// The session cookie every request of these tests carries, as a browser
+/// keeps the one the dashboard set: the CSRF tokens its pages carry are
+/// made for it (any well-formed value serves).
+const SESSION: &str = "stem_csrf=c2Vzc2lvbi1jb29raWUtb2YtdGhlLWUyZS10ZXN0cyE";
+
+/// A client that does not follow redirects, so a 303 can be checked, and
+/// holds the session cookie.
 fn client() -> reqwest::Client {
+    client_with(Some(SESSION))
+}
+
+/// A client holding `cookie` (none: a browser on its first visit).
+fn client_with(cookie: Option<&str>) -> reqwest::Client {
     stem::redis_conn::install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(c) = cookie {
+        headers.insert(reqwest::header::COOKIE, c.parse().expect("cookie"));
+    }
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
         .build()
         .expect("client")
 }
@@ -719,5 +735,230 @@ async fn an_invalid_setting_exits_78_naming_it() -> anyhow::Result<()> {
         };
         assert!(logs.contains(named), "{key}={value}: {logs}");
     }
+    Ok(())
+}
+
+/// Whether the queue page shows `queue` active (not paused).
+async fn is_active(dash: &Dashboard, queue: &str) -> anyhow::Result<bool> {
+    let (_, page) = get(dash, &format!("/queues/{queue}")).await?;
+    Ok(page.contains(r#"<span class="value">active</span>"#))
+}
+
+/// A DNS-rebinding page reaches the dashboard under the attacker's host
+/// name; a cross-site page posts with its own `Origin`; a stolen token
+/// comes without its session cookie. Each is refused (403) and changes
+/// nothing; pages under a foreign host carry no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_hosts_origins_and_sessions_change_nothing() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let _worker = start_worker(&url, "guard-worker", "greetings", &[]).await?;
+    let dash = start_dashboard(
+        &url,
+        &[("DASHBOARD_ALLOWED_HOSTS", "ops.example".to_string())],
+    )
+    .await?;
+    let foreign = format!("attacker.example:{}", dash.port);
+
+    // A first visit gets a session cookie no script or other site sees.
+    let r = client_with(None).get(dash.url("/")).send().await?;
+    let set = r.headers()["set-cookie"].to_str()?.to_string();
+    assert!(set.starts_with("stem_csrf="), "{set}");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{attr} in {set}");
+    }
+
+    // Under a foreign host: no page, no token, no stream; health answers.
+    for path in ["/", "/queues", "/events", "/assets/turbo.js"] {
+        let r = client()
+            .get(dash.url(path))
+            .header("host", &foreign)
+            .send()
+            .await?;
+        assert_eq!(r.status(), 403, "{path} under {foreign}");
+        let body = r.text().await?;
+        assert!(!body.contains("csrf-token"), "{body}");
+        assert!(body.contains("DASHBOARD_ALLOWED_HOSTS"), "{body}");
+    }
+    let r = client()
+        .get(dash.url("/healthz"))
+        .header("host", &foreign)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+
+    let token = csrf_of(&get(&dash, "/queues").await?.1)?;
+    let pause = dash.url("/queues/greetings/pause");
+    let form = serde_urlencoded::to_string([("csrf_token", token.as_str())])?;
+    let attempt = |host: Option<&str>, headers: &[(&str, &str)], cookie: Option<&str>| {
+        let mut r = client_with(cookie)
+            .post(&pause)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone());
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    let cases: Vec<(&str, reqwest::Response)> = vec![
+        (
+            "a foreign Host",
+            attempt(Some(&foreign), &[], Some(SESSION)).await?,
+        ),
+        (
+            "another site's Origin",
+            attempt(
+                None,
+                &[("origin", "http://attacker.example")],
+                Some(SESSION),
+            )
+            .await?,
+        ),
+        (
+            "another port's Origin",
+            attempt(None, &[("origin", "http://127.0.0.1:1")], Some(SESSION)).await?,
+        ),
+        (
+            "Origin null",
+            attempt(None, &[("origin", "null")], Some(SESSION)).await?,
+        ),
+        (
+            "Sec-Fetch-Site cross-site",
+            attempt(None, &[("sec-fetch-site", "cross-site")], Some(SESSION)).await?,
+        ),
+        ("no session cookie", attempt(None, &[], None).await?),
+        (
+            "another session's cookie",
+            attempt(
+                None,
+                &[],
+                Some("stem_csrf=b3RoZXItc2Vzc2lvbi1jb29raWUtb2YtdGhlLXRlc3RzIQ"),
+            )
+            .await?,
+        ),
+    ];
+    for (what, r) in cases {
+        assert_eq!(r.status(), 403, "{what}");
+        assert!(
+            is_active(&dash, "greetings").await?,
+            "{what} changed the queue"
+        );
+    }
+
+    // The same page's action, same origin (Origin with the port), acts.
+    let origin = format!("http://127.0.0.1:{}", dash.port);
+    let r = attempt(
+        None,
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        Some(SESSION),
+    )
+    .await?;
+    assert_eq!(r.status(), 303);
+    wait_page(
+        &dash,
+        "/queues/greetings",
+        r#"<span class="value">paused</span>"#,
+    )
+    .await?;
+
+    // An allowed name serves pages and takes its own page's actions.
+    let named = format!("ops.example:{}", dash.port);
+    let page = client()
+        .get(dash.url("/queues"))
+        .header("host", &named)
+        .send()
+        .await?;
+    assert_eq!(page.status(), 200);
+    let token = csrf_of(&page.text().await?)?;
+    let r = client()
+        .post(dash.url("/queues/greetings/resume"))
+        .header("host", &named)
+        .header("origin", format!("http://{named}"))
+        .header("x-csrf-token", &token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 303);
+    wait_page(
+        &dash,
+        "/queues/greetings",
+        r#"<span class="value">active</span>"#,
+    )
+    .await?;
+    Ok(())
+}
+
+/// An open page holds an event stream that never ends by itself: SIGTERM
+/// ends every stream, and the dashboard exits 0 within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_open_pages_exits_0_within_two_seconds() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let mut dash = start_dashboard(&redis.url(), &[]).await?;
+    let mut streams = Vec::new();
+    for path in ["/events", "/events?list=tasks"] {
+        let mut r = client().get(dash.url(path)).send().await?;
+        assert_eq!(r.status(), 200);
+        // Connected and served: the first picture arrives.
+        stream_until(&mut r, "<turbo-stream", Duration::from_secs(5)).await?;
+        streams.push(r);
+    }
+    let began = std::time::Instant::now();
+    dash.process.sigterm()?;
+    let code = dash.process.wait_exit(Duration::from_secs(2))?;
+    assert_eq!(
+        code,
+        Some(0),
+        "exit within 2 s with pages open: {}",
+        dash.process.logs()
+    );
+    assert!(began.elapsed() < Duration::from_secs(2));
+    // The streams were ended by the server, not left hanging.
+    for mut r in streams {
+        let ended = tokio::time::timeout(Duration::from_secs(2), async {
+            while r.chunk().await.ok().flatten().is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream ended with the process");
+    }
+    Ok(())
+}
+
+/// Streams naming ids that have no status take none of the poller's
+/// watched places: after 100 of them, a real task's page still follows
+/// its task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_task_streams_do_not_crowd_out_a_real_task_page() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let _worker = start_worker(&url, "junk-worker", "greetings", &[]).await?;
+    let enq = start_enqueuer(&url, &[]).await?;
+    let dash = start_dashboard(&url, &[]).await?;
+    let mut junk = Vec::new();
+    for _ in 0..100 {
+        let id = stem::envelope::new_task_id();
+        let r = client()
+            .get(dash.url(&format!("/events?task={id}")))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        junk.push(r);
+    }
+    let id = enq
+        .api
+        .enqueue(json!({"name": "Real", "delayMs": 1500}))
+        .await?;
+    let mut mine = client()
+        .get(dash.url(&format!("/events?task={id}")))
+        .send()
+        .await?;
+    stream_until(
+        &mut mine,
+        &format!(r#"<turbo-stream action="replace" target="task-{id}">"#),
+        Duration::from_secs(10),
+    )
+    .await?;
+    drop(junk);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Exit codes (sysexits, as the README lists them) and configuration
 //! errors as one line plus exit 78.
 
+use stem::config::StemConfig;
 use stem::StemError;
 
 /// Exit code for invalid configuration (sysexits `EX_CONFIG`).
@@ -25,5 +26,28 @@ pub fn config_or_exit<T>(result: Result<T, StemError>) -> T {
             eprintln!("configuration error: {e}");
             std::process::exit(EXIT_CONFIG);
         }
+    }
+}
+
+/// The library's configuration, or exit 78 as [`config_or_exit`]; a
+/// configuration on the shipped placeholder keys (allowed by
+/// `STEM_ALLOW_DEMO_KEYS`) is logged as a warning, so every start of a
+/// service says so.
+pub fn stem_config_or_exit(result: Result<StemConfig, StemError>) -> StemConfig {
+    let config = config_or_exit(result);
+    warn_demo_keys(&config);
+    config
+}
+
+/// Logs a warning when `config` signs or verifies with the placeholder
+/// keys of the shipped `.env` profiles.
+pub fn warn_demo_keys(config: &StemConfig) {
+    if config.keys.uses_demo_keys() {
+        tracing::warn!(
+            "STEM_ALLOW_DEMO_KEYS is on and the placeholder signing keys of the shipped .env \
+             profiles are in use: anyone who has read the repository can sign tasks these \
+             workers run. Make real keys with `stem keys hmac` or `stem keys ed25519` and \
+             remove STEM_ALLOW_DEMO_KEYS before exposing anything"
+        );
     }
 }

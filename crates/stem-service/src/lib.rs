@@ -21,5 +21,5 @@ pub mod logging;
 pub mod metrics;
 mod signal;
 
-pub use exit::config_or_exit;
+pub use exit::{config_or_exit, stem_config_or_exit};
 pub use signal::shutdown_token;

@@ -46,6 +46,54 @@ struct Material {
     public: BTreeMap<String, VerifyingKey>,
     private: BTreeMap<String, SigningKey>,
     active: Option<String>,
+    /// The placeholder keys of the shipped `.env` profiles are configured,
+    /// with `STEM_ALLOW_DEMO_KEYS` (without it they are refused).
+    demo: bool,
+}
+
+/// What every placeholder secret of the shipped `.env` profiles starts
+/// with once decoded (`REPLACE-ME-run-stem-keys-…`): public in the
+/// repository, so anyone could sign with it.
+const PLACEHOLDER_PREFIX: &[u8] = b"REPLACE-ME";
+
+/// The Ed25519 seed the shipped profiles carry; its public key (which a
+/// worker holds alone) is recognised by deriving it.
+const PLACEHOLDER_ED25519_SEED: &[u8; 32] = b"REPLACE-ME-run-stem-keys-ed25519";
+
+/// The variable allowing the placeholder keys (for a demo on one machine).
+pub const ALLOW_DEMO_KEYS: &str = "STEM_ALLOW_DEMO_KEYS";
+
+/// The first placeholder among `keys` (secrets or seeds), by id.
+fn placeholder(
+    keys: &[(String, Vec<u8>)],
+    is_placeholder: impl Fn(&[u8]) -> bool,
+) -> Option<&str> {
+    keys.iter()
+        .find(|(_, bytes)| is_placeholder(bytes))
+        .map(|(id, _)| id.as_str())
+}
+
+/// `Ok(true)` when `id` (a placeholder key of `variable`) is allowed
+/// because `allow` is set, `Ok(false)` without a placeholder, and the
+/// configuration error naming `variable` otherwise.
+fn allow_placeholder(variable: &str, id: Option<&str>, allow: bool) -> Result<bool> {
+    let Some(id) = id else { return Ok(false) };
+    if allow {
+        return Ok(true);
+    }
+    let kind = if variable == "STEM_SIGNING_KEYS" {
+        "hmac"
+    } else {
+        "ed25519"
+    };
+    Err(StemError::config(
+        variable,
+        format!(
+            "key {id:?} is the placeholder shipped in the .env profiles, public in the \
+             repository: make a real key with `stem keys {kind}` (or set \
+             {ALLOW_DEMO_KEYS}=true for a demo nobody else can reach)"
+        ),
+    ))
 }
 
 /// Every configured key, by id. Cheap to clone.
@@ -60,6 +108,7 @@ impl Default for KeyRing {
             public: BTreeMap::new(),
             private: BTreeMap::new(),
             active: None,
+            demo: false,
         }))
     }
 }
@@ -153,11 +202,16 @@ impl KeyRing {
             public: BTreeMap::new(),
             private: BTreeMap::new(),
             active: active.clone(),
+            demo: false,
         };
+        let allow_demo = crate::env::bool_var(env, ALLOW_DEMO_KEYS, false)?;
         match algorithm {
             Algorithm::HmacSha256 => {
                 if let Some(raw) = get("STEM_SIGNING_KEYS") {
-                    m.hmac = parse_list("STEM_SIGNING_KEYS", &raw, None)?
+                    let keys = parse_list("STEM_SIGNING_KEYS", &raw, None)?;
+                    let shipped = placeholder(&keys, |k| k.starts_with(PLACEHOLDER_PREFIX));
+                    m.demo |= allow_placeholder("STEM_SIGNING_KEYS", shipped, allow_demo)?;
+                    m.hmac = keys
                         .into_iter()
                         .map(|(id, secret)| {
                             (id, ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
@@ -175,7 +229,12 @@ impl KeyRing {
             }
             Algorithm::Ed25519 => {
                 if let Some(raw) = get("STEM_SIGNING_PUBLIC_KEYS") {
-                    for (id, bytes) in parse_list("STEM_SIGNING_PUBLIC_KEYS", &raw, Some(32))? {
+                    let keys = parse_list("STEM_SIGNING_PUBLIC_KEYS", &raw, Some(32))?;
+                    let shipped_public =
+                        SigningKey::from_bytes(PLACEHOLDER_ED25519_SEED).verifying_key();
+                    let shipped = placeholder(&keys, |k| k == shipped_public.as_bytes());
+                    m.demo |= allow_placeholder("STEM_SIGNING_PUBLIC_KEYS", shipped, allow_demo)?;
+                    for (id, bytes) in keys {
                         let key = VerifyingKey::from_bytes(&as_32(&bytes)).map_err(|_| {
                             StemError::config(
                                 "STEM_SIGNING_PUBLIC_KEYS",
@@ -186,7 +245,10 @@ impl KeyRing {
                     }
                 }
                 if let Some(raw) = get("STEM_SIGNING_PRIVATE_KEYS") {
-                    for (id, bytes) in parse_list("STEM_SIGNING_PRIVATE_KEYS", &raw, Some(32))? {
+                    let keys = parse_list("STEM_SIGNING_PRIVATE_KEYS", &raw, Some(32))?;
+                    let shipped = placeholder(&keys, |k| k.starts_with(PLACEHOLDER_PREFIX));
+                    m.demo |= allow_placeholder("STEM_SIGNING_PRIVATE_KEYS", shipped, allow_demo)?;
+                    for (id, bytes) in keys {
                         let key = SigningKey::from_bytes(&as_32(&bytes));
                         m.public
                             .entry(id.clone())
@@ -210,6 +272,13 @@ impl KeyRing {
             }
         }
         Ok(KeyRing(Arc::new(m)))
+    }
+
+    /// True when the placeholder keys of the shipped `.env` profiles are
+    /// configured (allowed by `STEM_ALLOW_DEMO_KEYS`): a service says so at
+    /// start, the dashboard on every page.
+    pub fn uses_demo_keys(&self) -> bool {
+        self.0.demo
     }
 
     /// The configured algorithm.
@@ -383,6 +452,53 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         KeyRing::from_lookup(&move |k: &str| map.get(k).cloned())
+    }
+
+    /// The keys of every shipped `.env` profile, read from the files: each
+    /// is refused naming its variable unless `STEM_ALLOW_DEMO_KEYS` is on;
+    /// the workers' view of the Ed25519 profile (public key only) too.
+    #[test]
+    fn the_shipped_placeholder_keys_are_refused_without_the_opt_in() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for profile in [
+            ".env.example",
+            ".env.hmac",
+            ".env.hmac_tls",
+            ".env.ed25519_tls",
+        ] {
+            let text = std::fs::read_to_string(root.join(profile)).expect(profile);
+            let vars: Vec<(String, String)> = text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| k.starts_with("STEM_SIGNING_"))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let pairs: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let worker: Vec<(&str, &str)> = pairs
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "STEM_SIGNING_PRIVATE_KEYS")
+                .collect();
+            for env in [&pairs, &worker] {
+                let refused = ring(env).map(drop).expect_err(profile).to_string();
+                assert!(refused.contains("placeholder"), "{profile}: {refused}");
+                assert!(refused.starts_with("STEM_SIGNING_"), "{profile}: {refused}");
+                let mut allowed = env.clone();
+                allowed.push((ALLOW_DEMO_KEYS, "true"));
+                assert!(ring(&allowed).expect(profile).uses_demo_keys(), "{profile}");
+            }
+        }
+        // Real keys are no demo keys.
+        let real = ring(&[
+            (
+                "STEM_SIGNING_KEYS",
+                &format!("k:{}", generate_hmac_secret()),
+            ),
+            ("STEM_SIGNING_ACTIVE_KEY", "k"),
+        ])
+        .expect("real key");
+        assert!(!real.uses_demo_keys());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use clap::Parser;
 use stem::client::Stem;
 use stem::config::{port_var, FlagsOverEnv, StemConfig};
 use stem::schedule::{BeatConfig, ScheduleStores};
-use stem_service::{config_or_exit, shutdown_token};
+use stem_service::{config_or_exit, shutdown_token, stem_config_or_exit};
 
 /// Stem beat: fires schedule entries into their queues.
 #[derive(Parser, Debug)]
@@ -50,7 +50,7 @@ async fn main() {
             args.schedule_file.as_ref().map(|f| f.display()),
         )
         .flag("STEM_BEAT_HEALTH_PORT", args.health_port);
-    let config = config_or_exit(StemConfig::from_lookup(&env));
+    let config = stem_config_or_exit(StemConfig::from_lookup(&env));
     let health_port = config_or_exit(port_var(&env, "STEM_BEAT_HEALTH_PORT"));
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
     let mut opts = BeatConfig {

@@ -1,9 +1,9 @@
-//! The actions (POST routes of CONTRACT §8). Each is refused with 403 and
-//! changes nothing without the CSRF token or in read-only mode; otherwise
-//! it goes through the library's typed admin, control or schedule API and
-//! answers `303 See Other` to the page it came from (its `Referer`, when
-//! that is a page of this dashboard) with a `notice` saying what happened,
-//! which the page shows.
+//! The actions (POST routes of CONTRACT §8), plain handlers: what may act
+//! at all (CSRF token, origin, read-only) is decided before them by
+//! [`crate::guard`]. Each goes through the library's typed admin, control
+//! or schedule API and answers `303 See Other` to the page it came from
+//! (its `Referer`, when that is a page of this dashboard) with a `notice`
+//! saying what happened, which the page shows.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,12 +16,11 @@ use chrono::Utc;
 use serde_json::Value;
 use stem::client::{EnqueueOptions, EnqueueRequest};
 
-use crate::auth::check_action;
 use crate::AppState;
 
 /// An action's form fields. Unlike axum's `Form`, a missing or malformed
-/// body is no error here but no fields: the request then fails the CSRF
-/// check (403, nothing changed) instead of answering 415 or 422.
+/// body is no error here but no fields (the guard has let it through on
+/// its `X-CSRF-Token` header): each action then says what is missing.
 pub struct Fields(HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequest<S> for Fields {
@@ -63,14 +62,23 @@ fn back(st: &AppState, headers: &HeaderMap, fallback: &str, notice: &str) -> Res
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
-/// The path and query of `referer` when it names this host.
+/// The path and query of `referer` when it names this host. Only the
+/// host names are compared: a proxy may forward `Host` without the port
+/// the browser used (nginx's `$host`), and the guard has already checked
+/// where the action came from.
 fn local_path(referer: &str, headers: &HeaderMap) -> Option<String> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
     let rest = referer
         .strip_prefix("http://")
         .or_else(|| referer.strip_prefix("https://"))?;
     let (authority, path) = rest.split_at(rest.find('/')?);
-    (authority == host && !path.starts_with("//")).then(|| path.to_string())
+    let name = |a: &str| {
+        a.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(a, |(name, _)| name)
+            .to_ascii_lowercase()
+    };
+    (name(authority) == name(host) && !path.starts_with("//")).then(|| path.to_string())
 }
 
 /// What an action reports when the store failed under it.
@@ -79,23 +87,12 @@ fn failed(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what} failed: {e}")
 }
 
-/// Runs `work` when the request may act (CSRF token, not read-only) and
-/// answers 303 back with the notice it returns; 403 and nothing done
-/// otherwise.
-async fn act<Fut>(
-    st: &AppState,
-    headers: &HeaderMap,
-    fields: &HashMap<String, String>,
-    fallback: &str,
-    work: impl FnOnce() -> Fut,
-) -> Response
+/// Runs `work` and answers 303 back with the notice it returns.
+async fn act<Fut>(st: &AppState, headers: &HeaderMap, fallback: &str, work: Fut) -> Response
 where
     Fut: std::future::Future<Output = String>,
 {
-    if let Err(refused) = check_action(st, headers, fields) {
-        return refused.into_response();
-    }
-    let notice = work().await;
+    let notice = work.await;
     back(st, headers, fallback, &notice)
 }
 
@@ -105,7 +102,7 @@ pub async fn enqueue(
     headers: HeaderMap,
     Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/tasks", || async {
+    act(&st, &headers, "/tasks", async {
         let request = match request_of(&f) {
             Ok(r) => r,
             Err(problem) => return problem,
@@ -159,7 +156,6 @@ pub async fn revoke(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
     // A task id is a UUID, safe in a path; anything else goes back to the list.
     let page = if stem::envelope::is_task_id(&id) {
@@ -167,7 +163,7 @@ pub async fn revoke(
     } else {
         "/tasks".to_string()
     };
-    act(&st, &headers, &f, &page, || async {
+    act(&st, &headers, &page, async {
         match st.stem().revoke(&id, "revoked from the dashboard").await {
             Ok(None) => format!("No task with id {id}"),
             Ok(Some(before)) if before.state.is_terminal() => {
@@ -198,9 +194,8 @@ pub async fn replay(
     State(st): State<AppState>,
     Path((queue, entry)): Path<(String, String)>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/dead-letters", || async {
+    act(&st, &headers, "/dead-letters", async {
         let replayed = async {
             match st.stem().admin().get_dead_letter(&queue, &entry).await? {
                 Some(letter) => st.stem().replay_dead_letter(&queue, &letter).await,
@@ -225,9 +220,8 @@ pub async fn replay_all(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/dead-letters", || async {
+    act(&st, &headers, "/dead-letters", async {
         match st.stem().replay_dead_letters(&queue, REPLAY_ALL_MAX).await {
             Ok(r) if r.skipped.is_empty() => {
                 format!("Replayed {} dead letters of {queue}", r.replayed.len())
@@ -248,9 +242,8 @@ pub async fn purge(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/queues", || async {
+    act(&st, &headers, "/queues", async {
         match st.stem().admin().purge(&queue).await {
             Ok(n) => format!("Purged {n} tasks from {queue}"),
             Err(e) => failed("purge", e),
@@ -264,12 +257,8 @@ pub async fn pause(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/queues", || {
-        set_paused(&st, &queue, true)
-    })
-    .await
+    act(&st, &headers, "/queues", set_paused(&st, &queue, true)).await
 }
 
 /// `POST /queues/{queue}/resume`.
@@ -277,12 +266,8 @@ pub async fn resume(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/queues", || {
-        set_paused(&st, &queue, false)
-    })
-    .await
+    act(&st, &headers, "/queues", set_paused(&st, &queue, false)).await
 }
 
 async fn set_paused(st: &AppState, queue: &str, paused: bool) -> String {
@@ -309,9 +294,8 @@ pub async fn ping(
     State(st): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/workers", || async {
+    act(&st, &headers, "/workers", async {
         let began = std::time::Instant::now();
         let to = st.stem().workers().only(std::slice::from_ref(&name));
         match to.timeout(REPLY_WAIT).ping().await {
@@ -331,9 +315,8 @@ pub async fn shutdown(
     State(st): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/workers", || async {
+    act(&st, &headers, "/workers", async {
         let to = st.stem().workers().only(std::slice::from_ref(&name));
         match to.timeout(REPLY_WAIT).shutdown().await {
             Ok(ex) if ex.answered().next().is_some() => format!("{name} is shutting down"),
@@ -353,12 +336,8 @@ pub async fn enable_schedule(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/schedules", || {
-        set_enabled(&st, &id, true)
-    })
-    .await
+    act(&st, &headers, "/schedules", set_enabled(&st, &id, true)).await
 }
 
 /// `POST /schedules/{id}/disable`.
@@ -366,12 +345,8 @@ pub async fn disable_schedule(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Fields(f): Fields,
 ) -> Response {
-    act(&st, &headers, &f, "/schedules", || {
-        set_enabled(&st, &id, false)
-    })
-    .await
+    act(&st, &headers, "/schedules", set_enabled(&st, &id, false)).await
 }
 
 async fn set_enabled(st: &AppState, id: &str, enabled: bool) -> String {

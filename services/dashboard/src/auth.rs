@@ -1,24 +1,18 @@
-//! Who may see and act: HTTP basic auth on every route but the health
-//! checks (`DASHBOARD_USERNAME`/`DASHBOARD_PASSWORD`), the CSRF token
-//! every action must send back, the read-only switch, and the headers
-//! every answer carries (CSP `default-src 'self'`: the pages run no inline
+//! Who may see: HTTP basic auth on every route but the health checks
+//! (`DASHBOARD_USERNAME`/`DASHBOARD_PASSWORD`), and the headers every
+//! answer carries (CSP `default-src 'self'`: the pages run no inline
 //! script and load nothing from elsewhere; `no-store` on everything but the
-//! assets).
-
-use std::collections::HashMap;
+//! assets). Where requests may come from and what they may do is
+//! [`crate::guard`]'s.
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
-
-/// The header an action may carry its CSRF token in (else the form field
-/// `csrf_token`).
-pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Equal in time independent of where the inputs differ.
 fn same(a: &str, b: &str) -> bool {
@@ -31,12 +25,7 @@ pub async fn basic_auth(State(st): State<AppState>, req: Request, next: Next) ->
     let Some(creds) = &st.config().credentials else {
         return next.run(req).await;
     };
-    let health = req
-        .uri()
-        .path()
-        .strip_prefix(st.base())
-        .is_some_and(|rest| matches!(rest, "/healthz" | "/readyz"));
-    if health {
+    if st.is_health(req.uri().path()) {
         return next.run(req).await;
     }
     let given = req
@@ -94,43 +83,4 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     res
-}
-
-/// Why an action was refused (403, nothing changed).
-#[derive(Debug)]
-pub enum Refusal {
-    /// No CSRF token, or another one.
-    Csrf,
-    /// `DASHBOARD_READ_ONLY` is on.
-    ReadOnly,
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let text = match self {
-            Refusal::Csrf => "missing or wrong CSRF token: reload the page and try again\n",
-            Refusal::ReadOnly => "this dashboard is read-only (DASHBOARD_READ_ONLY)\n",
-        };
-        (StatusCode::FORBIDDEN, text).into_response()
-    }
-}
-
-/// Lets an action through only when the dashboard takes actions and the
-/// request carries the process's CSRF token (header or form field).
-pub fn check_action(
-    st: &AppState,
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-) -> Result<(), Refusal> {
-    if st.config().read_only {
-        return Err(Refusal::ReadOnly);
-    }
-    let given = headers
-        .get(CSRF_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| form.get("csrf_token").map(String::as_str));
-    match given {
-        Some(token) if same(token, &st.0.csrf) => Ok(()),
-        _ => Err(Refusal::Csrf),
-    }
 }

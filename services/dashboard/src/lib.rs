@@ -16,6 +16,7 @@
 mod actions;
 mod assets;
 mod auth;
+mod guard;
 mod live;
 mod pages;
 mod settings;
@@ -34,7 +35,8 @@ use stem::schedule::ScheduleStore;
 use tokio_util::sync::CancellationToken;
 
 /// What every handler reads: the library handle, the schedule store, the
-/// settings, the process's CSRF token and the live-update hub.
+/// settings, the key session tokens are made with, the live-update hub and
+/// the token that ends the event streams when the process stops.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
@@ -42,21 +44,24 @@ struct Inner {
     stem: Stem,
     schedules: Arc<dyn ScheduleStore>,
     config: DashboardConfig,
-    csrf: String,
+    session_key: guard::SessionKey,
     hub: live::Hub,
+    /// Cancelled when the server begins its graceful stop: every open
+    /// event stream ends, so the stop does not wait on open pages.
+    closing: CancellationToken,
 }
 
 impl AppState {
-    /// State over `stem` and `schedules`. The CSRF token is drawn at
-    /// random once per process: every page carries it, every action must
-    /// send it back.
+    /// State over `stem` and `schedules`. The key that binds CSRF tokens
+    /// to session cookies is drawn at random once per process.
     pub fn new(stem: Stem, schedules: Arc<dyn ScheduleStore>, config: DashboardConfig) -> Self {
         Self(Arc::new(Inner {
             stem,
             schedules,
             config,
-            csrf: stem::signing::generate_hmac_secret(),
+            session_key: guard::SessionKey::random(),
             hub: live::Hub::new(),
+            closing: CancellationToken::new(),
         }))
     }
 
@@ -70,6 +75,13 @@ impl AppState {
 
     fn base(&self) -> &str {
         &self.0.config.base_path
+    }
+
+    /// Whether `path` is a health check, answered to anyone (container
+    /// healthchecks, load balancers) without auth or host checks.
+    fn is_health(&self, path: &str) -> bool {
+        path.strip_prefix(self.base())
+            .is_some_and(|rest| matches!(rest, "/healthz" | "/readyz"))
     }
 }
 
@@ -125,6 +137,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::basic_auth,
         ))
         .layer(axum::middleware::from_fn(auth::security_headers))
@@ -144,6 +160,7 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> anyhow::Resu
         );
     }
     tokio::spawn(live::poll(state.clone(), shutdown.clone()));
+    let closing = state.0.closing.clone();
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(
@@ -152,7 +169,11 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> anyhow::Resu
         config.base_path
     );
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            // Open pages hold event streams that never end by themselves.
+            closing.cancel();
+        })
         .await?;
     Ok(())
 }

@@ -7,22 +7,31 @@
 //! `GET /events` streams (server-sent events, which Turbo's
 //! `<turbo-stream-source>` applies). Open tabs cost one channel receiver
 //! each, not a poll each; each stream sends its page only the fragments
-//! that differ from what it sent that page before.
+//! that differ from what it sent that page before. Fragments are shared
+//! (`Arc<str>`) and each stream keeps only their hashes; the action forms
+//! inside carry [`CSRF_SLOT`], which a stream replaces with its page's
+//! session token as it sends. At most [`MAX_STREAMS`] streams are open at
+//! once (then 503), and every one ends when the process begins to stop.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use stem::recent::TaskQuery;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::guard::Session;
 use crate::pages::Chrome;
 use crate::view::{self, Snapshot, TaskView};
 use crate::AppState;
@@ -34,6 +43,14 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// others get the tables only.
 const MAX_WATCHED: usize = 100;
 
+/// Most event streams open at once per process; one more is answered 503
+/// (an open page retries), so open connections cannot grow without end.
+pub const MAX_STREAMS: usize = 1000;
+
+/// What the shared fragments carry where a form's CSRF token goes; each
+/// stream writes its page's token there.
+pub const CSRF_SLOT: &str = "STEM-CSRF-SLOT";
+
 /// The element id a task's live part has on its page.
 pub fn task_target(id: &str) -> String {
     format!("task-{id}")
@@ -43,7 +60,7 @@ pub fn task_target(id: &str) -> String {
 #[derive(Clone, Default)]
 pub struct Update {
     pub seq: u64,
-    pub fragments: Arc<Vec<(String, String)>>,
+    pub fragments: Arc<Vec<(String, Arc<str>)>>,
 }
 
 /// The channel between the poller and the open pages, and the tasks those
@@ -53,6 +70,8 @@ pub struct Hub {
     watched: Mutex<HashMap<String, usize>>,
     /// Open pages that list recent tasks.
     lists: AtomicUsize,
+    /// Open event streams.
+    streams: AtomicUsize,
 }
 
 impl Hub {
@@ -61,6 +80,7 @@ impl Hub {
             tx: watch::Sender::new(Update::default()),
             watched: Mutex::new(HashMap::new()),
             lists: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
         }
     }
 
@@ -77,11 +97,9 @@ struct Watching {
 }
 
 impl Watching {
+    /// Follows `id`, a task id whose status exists (the caller checked).
     fn start(st: &AppState, id: &str) -> Option<Self> {
         let mut watched = st.0.hub.watched();
-        if id.is_empty() || id.len() > 100 {
-            return None;
-        }
         if !watched.contains_key(id) && watched.len() >= MAX_WATCHED {
             return None;
         }
@@ -119,6 +137,31 @@ impl Listing {
 impl Drop for Listing {
     fn drop(&mut self) {
         self.0 .0.hub.lists.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One open event stream, counted against [`MAX_STREAMS`] while it lives.
+struct Open(AppState);
+
+impl Open {
+    fn start(st: &AppState) -> Option<Self> {
+        let streams = &st.0.hub.streams;
+        let mut n = streams.load(Ordering::Relaxed);
+        loop {
+            if n >= MAX_STREAMS {
+                return None;
+            }
+            match streams.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(Self(st.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0 .0.hub.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -185,7 +228,7 @@ fn render(
     chrome: &Chrome,
     snap: &Snapshot,
     tasks: &[TaskView],
-) -> askama::Result<Vec<(String, String)>> {
+) -> askama::Result<Vec<(String, Arc<str>)>> {
     let mut out = vec![
         ("totals".to_string(), Totals { snap }.render()?),
         ("throughput".to_string(), Throughput { snap }.render()?),
@@ -204,14 +247,17 @@ fn render(
             TaskState { chrome, task }.render()?,
         ));
     }
-    Ok(out)
+    Ok(out.into_iter().map(|(t, html)| (t, html.into())).collect())
 }
 
 /// Reads and publishes while pages are open, until `stop`.
 pub async fn poll(st: AppState, stop: CancellationToken) {
     let tx = &st.0.hub.tx;
-    let chrome = Chrome::new(&st, "", "");
-    let mut last: Vec<(String, String)> = Vec::new();
+    let slot = Session {
+        token: CSRF_SLOT.to_string(),
+    };
+    let chrome = Chrome::new(&st, &slot, "", "");
+    let mut last: Vec<(String, Arc<str>)> = Vec::new();
     let mut seq = 0u64;
     loop {
         tokio::select! {
@@ -248,7 +294,7 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
         let tasks: Vec<TaskView> = statuses.into_iter().flatten().map(TaskView::of).collect();
         let fragments = match render(&chrome, &snap, &tasks) {
             Ok(mut f) => {
-                f.extend(head.map(|h| (TASKS_HEAD.to_string(), h)));
+                f.extend(head.map(|h| (TASKS_HEAD.to_string(), h.into())));
                 f
             }
             Err(e) => {
@@ -273,10 +319,21 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
 /// task the page shows.
 struct Page {
     rx: watch::Receiver<Update>,
-    sent: HashMap<String, String>,
+    /// A hash of each fragment sent, by target.
+    sent: HashMap<String, u64>,
     task: Option<String>,
+    /// The page's session token, written into the fragments' forms.
+    token: String,
     _watching: Option<Watching>,
     listing: Option<Listing>,
+    _open: Open,
+}
+
+/// A fragment's hash: what a stream remembers of what it sent.
+fn digest(html: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    html.hash(&mut h);
+    h.finish()
 }
 
 impl Page {
@@ -294,17 +351,19 @@ impl Page {
                 !target.starts_with("task-")
                     || self.task.as_deref().map(task_target).as_ref() == Some(target)
             };
-            if !mine || self.sent.get(target) == Some(html) {
+            let hash = digest(html);
+            if !mine || self.sent.get(target) == Some(&hash) {
                 continue;
             }
             if target == TASKS_HEAD {
                 data.push_str("<turbo-stream action=\"refresh\"></turbo-stream>");
             } else {
+                let html = html.replace(CSRF_SLOT, &self.token);
                 data.push_str(&format!(
                     "<turbo-stream action=\"replace\" target=\"{target}\"><template>{html}</template></turbo-stream>"
                 ));
             }
-            self.sent.insert(target.clone(), html.clone());
+            self.sent.insert(target.clone(), hash);
         }
         data
     }
@@ -314,14 +373,40 @@ impl Page {
 /// tables (and to task `ID`'s part of its page, or a refresh of a tasks
 /// list when the newest tasks change) as SSE messages of `<turbo-stream>`
 /// elements; a comment every 15 s keeps proxies from closing the stream.
+/// `ID` is followed only when it names a task with a status, so junk ids
+/// cannot take the poller's [`MAX_WATCHED`] places; past [`MAX_STREAMS`]
+/// open streams the answer is 503. Every stream ends when the process
+/// begins to stop.
 pub async fn events(
     State(st): State<AppState>,
+    session: Session,
     Query(query): Query<HashMap<String, String>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Response {
+    let Some(open) = Open::start(&st) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many open event streams; try again later\n",
+        )
+            .into_response();
+    };
+    let mut task = query
+        .get("task")
+        .cloned()
+        .filter(|id| stem::envelope::is_task_id(id));
+    if let Some(id) = &task {
+        // One read per opened page; an id without a status is not followed.
+        match st.stem().status(id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => task = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard event stream could not read its task");
+                task = None;
+            }
+        }
+    }
     let mut rx = st.0.hub.tx.subscribe();
     // What was published before this page was rendered is in the page.
     rx.borrow_and_update();
-    let task = query.get("task").cloned();
     let page = Page {
         rx,
         _watching: task.as_deref().and_then(|id| Watching::start(&st, id)),
@@ -330,7 +415,9 @@ pub async fn events(
             .is_some_and(|l| l == "tasks")
             .then(|| Listing::start(&st)),
         task,
+        token: session.token,
         sent: HashMap::new(),
+        _open: open,
     };
     let stream = futures::stream::unfold(page, |mut page| async move {
         loop {
@@ -339,9 +426,12 @@ pub async fn events(
             let data = page.changes(&update);
             if !data.is_empty() {
                 let event = Event::default().id(update.seq.to_string()).data(data);
-                return Some((Ok(event), page));
+                return Some((Ok::<_, Infallible>(event), page));
             }
         }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    })
+    .take_until(st.0.closing.clone().cancelled_owned());
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }

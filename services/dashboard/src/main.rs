@@ -6,7 +6,7 @@ use dashboard::{AppState, DashboardConfig};
 use stem::client::Stem;
 use stem::config::{FlagsOverEnv, StemConfig};
 use stem::schedule::ScheduleStores;
-use stem_service::{config_or_exit, shutdown_token};
+use stem_service::{config_or_exit, shutdown_token, stem_config_or_exit};
 
 /// Stem operations dashboard.
 #[derive(Parser, Debug)]
@@ -31,8 +31,9 @@ async fn main() -> anyhow::Result<()> {
     let env = FlagsOverEnv::new()
         .flag("STEM_BROKER_URL", args.broker)
         .flag("DASHBOARD_PORT", args.port);
-    let config = config_or_exit(StemConfig::from_lookup(&env));
-    let settings = config_or_exit(DashboardConfig::from_lookup(&env));
+    let config = stem_config_or_exit(StemConfig::from_lookup(&env));
+    let mut settings = config_or_exit(DashboardConfig::from_lookup(&env));
+    settings.demo_keys = config.keys.uses_demo_keys();
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
     let schedules = config_or_exit(ScheduleStores::connect(&config));
     tracing::info!(broker = %config.broker_url.redacted(), "dashboard starting");

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use stem::envelope::{format_ms, is_task_id, now_ms, parse_ms, TaskStatus};
 use stem::schedule::ScheduleSummary;
 
+use crate::guard::Session;
 use crate::task_list::{self, Filters};
 use crate::view::{self, LetterRow, QueueRow, Snapshot, TaskView};
 use crate::AppState;
@@ -20,13 +21,16 @@ use crate::AppState;
 /// Dead letters listed per queue.
 pub const LETTERS_PER_QUEUE: usize = 100;
 
-/// What every page's frame needs: the base path, the CSRF token, whether
-/// actions show, the title, which navigation entry is current and a
-/// notice left by the last action.
+/// What every page's frame needs: the base path, the session's CSRF
+/// token, whether actions show, whether the demo keys are in use, the
+/// title, which navigation entry is current and a notice left by the last
+/// action.
 pub struct Chrome {
     pub base: String,
     pub csrf: String,
     pub read_only: bool,
+    /// The shipped placeholder signing keys are in use: a banner says so.
+    pub demo_keys: bool,
     pub title: String,
     pub nav: &'static str,
     pub notice: Option<String>,
@@ -38,11 +42,17 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    pub fn new(st: &AppState, title: impl Into<String>, nav: &'static str) -> Self {
+    pub fn new(
+        st: &AppState,
+        session: &Session,
+        title: impl Into<String>,
+        nav: &'static str,
+    ) -> Self {
         Self {
             base: st.base().to_string(),
-            csrf: st.0.csrf.clone(),
+            csrf: session.token.clone(),
             read_only: st.config().read_only,
+            demo_keys: st.config().demo_keys,
             title: title.into(),
             nav,
             notice: None,
@@ -105,10 +115,11 @@ pub struct Overview {
 
 pub async fn overview(
     State(st): State<AppState>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Page<Overview> {
     Ok(Overview {
-        chrome: Chrome::new(&st, "Overview", "/").with_notice(&q),
+        chrome: Chrome::new(&st, &session, "Overview", "/").with_notice(&q),
         snap: view::snapshot(st.stem()).await?,
     })
 }
@@ -122,10 +133,11 @@ pub struct Queues {
 
 pub async fn queues(
     State(st): State<AppState>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Page<Queues> {
     Ok(Queues {
-        chrome: Chrome::new(&st, "Queues", "/queues").with_notice(&q),
+        chrome: Chrome::new(&st, &session, "Queues", "/queues").with_notice(&q),
         snap: view::snapshot(st.stem()).await?,
     })
 }
@@ -140,6 +152,7 @@ pub struct QueuePage {
 
 pub async fn queue(
     State(st): State<AppState>,
+    session: Session,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Unavailable> {
@@ -147,12 +160,13 @@ pub async fn queue(
     let Some(row) = snap.queues.into_iter().find(|r| r.name == name) else {
         return Ok(not_found_page(
             &st,
+            &session,
             format!("No queue named {name:?} is known."),
         ));
     };
     let letters = st.stem().admin().list_dead_letters(&name, 10).await?;
     Ok(QueuePage {
-        chrome: Chrome::new(&st, format!("Queue {name}"), "/queues").with_notice(&q),
+        chrome: Chrome::new(&st, &session, format!("Queue {name}"), "/queues").with_notice(&q),
         row,
         letters: letters.iter().map(LetterRow::of).collect(),
     }
@@ -168,10 +182,11 @@ pub struct Workers {
 
 pub async fn workers(
     State(st): State<AppState>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Page<Workers> {
     Ok(Workers {
-        chrome: Chrome::new(&st, "Workers", "/workers").with_notice(&q),
+        chrome: Chrome::new(&st, &session, "Workers", "/workers").with_notice(&q),
         snap: view::snapshot(st.stem()).await?,
     })
 }
@@ -214,13 +229,14 @@ pub struct Schedules {
 
 pub async fn schedules(
     State(st): State<AppState>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Page<Schedules> {
     let mut entries = st.0.schedules.list().await?;
     // Soonest next run first, disabled last (as `stem schedule list`).
     entries.sort_by_key(|e| (!e.enabled, e.history.next_run_at, e.id.clone()));
     Ok(Schedules {
-        chrome: Chrome::new(&st, "Schedules", "/schedules").with_notice(&q),
+        chrome: Chrome::new(&st, &session, "Schedules", "/schedules").with_notice(&q),
         rows: entries.iter().map(|e| e.summary().into()).collect(),
     })
 }
@@ -237,6 +253,7 @@ pub struct DeadLetters {
 
 pub async fn dead_letters(
     State(st): State<AppState>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Page<DeadLetters> {
     let admin = st.stem().admin();
@@ -257,7 +274,7 @@ pub async fn dead_letters(
     let mut letters: Vec<_> = lists.into_iter().flatten().collect();
     letters.sort_by_key(|d| std::cmp::Reverse(d.dead_at_ms));
     Ok(DeadLetters {
-        chrome: Chrome::new(&st, "Dead letters", "/dead-letters").with_notice(&q),
+        chrome: Chrome::new(&st, &session, "Dead letters", "/dead-letters").with_notice(&q),
         queues,
         queue,
         letters: letters.iter().map(LetterRow::of).collect(),
@@ -284,6 +301,7 @@ pub struct Tasks {
 
 pub async fn tasks(
     State(st): State<AppState>,
+    session: Session,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Unavailable> {
     let filters = Filters::parse(&query);
@@ -297,7 +315,7 @@ pub async fn tasks(
     queues.sort();
     let mut task_names = st.stem().registry().names();
     task_names.sort();
-    let mut chrome = Chrome::new(&st, "Tasks", "/tasks").with_notice(&query);
+    let mut chrome = Chrome::new(&st, &session, "Tasks", "/tasks").with_notice(&query);
     chrome.list = filters.page == 1;
     Ok(Tasks {
         chrome,
@@ -336,12 +354,14 @@ pub struct Published {
 
 pub async fn task(
     State(st): State<AppState>,
+    session: Session,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Unavailable> {
     let Some(status) = st.stem().status(&id).await? else {
         return Ok(not_found_page(
             &st,
+            &session,
             format!("No task with id {id:?}: it never existed, or its result expired."),
         ));
     };
@@ -372,8 +392,13 @@ pub async fn task(
                 trace_id,
             }
         });
-    let mut chrome =
-        Chrome::new(&st, format!("{} {}", status.task, status.id), "/tasks").with_notice(&q);
+    let mut chrome = Chrome::new(
+        &st,
+        &session,
+        format!("{} {}", status.task, status.id),
+        "/tasks",
+    )
+    .with_notice(&q);
     chrome.watch = Some(status.id.clone());
     Ok(TaskPage {
         chrome,
@@ -390,19 +415,19 @@ pub struct NotFound {
     what: String,
 }
 
-fn not_found_page(st: &AppState, what: String) -> Response {
+fn not_found_page(st: &AppState, session: &Session, what: String) -> Response {
     (
         StatusCode::NOT_FOUND,
         NotFound {
-            chrome: Chrome::new(st, "Not found", ""),
+            chrome: Chrome::new(st, session, "Not found", ""),
             what,
         },
     )
         .into_response()
 }
 
-pub async fn not_found(State(st): State<AppState>) -> Response {
-    not_found_page(&st, "There is no page at this address.".into())
+pub async fn not_found(State(st): State<AppState>, session: Session) -> Response {
+    not_found_page(&st, &session, "There is no page at this address.".into())
 }
 
 /// `GET /healthz`: the process answers.

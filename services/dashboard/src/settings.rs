@@ -40,6 +40,15 @@ pub struct DashboardConfig {
     pub read_only: bool,
     /// Trace UI a task links to (`STEM_TRACE_UI_URL`): `<url>/trace/<id>`.
     pub trace_ui_url: Option<String>,
+    /// Host names the dashboard answers besides `localhost`, IP literals
+    /// and its bind address (`DASHBOARD_ALLOWED_HOSTS`, a CSV; lowercase,
+    /// without ports). A page asked for under another name is refused:
+    /// that is how a DNS-rebinding page would reach it.
+    pub allowed_hosts: Vec<String>,
+    /// The shipped placeholder signing keys are in use
+    /// (`STEM_ALLOW_DEMO_KEYS`): every page says so in a banner. Set from
+    /// [`stem::signing::KeyRing::uses_demo_keys`].
+    pub demo_keys: bool,
 }
 
 impl Default for DashboardConfig {
@@ -51,6 +60,8 @@ impl Default for DashboardConfig {
             credentials: None,
             read_only: false,
             trace_ui_url: None,
+            allowed_hosts: Vec::new(),
+            demo_keys: false,
         }
     }
 }
@@ -124,6 +135,8 @@ impl DashboardConfig {
             credentials,
             read_only: bool_var(env, "DASHBOARD_READ_ONLY", false)?,
             trace_ui_url,
+            allowed_hosts: allowed_hosts(get(env, "DASHBOARD_ALLOWED_HOSTS").as_deref())?,
+            demo_keys: false,
         })
     }
 
@@ -131,6 +144,30 @@ impl DashboardConfig {
     pub fn exposed(&self) -> bool {
         !self.host.is_loopback()
     }
+}
+
+/// `DASHBOARD_ALLOWED_HOSTS` as lowercase host names: a CSV of names
+/// (`ops.example.com`), without scheme, port or path.
+fn allowed_hosts(raw: Option<&str>) -> Result<Vec<String>, StemError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let ok = h
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+            match ok {
+                true => Ok(h.to_ascii_lowercase()),
+                false => Err(StemError::config(
+                    "DASHBOARD_ALLOWED_HOSTS",
+                    format!("expected host names like ops.example.com (no scheme, port or path), got {h:?}"),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// `DASHBOARD_BASE_PATH` normalised: `""`, or `/a/b` (a trailing slash is
@@ -199,6 +236,16 @@ mod tests {
         for raw in ["ops", "/a//b", "/a/../b", "/x\"y", "/<script>"] {
             let err = read(&[("DASHBOARD_BASE_PATH", raw)]).expect_err(raw);
             assert!(err.to_string().contains("DASHBOARD_BASE_PATH"), "{err}");
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_are_bare_names() {
+        let c = read(&[("DASHBOARD_ALLOWED_HOSTS", " Ops.Example.com, dash ")]).expect("csv");
+        assert_eq!(c.allowed_hosts, ["ops.example.com", "dash"]);
+        for raw in ["http://x", "x:8080", "x/y"] {
+            let err = read(&[("DASHBOARD_ALLOWED_HOSTS", raw)]).expect_err(raw);
+            assert!(err.to_string().contains("DASHBOARD_ALLOWED_HOSTS"), "{err}");
         }
     }
 

@@ -19,6 +19,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 413.
     TooLarge,
+    /// 415: a body that is not declared `application/json`.
+    UnsupportedMediaType,
     /// 408: the request took longer than `ENQUEUER_REQUEST_TIMEOUT`.
     Timeout,
     /// 503: Redis did not answer.
@@ -32,7 +34,10 @@ impl IntoResponse for ApiError {
         // The body of an oversize request is left unread, so the server
         // closes the connection after answering; say so, or a keep-alive
         // client reuses the dead connection for its next request.
-        let close = matches!(self, ApiError::TooLarge | ApiError::Timeout);
+        let close = matches!(
+            self,
+            ApiError::TooLarge | ApiError::Timeout | ApiError::UnsupportedMediaType
+        );
         let (status, body): (StatusCode, Value) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
             ApiError::UnknownTask { task, known } => (
@@ -47,6 +52,10 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({ "error": "Request body is larger than 1 MiB." }),
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({ "error": "Send the body as JSON with Content-Type: application/json." }),
             ),
             ApiError::Timeout => (
                 StatusCode::REQUEST_TIMEOUT,

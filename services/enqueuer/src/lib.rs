@@ -8,6 +8,7 @@
 //! - [`autofill`]: the demo traffic generator.
 
 pub mod autofill;
+mod body;
 mod error;
 pub mod metrics;
 mod routes;

@@ -6,7 +6,7 @@ use enqueuer::{AppState, EnqueuerConfig};
 use stem::client::Stem;
 use stem::config::{FlagsOverEnv, StemConfig};
 use stem_service::metrics::Metrics;
-use stem_service::{config_or_exit, shutdown_token};
+use stem_service::{config_or_exit, shutdown_token, stem_config_or_exit};
 
 /// Stem HTTP enqueue API.
 #[derive(Parser, Debug)]
@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let env = FlagsOverEnv::new()
         .flag("STEM_BROKER_URL", args.broker)
         .flag("PORT", args.port);
-    let config = config_or_exit(StemConfig::from_lookup(&env));
+    let config = stem_config_or_exit(StemConfig::from_lookup(&env));
     let settings = config_or_exit(EnqueuerConfig::from_lookup(&env));
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
     if stem.signer().is_none() {

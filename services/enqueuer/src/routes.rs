@@ -1,23 +1,24 @@
-//! The routes of the enqueue API (README "HTTP API (enqueuer)"). Request bodies are read as bytes (1 MiB cap)
-//! and parsed here, so every rejection (malformed JSON, wrong types,
-//! oversize) gets the API's JSON error shape.
+//! The routes of the enqueue API (README "HTTP API (enqueuer)"). Request
+//! bodies are typed structs read by [`JsonBody`], so every rejection (not
+//! JSON, empty, malformed, wrong types, oversize) gets the API's JSON
+//! error shape.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use stem::client::{EnqueueOptions, EnqueueRequest, Stem};
 use stem::envelope::TaskStatus;
 use stem_demo as demo;
 use tracing::Instrument;
 
+use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
 
@@ -69,60 +70,39 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("Route not found.".into())
 }
 
-fn parse_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
-    let bytes = match body {
-        Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ApiError::TooLarge)
-        }
-        Err(rejection) => {
-            return Err(ApiError::BadRequest(format!(
-                "Could not read the request body: {rejection}"
-            )))
-        }
-    };
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::BadRequest(
-            "Request body must be a JSON object.".into(),
-        )),
-        Err(e) => Err(ApiError::BadRequest(format!("Malformed JSON: {e}."))),
-    }
+/// The body of `POST /enqueue` (README "HTTP API (enqueuer)"): every
+/// field optional; fields the API does not know are ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnqueueBody {
+    task: Option<String>,
+    name: Option<String>,
+    delay_ms: Option<u64>,
+    fail: Option<bool>,
+    countdown_ms: Option<u64>,
+    priority: Option<u64>,
+    idempotency_key: Option<String>,
 }
 
-fn opt_string(m: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
-        Some(_) => Err(ApiError::BadRequest(format!("\"{key}\" must be a string."))),
-    }
+/// The body of `POST /group`.
+#[derive(Deserialize)]
+struct GroupBody {
+    names: Option<Vec<String>>,
 }
 
-fn opt_int(m: &Map<String, Value>, key: &str, max: u64) -> Result<Option<u64>, ApiError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if v <= max => Ok(Some(v)),
-            _ => Err(ApiError::BadRequest(format!(
-                "\"{key}\" must be an integer from 0 to {max}."
-            ))),
-        },
-        Some(_) => Err(ApiError::BadRequest(format!(
-            "\"{key}\" must be an integer."
+/// `s` trimmed, `None` when nothing is left: a blank field means "the
+/// default", as an absent one does.
+fn text(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// `v` when it is at most `max`, else the API's 400 naming `field`.
+fn at_most(field: &str, v: Option<u64>, max: u64) -> Result<Option<u64>, ApiError> {
+    match v {
+        Some(v) if v > max => Err(ApiError::BadRequest(format!(
+            "\"{field}\" must be an integer from 0 to {max}."
         ))),
-    }
-}
-
-fn opt_bool(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::BadRequest(format!(
-            "\"{key}\" must be true or false."
-        ))),
+        v => Ok(v),
     }
 }
 
@@ -132,7 +112,7 @@ fn opt_bool(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError>
 async fn enqueue(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<EnqueueBody>,
 ) -> Result<Response, ApiError> {
     let span = if stem::trace::enabled() {
         let span = tracing::info_span!(
@@ -157,18 +137,14 @@ async fn enqueue(
     enqueue_body(st, body).instrument(span).await
 }
 
-async fn enqueue_body(
-    st: AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let m = parse_object(body)?;
-    let task = opt_string(&m, "task")?.unwrap_or_else(|| demo::DEFAULT_TASK.to_string());
-    let name = opt_string(&m, "name")?.unwrap_or_else(|| "friend".to_string());
-    let delay_ms = opt_int(&m, "delayMs", 3_600_000)?;
-    let fail = opt_bool(&m, "fail")?;
-    let countdown_ms = opt_int(&m, "countdownMs", 30 * 86_400_000)?;
-    let priority = opt_int(&m, "priority", 9)?;
-    let idempotency_key = opt_string(&m, "idempotencyKey")?;
+async fn enqueue_body(st: AppState, body: EnqueueBody) -> Result<Response, ApiError> {
+    let task = text(body.task).unwrap_or_else(|| demo::DEFAULT_TASK.to_string());
+    let name = text(body.name).unwrap_or_else(|| "friend".to_string());
+    let delay_ms = at_most("delayMs", body.delay_ms, 3_600_000)?;
+    let fail = body.fail;
+    let countdown_ms = at_most("countdownMs", body.countdown_ms, 30 * 86_400_000)?;
+    let priority = at_most("priority", body.priority, 9)?;
+    let idempotency_key = text(body.idempotency_key);
     if demo::spec(&task).is_none() {
         return Err(ApiError::UnknownTask {
             task,
@@ -209,16 +185,15 @@ async fn enqueue_body(
 /// `POST /group`.
 async fn create_group(
     State(st): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<GroupBody>,
 ) -> Result<Response, ApiError> {
-    let m = parse_object(body)?;
-    let names = match m.get("names") {
-        Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_GROUP => a,
-        Some(Value::Array(a)) if a.len() > MAX_GROUP => {
+    let names = match body.names {
+        Some(n) if n.len() > MAX_GROUP => {
             return Err(ApiError::BadRequest(format!(
                 "\"names\" holds at most {MAX_GROUP} entries."
             )))
         }
+        Some(n) if !n.is_empty() => n,
         _ => {
             return Err(ApiError::BadRequest(
                 "Provide a non-empty \"names\" array.".into(),
@@ -226,12 +201,7 @@ async fn create_group(
         }
     };
     let mut tasks = Vec::with_capacity(names.len());
-    for n in names {
-        let Value::String(name) = n else {
-            return Err(ApiError::BadRequest(
-                "Every entry of \"names\" must be a string.".into(),
-            ));
-        };
+    for name in names {
         let mut meta = Map::new();
         meta.insert("demo.source".into(), json!("http.group"));
         tasks.push(EnqueueRequest {

@@ -6,7 +6,7 @@ use clap::Parser;
 use stem::client::Stem;
 use stem::config::{FlagsOverEnv, StemConfig};
 use stem::worker::WorkerConfig;
-use stem_service::{config_or_exit, shutdown_token};
+use stem_service::{config_or_exit, shutdown_token, stem_config_or_exit};
 
 /// Stem worker.
 #[derive(Parser, Debug)]
@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         .flag("STEM_WORKER_QUEUES", args.queues)
         .flag("STEM_WORKER_CONCURRENCY", args.concurrency)
         .flag("STEM_WORKER_NAME", args.name);
-    let config = config_or_exit(StemConfig::from_lookup(&env));
+    let config = stem_config_or_exit(StemConfig::from_lookup(&env));
     let worker = config_or_exit(WorkerConfig::from_lookup(&env));
     // Least privilege: a worker verifies and never signs.
     let stem = config_or_exit(Stem::connect_consumer(&config)).with_registry(stem_demo::registry());
