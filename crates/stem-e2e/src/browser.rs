@@ -1,8 +1,10 @@
 //! A real headless browser for the dashboard's tests: Debian's `chromium`
 //! driven through `chromedriver` over the W3C WebDriver protocol (JSON over
 //! HTTP, spoken here with the workspace's reqwest), on a free loopback
-//! port, torn down when dropped. Confirmation dialogs (`data-turbo-confirm`)
-//! are accepted by [`Browser::click`].
+//! port, torn down when dropped. An action's click must open its
+//! confirmation dialog (`data-turbo-confirm`): [`Browser::click_confirmed`]
+//! accepts it and [`Browser::click_declined`] declines it, and both fail
+//! when no dialog opened.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -160,26 +162,63 @@ impl Browser {
         Ok(v.as_str().unwrap_or_default().to_string())
     }
 
-    /// Clicks the first element matching `css` and accepts the
-    /// confirmation dialog it may open.
-    pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        let found = self
-            .call(
-                "POST",
-                &self.at("/element"),
-                Some(json!({"using": "css selector", "value": css})),
-            )
+    /// Clicks the first element matching `css`. A live part of the page
+    /// (the worker table, replaced every second) may swap the element out
+    /// between finding and clicking it: then it is found again, for up to
+    /// 5 s.
+    async fn press(&self, css: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self
+                .call(
+                    "POST",
+                    &self.at("/element"),
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await
+                .with_context(|| format!("finding {css}"))?;
+            let id = found[ELEMENT]
+                .as_str()
+                .with_context(|| format!("no element id for {css}: {found}"))?
+                .to_string();
+            match self
+                .call("POST", &self.at(&format!("/element/{id}/click")), None)
+                .await
+            {
+                Err(e) if e.to_string().contains("stale element") && Instant::now() < deadline => {
+                    continue
+                }
+                other => return other.map(drop),
+            }
+        }
+    }
+
+    /// The text of the confirmation dialog the last click opened; an
+    /// error when none is open (every action of the dashboard asks first).
+    async fn dialog(&self, css: &str) -> anyhow::Result<String> {
+        let text = self
+            .call("GET", &self.at("/alert/text"), None)
             .await
-            .with_context(|| format!("finding {css}"))?;
-        let id = found[ELEMENT]
-            .as_str()
-            .with_context(|| format!("no element id for {css}: {found}"))?
-            .to_string();
-        self.call("POST", &self.at(&format!("/element/{id}/click")), None)
-            .await?;
-        // A confirm() may be open now; none is fine too.
-        let _ = self.call("POST", &self.at("/alert/accept"), None).await;
-        Ok(())
+            .with_context(|| format!("clicking {css} opened no confirmation dialog"))?;
+        Ok(text.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Clicks the action button `css`, which must ask for confirmation,
+    /// and accepts; returns the question asked.
+    pub async fn click_confirmed(&self, css: &str) -> anyhow::Result<String> {
+        self.press(css).await?;
+        let asked = self.dialog(css).await?;
+        self.call("POST", &self.at("/alert/accept"), None).await?;
+        Ok(asked)
+    }
+
+    /// Clicks the action button `css`, which must ask for confirmation,
+    /// and declines; returns the question asked.
+    pub async fn click_declined(&self, css: &str) -> anyhow::Result<String> {
+        self.press(css).await?;
+        let asked = self.dialog(css).await?;
+        self.call("POST", &self.at("/alert/dismiss"), None).await?;
+        Ok(asked)
     }
 
     /// Polls until the element `css` contains `needle` (within `timeout`),

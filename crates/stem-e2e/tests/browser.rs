@@ -2,9 +2,11 @@
 //! `chromedriver`), against the real binaries and Redis: the overview loads
 //! nothing from another origin, an open page follows a task enqueued
 //! through the API without a reload, the open tasks page lists it within
-//! 2 s, a dead letter is replayed by a click
-//! (its confirmation accepted), a running task revoked by a click shows
-//! `cancelled` — at the root and again under `DASHBOARD_BASE_PATH=/ops`.
+//! 2 s, a dead letter is replayed by a click, a running task revoked by a
+//! click shows `cancelled`, a queue is paused, resumed and purged, a
+//! schedule disabled and enabled, a worker shut down — each action asking
+//! its confirmation first (a declined one changes nothing) — at the root
+//! and again under `DASHBOARD_BASE_PATH=/ops`.
 //! Screenshots of every page land in `target/screenshots/<root|ops>/`.
 
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use stem_e2e::browser::Browser;
-use stem_e2e::{hmac_key, signed, start_dashboard, start_enqueuer, start_worker};
+use stem_e2e::{hmac_key, signed, start_dashboard, start_enqueuer, start_worker, Stem};
 use stem_testkit::RedisServer;
 
 /// How long a change may take to show on an open page: the poller reads
@@ -29,7 +31,7 @@ async fn journeys(base_path: &str, label: &str) -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
     let url = redis.url();
     let key = hmac_key("k1");
-    let _greeter = start_worker(&url, "ui-greeter", "greetings", &signed(&key)).await?;
+    let mut greeter = start_worker(&url, "ui-greeter", "greetings", &signed(&key)).await?;
     // Billing tasks meet a worker with another secret: dead letters.
     let mut wrong = start_worker(&url, "ui-wrong-key", "billing", &signed(&hmac_key("k1"))).await?;
     let enq = start_enqueuer(&url, &signed(&key)).await?;
@@ -109,7 +111,10 @@ async fn journeys(base_path: &str, label: &str) -> anyhow::Result<()> {
     browser.goto(&dash.url(&format!("/tasks/{slow}"))).await?;
     browser.wait_text(".state", "running", LIVE).await?;
     browser.screenshot(&dir.join("task-running.png")).await?;
-    browser.click("form[action$='/revoke'] button").await?;
+    let asked = browser
+        .click_confirmed("form[action$='/revoke'] button")
+        .await?;
+    assert!(asked.starts_with("Revoke"), "{asked}");
     browser.wait_text(".state", "cancelled", LIVE).await?;
     browser.wait_text(".notice", "Revoked", LIVE).await?;
     browser.screenshot(&dir.join("task-revoked.png")).await?;
@@ -137,12 +142,76 @@ async fn journeys(base_path: &str, label: &str) -> anyhow::Result<()> {
     wrong.sigterm()?;
     wrong.wait_exit(Duration::from_secs(15))?;
     let _biller = start_worker(&url, "ui-biller", "billing", &signed(&key)).await?;
-    browser.click("form[action$='/replay'] button").await?;
+    browser
+        .click_confirmed("form[action$='/replay'] button")
+        .await?;
     browser
         .wait_text(".notice", "Replayed billing.charge", LIVE)
         .await?;
     enq.api
         .wait_state(&letter, "succeeded", Duration::from_secs(20))
+        .await?;
+
+    // A queue paused and resumed, a declined purge changing nothing, then
+    // a purge: reports wait in `reporting`, which no worker serves.
+    for _ in 0..2 {
+        enq.api
+            .enqueue(json!({"task": "reports.aggregate", "name": "Q"}))
+            .await?;
+    }
+    browser.goto(&dash.url("/queues/reporting")).await?;
+    let ready = "section.cards .card:nth-child(1) .value";
+    browser.wait_text(ready, "2", LIVE).await?;
+    let asked = browser
+        .click_confirmed("form[action$='/reporting/pause'] button")
+        .await?;
+    assert!(asked.starts_with("Pause queue reporting"), "{asked}");
+    browser
+        .wait_text(".notice", "Paused reporting", LIVE)
+        .await?;
+    browser
+        .click_confirmed("form[action$='/reporting/resume'] button")
+        .await?;
+    browser
+        .wait_text(".notice", "Resumed reporting", LIVE)
+        .await?;
+    let asked = browser
+        .click_declined("form[action$='/reporting/purge'] button")
+        .await?;
+    assert!(asked.starts_with("Purge queue reporting"), "{asked}");
+    browser.goto(&dash.url("/queues/reporting")).await?;
+    browser.wait_text(ready, "2", LIVE).await?;
+    browser
+        .click_confirmed("form[action$='/reporting/purge'] button")
+        .await?;
+    browser
+        .wait_text(".notice", "Purged 2 tasks from reporting", LIVE)
+        .await?;
+    browser.wait_text(ready, "0", LIVE).await?;
+    browser.screenshot(&dir.join("queue-purged.png")).await?;
+
+    // A schedule disabled and enabled.
+    let seeds = tempfile::tempdir()?;
+    let file = seeds.path().join("s.yaml");
+    std::fs::write(
+        &file,
+        "entries:\n  - id: nightly\n    task: greeting.send\n    queue: greetings\n    spec: \"0 3 * * *\"\n",
+    )?;
+    Stem::new(&url).ok(&["schedule", "apply", "--file", &file.display().to_string()])?;
+    browser.goto(&dash.url("/schedules")).await?;
+    browser.wait_text("table", "nightly", LIVE).await?;
+    let asked = browser
+        .click_confirmed("form[action$='/nightly/disable'] button")
+        .await?;
+    assert!(asked.starts_with("Disable schedule nightly"), "{asked}");
+    browser
+        .wait_text(".notice", "Disabled schedule nightly", LIVE)
+        .await?;
+    browser
+        .click_confirmed("form[action$='/nightly/enable'] button")
+        .await?;
+    browser
+        .wait_text(".notice", "Enabled schedule nightly", LIVE)
         .await?;
 
     // The other pages, for the record.
@@ -157,6 +226,22 @@ async fn journeys(base_path: &str, label: &str) -> anyhow::Result<()> {
     }
     let here = browser.url().await?;
     assert!(here.starts_with(&dash.url("/tasks")), "{here}");
+
+    // A worker shut down by a click: it says so and exits 0.
+    browser.goto(&dash.url("/workers")).await?;
+    let asked = browser
+        .click_confirmed("form[action$='/ui-greeter/shutdown'] button")
+        .await?;
+    assert!(asked.starts_with("Shut worker ui-greeter down"), "{asked}");
+    // The action waits up to 2 s for the worker's answer before its 303.
+    browser
+        .wait_text(
+            ".notice",
+            "ui-greeter is shutting down",
+            Duration::from_secs(10),
+        )
+        .await?;
+    assert_eq!(greeter.wait_exit(Duration::from_secs(15))?, Some(0));
     browser.close().await;
     Ok(())
 }

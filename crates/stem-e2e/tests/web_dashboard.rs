@@ -363,7 +363,16 @@ async fn a_dead_letter_is_listed_and_replayed() -> anyhow::Result<()> {
     let mut wrong = start_worker(&url, "wrong-key", "greetings", &signed(&hmac_key("k1"))).await?;
     let enq = start_enqueuer(&url, &signed(&key)).await?;
     let dash = start_dashboard(&url, &signed(&key)).await?;
+    // Two letters for replay-all, then the newest, first on the page, to
+    // replay alone.
+    let more = [
+        enq.api.enqueue(json!({"name": "Earlier 1"})).await?,
+        enq.api.enqueue(json!({"name": "Earlier 2"})).await?,
+    ];
     let id = enq.api.enqueue(json!({"name": "Letter"})).await?;
+    for other in &more {
+        wait_page(&dash, "/dead-letters", other).await?;
+    }
     let letters = wait_page(&dash, "/dead-letters", &id).await?;
     assert!(letters.contains("signature-invalid"), "{letters}");
     let filtered = wait_page(&dash, "/dead-letters?queue=greetings", &id).await?;
@@ -397,6 +406,9 @@ async fn a_dead_letter_is_listed_and_replayed() -> anyhow::Result<()> {
         .await?;
     let (_, after) = get(&dash, "/dead-letters").await?;
     assert!(!after.contains(&id), "the replayed letter left the list");
+
+    // Replay-all answers at once and works in the background; the page
+    // shows how far it got.
     let (status, location) = post(
         &dash,
         "/dead-letters/greetings/replay-all",
@@ -405,7 +417,30 @@ async fn a_dead_letter_is_listed_and_replayed() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(status, 303);
-    assert!(location.contains("Replayed+0+dead+letters"), "{location}");
+    assert!(
+        location.contains("Replaying+2+dead+letters+of+greetings+in+the+background"),
+        "{location}"
+    );
+    wait_page(
+        &dash,
+        "/dead-letters",
+        "Replayed 2 dead letters of greetings",
+    )
+    .await?;
+    for other in &more {
+        enq.api
+            .wait_state(other, "succeeded", Duration::from_secs(20))
+            .await?;
+    }
+    let (status, location) = post(
+        &dash,
+        "/dead-letters/greetings/replay-all",
+        "/dead-letters",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    assert!(location.contains("no+dead+letters+to+replay"), "{location}");
     Ok(())
 }
 

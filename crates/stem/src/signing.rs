@@ -64,10 +64,7 @@ const PLACEHOLDER_ED25519_SEED: &[u8; 32] = b"REPLACE-ME-run-stem-keys-ed25519";
 pub const ALLOW_DEMO_KEYS: &str = "STEM_ALLOW_DEMO_KEYS";
 
 /// The first placeholder among `keys` (secrets or seeds), by id.
-fn placeholder(
-    keys: &[(String, Vec<u8>)],
-    is_placeholder: impl Fn(&[u8]) -> bool,
-) -> Option<&str> {
+fn placeholder(keys: &[(String, Vec<u8>)], is_placeholder: impl Fn(&[u8]) -> bool) -> Option<&str> {
     keys.iter()
         .find(|(_, bytes)| is_placeholder(bytes))
         .map(|(id, _)| id.as_str())

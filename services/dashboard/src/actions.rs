@@ -38,9 +38,6 @@ impl<S: Send + Sync> FromRequest<S> for Fields {
 /// How long an action waits for workers to answer a command.
 const REPLY_WAIT: Duration = Duration::from_secs(2);
 
-/// Most dead letters one replay-all moves.
-const REPLAY_ALL_MAX: usize = 10_000;
-
 /// `303` to the page the action came from (or `fallback`, a path under
 /// the base), with `notice` in its query.
 fn back(st: &AppState, headers: &HeaderMap, fallback: &str, notice: &str) -> Response {
@@ -82,7 +79,7 @@ fn local_path(referer: &str, headers: &HeaderMap) -> Option<String> {
 }
 
 /// What an action reports when the store failed under it.
-fn failed(what: &str, e: impl std::fmt::Display) -> String {
+pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> String {
     tracing::warn!(error = %e, "dashboard action failed: {what}");
     format!("{what} failed: {e}")
 }
@@ -213,27 +210,20 @@ pub async fn replay(
     .await
 }
 
-/// `POST /dead-letters/{queue}/replay-all`: every dead letter of the
-/// queue (the newest [`REPLAY_ALL_MAX`] when there are more), oldest
-/// first.
+/// `POST /dead-letters/{queue}/replay-all`: starts replaying every dead
+/// letter of the queue in the background ([`crate::replays`]); the
+/// dead-letters page shows how far it got.
 pub async fn replay_all(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    act(&st, &headers, "/dead-letters", async {
-        match st.stem().replay_dead_letters(&queue, REPLAY_ALL_MAX).await {
-            Ok(r) if r.skipped.is_empty() => {
-                format!("Replayed {} dead letters of {queue}", r.replayed.len())
-            }
-            Ok(r) => format!(
-                "Replayed {} dead letters of {queue}; {} not replayed (gone already, or holding no task)",
-                r.replayed.len(),
-                r.skipped.len()
-            ),
-            Err(e) => failed(&format!("replay of {queue}"), e),
-        }
-    })
+    act(
+        &st,
+        &headers,
+        "/dead-letters",
+        crate::replays::start(&st, &queue),
+    )
     .await
 }
 

@@ -19,6 +19,7 @@ mod auth;
 mod guard;
 mod live;
 mod pages;
+mod replays;
 mod settings;
 mod task_list;
 mod view;
@@ -46,6 +47,9 @@ struct Inner {
     config: DashboardConfig,
     session_key: guard::SessionKey,
     hub: live::Hub,
+    /// Replay-all jobs running in the background, and the last of each
+    /// queue.
+    replays: replays::Replays,
     /// Cancelled when the server begins its graceful stop: every open
     /// event stream ends, so the stop does not wait on open pages.
     closing: CancellationToken,
@@ -61,6 +65,7 @@ impl AppState {
             config,
             session_key: guard::SessionKey::random(),
             hub: live::Hub::new(),
+            replays: replays::Replays::default(),
             closing: CancellationToken::new(),
         }))
     }

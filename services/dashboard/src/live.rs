@@ -217,16 +217,24 @@ struct WorkerTable<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "partials/replays.html")]
+struct Replays {
+    replays: Vec<String>,
+}
+
+#[derive(Template)]
 #[template(path = "partials/task_state.html")]
 struct TaskState<'a> {
     chrome: &'a Chrome,
     task: &'a TaskView,
 }
 
-/// The fragments of `snap` and of the watched `tasks`, by target id.
+/// The fragments of `snap`, of the replay-all jobs and of the watched
+/// `tasks`, by target id.
 fn render(
     chrome: &Chrome,
     snap: &Snapshot,
+    replays: Vec<String>,
     tasks: &[TaskView],
 ) -> askama::Result<Vec<(String, Arc<str>)>> {
     let mut out = vec![
@@ -240,6 +248,7 @@ fn render(
             "worker-table".to_string(),
             WorkerTable { chrome, snap }.render()?,
         ),
+        ("replays".to_string(), Replays { replays }.render()?),
     ];
     for task in tasks {
         out.push((
@@ -292,7 +301,8 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
             }
         };
         let tasks: Vec<TaskView> = statuses.into_iter().flatten().map(TaskView::of).collect();
-        let fragments = match render(&chrome, &snap, &tasks) {
+        let replays = st.0.replays.all().iter().map(|p| p.describe()).collect();
+        let fragments = match render(&chrome, &snap, replays, &tasks) {
             Ok(mut f) => {
                 f.extend(head.map(|h| (TASKS_HEAD.to_string(), h.into())));
                 f

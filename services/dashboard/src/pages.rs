@@ -249,6 +249,8 @@ pub struct DeadLetters {
     queue: String,
     letters: Vec<LetterRow>,
     limit: usize,
+    /// What the replay-all jobs of this process did or are doing.
+    replays: Vec<String>,
 }
 
 pub async fn dead_letters(
@@ -279,6 +281,7 @@ pub async fn dead_letters(
         queue,
         letters: letters.iter().map(LetterRow::of).collect(),
         limit: LETTERS_PER_QUEUE,
+        replays: st.0.replays.all().iter().map(|p| p.describe()).collect(),
     })
 }
 
