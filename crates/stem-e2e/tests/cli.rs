@@ -611,8 +611,9 @@ async fn dlq_replay_runs_the_task_again_with_its_signature_on(url: &str) -> anyh
     })
     .await
     .map(|letter| assert_eq!(letter["reason"], "signature-invalid", "{letter}"))?;
-    // A rejected envelope writes no status: the producer's `queued` stays.
-    assert_eq!(stem.state(&id)?, "queued");
+    // The producer's own envelope, rejected: its task fails (CONTRACT §3),
+    // and the replay below reopens it, the envelope's fingerprint matching.
+    assert_eq!(stem.state(&id)?, "failed");
     let shown = stem.ok(&["dlq", "show", "-q", "greetings", &id])?.json()?;
     assert_eq!(shown["keyId"], "k1", "{shown}");
     assert_eq!(shown["signed"], true, "{shown}");

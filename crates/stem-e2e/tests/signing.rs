@@ -2,12 +2,12 @@
 //! refuses what it cannot verify, Ed25519 workers need only public keys,
 //! and key rotation keeps the backlog verifiable.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stem_e2e::{
     body_runs, ed25519_key, hmac_key, start_enqueuer, start_worker, wait_dead_letter, worker_name,
-    RedisServer, SETTLE,
+    RedisServer, Stem, SETTLE,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,10 +40,10 @@ async fn wrong_key_is_rejected_without_running() -> anyhow::Result<()> {
         l.task_id().as_deref() == Some(id.as_str())
     })
     .await?;
-    // What cannot be authenticated touches no status: the id it claims may
-    // belong to an authentic task.
+    // The producer's own envelope (its status records the fingerprint):
+    // the task fails, before its dead letter is written.
     let s = enq.api.task(&id).await?.expect("the producer's status");
-    assert_eq!(s["state"], "queued", "{s}");
+    assert_eq!(s["state"], "failed", "{s}");
     assert_eq!(letter.reason, "signature-invalid", "{letter:?}");
     // The envelope is kept as sent, signature included.
     let wire = letter
@@ -56,6 +56,76 @@ async fn wrong_key_is_rejected_without_running() -> anyhow::Result<()> {
     let logs = worker.logs();
     assert_eq!(body_runs(&logs, &id), 0, "body must never run:\n{logs}");
     assert!(logs.contains("signature invalid"), "{logs}");
+    Ok(())
+}
+
+/// CONTRACT §3: a producer signing with a key the worker does not know
+/// sees its task end `failed` (`signature-invalid`) in `GET /tasks/{id}`,
+/// and `stem task wait` ends with the failure's exit code instead of
+/// waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_signed_with_an_unknown_key_fails_and_task_wait_ends() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let enq = start_enqueuer(
+        &url,
+        &[
+            ("STEM_SIGNING_KEYS", hmac_key("a")),
+            ("STEM_SIGNING_ACTIVE_KEY", "a".into()),
+        ],
+    )
+    .await?;
+    let id = enq.api.enqueue(json!({"name": "Misconfigured"})).await?;
+    let queued = enq.api.task(&id).await?.expect("the producer's status");
+    assert_eq!(queued["state"], "queued", "{queued}");
+    assert_eq!(
+        queued["fingerprint"].as_str().map(str::len),
+        Some(22),
+        "the status records the envelope's fingerprint: {queued}"
+    );
+    // Waiting starts while the task is queued and no worker runs.
+    let wait = Stem::new(&url).spawn(&["task", "wait", &id, "--timeout", "120s", "--json"])?;
+    let started = Instant::now();
+    let worker = start_worker(
+        &url,
+        &worker_name("key-b-only"),
+        "greetings",
+        &[
+            ("STEM_SIGNING_KEYS", hmac_key("b")),
+            ("STEM_SIGNING_ACTIVE_KEY", "b".into()),
+        ],
+    )
+    .await?;
+
+    let s = enq.api.wait_state(&id, "failed", SETTLE).await?;
+    assert_eq!(s["error"]["reason"], "signature-invalid", "{s}");
+    assert_eq!(s["error"]["type"], "signature-invalid", "{s}");
+    assert_eq!(s["attempt"], 0, "{s}");
+    let run = tokio::time::timeout(SETTLE, Stem::finish(wait))
+        .await
+        .map_err(|_| anyhow::anyhow!("stem task wait still runs after {SETTLE:?}"))??;
+    assert_eq!(
+        run.code,
+        Some(1),
+        "the failure's exit code: {}",
+        run.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "ended by the failure, not the timeout: {}",
+        run.describe()
+    );
+    let shown = run.json()?;
+    assert_eq!(shown["state"], "failed", "{shown}");
+    assert_eq!(shown["error"]["reason"], "signature-invalid", "{shown}");
+
+    let letter = wait_dead_letter(&url, "greetings", SETTLE, |l| {
+        l.task_id().as_deref() == Some(id.as_str())
+    })
+    .await?;
+    assert_eq!(letter.reason, "signature-invalid", "{letter:?}");
+    let logs = worker.logs();
+    assert_eq!(body_runs(&logs, &id), 0, "body must never run:\n{logs}");
     Ok(())
 }
 

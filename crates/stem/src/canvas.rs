@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::client::{EnqueueRequest, Prepared, Stem};
-use crate::envelope::{TaskState, TaskStatus, WireEnvelope};
+use crate::envelope::{TaskStatus, WireEnvelope};
 use crate::error::{Result, StemError};
 
 /// Header naming a task's group.
@@ -199,10 +199,10 @@ impl Stem {
                 .put_blob(&chain_step_key(&chain_id, i), &stored, ttl)
                 .await?;
         }
-        let statuses: Vec<TaskStatus> = prepared
-            .iter()
-            .map(|p| TaskStatus::for_spec(&p.spec, TaskState::Queued, 0))
-            .collect();
+        // Every step's envelope is signed now and published unchanged
+        // later (from the stored blob), so each `queued` status carries the
+        // fingerprint of the envelope its step will be delivered as.
+        let statuses: Vec<TaskStatus> = prepared.iter().map(Prepared::queued_status).collect();
         self.backend().set_statuses(&statuses).await?;
         self.broker().publish(vec![prepared[0].outgoing()]).await?;
         Ok(ChainHandle {
@@ -245,9 +245,7 @@ impl Stem {
         self.backend()
             .init_group(&chord_id, prepared.len() as u64)
             .await?;
-        self.backend()
-            .set_statuses(&[TaskStatus::for_spec(&cb.spec, TaskState::Queued, 0)])
-            .await?;
+        self.backend().set_statuses(&[cb.queued_status()]).await?;
         self.submit(&prepared).await?;
         Ok(ChordHandle {
             chord_id,

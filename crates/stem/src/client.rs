@@ -138,6 +138,13 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// The task's first status, `queued`, recording the fingerprint of
+    /// its signed envelope: the one record a worker that rejects this very
+    /// envelope may fail ([`ResultBackend::fail_rejected`]).
+    pub(crate) fn queued_status(&self) -> TaskStatus {
+        TaskStatus::for_spec(&self.spec, TaskState::Queued, 0).waiting_on(&self.wire)
+    }
+
     pub(crate) fn outgoing(&self) -> Outgoing {
         Outgoing {
             queue: self.spec.queue.clone(),
@@ -420,10 +427,7 @@ impl Stem {
     /// Writing the status first means a late `queued` can never hide a
     /// worker's `running`.
     pub(crate) async fn submit(&self, prepared: &[Prepared]) -> Result<()> {
-        let statuses: Vec<TaskStatus> = prepared
-            .iter()
-            .map(|p| TaskStatus::for_spec(&p.spec, TaskState::Queued, 0))
-            .collect();
+        let statuses: Vec<TaskStatus> = prepared.iter().map(Prepared::queued_status).collect();
         let batch: Vec<Outgoing> = prepared.iter().map(Prepared::outgoing).collect();
         if let Some(atomic) = &self.stores.atomic {
             return atomic.submit(&statuses, &batch).await;
@@ -484,7 +488,7 @@ impl Stem {
         opts: &EnqueueOptions,
     ) -> Result<Enqueued> {
         let prepared = self.prepare(name, args, opts)?;
-        let queued = TaskStatus::for_spec(&prepared.spec, TaskState::Queued, 0);
+        let queued = prepared.queued_status();
         let once = SubmitOnce {
             marker,
             value: &prepared.spec.id,

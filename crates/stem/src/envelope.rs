@@ -130,6 +130,17 @@ impl WireEnvelope {
     pub fn spec(&self) -> Result<TaskSpec> {
         TaskSpec::from_body(&self.body)
     }
+
+    /// The fingerprint of what was signed: key id, signature and body
+    /// ([`crate::signing::envelope_fingerprint`]); the delivery state
+    /// (attempt) is not part of it, so a retried or replayed copy keeps it.
+    pub fn fingerprint(&self) -> String {
+        crate::signing::envelope_fingerprint(
+            self.key_id.as_deref(),
+            self.signature.as_deref(),
+            &self.body,
+        )
+    }
 }
 
 /// Life-cycle state of a task.
@@ -416,6 +427,15 @@ pub struct TaskStatus {
     pub created_at: String,
     /// When this status was written: RFC 3339 UTC with milliseconds.
     pub updated_at: String,
+    /// The [fingerprint](WireEnvelope::fingerprint) of the envelope the
+    /// task waits on, on the statuses that say it waits (`queued`,
+    /// `retried`), and on the `failed` status a rejected envelope of that
+    /// fingerprint wrote (`signature-invalid`); `None` (and left out of
+    /// the JSON) otherwise. It is what lets a worker that cannot verify an
+    /// envelope fail the task only when the envelope is the producer's own
+    /// ([`ResultBackend::fail_rejected`](crate::backend::ResultBackend::fail_rejected)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl TaskStatus {
@@ -434,7 +454,15 @@ impl TaskStatus {
             meta: spec.meta.clone(),
             created_at: format_ms(spec.enqueued_at),
             updated_at: format_ms(now_ms()),
+            fingerprint: None,
         }
+    }
+
+    /// The same status recording the fingerprint of `wire`, the envelope
+    /// the task waits on.
+    pub fn waiting_on(mut self, wire: &WireEnvelope) -> Self {
+        self.fingerprint = Some(wire.fingerprint());
+        self
     }
 
     /// Ordering key that only grows over a task's life: a write whose rank

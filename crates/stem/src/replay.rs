@@ -4,10 +4,15 @@
 //! sees it waiting again, and the new result is not ranked below the old
 //! one) — but only for a letter whose envelope was authenticated (not
 //! `signature-invalid`, `malformed-envelope`, `wrong-queue` or
-//! `attempt-out-of-range`, which never wrote a status and may claim a real
-//! task's id) — and only then is the envelope published again by
+//! `attempt-out-of-range`, which may claim a real task's id), or for a
+//! `signature-invalid` letter that is byte for byte the envelope the
+//! task's status records (same [fingerprint](crate::envelope::WireEnvelope::fingerprint):
+//! the producer's own envelope, which a worker without its key failed) —
+//! and only then is the envelope published again by
 //! [`QueueAdmin::replay_dead_letter`](crate::broker::QueueAdmin::replay_dead_letter)
-//! (same task id, same signature, `attempt + 1`).
+//! (same task id, same signature, `attempt + 1`). The reopened `queued`
+//! status carries the envelope's fingerprint, as the producer's did: the
+//! same envelope lives on.
 
 use serde::Serialize;
 
@@ -66,13 +71,28 @@ impl Stem {
                     | DeadLetterReason::AttemptOutOfRange
             )
         });
-        if authentic {
+        let fingerprint = old.fingerprint();
+        // A rejected envelope that is the producer's own: the task's status
+        // (its `failed`, or a `queued` the rejection did not reach) records
+        // this very fingerprint; a forged copy's cannot match it.
+        let recorded = || async {
+            Ok::<_, crate::error::StemError>(
+                self.status(&spec.id)
+                    .await?
+                    .is_some_and(|s| s.fingerprint.as_deref() == Some(fingerprint.as_str())),
+            )
+        };
+        let reopen = authentic
+            || (letter.reason_kind() == Some(DeadLetterReason::SignatureInvalid)
+                && recorded().await?);
+        if reopen {
             self.backend()
                 .set_statuses(&[TaskStatus::for_spec(
                     &spec,
                     TaskState::Queued,
-                    old.attempt + 1,
-                )])
+                    old.attempt.saturating_add(1),
+                )
+                .waiting_on(old)])
                 .await?;
         }
         let Some(wire) = self.admin().replay_dead_letter(queue, &letter.id).await? else {

@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 
@@ -422,6 +423,41 @@ impl Verifier {
     }
 }
 
+/// Bytes of SHA-256 kept in an [`envelope_fingerprint`]: 128 bits, far
+/// beyond a collision anyone could search for, and short because it is
+/// stored with every waiting task's status.
+pub const FINGERPRINT_BYTES: usize = 16;
+
+/// The fingerprint of a signed envelope: a truncated SHA-256 over the key
+/// id, the signature and the body, base64url without padding (22
+/// characters).
+///
+/// The producer records it in the task's `queued` status; a worker that
+/// rejects an envelope (`signature-invalid`) fails that status only when
+/// the rejected envelope has the same fingerprint, i.e. is byte for byte
+/// the envelope its producer sent (see `worker/admit.rs`). The fields are
+/// length-prefixed, and an absent key id or signature is told apart from
+/// an empty one, so bytes cannot be moved from one field to another to
+/// reach the same digest with another envelope.
+pub fn envelope_fingerprint(key_id: Option<&str>, signature: Option<&str>, body: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"stem-envelope-v1");
+    for field in [key_id.map(str::as_bytes), signature.map(str::as_bytes)] {
+        match field {
+            None => ctx.update(&[0]),
+            Some(bytes) => {
+                ctx.update(&[1]);
+                ctx.update(&(bytes.len() as u64).to_be_bytes());
+                ctx.update(bytes);
+            }
+        }
+    }
+    ctx.update(&(body.len() as u64).to_be_bytes());
+    ctx.update(body);
+    let digest = ctx.finish();
+    B64URL.encode(&digest.as_ref()[..FINGERPRINT_BYTES])
+}
+
 /// A fresh 32-byte HMAC secret, base64.
 pub fn generate_hmac_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -496,6 +532,29 @@ mod tests {
         ])
         .expect("real key");
         assert!(!real.uses_demo_keys());
+    }
+
+    #[test]
+    fn fingerprints_bind_key_id_signature_and_body() {
+        let fp = envelope_fingerprint(Some("k1"), Some("c2ln"), b"{}");
+        assert_eq!(fp.len(), 22, "{fp}");
+        assert_eq!(fp, envelope_fingerprint(Some("k1"), Some("c2ln"), b"{}"));
+        for other in [
+            envelope_fingerprint(Some("k2"), Some("c2ln"), b"{}"),
+            envelope_fingerprint(Some("k1"), Some("c2lo"), b"{}"),
+            envelope_fingerprint(Some("k1"), Some("c2ln"), b"{ }"),
+            // Bytes moved between fields, and absent against empty.
+            envelope_fingerprint(Some("k1c"), Some("2ln"), b"{}"),
+            envelope_fingerprint(Some("k1"), Some("c2ln{"), b"}"),
+            envelope_fingerprint(None, None, b"{}"),
+            envelope_fingerprint(Some(""), Some(""), b"{}"),
+        ] {
+            assert_ne!(fp, other);
+        }
+        assert_ne!(
+            envelope_fingerprint(None, Some(""), b""),
+            envelope_fingerprint(Some(""), None, b"")
+        );
     }
 
     #[test]

@@ -250,6 +250,125 @@ async fn blobs_keep_their_bytes(a: Adapters) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `fail_rejected`: a worker that rejects an envelope (`signature-invalid`)
+/// fails the task only where its status waits on an envelope of the same
+/// fingerprint; a forged copy, a status that moved on, one without a
+/// fingerprint or for a later attempt are left exactly as they were.
+async fn rejected_envelopes_fail_only_the_status_recording_them(a: Adapters) -> anyhow::Result<()> {
+    use stem::broker::DeadLetterReason::SignatureInvalid;
+    use stem::envelope::{TaskError, TaskErrorKind, WireEnvelope};
+    let wire = |body: &'static str, sig: &str| WireEnvelope {
+        body: bytes::Bytes::from_static(body.as_bytes()),
+        key_id: Some("k1".into()),
+        signature: Some(sig.into()),
+        attempt: 0,
+    };
+    let genuine = wire(r#"{"a":1}"#, "c2ln");
+    let copies = [
+        wire(r#"{"a":1}"#, "Zm9yZ2Vk"),
+        wire(r#"{"a":2}"#, "c2ln"),
+        WireEnvelope {
+            key_id: None,
+            signature: None,
+            ..genuine.clone()
+        },
+    ];
+    let failure = |s: &TaskSpec, attempt: u32, w: &WireEnvelope| {
+        let mut f = TaskStatus::for_spec(s, TaskState::Failed, attempt).waiting_on(w);
+        f.error = Some(
+            TaskError::new(
+                TaskErrorKind::Rejected(SignatureInvalid),
+                "signature mismatch",
+            )
+            .dead_lettered(SignatureInvalid),
+        );
+        f
+    };
+    let (queued, retried, running, done, bare, later, unknown) =
+        (spec(), spec(), spec(), spec(), spec(), spec(), spec());
+    a.set_statuses(&[
+        TaskStatus::for_spec(&queued, TaskState::Queued, 0).waiting_on(&genuine),
+        TaskStatus::for_spec(&retried, TaskState::Retried, 1).waiting_on(&genuine),
+        // Moved on, whatever fingerprint they carry.
+        TaskStatus::for_spec(&running, TaskState::Running, 0).waiting_on(&genuine),
+        TaskStatus::for_spec(&done, TaskState::Succeeded, 0).waiting_on(&genuine),
+        TaskStatus::for_spec(&bare, TaskState::Queued, 0),
+        TaskStatus::for_spec(&later, TaskState::Queued, 3).waiting_on(&genuine),
+    ])
+    .await?;
+    let ids: Vec<String> = [&queued, &retried, &running, &done, &bare, &later]
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    let before = a.backend.get_statuses(&ids).await?;
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+
+    // Copies that are not the recorded envelope: nothing matches, nothing
+    // changes, whatever the state.
+    for copy in &copies {
+        let claims: Vec<TaskStatus> = [&queued, &retried, &running, &done, &bare, &later]
+            .iter()
+            .map(|s| failure(s, 2, copy))
+            .collect();
+        assert_eq!(a.backend.fail_rejected(&claims).await?, vec![false; 6]);
+        assert_eq!(
+            a.backend.get_statuses(&ids).await?,
+            before,
+            "a copy changed a status"
+        );
+    }
+
+    // The recorded envelope itself.
+    let mut no_fingerprint = failure(&queued, 0, &genuine);
+    no_fingerprint.fingerprint = None;
+    let claims = vec![
+        failure(&queued, 0, &genuine),
+        failure(&retried, 2, &genuine),
+        failure(&running, 0, &genuine),
+        failure(&done, 0, &genuine),
+        failure(&bare, 0, &genuine),
+        failure(&later, 2, &genuine),
+        failure(&unknown, 0, &genuine),
+        no_fingerprint,
+    ];
+    assert_eq!(
+        a.backend.fail_rejected(&claims).await?,
+        vec![true, true, false, false, false, false, false, false]
+    );
+    let after = a.backend.get_statuses(&ids).await?;
+    for (i, expected) in [(0, &claims[0]), (1, &claims[1])] {
+        let s = after[i].as_ref().expect("status");
+        assert_eq!(s, expected, "the failure as written");
+        assert_eq!(
+            s.error.as_ref().and_then(|e| e.reason.as_deref()),
+            Some("signature-invalid")
+        );
+    }
+    assert_eq!(
+        after[2..],
+        before[2..],
+        "moved on, unfingerprinted or later: untouched"
+    );
+    assert!(stem::backend::get_status(a.backend.as_ref(), &unknown.id)
+        .await?
+        .is_none());
+    let terminal = a.backend.final_states(&ids[..2]).await?;
+    assert_eq!(
+        terminal,
+        vec![Some((TaskState::Failed, 0)), Some((TaskState::Failed, 2))]
+    );
+
+    // A redelivery of the rejected entry finds its failure: it matches
+    // (its follow-ups are redone) and rewrites nothing.
+    let again = vec![
+        failure(&queued, 0, &genuine),
+        failure(&queued, 0, &copies[0]),
+    ];
+    assert_eq!(a.backend.fail_rejected(&again).await?, vec![true, false]);
+    assert_eq!(a.backend.get_statuses(&ids).await?, after);
+    Ok(())
+}
+
 stem_testkit::contract_suite!(
     [
     memory_adapter => crate::common::memory,
@@ -264,4 +383,5 @@ stem_testkit::contract_suite!(
     blobs_keep_their_bytes,
     final_states_read_finished_tasks,
     terminal_statuses_follow_rank,
+    rejected_envelopes_fail_only_the_status_recording_them,
 );

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{GroupProgress, GroupView, ResultBackend};
-use crate::envelope::TaskStatus;
+use super::{rejected_may_fail, GroupProgress, GroupView, ResultBackend};
+use crate::envelope::{TaskState, TaskStatus};
 use crate::error::Result;
 
 struct Expiring<T> {
@@ -96,6 +96,39 @@ impl ResultBackend for MemoryBackend {
             },
         );
         Ok(true)
+    }
+
+    async fn fail_rejected(&self, failures: &[TaskStatus]) -> Result<Vec<bool>> {
+        // Under the lock, as the Redis script runs: compare and set in one
+        // step.
+        let mut st = self.lock();
+        let expires = Instant::now() + self.ttl;
+        let mut out = Vec::with_capacity(failures.len());
+        for f in failures {
+            let Some(fp) = f.fingerprint.as_deref() else {
+                out.push(false);
+                continue;
+            };
+            let stored = st.statuses.get(&f.id).filter(|e| e.live());
+            let (matches, already) = match stored {
+                Some(e) if e.value.fingerprint.as_deref() == Some(fp) => (
+                    rejected_may_fail(&e.value, f.attempt),
+                    e.value.state == TaskState::Failed,
+                ),
+                _ => (false, false),
+            };
+            if matches {
+                st.statuses.insert(
+                    f.id.clone(),
+                    Expiring {
+                        value: f.clone(),
+                        expires,
+                    },
+                );
+            }
+            out.push(matches || already);
+        }
+        Ok(out)
     }
 
     async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>> {

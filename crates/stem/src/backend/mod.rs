@@ -72,6 +72,21 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// written. A revocation never replaces a result that landed first.
     async fn record_revocation(&self, status: &TaskStatus, ttl: Duration) -> Result<bool>;
 
+    /// Fails tasks whose envelope a worker rejected (`signature-invalid`),
+    /// but only the task that envelope really is: each `failed` status is
+    /// written, atomically per task, only where the stored status still
+    /// waits on an envelope of the same [fingerprint](TaskStatus::fingerprint)
+    /// (`queued` or `retried`, at an attempt no later than the status's).
+    /// A status that has moved on (running, finished, a newer attempt) or
+    /// carries another fingerprint or none is left as it is, so a forged
+    /// or altered copy claiming a real task's id changes nothing.
+    ///
+    /// Answers, per status, whether the task's status is now that failure:
+    /// `true` also when an earlier call already wrote it (a redelivery of
+    /// the rejected entry), so its follow-ups can be redone. A status
+    /// without a fingerprint is never written (`false`).
+    async fn fail_rejected(&self, failures: &[TaskStatus]) -> Result<Vec<bool>>;
+
     /// Reads statuses in one round trip (`None` for unknown or expired ids).
     async fn get_statuses(&self, ids: &[String]) -> Result<Vec<Option<TaskStatus>>>;
 
@@ -122,6 +137,15 @@ pub trait ResultBackend: Send + Sync + 'static {
 
     /// Succeeds when the store answers.
     async fn ping(&self) -> Result<()>;
+}
+
+/// Whether a stored status carrying a rejected envelope's fingerprint
+/// still waits on that envelope delivered at `attempt`, so the rejection
+/// may fail it: it is `queued` (by its producer, or by a replay) or
+/// `retried`, and not for a later attempt. The Redis script
+/// (`backend/redis.rs`, `FAIL_REJECTED`) applies the same rule.
+pub(crate) fn rejected_may_fail(stored: &TaskStatus, attempt: u32) -> bool {
+    matches!(stored.state, TaskState::Queued | TaskState::Retried) && stored.attempt <= attempt
 }
 
 /// Convenience: one status.

@@ -19,7 +19,9 @@
 //! already running) is it put back. Live statuses go through
 //! a script that drops a write ranked below the stored terminal status and
 //! deletes a terminal status that a newer attempt outranks (a dead-letter
-//! replay).
+//! replay). A rejected envelope's failure (`fail_rejected`) goes through a
+//! compare-and-set script on the status's fingerprint, run only for
+//! rejects.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,6 +85,50 @@ end
 return 0
 "#;
 
+/// Rejected envelopes (`signature-invalid`) fail the task they claim only
+/// where its status waits on an envelope of the same fingerprint; see
+/// [`ResultBackend::fail_rejected`] and `rejected_may_fail` in
+/// `backend/mod.rs`, whose rule this is. KEYS = (live key, done key) per
+/// status, one task's two keys share its `{<id>}` slot; ARGV = ttl, then
+/// per status its fingerprint, attempt and value. Answers 1 or 0 per
+/// status. The stored JSON is decoded (`cjson`) only here, on the reject
+/// path, never on the hot path; a top-level field is compared, so a
+/// `fingerprint` inside args or meta is never mistaken for it.
+const FAIL_REJECTED: &str = r#"
+local function decoded(raw)
+  local bar = string.find(raw, '|', 1, true)
+  if not bar then return nil end
+  local ok, s = pcall(cjson.decode, string.sub(raw, bar + 1))
+  if ok and type(s) == 'table' then return s end
+  return nil
+end
+local ttl = ARGV[1]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local k, d = KEYS[2 * i - 1], KEYS[2 * i]
+  local fp, attempt, v = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), ARGV[3 * i + 1]
+  local live, done = redis.call('GET', k), redis.call('GET', d)
+  local lr, dr = live and rank_of(live), done and rank_of(done)
+  local res = 0
+  if done and not (lr and dr and lr > dr) then
+    -- The terminal record is the status: only the failure an earlier
+    -- call wrote for this very envelope matches.
+    local s = decoded(done)
+    if s and s.fingerprint == fp and s.state == 'failed' then res = 1 end
+  elseif live then
+    local s = decoded(live)
+    if s and s.fingerprint == fp and (s.state == 'queued' or s.state == 'retried')
+        and tonumber(s.attempt) and tonumber(s.attempt) <= attempt then
+      redis.call('SET', d, v, 'PX', ttl)
+      redis.call('DEL', k)
+      res = 1
+    end
+  end
+  out[i] = res
+end
+return out
+"#;
+
 /// The stored form of a status: `"<rank>|<JSON>"`.
 pub(crate) fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
     let mut v = format!("{}|", s.rank()).into_bytes();
@@ -125,6 +171,7 @@ fn decode_status(raw: &[u8]) -> Option<TaskStatus> {
 pub(crate) struct StatusWriter {
     live: Arc<Script>,
     done: Arc<Script>,
+    rejected: Arc<Script>,
     ttl_ms: u64,
 }
 
@@ -138,6 +185,7 @@ impl StatusWriter {
         StatusWriter {
             live: Arc::new(Script::new(&format!("{RANK_LUA}{SET_LIVE}"))),
             done: Arc::new(Script::new(&format!("{RANK_LUA}{SET_DONE}"))),
+            rejected: Arc::new(Script::new(&format!("{RANK_LUA}{FAIL_REJECTED}"))),
             ttl_ms: ttl.as_millis().max(1) as u64,
         }
     }
@@ -200,6 +248,43 @@ impl StatusWriter {
             return Ok(());
         }
         self.write_done(conn, &done, extra).await
+    }
+
+    /// [`ResultBackend::fail_rejected`]: one script call per slot (one on
+    /// a single server), all at once.
+    async fn fail_rejected(&self, conn: &mut Conn, failures: &[TaskStatus]) -> Result<Vec<bool>> {
+        let mut out = vec![false; failures.len()];
+        let candidates: Vec<usize> = (0..failures.len())
+            .filter(|&i| failures[i].fingerprint.is_some())
+            .collect();
+        let groups = conn.slot_groups(candidates, |&i| {
+            Some(keys::status(&failures[i].id).into_bytes())
+        });
+        let calls = groups.into_iter().map(|group| {
+            let mut conn = conn.clone();
+            async move {
+                let mut inv = self.rejected.prepare_invoke();
+                inv.arg(self.ttl_ms);
+                for &i in &group {
+                    let f = &failures[i];
+                    inv.key(keys::status(&f.id))
+                        .key(keys::done(&f.id))
+                        .arg(f.fingerprint.as_deref().unwrap_or_default())
+                        .arg(f.attempt)
+                        .arg(status_value(f)?);
+                }
+                let answers: Vec<i64> = inv.invoke_async(&mut conn).await?;
+                Ok::<_, StemError>(group.into_iter().zip(answers).collect::<Vec<_>>())
+            }
+        });
+        for (i, answer) in futures::future::try_join_all(calls)
+            .await?
+            .into_iter()
+            .flatten()
+        {
+            out[i] = answer == 1;
+        }
+        Ok(out)
     }
 
     /// Live statuses whose keys share one slot, through the rank script.
@@ -367,6 +452,12 @@ impl ResultBackend for RedisBackend {
         }
         self.writer
             .write(&mut self.conn.clone(), statuses, Vec::new())
+            .await
+    }
+
+    async fn fail_rejected(&self, failures: &[TaskStatus]) -> Result<Vec<bool>> {
+        self.writer
+            .fail_rejected(&mut self.conn.clone(), failures)
             .await
     }
 

@@ -7,11 +7,23 @@
 //! An entry that cannot be authenticated (bad or missing signature), that
 //! sits in a stream its signed spec does not name, or whose unsigned
 //! attempt is out of range is dead-lettered with its bytes and a reason,
-//! and **nothing else**: no status, no group result, no chord record is
-//! written for the task id it claims, because that id may belong to an
-//! authentic task. Only an authentic, well-placed entry of a task this
-//! worker does not know (`unregistered-task`) records a `failed` status
-//! and group result, as a task failure would.
+//! and **nothing else** that it merely claims: the task id it names may
+//! belong to an authentic task. Only an authentic, well-placed entry of a
+//! task this worker does not know (`unregistered-task`) records a `failed`
+//! status and group result, as a task failure would.
+//!
+//! One exception, which claims nothing: an entry rejected as
+//! `signature-invalid` that is byte for byte the envelope its producer
+//! recorded. The producer's `queued` status (and a `retried` one) carries
+//! the envelope's fingerprint (key id, signature, body); the rejection
+//! fails that status through [`ResultBackend::fail_rejected`], a
+//! compare-and-set on the fingerprint, so a misconfigured producer's task
+//! ends `failed` instead of waiting for ever, while a forged or altered
+//! copy (another body, another signature) matches nothing and changes
+//! nothing. A match is the genuine envelope, so its failure then counts as
+//! an authentic one (group result, chain aborted).
+//!
+//! [`ResultBackend::fail_rejected`]: crate::backend::ResultBackend::fail_rejected
 //!
 //! A redelivered entry whose task already has a terminal status is not run
 //! again; the steps that follow a terminal status (group result, next
@@ -38,6 +50,10 @@ struct Reject {
     receipt: Receipt,
     letter: NewDeadLetter,
     authentic: Option<(Arc<TaskSpec>, TaskStatus)>,
+    /// A `signature-invalid` entry's claimed spec and the `failed` status
+    /// (with the entry's fingerprint) written only where the stored status
+    /// waits on an envelope of that fingerprint.
+    claimed: Option<(Arc<TaskSpec>, TaskStatus)>,
 }
 
 impl Reject {
@@ -47,6 +63,7 @@ impl Reject {
             receipt,
             letter,
             authentic: None,
+            claimed: None,
         }
     }
 }
@@ -86,9 +103,30 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
                 queue = %d.receipt.queue, entry = %d.receipt.entry_id,
                 key_id = d.wire.key_id.as_deref().unwrap_or("-"),
                 claimed_task_id = parsed.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
-                error = %e, "signature invalid: entry dead-lettered without running; no status written"
+                error = %e, "signature invalid: entry dead-lettered without running"
             );
-            return Err(Box::new(Reject::dead_only(
+            // What the entry claims, for the fingerprint's compare-and-set
+            // only, and only where its producer would have delivered it:
+            // from the queue its spec names (a stream writer could copy a
+            // genuine envelope into a queue whose workers hold other keys,
+            // and so fail a task its own workers would run), at an attempt
+            // within the budget.
+            let claimed = parsed
+                .ok()
+                .filter(|spec| {
+                    spec.queue == d.receipt.queue && !attempt_over(shared, spec, d.wire.attempt)
+                })
+                .map(|spec| {
+                    let mut status = failed_status(
+                        &spec,
+                        d.wire.attempt,
+                        DeadLetterReason::SignatureInvalid,
+                        e.to_string(),
+                    );
+                    status.fingerprint = Some(d.wire.fingerprint());
+                    (Arc::new(spec), status)
+                });
+            let mut reject = Reject::dead_only(
                 d.receipt,
                 NewDeadLetter {
                     reason: DeadLetterReason::SignatureInvalid,
@@ -96,7 +134,9 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
                     wire: Some(d.wire),
                     raw: None,
                 },
-            )));
+            );
+            reject.claimed = claimed;
+            return Err(Box::new(reject));
         }
     }
     let spec = match parsed {
@@ -131,15 +171,8 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         )));
     }
     let handler = shared.registry.get(&spec.name);
-    // The spec's budget settles the common case without building the
-    // handler's options; the catalogue's budget can only raise the bound.
-    let over = |budget: u32| d.wire.attempt > budget.saturating_add(MAX_REPLAYS);
-    let budget = match &handler {
-        _ if !over(spec.max_retries) => None,
-        Some(h) => Some(h.options().max_retries.max(spec.max_retries)),
-        None => Some(spec.max_retries),
-    };
-    if let Some(budget) = budget.filter(|b| over(*b)) {
+    if attempt_over(shared, &spec, d.wire.attempt) {
+        let budget = budget_of(shared, &spec);
         let msg = format!(
             "attempt {} is above the retry budget {budget} plus {MAX_REPLAYS} replays",
             d.wire.attempt
@@ -174,9 +207,27 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
                 raw: None,
             },
             authentic: Some((Arc::new(spec), status)),
+            claimed: None,
         }));
     };
     Ok((d, Arc::new(spec), handler))
+}
+
+/// The retry budget of `spec`'s task: the catalogue's, or the spec's when
+/// higher (or when the task is not registered here).
+fn budget_of(shared: &Shared, spec: &TaskSpec) -> u32 {
+    match shared.registry.get(&spec.name) {
+        Some(h) => h.options().max_retries.max(spec.max_retries),
+        None => spec.max_retries,
+    }
+}
+
+/// Whether `attempt` is beyond the task's retry budget plus
+/// [`MAX_REPLAYS`]. The spec's budget settles the common case without
+/// building the handler's options; the catalogue's can only raise it.
+fn attempt_over(shared: &Shared, spec: &TaskSpec, attempt: u32) -> bool {
+    let over = |budget: u32| attempt > budget.saturating_add(MAX_REPLAYS);
+    over(spec.max_retries) && over(budget_of(shared, spec))
 }
 
 /// Verifies, decodes and checks entries already taken in, then queues the
@@ -267,6 +318,7 @@ fn delivery_limit(shared: &Shared, d: Delivery, spec: Arc<TaskSpec>) -> Reject {
             raw: None,
         },
         authentic: Some((spec, status)),
+        claimed: None,
     }
 }
 
@@ -343,7 +395,10 @@ fn dead_letter_missing(status: &TaskStatus, attempt: u32) -> Option<DeadLetterRe
 /// Dead-letters rejected entries. Authentic ones (`unregistered-task`)
 /// first get their `failed` status, group result and canvas follow-ups;
 /// when the status cannot be written they are left for redelivery, so the
-/// result still lands before the ack.
+/// result still lands before the ack. A `signature-invalid` entry fails
+/// the task it claims only where its fingerprint matches the stored
+/// status (see the module's comment); a match is then settled as an
+/// authentic failure, anything else as a bare dead letter.
 async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
     if rejects.is_empty() {
         return;
@@ -351,6 +406,10 @@ async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
     let statuses: Vec<TaskStatus> = rejects
         .iter()
         .filter_map(|r| r.authentic.as_ref().map(|(_, s)| s.clone()))
+        .collect();
+    let claims: Vec<TaskStatus> = rejects
+        .iter()
+        .filter_map(|r| r.claimed.as_ref().map(|(_, s)| s.clone()))
         .collect();
     let mut items = Vec::with_capacity(rejects.len());
     let mut unrecorded = Vec::new();
@@ -361,10 +420,42 @@ async fn settle_rejects(shared: &Arc<Shared>, rejects: Vec<Reject>) {
             false
         }
     };
-    for r in rejects {
+    // `None`: the compare-and-set could not be made; those entries are
+    // redelivered, so a genuine envelope's failure still lands before its
+    // dead letter.
+    let mut matched = match claims.is_empty() {
+        true => Some(Vec::new().into_iter()),
+        false => match shared.backend.fail_rejected(&claims).await {
+            Ok(m) => Some(m.into_iter()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check rejected envelopes against their tasks' statuses; the entries will be redelivered");
+                None
+            }
+        },
+    };
+    for mut r in rejects {
         if r.authentic.is_some() && !recorded {
             unrecorded.push(r.receipt);
             continue;
+        }
+        if let Some((spec, status)) = r.claimed.take() {
+            let Some(hit) = matched.as_mut().map(|m| m.next().unwrap_or(false)) else {
+                unrecorded.push(r.receipt);
+                continue;
+            };
+            if hit {
+                shared.metrics.failed(&shared.metrics.series(&spec));
+                tracing::warn!(
+                    task = %spec.name, task_id = %spec.id,
+                    "the rejected envelope is the one its producer recorded: task failed as signature-invalid"
+                );
+                r.authentic = Some((spec, status));
+            } else {
+                tracing::info!(
+                    task_id = %spec.id,
+                    "no status of the claimed task waits on this envelope: left untouched"
+                );
+            }
         }
         let (spec, status) = r.authentic.unzip();
         let task = spec.as_ref().map(|s| s.name.as_str());

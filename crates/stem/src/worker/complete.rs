@@ -169,7 +169,11 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                     task = %spec.name, task_id = %spec.id, attempt, retry_in_ms = delay.as_millis() as u64,
                     error = %failure.message, "task failed; retrying"
                 );
-                let mut s = TaskStatus::for_spec(&spec, TaskState::Retried, attempt);
+                // The retry republishes this very envelope (attempt aside,
+                // which the fingerprint leaves out): the status says so,
+                // so a worker that cannot verify it fails the task.
+                let mut s =
+                    TaskStatus::for_spec(&spec, TaskState::Retried, attempt).waiting_on(&wire);
                 s.error = Some(TaskError::new(TaskErrorKind::TaskError, &failure.message));
                 p.statuses.push(s);
                 let mut next = wire.clone();
