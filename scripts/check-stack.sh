@@ -4,9 +4,9 @@
 # each .env profile; promtool checks the Prometheus config; nginx -t checks
 # the gateway config as shipped, with the compose service names resolving
 # to loopback through a private /etc/hosts in a mount namespace; the
-# collector's pipelines name receivers and exporters it defines, and every
-# Grafana dashboard's datasource uid is provisioned; shellcheck lints
-# scripts/.
+# collector's pipelines name receivers and exporters it defines and start
+# with memory_limiter, and every Grafana dashboard's datasource uid is
+# provisioned; shellcheck lints scripts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +37,8 @@ import yaml
 errors = []
 otel = yaml.safe_load(open("otel/collector.yaml"))
 for name, p in otel["service"]["pipelines"].items():
+    if (p.get("processors") or [None])[0] != "memory_limiter":
+        errors.append(f"otel pipeline {name}: memory_limiter is not its first processor")
     for kind in ("receivers", "processors", "exporters"):
         for part in p.get(kind, []):
             if part not in (otel.get(kind) or {}):
@@ -57,7 +59,7 @@ for f in sorted(glob.glob("deploy/grafana/dashboards/*.json")):
     walk(json.load(open(f)), f)
 if errors:
     sys.exit("\n".join(errors))
-print("collector pipelines and Grafana datasource uids: ok")
+print("collector pipelines (memory_limiter first) and Grafana datasource uids: ok")
 PY
 
 shellcheck scripts/*.sh

@@ -6,20 +6,26 @@
 #   scripts/generate_tls_assets.sh [out_dir=certs] [primary_host=redis] [alt_names_csv=redis,localhost,127.0.0.1]
 #
 # Environment:
-#   DAYS       validity in days of every certificate (default 365)
-#   CLIENT_CN  common name of the client certificate (default stem-client)
-#   KEY_MODE   mode of server.key and client.key (default 600). The compose
-#              stack's containers run as their own users (redis as 999,
-#              Stem as 10001), not as the owner of the bind-mounted files,
-#              so for docker-compose.yml use KEY_MODE=644 (demo keys only;
-#              ca.key always stays 600 and is never mounted into a service)
+#   DAYS        validity in days of every certificate (default 365)
+#   CLIENT_CN   common name of the client certificate (default stem-client)
+#   KEY_MODE    mode of server.key and client.key (default 600). The compose
+#               stack's containers run as their own users (redis as 999,
+#               Stem as 10001), not as the owner of the bind-mounted files,
+#               so for docker-compose.yml use KEY_MODE=644 (demo keys only)
+#   CA_KEY_DIR  where the CA's private key goes (default: beside out_dir,
+#               "<out_dir>-ca", e.g. certs-ca/); it must not lie inside
+#               out_dir, which docker-compose.yml mounts into the services
 #
-# Produces in out_dir:
-#   ca.key / ca.crt          CA (CN "<primary_host>-ca")
+# Produces in out_dir (what the services mount as /certs):
+#   ca.crt                   CA certificate (CN "<primary_host>-ca")
 #   server.key / server.crt  server certificate (CN primary_host, SAN = every
 #                            entry of alt_names_csv: IP addresses as "IP.n",
 #                            names as "DNS.n"), EKU serverAuth
 #   client.key / client.crt  client certificate (CN $CLIENT_CN), EKU clientAuth
+# and in CA_KEY_DIR:
+#   ca.key                   the CA's key, mode 600, never mounted into a
+#                            service (a ca.key left in out_dir by an older
+#                            run is removed)
 #
 # Keys are EC P-256, created under umask 077; certificates are made 0644.
 set -euo pipefail
@@ -46,7 +52,21 @@ fi
 
 umask 077
 mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+CA_DIR="${CA_KEY_DIR:-${OUT_DIR}-ca}"
+mkdir -p "$CA_DIR"
+CA_DIR="$(cd "$CA_DIR" && pwd)"
+case "$CA_DIR/" in
+    "$OUT_DIR"/*)
+        echo "error: CA_KEY_DIR ($CA_DIR) lies inside $OUT_DIR, which the services mount" >&2
+        rmdir "$CA_DIR" 2>/dev/null || true
+        exit 1
+        ;;
+esac
+chmod 700 "$CA_DIR"
+CA_KEY="$CA_DIR/ca.key"
 cd "$OUT_DIR"
+rm -f ca.key
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -124,26 +144,26 @@ gen_key() {
 }
 
 # --- CA ---------------------------------------------------------------------
-gen_key ca.key
+gen_key "$CA_KEY"
 # Self-signed via CSR + x509 -extfile: portable across openssl versions.
-openssl req -new -sha256 -key ca.key -subj "/CN=${PRIMARY_HOST}-ca" -out "$WORK/ca.csr"
-openssl x509 -req -sha256 -in "$WORK/ca.csr" -signkey ca.key -days "$DAYS" \
+openssl req -new -sha256 -key "$CA_KEY" -subj "/CN=${PRIMARY_HOST}-ca" -out "$WORK/ca.csr"
+openssl x509 -req -sha256 -in "$WORK/ca.csr" -signkey "$CA_KEY" -days "$DAYS" \
     -extfile "$WORK/ca.ext" -out ca.crt 2>/dev/null
 
 # --- server -----------------------------------------------------------------
 gen_key server.key
 openssl req -new -sha256 -key server.key -subj "/CN=${PRIMARY_HOST}" -out "$WORK/server.csr"
-openssl x509 -req -sha256 -in "$WORK/server.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+openssl x509 -req -sha256 -in "$WORK/server.csr" -CA ca.crt -CAkey "$CA_KEY" -CAcreateserial \
     -days "$DAYS" -extfile "$WORK/server.ext" -out server.crt 2>/dev/null
 
 # --- client -----------------------------------------------------------------
 gen_key client.key
 openssl req -new -sha256 -key client.key -subj "/CN=${CLIENT_CN}" -out "$WORK/client.csr"
-openssl x509 -req -sha256 -in "$WORK/client.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+openssl x509 -req -sha256 -in "$WORK/client.csr" -CA ca.crt -CAkey "$CA_KEY" -CAcreateserial \
     -days "$DAYS" -extfile "$WORK/client.ext" -out client.crt 2>/dev/null
 
 rm -f ca.srl
-chmod 600 ca.key
+chmod 600 "$CA_KEY"
 chmod "$KEY_MODE" server.key client.key
 chmod 644 ./*.crt
 # The directory only lists public certificates and keys that guard
@@ -153,7 +173,7 @@ chmod 755 .
 openssl verify -CAfile ca.crt server.crt client.crt >/dev/null
 
 echo "TLS assets written to $(pwd):"
-echo "  ca.crt / ca.key          CN=${PRIMARY_HOST}-ca"
+echo "  ca.crt                   CN=${PRIMARY_HOST}-ca (its key: ${CA_KEY}, not mounted)"
 echo "  server.crt / server.key  CN=${PRIMARY_HOST}, SAN: $(printf '%s' "$SAN_SECTION" | sed -e 's/ = /:/' | paste -sd ' ' -)"
 echo "  client.crt / client.key  CN=${CLIENT_CN} (clientAuth)"
 echo "  valid for ${DAYS} days"

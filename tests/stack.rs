@@ -15,18 +15,90 @@
 //! - with a TLS profile: Redis speaks TLS only, a client without the
 //!   client certificate is refused, and a server certificate from another
 //!   CA fails every client with an error naming the certificate;
-//! - `docker compose stop`: every Stem service exits 0 on SIGTERM.
+//! - `docker compose stop`: every Stem service exits 0 on SIGTERM;
+//! - safe by default: Redis answers `PING` only with the profile's
+//!   password (NOAUTH without), no service mounts the CA's key, and no
+//!   process logged the Redis password (the services log URLs redacted).
 //!
-//! The profiles run as parallel tests, each with its own stack.
+//! The profiles run as parallel tests, each with its own stack; beside
+//! them, every profile's secrets are required and none is a default.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{json, Value};
 use stem_e2e::{poll_until, stream_until, Api, SETTLE};
 use stem_stack_tests::stack::{generate_certs, repo_root};
-use stem_stack_tests::Stack;
+use stem_stack_tests::{Profile, Project, Stack};
+
+/// The profiles the stack runs with, and the template.
+const PROFILES: [&str; 4] = [
+    ".env.example",
+    ".env.hmac",
+    ".env.hmac_tls",
+    ".env.ed25519_tls",
+];
+
+/// Every profile sets Redis's and Grafana's passwords, compose refuses a
+/// profile without either (`${VAR:?…}`), Grafana's admin password is the
+/// profile's (not Grafana's default `admin`), Redis requires the
+/// password, and every store URL carries it.
+#[test]
+fn every_profile_sets_its_secrets_and_compose_requires_them() -> anyhow::Result<()> {
+    let repo = repo_root();
+    for name in PROFILES {
+        let profile = Profile::load(&repo.join(name))?;
+        let secret = |var: &str| -> anyhow::Result<String> {
+            let value = profile.vars.get(var).cloned().unwrap_or_default();
+            anyhow::ensure!(!value.is_empty(), "{name} sets no {var}");
+            Ok(value)
+        };
+        let redis_pw = secret("REDIS_PASSWORD")?;
+        let grafana_pw = secret("GRAFANA_ADMIN_PASSWORD")?;
+        assert_ne!(grafana_pw, "admin", "{name}: Grafana's default password");
+        let project = Project::load(&repo, &profile)?;
+        let grafana = &project.service("grafana")?.environment;
+        assert_eq!(
+            grafana.get("GF_SECURITY_ADMIN_PASSWORD"),
+            Some(&grafana_pw),
+            "{name}: Grafana's admin password comes from the profile"
+        );
+        let redis = project.service("redis")?;
+        let command = redis.command.join(" ");
+        assert!(
+            command.contains(&format!("--requirepass {redis_pw}")),
+            "{name}: redis requires the password: {command}"
+        );
+        assert_eq!(
+            redis.environment.get("REDISCLI_AUTH"),
+            Some(&redis_pw),
+            "{name}: the healthcheck's redis-cli authenticates"
+        );
+        for (var, url) in &profile.vars {
+            if var.starts_with("STEM_") && var.ends_with("_URL") && url.starts_with("redis") {
+                assert!(
+                    url.contains(&format!(":{redis_pw}@")),
+                    "{name}: {var} carries the password"
+                );
+            }
+        }
+        for var in ["REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"] {
+            let mut without = profile.clone();
+            without.vars.remove(var);
+            let refused = Project::load(&repo, &without)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(
+                refused.contains(var),
+                "{name} without {var}: compose refuses it ({refused:?})"
+            );
+        }
+    }
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hmac_profile_serves_through_the_gateway() -> anyhow::Result<()> {
@@ -54,6 +126,14 @@ async fn journeys(profile: &str) -> anyhow::Result<()> {
     );
     let gw = stack.gateway();
     let http = stem_e2e::http_client();
+    let redis_password = stack
+        .profile
+        .vars
+        .get("REDIS_PASSWORD")
+        .cloned()
+        .context("the profile sets REDIS_PASSWORD")?;
+    redis_requires_the_password(&stack, &redis_password).await?;
+    no_service_mounts_the_ca_key(&stack)?;
 
     let r = http.get(format!("{gw}/healthz")).send().await?;
     assert_eq!(r.status(), 200, "the gateway's own health");
@@ -180,7 +260,79 @@ async fn journeys(profile: &str) -> anyhow::Result<()> {
         let code = stack.stop(&service, Duration::from_secs(40))?;
         assert_eq!(code, Some(0), "{service} exits 0 on SIGTERM");
     }
+
+    // Every service logged its store URL at start, redacted: the password
+    // is in no process's log.
+    for service in stack.project.services.keys() {
+        if let Ok(p) = stack.process(service) {
+            assert!(
+                !p.logs().contains(&redis_password),
+                "{service} logged the Redis password"
+            );
+        }
+    }
+    for service in stack.stem_services() {
+        let logs = stack.process(&service)?.logs();
+        assert!(
+            logs.contains("***@"),
+            "{service} logs its broker URL, redacted: {logs}"
+        );
+    }
     Ok(())
+}
+
+/// Redis refuses a client without the password (`NOAUTH`) and answers
+/// one with it.
+async fn redis_requires_the_password(stack: &Stack, password: &str) -> anyhow::Result<()> {
+    let (_, text) = stack.redis_cli(None, &["ping"]).await?;
+    assert!(
+        text.contains("NOAUTH"),
+        "PING without the password is refused: {text}"
+    );
+    let (status, text) = stack.redis_cli(Some(password), &["ping"]).await?;
+    assert!(
+        status.success() && text.contains("PONG"),
+        "PING with the password: {text}"
+    );
+    Ok(())
+}
+
+/// The CA's key exists (the script made it) but is under no path mounted
+/// into a service, and no mounted path holds a file named `ca.key`.
+fn no_service_mounts_the_ca_key(stack: &Stack) -> anyhow::Result<()> {
+    let ca_key = stack.ca_key();
+    for (service, host, target) in stack.mounts()? {
+        assert!(
+            !ca_key.starts_with(&host),
+            "{service} mounts {} (at {target}), which holds the CA's key",
+            host.display()
+        );
+        let found = files_named(&host, "ca.key")?;
+        assert!(
+            found.is_empty(),
+            "{service} mounts {} at {target}, with {found:?}",
+            host.display()
+        );
+    }
+    assert!(
+        ca_key.is_file(),
+        "generate_tls_assets.sh wrote the CA's key at {}",
+        ca_key.display()
+    );
+    Ok(())
+}
+
+/// The files called `name` at or under `path`.
+fn files_named(path: &Path, name: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).with_context(|| format!("{}", path.display()))? {
+            found.extend(files_named(&entry?.path(), name)?);
+        }
+    } else if path.file_name().is_some_and(|n| n == name) {
+        found.push(path.to_path_buf());
+    }
+    Ok(found)
 }
 
 /// Redis speaks TLS only and asks for a client certificate; every client

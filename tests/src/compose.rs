@@ -308,9 +308,10 @@ fn parse_port(p: &str) -> anyhow::Result<Published> {
     }
 }
 
-/// Compose's interpolation of `${NAME}` and `${NAME:-default}` from the
-/// `.env` (a variable the profile leaves out is empty, as compose makes it
-/// with a warning); `$$` is a literal `$`.
+/// Compose's interpolation of `${NAME}`, `${NAME:-default}` and
+/// `${NAME:?message}` from the `.env` (a variable the profile leaves out is
+/// empty, as compose makes it with a warning; with `:?` compose refuses
+/// the file, and so does this); `$$` is a literal `$`.
 pub fn interpolate(text: &str, profile: &Profile) -> anyhow::Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -325,12 +326,19 @@ pub fn interpolate(text: &str, profile: &Profile) -> anyhow::Result<String> {
                 .find('}')
                 .with_context(|| format!("unclosed ${{ in {text:?}"))?;
             let expr = &inner[..end];
-            let (name, default) = match expr.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (expr, None),
-            };
-            let value = profile.vars.get(name).filter(|v| !v.is_empty());
-            out.push_str(value.map(String::as_str).or(default).unwrap_or(""));
+            let value = |name: &str| profile.vars.get(name).filter(|v| !v.is_empty());
+            if let Some((name, message)) = expr.split_once(":?") {
+                let v = value(name).with_context(|| {
+                    format!("{name} is unset or empty in {}: {message}", profile.name)
+                })?;
+                out.push_str(v);
+            } else {
+                let (name, default) = match expr.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (expr, None),
+                };
+                out.push_str(value(name).map(String::as_str).or(default).unwrap_or(""));
+            }
             rest = &inner[end + 1..];
         } else {
             bail!("unsupported interpolation in {text:?} (use ${{NAME}} or ${{NAME:-default}})");
@@ -380,6 +388,11 @@ mod tests {
         assert_eq!(interpolate("${MISSING}", &p)?, "");
         assert_eq!(interpolate("$$HOME", &p)?, "$HOME");
         assert!(interpolate("$A", &p).is_err());
+        assert_eq!(interpolate("${A:?set A}", &p)?, "--tls-port 6379");
+        for required in ["${MISSING:?set it}", "${EMPTY:?set it}"] {
+            let e = interpolate(required, &p).expect_err(required);
+            assert!(format!("{e:#}").contains("set it"), "{e:#}");
+        }
         Ok(())
     }
 

@@ -154,9 +154,73 @@ impl Stack {
         self.dir.path().join("certs")
     }
 
+    /// The CA's private key, where `scripts/generate_tls_assets.sh` puts
+    /// it: beside `./certs`, in `./certs-ca`.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.path().join("certs-ca").join("ca.key")
+    }
+
     /// The stack's scratch directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Every host path a service of the compose file mounts (bind mounts
+    /// and named volumes alike), as `(service, host path, container path)`.
+    pub fn mounts(&self) -> anyhow::Result<Vec<(String, PathBuf, String)>> {
+        let mut out = Vec::new();
+        for s in self.project.services.values() {
+            for (source, target) in &s.volumes {
+                out.push((
+                    s.name.clone(),
+                    self.volume_source(source, &self.certs())?,
+                    target.clone(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `redis-cli` against the stack's Redis: its mapped port, the
+    /// profile's `REDIS_CLI_ARGS` (the TLS profiles' certificates) and
+    /// `args`, with `REDISCLI_AUTH` set to `password` or, for `None`,
+    /// unset. Returns the exit status and stdout and stderr together.
+    pub async fn redis_cli(
+        &self,
+        password: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        let service = self.project.service("redis")?;
+        let certs = self.certs();
+        let mut words = vec![
+            "-p".to_string(),
+            self.loopback.port("redis", 6379).to_string(),
+        ];
+        if let Some(cli_args) = self.profile.vars.get("REDIS_CLI_ARGS") {
+            words.extend(
+                cli_args
+                    .split_whitespace()
+                    .map(|w| self.map_word(service, w, &certs)),
+            );
+        }
+        words.extend(args.iter().map(|a| a.to_string()));
+        let mut cmd = tokio::process::Command::new(installed("redis-cli", "redis-tools")?);
+        cmd.args(&words)
+            .env_remove("REDISCLI_AUTH")
+            .kill_on_drop(true);
+        if let Some(pw) = password {
+            cmd.env("REDISCLI_AUTH", pw);
+        }
+        let out = tokio::time::timeout(CHECK_TIMEOUT, cmd.output())
+            .await
+            .with_context(|| format!("redis-cli {words:?} did not finish"))?
+            .context("running redis-cli")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status, text))
     }
 
     /// The running process of `service`.
@@ -582,9 +646,9 @@ impl Stack {
 
     /// One run of `service`'s healthcheck, as the container would run it:
     /// `stem probe …` with the service's environment, `wget URL` as an
-    /// HTTP GET, a `CMD-SHELL` line by `sh -c` (with `redis-cli`, which
-    /// in the container talks to its own default port, pointed at the
-    /// mapped one).
+    /// HTTP GET, a `CMD-SHELL` line by `sh -c` with the service's
+    /// environment (with `redis-cli`, which in the container talks to its
+    /// own default port, pointed at the mapped one).
     async fn check_health(&self, service: &Service) -> anyhow::Result<()> {
         let name = service.name.as_str();
         let certs = self.certs();
@@ -642,6 +706,7 @@ impl Stack {
                     CHECK_TIMEOUT,
                     tokio::process::Command::new("sh")
                         .args(["-c", &script])
+                        .envs(self.env_of(name)?)
                         .kill_on_drop(true)
                         .output(),
                 )
@@ -676,7 +741,8 @@ impl Drop for Stack {
 }
 
 /// `KEY_MODE=644 scripts/generate_tls_assets.sh <dir> redis
-/// "redis,localhost,127.0.0.1"`, the README's command for the stack.
+/// "redis,localhost,127.0.0.1"`, the README's command for the stack (the
+/// CA's key goes to `<dir>-ca`, beside `dir`).
 pub fn generate_certs(repo: &Path, dir: &Path) -> anyhow::Result<()> {
     installed("openssl", "openssl")?;
     let out = std::process::Command::new(repo.join("scripts/generate_tls_assets.sh"))

@@ -67,8 +67,8 @@ enum Command {
     /// Run the enqueue API, one worker per demo queue, a beat and the
     /// dashboard in one process.
     Dev(dev::DevArgs),
-    /// GET a URL; exit 0 on a 2xx answer, 69 otherwise (for container
-    /// healthchecks).
+    /// GET a URL, directly (no proxy, no redirect followed); exit 0 on a
+    /// 2xx answer, 69 otherwise (for container healthchecks).
     Probe(probe::ProbeArgs),
 }
 

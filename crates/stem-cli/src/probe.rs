@@ -2,6 +2,12 @@
 //! otherwise (no answer within `--timeout`, or another status). Container
 //! healthchecks use it, so the image needs no curl; it reads no `STEM_*`
 //! configuration.
+//!
+//! The probe asks the URL itself and nothing else: it ignores the proxy
+//! variables (`HTTP_PROXY`, `http_proxy`, `ALL_PROXY`, …), which a
+//! container engine may inject from the client's settings and which would
+//! send a loopback healthcheck to the proxy, and it follows no redirect,
+//! so a 3xx is a failure like any other status that is not 2xx.
 
 use std::time::Duration;
 
@@ -36,7 +42,12 @@ pub fn run(args: ProbeArgs) -> i32 {
         }
     };
     runtime.block_on(async {
-        let client = match reqwest::Client::builder().timeout(args.timeout).build() {
+        let client = match reqwest::Client::builder()
+            .timeout(args.timeout)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -696,17 +696,26 @@ impl Run {
 #[derive(Clone, Debug)]
 pub struct Stem {
     envs: Vec<(String, String)>,
+    removed: Vec<String>,
 }
 
 impl Stem {
     pub fn new(url: &str) -> Self {
         Stem {
             envs: vec![("STEM_BROKER_URL".into(), url.into())],
+            removed: Vec::new(),
         }
     }
 
     pub fn with(mut self, key: &str, value: &str) -> Self {
         self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs without `key` in the environment (unless [`Stem::with`] sets
+    /// it).
+    pub fn without(mut self, key: &str) -> Self {
+        self.removed.push(key.into());
         self
     }
 
@@ -716,6 +725,9 @@ impl Stem {
             if k.starts_with("STEM_") || k == "RUST_LOG" {
                 cmd.env_remove(k);
             }
+        }
+        for k in &self.removed {
+            cmd.env_remove(k);
         }
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v))).args(args);
         Ok(cmd)

@@ -726,6 +726,97 @@ async fn probe_exits_0_only_for_a_2xx_answer() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The proxy variables a container engine injects from the client's
+/// settings: the probe asks the URL itself, so a proxy where nothing
+/// listens changes nothing.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_ignores_the_proxy_variables() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let enq = stem_e2e::start_enqueuer(&redis.url(), &[]).await?;
+    let healthz = format!("{}/healthz", enq.api.base());
+    let dead_proxy = format!("http://127.0.0.1:{}", stem_testkit::free_port());
+    for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
+        let mut stem = Stem::new("bogus://not-read");
+        for v in PROXY_VARIABLES.iter().chain(&["NO_PROXY", "no_proxy"]) {
+            stem = stem.without(v);
+        }
+        let run = stem
+            .with(var, &dead_proxy)
+            .run(&["probe", &healthz, "--timeout", "2s"])?;
+        assert_eq!(
+            run.code,
+            Some(0),
+            "{var}={dead_proxy} is not used: {}",
+            run.describe()
+        );
+    }
+    Ok(())
+}
+
+/// Only the named URL's own status counts: a redirect to a healthy URL is
+/// not followed, and the 3xx exits 69.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_follows_no_redirect() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let enq = stem_e2e::start_enqueuer(&redis.url(), &[]).await?;
+    let healthz = format!("{}/healthz", enq.api.base());
+    let stem = Stem::new("bogus://not-read");
+    for status in ["302 Found", "303 See Other"] {
+        let redirect = redirect_server(status, &healthz).await?;
+        let run = stem.run(&["probe", &format!("{redirect}/healthz")])?;
+        assert_eq!(
+            run.code,
+            Some(69),
+            "{status} to {healthz}: {}",
+            run.describe()
+        );
+        assert!(
+            run.stderr.contains(&status[..3]),
+            "the status is named: {}",
+            run.describe()
+        );
+    }
+    Ok(())
+}
+
+/// An HTTP server on loopback answering every request with `status` and
+/// `Location: target`; returns its base URL.
+async fn redirect_server(status: &'static str, target: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    Ok(base)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_redis_and_exits_69_without_it() -> anyhow::Result<()> {
     let mut redis = RedisServer::start()?;

@@ -143,6 +143,117 @@ async fn one_trace_runs_from_the_request_to_every_attempt() -> anyhow::Result<()
     Ok(())
 }
 
+/// The real enqueuer reads a caller's `traceparent` as W3C writes it:
+/// flags beyond `sampled` are dropped (the request, the task and the
+/// worker's spans carry `01`, not the caller's `ff`), and a value with a
+/// sign or uppercase hex is refused whole, so the request starts a trace
+/// of its own instead of continuing the id the integer parser would read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_is_read_as_w3c_writes_it() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let collector = OtlpReceiver::start().await?;
+    let env = [
+        ("STEM_OTLP_ENDPOINT", collector.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let _worker = start_worker(&redis.url(), "w3c-worker", "greetings", &env).await?;
+    let enq = start_enqueuer(&redis.url(), &env).await?;
+    let send = |traceparent: &'static str| {
+        let url = format!("{}/enqueue", enq.api.base());
+        async move {
+            let reply: Value = stem_e2e::http_client()
+                .post(url)
+                .header("traceparent", traceparent)
+                .json(&json!({"name": "Ada"}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let id = reply["taskId"].as_str().unwrap_or_default().to_string();
+            anyhow::ensure!(!id.is_empty(), "enqueued: {reply}");
+            anyhow::Ok(id)
+        }
+    };
+    let unknown_flags = send("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-ff").await?;
+    // The ids an integer parser reads from these two.
+    let signed = send("00-+bf92f3577b34da6a3ce929d0e0e4736-+0f067aa0ba902b7-+1").await?;
+    let upper = send("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01").await?;
+    let lax_reads = [
+        "0bf92f3577b34da6a3ce929d0e0e4736",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+    ];
+
+    let spans = stem_e2e::poll_until(
+        "the consume spans of the three tasks",
+        Duration::from_secs(20),
+        || async {
+            let spans = collector.spans();
+            let consumed = [&unknown_flags, &signed, &upper].iter().all(|id| {
+                spans.iter().any(|(_, s)| {
+                    s.name == "stem.consume"
+                        && attributes(&s.attributes).get("stem.task.id") == Some(*id)
+                })
+            });
+            Ok(consumed.then_some(spans))
+        },
+    )
+    .await?;
+    // The request span of a task: the parent of its `stem.enqueue`.
+    let request_of = |id: &str| -> anyhow::Result<&Span> {
+        let enqueue = spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| {
+                s.name == "stem.enqueue"
+                    && attributes(&s.attributes)
+                        .get("stem.task.id")
+                        .map(String::as_str)
+                        == Some(id)
+            })
+            .ok_or_else(|| anyhow::anyhow!("no stem.enqueue span of {id}"))?;
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == "POST /enqueue" && s.span_id == enqueue.parent_span_id)
+            .ok_or_else(|| anyhow::anyhow!("no request span of {id}"))
+    };
+
+    let request = request_of(&unknown_flags)?;
+    assert_eq!(hex(&request.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(hex(&request.parent_span_id), "b7ad6b7169203331");
+    let trace: Vec<&Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.trace_id == request.trace_id)
+        .collect();
+    assert!(
+        trace.iter().any(|s| s.name == "stem.consume"),
+        "the task's trace reaches the worker: {trace:#?}"
+    );
+    for s in &trace {
+        assert_eq!(
+            s.flags & 0xff,
+            0x01,
+            "{}: only the sampled bit of the caller's ff is kept",
+            s.name
+        );
+    }
+
+    for id in [&signed, &upper] {
+        let request = request_of(id)?;
+        assert!(
+            request.parent_span_id.is_empty(),
+            "a refused traceparent starts a new trace: {request:#?}"
+        );
+        let trace_id = hex(&request.trace_id);
+        assert!(
+            !lax_reads.contains(&trace_id.as_str()),
+            "trace {trace_id} was read from a refused traceparent"
+        );
+    }
+    Ok(())
+}
+
 /// The sampler (`OTEL_TRACES_SAMPLER`) decides at the root and the worker
 /// follows: with `parentbased_always_off` on the enqueuer, a request
 /// without a caller's trace leaves no span anywhere (its task still runs),

@@ -199,22 +199,28 @@ pub fn trace_id_of(traceparent: &str) -> Option<String> {
     span_context_of(traceparent).map(|sc| format!("{:032x}", sc.trace_id()))
 }
 
-/// The valid span context a version-00 `traceparent` value carries.
+/// The valid span context a version-00 `traceparent` value carries, read
+/// as the W3C Trace Context rules write it: `00-<32>-<16>-<2>`, every field
+/// lowercase hex (checked byte by byte, so no sign, no uppercase, no
+/// space), neither id all zeros. Of the flags only `sampled` (`0x01`) is
+/// kept: a bit this version does not define is not passed on to the task
+/// or the spans. (The OpenTelemetry SDK's `TraceContextPropagator` is not
+/// used: it accepts a leading `+` in the ids and other versions.)
 fn span_context_of(traceparent: &str) -> Option<SpanContext> {
     let mut parts = traceparent.trim().split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if version != "00"
         || parts.next().is_some()
-        || trace.len() != 32
-        || span.len() != 16
-        || flags.len() != 2
+        || !lowercase_hex(trace, 32)
+        || !lowercase_hex(span, 16)
+        || !lowercase_hex(flags, 2)
     {
         return None;
     }
     let trace_id = TraceId::from_hex(trace).ok()?;
     let span_id = SpanId::from_hex(span).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()? & TraceFlags::SAMPLED.to_u8();
     let sc = SpanContext::new(
         trace_id,
         span_id,
@@ -223,6 +229,14 @@ fn span_context_of(traceparent: &str) -> Option<SpanContext> {
         TraceState::default(),
     );
     sc.is_valid().then_some(sc)
+}
+
+/// Whether `field` is exactly `len` digits of lowercase hex.
+fn lowercase_hex(field: &str, len: usize) -> bool {
+    field.len() == len
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Makes `span` a child of the trace `traceparent` names (when valid).
@@ -276,6 +290,62 @@ mod tests {
         ] {
             assert!(parent_from(bad).is_none(), "{bad:?}");
             assert!(trace_id_of(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    /// What the W3C rules refuse and the integer parsers would take: a
+    /// sign, uppercase, spaces or other versions; each value is refused
+    /// whole (a new trace starts), not read as something close to it.
+    #[test]
+    fn traceparent_fields_are_lowercase_hex_only() {
+        for bad in [
+            // A leading `+` in every field (`from_str_radix` takes it).
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-+0f067aa0ba902b7-+1",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-+0f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1",
+            "00--bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            // Uppercase, in each field.
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473A-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bA-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A",
+            // Not hex, spaces inside, a missing or an extra field.
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7- 1",
+            "00-4bf92f3577b34da6a3ce929d0e0e47 6-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            // Versions other than 00, the invalid ff among them.
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "+0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            // Both ids all zeros.
+            "00-00000000000000000000000000000000-0000000000000000-01",
+        ] {
+            assert!(parent_from(bad).is_none(), "{bad:?}");
+            assert!(trace_id_of(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    /// Only the `sampled` bit of the flags is kept: unknown bits are
+    /// accepted and dropped, as W3C asks, so they never reach the task.
+    #[test]
+    fn traceparent_flags_keep_only_the_sampled_bit() {
+        for (flags, kept) in [
+            ("00", 0x00),
+            ("01", 0x01),
+            ("ff", 0x01),
+            ("fe", 0x00),
+            ("02", 0x00),
+        ] {
+            let value = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            let cx = parent_from(&value).expect("valid");
+            assert_eq!(
+                cx.span().span_context().trace_flags().to_u8(),
+                kept,
+                "flags {flags}"
+            );
         }
     }
 }
