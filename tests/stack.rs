@@ -209,6 +209,8 @@ async fn journeys(profile: &str) -> anyhow::Result<()> {
     stream_until(&mut events, "<turbo-stream", Duration::from_secs(30)).await?;
     drop(events);
 
+    other_sites_are_kept_out(&stack, &gw).await?;
+
     // Prometheus, under /prometheus/, scrapes every Stem service that
     // exports metrics, all up.
     let mut expected: Vec<String> = Vec::new();
@@ -278,6 +280,81 @@ async fn journeys(profile: &str) -> anyhow::Result<()> {
             "{service} logs its broker URL, redacted: {logs}"
         );
     }
+    Ok(())
+}
+
+/// Through the gateway: a web page's cross-site enqueue (`text/plain`) is
+/// refused on both API routes with nothing enqueued, the dashboard answers
+/// nothing under a foreign host name (DNS rebinding) and refuses an action
+/// from another origin, and a page's own action returns to that page,
+/// though nginx forwards `Host` without its port.
+async fn other_sites_are_kept_out(stack: &Stack, gw: &str) -> anyhow::Result<()> {
+    let port = stack.gateway_port();
+    let http = stem_e2e::http_client();
+    let vhost = reqwest::Client::builder()
+        .resolve("api.localhost", SocketAddr::from(([127, 0, 0, 1], port)))
+        .build()?;
+    for (client, url) in [
+        (&http, format!("{gw}/api/enqueue")),
+        (&vhost, format!("http://api.localhost:{port}/enqueue")),
+    ] {
+        let r = client
+            .post(&url)
+            .header("content-type", "text/plain")
+            .body(r#"{"name": "from-a-web-page"}"#)
+            .send()
+            .await?;
+        assert_eq!(r.status(), 415, "{url} as text/plain");
+    }
+
+    // The dashboard under a name that rebinds to the gateway.
+    let r = http
+        .get(format!("{gw}/"))
+        .header("host", format!("attacker.example:{port}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403, "a foreign host name");
+    assert!(!r.text().await?.contains("csrf-token"));
+
+    // A browser session: its cookie, its page's token.
+    let cookie = "stem_csrf=c2Vzc2lvbi1jb29raWUtb2YtdGhlLXN0YWNrLXRlc3Q";
+    let dashboard = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let page = dashboard
+        .get(format!("{gw}/queues/greetings"))
+        .header("cookie", cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let token = page
+        .split(r#"<meta name="csrf-token" content=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("the page carries a CSRF token")?
+        .to_string();
+    let act = |path: &str, origin: String| {
+        dashboard
+            .post(format!("{gw}{path}"))
+            .header("cookie", cookie)
+            .header("origin", origin)
+            .header("referer", format!("{gw}/queues/greetings"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf_token={token}"))
+            .send()
+    };
+    let r = act("/queues/greetings/pause", "http://attacker.example".into()).await?;
+    assert_eq!(r.status(), 403, "an action from another site");
+    let r = act("/queues/greetings/pause", gw.to_string()).await?;
+    assert_eq!(r.status(), 303, "the page's own action");
+    assert_eq!(
+        r.headers()["location"].to_str()?,
+        "/queues/greetings?notice=Paused+greetings",
+        "back to the page it came from, behind nginx"
+    );
+    let r = act("/queues/greetings/resume", gw.to_string()).await?;
+    assert_eq!(r.status(), 303);
     Ok(())
 }
 

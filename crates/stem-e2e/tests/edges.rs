@@ -694,10 +694,28 @@ async fn placeholder_keys_run_and_warn_with_the_opt_in() -> anyhow::Result<()> {
     enq.api
         .enqueue_succeeded(json!({"name": "Ada", "delayMs": 1}))
         .await?;
-    for (what, logs) in [("worker", worker.logs()), ("enqueuer", enq.process.logs())] {
+    let dash = stem_e2e::start_dashboard(&redis.url(), &env).await?;
+    for (what, logs) in [
+        ("worker", worker.logs()),
+        ("enqueuer", enq.process.logs()),
+        ("dashboard", dash.process.logs()),
+    ] {
         assert!(
             logs.contains("STEM_ALLOW_DEMO_KEYS is on"),
             "{what} warns at start: {logs}"
+        );
+    }
+    // And every dashboard page says so.
+    for path in ["/", "/queues", "/no/such/page"] {
+        let page = stem_e2e::http_client()
+            .get(dash.url(path))
+            .send()
+            .await?
+            .text()
+            .await?;
+        assert!(
+            page.contains(r#"<p class="banner" role="alert">Demo keys"#),
+            "{path} shows the demo-keys banner"
         );
     }
     Ok(())
