@@ -363,8 +363,7 @@ async fn a_dead_letter_is_listed_and_replayed() -> anyhow::Result<()> {
     let mut wrong = start_worker(&url, "wrong-key", "greetings", &signed(&hmac_key("k1"))).await?;
     let enq = start_enqueuer(&url, &signed(&key)).await?;
     let dash = start_dashboard(&url, &signed(&key)).await?;
-    // Two letters for replay-all, then the newest, first on the page, to
-    // replay alone.
+    // Two letters for replay-all, then one to replay alone.
     let more = [
         enq.api.enqueue(json!({"name": "Earlier 1"})).await?,
         enq.api.enqueue(json!({"name": "Earlier 2"})).await?,
@@ -381,13 +380,19 @@ async fn a_dead_letter_is_listed_and_replayed() -> anyhow::Result<()> {
     wrong.wait_exit(Duration::from_secs(15))?;
     let _right = start_worker(&url, "right-key", "greetings", &signed(&key)).await?;
 
-    // The replay button's form: /dead-letters/{queue}/{entry}/replay.
-    let action = filtered
+    // The replay button's form in `id`'s row (letters that died in one
+    // batch may be listed in any order):
+    // /dead-letters/{queue}/{entry}/replay.
+    let row = filtered
+        .split("<tr>")
+        .find(|row| row.contains(&format!("<small>{id}</small>")))
+        .ok_or_else(|| anyhow::anyhow!("no row for {id}: {filtered}"))?;
+    let action = row
         .split("action=\"")
         .skip(1)
         .map(|s| &s[..s.find('"').unwrap_or(0)])
         .find(|a| a.ends_with("/replay"))
-        .ok_or_else(|| anyhow::anyhow!("no replay form: {filtered}"))?
+        .ok_or_else(|| anyhow::anyhow!("no replay form in {row}"))?
         .to_string();
     let (status, location) = post(
         &dash,
@@ -995,5 +1000,24 @@ async fn junk_task_streams_do_not_crowd_out_a_real_task_page() -> anyhow::Result
     )
     .await?;
     drop(junk);
+    Ok(())
+}
+
+/// Open event streams are capped per process (`DASHBOARD_MAX_STREAMS`):
+/// one more is answered 503, and pages still load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_past_the_cap_get_503() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let dash = start_dashboard(&redis.url(), &[("DASHBOARD_MAX_STREAMS", "2".to_string())]).await?;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let r = client().get(dash.url("/events")).send().await?;
+        assert_eq!(r.status(), 200);
+        open.push(r);
+    }
+    let r = client().get(dash.url("/events")).send().await?;
+    assert_eq!(r.status(), 503, "a third stream");
+    assert_eq!(get(&dash, "/").await?.0, 200, "pages still load");
+    drop(open);
     Ok(())
 }

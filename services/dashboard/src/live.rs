@@ -10,8 +10,8 @@
 //! that differ from what it sent that page before. Fragments are shared
 //! (`Arc<str>`) and each stream keeps only their hashes; the action forms
 //! inside carry [`CSRF_SLOT`], which a stream replaces with its page's
-//! session token as it sends. At most [`MAX_STREAMS`] streams are open at
-//! once (then 503), and every one ends when the process begins to stop.
+//! session token as it sends. At most `DASHBOARD_MAX_STREAMS` streams are
+//! open at once (then 503), and every one ends when the process begins to stop.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -42,10 +42,6 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Most distinct tasks the poller follows for open task pages; pages of
 /// others get the tables only.
 const MAX_WATCHED: usize = 100;
-
-/// Most event streams open at once per process; one more is answered 503
-/// (an open page retries), so open connections cannot grow without end.
-pub const MAX_STREAMS: usize = 1000;
 
 /// What the shared fragments carry where a form's CSRF token goes; each
 /// stream writes its page's token there.
@@ -140,7 +136,9 @@ impl Drop for Listing {
     }
 }
 
-/// One open event stream, counted against [`MAX_STREAMS`] while it lives.
+/// One open event stream, counted against `DASHBOARD_MAX_STREAMS` while
+/// it lives: one more is answered 503 (an open page retries), so open
+/// connections cannot grow without end.
 struct Open(AppState);
 
 impl Open {
@@ -148,7 +146,7 @@ impl Open {
         let streams = &st.0.hub.streams;
         let mut n = streams.load(Ordering::Relaxed);
         loop {
-            if n >= MAX_STREAMS {
+            if n >= st.config().max_streams {
                 return None;
             }
             match streams.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
@@ -384,8 +382,8 @@ impl Page {
 /// list when the newest tasks change) as SSE messages of `<turbo-stream>`
 /// elements; a comment every 15 s keeps proxies from closing the stream.
 /// `ID` is followed only when it names a task with a status, so junk ids
-/// cannot take the poller's [`MAX_WATCHED`] places; past [`MAX_STREAMS`]
-/// open streams the answer is 503. Every stream ends when the process
+/// cannot take the poller's [`MAX_WATCHED`] places; past
+/// `DASHBOARD_MAX_STREAMS` open streams the answer is 503. Every stream ends when the process
 /// begins to stop.
 pub async fn events(
     State(st): State<AppState>,

@@ -45,6 +45,9 @@ pub struct DashboardConfig {
     /// without ports). A page asked for under another name is refused:
     /// that is how a DNS-rebinding page would reach it.
     pub allowed_hosts: Vec<String>,
+    /// Most `/events` streams open at once (`DASHBOARD_MAX_STREAMS`); one
+    /// more is answered 503.
+    pub max_streams: usize,
     /// The shipped placeholder signing keys are in use
     /// (`STEM_ALLOW_DEMO_KEYS`): every page says so in a banner. Set from
     /// [`stem::signing::KeyRing::uses_demo_keys`].
@@ -61,6 +64,7 @@ impl Default for DashboardConfig {
             read_only: false,
             trace_ui_url: None,
             allowed_hosts: Vec::new(),
+            max_streams: 1000,
             demo_keys: false,
         }
     }
@@ -136,6 +140,11 @@ impl DashboardConfig {
             read_only: bool_var(env, "DASHBOARD_READ_ONLY", false)?,
             trace_ui_url,
             allowed_hosts: allowed_hosts(get(env, "DASHBOARD_ALLOWED_HOSTS").as_deref())?,
+            max_streams: stem::config::positive_var(
+                env,
+                "DASHBOARD_MAX_STREAMS",
+                defaults.max_streams,
+            )?,
             demo_keys: false,
         })
     }
