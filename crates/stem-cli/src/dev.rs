@@ -120,7 +120,7 @@ pub async fn run(args: DevArgs) -> i32 {
         .flag("DASHBOARD_PORT", Some(args.dashboard_port));
     let settings = config_or_exit(enqueuer::EnqueuerConfig::from_lookup(&env));
     let mut board = config_or_exit(dashboard::DashboardConfig::from_lookup(&env));
-    board.demo_keys = config.keys.uses_demo_keys();
+    board.demo_keys = config.uses_demo_secrets();
     let board_url = format!("http://{}:{}{}/", board.host, board.port, board.base_path);
     let ui = tokio::spawn({
         let state = dashboard::AppState::new(stem.clone(), schedules, board);

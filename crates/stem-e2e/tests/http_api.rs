@@ -287,8 +287,9 @@ async fn errors_are_json_with_the_documented_status() -> anyhow::Result<()> {
 
 /// A web page can send a cross-site `POST` without a CORS preflight only
 /// as `text/plain`, a form or multipart: the API refuses every body not
-/// declared `application/json` (415), and an empty one (400), enqueueing
-/// nothing.
+/// declared `application/json` (415), and an empty one (400); a page that
+/// rebinds its own name to the API is refused by name (403); each
+/// enqueues nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_declared_json_bodies_are_enqueued() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
@@ -327,6 +328,50 @@ async fn only_declared_json_bodies_are_enqueued() -> anyhow::Result<()> {
         keys_before,
         "a refused request wrote to Redis"
     );
+    // A DNS-rebinding page sends its own host name (and may send JSON):
+    // the API answers only local names, IP addresses and
+    // ENQUEUER_ALLOWED_HOSTS; health checks answer any name.
+    for path in ["/enqueue", "/group"] {
+        let r = http
+            .post(format!("{}{path}", enq.api.base()))
+            .header("host", "attacker.example:8081")
+            .json(&serde_json::json!({"name": "rebound", "names": ["x"]}))
+            .send()
+            .await?;
+        let r = stem_e2e::Reply::of(r).await?;
+        let body = expect_error(r, 403, &format!("{path} under a foreign host"));
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ENQUEUER_ALLOWED_HOSTS"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        redis.cli(&["DBSIZE"])?,
+        keys_before,
+        "a refused request wrote to Redis"
+    );
+    let r = http
+        .get(format!("{}/healthz", enq.api.base()))
+        .header("host", "attacker.example")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200, "health answers any name");
+    for host in ["localhost:8081", "api.localhost", "127.0.0.1"] {
+        let r = http
+            .get(format!(
+                "{}/tasks/{}",
+                enq.api.base(),
+                stem::envelope::new_task_id()
+            ))
+            .header("host", host)
+            .send()
+            .await?;
+        assert_eq!(r.status(), 404, "{host} is served");
+    }
+
     // Parameters are allowed: JSON with a charset is enqueued.
     let r = http
         .post(format!("{}/enqueue", enq.api.base()))

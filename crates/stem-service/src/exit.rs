@@ -30,7 +30,7 @@ pub fn config_or_exit<T>(result: Result<T, StemError>) -> T {
 }
 
 /// The library's configuration, or exit 78 as [`config_or_exit`]; a
-/// configuration on the shipped placeholder keys (allowed by
+/// configuration on the shipped placeholder keys or password (allowed by
 /// `STEM_ALLOW_DEMO_KEYS`) is logged as a warning, so every start of a
 /// service says so.
 pub fn stem_config_or_exit(result: Result<StemConfig, StemError>) -> StemConfig {
@@ -39,15 +39,16 @@ pub fn stem_config_or_exit(result: Result<StemConfig, StemError>) -> StemConfig 
     config
 }
 
-/// Logs a warning when `config` signs or verifies with the placeholder
-/// keys of the shipped `.env` profiles.
+/// Logs a warning when `config` uses the placeholder keys or Redis
+/// password of the shipped `.env` profiles.
 pub fn warn_demo_keys(config: &StemConfig) {
-    if config.keys.uses_demo_keys() {
+    if config.uses_demo_secrets() {
         tracing::warn!(
-            "STEM_ALLOW_DEMO_KEYS is on and the placeholder signing keys of the shipped .env \
-             profiles are in use: anyone who has read the repository can sign tasks these \
-             workers run. Make real keys with `stem keys hmac` or `stem keys ed25519` and \
-             remove STEM_ALLOW_DEMO_KEYS before exposing anything"
+            "STEM_ALLOW_DEMO_KEYS is on and placeholders of the shipped .env profiles are in \
+             use (signing keys or the Redis password): anyone who has read the repository can \
+             sign tasks these workers run or log in to Redis. Make real keys with `stem keys \
+             hmac` or `stem keys ed25519`, set your own REDIS_PASSWORD, and remove \
+             STEM_ALLOW_DEMO_KEYS before exposing anything"
         );
     }
 }

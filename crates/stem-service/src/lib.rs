@@ -16,6 +16,7 @@
 pub mod depth;
 pub mod exit;
 pub mod flags;
+pub mod host;
 pub mod http;
 pub mod logging;
 pub mod metrics;

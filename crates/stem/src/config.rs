@@ -179,6 +179,25 @@ pub struct StemConfig {
     /// The YAML file beat seeds the schedule store from
     /// (`STEM_SCHEDULE_FILE`).
     pub schedule_file: Option<std::path::PathBuf>,
+    /// A store URL carries the placeholder password of the shipped `.env`
+    /// profiles (`change-me…`), allowed by `STEM_ALLOW_DEMO_KEYS`; see
+    /// [`StemConfig::uses_demo_secrets`].
+    pub demo_password: bool,
+}
+
+/// What the Redis passwords of the shipped `.env` profiles start with:
+/// public in the repository, like their signing keys.
+const PLACEHOLDER_PASSWORD: &str = "change-me";
+
+/// The password in a store URL's user information, if any.
+fn url_password(url: &StoreUrl) -> Option<&str> {
+    let StoreUrl::Redis(url) = url else {
+        return None;
+    };
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, password)| password)
 }
 
 /// A worker's configuration: from `STEM_WORKER_*` and friends
@@ -316,7 +335,30 @@ impl StemConfig {
         let otlp_endpoint = non_empty(env, "STEM_OTLP_ENDPOINT")
             .map(|url| crate::telemetry::http_url("STEM_OTLP_ENDPOINT", &url))
             .transpose()?;
+        let allow_demo = bool_var(env, crate::signing::ALLOW_DEMO_KEYS, false)?;
+        let mut demo_password = false;
+        for (variable, url) in [
+            ("STEM_BROKER_URL", &broker_url),
+            ("STEM_RESULT_BACKEND_URL", &result_backend_url),
+            ("STEM_SCHEDULE_STORE_URL", &schedule_store_url),
+        ] {
+            if url_password(url).is_some_and(|p| p.starts_with(PLACEHOLDER_PASSWORD)) {
+                if !allow_demo {
+                    return Err(StemError::config(
+                        variable,
+                        format!(
+                            "the Redis password is the placeholder shipped in the .env profiles, \
+                             public in the repository: set your own (REDIS_PASSWORD and the \
+                             URLs), or set {}=true for a demo nobody else can reach",
+                            crate::signing::ALLOW_DEMO_KEYS
+                        ),
+                    ));
+                }
+                demo_password = true;
+            }
+        }
         Ok(StemConfig {
+            demo_password,
             otlp_endpoint,
             namespace: non_empty(env, "STEM_WORKER_NAMESPACE").unwrap_or_else(|| "stem".into()),
             broker_url,
@@ -349,7 +391,15 @@ impl StemConfig {
             otlp_endpoint: None,
             namespace: "stem".into(),
             schedule_file: None,
+            demo_password: false,
         }
+    }
+
+    /// True when the shipped placeholder keys or Redis password are in use
+    /// (allowed by `STEM_ALLOW_DEMO_KEYS`): services warn at start, the
+    /// dashboard shows a banner.
+    pub fn uses_demo_secrets(&self) -> bool {
+        self.keys.uses_demo_keys() || self.demo_password
     }
 }
 
@@ -538,6 +588,32 @@ mod tests {
             let err = StoreUrl::parse("X", bad).expect_err("malformed");
             assert!(!err.to_string().contains("S3cr3t"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_shipped_redis_password_is_refused_without_the_opt_in() {
+        let url = "redis://:change-me-redis@redis:6379/0";
+        let err = StemConfig::from_lookup(&lookup(&[("STEM_RESULT_BACKEND_URL", url)]))
+            .expect_err("placeholder password");
+        let text = err.to_string();
+        assert!(text.starts_with("STEM_RESULT_BACKEND_URL"), "{text}");
+        assert!(
+            !text.contains("change-me-redis"),
+            "the password is not echoed: {text}"
+        );
+        let c = StemConfig::from_lookup(&lookup(&[
+            (
+                "STEM_BROKER_URL",
+                "rediss+cluster://u:change-me-x@h1:7000,h2:7001",
+            ),
+            ("STEM_ALLOW_DEMO_KEYS", "true"),
+        ]))
+        .expect("allowed");
+        assert!(c.uses_demo_secrets());
+        let c =
+            StemConfig::from_lookup(&lookup(&[("STEM_BROKER_URL", "redis://:s3cret@h:6379/0")]))
+                .expect("a real password");
+        assert!(!c.uses_demo_secrets());
     }
 
     #[test]

@@ -2,24 +2,24 @@
 //! route but the health checks passes (after basic auth), so each page
 //! and action is a plain handler.
 //!
-//! - **Host.** The dashboard answers only under the names it serves:
-//!   `localhost`, IP literals (its bind address among them) and
-//!   `DASHBOARD_ALLOWED_HOSTS`. A DNS-rebinding page reaches it under the
+//! - **Host.** The dashboard answers only under the names it serves
+//!   ([`stem_service::host`]: `localhost`, `*.localhost`, IP literals and
+//!   `DASHBOARD_ALLOWED_HOSTS`). A DNS-rebinding page reaches it under the
 //!   attacker's own name, which is refused here (403) before any page,
 //!   token or event stream is served.
 //! - **Session.** Each browser gets a random `stem_csrf` cookie
-//!   (`HttpOnly`, `SameSite=Strict`: never sent on a cross-site request,
-//!   never readable by a script); the CSRF token its pages carry is an
-//!   HMAC of that cookie under a key drawn at random per process. A token
-//!   is thus good only together with the cookie it was made for, and
-//!   neither can be fetched from another site.
+//!   (`HttpOnly`: never readable by a script; `SameSite=Lax`: never sent
+//!   with another site's POST or fetch, only when the user follows a link
+//!   here, so such a link does not replace the session other tabs hold);
+//!   the CSRF token its pages carry is an HMAC of that cookie under a key
+//!   drawn at random per process. A token is thus good only together with
+//!   the cookie it was made for, and neither can be fetched from another
+//!   site.
 //! - **Actions** (every method but GET and HEAD): refused (403, nothing
 //!   changed) in read-only mode, when `Origin` names another origin (or,
 //!   without `Origin`, `Sec-Fetch-Site` says `cross-site`/`same-site`),
 //!   and without the session's token (the `X-CSRF-Token` header or the
 //!   form field `csrf_token`).
-
-use std::net::IpAddr;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::rand::SecureRandom as _;
+use stem_service::host::{serves, split_authority};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
@@ -108,22 +109,6 @@ fn same(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// `authority` as (host name lowercased, port): `[v6]:p`, `name:p` or
-/// `name`.
-fn split_authority(authority: &str) -> (String, Option<&str>) {
-    let (name, port) = match authority.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((v6, tail)) => (v6, tail.strip_prefix(':')),
-            None => (authority, None),
-        },
-        None => match authority.rsplit_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (authority, None),
-        },
-    };
-    (name.to_ascii_lowercase(), port)
-}
-
 /// The `Host` the request was made under (HTTP/2: the URI's authority).
 fn host_of(req: &Request) -> Option<String> {
     req.headers()
@@ -131,14 +116,6 @@ fn host_of(req: &Request) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
-}
-
-/// Whether the dashboard answers under `host` (a `Host` header value).
-fn serves(st: &AppState, host: &str) -> bool {
-    let (name, _) = split_authority(host);
-    name == "localhost"
-        || name.parse::<IpAddr>().is_ok()
-        || st.config().allowed_hosts.contains(&name)
 }
 
 /// Whether an action's `Origin` / `Sec-Fetch-Site` say it comes from a
@@ -165,7 +142,8 @@ fn same_origin(headers: &HeaderMap, host: &str) -> bool {
     origin_name == host_name && host_port.is_none_or(|p| p == origin_port.unwrap_or(default_port))
 }
 
-/// Why a request was refused (403, nothing changed).
+/// Why a request was refused (403, or 413 for an oversize form; nothing
+/// changed).
 #[derive(Debug)]
 pub enum Refusal {
     /// Asked for under a name the dashboard does not serve.
@@ -174,6 +152,8 @@ pub enum Refusal {
     CrossSite,
     /// No CSRF token, another one, or no session cookie.
     Csrf,
+    /// An action's body over the size read to find its token.
+    TooLarge,
     /// `DASHBOARD_READ_ONLY` is on.
     ReadOnly,
 }
@@ -188,6 +168,9 @@ impl IntoResponse for Refusal {
             Refusal::CrossSite => "refused: the action was sent from another site\n".into(),
             Refusal::Csrf => "missing or wrong CSRF token: reload the page and try again\n".into(),
             Refusal::ReadOnly => "this dashboard is read-only (DASHBOARD_READ_ONLY)\n".into(),
+            Refusal::TooLarge => {
+                return (StatusCode::PAYLOAD_TOO_LARGE, "the form is too large\n").into_response()
+            }
         };
         (StatusCode::FORBIDDEN, text).into_response()
     }
@@ -199,7 +182,7 @@ pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Resp
         return next.run(req).await;
     }
     let host = host_of(&req).unwrap_or_default();
-    if !serves(&st, &host) {
+    if !serves(&host, &st.config().allowed_hosts) {
         return Refusal::Host(host).into_response();
     }
     let cookie = cookie_of(req.headers());
@@ -219,7 +202,7 @@ pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Resp
     let mut res = next.run(req).await;
     if fresh {
         let path = if st.base().is_empty() { "/" } else { st.base() };
-        let set = format!("{COOKIE}={cookie}; Path={path}; HttpOnly; SameSite=Strict");
+        let set = format!("{COOKIE}={cookie}; Path={path}; HttpOnly; SameSite=Lax");
         if let Ok(v) = HeaderValue::from_str(&set) {
             res.headers_mut().append(header::SET_COOKIE, v);
         }
@@ -254,7 +237,7 @@ async fn check_action(
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_FORM)
         .await
-        .map_err(|_| Refusal::Csrf)?;
+        .map_err(|_| Refusal::TooLarge)?;
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
     let given = fields
         .iter()
@@ -278,16 +261,6 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
-    }
-
-    #[test]
-    fn authorities_split_into_name_and_port() {
-        assert_eq!(
-            split_authority("LocalHost:8080"),
-            ("localhost".into(), Some("8080"))
-        );
-        assert_eq!(split_authority("[::1]:3080"), ("::1".into(), Some("3080")));
-        assert_eq!(split_authority("example.com"), ("example.com".into(), None));
     }
 
     #[test]

@@ -173,12 +173,19 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> anyhow::Resu
         listener.local_addr()?,
         config.base_path
     );
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;
             // Open pages hold event streams that never end by themselves.
             closing.cancel();
         })
         .await?;
+    // A replay-all job stops between two letters once closing; a letter is
+    // never left half replayed (queued again but still a dead letter).
+    state
+        .0
+        .replays
+        .wait(std::time::Duration::from_secs(10))
+        .await;
     Ok(())
 }

@@ -11,7 +11,8 @@
 //! (`Arc<str>`) and each stream keeps only their hashes; the action forms
 //! inside carry [`CSRF_SLOT`], which a stream replaces with its page's
 //! session token as it sends. At most `DASHBOARD_MAX_STREAMS` streams are
-//! open at once (then 503), and every one ends when the process begins to stop.
+//! open at once (one more is told to come back later), and every one
+//! ends when the process begins to stop.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -23,7 +24,6 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
@@ -43,9 +43,17 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// others get the tables only.
 const MAX_WATCHED: usize = 100;
 
+/// When a page turned away at the stream cap tries again.
+const FULL_RETRY: Duration = Duration::from_secs(30);
+
 /// What the shared fragments carry where a form's CSRF token goes; each
 /// stream writes its page's token there.
 pub const CSRF_SLOT: &str = "STEM-CSRF-SLOT";
+
+/// The hidden field holding [`CSRF_SLOT`], exactly as the `action` macro
+/// writes it: only this is replaced, never the same text in task data
+/// (escaped data holds no raw `"`, so it cannot contain this).
+const CSRF_FIELD: &str = r#"name="csrf_token" value="STEM-CSRF-SLOT""#;
 
 /// The element id a task's live part has on its page.
 pub fn task_target(id: &str) -> String {
@@ -137,8 +145,8 @@ impl Drop for Listing {
 }
 
 /// One open event stream, counted against `DASHBOARD_MAX_STREAMS` while
-/// it lives: one more is answered 503 (an open page retries), so open
-/// connections cannot grow without end.
+/// it lives: one more is told to retry in [`FULL_RETRY`] and ended, so
+/// open connections cannot grow without end.
 struct Open(AppState);
 
 impl Open {
@@ -337,6 +345,11 @@ struct Page {
     _open: Open,
 }
 
+/// `html` (a shared fragment) with its forms' CSRF fields carrying `token`.
+fn with_token(html: &str, token: &str) -> String {
+    html.replace(CSRF_FIELD, &format!(r#"name="csrf_token" value="{token}""#))
+}
+
 /// A fragment's hash: what a stream remembers of what it sent.
 fn digest(html: &str) -> u64 {
     let mut h = DefaultHasher::new();
@@ -366,7 +379,7 @@ impl Page {
             if target == TASKS_HEAD {
                 data.push_str("<turbo-stream action=\"refresh\"></turbo-stream>");
             } else {
-                let html = html.replace(CSRF_SLOT, &self.token);
+                let html = with_token(html, &self.token);
                 data.push_str(&format!(
                     "<turbo-stream action=\"replace\" target=\"{target}\"><template>{html}</template></turbo-stream>"
                 ));
@@ -383,7 +396,8 @@ impl Page {
 /// elements; a comment every 15 s keeps proxies from closing the stream.
 /// `ID` is followed only when it names a task with a status, so junk ids
 /// cannot take the poller's [`MAX_WATCHED`] places; past
-/// `DASHBOARD_MAX_STREAMS` open streams the answer is 503. Every stream ends when the process
+/// `DASHBOARD_MAX_STREAMS` open streams the answer asks the browser to
+/// retry in 30 s and ends. Every stream ends when the process
 /// begins to stop.
 pub async fn events(
     State(st): State<AppState>,
@@ -391,11 +405,13 @@ pub async fn events(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(open) = Open::start(&st) else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many open event streams; try again later\n",
-        )
-            .into_response();
+        // A browser's EventSource gives up for good on any answer but a
+        // stream; a stream that asks to be retried later and ends makes
+        // it come back when a place may be free.
+        let later = Event::default()
+            .retry(FULL_RETRY)
+            .comment("too many open event streams; retrying later");
+        return Sse::new(futures::stream::iter([Ok::<_, Infallible>(later)])).into_response();
     };
     let mut task = query
         .get("task")
@@ -442,4 +458,24 @@ pub async fn events(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_forms_csrf_fields_get_the_token() {
+        let html = format!(
+            r#"<td>Processed for {CSRF_SLOT}</td><a href="/queues/{CSRF_SLOT}/x"></a><input type="hidden" {CSRF_FIELD}>"#
+        );
+        let out = with_token(&html, "T0K3N");
+        assert_eq!(out.matches("T0K3N").count(), 1, "{out}");
+        assert!(out.contains(r#"name="csrf_token" value="T0K3N""#), "{out}");
+        assert_eq!(
+            out.matches(CSRF_SLOT).count(),
+            2,
+            "task data untouched: {out}"
+        );
+    }
 }

@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
         .flag("DASHBOARD_PORT", args.port);
     let config = stem_config_or_exit(StemConfig::from_lookup(&env));
     let mut settings = config_or_exit(DashboardConfig::from_lookup(&env));
-    settings.demo_keys = config.keys.uses_demo_keys();
+    settings.demo_keys = config.uses_demo_secrets();
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());
     let schedules = config_or_exit(ScheduleStores::connect(&config));
     tracing::info!(broker = %config.broker_url.redacted(), "dashboard starting");

@@ -1,16 +1,22 @@
 //! Replay-all as background work: `POST /dead-letters/{queue}/replay-all`
 //! starts a job and answers at once; the job replays the queue's dead
-//! letters [`BATCH`] at a time (each batch read whole, replayed oldest
-//! first, through the same library call as a single replay), at most as
-//! many as the queue held when it started (letters that die again while
-//! it runs wait for the next replay) and at most [`REPLAY_ALL_MAX`]. One
-//! job per queue at a time; the dead-letters page shows each job's
-//! progress, live. A request never holds the work, so no proxy timeout
-//! (nginx's 60 s) cuts it off, and no more than one batch of letters is in
-//! memory at once.
+//! letters [`BATCH`] at a time, newest batch first (each batch replayed
+//! oldest first, through the same library call as a single replay), at
+//! most as many as the queue held when it started and at most
+//! [`REPLAY_ALL_MAX`]. Letters newer than the newest one at the start
+//! (tasks that died again while it runs) and letters it could not replay
+//! (no envelope that decodes: they stay where they are) are passed over,
+//! never read as the next batch. One job per queue at a time; the
+//! dead-letters page shows each job's progress, live. A request never
+//! holds the work, so no proxy timeout (nginx's 60 s) cuts it off. A job
+//! stops between two letters when the dashboard begins to stop, and the
+//! process waits for it (a letter is never left half replayed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
 
 use crate::AppState;
 
@@ -61,13 +67,32 @@ impl Progress {
 }
 
 /// The jobs of this process, by queue: running ones and the last finished
-/// one of each queue.
+/// one of each queue, and the tasks running them.
 #[derive(Default)]
-pub struct Replays(Mutex<BTreeMap<String, Progress>>);
+pub struct Replays {
+    progress: Mutex<BTreeMap<String, Progress>>,
+    running: Mutex<Vec<JoinHandle<()>>>,
+}
 
 impl Replays {
     fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Progress>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (at most `within`) for the jobs to stop, which they do
+    /// between two letters once the dashboard is closing.
+    pub async fn wait(&self, within: Duration) {
+        let handles: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
+        if handles.is_empty() {
+            return;
+        }
+        if tokio::time::timeout(within, futures::future::join_all(handles))
+            .await
+            .is_err()
+        {
+            tracing::warn!("a replay-all job did not stop in time");
+        }
     }
 
     /// Every job's progress, by queue name.
@@ -109,42 +134,96 @@ pub async fn start(st: &AppState, queue: &str) -> String {
             },
         );
     }
-    tokio::spawn(run(st.clone(), queue.to_string(), total));
+    let job = tokio::spawn(run(st.clone(), queue.to_string(), total));
+    let mut running =
+        st.0.replays
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+    running.retain(|h| !h.is_finished());
+    running.push(job);
+    drop(running);
     format!("Replaying {total} dead letters of {queue} in the background")
+}
+
+/// A stream entry id's parts as numbers (`1700000000000-3` on Redis, a
+/// counter in memory), so ids compare in the order they were added.
+fn order(id: &str) -> Vec<u64> {
+    id.split('-')
+        .map(|p| p.parse().unwrap_or(u64::MAX))
+        .collect()
 }
 
 /// The job: batches until `total` letters are handled or none is left.
 async fn run(st: AppState, queue: String, total: usize) {
     let replays = &st.0.replays;
+    let admin = st.stem().admin();
     let mut handled = 0;
+    let mut passed: HashSet<String> = HashSet::new();
     let outcome = async {
+        // Letters added after this one died while the job ran.
+        let newest = admin
+            .list_dead_letters(&queue, 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(newest) = newest.into_iter().next() else {
+            return Ok(());
+        };
+        let bound = order(&newest.id);
+        // The newest letters are read first; a window over what was passed
+        // over (and what died again) reaches the ones not handled yet.
+        let mut window = BATCH;
         while handled < total {
-            let want = BATCH.min(total - handled);
-            let mut letters = st.stem().admin().list_dead_letters(&queue, want).await?;
-            if letters.is_empty() {
-                break;
+            if st.0.closing.is_cancelled() {
+                return Err("stopped: the dashboard is shutting down".to_string());
             }
-            letters.reverse();
-            for letter in letters {
-                let replayed = st.stem().replay_dead_letter(&queue, &letter).await?;
+            let listed = admin
+                .list_dead_letters(&queue, window)
+                .await
+                .map_err(|e| e.to_string())?;
+            let full = listed.len() == window;
+            let mut batch: Vec<_> = listed
+                .into_iter()
+                .filter(|l| order(&l.id) <= bound && !passed.contains(&l.id))
+                .take(BATCH.min(total - handled))
+                .collect();
+            if batch.is_empty() {
+                if !full || window >= 2 * REPLAY_ALL_MAX + BATCH {
+                    break;
+                }
+                window *= 2;
+                continue;
+            }
+            batch.reverse();
+            for letter in batch {
+                if st.0.closing.is_cancelled() {
+                    return Err("stopped: the dashboard is shutting down".to_string());
+                }
+                let replayed = st
+                    .stem()
+                    .replay_dead_letter(&queue, &letter)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 handled += 1;
+                if replayed.is_none() {
+                    passed.insert(letter.id);
+                }
                 replays.update(&queue, |p| match replayed {
                     Some(_) => p.replayed += 1,
                     None => p.skipped += 1,
                 });
             }
         }
-        Ok::<_, stem::StemError>(())
+        Ok(())
     }
     .await;
-    if let Err(e) = &outcome {
-        tracing::warn!(error = %e, queue = %queue, handled, "replay-all stopped early");
-    } else {
-        tracing::info!(queue = %queue, handled, "replay-all finished");
+    match &outcome {
+        Err(e) => tracing::warn!(error = %e, queue = %queue, handled, "replay-all stopped early"),
+        Ok(()) => tracing::info!(queue = %queue, handled, "replay-all finished"),
     }
     replays.update(&queue, |p| {
         p.running = false;
-        p.error = outcome.err().map(|e| e.to_string());
+        p.error = outcome.err();
     });
 }
 

@@ -40,17 +40,18 @@ pub struct DashboardConfig {
     pub read_only: bool,
     /// Trace UI a task links to (`STEM_TRACE_UI_URL`): `<url>/trace/<id>`.
     pub trace_ui_url: Option<String>,
-    /// Host names the dashboard answers besides `localhost`, IP literals
-    /// and its bind address (`DASHBOARD_ALLOWED_HOSTS`, a CSV; lowercase,
-    /// without ports). A page asked for under another name is refused:
-    /// that is how a DNS-rebinding page would reach it.
+    /// Host names the dashboard answers besides `localhost`, names under
+    /// `.localhost` and IP literals, its bind address among them
+    /// (`DASHBOARD_ALLOWED_HOSTS`, a CSV; lowercase, without ports). A page
+    /// asked for under another name is refused: that is how a
+    /// DNS-rebinding page would reach it ([`stem_service::host`]).
     pub allowed_hosts: Vec<String>,
     /// Most `/events` streams open at once (`DASHBOARD_MAX_STREAMS`); one
     /// more is answered 503.
     pub max_streams: usize,
-    /// The shipped placeholder signing keys are in use
+    /// The shipped placeholder signing keys or Redis password are in use
     /// (`STEM_ALLOW_DEMO_KEYS`): every page says so in a banner. Set from
-    /// [`stem::signing::KeyRing::uses_demo_keys`].
+    /// [`stem::config::StemConfig::uses_demo_secrets`].
     pub demo_keys: bool,
 }
 
@@ -139,7 +140,10 @@ impl DashboardConfig {
             credentials,
             read_only: bool_var(env, "DASHBOARD_READ_ONLY", false)?,
             trace_ui_url,
-            allowed_hosts: allowed_hosts(get(env, "DASHBOARD_ALLOWED_HOSTS").as_deref())?,
+            allowed_hosts: stem_service::host::allowed_hosts(
+                "DASHBOARD_ALLOWED_HOSTS",
+                get(env, "DASHBOARD_ALLOWED_HOSTS").as_deref(),
+            )?,
             max_streams: stem::config::positive_var(
                 env,
                 "DASHBOARD_MAX_STREAMS",
@@ -153,30 +157,6 @@ impl DashboardConfig {
     pub fn exposed(&self) -> bool {
         !self.host.is_loopback()
     }
-}
-
-/// `DASHBOARD_ALLOWED_HOSTS` as lowercase host names: a CSV of names
-/// (`ops.example.com`), without scheme, port or path.
-fn allowed_hosts(raw: Option<&str>) -> Result<Vec<String>, StemError> {
-    let Some(raw) = raw else {
-        return Ok(Vec::new());
-    };
-    raw.split(',')
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            let ok = h
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
-            match ok {
-                true => Ok(h.to_ascii_lowercase()),
-                false => Err(StemError::config(
-                    "DASHBOARD_ALLOWED_HOSTS",
-                    format!("expected host names like ops.example.com (no scheme, port or path), got {h:?}"),
-                )),
-            }
-        })
-        .collect()
 }
 
 /// `DASHBOARD_BASE_PATH` normalised: `""`, or `/a/b` (a trailing slash is

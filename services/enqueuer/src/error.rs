@@ -15,6 +15,8 @@ pub enum ApiError {
     UnknownTask { task: String, known: Vec<String> },
     /// 404 with a sentence.
     NotFound(String),
+    /// 403: asked for under a host name the API does not serve.
+    ForeignHost(String),
     /// 405.
     MethodNotAllowed,
     /// 413.
@@ -45,6 +47,13 @@ impl IntoResponse for ApiError {
                 json!({ "error": format!("Unknown task \"{task}\"."), "knownTasks": known }),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
+            ApiError::ForeignHost(host) => (
+                StatusCode::FORBIDDEN,
+                json!({ "error": format!(
+                    "This API does not answer under the host name {host:?}: use localhost or \
+                     an IP address, or add the name to ENQUEUER_ALLOWED_HOSTS."
+                ) }),
+            ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({ "error": "Method not allowed for this route." }),

@@ -52,6 +52,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = ([0, 0, 0, 0], settings.port).into();
+    let mut state = state;
+    state.allowed_hosts = std::sync::Arc::new(settings.allowed_hosts.clone());
     let app = with_request_timeout(router(state.clone()), settings.request_timeout);
     if settings.autofill.enabled {
         tokio::spawn(autofill::run(

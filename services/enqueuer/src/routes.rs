@@ -34,6 +34,8 @@ pub struct AppState {
     pub stem: Stem,
     /// What the API records (off unless metrics are exported).
     pub metrics: ApiMetrics,
+    /// Host names answered besides the local ones (`ENQUEUER_ALLOWED_HOSTS`).
+    pub allowed_hosts: std::sync::Arc<Vec<String>>,
 }
 
 impl AppState {
@@ -42,6 +44,7 @@ impl AppState {
         AppState {
             stem,
             metrics: ApiMetrics::off(),
+            allowed_hosts: Default::default(),
         }
     }
 }
@@ -60,10 +63,37 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            only_served_hosts,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             crate::metrics::time_requests,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answers only under the host names the API serves
+/// ([`stem_service::host`]): a DNS-rebinding page sends its own name, and
+/// may send JSON, which the content-type rule alone would let in. The
+/// health checks answer under any name (container healthchecks, load
+/// balancers).
+async fn only_served_hosts(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let health = matches!(req.uri().path(), "/healthz" | "/readyz");
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    if !health && !stem_service::host::serves(host, &st.allowed_hosts) {
+        return Err(ApiError::ForeignHost(host.to_string()));
+    }
+    Ok(next.run(req).await)
 }
 
 async fn not_found() -> ApiError {

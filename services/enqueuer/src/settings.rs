@@ -1,6 +1,6 @@
 //! Enqueuer settings from `PORT`, `ENQUEUER_REQUEST_TIMEOUT`,
-//! `ENQUEUER_TLS_*` and `ENQUEUER_AUTOFILL_*`; invalid values name their
-//! variable.
+//! `ENQUEUER_ALLOWED_HOSTS`, `ENQUEUER_TLS_*` and `ENQUEUER_AUTOFILL_*`;
+//! invalid values name their variable.
 
 use std::path::PathBuf;
 
@@ -42,6 +42,9 @@ pub struct EnqueuerConfig {
     pub request_timeout: std::time::Duration,
     pub tls: Option<Tls>,
     pub autofill: AutofillConfig,
+    /// Host names the API answers besides `localhost`, `*.localhost` and
+    /// IP literals (`ENQUEUER_ALLOWED_HOSTS`): see [`stem_service::host`].
+    pub allowed_hosts: Vec<String>,
 }
 
 use stem::config::non_empty as get;
@@ -119,6 +122,10 @@ impl EnqueuerConfig {
             port,
             request_timeout,
             tls,
+            allowed_hosts: stem_service::host::allowed_hosts(
+                "ENQUEUER_ALLOWED_HOSTS",
+                get(env, "ENQUEUER_ALLOWED_HOSTS").as_deref(),
+            )?,
             autofill: AutofillConfig {
                 enabled: bool_var(env, "ENQUEUER_AUTOFILL_ENABLED", false)?,
                 interval_ms: positive(env, "ENQUEUER_AUTOFILL_INTERVAL_MS", 2500)?,
