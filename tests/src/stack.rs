@@ -97,8 +97,17 @@ impl Stack {
     /// `.env`, after generating `./certs` with [`generate_certs`] as the
     /// README says.
     pub async fn up(profile_file: &str) -> anyhow::Result<Stack> {
+        Self::up_with(profile_file, &[]).await
+    }
+
+    /// [`Stack::up`] with `extra` variables added to the profile, as a
+    /// user adds lines to their `.env`.
+    pub async fn up_with(profile_file: &str, extra: &[(&str, &str)]) -> anyhow::Result<Stack> {
         let repo = repo_root();
-        let profile = Profile::load(&repo.join(profile_file))?;
+        let mut profile = Profile::load(&repo.join(profile_file))?;
+        for (k, v) in extra {
+            profile.vars.insert(k.to_string(), v.to_string());
+        }
         let project = Project::load(&repo, &profile)?;
         let dir = tempfile::Builder::new()
             .prefix("stem-stack-")

@@ -1065,7 +1065,7 @@ async fn s9_a_client_that_stalls_mid_request_gets_408() -> anyhow::Result<()> {
     let enq = start_enqueuer(&redis.url(), &env(&[("ENQUEUER_REQUEST_TIMEOUT", "1s")])).await?;
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", enq.port)).await?;
     conn.write_all(
-        b"POST /enqueue HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na",
+        b"POST /enqueue HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na",
     )
     .await?;
     // ... and nothing more. The server answers and closes.
