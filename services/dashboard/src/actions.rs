@@ -79,7 +79,7 @@ fn local_path(referer: &str, headers: &HeaderMap) -> Option<String> {
 }
 
 /// What an action reports when the store failed under it.
-pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> String {
+fn failed(what: &str, e: impl std::fmt::Display) -> String {
     tracing::warn!(error = %e, "dashboard action failed: {what}");
     format!("{what} failed: {e}")
 }
@@ -218,12 +218,11 @@ pub async fn replay_all(
     Path(queue): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    act(
-        &st,
-        &headers,
-        "/dead-letters",
-        crate::replays::start(&st, &queue),
-    )
+    act(&st, &headers, "/dead-letters", async {
+        crate::replays::start(&st, &queue)
+            .await
+            .unwrap_or_else(|e| failed(&format!("replay of {queue}"), e))
+    })
     .await
 }
 

@@ -108,19 +108,16 @@ impl Replays {
 }
 
 /// Starts replaying `queue`'s dead letters in the background; the notice
-/// to show.
-pub async fn start(st: &AppState, queue: &str) -> String {
-    let total = match st.stem().admin().stats(queue).await {
-        Ok(s) => (s.dead as usize).min(REPLAY_ALL_MAX),
-        Err(e) => return crate::actions::failed(&format!("replay of {queue}"), e),
-    };
+/// to show, or the store's error when the queue could not be read.
+pub async fn start(st: &AppState, queue: &str) -> stem::Result<String> {
+    let total = (st.stem().admin().stats(queue).await?.dead as usize).min(REPLAY_ALL_MAX);
     if total == 0 {
-        return format!("{queue} has no dead letters to replay");
+        return Ok(format!("{queue} has no dead letters to replay"));
     }
     {
         let mut jobs = st.0.replays.jobs();
         if let Some(p) = jobs.get(queue).filter(|p| p.running) {
-            return format!("Already running: {}", p.describe());
+            return Ok(format!("Already running: {}", p.describe()));
         }
         jobs.insert(
             queue.to_string(),
@@ -143,7 +140,9 @@ pub async fn start(st: &AppState, queue: &str) -> String {
     running.retain(|h| !h.is_finished());
     running.push(job);
     drop(running);
-    format!("Replaying {total} dead letters of {queue} in the background")
+    Ok(format!(
+        "Replaying {total} dead letters of {queue} in the background"
+    ))
 }
 
 /// A stream entry id's parts as numbers (`1700000000000-3` on Redis, a
