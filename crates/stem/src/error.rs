@@ -69,16 +69,44 @@ impl StemError {
     /// request being wrong (used to answer 503 and to retry with backoff).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StemError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                    || matches!(e.kind(), redis::ErrorKind::Io)
-            }
+            StemError::Redis(e) => redis_unavailable(e),
             _ => false,
         }
     }
+}
+
+/// Whether Redis's error says the store, or the part of a cluster that
+/// serves the request, cannot answer right now: the connection failed or
+/// timed out; the cluster client has no connection to the slot's node
+/// (`ClusterConnectionNotFound`, every node down) or dropped the request
+/// with its connection task ("request wasn't handled due to internal
+/// failure"); or a node answered that the cluster or its master is down,
+/// that a slot is migrating (`TRYAGAIN`), that it is loading its data or
+/// that it became a replica (`READONLY`, a failover). Each of these passes
+/// by itself: callers answer 503, hold what they have and retry with
+/// backoff, and never treat it as a refusal of the request (a worker that
+/// did dead-lettered results it had run, and they ran twice).
+fn redis_unavailable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Io
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::NoValidReplicasFoundBySentinel
+                | ErrorKind::Server(
+                    ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::BusyLoading
+                        | ServerErrorKind::ReadOnly
+                )
+        )
+        || (e.kind() == ErrorKind::Client && e.to_string().contains("internal failure"))
 }
 
 /// Redis error codes that describe a passing state of the server (out of
@@ -117,3 +145,146 @@ impl StemError {
 
 /// Library result alias.
 pub type Result<T, E = StemError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    fn classify(e: RedisError) -> (bool, bool) {
+        let e = StemError::Redis(e);
+        (e.is_unavailable(), e.is_transient())
+    }
+
+    /// Every kind of error the redis crate returns, and what the worker,
+    /// the enqueuer and the CLI make of it: (unavailable: 503, hold and
+    /// retry; transient: retry later). A whole-cluster outage surfaced as
+    /// `ClusterConnectionNotFound`, which counted as a refusal: the worker
+    /// dead-lettered results it had run, and every task ran twice.
+    #[test]
+    fn every_redis_error_kind_is_classified() {
+        let kind = |k: ErrorKind| RedisError::from((k, "test"));
+        let server = |k: ServerErrorKind| kind(ErrorKind::Server(k));
+        let io = |k: std::io::ErrorKind| RedisError::from(std::io::Error::new(k, "test"));
+        let table: Vec<(&str, RedisError, (bool, bool))> = vec![
+            ("Parse", kind(ErrorKind::Parse), (false, false)),
+            (
+                "AuthenticationFailed",
+                kind(ErrorKind::AuthenticationFailed),
+                (false, false),
+            ),
+            (
+                "UnexpectedReturnType",
+                kind(ErrorKind::UnexpectedReturnType),
+                (false, false),
+            ),
+            (
+                "InvalidClientConfig",
+                kind(ErrorKind::InvalidClientConfig),
+                (false, false),
+            ),
+            ("Io", kind(ErrorKind::Io), (true, true)),
+            ("Client", kind(ErrorKind::Client), (false, false)),
+            (
+                "Client, request dropped by the cluster client",
+                RedisError::from((
+                    ErrorKind::Client,
+                    "request wasn't handled due to internal failure",
+                )),
+                (true, true),
+            ),
+            ("Extension", kind(ErrorKind::Extension), (false, false)),
+            (
+                "MasterNameNotFoundBySentinel",
+                kind(ErrorKind::MasterNameNotFoundBySentinel),
+                (true, true),
+            ),
+            (
+                "NoValidReplicasFoundBySentinel",
+                kind(ErrorKind::NoValidReplicasFoundBySentinel),
+                (true, true),
+            ),
+            (
+                "EmptySentinelList",
+                kind(ErrorKind::EmptySentinelList),
+                (false, false),
+            ),
+            (
+                "ClusterConnectionNotFound",
+                kind(ErrorKind::ClusterConnectionNotFound),
+                (true, true),
+            ),
+            (
+                "RESP3NotSupported",
+                kind(ErrorKind::RESP3NotSupported),
+                (false, false),
+            ),
+            (
+                "ERR",
+                server(ServerErrorKind::ResponseError),
+                (false, false),
+            ),
+            (
+                "EXECABORT",
+                server(ServerErrorKind::ExecAbort),
+                (false, false),
+            ),
+            (
+                "LOADING",
+                server(ServerErrorKind::BusyLoading),
+                (true, true),
+            ),
+            (
+                "NOSCRIPT",
+                server(ServerErrorKind::NoScript),
+                (false, false),
+            ),
+            ("MOVED", server(ServerErrorKind::Moved), (false, false)),
+            ("ASK", server(ServerErrorKind::Ask), (false, false)),
+            ("TRYAGAIN", server(ServerErrorKind::TryAgain), (true, true)),
+            (
+                "CLUSTERDOWN",
+                server(ServerErrorKind::ClusterDown),
+                (true, true),
+            ),
+            (
+                "CROSSSLOT",
+                server(ServerErrorKind::CrossSlot),
+                (false, false),
+            ),
+            (
+                "MASTERDOWN",
+                server(ServerErrorKind::MasterDown),
+                (true, true),
+            ),
+            ("READONLY", server(ServerErrorKind::ReadOnly), (true, true)),
+            ("NOTBUSY", server(ServerErrorKind::NotBusy), (false, false)),
+            ("NOSUB", server(ServerErrorKind::NoSub), (false, false)),
+            ("NOPERM", server(ServerErrorKind::NoPerm), (false, false)),
+            (
+                "connection refused",
+                io(std::io::ErrorKind::ConnectionRefused),
+                (true, true),
+            ),
+            (
+                "connection reset",
+                io(std::io::ErrorKind::ConnectionReset),
+                (true, true),
+            ),
+            (
+                "broken pipe",
+                io(std::io::ErrorKind::BrokenPipe),
+                (true, true),
+            ),
+            ("timed out", io(std::io::ErrorKind::TimedOut), (true, true)),
+            (
+                "unexpected eof",
+                io(std::io::ErrorKind::UnexpectedEof),
+                (true, true),
+            ),
+        ];
+        for (what, e, want) in table {
+            assert_eq!(classify(e), want, "{what}: (unavailable, transient)");
+        }
+    }
+}
