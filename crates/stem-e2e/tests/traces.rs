@@ -148,12 +148,19 @@ async fn one_trace_runs_from_the_request_to_every_attempt() -> anyhow::Result<()
 /// worker's spans carry `01`, not the caller's `ff`), and a value with a
 /// sign or uppercase hex is refused whole, so the request starts a trace
 /// of its own instead of continuing the id the integer parser would read.
+///
+/// The endpoint is given as the full traces URL, as the reference and the
+/// compose profiles write it (`…/v1/traces`): spans still reach the
+/// collector's `/v1/traces` (they went to `/v1/traces/v1/traces`, lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_is_read_as_w3c_writes_it() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
     let collector = OtlpReceiver::start().await?;
     let env = [
-        ("STEM_OTLP_ENDPOINT", collector.endpoint()),
+        (
+            "STEM_OTLP_ENDPOINT",
+            format!("{}/v1/traces", collector.endpoint()),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
     ];
     let _worker = start_worker(&redis.url(), "w3c-worker", "greetings", &env).await?;

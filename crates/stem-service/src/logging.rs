@@ -62,7 +62,8 @@ pub fn init_service_logging_to(
     let endpoint = endpoint
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .and_then(|v| stem::telemetry::http_url("STEM_OTLP_ENDPOINT", v).ok());
+        .and_then(|v| stem::telemetry::http_url("STEM_OTLP_ENDPOINT", v).ok())
+        .map(|url| stem::telemetry::otlp_base(&url));
     let provider = endpoint.and_then(|url| match tracer_provider(service, &url) {
         Ok(p) => Some(p),
         Err(e) => {

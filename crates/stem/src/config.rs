@@ -334,7 +334,8 @@ impl StemConfig {
         )?;
         let otlp_endpoint = non_empty(env, "STEM_OTLP_ENDPOINT")
             .map(|url| crate::telemetry::http_url("STEM_OTLP_ENDPOINT", &url))
-            .transpose()?;
+            .transpose()?
+            .map(|url| crate::telemetry::otlp_base(&url));
         let allow_demo = bool_var(env, crate::signing::ALLOW_DEMO_KEYS, false)?;
         let mut demo_password = false;
         for (variable, url) in [

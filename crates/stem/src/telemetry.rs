@@ -85,6 +85,22 @@ pub fn http_url(variable: &str, url: &str) -> crate::Result<String> {
     }
 }
 
+/// The collector's base URL from a `STEM_OTLP_ENDPOINT` value, which
+/// CONTRACT §2 lets name either the base (`http://otel-collector:4318`)
+/// or the full traces URL as the reference writes it (`…/v1/traces`);
+/// the exporters add `/v1/traces` and `/v1/metrics` to the base, so a
+/// full URL kept whole posted every span to `/v1/traces/v1/traces`, where
+/// a collector answers 404 and the spans were lost.
+pub fn otlp_base(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    ["/v1/traces", "/v1/metrics"]
+        .iter()
+        .find_map(|signal| url.strip_suffix(signal))
+        .unwrap_or(url)
+        .trim_end_matches('/')
+        .to_string()
+}
+
 /// Histogram bucket bounds, in seconds, for durations from 1 ms to 60 s
 /// (task bodies, scheduler drift): fine where most tasks are, coarse where
 /// few are.
@@ -95,6 +111,20 @@ pub const DURATION_BUCKETS: [f64; 15] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otlp_endpoints_name_the_collector_either_way() {
+        for url in [
+            "http://c:4318",
+            "http://c:4318/",
+            "http://c:4318/v1/traces",
+            "http://c:4318/v1/traces/",
+            "http://c:4318/v1/metrics",
+        ] {
+            assert_eq!(otlp_base(url), "http://c:4318", "{url}");
+        }
+        assert_eq!(otlp_base("https://c/otlp/v1/traces"), "https://c/otlp");
+    }
 
     #[test]
     fn exporters_parse() {
