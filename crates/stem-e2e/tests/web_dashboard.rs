@@ -731,6 +731,20 @@ async fn the_tasks_page_filters_pages_and_links_a_task_to_its_trace() -> anyhow:
 
     // A list page follows new tasks: its stream asks Turbo to refresh.
     assert!(first.contains(r#"<turbo-stream-source src="/events?list=tasks">"#));
+    // A filtered one does not (each refresh re-runs its scan): it offers a
+    // refresh link instead.
+    for query in [
+        "state=failed",
+        "q=nomatch",
+        "queue=greetings&task=greeting.send",
+    ] {
+        let (_, page) = get(&dash, &format!("/tasks?{query}")).await?;
+        assert!(
+            page.contains(r#"<turbo-stream-source src="/events">"#),
+            "{query} is not live: {page}"
+        );
+        assert!(page.contains(r#"id="refresh-list""#), "{query}");
+    }
     // Once the guests finished, only the next enqueue changes the list.
     for id in &guests {
         enq.api

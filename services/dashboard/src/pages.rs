@@ -319,7 +319,11 @@ pub async fn tasks(
     let mut task_names = st.stem().registry().names();
     task_names.sort();
     let mut chrome = Chrome::new(&st, &session, "Tasks", "/tasks").with_notice(&query);
-    chrome.list = filters.page == 1;
+    // Only the unfiltered first page follows new tasks: a filtered page
+    // re-runs its whole scan (up to 20 000 tasks) on every refresh, and
+    // would be refreshed about once a second under any traffic; it shows
+    // a link to refresh it by hand instead.
+    chrome.list = filters.page == 1 && !filters.is_filtered();
     Ok(Tasks {
         chrome,
         rows: task_list::rows(&listing),
