@@ -138,6 +138,84 @@ async fn retries_dead_letters_and_groups_work_on_a_cluster() -> anyhow::Result<(
     Ok(())
 }
 
+/// Every master stopped while tasks run, then started again with their
+/// data (review wave 2, W1): during the outage the enqueuer answers 503,
+/// not 500, and the worker holds the results of the bodies that finish
+/// (it took the cluster client's "no connections found" for a refusal,
+/// dead-lettered those results as `result-unwritable`, failed even that
+/// and released the entries, so every task ran twice); after it, every
+/// task succeeded, each ran exactly once, none was dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_outage_runs_no_task_twice() -> anyhow::Result<()> {
+    const TASKS: usize = 6;
+    let mut cluster = RedisCluster::start_with(ClusterOptions {
+        persistence: true,
+        ..Default::default()
+    })?;
+    let url = cluster.url();
+    let worker = start_worker(
+        &url,
+        "outage-worker",
+        "reporting",
+        &[
+            ("STEM_WORKER_CONCURRENCY", TASKS.to_string()),
+            ("STEM_VISIBILITY_TIMEOUT", "30s".to_string()),
+        ],
+    )
+    .await?;
+    let enq = start_enqueuer(&url, &[]).await?;
+    let mut ids = Vec::with_capacity(TASKS);
+    for i in 0..TASKS {
+        ids.push(
+            enq.api
+                .enqueue(
+                    json!({"task": "reports.aggregate", "name": format!("o{i}"), "delayMs": 3000}),
+                )
+                .await?,
+        );
+    }
+    // Every body runs before the outage and finishes during it.
+    poll_until("every body running", SETTLE, || async {
+        let logs = worker.logs();
+        Ok(ids.iter().all(|id| body_runs(&logs, id) == 1).then_some(()))
+    })
+    .await?;
+    let nodes = cluster.ports().len();
+    for i in 0..nodes {
+        cluster.node_mut(i)?.stop()?;
+    }
+    let during = enq
+        .api
+        .post_json("/enqueue", &json!({"name": "during"}))
+        .await?;
+    assert_eq!(
+        during.status, 503,
+        "the enqueuer during the outage: {}",
+        during.text
+    );
+    wait_log(&worker, "holding results", SETTLE).await?;
+    for i in 0..nodes {
+        cluster.node_mut(i)?.restart()?;
+    }
+    let tail = |p: &ServiceProcess| tail_lines(&p.logs(), 40);
+    for id in &ids {
+        enq.api
+            .wait_state(id, "succeeded", SETTLE * 2)
+            .await
+            .with_context(|| format!("worker log:\n{}", tail(&worker)))?;
+    }
+    let logs = worker.logs();
+    for id in &ids {
+        assert_eq!(body_runs(&logs, id), 1, "{id} ran once: {}", tail(&worker));
+    }
+    assert!(
+        !logs.contains("result-unwritable"),
+        "no result was dead-lettered: {}",
+        tail(&worker)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_no_acknowledged_task() -> anyhow::Result<()> {
     const TASKS: usize = 120;
