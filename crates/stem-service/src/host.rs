@@ -26,6 +26,16 @@ pub fn split_authority(authority: &str) -> (String, Option<&str>) {
     (name.to_ascii_lowercase(), port)
 }
 
+/// The host name and port a request was made under: its `Host` header,
+/// or (HTTP/2) its URI's authority; empty when it names neither.
+pub fn request_host<B>(req: &axum::http::Request<B>) -> &str {
+    req.headers()
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default()
+}
+
 /// Whether a service answers under `host` (a `Host` header value), given
 /// the names its operator allowed besides the defaults (lowercase).
 pub fn serves(host: &str, allowed: &[String]) -> bool {

@@ -16,6 +16,8 @@ use chrono::Utc;
 use serde_json::Value;
 use stem::client::{EnqueueOptions, EnqueueRequest};
 
+use stem_service::host::split_authority;
+
 use crate::AppState;
 
 /// An action's form fields. Unlike axum's `Form`, a missing or malformed
@@ -69,13 +71,8 @@ fn local_path(referer: &str, headers: &HeaderMap) -> Option<String> {
         .strip_prefix("http://")
         .or_else(|| referer.strip_prefix("https://"))?;
     let (authority, path) = rest.split_at(rest.find('/')?);
-    let name = |a: &str| {
-        a.rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(a, |(name, _)| name)
-            .to_ascii_lowercase()
-    };
-    (name(authority) == name(host) && !path.starts_with("//")).then(|| path.to_string())
+    let (name, _) = split_authority(authority);
+    (name == split_authority(host).0 && !path.starts_with("//")).then(|| path.to_string())
 }
 
 /// What an action reports when the store failed under it.

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::rand::SecureRandom as _;
-use stem_service::host::{serves, split_authority};
+use stem_service::host::{request_host, serves, split_authority};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
@@ -109,15 +109,6 @@ fn same(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// The `Host` the request was made under (HTTP/2: the URI's authority).
-fn host_of(req: &Request) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
-}
-
 /// Whether an action's `Origin` / `Sec-Fetch-Site` say it comes from a
 /// page of this dashboard (or from no page at all: curl, scripts).
 fn same_origin(headers: &HeaderMap, host: &str) -> bool {
@@ -181,7 +172,7 @@ pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Resp
     if st.is_health(req.uri().path()) {
         return next.run(req).await;
     }
-    let host = host_of(&req).unwrap_or_default();
+    let host = request_host(&req).to_string();
     if !serves(&host, &st.config().allowed_hosts) {
         return Refusal::Host(host).into_response();
     }

@@ -84,12 +84,7 @@ async fn only_served_hosts(
     next: axum::middleware::Next,
 ) -> Result<Response, ApiError> {
     let health = matches!(req.uri().path(), "/healthz" | "/readyz");
-    let host = req
-        .headers()
-        .get(axum::http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or_default();
+    let host = stem_service::host::request_host(&req);
     if !health && !stem_service::host::serves(host, &st.allowed_hosts) {
         return Err(ApiError::ForeignHost(host.to_string()));
     }
