@@ -14,8 +14,9 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 
-/// Equal in time independent of where the inputs differ.
-fn same(a: &str, b: &str) -> bool {
+/// Equal in time independent of where the inputs differ (credentials
+/// here, CSRF tokens in [`crate::guard`]).
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 

@@ -30,8 +30,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::rand::SecureRandom as _;
 use stem_service::host::{request_host, serves, split_authority};
-use subtle::ConstantTimeEq;
 
+use crate::auth::same;
 use crate::AppState;
 
 /// The header an action may carry its CSRF token in (else the form field
@@ -102,11 +102,6 @@ fn cookie_of(headers: &HeaderMap) -> Option<String> {
         .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
         .find(|v| v.len() == 43 && URL_SAFE_NO_PAD.decode(v).is_ok_and(|b| b.len() == 32))
         .map(str::to_string)
-}
-
-/// Equal in time independent of where the inputs differ.
-fn same(a: &str, b: &str) -> bool {
-    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 /// Whether an action's `Origin` / `Sec-Fetch-Site` say it comes from a
