@@ -10,7 +10,7 @@ use stem::schedule::memory::{MemoryLockStore, MemoryScheduleStore};
 use stem::schedule::redis::{RedisLockStore, RedisScheduleStore};
 use stem::schedule::spec::parse_timezone;
 use stem::schedule::store::{FiringOutcome, FiringReport};
-use stem::schedule::{LockStore, ScheduleEntry, ScheduleStore, UpsertOutcome};
+use stem::schedule::{LockStore, Misfire, ScheduleEntry, ScheduleStore, UpsertOutcome};
 use stem_testkit::{RedisCluster, RedisServer};
 
 /// One pair of stores under test; keeps its redis-server alive.
@@ -95,6 +95,7 @@ async fn upsert_get_list_delete(s: Stores) -> anyhow::Result<()> {
     let mut cron = entry("b-cron", "0 30 2 * * *");
     cron.timezone = parse_timezone("Europe/Berlin")?;
     cron.jitter = Duration::from_millis(1500);
+    cron.misfire = Misfire::Skip;
     assert_eq!(st.upsert(&cron, at(T0)).await?, UpsertOutcome::Created);
     assert_eq!(
         st.upsert(&entry("a-every", "every:10s"), at(T0)).await?,
@@ -110,6 +111,12 @@ async fn upsert_get_list_delete(s: Stores) -> anyhow::Result<()> {
     assert_eq!(got.spec.as_str(), "0 30 2 * * *");
     assert_eq!(got.timezone.name(), "Europe/Berlin");
     assert_eq!(got.jitter, Duration::from_millis(1500));
+    assert_eq!(got.misfire, Misfire::Skip);
+    assert_eq!(
+        st.get("a-every").await?.expect("stored").misfire,
+        Misfire::All,
+        "the default"
+    );
     assert_eq!(got.args, cron.args);
     assert_eq!(got.meta, cron.meta);
     assert!(got.enabled);

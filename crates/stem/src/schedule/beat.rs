@@ -44,7 +44,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::entry::ScheduleEntry;
+use super::entry::{Misfire, ScheduleEntry};
 use super::metrics::SchedulerMetrics;
 use super::store::{FiringOutcome, FiringReport, LockStore, ScheduleStore};
 use crate::client::{EnqueueOptions, Stem};
@@ -159,6 +159,32 @@ pub struct Beat {
     /// short (it may be recorded, even published): the next pass finishes
     /// that slot before moving on, instead of coalescing it away.
     unfinished: Arc<std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>>,
+}
+
+/// The most recent slot of `entry` at or before `now`, given its first
+/// unfired slot `next_run` ≤ `now`.
+fn latest_due(entry: &ScheduleEntry, next_run: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    entry
+        .latest_at_or_before(now)
+        .filter(|l| *l >= next_run)
+        .unwrap_or(next_run)
+}
+
+/// One step of an entry's catch-up ([`Beat::plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Publish `slot`; `missed` slots before it are given up.
+    Fire { slot: DateTime<Utc>, missed: u64 },
+    /// Give up `slot` too (`misfire: skip`); `missed` counts it.
+    Skip { slot: DateTime<Utc>, missed: u64 },
+}
+
+impl Step {
+    fn slot(self) -> DateTime<Utc> {
+        match self {
+            Step::Fire { slot, .. } | Step::Skip { slot, .. } => slot,
+        }
+    }
 }
 
 /// Logs the first error of an outage at warn, later ones at debug.
@@ -366,26 +392,45 @@ impl Beat {
     ) -> Result<PassReport> {
         let due = self.store.due(now, self.opts.batch_size).await?;
         let mut report = PassReport::default();
-        for entry in due {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
+        'entries: for mut entry in due {
+            // Under `misfire: all` an entry has several due slots after a
+            // downtime: they fire one after another, each booked (its
+            // `nextRunAt` stored) before the next, so a pass cut short by
+            // the deadline or an outage resumes at the first unfired slot.
+            // Under `latest` and `skip` the first step jumps to the most
+            // recent due slot and the loop ends after it.
+            let mut first = true;
+            while let Some(next_run) = entry.history.next_run_at.filter(|n| *n <= now) {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break 'entries;
+                }
+                if std::mem::take(&mut first) {
+                    self.log_misfire(&entry, next_run, now);
+                }
+                let step = self.plan(&entry, next_run, now);
+                match step {
+                    Step::Fire { slot, missed } => {
+                        self.fire(&entry, slot, missed, &mut report).await?
+                    }
+                    Step::Skip { slot, missed } => {
+                        self.skip(&entry, slot, missed, &mut report).await?
+                    }
+                }
+                let slot = step.slot();
+                match entry.next_after(slot) {
+                    Some(next) if next > slot => entry.history.next_run_at = Some(next),
+                    _ => continue 'entries, // the schedule has no further slot
+                }
             }
-            let Some(next_run) = entry.history.next_run_at else {
-                continue;
-            };
-            let unfinished = self
-                .unfinished
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&entry.id)
-                .copied()
-                .filter(|s| *s >= next_run);
-            let slot = match (unfinished, entry.latest_at_or_before(now)) {
-                (Some(slot), _) => slot,
-                (None, Some(latest)) if latest > next_run => latest,
-                _ => next_run,
-            };
-            let missed = if slot > next_run {
+        }
+        Ok(report)
+    }
+
+    /// Which slot of `entry` to handle next, given its first unfired slot
+    /// `next_run` ≤ `now`, and how many slots before it are given up.
+    fn plan(&self, entry: &ScheduleEntry, next_run: DateTime<Utc>, now: DateTime<Utc>) -> Step {
+        let missed_before = |slot| {
+            if slot > next_run {
                 entry.spec.slots_between(
                     next_run,
                     slot,
@@ -395,10 +440,132 @@ impl Beat {
                 )
             } else {
                 0
+            }
+        };
+        // A slot an error cut short is finished first, whatever the policy:
+        // it may be recorded or even published already.
+        let unfinished = self
+            .unfinished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&entry.id)
+            .copied()
+            .filter(|s| *s >= next_run);
+        if let Some(slot) = unfinished {
+            return Step::Fire {
+                slot,
+                missed: missed_before(slot),
             };
-            self.fire(&entry, slot, missed, &mut report).await?;
         }
-        Ok(report)
+        let latest = latest_due(entry, next_run, now);
+        match entry.misfire {
+            Misfire::All => {
+                let late = missed_before(latest) + 1;
+                if late as usize <= Misfire::MAX_CATCH_UP {
+                    return Step::Fire {
+                        slot: next_run,
+                        missed: 0,
+                    };
+                }
+                // Only the most recent MAX_CATCH_UP slots fire: walk back
+                // from the latest (cheap for `every:` and cron alike).
+                let mut first = latest;
+                for _ in 1..Misfire::MAX_CATCH_UP {
+                    match entry.latest_at_or_before(first - chrono::Duration::milliseconds(1)) {
+                        Some(p) if p >= next_run => first = p,
+                        _ => break,
+                    }
+                }
+                Step::Fire {
+                    slot: first,
+                    missed: missed_before(first),
+                }
+            }
+            Misfire::Latest => Step::Fire {
+                slot: latest,
+                missed: missed_before(latest),
+            },
+            Misfire::Skip => {
+                // The first slot at most SKIP_GRACE late fires (and, in
+                // turn, those after it); the ones before it are given up.
+                let threshold = now - Misfire::SKIP_GRACE;
+                let first = if next_run >= threshold {
+                    Some(next_run)
+                } else {
+                    entry
+                        .next_after(threshold - chrono::Duration::milliseconds(1))
+                        .filter(|f| *f <= now)
+                };
+                match first {
+                    Some(slot) => Step::Fire {
+                        slot,
+                        missed: missed_before(slot),
+                    },
+                    None => Step::Skip {
+                        slot: latest,
+                        missed: missed_before(latest) + 1,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Logs how an entry's late slots are handled, when it has more than
+    /// one due (once per pass, not per slot of a catch-up).
+    fn log_misfire(&self, entry: &ScheduleEntry, next_run: DateTime<Utc>, now: DateTime<Utc>) {
+        let latest = latest_due(entry, next_run, now);
+        if latest <= next_run {
+            return;
+        }
+        let count = entry.spec.slots_between(
+            next_run,
+            latest,
+            entry.timezone,
+            entry.anchor_or(next_run),
+            1_000_000,
+        ) + 1;
+        let how = match entry.misfire {
+            Misfire::All if count as usize <= Misfire::MAX_CATCH_UP => {
+                "firing each, oldest first".to_string()
+            }
+            Misfire::All => format!(
+                "firing the most recent {}, oldest first",
+                Misfire::MAX_CATCH_UP
+            ),
+            Misfire::Latest => "firing the most recent once".to_string(),
+            Misfire::Skip => format!(
+                "firing only those at most {} ms late",
+                Misfire::SKIP_GRACE.as_millis()
+            ),
+        };
+        tracing::warn!(
+            schedule = %entry.id, late_slots = count, misfire = entry.misfire.as_str(),
+            from = %format_ms(next_run.timestamp_millis()),
+            "slots fell due while no beat was firing; {how}"
+        );
+    }
+
+    /// Books a slot the `skip` policy gives up: nothing is published, the
+    /// slot and those before it count as missed, the grid continues.
+    async fn skip(
+        &self,
+        entry: &ScheduleEntry,
+        slot: DateTime<Utc>,
+        missed: u64,
+        report: &mut PassReport,
+    ) -> Result<()> {
+        self.metrics.missed(missed);
+        report.missed += missed;
+        self.store
+            .complete_firing(&FiringReport {
+                id: entry.id.clone(),
+                revision: entry.history.revision,
+                slot,
+                next_run_at: entry.next_after(slot),
+                missed,
+                outcome: FiringOutcome::Skipped,
+            })
+            .await
     }
 
     /// Records, publishes and books one slot. `Err` only for outages (the
@@ -424,10 +591,6 @@ impl Beat {
         if missed > 0 {
             self.metrics.missed(missed);
             report.missed += missed;
-            tracing::warn!(
-                schedule = %entry.id, missed, slot = %slot_text,
-                "slots missed while no beat was leading; firing the most recent once"
-            );
         }
         // The firing record says which beat took the slot (for operators
         // and `stem schedule`); exactly-once comes from the publish itself,
@@ -628,18 +791,72 @@ mod tests {
         Ok(())
     }
 
+    /// An `every:10s` entry created at :00, with misfire policy `misfire`.
+    async fn ten_seconds(store: &MemoryScheduleStore, misfire: Misfire) -> Result<()> {
+        let mut e = ScheduleEntry::new("m", "greeting.send", "every:10s")?;
+        e.misfire = misfire;
+        store.upsert(&e, at("2025-01-01T00:00:00Z")).await?;
+        Ok(())
+    }
+
+    fn slots(r: &PassReport) -> Vec<DateTime<Utc>> {
+        r.fired.iter().map(|f| f.slot).collect()
+    }
+
     #[tokio::test]
-    async fn downtime_fires_the_most_recent_missed_slot_once() -> Result<()> {
+    async fn downtime_fires_every_missed_slot_once_oldest_first() -> Result<()> {
         let store = MemoryScheduleStore::new();
-        let t0 = at("2025-01-01T00:00:00Z");
-        store
-            .upsert(&ScheduleEntry::new("m", "greeting.send", "every:10s")?, t0)
-            .await?;
+        ten_seconds(&store, Misfire::All).await?;
+        let b = beat(&store, "b1");
+        // Down from :05 to :47: :10 :20 :30 :40 fire late, each once, in
+        // order, each task carrying its own slot.
+        let r = b.fire_due(at("2025-01-01T00:00:47Z")).await?;
+        assert_eq!(
+            slots(&r),
+            ["10", "20", "30", "40"].map(|s| at(&format!("2025-01-01T00:00:{s}Z")))
+        );
+        assert_eq!(r.missed, 0);
+        for f in &r.fired {
+            let status = b.stem.status(&f.task_id).await?.expect("queued status");
+            assert_eq!(status.meta[META_SLOT], format_ms(f.slot.timestamp_millis()));
+        }
+        let got = store.get("m").await?.expect("stored");
+        assert_eq!(got.history.next_run_at, Some(at("2025-01-01T00:00:50Z")));
+        assert_eq!(got.history.total_run_count, 4);
+        assert_eq!(got.history.missed_slots, 0);
+        assert!(b
+            .fire_due(at("2025-01-01T00:00:49Z"))
+            .await?
+            .fired
+            .is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_long_downtime_fires_the_most_recent_hundred_slots() -> Result<()> {
+        let store = MemoryScheduleStore::new();
+        ten_seconds(&store, Misfire::All).await?;
+        let b = beat(&store, "b1");
+        // 150 slots (:10 … 25:00) fell due: the last 100 fire, 50 missed.
+        let r = b.fire_due(at("2025-01-01T00:25:05Z")).await?;
+        assert_eq!(r.fired.len(), Misfire::MAX_CATCH_UP);
+        assert_eq!(r.fired[0].slot, at("2025-01-01T00:08:30Z"));
+        assert_eq!(r.fired[99].slot, at("2025-01-01T00:25:00Z"));
+        assert_eq!(r.missed, 50);
+        let got = store.get("m").await?.expect("stored");
+        assert_eq!(got.history.missed_slots, 50);
+        assert_eq!(got.history.next_run_at, Some(at("2025-01-01T00:25:10Z")));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn latest_fires_the_most_recent_missed_slot_once() -> Result<()> {
+        let store = MemoryScheduleStore::new();
+        ten_seconds(&store, Misfire::Latest).await?;
         let b = beat(&store, "b1");
         // Down from :05 to :47: slots :10 :20 :30 missed, :40 fires.
         let r = b.fire_due(at("2025-01-01T00:00:47Z")).await?;
-        assert_eq!(r.fired.len(), 1);
-        assert_eq!(r.fired[0].slot, at("2025-01-01T00:00:40Z"));
+        assert_eq!(slots(&r), [at("2025-01-01T00:00:40Z")]);
         assert_eq!(r.missed, 3);
         let got = store.get("m").await?.expect("stored");
         assert_eq!(got.history.next_run_at, Some(at("2025-01-01T00:00:50Z")));
@@ -649,6 +866,30 @@ mod tests {
             .await?
             .fired
             .is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn skip_fires_nothing_late_beyond_its_grace() -> Result<()> {
+        let store = MemoryScheduleStore::new();
+        ten_seconds(&store, Misfire::Skip).await?;
+        let b = beat(&store, "b1");
+        // Half a second late (a beat handing over): the slot fires.
+        let r = b.fire_due(at("2025-01-01T00:00:10.500Z")).await?;
+        assert_eq!(slots(&r), [at("2025-01-01T00:00:10Z")]);
+        assert_eq!(r.missed, 0);
+        // Down until 10:45: :20 … 10:40 fell due, the latest 5 s ago.
+        // Nothing fires, all 63 count as missed, the grid goes on at 10:50.
+        let r = b.fire_due(at("2025-01-01T00:10:45Z")).await?;
+        assert!(r.fired.is_empty(), "{r:?}");
+        assert_eq!(r.missed, 63);
+        let got = store.get("m").await?.expect("stored");
+        assert_eq!(got.history.next_run_at, Some(at("2025-01-01T00:10:50Z")));
+        assert_eq!(got.history.missed_slots, 63);
+        assert_eq!(got.history.total_run_count, 1);
+        // Back on time: 10:50 fires.
+        let r = b.fire_due(at("2025-01-01T00:10:50.200Z")).await?;
+        assert_eq!(slots(&r), [at("2025-01-01T00:10:50Z")]);
         Ok(())
     }
 

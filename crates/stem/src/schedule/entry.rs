@@ -46,6 +46,68 @@ pub fn validate_id(id: &str) -> Result<()> {
     }
 }
 
+/// What beat does with slots that fell due while no beat was firing (a
+/// failover, a stopped beat, an outage of the schedule store): the entry's
+/// `misfire` key in the schedule file.
+///
+/// Stem's choice among the peers' (Quartz's misfire instructions,
+/// APScheduler's `coalesce` and grace time): `all` by default, because a
+/// scheduled task an operator asked for every minute is usually work that
+/// must happen each minute (a report per slot, a sweep per slot), and a
+/// firing carries the slot it stands for (`schedule-slot`), so a late task
+/// still knows which period it is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Misfire {
+    /// Every missed slot fires once, oldest first; after a downtime longer
+    /// than [`Misfire::MAX_CATCH_UP`] slots, only the most recent that many
+    /// (the older ones are counted as missed).
+    #[default]
+    All,
+    /// One firing, of the most recent missed slot; the others are counted
+    /// as missed.
+    Latest,
+    /// No late firing: a slot fires only if beat reaches it at most
+    /// [`Misfire::SKIP_GRACE`] after its time (so a graceful handover
+    /// between beats, a tick, loses nothing); the slots it gives up are
+    /// counted as missed and the grid continues.
+    Skip,
+}
+
+impl Misfire {
+    /// Most missed slots `all` fires per entry after one downtime.
+    pub const MAX_CATCH_UP: usize = 100;
+    /// How late a slot may be and still fire under `skip`: four beat
+    /// ticks, more than a graceful handover (one tick) or a busy pass,
+    /// less than a failover after a crash (up to lease + tick, 3.25 s).
+    pub const SKIP_GRACE: Duration = Duration::from_secs(1);
+
+    /// The policy's name in the schedule file and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Misfire::All => "all",
+            Misfire::Latest => "latest",
+            Misfire::Skip => "skip",
+        }
+    }
+
+    /// Parses `all`, `latest` or `skip` (any case).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(Misfire::All),
+            "latest" => Ok(Misfire::Latest),
+            "skip" => Ok(Misfire::Skip),
+            _ => Err(StemError::InvalidArgument(format!(
+                "invalid misfire policy {s:?}: use all, latest or skip"
+            ))),
+        }
+    }
+
+    fn is_all(&self) -> bool {
+        *self == Misfire::All
+    }
+}
+
 /// What beat recorded about an entry. Every field survives re-seeding.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunHistory {
@@ -98,6 +160,8 @@ pub struct ScheduleEntry {
     pub jitter: Duration,
     /// A disabled entry keeps its definition and history but does not fire.
     pub enabled: bool,
+    /// What to do with slots that fell due while no beat fired.
+    pub misfire: Misfire,
     /// Task arguments (a JSON object).
     pub args: Value,
     /// Merged into the envelope meta of every firing.
@@ -124,6 +188,10 @@ pub struct Definition {
     pub jitter_ms: u64,
     /// Whether the entry fires.
     pub enabled: bool,
+    /// Misfire policy; absent (definitions stored before it existed, or
+    /// the default) means [`Misfire::All`].
+    #[serde(default, skip_serializing_if = "Misfire::is_all")]
+    pub misfire: Misfire,
     /// Task arguments (a JSON object).
     #[serde(default)]
     pub args: Value,
@@ -175,6 +243,7 @@ impl ScheduleEntry {
             timezone: Tz::UTC,
             jitter: Duration::ZERO,
             enabled: true,
+            misfire: Misfire::All,
             args: Value::Object(Map::new()),
             meta: Map::new(),
             history: RunHistory::default(),
@@ -206,6 +275,7 @@ impl ScheduleEntry {
             timezone: self.timezone.name().to_string(),
             jitter_ms: self.jitter.as_millis() as u64,
             enabled: self.enabled,
+            misfire: self.misfire,
             args: self.args.clone(),
             meta: self.meta.clone(),
         }
@@ -221,6 +291,7 @@ impl ScheduleEntry {
             timezone: parse_timezone(&def.timezone)?,
             jitter: Duration::from_millis(def.jitter_ms),
             enabled: def.enabled,
+            misfire: def.misfire,
             args: def.args,
             meta: def.meta,
             history,
@@ -289,6 +360,7 @@ impl ScheduleEntry {
             "timezone": self.timezone.name(),
             "jitterMs": self.jitter.as_millis() as u64,
             "enabled": self.enabled,
+            "misfire": self.misfire.as_str(),
             "args": self.args,
             "meta": self.meta,
             "nextRunAt": rfc(h.next_run_at),
@@ -337,6 +409,7 @@ mod tests {
         let mut e = ScheduleEntry::new("a", "t", "0 9 * * 1-5").expect("valid");
         e.timezone = parse_timezone("Europe/Berlin").expect("zone");
         e.meta.insert("seeded".into(), Value::Bool(true));
+        e.misfire = Misfire::Skip;
         let back = ScheduleEntry::from_definition("a", e.definition(), RunHistory::default())
             .expect("round trip");
         assert_eq!(back, e);

@@ -178,7 +178,7 @@ impl ScheduleStore for MemoryScheduleStore {
                 h.last_error = Some(error.clone());
                 h.last_error_at = Some(truncate_ms(*at));
             }
-            FiringOutcome::AlreadyFired => {}
+            FiringOutcome::AlreadyFired | FiringOutcome::Skipped => {}
         }
         h.missed_slots += report.missed;
         if h.revision == report.revision && entry.enabled {

@@ -32,7 +32,7 @@ pub mod store;
 use std::sync::Arc;
 
 pub use beat::{Beat, BeatConfig};
-pub use entry::{RunHistory, ScheduleEntry, ScheduleSummary};
+pub use entry::{Misfire, RunHistory, ScheduleEntry, ScheduleSummary};
 pub use spec::Spec;
 pub use store::{LockStore, ScheduleStore, UpsertOutcome};
 

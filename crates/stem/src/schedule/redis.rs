@@ -350,7 +350,9 @@ impl ScheduleStore for RedisScheduleStore {
                     .arg(0)
                     .arg(error);
             }
-            FiringOutcome::AlreadyFired => {
+            // Neither changes the run history beyond `missedSlots` and
+            // `nextRunAt` (the script's third case).
+            FiringOutcome::AlreadyFired | FiringOutcome::Skipped => {
                 inv.arg("dup").arg(0).arg("").arg(0).arg(0).arg("");
             }
         }

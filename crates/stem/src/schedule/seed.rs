@@ -10,6 +10,7 @@
 //!     spec: every:30s                 # every:<n>[ms|s|m|h|d] or cron (5 or 6 fields); default every:60s
 //!     jitter: 5s                      # <n>ms|s|m|h, or an integer number of seconds; default 0
 //!     enabled: true                   # default true
+//!     misfire: all                    # all | latest | skip: slots missed while no beat fired; default all
 //!     timezone: Europe/Berlin         # IANA name, default UTC
 //!     args: {name: "scheduled friend"}
 //!     meta: {seeded: true}
@@ -27,7 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::entry::{ScheduleEntry, DEFAULT_QUEUE};
+use super::entry::{Misfire, ScheduleEntry, DEFAULT_QUEUE};
 use super::spec::{parse_timezone, Spec};
 use super::store::{ScheduleStore, UpsertOutcome};
 use crate::error::{Result, StemError};
@@ -35,8 +36,9 @@ use crate::error::{Result, StemError};
 /// The spec of an entry that names none (as in the reference).
 pub const DEFAULT_SPEC: &str = "every:60s";
 
-const KNOWN_KEYS: [&str; 10] = [
-    "id", "task", "taskName", "queue", "spec", "jitter", "enabled", "timezone", "args", "meta",
+const KNOWN_KEYS: [&str; 11] = [
+    "id", "task", "taskName", "queue", "spec", "jitter", "enabled", "misfire", "timezone", "args",
+    "meta",
 ];
 
 /// A problem with the file or with one entry of it.
@@ -176,6 +178,10 @@ fn entry_from(obj: &Map<String, Value>) -> std::result::Result<ScheduleEntry, St
         Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
         Some(other) => return Err(format!("enabled must be true or false, got {other}")),
     };
+    let misfire = match string_field(obj, "misfire")? {
+        None => Misfire::All,
+        Some(m) => Misfire::parse(&m).map_err(|e| strip(e.to_string()))?,
+    };
     let args = match obj.get("args") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v.clone(),
@@ -194,6 +200,7 @@ fn entry_from(obj: &Map<String, Value>) -> std::result::Result<ScheduleEntry, St
         timezone,
         jitter,
         enabled,
+        misfire,
         args,
         meta,
         history: Default::default(),
@@ -438,6 +445,30 @@ entries:
         assert!(
             skipped[5].contains("entry 8 (id \"ok-one\"): duplicate id"),
             "{skipped:#?}"
+        );
+    }
+
+    #[test]
+    fn misfire_policies_parse_and_default_to_all() {
+        let text = "entries:\n  - id: a\n    task: t\n  - id: b\n    task: t\n    misfire: Latest\n  \
+                    - id: c\n    task: t\n    misfire: skip\n  - id: d\n    task: t\n    misfire: never\n";
+        let file = parse(text).expect("file-level valid");
+        let got: Vec<(&str, Misfire)> = file
+            .entries
+            .iter()
+            .map(|e| (e.id.as_str(), e.misfire))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Misfire::All),
+                ("b", Misfire::Latest),
+                ("c", Misfire::Skip)
+            ]
+        );
+        assert_eq!(
+            file.skipped[0].to_string(),
+            "entry 4 (id \"d\"): invalid misfire policy \"never\": use all, latest or skip"
         );
     }
 

@@ -66,6 +66,9 @@ pub enum FiringOutcome {
     },
     /// Another beat had already recorded this slot; nothing was published.
     AlreadyFired,
+    /// The slot was late beyond what the entry's misfire policy fires
+    /// (`skip`); nothing was published, the slot counts as missed.
+    Skipped,
 }
 
 /// Beat's bookkeeping after handling one slot of one entry.
