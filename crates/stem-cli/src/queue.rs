@@ -32,6 +32,16 @@ pub enum QueueCommand {
         #[command(flatten)]
         format: Format,
     },
+    /// Stop listing an empty queue nothing consumes any more (its empty
+    /// streams and recent-task index go too). Refused, exit 65, while it
+    /// holds any task or a live worker consumes it.
+    Forget {
+        /// Queue name.
+        #[arg(short = 'q', long = "queue")]
+        queue: String,
+        #[command(flatten)]
+        format: Format,
+    },
 }
 
 /// One row of `queue list` (and the head of `queue inspect`).
@@ -135,6 +145,16 @@ pub async fn run(ctx: &Ctx, cmd: QueueCommand) -> anyhow::Result<i32> {
                     "Purged {} from {queue}.",
                     plural(n as usize, "task", "tasks")
                 );
+            }
+            Ok(0)
+        }
+        QueueCommand::Forget { queue, format } => {
+            known(&stem, &queue).await?;
+            let forgotten = stem.forget_queue(&queue).await?;
+            if format.json {
+                print_json(&serde_json::json!({ "queue": queue, "forgotten": forgotten }))?;
+            } else {
+                outln!("Forgot queue {queue}: it is no longer listed.");
             }
             Ok(0)
         }

@@ -683,6 +683,16 @@ async fn queue_purge_needs_yes_and_empties_the_queue_on(url: &str) -> anyhow::Re
     let table = stem.ok(&["queue", "list"])?.stdout;
     assert!(table.lines().any(|l| l.starts_with("billing ")), "{table}");
 
+    // A queue holding tasks is not forgotten (issue 24, W16).
+    let kept = stem
+        .run(&["queue", "forget", "-q", "billing"])?
+        .expect(65)?;
+    assert!(
+        kept.stderr.contains("3 ready") && kept.stderr.contains("1 delayed"),
+        "{}",
+        kept.describe()
+    );
+
     let refused = stem.run(&["queue", "purge", "-q", "billing"])?.expect(64)?;
     assert!(refused.stderr.contains("--yes"), "{}", refused.describe());
     assert_eq!(
@@ -703,6 +713,24 @@ async fn queue_purge_needs_yes_and_empties_the_queue_on(url: &str) -> anyhow::Re
     stem.run(&["queue", "inspect", "-q", "nope"])?.expect(65)?;
     stem.run(&["queue", "purge", "-q", "nope", "--yes"])?
         .expect(65)?;
+
+    // Empty now: forgotten, no longer listed; a second forget is a typo.
+    let forgot = stem.json(&["queue", "forget", "-q", "billing"])?;
+    assert_eq!(forgot["forgotten"], true, "{forgot}");
+    assert_eq!(ready_of(&stem.json(&["queue", "list"])?, "billing"), None);
+    stem.run(&["queue", "forget", "-q", "billing"])?
+        .expect(65)?;
+    // A queue a live worker consumes is not forgotten: it would come back.
+    let worker = start_worker(url, &worker_name("forget"), "greetings", &[]).await?;
+    let busy = stem
+        .run(&["queue", "forget", "-q", "greetings"])?
+        .expect(65)?;
+    assert!(
+        busy.stderr.contains("consumed by live workers"),
+        "{}",
+        busy.describe()
+    );
+    drop(worker);
     Ok(())
 }
 

@@ -254,3 +254,54 @@ async fn results_are_written_before_acks_while_the_backend_is_down() -> anyhow::
     assert_eq!(body_runs(&worker.logs(), &id), 1, "{}", worker.logs());
     Ok(())
 }
+
+/// A worker's lease declaration (`stem:leases`, one field per worker
+/// lifetime) does not outlive it (issue 24, W16): a worker stopped with
+/// SIGTERM withdraws it on the way out; one killed with SIGKILL loses it
+/// once its record expired, pruned by a worker still running — which
+/// keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_declarations_go_with_their_workers() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let url = redis.url();
+    let quick = env(&[
+        ("STEM_VISIBILITY_TIMEOUT", "1s"),
+        ("STEM_HEARTBEAT_INTERVAL", "500ms"),
+    ]);
+    let (a, b, c) = (
+        worker_name("lease-a"),
+        worker_name("lease-b"),
+        worker_name("lease-c"),
+    );
+    let mut wa = start_worker(&url, &a, "greetings", &quick).await?;
+    let mut wb = start_worker(&url, &b, "greetings", &quick).await?;
+    let leases = || -> anyhow::Result<String> { redis.cli(&["HKEYS", "stem:leases"]) };
+    let held = leases()?;
+    assert!(held.contains(&a) && held.contains(&b), "{held}");
+
+    wa.sigterm()?;
+    assert_eq!(wa.wait_exit(Duration::from_secs(15))?, Some(0));
+    let held = leases()?;
+    assert!(!held.contains(&a), "withdrawn at a graceful stop: {held}");
+    assert!(held.contains(&b), "{held}");
+
+    wb.kill9()?;
+    let wc = start_worker(&url, &c, "greetings", &quick).await?;
+    // b's record expires 1.5 s after its last heartbeat; c prunes at
+    // most every 5 s.
+    let started = Instant::now();
+    poll_until(
+        "b's lease to be pruned",
+        Duration::from_secs(40),
+        || async { Ok((!leases()?.contains(&b)).then_some(())) },
+    )
+    .await
+    .map_err(|e| e.context(wc.logs()))?;
+    let held = leases()?;
+    assert!(held.contains(&c), "a live worker keeps its lease: {held}");
+    eprintln!(
+        "a killed worker's lease pruned {:?} after c started",
+        started.elapsed()
+    );
+    Ok(())
+}

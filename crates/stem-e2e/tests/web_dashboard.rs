@@ -351,6 +351,48 @@ async fn pages_answer_and_actions_change_what_they_show() -> anyhow::Result<()> 
     wait_page(&dash, "/schedules", "/schedules/nightly/enable").await?;
     let shown = Stem::new(&url).json(&["schedule", "show", "nightly"])?;
     assert_eq!(shown["enabled"], false, "{shown}");
+
+    // Forget a queue nothing uses (issue 24, W16): offered once it is
+    // empty; refused for a queue a live worker consumes.
+    Stem::new(&url).ok(&["task", "enqueue", "billing.charge"])?;
+    let busy = wait_page(
+        &dash,
+        "/queues/billing",
+        "Ready</span><span class=\"value\">1<",
+    )
+    .await?;
+    assert!(
+        !busy.contains("/forget\""),
+        "a queue holding a task offers no forget"
+    );
+    let (status, _) = post(
+        &dash,
+        "/queues/billing/purge",
+        "/queues/billing",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    wait_page(&dash, "/queues/billing", "/queues/billing/forget\"").await?;
+    let (status, location) = post(
+        &dash,
+        "/queues/billing/forget",
+        "/queues/billing",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    assert_eq!(location, "/queues?notice=Forgot+queue+billing");
+    assert_eq!(get(&dash, "/queues/billing").await?.0, 404);
+    let (_, location) = post(
+        &dash,
+        "/queues/greetings/forget",
+        "/queues/greetings",
+        &[("csrf_token", &token)],
+    )
+    .await?;
+    assert!(location.contains("consumed+by+live+workers"), "{location}");
+    assert_eq!(get(&dash, "/queues/greetings").await?.0, 200);
     Ok(())
 }
 

@@ -188,12 +188,15 @@ impl Stores {
         Ok(match &config.broker_url {
             StoreUrl::Memory => Stores::memory_with(
                 backend,
-                MemoryBroker::new().with_recent_tasks(config.recent_tasks),
+                MemoryBroker::new()
+                    .with_recent_tasks(config.recent_tasks)
+                    .with_recent_ttl(config.result_ttl),
             ),
             StoreUrl::Redis(url) => {
                 let client = redis_conn::endpoint(url, &config.tls)?;
                 let broker = RedisBroker::new(client.clone(), config.dead_letter_maxlen)?
-                    .with_recent_tasks(config.recent_tasks);
+                    .with_recent_tasks(config.recent_tasks)
+                    .with_recent_ttl(config.result_ttl);
                 // One server holding both stores makes a status and a
                 // publish (or a result and an ack) one atomic step. A
                 // cluster keeps a task's keys and its queue's on different
@@ -547,6 +550,29 @@ impl Stem {
     /// The status of task `id`.
     pub async fn status(&self, id: &str) -> Result<Option<TaskStatus>> {
         get_status(self.stores.backend.as_ref(), id).await
+    }
+
+    /// Forgets `queue` ([`QueueAdmin::forget_queue`]: it stops being
+    /// listed and polled) when it holds no task and no live worker
+    /// consumes it — a worker would name it again. `Ok(false)` for a queue
+    /// that was not known; [`StemError::InvalidArgument`] saying why not
+    /// otherwise. The CLI's `queue forget` and the dashboard's queue page.
+    pub async fn forget_queue(&self, queue: &str) -> Result<bool> {
+        let serving: Vec<String> = self
+            .control()
+            .workers()
+            .await?
+            .into_iter()
+            .filter(|w| w.queues.iter().any(|q| q == queue))
+            .map(|w| w.name)
+            .collect();
+        if !serving.is_empty() {
+            return Err(StemError::InvalidArgument(format!(
+                "queue {queue:?} is consumed by live workers ({}); stop them or give them other queues first",
+                serving.join(", ")
+            )));
+        }
+        self.admin().forget_queue(queue).await
     }
 
     /// Recent tasks matching `query`, newest first, from the recent-task

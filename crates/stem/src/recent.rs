@@ -14,6 +14,16 @@
 //! `STEM_RECENT_TASKS` publishes of each queue; its memory is about the
 //! spec body plus a few bytes per task (`docs/benchmarks.md`).
 //!
+//! **Bounded in bytes, and expiring.** Every other copy of a task's body
+//! goes when the task is acknowledged; the index would keep it. So a spec
+//! body over [`INDEX_BODY_MAX`] is indexed as a preview ([`index_body`]:
+//! its args cut to their first [`ARGS_PREVIEW`] bytes of JSON text, kept
+//! as a JSON string, and the body's real size in `indexTruncated`), which
+//! bounds a queue's index near `2 × STEM_RECENT_TASKS × INDEX_BODY_MAX`
+//! whatever producers send (issue 24: 20 bodies of 1 MiB had pinned 25 MB).
+//! The index expires `STEM_RESULT_TTL` after its last write, like the
+//! statuses it points to, and a queue's purge drops it.
+//!
 //! **The query.** [`find_tasks`] reads the indexes of the asked queues
 //! newest first in chunks, merges them by enqueue time, reads the states
 //! of each batch in one `states` call when a filter needs them (whole
@@ -26,10 +36,73 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use bytes::Bytes;
+
 use crate::backend::ResultBackend;
 use crate::broker::{QueueAdmin, RecentTask};
 use crate::envelope::{TaskSpec, TaskState, TaskStatus};
 use crate::error::Result;
+
+/// Largest spec body the index keeps whole; a larger one is indexed as a
+/// preview ([`index_body`]).
+pub const INDEX_BODY_MAX: usize = 2048;
+/// How much of a long task's args (JSON text) its preview keeps.
+pub const ARGS_PREVIEW: usize = 1024;
+/// How much of a long task name a preview keeps.
+const NAME_PREVIEW: usize = 200;
+/// Largest meta (JSON text) a preview keeps; a larger one is left out.
+const META_PREVIEW: usize = 512;
+
+/// What the index stores for a task whose spec body is `body`: the body
+/// itself up to [`INDEX_BODY_MAX`] bytes (the hot path: a length check),
+/// else a preview of it; `None` for a body that is no spec (nothing to
+/// list).
+pub(crate) fn index_body(body: &Bytes) -> Option<Bytes> {
+    if body.len() <= INDEX_BODY_MAX {
+        return Some(body.clone());
+    }
+    let spec = TaskSpec::from_body(body).ok()?;
+    let args = serde_json::to_string(&spec.args).ok()?;
+    let meta_fits = serde_json::to_string(&spec.meta)
+        .map(|m| m.len() <= META_PREVIEW)
+        .unwrap_or(false);
+    let preview = TaskSpec {
+        name: cut(&spec.name, NAME_PREVIEW),
+        args: serde_json::Value::String(cut(&args, ARGS_PREVIEW)),
+        // The trace link needs traceparent; other headers may be large.
+        headers: spec
+            .headers
+            .into_iter()
+            .filter(|(k, v)| k == crate::trace::TRACEPARENT_HEADER && v.len() <= 64)
+            .collect(),
+        meta: if meta_fits {
+            spec.meta
+        } else {
+            Default::default()
+        },
+        ..spec
+    };
+    let mut doc = serde_json::to_value(&preview).ok()?;
+    doc.as_object_mut()?
+        .insert(TRUNCATED_FIELD.into(), (body.len() as u64).into());
+    serde_json::to_vec(&doc).ok().map(Bytes::from)
+}
+
+/// The preview's field holding the whole body's size in bytes.
+pub(crate) const TRUNCATED_FIELD: &str = "indexTruncated";
+
+/// The longest prefix of `s` of at most `max` bytes ending on a character
+/// boundary, with `…` when something was cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
 
 /// Most tasks one query reads from the index.
 pub const MAX_SCAN: usize = 20_000;
@@ -37,6 +110,10 @@ pub const MAX_SCAN: usize = 20_000;
 /// Most index entries read per queue and round trip: a query reads two
 /// first, then twice as many each time it needs more.
 const MAX_CHUNK: usize = 1000;
+/// Most tasks one read of an index should return: with bodies bounded by
+/// [`INDEX_BODY_MAX`], a reply stays under about 4 MB even when every
+/// entry holds 100 tasks.
+const MAX_CHUNK_TASKS: usize = 2000;
 /// Most tasks whose states one round trip reads.
 const BATCH: usize = 500;
 
@@ -62,8 +139,13 @@ pub struct TaskQuery {
 /// still has one (`None` once the result expired).
 #[derive(Clone, Debug)]
 pub struct TaskRow {
-    /// The spec as published.
+    /// The spec as published, or the index's preview of it (see
+    /// `truncated`).
     pub spec: TaskSpec,
+    /// `Some(size of the whole spec body)` when `spec` is a preview whose
+    /// args are the first [`ARGS_PREVIEW`] bytes of their JSON text, as a
+    /// JSON string.
+    pub truncated: Option<u64>,
     /// When its index entry was written, in epoch milliseconds.
     pub published_ms: i64,
     /// Its status now.
@@ -100,7 +182,12 @@ impl Reader {
             .recent_tasks(&self.queue, self.last.as_deref(), self.chunk)
             .await?;
         self.done = got.is_empty();
-        self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+        // Entries hold 1 to 100 tasks: size the next read by how many
+        // this one's entries held, so a reply stays near MAX_CHUNK_TASKS.
+        let per_entry = got.len().div_ceil(self.chunk).max(1);
+        self.chunk = (self.chunk * 2)
+            .min(MAX_CHUNK)
+            .min((MAX_CHUNK_TASKS / per_entry).max(1));
         if let Some(last) = got.last() {
             self.last = Some(last.cursor.clone());
         }
@@ -206,6 +293,7 @@ pub async fn find_tasks(
         .filter_map(|(entry, status)| {
             Some(TaskRow {
                 spec: entry.spec().ok()?,
+                truncated: entry.truncated,
                 published_ms: entry.at_ms,
                 status,
             })

@@ -515,6 +515,46 @@ async fn blocking_fetch_wakes_on_publish(a: Adapters) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An empty queue can be forgotten (issue 24, W16): it leaves the known
+/// queues, with its recent-task index; a queue holding a task is refused,
+/// naming what it holds; an unknown one answers false; a publish makes it
+/// known again.
+async fn an_empty_queue_is_forgotten_and_a_busy_one_refused(a: Adapters) -> anyhow::Result<()> {
+    assert!(!a.admin.forget_queue("c33").await?, "unknown queue");
+    a.broker.register_queues(&q("c33")).await?;
+    a.broker
+        .publish(vec![out("c33", 0, &wire("c33", 0))])
+        .await?;
+    let refused = a.admin.forget_queue("c33").await.expect_err("holds a task");
+    assert!(
+        matches!(&refused, stem::StemError::InvalidArgument(m) if m.contains("1 ready")),
+        "{refused}"
+    );
+    let got = a.broker.fetch("w", &q("c33"), 1, NO_BLOCK).await?;
+    let refused = a
+        .admin
+        .forget_queue("c33")
+        .await
+        .expect_err("one in flight");
+    assert!(refused.to_string().contains("1 in flight"), "{refused}");
+    a.broker
+        .ack(std::slice::from_ref(&task(&got[0]).receipt))
+        .await?;
+    assert!(a.admin.known_queues().await?.contains(&"c33".to_string()));
+    assert!(a.admin.forget_queue("c33").await?, "empty: forgotten");
+    assert!(!a.admin.known_queues().await?.contains(&"c33".to_string()));
+    assert!(a.admin.recent_tasks("c33", None, 10).await?.is_empty());
+    assert!(!a.admin.forget_queue("c33").await?, "gone already");
+    a.broker
+        .publish(vec![out("c33", 0, &wire("c33", 0))])
+        .await?;
+    assert!(
+        a.admin.known_queues().await?.contains(&"c33".to_string()),
+        "a publish names it again"
+    );
+    Ok(())
+}
+
 stem_testkit::contract_suite!(
     [
     memory_adapter => crate::common::memory,
@@ -538,6 +578,7 @@ stem_testkit::contract_suite!(
     purge_empties_ready_and_delayed,
     blocked_fetch_does_not_delay_other_queues,
     blocking_fetch_wakes_on_publish,
+    an_empty_queue_is_forgotten_and_a_busy_one_refused,
 );
 
 /// Redis only: a delayed-set member that does not parse (written by hand
@@ -699,6 +740,139 @@ async fn the_recent_task_index_is_capped_and_paged() -> anyhow::Result<()> {
             ids[349],
             "{name}"
         );
+    }
+    Ok(())
+}
+
+/// The recent-task index is bounded in bytes (issue 24, W4): a 1 MiB task
+/// is indexed as a preview (args cut to their first
+/// `stem::recent::ARGS_PREVIEW` bytes, kept as a JSON string, with the
+/// whole body's size), through a plain publish and a publish-once alike,
+/// while a small task is indexed whole; the task itself is delivered
+/// whole. The index expires `ttl` after its last write and goes with
+/// its queue's purge. On Redis, twenty 1 MiB tasks leave an index of a
+/// few tens of KB with a TTL.
+#[tokio::test]
+async fn the_recent_task_index_is_bounded_in_bytes_expires_and_is_purged() -> anyhow::Result<()> {
+    use stem::broker::{memory::MemoryBroker, redis::RedisBroker, Broker, QueueAdmin, SubmitOnce};
+    use stem::recent::{ARGS_PREVIEW, INDEX_BODY_MAX};
+    let server = stem_testkit::RedisServer::start()?;
+    let client = stem::redis_conn::client(&server.url(), &Default::default())?;
+    let ttl = Duration::from_secs(60);
+    let redis = std::sync::Arc::new(RedisBroker::new(client.clone(), 1000)?.with_recent_ttl(ttl));
+    let memory = std::sync::Arc::new(MemoryBroker::new().with_recent_ttl(ttl));
+    type Pair = (std::sync::Arc<dyn Broker>, std::sync::Arc<dyn QueueAdmin>);
+    let brokers: [(&str, Pair); 2] = [
+        ("redis", (redis.clone(), redis)),
+        ("memory", (memory.clone(), memory)),
+    ];
+    let big = |queue: &str| -> anyhow::Result<WireEnvelope> {
+        let mut spec = wire(queue, 0).spec()?;
+        spec.args = serde_json::json!({"name": "A".repeat(1 << 20)});
+        Ok(WireEnvelope {
+            body: spec.to_body()?,
+            key_id: None,
+            signature: None,
+            attempt: 0,
+        })
+    };
+    for (name, (broker, admin)) in brokers {
+        let bigs = (0..20)
+            .map(|_| big("c31"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for w in &bigs {
+            broker.publish(vec![out("c31", 0, w)]).await?;
+        }
+        let small = wire("c31", 0);
+        broker.publish(vec![out("c31", 0, &small)]).await?;
+        let once = big("c31")?;
+        let marker = SubmitOnce {
+            marker: "idem:big",
+            value: "v",
+            ttl: Duration::from_secs(60),
+            status: None,
+        };
+        assert_eq!(
+            broker.publish_once(&marker, out("c31", 0, &once)).await?,
+            None
+        );
+        let want = 22;
+        let kept = poll("the index", Duration::from_secs(5), || async {
+            let kept = admin.recent_tasks("c31", None, 1000).await?;
+            Ok((kept.len() == want).then_some(kept))
+        })
+        .await?;
+        for r in &kept {
+            if r.id == small.spec()?.id {
+                assert_eq!(r.truncated, None, "{name}: a small task is indexed whole");
+                assert_eq!(r.args_json(), r#"{"n":1}"#);
+                continue;
+            }
+            assert_eq!(
+                r.truncated,
+                Some(bigs[0].body.len() as u64),
+                "{name}: a 1 MiB task is indexed as a preview"
+            );
+            let preview: String = serde_json::from_str(r.args_json())?;
+            assert!(
+                preview.starts_with(r#"{"name":"AAAA"#) && preview.ends_with('…'),
+                "{name}: {}",
+                &preview[..40]
+            );
+            assert!(preview.len() <= ARGS_PREVIEW + '…'.len_utf8(), "{name}");
+            let spec = r.spec()?;
+            assert_eq!(spec.name, "contract.task", "{name}: the preview is a spec");
+            assert!(spec.to_body()?.len() <= INDEX_BODY_MAX, "{name}");
+        }
+        // The task itself is whole.
+        broker.register_queues(&q("c31")).await?;
+        let got = broker.fetch("w", &q("c31"), 1, NO_BLOCK).await?;
+        assert_eq!(task(&got[0]).wire.body, bigs[0].body, "{name}");
+        if name == "redis" {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let bytes: i64 = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg("stem:{c31}:recent")
+                .query_async(&mut conn)
+                .await?;
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg("stem:{c31}:recent")
+                .query_async(&mut conn)
+                .await?;
+            eprintln!("redis: index of 22 tasks (21 of 1 MiB): {bytes} bytes, PTTL {pttl} ms");
+            assert!(bytes < 100_000, "{bytes} bytes for 22 index entries");
+            assert!(pttl > 0 && pttl <= 60_000, "the index expires: PTTL {pttl}");
+        }
+        admin.purge("c31").await?;
+        assert!(
+            admin.recent_tasks("c31", None, 1000).await?.is_empty(),
+            "{name}: a purge drops the index"
+        );
+    }
+    // Expiry: an index not written for `ttl` is gone.
+    let short = Duration::from_millis(300);
+    let redis = std::sync::Arc::new(RedisBroker::new(client, 1000)?.with_recent_ttl(short));
+    let memory = std::sync::Arc::new(MemoryBroker::new().with_recent_ttl(short));
+    let brokers: [(&str, Pair); 2] = [
+        ("redis", (redis.clone(), redis)),
+        ("memory", (memory.clone(), memory)),
+    ];
+    for (name, (broker, admin)) in brokers {
+        broker.publish(vec![out("c32", 0, &wire("c32", 0))]).await?;
+        assert_eq!(
+            admin.recent_tasks("c32", None, 10).await?.len(),
+            1,
+            "{name}"
+        );
+        poll("the index to expire", Duration::from_secs(5), || async {
+            Ok(admin
+                .recent_tasks("c32", None, 10)
+                .await?
+                .is_empty()
+                .then_some(()))
+        })
+        .await
+        .map_err(|e| e.context(name))?;
     }
     Ok(())
 }

@@ -537,7 +537,13 @@ async fn a_misconfigured_producers_tasks_fail_as_signature_invalid(
     }
     let rest = r.wait(&chain.task_ids[1]).await?;
     assert_eq!(rest.state, TaskState::Cancelled, "{rest:?}");
-    let dead = r.stem.admin().list_dead_letters(QUEUE, 10).await?;
+    // The failed status is written before the dead letter (so a genuine
+    // envelope's failure lands first): wait for the letters.
+    let dead = poll("four dead letters", Duration::from_secs(10), || async {
+        let dead = r.stem.admin().list_dead_letters(QUEUE, 10).await?;
+        Ok((dead.len() >= 4).then_some(dead))
+    })
+    .await?;
     assert_eq!(dead.len(), 4, "{dead:?}");
     assert!(dead.iter().all(|d| d.reason == "signature-invalid"));
     assert_eq!(r.counter.load(Ordering::SeqCst), 0, "no body ran");

@@ -238,6 +238,31 @@ pub async fn purge(
     .await
 }
 
+/// `POST /queues/{queue}/forget`: an empty queue nothing consumes stops
+/// being listed ([`stem::Stem::forget_queue`]); then the queues page,
+/// since the queue's own page has nothing left to show.
+pub async fn forget(
+    State(st): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match st.stem().forget_queue(&queue).await {
+        Ok(true) => back(
+            &st,
+            &HeaderMap::new(),
+            "/queues",
+            &format!("Forgot queue {queue}"),
+        ),
+        Ok(false) => back(
+            &st,
+            &headers,
+            "/queues",
+            &format!("No queue {queue} to forget"),
+        ),
+        Err(e) => back(&st, &headers, "/queues", &failed("forget", e)),
+    }
+}
+
 /// `POST /queues/{queue}/pause`: persisted, then workers are told.
 pub async fn pause(
     State(st): State<AppState>,

@@ -119,6 +119,7 @@ pub fn router(state: AppState) -> Router {
             post(actions::replay_all),
         )
         .route(&at("/queues/{queue}/purge"), post(actions::purge))
+        .route(&at("/queues/{queue}/forget"), post(actions::forget))
         .route(&at("/queues/{queue}/pause"), post(actions::pause))
         .route(&at("/queues/{queue}/resume"), post(actions::resume))
         .route(&at("/workers/{name}/ping"), post(actions::ping))

@@ -352,6 +352,9 @@ pub struct TaskPage {
 /// What the recent-task index adds to a task's page.
 pub struct Published {
     pub args: String,
+    /// "1.0 MiB"-style size of the whole spec when the index keeps only
+    /// the first KiB of its arguments.
+    pub truncated: Option<String>,
     pub headers: String,
     pub at: String,
     /// Link to the task's trace (`STEM_TRACE_UI_URL`), when it has one.
@@ -378,8 +381,8 @@ pub async fn task(
         .admin()
         .find_recent(&status.queue, &status.id, near)
         .await?
-        .and_then(|r| Some((r.at_ms, r.spec().ok()?)))
-        .map(|(at_ms, spec)| {
+        .and_then(|r| Some((r.at_ms, r.truncated, r.spec().ok()?)))
+        .map(|(at_ms, truncated, spec)| {
             let trace_id = spec
                 .headers
                 .get(stem::trace::TRACEPARENT_HEADER)
@@ -387,7 +390,12 @@ pub async fn task(
             let pretty =
                 |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
             Published {
-                args: pretty(&spec.args),
+                // A preview's args are a JSON string: shown as its text.
+                args: match (&spec.args, truncated) {
+                    (serde_json::Value::String(cut), Some(_)) => cut.clone(),
+                    (args, _) => pretty(args),
+                },
+                truncated: truncated.map(|b| format!("{:.1} KiB", b as f64 / 1024.0)),
                 headers: pretty(&serde_json::to_value(&spec.headers).unwrap_or_default()),
                 at: format_ms(at_ms),
                 trace_url: trace_id.as_ref().and_then(|t| {

@@ -139,7 +139,11 @@ impl Row {
             state: status.map(|s| s.state.as_str()).unwrap_or("expired"),
             attempt: status.map(|s| s.attempt.to_string()).unwrap_or_default(),
             age: age(now - r.published_ms),
-            args: snippet(&serde_json::to_string(&r.spec.args).unwrap_or_default()),
+            args: match (&r.spec.args, r.truncated) {
+                // The index's preview: the args' JSON text, cut.
+                (serde_json::Value::String(cut), Some(_)) => snippet(cut),
+                (args, _) => snippet(&serde_json::to_string(args).unwrap_or_default()),
+            },
             error: status
                 .and_then(|s| s.error.as_ref())
                 .map(|e| snippet(&e.message))

@@ -48,6 +48,8 @@ struct State {
     leases: HashMap<String, Duration>,
     /// Entries kept per queue in the recent-task index.
     recent_cap: usize,
+    /// How long an index outlives its last write.
+    recent_ttl: Duration,
     /// Publish-once markers: (queue, marker) → (value, expiry epoch ms).
     markers: HashMap<(String, String), (String, i64)>,
 }
@@ -78,9 +80,17 @@ impl State {
         if self.recent_cap == 0 {
             return;
         }
-        let (id, cap) = (self.id(), self.recent_cap);
+        let Some(body) = crate::recent::index_body(&wire.body) else {
+            return;
+        };
+        let (id, cap, ttl) = (self.id(), self.recent_cap, self.recent_ttl);
         let recent = &mut self.queues.entry(queue.to_string()).or_default().recent;
-        recent.push_back((id, now_ms(), wire.body.clone()));
+        // As on Redis, where the whole stream expires `ttl` after its last
+        // write: an index written to again within `ttl` keeps its entries.
+        if index_expired(recent, ttl) {
+            recent.clear();
+        }
+        recent.push_back((id, now_ms(), body));
         while recent.len() > cap {
             recent.pop_front();
         }
@@ -103,6 +113,7 @@ impl Default for MemoryBroker {
         Self {
             state: Arc::new(std::sync::Mutex::new(State {
                 recent_cap: super::DEFAULT_RECENT_TASKS,
+                recent_ttl: super::DEFAULT_RECENT_TTL,
                 ..State::default()
             })),
             notify: Arc::default(),
@@ -120,6 +131,13 @@ impl MemoryBroker {
     /// index off); [`super::DEFAULT_RECENT_TASKS`] unless set.
     pub fn with_recent_tasks(self, cap: usize) -> Self {
         self.lock().recent_cap = cap;
+        self
+    }
+
+    /// Lets each queue's recent-task index expire `ttl` after its last
+    /// write, as on Redis; [`super::DEFAULT_RECENT_TTL`] unless set.
+    pub fn with_recent_ttl(self, ttl: Duration) -> Self {
+        self.lock().recent_ttl = ttl;
         self
     }
 
@@ -272,6 +290,11 @@ impl Broker for MemoryBroker {
 
     async fn declare_lease(&self, consumer: &str, lease: Duration) -> Result<()> {
         self.lock().leases.insert(consumer.to_string(), lease);
+        Ok(())
+    }
+
+    async fn withdraw_lease(&self, consumer: &str) -> Result<()> {
+        self.lock().leases.remove(consumer);
         Ok(())
     }
 
@@ -445,6 +468,7 @@ impl QueueAdmin for MemoryBroker {
         for lane in q.ready.iter_mut() {
             n += std::mem::take(lane).len() as u64;
         }
+        q.recent.clear();
         Ok(n)
     }
 
@@ -475,6 +499,14 @@ impl QueueAdmin for MemoryBroker {
         Ok(v)
     }
 
+    async fn forget_queue(&self, queue: &str) -> Result<bool> {
+        if !self.lock().queues.contains_key(queue) {
+            return Ok(false);
+        }
+        super::held_tasks(&self.stats(queue).await?)?;
+        Ok(self.lock().queues.remove(queue).is_some())
+    }
+
     async fn recent_tasks(
         &self,
         queue: &str,
@@ -488,7 +520,11 @@ impl QueueAdmin for MemoryBroker {
             })?,
         };
         let st = self.lock();
-        let Some(q) = st.queues.get(queue) else {
+        let Some(q) = st
+            .queues
+            .get(queue)
+            .filter(|q| !index_expired(&q.recent, st.recent_ttl))
+        else {
             return Ok(Vec::new());
         };
         Ok(q.recent
@@ -507,7 +543,11 @@ impl QueueAdmin for MemoryBroker {
         _near_ms: i64,
     ) -> Result<Option<RecentTask>> {
         let st = self.lock();
-        let Some(q) = st.queues.get(queue) else {
+        let Some(q) = st
+            .queues
+            .get(queue)
+            .filter(|q| !index_expired(&q.recent, st.recent_ttl))
+        else {
             return Ok(None);
         };
         Ok(q.recent
@@ -519,6 +559,14 @@ impl QueueAdmin for MemoryBroker {
 }
 
 /// One index entry, when its body decodes.
+/// Whether a queue's index outlived `ttl` since its last write (and so
+/// would be gone on Redis).
+fn index_expired(recent: &VecDeque<(u64, i64, bytes::Bytes)>, ttl: Duration) -> bool {
+    recent.back().is_some_and(|(_, at, _)| {
+        now_ms() - at > i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+    })
+}
+
 fn recent_entry((id, at_ms, body): &(u64, i64, bytes::Bytes)) -> Option<RecentTask> {
     RecentTask::decode(id.to_string(), *at_ms, body.clone())
 }

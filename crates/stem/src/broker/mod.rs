@@ -184,6 +184,34 @@ pub struct QueueStats {
 /// default (`STEM_RECENT_TASKS`); see [`crate::recent`].
 pub const DEFAULT_RECENT_TASKS: usize = 10_000;
 
+/// `Err` naming what `stats`' queue still holds, when it holds any task
+/// (for [`QueueAdmin::forget_queue`]).
+pub(crate) fn held_tasks(stats: &QueueStats) -> Result<()> {
+    let held = [
+        (stats.ready, "ready"),
+        (stats.inflight, "in flight"),
+        (stats.delayed, "delayed"),
+        (stats.dead, "dead letters"),
+    ];
+    let parts: Vec<String> = held
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    if parts.is_empty() {
+        return Ok(());
+    }
+    Err(crate::error::StemError::InvalidArgument(format!(
+        "queue {:?} still holds tasks ({}); purge it and its dead letters, and let running tasks finish, first",
+        stats.queue,
+        parts.join(", ")
+    )))
+}
+
+/// How long a queue's recent-task index outlives its last write unless
+/// set (the default `STEM_RESULT_TTL`, one day).
+pub const DEFAULT_RECENT_TTL: Duration = Duration::from_secs(86_400);
+
 /// One task in a queue's recent-task index, as it was published. Only
 /// what listing needs is read from the body up front (id, name, enqueue
 /// time, where its args are); [`RecentTask::spec`] decodes the rest when
@@ -202,8 +230,13 @@ pub struct RecentTask {
     pub name: String,
     /// When the producer enqueued it, in epoch milliseconds.
     pub enqueued_at: i64,
+    /// `Some(size of the whole spec body)` when the index keeps only a
+    /// preview of it (args cut, as a JSON string; see
+    /// [`crate::recent::index_body`]).
+    pub truncated: Option<u64>,
     /// The spec's bytes as the producer signed them (the signature is not
-    /// kept: the index is for reading, never for running).
+    /// kept: the index is for reading, never for running), or their
+    /// preview.
     body: bytes::Bytes,
     /// Where the args' JSON text sits in `body`.
     args: std::ops::Range<usize>,
@@ -220,6 +253,8 @@ struct SpecHead<'a> {
     #[serde(borrow)]
     args: &'a serde_json::value::RawValue,
     enqueued_at: i64,
+    #[serde(default)]
+    index_truncated: Option<u64>,
 }
 
 impl RecentTask {
@@ -234,6 +269,7 @@ impl RecentTask {
             id: head.id.into_owned(),
             name: head.name.into_owned(),
             enqueued_at: head.enqueued_at,
+            truncated: head.index_truncated,
             args: start..start + raw.len(),
             body,
         })
@@ -338,6 +374,14 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Withdraws `consumer`'s [`Broker::declare_lease`] (a worker stopping
+    /// for good): entries it still holds are then recovered on the
+    /// recovering worker's own timeout, and the declaration does not
+    /// outlive the worker (one per worker lifetime would pile up).
+    async fn withdraw_lease(&self, _consumer: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Takes over up to `max` entries whose lease has been idle for
     /// `min_idle` and for the lease their holder declared (their consumer
     /// died), scanning each queue's whole pending list.
@@ -411,6 +455,15 @@ pub trait QueueAdmin: Send + Sync + 'static {
 
     /// Queues this broker has seen published to or consumed from.
     async fn known_queues(&self) -> Result<Vec<String>>;
+
+    /// Drops `queue` from [`QueueAdmin::known_queues`], with its
+    /// recent-task index and its empty streams, when it holds no task
+    /// (ready, delayed, in flight or dead): a queue nothing uses any more
+    /// stops being listed and polled. `Ok(false)` when it was not known;
+    /// [`StemError::InvalidArgument`] saying what it still holds
+    /// otherwise. A producer still publishing to it names it again within
+    /// a minute, and its tasks are never touched.
+    async fn forget_queue(&self, queue: &str) -> Result<bool>;
 
     /// `queue`'s recent-task index, newest first: the tasks of at most
     /// `count` index entries older than the entry at cursor `before`

@@ -85,6 +85,16 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
     let mut recorded = Throughput::default();
     loop {
         refresh_paused(&shared).await;
+        // The lease declaration is renewed with the record: a prune that
+        // found the record missing (this worker cut off for a while) may
+        // have removed it.
+        if let Err(e) = shared
+            .broker
+            .declare_lease(&shared.opts.name, shared.opts.visibility_timeout)
+            .await
+        {
+            tracing::debug!(error = %e, "lease declaration not renewed; next heartbeat");
+        }
         match shared.control.heartbeat(&info(&shared), period * 3).await {
             Ok(()) => failures = 0,
             Err(e) => {

@@ -263,8 +263,16 @@ impl Worker {
         for l in loops.drain(..) {
             let _ = l.await;
         }
+        // The completer ends once every sender (one lives in `shared`) is
+        // gone.
+        let (broker, name) = (shared.broker.clone(), shared.opts.name.clone());
         drop(shared);
         let _ = completer.await;
+        // Every task is settled (or handed back): the lease declaration
+        // has nothing left to protect.
+        if let Err(e) = broker.withdraw_lease(&name).await {
+            tracing::debug!(error = %e, "could not withdraw the lease declaration; pruned later");
+        }
         tracing::info!("worker stopped");
         Ok(())
     }

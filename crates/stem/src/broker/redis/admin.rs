@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::scripts::{FIRST_READY, PURGE_READY, REPLAY};
 use super::{dead, entry, recent, RedisBroker, GROUP};
-use crate::broker::{DeadLetter, QueueAdmin, QueueStats, RecentTask, LANES};
+use crate::broker::{held_tasks, DeadLetter, QueueAdmin, QueueStats, RecentTask, LANES};
 use crate::envelope::WireEnvelope;
 use crate::error::{Result, StemError};
 use crate::keys;
@@ -89,10 +89,14 @@ impl QueueAdmin for RedisBroker {
                 }
             }
         }
+        // The recent-task index goes with the queue's tasks (a purge is
+        // how an operator drops a queue's contents, listings included).
         let mut pipe = ::redis::pipe();
         pipe.atomic()
             .zcard(keys::delayed(queue))
             .del(keys::delayed(queue))
+            .ignore()
+            .del(keys::recent(queue))
             .ignore();
         let (delayed,): (u64,) = pipe.query_async(&mut conn).await?;
         Ok(removed + delayed)
@@ -148,6 +152,31 @@ impl QueueAdmin for RedisBroker {
         let mut v: Vec<String> = self.conn().smembers(keys::QUEUES).await?;
         v.sort();
         Ok(v)
+    }
+
+    async fn forget_queue(&self, queue: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        if !conn.sismember::<_, _, bool>(keys::QUEUES, queue).await? {
+            return Ok(false);
+        }
+        let s = self.stats(queue).await?;
+        held_tasks(&s)?;
+        // Not atomic with the check (on a cluster `stem:queues` and the
+        // queue's keys are on different slots): a task published in
+        // between stays in its stream, which a worker of the queue
+        // drains, and its producer names the queue again.
+        let mut pipe = ::redis::pipe();
+        pipe.srem(keys::QUEUES, queue).ignore();
+        for key in (0..LANES).map(|lane| keys::lane(queue, lane)).chain([
+            keys::delayed(queue),
+            keys::dead(queue),
+            keys::recent(queue),
+        ]) {
+            pipe.del(key).ignore();
+        }
+        pipe.exec_async(&mut conn).await?;
+        self.forget_locally(queue);
+        Ok(true)
     }
 
     async fn recent_tasks(

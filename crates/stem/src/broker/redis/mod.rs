@@ -33,7 +33,7 @@ pub(crate) mod recent;
 mod recovery;
 mod scripts;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +68,10 @@ fn is_nogroup(e: &::redis::RedisError) -> bool {
     e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }
 
+/// How often a process names a queue it publishes to in `stem:queues`
+/// again (see [`RedisBroker::remember`]).
+const REMEMBER_AGAIN: Duration = Duration::from_secs(60);
+
 /// The Redis Streams broker.
 #[derive(Clone)]
 pub struct RedisBroker {
@@ -75,8 +79,8 @@ pub struct RedisBroker {
     conn: Conn,
     /// Connections for blocking reads, one per concurrent fetch.
     blocking: Arc<Mutex<Vec<Conn>>>,
-    /// Queues already named in `stem:queues` by this process.
-    known: Arc<Mutex<HashSet<String>>>,
+    /// Queues this process named in `stem:queues`, and when.
+    known: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     dead_maxlen: usize,
     /// This process's writes to the recent-task index.
     recent: Arc<recent::RecentLog>,
@@ -95,9 +99,9 @@ impl RedisBroker {
             conn: connection(endpoint.clone(), COMMAND_TIMEOUT)?,
             endpoint,
             blocking: Arc::new(Mutex::new(Vec::new())),
-            known: Arc::new(Mutex::new(HashSet::new())),
+            known: Arc::new(Mutex::new(HashMap::new())),
             dead_maxlen: dead_letter_maxlen,
-            recent: recent::RecentLog::new(super::DEFAULT_RECENT_TASKS),
+            recent: recent::RecentLog::new(super::DEFAULT_RECENT_TASKS, super::DEFAULT_RECENT_TTL),
             pruned: Arc::new(Mutex::new(None)),
             rotation: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
@@ -106,7 +110,15 @@ impl RedisBroker {
     /// Keeps `cap` entries per queue in the recent-task index (0 turns the
     /// index off); [`super::DEFAULT_RECENT_TASKS`] unless set.
     pub fn with_recent_tasks(mut self, cap: usize) -> Self {
-        self.recent = recent::RecentLog::new(cap);
+        self.recent = recent::RecentLog::new(cap, self.recent.ttl());
+        self
+    }
+
+    /// Lets each queue's recent-task index expire `ttl` after its last
+    /// write (`STEM_RESULT_TTL`: the statuses it points to are gone by
+    /// then); [`super::DEFAULT_RECENT_TTL`] unless set.
+    pub fn with_recent_ttl(mut self, ttl: Duration) -> Self {
+        self.recent = recent::RecentLog::new(self.recent.cap(), ttl);
         self
     }
 
@@ -135,6 +147,7 @@ impl RedisBroker {
         let marker = keys::once(&out.queue, once.marker);
         let (status_key, status_value, status_ttl) =
             status.unwrap_or_else(|| (marker.clone(), Vec::new(), 0));
+        let indexed = crate::recent::index_body(&out.wire.body).filter(|_| self.recent_cap() > 0);
         let (target, mode, payload, score) = match Placement::of(out) {
             Placement::Delayed(t) => (
                 keys::delayed(&out.queue),
@@ -161,8 +174,13 @@ impl RedisBroker {
             .arg(mode)
             .arg(payload)
             .arg(score)
-            .arg(self.recent_cap())
-            .arg(out.wire.body.as_ref());
+            .arg(if indexed.is_some() {
+                self.recent_cap()
+            } else {
+                0
+            })
+            .arg(indexed.as_deref().unwrap_or_default())
+            .arg(recent::ttl_ms(self.recent.ttl()));
         Ok(inv.invoke_async(&mut self.conn()).await?)
     }
 
@@ -321,12 +339,26 @@ impl RedisBroker {
             .push(c);
     }
 
-    /// Names queues in `stem:queues`, once per process per queue.
+    /// Names queues in `stem:queues`, once per process per queue and
+    /// [`REMEMBER_AGAIN`]: a queue an operator forgot (`stem queue
+    /// forget`) while this process still publishes to it is known again
+    /// within that time.
     pub(crate) async fn remember(&self, queues: impl Iterator<Item = &String>) -> Result<()> {
         let new: Vec<String> = {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
             queues
-                .filter(|q| known.insert((*q).clone()))
+                .filter(|q| match known.get_mut(q.as_str()) {
+                    Some(at) if now.duration_since(*at) < REMEMBER_AGAIN => false,
+                    Some(at) => {
+                        *at = now;
+                        true
+                    }
+                    None => {
+                        known.insert((*q).clone(), now);
+                        true
+                    }
+                })
                 .cloned()
                 .collect()
         };
@@ -334,6 +366,14 @@ impl RedisBroker {
             let _: () = self.conn().sadd(keys::QUEUES, &new).await?;
         }
         Ok(())
+    }
+
+    /// Lets the next publish to `queue` name it in `stem:queues` again.
+    pub(crate) fn forget_locally(&self, queue: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(queue);
     }
 
     /// Creates the consumer group of every lane of `queues` (with its
@@ -484,6 +524,11 @@ impl Broker for RedisBroker {
             .conn()
             .hset(keys::LEASES, consumer, lease.as_millis() as u64)
             .await?;
+        Ok(())
+    }
+
+    async fn withdraw_lease(&self, consumer: &str) -> Result<()> {
+        let _: () = self.conn().hdel(keys::LEASES, consumer).await?;
         Ok(())
     }
 

@@ -22,7 +22,10 @@
 //! `STEM_RECENT_TASKS / (tasks in the entry)` entries (`MAXLEN ~`, whole
 //! stream nodes), so under a steady rate the index holds about
 //! `STEM_RECENT_TASKS` tasks, and a mix of entry sizes keeps at most about
-//! twice that.
+//! twice that. Bodies over [`crate::recent::INDEX_BODY_MAX`] are indexed
+//! as previews, so the bytes are bounded too; each write sets the
+//! stream's expiry to `STEM_RESULT_TTL` (one `PEXPIRE` per queue and
+//! write).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -41,10 +44,20 @@ pub(crate) const PER_ENTRY: usize = 100;
 /// How long a busy producer's index writes wait to be coalesced.
 pub(crate) const FLUSH: Duration = Duration::from_millis(100);
 
-/// Adds the `XADD`s that index `bodies` (published to `queue`, in order)
-/// to `pipe`, [`PER_ENTRY`] tasks an entry, each trimming the stream to
-/// about `cap` tasks.
-pub(crate) fn push_entries(pipe: &mut Pipeline, queue: &str, cap: usize, bodies: &[Bytes]) {
+/// Adds the `XADD`s that index `bodies` (published to `queue`, in order,
+/// each already [`crate::recent::index_body`]) to `pipe`, [`PER_ENTRY`]
+/// tasks an entry, each trimming the stream to about `cap` tasks, and the
+/// stream's expiry `ttl` after this write.
+pub(crate) fn push_entries(
+    pipe: &mut Pipeline,
+    queue: &str,
+    cap: usize,
+    ttl: Duration,
+    bodies: &[Bytes],
+) {
+    if bodies.is_empty() {
+        return;
+    }
     for chunk in bodies.chunks(PER_ENTRY) {
         let cmd = pipe
             .cmd("XADD")
@@ -58,6 +71,12 @@ pub(crate) fn push_entries(pipe: &mut Pipeline, queue: &str, cap: usize, bodies:
         }
         cmd.ignore();
     }
+    pipe.pexpire(keys::recent(queue), ttl_ms(ttl)).ignore();
+}
+
+/// `ttl` in whole milliseconds, at least 1 (what `PEXPIRE` takes).
+pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 /// The tasks of one index entry, newest first (field `i` is the entry's
@@ -85,6 +104,7 @@ pub(crate) fn decode_entry(e: &StreamId) -> Vec<RecentTask> {
 /// flush, and when it last wrote.
 pub(crate) struct RecentLog {
     cap: usize,
+    ttl: Duration,
     state: Mutex<LogState>,
 }
 
@@ -97,10 +117,11 @@ struct LogState {
 
 impl RecentLog {
     /// A log trimming each queue's index to about `cap` tasks (0: no
-    /// index).
-    pub(crate) fn new(cap: usize) -> Arc<Self> {
+    /// index), each index expiring `ttl` after its last write.
+    pub(crate) fn new(cap: usize, ttl: Duration) -> Arc<Self> {
         Arc::new(Self {
             cap,
+            ttl,
             state: Mutex::new(LogState::default()),
         })
     }
@@ -108,6 +129,11 @@ impl RecentLog {
     /// Tasks kept per queue.
     pub(crate) fn cap(&self) -> usize {
         self.cap
+    }
+
+    /// How long an index outlives its last write.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
@@ -123,10 +149,9 @@ impl RecentLog {
         }
         let mut by_queue: HashMap<&str, Vec<Bytes>> = HashMap::new();
         for o in batch {
-            by_queue
-                .entry(o.queue.as_str())
-                .or_default()
-                .push(o.wire.body.clone());
+            if let Some(body) = crate::recent::index_body(&o.wire.body) {
+                by_queue.entry(o.queue.as_str()).or_default().push(body);
+            }
         }
         let mut st = self.lock();
         let quiet = st.pending.is_empty() && st.last_write.is_none_or(|t| t.elapsed() >= FLUSH);
@@ -134,7 +159,7 @@ impl RecentLog {
             st.last_write = Some(Instant::now());
             drop(st);
             for (queue, bodies) in by_queue {
-                push_entries(pipe, queue, self.cap, &bodies);
+                push_entries(pipe, queue, self.cap, self.ttl, &bodies);
             }
             return;
         }
@@ -169,7 +194,7 @@ async fn flush(log: Weak<RecentLog>, mut conn: Conn) {
         };
         let mut pipe = ::redis::pipe();
         for (queue, bodies) in &pending {
-            push_entries(&mut pipe, queue, log.cap(), bodies);
+            push_entries(&mut pipe, queue, log.cap(), log.ttl(), bodies);
         }
         if let Err(e) = pipe.exec_async(&mut conn).await {
             tracing::warn!(error = %e, tasks = pending.values().map(Vec::len).sum::<usize>(), "writing the recent-task index failed; those tasks are left out of it");

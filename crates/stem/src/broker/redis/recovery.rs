@@ -161,5 +161,38 @@ impl RedisBroker {
                 }
             }
         }
+        // Lease declarations of workers whose record expired (no
+        // heartbeat for three intervals: dead, or cut off) go too; one
+        // field per worker lifetime would otherwise pile up. A live worker
+        // declares its lease again with every heartbeat, so one removed by
+        // mistake (a worker cut off for a while) is back within a
+        // heartbeat.
+        if let Err(e) = self.prune_leases(&mut conn).await {
+            tracing::debug!(error = %e, "lease declarations not pruned; tried again later");
+        }
+    }
+
+    /// Removes the lease declarations whose worker has no record.
+    async fn prune_leases(&self, conn: &mut crate::redis_conn::Conn) -> ::redis::RedisResult<()> {
+        let declared: Vec<String> = conn.hkeys(keys::LEASES).await?;
+        if declared.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        for name in &declared {
+            pipe.exists(keys::worker(name));
+        }
+        let alive: Vec<bool> = pipe.query_async(conn).await?;
+        let gone: Vec<&String> = declared
+            .iter()
+            .zip(alive)
+            .filter(|(_, alive)| !alive)
+            .map(|(name, _)| name)
+            .collect();
+        if !gone.is_empty() {
+            let _: i64 = conn.hdel(keys::LEASES, &gone).await?;
+            tracing::debug!(workers = ?gone, "lease declarations of gone workers removed");
+        }
+        Ok(())
     }
 }

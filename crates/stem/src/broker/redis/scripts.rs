@@ -103,7 +103,7 @@ return false
 /// no status, so that every key shares the queue's slot), target (band
 /// stream or delayed set), recent-task index. ARGV = marker value, marker ttl ms, status
 /// value ('' for none), status ttl ms, 'x' (XADD) or 'z' (ZADD), entry or
-/// member, score, index cap (0: no index), spec body.
+/// member, score, index cap (0: no index), the body to index, index ttl ms.
 /// Returns the marker's existing value, or nil when this call published.
 pub(crate) static SUBMIT_ONCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -121,6 +121,7 @@ else
 end
 if ARGV[8] ~= '0' then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', '0', ARGV[9])
+  redis.call('PEXPIRE', KEYS[4], ARGV[10])
 end
 return false
 "#,
