@@ -216,6 +216,93 @@ async fn a_whole_cluster_outage_runs_no_task_twice() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One master down with no replica to take over, on a cluster that keeps
+/// serving its other slots (`cluster-require-full-coverage no`), issue
+/// 24, W9: a task's status keys carry the task id's tag, so about a third
+/// of enqueues to a queue on a healthy master need the dead one. Each
+/// request still answers within the command timeout — 200 or 503 —
+/// instead of waiting out the client's minute (408 after the enqueuer's
+/// 30 s before), and a status read on the dead master's slots exits 69
+/// within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_master_down_costs_each_request_at_most_the_command_timeout() -> anyhow::Result<()> {
+    const REQUESTS: usize = 12;
+    let mut cluster = RedisCluster::start()?;
+    for i in cluster.masters() {
+        cluster
+            .node(i)?
+            .cli(&["CONFIG", "SET", "cluster-require-full-coverage", "no"])?;
+    }
+    let url = cluster.url();
+    let queue_master = cluster.master_of("stem:{reporting}:p0")?;
+    let dead = cluster
+        .masters()
+        .into_iter()
+        .find(|&i| i != queue_master && i != 0)
+        .context("a third master")?;
+    let dead_slots = cluster.slots_of(dead)?;
+    let enq = start_enqueuer(&url, &[]).await?;
+    // An id whose status lives on the master about to go.
+    let live = cluster
+        .masters()
+        .into_iter()
+        .find(|&i| i != dead)
+        .context("a live master")?;
+    let on_dead = loop {
+        let id = stem::envelope::new_task_id();
+        let slot: u16 = cluster
+            .node(live)?
+            .cli(&["CLUSTER", "KEYSLOT", &stem::keys::status(&id)])?
+            .parse()?;
+        if dead_slots.iter().any(|&(lo, hi)| lo <= slot && slot <= hi) {
+            break id;
+        }
+    };
+    cluster.node_mut(dead)?.stop()?;
+
+    let mut answers = Vec::with_capacity(REQUESTS);
+    for i in 0..REQUESTS {
+        let started = std::time::Instant::now();
+        let reply = enq
+            .api
+            .post_json(
+                "/enqueue",
+                &json!({"task": "reports.aggregate", "name": format!("w9-{i}")}),
+            )
+            .await?;
+        answers.push((reply.status, started.elapsed()));
+        assert!(
+            matches!(reply.status, 200 | 503),
+            "request {i}: {} {}\n{}",
+            reply.status,
+            reply.text,
+            tail_lines(&enq.process.logs(), 20)
+        );
+    }
+    let stem = stem_e2e::Stem::new(&url);
+    let started = std::time::Instant::now();
+    let status = stem.run(&["task", "status", &on_dead])?.expect(69)?;
+    let status_took = started.elapsed();
+    eprintln!(
+        "one master down: enqueue answers (status, time) {answers:?}; a status read on its slots: exit 69 after {status_took:?}"
+    );
+    let slowest = answers.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    assert!(
+        slowest <= Duration::from_secs(8),
+        "each request answers within the 5 s command timeout (+ margin): {answers:?}"
+    );
+    assert!(
+        answers.iter().any(|(s, _)| *s == 200),
+        "enqueues whose status is on a live master succeed: {answers:?}"
+    );
+    assert!(
+        status_took <= Duration::from_secs(8),
+        "{status_took:?}: {}",
+        status.describe()
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_no_acknowledged_task() -> anyhow::Result<()> {
     const TASKS: usize = 120;

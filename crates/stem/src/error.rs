@@ -82,7 +82,11 @@ impl StemError {
 /// with its connection task ("request wasn't handled due to internal
 /// failure"); or a node answered that the cluster or its master is down,
 /// that a slot is migrating (`TRYAGAIN`), that it is loading its data or
-/// that it became a replica (`READONLY`, a failover). Each of these passes
+/// that it became a replica (`READONLY`, a failover). A `MOVED` or `ASK`
+/// that reaches us is one the cluster client could not follow within its
+/// retries: the slot's master is down with no replica promoted yet (the
+/// other nodes keep pointing at it), or the slot keeps moving — either way
+/// the part of the cluster serving the request is out of reach. Each passes
 /// by itself: callers answer 503, hold what they have and retry with
 /// backoff, and never treat it as a refusal of the request (a worker that
 /// did dead-lettered results it had run, and they ran twice).
@@ -104,6 +108,8 @@ fn redis_unavailable(e: &redis::RedisError) -> bool {
                         | ServerErrorKind::TryAgain
                         | ServerErrorKind::BusyLoading
                         | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
                 )
         )
         || (e.kind() == ErrorKind::Client && e.to_string().contains("internal failure"))
@@ -239,8 +245,8 @@ mod tests {
                 server(ServerErrorKind::NoScript),
                 (false, false),
             ),
-            ("MOVED", server(ServerErrorKind::Moved), (false, false)),
-            ("ASK", server(ServerErrorKind::Ask), (false, false)),
+            ("MOVED", server(ServerErrorKind::Moved), (true, true)),
+            ("ASK", server(ServerErrorKind::Ask), (true, true)),
             ("TRYAGAIN", server(ServerErrorKind::TryAgain), (true, true)),
             (
                 "CLUSTERDOWN",

@@ -255,17 +255,19 @@ impl Slots {
 /// What a reply that refused its command says: `None` if it ran (or
 /// failed on its own merits), else `Some(stale)`: the command did not run
 /// and the cluster client's routing should take it (it follows `MOVED` and
-/// `ASK`, and waits and retries `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`,
-/// `LOADING` and `READONLY`), and whether the slot map is stale (`ASK` and
-/// `TRYAGAIN` are a slot half-way through a move the map already gives
-/// right).
+/// `ASK`, and waits and retries `TRYAGAIN`, `MASTERDOWN`, `LOADING` and
+/// `READONLY`), and whether the slot map is stale (`ASK` and `TRYAGAIN`
+/// are a slot half-way through a move the map already gives right).
+/// `CLUSTERDOWN` is final: the cluster says it cannot serve the slot, so
+/// the caller hears it at once (unavailable, transient) instead of after
+/// the client's waits (issue 24, W9).
 fn refused(reply: &Value) -> Option<bool> {
     let Value::ServerError(e) = reply else {
         return None;
     };
     match e.code() {
         "ASK" | "TRYAGAIN" | "LOADING" => Some(false),
-        "MOVED" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" => Some(true),
+        "MOVED" | "MASTERDOWN" | "READONLY" => Some(true),
         _ => None,
     }
 }

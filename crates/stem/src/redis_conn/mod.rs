@@ -212,9 +212,19 @@ pub fn endpoint(url: &str, tls: &TlsConfig) -> Result<Endpoint> {
             .collect::<Result<Vec<_>>>()?,
     )
     .tcp_settings(TcpSettings::default().set_nodelay(true))
-    // Bounds a request with all its retries and redirects (each attempt
-    // is bounded by its connection's own response timeout): without it
-    // a request the client never answers would wait forever.
+    // Retries (redirects, a failover's refused connections, TRYAGAIN,
+    // CLUSTERDOWN) wait 100 ms to 1 s, not the client's 1.28 s and up:
+    // every request is bounded by its `Conn` anyway (`Inner::Cluster`'s
+    // bound: the command timeout for ordinary requests), and what is
+    // still down after that is this crate's to retry — the worker holds
+    // its results, the enqueuer answers 503 — instead of a request
+    // hanging for a minute while a master is down (issue 24, W9).
+    .retries(CLUSTER_RETRIES)
+    .min_retry_wait(100)
+    .max_retry_wait(1000)
+    .retry_wait_formula(100, 2)
+    // A backstop only: without it a request the client never answered
+    // would wait forever.
     .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT));
     if url.starts_with("rediss+cluster://") {
         builder = builder.tls(if tls.allow_insecure {
@@ -251,9 +261,44 @@ pub fn manager(client: Client, response_timeout: Duration) -> Result<ConnectionM
 /// Default timeout for ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest a request to a Redis Cluster may take with its retries and
-/// redirects (above every blocking read's response timeout).
+/// The cluster client's own bound on a request with all its retries and
+/// redirects, a backstop above every [`Conn`]'s bound.
 const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Attempts the cluster client makes after the first (each redirect
+/// counts): enough for a slot migration's `MOVED`/`ASK` and a few waits,
+/// few enough that a `CLUSTERDOWN` is answered within seconds.
+const CLUSTER_RETRIES: u32 = 6;
+
+/// How long a request through a cluster [`Conn`] whose commands are
+/// bounded by `response_timeout` may take with every retry: the command
+/// timeout for ordinary requests; a blocking read's own bound (its BLOCK
+/// plus margin) plus the command timeout.
+fn cluster_bound(response_timeout: Duration) -> Duration {
+    if response_timeout <= COMMAND_TIMEOUT {
+        COMMAND_TIMEOUT
+    } else {
+        response_timeout + COMMAND_TIMEOUT
+    }
+}
+
+/// `request` cut off after `bound`, as an I/O timeout (unavailable and
+/// transient to [`StemError`]; never resent, since it may have run).
+/// Dropping the cluster client's future is safe: a queued request is
+/// discarded, a running one stops at its next wake-up.
+async fn bounded<T>(
+    bound: Duration,
+    request: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(bound, request).await {
+        Ok(reply) => reply,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from the Redis Cluster within {bound:?}"),
+        )
+        .into()),
+    }
+}
 
 static ROUND_TRIPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -283,9 +328,10 @@ fn never_sent(e: &redis::RedisError) -> bool {
 #[derive(Clone)]
 enum Inner {
     Single(ConnectionManager),
-    /// The cluster client's connection and the slot map its plain
-    /// pipelines are split by.
-    Cluster(ClusterConnection, Arc<cluster::Slots>),
+    /// The cluster client's connection, the slot map its plain pipelines
+    /// are split by, and how long one request may take in all
+    /// ([`cluster_bound`]).
+    Cluster(ClusterConnection, Arc<cluster::Slots>, Duration),
 }
 
 impl Inner {
@@ -293,7 +339,7 @@ impl Inner {
         use redis::aio::ConnectionLike;
         match self {
             Inner::Single(c) => c.req_packed_command(cmd).await,
-            Inner::Cluster(c, _) => c.req_packed_command(cmd).await,
+            Inner::Cluster(c, _, bound) => bounded(*bound, c.req_packed_command(cmd)).await,
         }
     }
 
@@ -306,10 +352,12 @@ impl Inner {
         use redis::aio::ConnectionLike;
         match self {
             Inner::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
-            Inner::Cluster(c, _) if pipeline.is_transaction() => {
-                c.req_packed_commands(pipeline, offset, count).await
+            Inner::Cluster(c, _, bound) if pipeline.is_transaction() => {
+                bounded(*bound, c.req_packed_commands(pipeline, offset, count)).await
             }
-            Inner::Cluster(c, slots) => cluster::send(c, slots, pipeline).await,
+            Inner::Cluster(c, slots, bound) => {
+                bounded(*bound, cluster::send(c, slots, pipeline)).await
+            }
         }
     }
 }
@@ -366,7 +414,7 @@ impl redis::aio::ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match &self.0 {
             Inner::Single(c) => c.get_db(),
-            Inner::Cluster(c, _) => c.get_db(),
+            Inner::Cluster(c, ..) => c.get_db(),
         }
     }
 }
@@ -383,6 +431,7 @@ pub fn connection(endpoint: impl Into<Endpoint>, response_timeout: Duration) -> 
             Inner::Cluster(
                 c.cluster.get_pending_async_connection_with_config(config),
                 Arc::new(cluster::Slots::new(&c, response_timeout)),
+                cluster_bound(response_timeout),
             )
         }
     }))
