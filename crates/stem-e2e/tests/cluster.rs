@@ -303,6 +303,81 @@ async fn one_master_down_costs_each_request_at_most_the_command_timeout() -> any
     Ok(())
 }
 
+/// Control commands on a cluster do not depend on one node (issue 24,
+/// W6): workers subscribe through any live node and move to another when
+/// theirs is lost; the CLI publishes through any live node. The first
+/// seed node (a master, with a replica) is killed: once its replica took
+/// over, `stem worker ping` is answered by every worker again. Before,
+/// every worker subscribed through the first seed only and retried it for
+/// good, so none answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_ping_answers_after_the_first_seed_node_dies() -> anyhow::Result<()> {
+    let mut cluster = RedisCluster::start_with(ClusterOptions {
+        replicas: 1,
+        node_timeout: Duration::from_millis(1000),
+        ..Default::default()
+    })?;
+    let url = cluster.url();
+    anyhow::ensure!(cluster.masters().contains(&0), "node 0 is a master");
+    let names = ["w6-greetings", "w6-billing"];
+    let mut workers = Vec::new();
+    for (name, queue) in names.iter().zip(["greetings", "billing"]) {
+        workers.push(start_worker(&url, name, queue, &[]).await?);
+    }
+    let stem = stem_e2e::Stem::new(&url);
+    let pinged = |stem: &stem_e2e::Stem| -> anyhow::Result<Option<Vec<String>>> {
+        let run = stem.run(&["worker", "ping", "--json", "--timeout", "1s"])?;
+        if run.code != Some(0) {
+            return Ok(None);
+        }
+        let mut ok: Vec<String> = run
+            .json()?
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| r["status"] == "ok")
+                    .filter_map(|r| r["worker"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ok.sort();
+        Ok(Some(ok))
+    };
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    poll_until("both workers to answer ping", SETTLE, || async {
+        Ok((pinged(&stem)?.as_ref() == Some(&want)).then_some(()))
+    })
+    .await?;
+    // A replica takes over only once it has synchronised.
+    cluster.wait_replicated(Duration::from_secs(10))?;
+    cluster.node_mut(0)?.kill()?;
+    let killed = std::time::Instant::now();
+    poll_until(
+        "both workers to answer ping with the first seed gone",
+        Duration::from_secs(45),
+        || async { Ok((pinged(&stem)?.as_ref() == Some(&want)).then_some(())) },
+    )
+    .await
+    .with_context(|| {
+        let last = stem
+            .run(&["worker", "ping", "--json", "--timeout", "1s"])
+            .map(|r| r.describe())
+            .unwrap_or_default();
+        let logs = workers
+            .iter()
+            .map(|w| tail_lines(&w.logs(), 15))
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        format!("last ping: {last}\n{logs}")
+    })?;
+    eprintln!(
+        "the first seed killed: both workers answer ping again after {:?}",
+        killed.elapsed()
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_no_acknowledged_task() -> anyhow::Result<()> {
     const TASKS: usize = 120;

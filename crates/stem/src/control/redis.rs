@@ -21,25 +21,36 @@ use super::{
 };
 use crate::error::Result;
 use crate::keys;
-use crate::redis_conn::{connection, Conn, Endpoint, COMMAND_TIMEOUT};
+use crate::redis_conn::{connection, AnyNode, Conn, Endpoint, COMMAND_TIMEOUT};
 
 /// The Redis control plane.
 #[derive(Clone)]
 pub struct RedisControl {
-    client: Client,
+    channel: Channel,
     conn: Conn,
+}
+
+/// Where commands are published and subscribed to.
+#[derive(Clone)]
+enum Channel {
+    /// The one server (boxed: a client is large beside an `Arc`).
+    Single(Box<Client>),
+    /// Any live node of a cluster, which delivers every `PUBLISH` to the
+    /// subscribers of every node.
+    Cluster(std::sync::Arc<AnyNode>),
 }
 
 impl RedisControl {
     /// A control plane on `endpoint` (a server's [`Client`] or an
-    /// [`Endpoint`]); connects lazily. Commands are subscribed to on one
-    /// node: a cluster delivers every `PUBLISH` to every node's
-    /// subscribers.
+    /// [`Endpoint`]); connects lazily.
     pub fn new(endpoint: impl Into<Endpoint>) -> Result<Self> {
         let endpoint = endpoint.into();
         Ok(RedisControl {
             conn: connection(endpoint.clone(), COMMAND_TIMEOUT)?,
-            client: endpoint.node().clone(),
+            channel: match endpoint {
+                Endpoint::Single(client) => Channel::Single(Box::new(client)),
+                Endpoint::Cluster(c) => Channel::Cluster(std::sync::Arc::new(AnyNode::new(c))),
+            },
         })
     }
 }
@@ -118,19 +129,26 @@ impl ControlPlane for RedisControl {
     }
 
     async fn send(&self, command: &ControlCommand) -> Result<()> {
-        let _: i64 = self
-            .conn
-            .clone()
-            .publish(keys::CONTROL, serde_json::to_vec(command)?)
-            .await?;
+        let payload = serde_json::to_vec(command)?;
+        match &self.channel {
+            Channel::Single(_) => {
+                let _: i64 = self.conn.clone().publish(keys::CONTROL, payload).await?;
+            }
+            Channel::Cluster(nodes) => nodes.publish(keys::CONTROL, &payload).await?,
+        }
         Ok(())
     }
 
     async fn subscribe(&self) -> Result<BoxStream<'static, ControlCommand>> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(keys::CONTROL).await?;
-        Ok(pubsub
-            .into_on_message()
+        let messages = match &self.channel {
+            Channel::Single(client) => {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(keys::CONTROL).await?;
+                pubsub.into_on_message().boxed()
+            }
+            Channel::Cluster(nodes) => nodes.subscribe(keys::CONTROL).await?,
+        };
+        Ok(messages
             .filter_map(|msg| async move {
                 serde_json::from_slice::<ControlCommand>(msg.get_payload_bytes()).ok()
             })

@@ -8,7 +8,10 @@
 //! also follows slot moves and failovers. Plain pipelines to a cluster
 //! go one per master (`redis_conn/cluster.rs`).
 
+mod any_node;
 mod cluster;
+
+pub use any_node::AnyNode;
 
 use cluster::by_slot;
 
@@ -141,17 +144,32 @@ pub enum Endpoint {
 pub struct ClusterEndpoint {
     /// The cluster client (slot routing, redirects, failover).
     pub cluster: ClusterClient,
-    /// A client of the first seed node alone, for pub/sub: a cluster
-    /// delivers a `PUBLISH` to the subscribers of every node.
-    pub seed: Client,
     /// The first seed's URL (credentials included: never logged), the
     /// model of a URL of any node.
     seed_url: String,
+    /// Every seed's `host:port`, the nodes pub/sub tries when it knows
+    /// no other ([`AnyNode`]).
+    seed_nodes: Vec<(String, u16)>,
     /// TLS material for connections to single nodes.
     tls: TlsConfig,
 }
 
+/// The `host` and `port` of a seed URL `scheme://[userinfo@]host:port`
+/// (as [`cluster_seeds`] writes them; `[v6]` brackets removed).
+fn host_port(seed_url: &str) -> Option<(String, u16)> {
+    let rest = seed_url.split_once("://")?.1;
+    let authority = rest.rsplit_once('@').map_or(rest, |(_, a)| a);
+    let (host, port) = authority.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
 impl ClusterEndpoint {
+    /// Every seed node's `host:port`, in the URL's order.
+    pub(crate) fn seed_nodes(&self) -> &[(String, u16)] {
+        &self.seed_nodes
+    }
+
     /// A client of the node at `host:port`, with the seeds' scheme,
     /// credentials and TLS material.
     pub(crate) fn node_client(&self, host: &str, port: u16) -> Result<Client> {
@@ -182,15 +200,6 @@ impl Endpoint {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Endpoint::Cluster(_))
     }
-
-    /// A client of one server: the server itself, or a cluster's first
-    /// seed node (for pub/sub).
-    pub fn node(&self) -> &Client {
-        match self {
-            Endpoint::Single(client) => client,
-            Endpoint::Cluster(c) => &c.seed,
-        }
-    }
 }
 
 /// The [`Endpoint`] of `url`: a cluster for `redis+cluster://` and
@@ -204,7 +213,9 @@ pub fn endpoint(url: &str, tls: &TlsConfig) -> Result<Endpoint> {
     let first = seeds
         .first()
         .ok_or_else(|| StemError::config("cluster URL", "no seed node"))?;
-    let seed = client(first, tls)?;
+    // Fails early, naming the URL, when the first seed's URL does not
+    // parse (its TLS material included).
+    client(first, tls)?;
     let mut builder = ClusterClientBuilder::new(
         seeds
             .iter()
@@ -239,10 +250,11 @@ pub fn endpoint(url: &str, tls: &TlsConfig) -> Result<Endpoint> {
     let cluster = builder
         .build()
         .map_err(|e| StemError::Tls(format!("invalid cluster client settings: {e}")))?;
+    let seed_nodes = seeds.iter().filter_map(|s| host_port(s)).collect();
     Ok(Endpoint::Cluster(ClusterEndpoint {
         cluster,
-        seed,
         seed_url: first.clone(),
+        seed_nodes,
         tls: tls.clone(),
     }))
 }
