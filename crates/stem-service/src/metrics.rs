@@ -4,7 +4,8 @@
 //! - `prometheus[:PORT]`: a manual reader, collected on each scrape of
 //!   `/metrics` and written in the Prometheus text format (0.0.4) by the
 //!   `prometheus` crate's encoder (served on axum by [`crate::http`]);
-//! - `console`: the same text, logged every 15 s;
+//! - `console`: the same text, logged every `OTEL_METRIC_EXPORT_INTERVAL`
+//!   ms (default 15 000), like the OTLP push;
 //! - `otlp[:URL]`: a periodic reader pushing OTLP/HTTP (protobuf) every
 //!   `OTEL_METRIC_EXPORT_INTERVAL` ms (default 15 000) to `URL`, or to
 //!   `STEM_OTLP_ENDPOINT` + `/v1/metrics`. The reader aggregates in place
@@ -142,9 +143,10 @@ impl Metrics {
                 }
                 Exporter::Console => {
                     let (m, stop) = (metrics.clone(), stop.clone());
+                    let every = export_interval();
                     tokio::spawn(async move {
                         while stop
-                            .run_until_cancelled(tokio::time::sleep(Duration::from_secs(15)))
+                            .run_until_cancelled(tokio::time::sleep(every))
                             .await
                             .is_some()
                         {

@@ -274,6 +274,8 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
     let chrome = Chrome::new(&st, &slot, "", "");
     let mut last: Vec<(String, Arc<str>)> = Vec::new();
     let mut seq = 0u64;
+    // Polls failed in a row: an outage is logged once, and its end.
+    let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -300,9 +302,20 @@ pub async fn poll(st: AppState, stop: CancellationToken) {
             Ok::<_, stem::StemError>((snap, statuses, head))
         };
         let (snap, statuses, head) = match read.await {
-            Ok(r) => r,
+            Ok(r) => {
+                if failures > 0 {
+                    tracing::info!(failed_polls = failures, "dashboard poll works again");
+                    failures = 0;
+                }
+                r
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "dashboard poll failed");
+                if failures == 0 {
+                    tracing::warn!(error = %e, "dashboard poll failed; pages keep their last state until it works again");
+                } else {
+                    tracing::debug!(error = %e, "dashboard poll still failing");
+                }
+                failures += 1;
                 continue;
             }
         };
