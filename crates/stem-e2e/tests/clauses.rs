@@ -35,6 +35,16 @@ async fn worker_with(
     Ok(p)
 }
 
+/// A producer on `url` with no task registry: it names queues and retry
+/// budgets itself (or leaves the defaults).
+fn unregistered_producer(url: &str) -> anyhow::Result<stem::client::Stem> {
+    let url = url.to_string();
+    let config = stem::config::StemConfig::from_lookup(&move |k: &str| {
+        (k == "STEM_BROKER_URL").then(|| url.clone())
+    })?;
+    Ok(stem::client::Stem::connect(&config)?)
+}
+
 /// The worker record `name` as stored (`stem:{workers}:<name>`).
 fn record(redis: &RedisServer, name: &str) -> anyhow::Result<Value> {
     let text = redis.cli(&["GET", &format!("stem:{{workers}}:{name}")])?;
@@ -164,10 +174,7 @@ async fn worker_queue_and_heartbeat_settings_take_effect() -> anyhow::Result<()>
     let plain_worker = worker_with(&url, &plain, &[("STEM_HEARTBEAT_INTERVAL", "300ms")]).await?;
     assert_eq!(record(&redis, &plain)?["queues"], json!(["default"]));
     // A producer without the catalogue publishes to `default`.
-    let config = stem::config::StemConfig::from_lookup(&|k: &str| {
-        (k == "STEM_BROKER_URL").then(|| url.clone())
-    })?;
-    let producer = stem::client::Stem::connect(&config)?;
+    let producer = unregistered_producer(&url)?;
     let id = producer
         .enqueue_raw(
             "greeting.send",
@@ -224,11 +231,8 @@ async fn the_catalogue_retry_budget_overrides_the_producers() -> anyhow::Result<
     let redis = RedisServer::start()?;
     let url = redis.url();
     let worker = start_worker(&url, &worker_name("budget"), "reporting", &[]).await?;
-    let config = stem::config::StemConfig::from_lookup(&|k: &str| {
-        (k == "STEM_BROKER_URL").then(|| url.clone())
-    })?;
     // No registry: the producer's own budget goes into the envelope.
-    let producer = stem::client::Stem::connect(&config)?;
+    let producer = unregistered_producer(&url)?;
     let id = producer
         .enqueue_raw(
             "reports.aggregate",
