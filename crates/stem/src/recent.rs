@@ -57,7 +57,7 @@ const META_PREVIEW: usize = 512;
 /// itself up to [`INDEX_BODY_MAX`] bytes (the hot path: a length check),
 /// else a preview of it; `None` for a body that is no spec (nothing to
 /// list).
-pub(crate) fn index_body(body: &Bytes) -> Option<Bytes> {
+pub fn index_body(body: &Bytes) -> Option<Bytes> {
     if body.len() <= INDEX_BODY_MAX {
         return Some(body.clone());
     }

@@ -460,7 +460,7 @@ pub trait QueueAdmin: Send + Sync + 'static {
     /// recent-task index and its empty streams, when it holds no task
     /// (ready, delayed, in flight or dead): a queue nothing uses any more
     /// stops being listed and polled. `Ok(false)` when it was not known;
-    /// [`StemError::InvalidArgument`] saying what it still holds
+    /// [`crate::StemError::InvalidArgument`] saying what it still holds
     /// otherwise. A producer still publishing to it names it again within
     /// a minute, and its tasks are never touched.
     async fn forget_queue(&self, queue: &str) -> Result<bool>;
