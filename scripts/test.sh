@@ -11,6 +11,8 @@ ensure_packages "tests start private redis-servers, check metrics pages with pro
   redis-server:redis-server redis-cli:redis-tools openssl:openssl kill:procps \
   promtool:prometheus prometheus:prometheus chromium:chromium chromedriver:chromium-driver \
   docker-compose:docker-compose nginx:nginx shellcheck:shellcheck unshare:util-linux
+ensure_packages "the performance gate counts instructions with valgrind's callgrind" \
+  valgrind:valgrind
 
 start=$(date +%s)
 phase_start=$start
@@ -33,6 +35,8 @@ phase "cargo build --bins (the black-box tests run these binaries)"
 cargo build --workspace --bins --locked
 phase "cargo test"
 cargo test --workspace --locked --no-fail-fast
+phase "scripts/bench-gate.sh (instructions and Redis commands per task against crates/stem-bench/gate-baseline.json)"
+scripts/bench-gate.sh
 phase "scripts/check-stack.sh (compose, nginx, prometheus, collector, grafana, shellcheck)"
 scripts/check-stack.sh
 phase "scripts/generate_tls_assets.sh"

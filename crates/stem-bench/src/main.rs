@@ -10,8 +10,10 @@
 //! cargo run --release -p stem-bench -- cost --cluster --queues 3
 //! ```
 
+mod alloc;
 mod measure;
 mod noop;
+mod phases;
 mod scenarios;
 mod store;
 mod timing;
@@ -19,6 +21,10 @@ mod timing;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+/// Counts allocations while a phase of `stem-bench phases` runs.
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,6 +91,30 @@ enum Scenario {
     },
     /// Redis commands and round trips per task on the hot path.
     Cost,
+    /// Deterministic cost per task of each phase (enqueue one by one, in
+    /// bulk, drain and settle): Redis commands, round trips, bytes to and
+    /// from Redis, heap allocations.
+    Phases,
+    /// The performance gate: instructions (callgrind) and Redis commands
+    /// per task of each phase against a committed baseline; exits 1 when
+    /// one rose more than 10 %.
+    Gate {
+        /// The baseline file.
+        #[arg(long)]
+        baseline: PathBuf,
+        /// Write the figures measured now as the baseline.
+        #[arg(long)]
+        update: bool,
+    },
+    /// (internal) one phase alone against a Redis, for callgrind.
+    Phase {
+        /// enqueue, bulk or drain.
+        name: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        keys: String,
+    },
     /// Worker RSS idle and while draining at concurrency 128.
     Memory,
     /// Dashboard pages over 1 000 000 finished tasks, and its idle CPU.
@@ -135,7 +165,10 @@ async fn main() -> anyhow::Result<()> {
             "info",
             Some(&format!("http://127.0.0.1:{port}")),
         ));
-    } else if !matches!(cli.scenario, Scenario::Worker { .. }) {
+    } else if !matches!(
+        cli.scenario,
+        Scenario::Worker { .. } | Scenario::Phase { .. }
+    ) {
         stem_service::logging::init_logging(stem::config::LogFormat::Text, "info");
     }
     let stop_metrics = tokio_util::sync::CancellationToken::new();
@@ -192,6 +225,21 @@ async fn main() -> anyhow::Result<()> {
             seconds,
         } => vec![scenarios::http(&opts, connections, seconds).await?],
         Scenario::Cost => vec![scenarios::cost(&opts).await?],
+        Scenario::Phases => vec![phases::phases(&opts).await?],
+        Scenario::Gate { baseline, update } => {
+            if phases::gate(&opts, &baseline, update).await? {
+                return Ok(());
+            }
+            eprintln!(
+                "the performance gate failed: a figure rose more than 10 % over {} \
+                 (if that is the price of a change, rerun with --update and commit the baseline saying why)",
+                baseline.display()
+            );
+            std::process::exit(1);
+        }
+        Scenario::Phase { name, url, keys } => {
+            return phases::phase_process(&name, &url, &keys, &opts).await;
+        }
         Scenario::Memory => vec![scenarios::memory(&opts).await?],
         Scenario::Dashboard => vec![scenarios::dashboard(&opts).await?],
         Scenario::All => vec![

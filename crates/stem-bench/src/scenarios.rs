@@ -50,14 +50,14 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         Report {
             name: name.into(),
             machine: machine(),
             rows: Vec::new(),
         }
     }
-    fn add(&mut self, figure: &str, unit: &str, runs: Vec<f64>) {
+    pub(crate) fn add(&mut self, figure: &str, unit: &str, runs: Vec<f64>) {
         self.rows.push(Row {
             figure: figure.into(),
             value: median(runs.clone()),
@@ -102,7 +102,7 @@ struct Rig {
     queues: Vec<String>,
 }
 
-fn config(url: &str, keys: &str) -> anyhow::Result<StemConfig> {
+pub(crate) fn config(url: &str, keys: &str) -> anyhow::Result<StemConfig> {
     let env: BTreeMap<&str, String> = [
         ("STEM_BROKER_URL", url.to_string()),
         ("STEM_SIGNING_KEYS", keys.to_string()),
@@ -189,7 +189,7 @@ fn noop(i: usize, queues: &[String]) -> EnqueueRequest {
     }
 }
 
-async fn fill(stem: &Stem, queues: &[String], n: usize) -> anyhow::Result<()> {
+pub(crate) async fn fill(stem: &Stem, queues: &[String], n: usize) -> anyhow::Result<()> {
     let mut i = 0;
     while i < n {
         let end = (i + 1000).min(n);
@@ -224,7 +224,7 @@ async fn wait_drained(stem: &Stem, queues: &[String], limit: Duration) -> anyhow
 /// A worker for an in-process scenario; with `--metrics`, it records
 /// through a meter exported to Prometheus and OTLP, as a worker with
 /// `STEM_METRIC_EXPORTERS=prometheus,otlp` does.
-fn bench_worker(
+pub(crate) fn bench_worker(
     config: WorkerConfig,
     stem: &Stem,
     verifier: Option<stem::signing::Verifier>,
@@ -237,7 +237,7 @@ fn bench_worker(
     w
 }
 
-fn worker_options(
+pub(crate) fn worker_options(
     name: &str,
     concurrency: usize,
     prefetch: usize,
@@ -673,7 +673,7 @@ fn parse_wrk_duration(v: &str) -> f64 {
 }
 
 /// Commands the bench itself issues (INFO, stats polling), not the worker's.
-const BENCH_COMMANDS: [&str; 6] = [
+pub(crate) const BENCH_COMMANDS: [&str; 6] = [
     "info",
     "config|resetstat",
     "xlen",
