@@ -35,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::alloc;
 use crate::measure::{command_calls, info};
 use crate::noop::{registry, QUEUE, TASK};
-use crate::scenarios::{bench_worker, config, fill, worker_options, Opts, Report, BENCH_COMMANDS};
+use crate::scenarios::{
+    bench_worker, config, cpu_model, fill, worker_options, Opts, Report, BENCH_COMMANDS,
+};
 
 /// The phases, in the order a task meets them.
 pub const PHASES: [&str; 3] = ["enqueue", "bulk", "drain"];
@@ -238,7 +240,23 @@ pub struct Baseline {
     /// Why the baseline is what it is (the commit that changed it says
     /// more).
     pub note: String,
+    /// Where its instructions were counted ([`counting_machine`]):
+    /// instruction counts depend on the code paths a CPU's features
+    /// select (SHA, AVX) and on valgrind's version, so elsewhere only the
+    /// commands are compared.
+    #[serde(default)]
+    pub machine: String,
     pub phases: BTreeMap<String, Gated>,
+}
+
+/// The CPU model and valgrind version instructions are counted with.
+fn counting_machine() -> String {
+    let valgrind = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{} / {valgrind}", cpu_model())
 }
 
 /// Task counts whose difference callgrind's slope is taken over.
@@ -357,7 +375,11 @@ pub async fn gate(opts: &Opts, baseline: &Path, update: bool) -> anyhow::Result<
         let note = std::env::var("STEM_GATE_NOTE").unwrap_or_else(|_| {
             "instructions (callgrind slope, release build) and Redis commands per task".into()
         });
-        let b = Baseline { note, phases: now };
+        let b = Baseline {
+            note,
+            machine: counting_machine(),
+            phases: now,
+        };
         std::fs::write(baseline, serde_json::to_vec_pretty(&b)?)?;
         println!("baseline written to {}", baseline.display());
         return Ok(true);
@@ -366,7 +388,18 @@ pub async fn gate(opts: &Opts, baseline: &Path, update: bool) -> anyhow::Result<
         &std::fs::read(baseline)
             .map_err(|e| anyhow::anyhow!("reading the baseline {}: {e}", baseline.display()))?,
     )?;
-    let verdicts = judge(&base, &now)?;
+    let here = counting_machine();
+    let same_machine = base.machine.is_empty() || base.machine == here;
+    if !same_machine {
+        println!(
+            "instructions not gated: the baseline counted them on {:?}, this is {here:?} (commands are)",
+            base.machine
+        );
+    }
+    let verdicts: Vec<Verdict> = judge(&base, &now)?
+        .into_iter()
+        .filter(|v| same_machine || v.figure != "instructions")
+        .collect();
     println!(
         "{:<10} {:<14} {:>12} {:>12} {:>8}",
         "phase", "figure", "baseline", "now", "change"
@@ -459,6 +492,7 @@ mod tests {
     fn the_gate_fails_a_rise_over_ten_per_cent_only() -> anyhow::Result<()> {
         let base = Baseline {
             note: String::new(),
+            machine: String::new(),
             phases: figures(100_000.0, 2.0),
         };
         let over = |now| -> anyhow::Result<Vec<(&str, &str)>> {
@@ -490,14 +524,12 @@ mod tests {
         );
         let mut missing = figures(100_000.0, 2.0);
         missing.remove("bulk");
-        assert!(judge(
-            &Baseline {
-                note: String::new(),
-                phases: missing.clone()
-            },
-            &figures(1.0, 1.0)
-        )
-        .is_err());
+        let lacking = Baseline {
+            note: String::new(),
+            machine: String::new(),
+            phases: missing,
+        };
+        assert!(judge(&lacking, &figures(1.0, 1.0)).is_err());
         Ok(())
     }
 }

@@ -74,15 +74,20 @@ impl Report {
     }
 }
 
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+/// The CPU's model name (`/proc/cpuinfo`).
+pub(crate) fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
             c.lines()
                 .find(|l| l.starts_with("model name"))
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpu = cpu_model();
     let nproc = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
