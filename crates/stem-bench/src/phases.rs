@@ -362,6 +362,12 @@ pub async fn gate(opts: &Opts, baseline: &Path, update: bool) -> anyhow::Result<
     let mut now: BTreeMap<String, Gated> = BTreeMap::new();
     for name in PHASES {
         let instructions = instructions(&redis, &keys, dir.path(), name)?;
+        anyhow::ensure!(
+            instructions.is_finite() && instructions > 0.0,
+            "callgrind's slope for {name} is {instructions}: the runs at {} and {} tasks did not measure what they should",
+            SLOPE.0,
+            SLOPE.1
+        );
         tracing::info!(phase = name, instructions, "counted");
         now.insert(
             name.to_string(),

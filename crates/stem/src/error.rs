@@ -82,11 +82,10 @@ impl StemError {
 /// with its connection task ("request wasn't handled due to internal
 /// failure"); or a node answered that the cluster or its master is down,
 /// that a slot is migrating (`TRYAGAIN`), that it is loading its data or
-/// that it became a replica (`READONLY`, a failover). A `MOVED` or `ASK`
-/// that reaches us is one the cluster client could not follow within its
-/// retries: the slot's master is down with no replica promoted yet (the
-/// other nodes keep pointing at it), or the slot keeps moving — either way
-/// the part of the cluster serving the request is out of reach. Each passes
+/// that it became a replica (`READONLY`, a failover); a `MOVED` the
+/// cluster client could not follow arrives as an I/O error
+/// (`redis_conn::unreachable_slot`), while on one server a `MOVED` stays a
+/// refusal (a URL naming a cluster node without `+cluster`). Each passes
 /// by itself: callers answer 503, hold what they have and retry with
 /// backoff, and never treat it as a refusal of the request (a worker that
 /// did dead-lettered results it had run, and they ran twice).
@@ -108,8 +107,6 @@ fn redis_unavailable(e: &redis::RedisError) -> bool {
                         | ServerErrorKind::TryAgain
                         | ServerErrorKind::BusyLoading
                         | ServerErrorKind::ReadOnly
-                        | ServerErrorKind::Moved
-                        | ServerErrorKind::Ask
                 )
         )
         || (e.kind() == ErrorKind::Client && e.to_string().contains("internal failure"))
@@ -245,8 +242,13 @@ mod tests {
                 server(ServerErrorKind::NoScript),
                 (false, false),
             ),
-            ("MOVED", server(ServerErrorKind::Moved), (true, true)),
-            ("ASK", server(ServerErrorKind::Ask), (true, true)),
+            ("MOVED", server(ServerErrorKind::Moved), (false, false)),
+            ("ASK", server(ServerErrorKind::Ask), (false, false)),
+            (
+                "a slot out of reach (a MOVED the cluster client could not follow)",
+                io(std::io::ErrorKind::NotConnected),
+                (true, true),
+            ),
             ("TRYAGAIN", server(ServerErrorKind::TryAgain), (true, true)),
             (
                 "CLUSTERDOWN",

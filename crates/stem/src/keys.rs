@@ -33,6 +33,11 @@ pub const QUEUES: &str = "stem:queues";
 /// Hash: consumer name → the lease (visibility timeout, ms) it declared.
 pub const LEASES: &str = "stem:leases";
 
+/// Hash: consumer name → when it last declared its lease (epoch ms); a
+/// declaration is pruned only once its worker's record is gone *and* it
+/// is older than the lease it declares.
+pub const LEASES_AT: &str = "stem:leases:at";
+
 /// Stream of lane `lane` of `queue` (see [`crate::broker::LANES`]):
 /// `p<band>` for a priority band, `p<band>:due` for a band's due lane.
 pub fn lane(queue: &str, lane: u8) -> String {
@@ -206,7 +211,15 @@ mod tests {
 
     #[test]
     fn every_constant_key_has_the_prefix() {
-        for k in [QUEUES, LEASES, WORKERS, CONTROL, PAUSED, SCHEDULE_INDEX] {
+        for k in [
+            QUEUES,
+            LEASES,
+            LEASES_AT,
+            WORKERS,
+            CONTROL,
+            PAUSED,
+            SCHEDULE_INDEX,
+        ] {
             assert!(k.starts_with(&format!("{PREFIX}:")), "{k}");
         }
     }

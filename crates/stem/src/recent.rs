@@ -19,8 +19,10 @@
 //! body over [`INDEX_BODY_MAX`] is indexed as a preview ([`index_body`]:
 //! its args cut to their first [`ARGS_PREVIEW`] bytes of JSON text, kept
 //! as a JSON string, and the body's real size in `indexTruncated`), which
-//! bounds a queue's index near `2 × STEM_RECENT_TASKS × INDEX_BODY_MAX`
-//! whatever producers send (issue 24: 20 bodies of 1 MiB had pinned 25 MB).
+//! bounds what a task costs the index to a few KiB (2 KiB for a whole
+//! body; a preview stays near 2 KiB too, up to about 4 KiB when JSON
+//! escaping inflates its name and args) whatever producers send (issue
+//! 24: 20 bodies of 1 MiB had pinned 25 MB).
 //! The index expires `STEM_RESULT_TTL` after its last write, like the
 //! statuses it points to, and a queue's purge drops it.
 //!

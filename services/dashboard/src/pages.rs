@@ -352,7 +352,7 @@ pub struct TaskPage {
 /// What the recent-task index adds to a task's page.
 pub struct Published {
     pub args: String,
-    /// "1.0 MiB"-style size of the whole spec when the index keeps only
+    /// "1024.0 KiB"-style size of the whole spec when the index keeps only
     /// the first KiB of its arguments.
     pub truncated: Option<String>,
     pub headers: String,

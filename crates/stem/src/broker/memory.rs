@@ -473,23 +473,7 @@ impl QueueAdmin for MemoryBroker {
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
-        let st = self.lock();
-        let mut s = QueueStats {
-            queue: queue.to_string(),
-            ..Default::default()
-        };
-        if let Some(q) = st.queues.get(queue) {
-            s.ready = q.ready.iter().map(|b| b.len() as u64).sum();
-            s.oldest_ready_ms = q
-                .ready
-                .iter()
-                .filter_map(|lane| lane.front().map(|(_, at, _)| *at))
-                .min();
-            s.inflight = q.pending.len() as u64;
-            s.delayed = q.delayed.len() as u64;
-            s.dead = q.dead.len() as u64;
-        }
-        Ok(s)
+        Ok(stats_of(&self.lock(), queue))
     }
 
     async fn known_queues(&self) -> Result<Vec<String>> {
@@ -500,11 +484,14 @@ impl QueueAdmin for MemoryBroker {
     }
 
     async fn forget_queue(&self, queue: &str) -> Result<bool> {
-        if !self.lock().queues.contains_key(queue) {
+        // Checked and removed under one lock: a publish cannot land in
+        // between and go with the queue.
+        let mut st = self.lock();
+        if !st.queues.contains_key(queue) {
             return Ok(false);
         }
-        super::held_tasks(&self.stats(queue).await?)?;
-        Ok(self.lock().queues.remove(queue).is_some())
+        super::held_tasks(&stats_of(&st, queue))?;
+        Ok(st.queues.remove(queue).is_some())
     }
 
     async fn recent_tasks(
@@ -559,6 +546,26 @@ impl QueueAdmin for MemoryBroker {
 }
 
 /// One index entry, when its body decodes.
+/// `queue`'s counts in `st`.
+fn stats_of(st: &State, queue: &str) -> QueueStats {
+    let mut s = QueueStats {
+        queue: queue.to_string(),
+        ..Default::default()
+    };
+    if let Some(q) = st.queues.get(queue) {
+        s.ready = q.ready.iter().map(|b| b.len() as u64).sum();
+        s.oldest_ready_ms = q
+            .ready
+            .iter()
+            .filter_map(|lane| lane.front().map(|(_, at, _)| *at))
+            .min();
+        s.inflight = q.pending.len() as u64;
+        s.delayed = q.delayed.len() as u64;
+        s.dead = q.dead.len() as u64;
+    }
+    s
+}
+
 /// Whether a queue's index outlived `ttl` since its last write (and so
 /// would be gone on Redis).
 fn index_expired(recent: &VecDeque<(u64, i64, bytes::Bytes)>, ttl: Duration) -> bool {

@@ -294,8 +294,30 @@ fn cluster_bound(response_timeout: Duration) -> Duration {
     }
 }
 
+/// A `MOVED` or `ASK` the cluster client gives back is one it could not
+/// follow within its retries: the slot's master is down with no replica
+/// promoted yet (the other nodes keep pointing at it), or the slot keeps
+/// moving. Either way the part of the cluster serving the request is out
+/// of reach, which callers must treat as an outage (503, hold and retry),
+/// so it becomes an I/O error. Only on cluster connections: on one server
+/// a `MOVED` means the URL names a cluster node without `+cluster`, a
+/// mistake that must not look like an outage.
+fn unreachable_slot(e: redis::RedisError) -> redis::RedisError {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask) => std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!("the cluster node serving this slot is out of reach ({e})"),
+        )
+        .into(),
+        _ => e,
+    }
+}
+
 /// `request` cut off after `bound`, as an I/O timeout (unavailable and
-/// transient to [`StemError`]; never resent, since it may have run).
+/// transient to [`StemError`]; never resent, since it may have run); a
+/// slot out of reach as [`unreachable_slot`] says. Every request through a
+/// cluster connection goes through here.
 /// Dropping the cluster client's future is safe: a queued request is
 /// discarded, a running one stops at its next wake-up.
 async fn bounded<T>(
@@ -303,7 +325,7 @@ async fn bounded<T>(
     request: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> redis::RedisResult<T> {
     match tokio::time::timeout(bound, request).await {
-        Ok(reply) => reply,
+        Ok(reply) => reply.map_err(unreachable_slot),
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no answer from the Redis Cluster within {bound:?}"),
@@ -487,6 +509,28 @@ mod tests {
             info.redis_settings().username(),
             info.redis_settings().password()
         )
+    }
+
+    /// A `MOVED` the cluster client gives back is an outage of that slot
+    /// (503, hold and retry); other errors pass unchanged — and on one
+    /// server nothing maps it, so a URL naming a cluster node without
+    /// `+cluster` fails plainly instead of looking like an outage.
+    #[test]
+    fn a_moved_the_cluster_client_gave_back_is_a_slot_out_of_reach() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let moved = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::Moved),
+            "15810 10.0.0.9:7002",
+        ));
+        assert!(!StemError::Redis(moved.clone()).is_unavailable());
+        let mapped = StemError::Redis(unreachable_slot(moved));
+        assert!(mapped.is_unavailable() && mapped.is_transient(), "{mapped}");
+        assert!(mapped.to_string().contains("out of reach"), "{mapped}");
+        let other = RedisError::from((ErrorKind::Server(ServerErrorKind::CrossSlot), "x"));
+        assert_eq!(
+            unreachable_slot(other).kind(),
+            ErrorKind::Server(ServerErrorKind::CrossSlot)
+        );
     }
 
     #[test]

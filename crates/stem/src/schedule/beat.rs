@@ -10,11 +10,12 @@
 //!    out while the store was unreachable. On a graceful stop the leader
 //!    releases the lease, so a follower takes over within one tick.
 //! 2. **Fire.** While the lease is held, the firing loop asks for due
-//!    entries (`nextRunAt ≤ now`). For each, the slot is `nextRunAt`, or —
-//!    after downtime — the most recent slot not after now (missed slots
-//!    before it are skipped, counted and logged: the most recent missed
-//!    slot fires once, then the grid continues); a slot whose firing an
-//!    error cut short is finished first. It records the firing under
+//!    entries (`nextRunAt ≤ now`). For each, a slot an error cut short is
+//!    finished first; otherwise, when several slots fell due (downtime, a
+//!    failover), the entry's misfire policy picks them (`Beat::plan`:
+//!    `all` fires each in turn, oldest first, at most the last 100;
+//!    `latest` the most recent; `skip` only those at most 1 s late), the
+//!    others counted as missed and logged. It records the firing under
 //!    `entry id + slot` (SET NX with a TTL: which beat took the slot), then
 //!    publishes through `Stem::enqueue_once` keyed by `(entry id, slot)`
 //!    (signed by the Stem's signer; retry budget from its registry) with
@@ -32,8 +33,10 @@
 //! another beat recorded and then died on is still published. Nothing is
 //! released after an ambiguous error. After the leader is SIGKILLed, a
 //! follower takes over at most `lease + tick` later (3.25 s by default);
-//! slots that fell due in that gap are coalesced into one firing of the
-//! most recent.
+//! the slots that fell due in that gap follow the misfire policy (under
+//! the default `all`, each fires late, once). A slot's publish key lasts
+//! as long as the catch-up window (`record_ttl`), so a slot published
+//! by a beat that died before booking it is never published again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,14 +221,20 @@ fn slot_marker(entry_id: &str, slot: DateTime<Utc>) -> String {
     format!("beat-slot:{entry_id}:{}", slot.timestamp_millis())
 }
 
-/// How long a firing record must outlive its slot: until no beat could
-/// still consider the slot (it stops being the latest due slot once the
-/// next one is due), doubled, at least a minute.
-fn record_ttl(slot: DateTime<Utc>, next: Option<DateTime<Utc>>) -> Duration {
+/// How long a slot's firing record and submit-once marker must last
+/// (from `now`): until no beat can consider the slot any more. Under
+/// `misfire: all` a slot stays due until it is booked, and a beat taking
+/// over after a crash between publish and booking fires it again unless
+/// the marker still answers — so the marker must outlive the catch-up
+/// window, the most recent [`Misfire::MAX_CATCH_UP`] slots, plus one gap;
+/// at least a minute.
+fn record_ttl(slot: DateTime<Utc>, next: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Duration {
     let gap = next
         .and_then(|n| (n - slot).to_std().ok())
         .unwrap_or(Duration::from_secs(3600));
-    (gap * 2).max(Duration::from_secs(60))
+    let window = gap * (Misfire::MAX_CATCH_UP as u32 + 1);
+    let elapsed = (now - slot).to_std().unwrap_or(Duration::ZERO);
+    window.saturating_sub(elapsed).max(Duration::from_secs(60))
 }
 
 impl Beat {
@@ -406,6 +415,16 @@ impl Beat {
                 }
                 if std::mem::take(&mut first) {
                     self.log_misfire(&entry, next_run, now);
+                } else {
+                    // A catch-up may take a while: an entry disabled,
+                    // deleted or redefined meanwhile stops it (its
+                    // bookings would be ignored, its slots still fired).
+                    match self.store.get(&entry.id).await? {
+                        Some(current)
+                            if current.enabled
+                                && current.history.revision == entry.history.revision => {}
+                        _ => continue 'entries,
+                    }
                 }
                 let step = self.plan(&entry, next_run, now);
                 match step {
@@ -604,7 +623,7 @@ impl Beat {
             .insert(entry.id.clone(), slot);
         let recorded = self
             .store
-            .record_firing(&entry.id, slot, owner, record_ttl(slot, next))
+            .record_firing(&entry.id, slot, owner, record_ttl(slot, next, Utc::now()))
             .await?;
         let jitter_ms = match entry.jitter.as_millis() as u64 {
             0 => 0,
@@ -628,7 +647,7 @@ impl Beat {
             .stem
             .enqueue_once(
                 &marker,
-                record_ttl(slot, next),
+                record_ttl(slot, next, Utc::now()),
                 &entry.task,
                 entry.args.clone(),
                 &opts,
@@ -832,6 +851,65 @@ mod tests {
         Ok(())
     }
 
+    /// A store that disables its entries right after booking their first
+    /// firing: an operator's `stem schedule disable` during a catch-up.
+    struct DisabledDuringCatchUp(MemoryScheduleStore);
+
+    #[async_trait::async_trait]
+    impl ScheduleStore for DisabledDuringCatchUp {
+        async fn upsert(
+            &self,
+            entry: &ScheduleEntry,
+            now: DateTime<Utc>,
+        ) -> Result<crate::schedule::UpsertOutcome> {
+            self.0.upsert(entry, now).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<ScheduleEntry>> {
+            self.0.get(id).await
+        }
+        async fn list(&self) -> Result<Vec<ScheduleEntry>> {
+            self.0.list().await
+        }
+        async fn delete(&self, id: &str) -> Result<bool> {
+            self.0.delete(id).await
+        }
+        async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ScheduleEntry>> {
+            self.0.due(now, limit).await
+        }
+        async fn next_run_at(&self) -> Result<Option<DateTime<Utc>>> {
+            self.0.next_run_at().await
+        }
+        async fn record_firing(
+            &self,
+            id: &str,
+            slot: DateTime<Utc>,
+            owner: &str,
+            ttl: Duration,
+        ) -> Result<bool> {
+            self.0.record_firing(id, slot, owner, ttl).await
+        }
+        async fn firing_owner(&self, id: &str, slot: DateTime<Utc>) -> Result<Option<String>> {
+            self.0.firing_owner(id, slot).await
+        }
+        async fn complete_firing(&self, report: &FiringReport) -> Result<()> {
+            self.0.complete_firing(report).await?;
+            self.0.set_enabled(&report.id, false, report.slot).await?;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_stops_when_its_entry_is_disabled() -> Result<()> {
+        let inner = MemoryScheduleStore::new();
+        ten_seconds(&inner, Misfire::All).await?;
+        let mut b = beat(&inner, "b1");
+        b.store = Arc::new(DisabledDuringCatchUp(inner.clone()));
+        // :10 … :40 are due; the entry is disabled once :10 is booked.
+        let r = b.fire_due(at("2025-01-01T00:00:47Z")).await?;
+        assert_eq!(slots(&r), [at("2025-01-01T00:00:10Z")]);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_long_downtime_fires_the_most_recent_hundred_slots() -> Result<()> {
         let store = MemoryScheduleStore::new();
@@ -955,16 +1033,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn record_ttls_cover_the_next_slot() {
+    async fn record_ttls_outlive_the_catch_up_window() {
         let s = at("2025-01-01T00:00:00Z");
+        let secs = |n: i64| chrono::Duration::seconds(n);
+        // every:1s: 101 slots from the slot; a firing 30 s late keeps
+        // the rest of that window, never less than a minute.
         assert_eq!(
-            record_ttl(s, Some(s + chrono::Duration::seconds(1))),
+            record_ttl(s, Some(s + secs(1)), s),
+            Duration::from_secs(101)
+        );
+        assert_eq!(
+            record_ttl(s, Some(s + secs(1)), s + secs(30)),
+            Duration::from_secs(71)
+        );
+        assert_eq!(
+            record_ttl(s, Some(s + secs(1)), s + secs(100)),
             Duration::from_secs(60)
         );
         assert_eq!(
-            record_ttl(s, Some(s + chrono::Duration::hours(1))),
-            Duration::from_secs(7200)
+            record_ttl(s, Some(s + chrono::Duration::hours(1)), s),
+            Duration::from_secs(101 * 3600)
         );
-        assert_eq!(record_ttl(s, None), Duration::from_secs(7200));
+        assert_eq!(record_ttl(s, None, s), Duration::from_secs(101 * 3600));
     }
 }

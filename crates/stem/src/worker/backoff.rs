@@ -22,6 +22,13 @@ pub fn outage_delay(failures: u32) -> Duration {
     Duration::from_millis((100u64 << failures.min(6)).min(5_000))
 }
 
+/// Sleeps [`outage_delay`]`(failures)`; false when `stop` fired first.
+pub(crate) async fn back_off(stop: &tokio_util::sync::CancellationToken, failures: u32) -> bool {
+    stop.run_until_cancelled(tokio::time::sleep(outage_delay(failures)))
+        .await
+        .is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

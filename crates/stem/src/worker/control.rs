@@ -124,6 +124,10 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
     }
 }
 
+/// A subscription that ended sooner than this after it began counts as a
+/// failed one (backoff before the next).
+const SHORT_SUBSCRIPTION: Duration = Duration::from_secs(5);
+
 /// Subscribes to commands (resubscribing after connection loss) and
 /// answers the ones addressed to this worker.
 pub(super) async fn command_loop(shared: Arc<Shared>, stop: CancellationToken) {
@@ -137,31 +141,38 @@ pub(super) async fn command_loop(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         };
         let mut commands = match subscribed {
-            Ok(s) => {
-                failures = 0;
-                s
-            }
+            Ok(s) => s,
             Err(e) => {
                 if failures == 0 {
                     tracing::warn!(error = %e, "control channel unavailable; retrying");
                 }
                 failures += 1;
-                if stop
-                    .run_until_cancelled(tokio::time::sleep(backoff::outage_delay(failures)))
-                    .await
-                    .is_none()
-                {
+                if !backoff::back_off(&stop, failures).await {
                     return;
                 }
                 continue;
             }
         };
+        let subscribed_at = std::time::Instant::now();
         loop {
             let next = tokio::select! {
                 c = commands.next() => c,
                 _ = stop.cancelled() => return,
             };
-            let Some(cmd) = next else { break };
+            let Some(cmd) = next else {
+                // A subscription that ends at once (a node that accepts
+                // SUBSCRIBE and then drops the client) is a failure too:
+                // back off, or the loop would reconnect without pause.
+                if subscribed_at.elapsed() < SHORT_SUBSCRIPTION {
+                    failures += 1;
+                    if !backoff::back_off(&stop, failures).await {
+                        return;
+                    }
+                } else {
+                    failures = 0;
+                }
+                break;
+            };
             if !cmd.addresses(&shared.opts.name) {
                 continue;
             }

@@ -7,7 +7,7 @@ use ::redis::streams::StreamRangeReply;
 use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
-use super::scripts::{FIRST_READY, PURGE_READY, REPLAY};
+use super::scripts::{FIRST_READY, FORGET_QUEUE, PURGE_READY, REPLAY};
 use super::{dead, entry, recent, RedisBroker, GROUP};
 use crate::broker::{held_tasks, DeadLetter, QueueAdmin, QueueStats, RecentTask, LANES};
 use crate::envelope::WireEnvelope;
@@ -159,22 +159,27 @@ impl QueueAdmin for RedisBroker {
         if !conn.sismember::<_, _, bool>(keys::QUEUES, queue).await? {
             return Ok(false);
         }
-        let s = self.stats(queue).await?;
-        held_tasks(&s)?;
-        // Not atomic with the check (on a cluster `stem:queues` and the
-        // queue's keys are on different slots): a task published in
-        // between stays in its stream, which a worker of the queue
-        // drains, and its producer names the queue again.
-        let mut pipe = ::redis::pipe();
-        pipe.srem(keys::QUEUES, queue).ignore();
-        for key in (0..LANES).map(|lane| keys::lane(queue, lane)).chain([
-            keys::delayed(queue),
-            keys::dead(queue),
-            keys::recent(queue),
-        ]) {
-            pipe.del(key).ignore();
+        // What it holds, for the refusal's message; the script below is
+        // what decides, atomically on the queue's slot.
+        held_tasks(&self.stats(queue).await?)?;
+        let mut forget = FORGET_QUEUE.prepare_invoke();
+        for lane in 0..LANES {
+            forget.key(keys::lane(queue, lane));
         }
-        pipe.exec_async(&mut conn).await?;
+        forget
+            .key(keys::dead(queue))
+            .key(keys::delayed(queue))
+            .key(keys::recent(queue));
+        let held: u64 = forget.invoke_async(&mut conn).await?;
+        if held > 0 {
+            return Err(StemError::InvalidArgument(format!(
+                "queue {queue:?} received tasks while it was being forgotten ({held} now); nothing was deleted"
+            )));
+        }
+        // A task published after the script recreates its stream and its
+        // producer names the queue again within a minute: nothing is lost,
+        // only the listing lags.
+        let _: () = conn.srem(keys::QUEUES, queue).await?;
         self.forget_locally(queue);
         Ok(true)
     }

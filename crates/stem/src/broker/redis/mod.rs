@@ -520,15 +520,22 @@ impl Broker for RedisBroker {
     }
 
     async fn declare_lease(&self, consumer: &str, lease: Duration) -> Result<()> {
-        let _: () = self
-            .conn()
-            .hset(keys::LEASES, consumer, lease.as_millis() as u64)
-            .await?;
+        let mut pipe = ::redis::pipe();
+        pipe.hset(keys::LEASES, consumer, lease.as_millis() as u64)
+            .ignore()
+            .hset(keys::LEASES_AT, consumer, crate::envelope::now_ms())
+            .ignore();
+        pipe.exec_async(&mut self.conn()).await?;
         Ok(())
     }
 
     async fn withdraw_lease(&self, consumer: &str) -> Result<()> {
-        let _: () = self.conn().hdel(keys::LEASES, consumer).await?;
+        let mut pipe = ::redis::pipe();
+        pipe.hdel(keys::LEASES, consumer)
+            .ignore()
+            .hdel(keys::LEASES_AT, consumer)
+            .ignore();
+        pipe.exec_async(&mut self.conn()).await?;
         Ok(())
     }
 

@@ -172,7 +172,12 @@ impl RedisBroker {
         }
     }
 
-    /// Removes the lease declarations whose worker has no record.
+    /// Removes the lease declarations whose worker has no record and
+    /// which are older than the lease they declare. A live worker
+    /// declares again with every heartbeat, so only one that has written
+    /// nothing for a whole lease qualifies — and by then every entry it
+    /// held was reclaimable on its own lease anyway: removing the
+    /// declaration cannot let another worker take a task early.
     async fn prune_leases(&self, conn: &mut crate::redis_conn::Conn) -> ::redis::RedisResult<()> {
         let declared: Vec<String> = conn.hkeys(keys::LEASES).await?;
         if declared.is_empty() {
@@ -180,17 +185,43 @@ impl RedisBroker {
         }
         let mut pipe = ::redis::pipe();
         for name in &declared {
-            pipe.exists(keys::worker(name));
+            pipe.exists(keys::worker(name))
+                .hget(keys::LEASES, name)
+                .hget(keys::LEASES_AT, name);
         }
-        let alive: Vec<bool> = pipe.query_async(conn).await?;
+        let facts: Vec<(bool, Option<u64>, Option<i64>)> = {
+            let flat: Vec<::redis::Value> = pipe.query_async(conn).await?;
+            flat.chunks(3)
+                .map(|c| {
+                    let alive = ::redis::from_redis_value_ref::<bool>(&c[0]).unwrap_or(true);
+                    let lease = ::redis::from_redis_value_ref::<Option<u64>>(&c[1])
+                        .ok()
+                        .flatten();
+                    let at = ::redis::from_redis_value_ref::<Option<i64>>(&c[2])
+                        .ok()
+                        .flatten();
+                    (alive, lease, at)
+                })
+                .collect()
+        };
+        let now = crate::envelope::now_ms();
         let gone: Vec<&String> = declared
             .iter()
-            .zip(alive)
-            .filter(|(_, alive)| !alive)
+            .zip(facts)
+            .filter(|(_, (alive, lease, at))| {
+                // A declaration from before declarations were dated counts
+                // as old.
+                !alive && now - at.unwrap_or(0) > lease.unwrap_or(0) as i64
+            })
             .map(|(name, _)| name)
             .collect();
         if !gone.is_empty() {
-            let _: i64 = conn.hdel(keys::LEASES, &gone).await?;
+            let mut pipe = ::redis::pipe();
+            pipe.hdel(keys::LEASES, &gone)
+                .ignore()
+                .hdel(keys::LEASES_AT, &gone)
+                .ignore();
+            pipe.exec_async(conn).await?;
             tracing::debug!(workers = ?gone, "lease declarations of gone workers removed");
         }
         Ok(())

@@ -60,6 +60,28 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
 end
 "#;
 
+/// Deletes a queue's keys only if it holds no task, in one step (`stem
+/// queue forget`): KEYS = its lane streams, then its dead-letter stream
+/// (streams: `XLEN`), then its delayed set (`ZCARD`), then its recent-task
+/// index (deleted, not counted). Returns how many entries it held (0 when
+/// it deleted them). A task published a moment before is counted, never
+/// deleted.
+pub(super) static FORGET_QUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local held = 0
+local n = #KEYS
+for i = 1, n - 2 do
+  held = held + redis.call('XLEN', KEYS[i])
+end
+held = held + redis.call('ZCARD', KEYS[n - 1])
+if held > 0 then return held end
+redis.call('DEL', unpack(KEYS))
+return 0
+"#,
+    )
+});
+
 /// Deletes up to ARGV[2] never-delivered entries of stream KEYS[1]: those
 /// after the last-delivered id of group ARGV[1] (all of them when the group
 /// does not exist). Entries at or before it are in flight or acknowledged,
