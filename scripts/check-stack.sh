@@ -6,7 +6,7 @@
 # to loopback through a private /etc/hosts in a mount namespace; the
 # collector's pipelines name receivers and exporters it defines and start
 # with memory_limiter, and every Grafana dashboard's datasource uid is
-# provisioned; shellcheck lints scripts/.
+# provisioned; shellcheck lints scripts/ and the container stand-ins' scripts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,5 +62,5 @@ if errors:
 print("collector pipelines (memory_limiter first) and Grafana datasource uids: ok")
 PY
 
-shellcheck scripts/*.sh
-echo "shellcheck scripts/*.sh: ok"
+shellcheck scripts/*.sh tests/containers/*/*.sh
+echo "shellcheck scripts/*.sh tests/containers/*/*.sh: ok"

@@ -2,7 +2,8 @@
 # The test command: installs what the tests need, then runs formatting,
 # lints and every test (unit, contract suite over memory and Redis,
 # black-box and fault tests of the real binaries against private
-# redis-servers), printing how long each phase took.
+# redis-servers, the compose stack on loopback and in containers),
+# printing how long each phase took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,8 @@ phase "scripts/bench-gate.sh (instructions and Redis commands per task against c
 scripts/bench-gate.sh
 phase "scripts/check-stack.sh (compose, nginx, prometheus, collector, grafana, shellcheck)"
 scripts/check-stack.sh
+phase "scripts/test-containers.sh (the stack in real containers; STEM_SKIP_CONTAINERS=1 skips)"
+scripts/test-containers.sh
 phase "scripts/generate_tls_assets.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

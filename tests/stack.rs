@@ -28,10 +28,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{json, Value};
-use stem_e2e::{poll_until, stream_until, Api, SETTLE};
+use serde_json::json;
+use stem_e2e::{stream_until, Api};
 use stem_stack_tests::stack::{generate_certs, repo_root};
-use stem_stack_tests::{Profile, Project, Stack};
+use stem_stack_tests::{journey, Profile, Project, Stack};
 
 /// The profiles the stack runs with, and the template.
 const PROFILES: [&str; 4] = [
@@ -167,55 +167,18 @@ async fn journeys(profile: &str) -> anyhow::Result<()> {
     );
     let gw = stack.gateway();
     let http = stem_e2e::http_client();
-    let redis_password = stack
-        .profile
-        .vars
-        .get("REDIS_PASSWORD")
-        .cloned()
-        .context("the profile sets REDIS_PASSWORD")?;
+    let redis_password = stack.profile.required("REDIS_PASSWORD")?;
     redis_requires_the_password(&stack, &redis_password).await?;
     no_service_mounts_the_ca_key(&stack)?;
 
     let r = http.get(format!("{gw}/healthz")).send().await?;
     assert_eq!(r.status(), 200, "the gateway's own health");
 
-    // Every queue's worker, through /api/.
+    // Every queue's worker, through /api/; the API on api.localhost; the
+    // dashboard and its live stream.
     let api = Api::new(format!("{gw}/api"))?;
-    for (task, queue) in [
-        ("greeting.send", "greetings"),
-        ("billing.charge", "billing"),
-        ("reports.aggregate", "reporting"),
-    ] {
-        let reply = api
-            .post_json(
-                "/enqueue",
-                &json!({"task": task, "name": "Ada", "delayMs": 1}),
-            )
-            .await?;
-        assert_eq!(
-            reply.status, 200,
-            "{profile} POST /api/enqueue: {}",
-            reply.text
-        );
-        let id = reply.json["taskId"].as_str().context("taskId")?;
-        let status = api.wait_state(id, "succeeded", SETTLE).await?;
-        assert_eq!(status["queue"], queue, "{status}");
-        assert_eq!(status["task"], task, "{status}");
-    }
-
-    // The API at the root of api.localhost (which resolves to loopback,
-    // as curl and browsers resolve *.localhost).
-    let port = stack.gateway_port();
-    let vhost = reqwest::Client::builder()
-        .resolve("api.localhost", SocketAddr::from(([127, 0, 0, 1], port)))
-        .timeout(Duration::from_secs(15))
-        .build()?;
-    let vhost = Api::with_client(format!("http://api.localhost:{port}"), vhost);
-    let id = vhost
-        .enqueue(json!({"name": "Grace", "delayMs": 1}))
-        .await?;
-    let status = vhost.wait_state(&id, "succeeded", SETTLE).await?;
-    assert_eq!(status["result"], "Processed greeting.send for Grace");
+    journey::a_task_on_every_queue(&api, profile).await?;
+    let id = journey::the_api_on_its_own_host(stack.gateway_port()).await?;
     assert_eq!(
         api.task(&id).await?.map(|s| s["state"].clone()),
         Some(json!("succeeded")),
@@ -226,29 +189,7 @@ async fn journeys(profile: &str) -> anyhow::Result<()> {
     let r = api.post_raw("/enqueue", vec![b' '; 2 << 20]).await?;
     assert_eq!(r.status, 413, "a 2 MiB body: {}", r.text);
 
-    // The dashboard, and its live stream through nginx.
-    let page = http.get(format!("{gw}/")).send().await?;
-    assert_eq!(page.status(), 200);
-    let page = page.text().await?;
-    for queue in ["greetings", "billing", "reporting"] {
-        assert!(page.contains(queue), "the overview lists {queue}");
-    }
-    let mut events = http
-        .get(format!("{gw}/events?list=tasks"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await?;
-    assert_eq!(events.status(), 200);
-    assert_eq!(
-        events
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-        Some("text/event-stream")
-    );
-    api.enqueue(json!({"name": "Live", "delayMs": 1})).await?;
-    stream_until(&mut events, "<turbo-stream", Duration::from_secs(30)).await?;
-    drop(events);
+    journey::the_dashboard_lists_and_streams(&gw, &api).await?;
 
     other_sites_are_kept_out(&stack, &gw).await?;
 
@@ -264,35 +205,14 @@ async fn journeys(profile: &str) -> anyhow::Result<()> {
             expected.push(format!("127.0.0.1:{}", stack.loopback.port(&service, 9464)));
         }
     }
-    expected.sort();
     assert_eq!(expected.len(), 5, "enqueuer, three workers and beat export");
-    let targets_url = format!("{gw}/prometheus/api/v1/targets");
-    poll_until(
-        "Prometheus to scrape every Stem service",
-        Duration::from_secs(60),
-        || async {
-            let body: Value = http.get(&targets_url).send().await?.json().await?;
-            let mut up: Vec<String> = body["data"]["activeTargets"]
-                .as_array()
-                .context("activeTargets")?
-                .iter()
-                .filter(|t| t["labels"]["job"] == "stem" && t["health"] == "up")
-                .filter_map(|t| t["labels"]["instance"].as_str().map(str::to_string))
-                .collect();
-            up.sort();
-            Ok((up == expected).then_some(()))
-        },
-    )
-    .await
-    .with_context(|| stack.logs())?;
+    journey::prometheus_scrapes(&gw, expected)
+        .await
+        .with_context(|| stack.logs())?;
 
     // `docker compose exec beat stem schedule list`: the seeded schedules.
     let out = stack.exec("beat", "stem", &["schedule", "list"]).await?;
-    let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stem schedule list: {out:?}");
-    for id in ["greetings-reminder", "billing-charge", "reports-aggregate"] {
-        assert!(listed.contains(id), "{id} is seeded: {listed}");
-    }
+    journey::the_schedules_are_listed(&out);
 
     if stack.profile.tls() {
         tls_is_enforced(&stack).await?;

@@ -49,6 +49,14 @@ impl Profile {
         Ok(Profile { name, vars })
     }
 
+    /// The value of `var`, which the profile must set.
+    pub fn required(&self, var: &str) -> anyhow::Result<String> {
+        self.vars
+            .get(var)
+            .cloned()
+            .with_context(|| format!("{} sets no {var}", self.name))
+    }
+
     /// Whether the profile makes Redis serve TLS (a `rediss://` broker).
     pub fn tls(&self) -> bool {
         self.vars

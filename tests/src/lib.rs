@@ -5,9 +5,13 @@
 //! Debian's `redis-server`, `prometheus` and `nginx`) with the repository's
 //! unmodified configuration but for addresses. No container engine runs on
 //! the development machines; this runs what the images would run.
-//! `stack.rs` beside this crate holds the tests.
+//! `stack.rs` beside this crate holds the tests. [`containers`] runs the
+//! same stack in real containers with `docker-compose` (`containers.rs`,
+//! run by `scripts/test-containers.sh`).
 
 pub mod compose;
+pub mod containers;
+pub mod journey;
 pub mod loopback;
 pub mod stack;
 
