@@ -19,6 +19,10 @@
 //!   its `stop_grace_period`); no log holds the Redis password;
 //! - `docker-compose down -v` leaves no container, volume or network.
 //!
+//! Beside the journeys: partitions between the stack's containers (a
+//! worker cut off mid-task, the enqueuer cut from Redis), and a Redis
+//! Cluster of containers whose greetings master is cut off its network.
+//!
 //! These need images that take minutes to build, so `cargo test` lists
 //! them as ignored and `scripts/test-containers.sh` (run by
 //! `scripts/test.sh`) builds the images and runs them with `--ignored`.
@@ -28,8 +32,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 use stem_e2e::{poll_until, Api, SETTLE};
-use stem_stack_tests::containers::{Compose, Cut};
+use stem_stack_tests::containers::{Compose, ContainerCluster, Cut};
 use stem_stack_tests::journey;
+use stem_stack_tests::Profile;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The gateway docker-compose.yml publishes.
@@ -378,6 +383,135 @@ async fn redis_restart_keeps_queued_tasks(
     println!(
         "{}: {QUEUED} tasks queued across `restart redis`, all succeeded",
         stack.profile.name
+    );
+    Ok(())
+}
+
+/// Tasks acknowledged per batch in the cluster test.
+const BATCH: usize = 30;
+
+/// A Redis Cluster of containers (3 masters, 3 replicas), the greetings
+/// queue's master cut off its network (still running, not killed): its
+/// replica takes over; every task acknowledged and replicated before the
+/// cut, and every task acknowledged after it, runs exactly once; the old
+/// master, reconnected, rejoins as a replica and resurrects nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the images scripts/test-containers.sh builds; it runs this"]
+async fn a_partitioned_cluster_master_loses_and_resurrects_nothing() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let profile = Profile::load(&stem_stack_tests::stack::repo_root().join(".env.hmac"))?;
+    let mut cluster = ContainerCluster::start("stemct-cluster", 3, 1).await?;
+    let mut env: Vec<(&str, String)> = vec![("STEM_BROKER_URL", cluster.url())];
+    for var in [
+        "STEM_SIGNING_ALGORITHM",
+        "STEM_SIGNING_KEYS",
+        "STEM_SIGNING_ACTIVE_KEY",
+        "STEM_ALLOW_DEMO_KEYS",
+    ] {
+        env.push((var, profile.required(var)?));
+    }
+    let mut enqueuer_env = env.clone();
+    enqueuer_env.push(("PORT", "8081".into()));
+    let enqueuer = cluster.run_stem("enqueuer", "enqueuer", &enqueuer_env, Some(8081))?;
+    let port = cluster.published(&enqueuer, 8081)?;
+    let api = Api::new(format!("http://127.0.0.1:{port}"))?;
+    api.wait_healthy(Duration::from_secs(60)).await?;
+
+    // Batch A, with no worker yet: queued on the greetings master, then
+    // replicated (the replica's offset reaches the master's).
+    let master = cluster.master_of("greetings")?;
+    let replica = *cluster.replicas_of(master)?.first().context("a replica")?;
+    let mut acknowledged = Vec::new();
+    for n in 0..BATCH {
+        acknowledged.push(
+            api.enqueue(json!({"name": format!("A{n}"), "delayMs": 1}))
+                .await?,
+        );
+    }
+    let target = cluster.repl_offset(master)?;
+    poll_until("the replica to catch up", SETTLE, || async {
+        Ok((cluster.repl_offset(replica)? >= target).then_some(()))
+    })
+    .await?;
+
+    // The master cut off, still running; its replica takes over.
+    let cut = Cut::isolate(&cluster.nodes[master])?;
+    let cut_at = Instant::now();
+    poll_until(
+        "the replica to be promoted",
+        Duration::from_secs(60),
+        || async { Ok((cluster.role(replica)? == "master").then_some(())) },
+    )
+    .await?;
+    println!(
+        "greetings master cut off; its replica promoted after {:?}",
+        cut_at.elapsed()
+    );
+
+    // A worker, and batch B: each task enqueued until acknowledged (a 503
+    // while the cluster settles is an answer, not an acknowledgement).
+    let mut worker_env = env.clone();
+    worker_env.push(("STEM_WORKER_QUEUES", "greetings".into()));
+    worker_env.push(("STEM_WORKER_NAME", "cluster-worker".into()));
+    let worker = cluster.run_stem("worker", "worker", &worker_env, None)?;
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    for n in 0..BATCH {
+        let body = json!({"name": format!("B{n}"), "delayMs": 1});
+        let id = poll_until("an acknowledged enqueue", SETTLE, || async {
+            let reply = api.post_json("/enqueue", &body).await?;
+            if reply.status != 200 {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                anyhow::bail!("POST /enqueue answered {}: {}", reply.status, reply.text);
+            }
+            Ok(reply.json["taskId"].as_str().map(str::to_string))
+        })
+        .await
+        .with_context(|| cluster.logs(&enqueuer))?;
+        acknowledged.push(id);
+    }
+    println!(
+        "batch B acknowledged; {} enqueues answered otherwise while the cluster settled",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    for id in &acknowledged {
+        api.wait_state(id, "succeeded", Duration::from_secs(60))
+            .await
+            .with_context(|| cluster.logs(&worker))?;
+    }
+    println!(
+        "{} acknowledged tasks succeeded with the master cut off",
+        acknowledged.len()
+    );
+
+    // Reconnected, the old master rejoins as a replica of its successor
+    // and takes its data; a task enqueued after that runs, and nothing
+    // before it runs again.
+    cut.heal()?;
+    poll_until(
+        "the old master to rejoin as a replica",
+        Duration::from_secs(60),
+        || async { Ok((cluster.role(master)? == "slave").then_some(())) },
+    )
+    .await?;
+    let target = cluster.repl_offset(replica)?;
+    poll_until("the old master to catch up", SETTLE, || async {
+        Ok((cluster.repl_offset(master)? >= target).then_some(()))
+    })
+    .await?;
+    let sentinel = api.enqueue(json!({"name": "After", "delayMs": 1})).await?;
+    api.wait_state(&sentinel, "succeeded", SETTLE).await?;
+    let logs = cluster.logs(&worker);
+    for id in &acknowledged {
+        let runs = logs
+            .lines()
+            .filter(|l| l.contains(id.as_str()) && l.contains("demo task body running"))
+            .count();
+        assert_eq!(runs, 1, "task {id} ran {runs} times");
+    }
+    println!(
+        "old master rejoined as a replica; {} tasks each ran once; passed in {:?}",
+        acknowledged.len(),
+        started.elapsed()
     );
     Ok(())
 }

@@ -110,6 +110,34 @@ fn every_profile_sets_its_secrets_and_compose_requires_them() -> anyhow::Result<
 /// update on promptly too when tried on 2026-12-07, so this test does not
 /// tell the two apart: `scripts/check-stack.sh`'s `nginx -t` and the
 /// configuration's comment hold that part.)
+/// `docker-compose.yml` is a Compose Specification file, as Compose v2
+/// reads it, not only one docker-compose 1.29 accepts: with its anchors
+/// merged it deserialises into the specification's types (the
+/// `compose_spec` crate: unknown keys and values of the wrong shape are
+/// refused) and passes their validation; a misspelt key is refused.
+#[test]
+fn the_compose_file_follows_the_compose_specification() -> anyhow::Result<()> {
+    let path = repo_root().join("docker-compose.yml");
+    let raw = std::fs::read_to_string(&path)?;
+    let read = |yaml: &str| {
+        compose_spec::Compose::options()
+            .apply_merge(true)
+            .from_yaml_str(yaml)
+    };
+    let compose = read(&raw).context("docker-compose.yml against the Compose Specification")?;
+    compose
+        .validate_all()
+        .context("docker-compose.yml's references (networks, volumes, depends_on)")?;
+    assert!(compose.services.contains_key("enqueuer"));
+    let misspelt = raw.replacen("stop_grace_period:", "stop_grace_periode:", 1);
+    assert_ne!(misspelt, raw);
+    assert!(
+        read(&misspelt).is_err(),
+        "a key the specification does not define is refused"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dashboard_base_path_serves_and_streams_through_the_gateway() -> anyhow::Result<()> {
     let stack = Stack::up_with(".env.hmac", &[("DASHBOARD_BASE_PATH", "/ops")]).await?;

@@ -41,6 +41,9 @@ const STACK_FILES: [&str; 5] = [
 /// The label compose puts on everything a project owns.
 const PROJECT_LABEL: &str = "com.docker.compose.project";
 
+/// `docker inspect` format of a container's address on its network.
+const IP_FORMAT: &str = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}";
+
 /// One stack at a time (fixed host ports).
 static ONE_STACK: Mutex<()> = Mutex::new(());
 
@@ -296,50 +299,71 @@ impl Compose {
     }
 }
 
-/// A network partition between two containers, made with the host's
-/// `iptables` inside one container's network namespace (`nsenter`):
-/// packets to and from the other container's address are dropped, so
-/// open connections stall and new ones time out, as across a failed link.
-/// Healed when dropped.
+/// A network partition made with the host's `iptables` inside one
+/// container's network namespace (`nsenter`): the packets it matches are
+/// dropped, so open connections stall and new ones time out, as across a
+/// failed link. Healed when dropped.
 pub struct Cut {
     pid: String,
-    peer: String,
+    /// (chain, match arguments) of each rule.
+    rules: Vec<(&'static str, [String; 2])>,
     healed: bool,
 }
 
 impl Cut {
     /// Drops every packet between `service`'s container and `peer`'s.
     pub fn new(stack: &Compose, service: &str, peer: &str) -> anyhow::Result<Cut> {
+        let pid = stack.inspect(service, "{{.State.Pid}}")?;
+        let peer = stack.inspect(peer, IP_FORMAT)?;
+        Cut::install(
+            pid,
+            vec![
+                ("INPUT", ["-s".into(), peer.clone()]),
+                ("OUTPUT", ["-d".into(), peer]),
+            ],
+        )
+    }
+
+    /// Cuts `container` off its network altogether (every packet on
+    /// `eth0`, both ways), while it keeps running.
+    pub fn isolate(container: &str) -> anyhow::Result<Cut> {
+        let pid = docker(&["inspect", "--format", "{{.State.Pid}}", container])?
+            .trim()
+            .to_string();
+        Cut::install(
+            pid,
+            vec![
+                ("INPUT", ["-i".into(), "eth0".into()]),
+                ("OUTPUT", ["-o".into(), "eth0".into()]),
+            ],
+        )
+    }
+
+    fn install(pid: String, rules: Vec<(&'static str, [String; 2])>) -> anyhow::Result<Cut> {
         for tool in ["nsenter", "iptables"] {
             stem_testkit::installed(tool, "util-linux iptables")?;
         }
-        let pid = stack.inspect(service, "{{.State.Pid}}")?;
-        let peer = stack.inspect(
-            peer,
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        )?;
-        // Healed on drop even if inserting the second rule fails.
+        // Healed on drop even if inserting a later rule fails.
         let cut = Cut {
             pid,
-            peer,
+            rules,
             healed: false,
         };
-        cut.rules("-I")?;
+        cut.apply("-I")?;
         Ok(cut)
     }
 
     /// Lets packets through again.
     pub fn heal(mut self) -> anyhow::Result<()> {
         self.healed = true;
-        self.rules("-D")
+        self.apply("-D")
     }
 
-    fn rules(&self, op: &str) -> anyhow::Result<()> {
-        for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+    fn apply(&self, op: &str) -> anyhow::Result<()> {
+        for (chain, matching) in &self.rules {
             let out = Command::new("nsenter")
-                .args([
-                    "-t", &self.pid, "-n", "iptables", op, chain, dir, &self.peer,
-                ])
+                .args(["-t", &self.pid, "-n", "iptables", op, chain])
+                .args(matching)
                 .args(["-j", "DROP"])
                 .output()
                 .context("running nsenter iptables")?;
@@ -359,7 +383,7 @@ impl Cut {
 impl Drop for Cut {
     fn drop(&mut self) {
         if !self.healed {
-            let _ = self.rules("-D");
+            let _ = self.apply("-D");
         }
     }
 }
@@ -410,4 +434,235 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     Ok(())
+}
+
+/// The image the cluster's nodes run (docker-compose.yml's Redis).
+const REDIS_IMAGE: &str = "redis:7.2.5-bookworm";
+
+/// A Redis Cluster of containers on a network of its own, with Stem
+/// containers beside it: each node is `redis-server` with cluster mode,
+/// a 2 s node timeout and the append-only file synced on every write, in
+/// its own container with its own address, so one can be cut off (not
+/// killed) with [`Cut::isolate`]. Everything is removed when dropped.
+pub struct ContainerCluster {
+    /// The network's name, also every container's name prefix.
+    pub name: String,
+    /// The nodes' container names, in creation order (masters first, as
+    /// `redis-cli --cluster create` assigns them).
+    pub nodes: Vec<String>,
+    /// Their addresses, in the same order.
+    ips: Vec<String>,
+    others: Vec<String>,
+}
+
+impl ContainerCluster {
+    /// Starts `masters` masters with `replicas` replicas each and waits
+    /// until every node reports `cluster_state:ok` and knows every other.
+    pub async fn start(name: &str, masters: usize, replicas: usize) -> anyhow::Result<Self> {
+        let _ = docker(&["network", "rm", name]);
+        docker(&["network", "create", name])?;
+        let mut cluster = ContainerCluster {
+            name: name.to_string(),
+            nodes: Vec::new(),
+            ips: Vec::new(),
+            others: Vec::new(),
+        };
+        for n in 0..masters * (1 + replicas) {
+            let node = format!("{name}-redis-{n}");
+            let _ = docker(&["rm", "-f", "-v", &node]);
+            docker(&[
+                "run",
+                "-d",
+                "--name",
+                &node,
+                "--network",
+                name,
+                REDIS_IMAGE,
+                "redis-server",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])?;
+            cluster.ips.push(cluster.ip(&node)?);
+            cluster.nodes.push(node);
+        }
+        let mut create = vec![
+            "exec".to_string(),
+            cluster.nodes[0].clone(),
+            "redis-cli".into(),
+        ];
+        create.extend(["--cluster".into(), "create".into()]);
+        for ip in &cluster.ips {
+            create.push(format!("{ip}:6379"));
+        }
+        create.extend([
+            "--cluster-replicas".into(),
+            replicas.to_string(),
+            "--cluster-yes".into(),
+        ]);
+        let create: Vec<&str> = create.iter().map(String::as_str).collect();
+        // The nodes may still be starting: retry until they answer.
+        stem_testkit::poll(
+            "redis-cli --cluster create",
+            Duration::from_secs(30),
+            || async { Ok(docker(&create).ok()) },
+        )
+        .await?;
+        let count = cluster.nodes.len();
+        stem_testkit::poll("the cluster to form", Duration::from_secs(60), || async {
+            for n in 0..count {
+                let info = cluster.cli(n, &["CLUSTER", "INFO"])?;
+                let known = cluster.cli(n, &["CLUSTER", "NODES"])?.lines().count();
+                if !info.contains("cluster_state:ok") || known < count {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })
+        .await?;
+        Ok(cluster)
+    }
+
+    /// A container's address on the cluster's network.
+    pub fn ip(&self, container: &str) -> anyhow::Result<String> {
+        Ok(docker(&["inspect", "--format", IP_FORMAT, container])?
+            .trim()
+            .to_string())
+    }
+
+    /// `redis-cli ARGS` inside node `n`.
+    pub fn cli(&self, n: usize, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["exec", self.nodes[n].as_str(), "redis-cli"];
+        full.extend_from_slice(args);
+        Ok(docker(&full)?.trim().to_string())
+    }
+
+    /// `redis+cluster://…` naming every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.ips.iter().map(|ip| format!("{ip}:6379")).collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// The node serving hash tag `tag`'s slot as master.
+    pub fn master_of(&self, tag: &str) -> anyhow::Result<usize> {
+        let slot: u16 = self.cli(0, &["CLUSTER", "KEYSLOT", tag])?.parse()?;
+        let nodes = self.cli(0, &["CLUSTER", "NODES"])?;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+            });
+            if serves {
+                let ip = fields[1].split(':').next().unwrap_or_default();
+                if let Some(n) = self.ips.iter().position(|i| i == ip) {
+                    return Ok(n);
+                }
+            }
+        }
+        bail!("no master serves slot {slot} ({tag}): {nodes}")
+    }
+
+    /// The replicas of node `master`, as it lists them.
+    pub fn replicas_of(&self, master: usize) -> anyhow::Result<Vec<usize>> {
+        let id = self.cli(master, &["CLUSTER", "MYID"])?;
+        let nodes = self.cli(master, &["CLUSTER", "NODES"])?;
+        let mut replicas = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 3 && fields[3] == id {
+                let ip = fields[1].split(':').next().unwrap_or_default();
+                if let Some(n) = self.ips.iter().position(|i| i == ip) {
+                    replicas.push(n);
+                }
+            }
+        }
+        Ok(replicas)
+    }
+
+    /// `role:master` or `role:slave`, as node `n` reports itself.
+    pub fn role(&self, n: usize) -> anyhow::Result<String> {
+        let info = self.cli(n, &["INFO", "replication"])?;
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("role:").map(str::to_string))
+            .context("no role in INFO replication")
+    }
+
+    /// The replication offset node `n` reports (`master_repl_offset`).
+    pub fn repl_offset(&self, n: usize) -> anyhow::Result<u64> {
+        let info = self.cli(n, &["INFO", "replication"])?;
+        info.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("master_repl_offset:")
+                    .map(str::to_string)
+            })
+            .context("no master_repl_offset")?
+            .parse()
+            .context("offset")
+    }
+
+    /// Starts a container of the Stem image on the cluster's network running
+    /// `command` with `env` (and 127.0.0.1 publishing `publish`, if any);
+    /// returns its name.
+    pub fn run_stem(
+        &mut self,
+        role: &str,
+        command: &str,
+        env: &[(&str, String)],
+        publish: Option<u16>,
+    ) -> anyhow::Result<String> {
+        let name = format!("{}-{role}", self.name);
+        let _ = docker(&["rm", "-f", &name]);
+        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
+        args.extend(["--network".into(), self.name.clone()]);
+        if let Some(port) = publish {
+            args.extend(["-p".into(), format!("127.0.0.1::{port}")]);
+        }
+        for (k, v) in env {
+            args.extend(["-e".into(), format!("{k}={v}")]);
+        }
+        args.extend([STEM_IMAGE.into(), command.into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker(&args)?;
+        self.others.push(name.clone());
+        Ok(name)
+    }
+
+    /// The host port a container publishes for `port`.
+    pub fn published(&self, container: &str, port: u16) -> anyhow::Result<u16> {
+        let out = docker(&["port", container, &port.to_string()])?;
+        out.lines()
+            .find_map(|l| l.rsplit(':').next().and_then(|p| p.trim().parse().ok()))
+            .with_context(|| format!("{container} publishes no {port}: {out}"))
+    }
+
+    /// Every line `container` logged.
+    pub fn logs(&self, container: &str) -> String {
+        match Command::new("docker").args(["logs", container]).output() {
+            Ok(out) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => format!("(docker logs failed: {e})"),
+        }
+    }
+}
+
+impl Drop for ContainerCluster {
+    fn drop(&mut self) {
+        for c in self.others.iter().chain(&self.nodes) {
+            let _ = docker(&["rm", "-f", "-v", c]);
+        }
+        let _ = docker(&["network", "rm", &self.name]);
+    }
 }
