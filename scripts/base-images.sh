@@ -105,7 +105,6 @@ if ! has_image "$RUST"; then
   # The compiler, cargo and the standard library; no documentation.
   cp -a "$sysroot/lib" "$ctx/toolchain/"
   cp -a "$sysroot/bin/cargo" "$sysroot/bin/rustc" "$sysroot/bin/rustdoc" "$ctx/toolchain/bin/"
-  log "building $RUST from this machine's rustc $have"
   build "$RUST" "$ctx"
   rm -rf "$ctx"
   trap - EXIT
