@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::json;
-use stem_e2e::{poll_until, Api, SETTLE};
+use stem_e2e::{poll_until, Api, BODY_RUNNING, SETTLE};
 use stem_stack_tests::containers::{Compose, ContainerCluster, Cut};
 use stem_stack_tests::journey;
 use stem_stack_tests::Profile;
@@ -83,17 +83,18 @@ async fn partitions_between_containers_lose_nothing() -> anyhow::Result<()> {
     stack.wait_healthy(UP_WITHIN).await?;
     // A second worker on the greetings queue, under its own name (the
     // compose service names its one worker).
+    let second = format!("{}_worker-greetings-2", stack.name);
     stack.run(&[
         "run",
         "-d",
         "--name",
-        &format!("{}_worker-greetings-2", stack.name),
+        &second,
         "-e",
         "STEM_WORKER_NAME=worker-greetings-2",
         "worker-greetings",
     ])?;
     let api = Api::new(format!("{GATEWAY}/api"))?;
-    worker_cut_mid_task(&stack, &api).await?;
+    worker_cut_mid_task(&stack, &api, &second).await?;
     enqueuer_cut_from_redis(&stack, &api).await?;
     stack.run(&["down", "-v"])?;
     let left = stack.leftovers()?;
@@ -107,26 +108,14 @@ async fn partitions_between_containers_lose_nothing() -> anyhow::Result<()> {
 /// takes the task over and completes it; when the link heals, the cut
 /// worker's late outcome does not overwrite the result, and the body ran
 /// exactly twice (once per worker), never more.
-async fn worker_cut_mid_task(stack: &Compose, api: &Api) -> anyhow::Result<()> {
+async fn worker_cut_mid_task(stack: &Compose, api: &Api, second: &str) -> anyhow::Result<()> {
     let id = api
         .enqueue(json!({"name": "Partitioned", "delayMs": 10_000}))
         .await?;
-    let running = |service: &str| {
-        let service = service.to_string();
-        let id = id.clone();
-        move || {
-            let logs = stack.full_logs(&service);
-            let n = logs
-                .lines()
-                .filter(|l| l.contains(&id) && l.contains("demo task body running"))
-                .count();
-            n
-        }
-    };
-    let second = format!("{}_worker-greetings-2", stack.name);
-    let workers = ["worker-greetings", second.as_str()];
+    let running = |worker: &str| runs_of(&stack.full_logs(worker), &id);
+    let workers = ["worker-greetings", second];
     let holder = poll_until("a greetings worker to start the task", SETTLE, || async {
-        Ok(workers.iter().find(|w| running(w)() > 0).copied())
+        Ok(workers.iter().find(|w| running(w) > 0).copied())
     })
     .await?;
     let other = workers
@@ -144,7 +133,7 @@ async fn worker_cut_mid_task(stack: &Compose, api: &Api) -> anyhow::Result<()> {
         "{holder} cut mid-task; {other} completed it {:?} after the cut",
         cut_at.elapsed()
     );
-    assert_eq!(running(other)(), 1, "{other} ran the task it took over");
+    assert_eq!(running(other), 1, "{other} ran the task it took over");
     let held = stack.full_logs(holder);
     assert!(
         held.contains("result backend unavailable; holding results until it answers"),
@@ -165,7 +154,7 @@ async fn worker_cut_mid_task(stack: &Compose, api: &Api) -> anyhow::Result<()> {
             let logs = stack.logs_since(holder, &healed_at);
             for later in logs
                 .lines()
-                .filter(|l| l.contains("demo task body running"))
+                .filter(|l| l.contains(BODY_RUNNING))
                 .filter_map(|l| l.split("\"task_id\":\"").nth(1))
                 .filter_map(|rest| rest.split('"').next())
                 .filter(|t| *t != id)
@@ -185,8 +174,8 @@ async fn worker_cut_mid_task(stack: &Compose, api: &Api) -> anyhow::Result<()> {
         after["updatedAt"], done["updatedAt"],
         "the cut worker's late outcome overwrote the result: {after}"
     );
-    assert_eq!(running(holder)(), 1, "{holder} ran it once");
-    assert_eq!(running(other)(), 1, "{other} ran it once");
+    assert_eq!(running(holder), 1, "{holder} ran it once");
+    assert_eq!(running(other), 1, "{other} ran it once");
     println!("the task ran twice (once per worker), the result written once");
     Ok(())
 }
@@ -249,16 +238,12 @@ async fn journey(profile: &str) -> anyhow::Result<()> {
         .with_context(|| stack.logs())?;
     journey::the_api_on_its_own_host(8080).await?;
     journey::the_dashboard_lists_and_streams(GATEWAY, &api).await?;
-    let expected = [
-        "beat",
-        "enqueuer",
-        "worker-billing",
-        "worker-greetings",
-        "worker-reporting",
-    ]
-    .iter()
-    .map(|s| format!("{s}:9464"))
-    .collect();
+    // Every Stem service but the dashboard exports metrics.
+    let expected = STEM_SERVICES
+        .iter()
+        .filter(|s| **s != "dashboard")
+        .map(|s| format!("{s}:9464"))
+        .collect();
     journey::prometheus_scrapes(GATEWAY, expected)
         .await
         .with_context(|| stack.logs())?;
@@ -312,6 +297,13 @@ async fn journey(profile: &str) -> anyhow::Result<()> {
     assert!(left.is_empty(), "down -v left {left:?}");
     println!("{profile}: journey passed in {:?}", started.elapsed());
     Ok(())
+}
+
+/// How many times `logs` (a worker's) show the body of task `id` starting.
+fn runs_of(logs: &str, id: &str) -> usize {
+    logs.lines()
+        .filter(|l| l.contains(id) && l.contains(BODY_RUNNING))
+        .count()
 }
 
 /// The user id of `service`'s main process, from inside its container.
@@ -502,10 +494,7 @@ async fn a_partitioned_cluster_master_loses_and_resurrects_nothing() -> anyhow::
     api.wait_state(&sentinel, "succeeded", SETTLE).await?;
     let logs = cluster.logs(&worker);
     for id in &acknowledged {
-        let runs = logs
-            .lines()
-            .filter(|l| l.contains(id.as_str()) && l.contains("demo task body running"))
-            .count();
+        let runs = runs_of(&logs, id);
         assert_eq!(runs, 1, "task {id} ran {runs} times");
     }
     println!(

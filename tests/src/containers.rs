@@ -70,11 +70,7 @@ impl Compose {
             stem_testkit::installed(tool, "docker.io docker-compose")?;
         }
         for image in [STEM_IMAGE, "stem-standin:local"] {
-            let found = Command::new("docker")
-                .args(["image", "inspect", image])
-                .output()
-                .context("running docker image inspect")?;
-            if !found.status.success() {
+            if docker(&["image", "inspect", image]).is_err() {
                 bail!("no image {image}: scripts/test-containers.sh builds the images these tests run");
             }
         }
@@ -111,11 +107,6 @@ impl Compose {
         compose.down = false;
         compose.run(&["up", "-d", "--no-build"])?;
         Ok(compose)
-    }
-
-    /// The project directory (what a user's checkout would be).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// `docker-compose -p NAME -f docker-compose.yml -f standins.yml ARGS`
@@ -193,10 +184,7 @@ impl Compose {
 
     /// `docker inspect --format FORMAT` of `service`'s container.
     pub fn inspect(&self, service: &str, format: &str) -> anyhow::Result<String> {
-        let id = self.container(service)?;
-        Ok(docker(&["inspect", "--format", format, &id])?
-            .trim()
-            .to_string())
+        inspect(&self.container(service)?, format)
     }
 
     /// Waits until every container of the project runs and every one with
@@ -247,14 +235,7 @@ impl Compose {
         if !service.is_empty() {
             args.push(service);
         }
-        match self.command(&args).output() {
-            Ok(out) => format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => format!("(docker-compose logs failed: {e})"),
-        }
+        text_of(self.command(&args))
     }
 
     /// Every line `service`'s container logged (for counting).
@@ -265,19 +246,9 @@ impl Compose {
     /// What `service`'s container logged since `since` (a Unix time in
     /// seconds, as `docker logs --since` takes it).
     pub fn logs_since(&self, service: &str, since: &str) -> String {
-        let Ok(id) = self.container(service) else {
-            return String::new();
-        };
-        match Command::new("docker")
-            .args(["logs", "--since", since, &id])
-            .output()
-        {
-            Ok(out) => format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(_) => String::new(),
+        match self.container(service) {
+            Ok(id) => container_logs(&id, since),
+            Err(e) => format!("({e})"),
         }
     }
 
@@ -327,9 +298,7 @@ impl Cut {
     /// Cuts `container` off its network altogether (every packet on
     /// `eth0`, both ways), while it keeps running.
     pub fn isolate(container: &str) -> anyhow::Result<Cut> {
-        let pid = docker(&["inspect", "--format", "{{.State.Pid}}", container])?
-            .trim()
-            .to_string();
+        let pid = inspect(container, "{{.State.Pid}}")?;
         Cut::install(
             pid,
             vec![
@@ -421,6 +390,34 @@ pub fn docker(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `docker inspect --format FORMAT CONTAINER`, trimmed.
+fn inspect(container: &str, format: &str) -> anyhow::Result<String> {
+    Ok(docker(&["inspect", "--format", format, container])?
+        .trim()
+        .to_string())
+}
+
+/// Everything `container` logged since `since` (a Unix time in seconds, as
+/// `docker logs --since` takes it; "0" for all).
+fn container_logs(container: &str, since: &str) -> String {
+    let mut cmd = Command::new("docker");
+    cmd.args(["logs", "--since", since, container]);
+    text_of(cmd)
+}
+
+/// A command's standard output and error as text, for a log or a failure's
+/// message (the failure to run it, if it did not run).
+fn text_of(mut cmd: Command) -> String {
+    match cmd.output() {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("({cmd:?} failed: {e})"),
+    }
+}
+
 /// Copies a file or a directory tree.
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     if from.is_dir() {
@@ -488,7 +485,7 @@ impl ContainerCluster {
                 "--appendfsync",
                 "always",
             ])?;
-            cluster.ips.push(cluster.ip(&node)?);
+            cluster.ips.push(inspect(&node, IP_FORMAT)?);
             cluster.nodes.push(node);
         }
         let mut create = vec![
@@ -528,13 +525,6 @@ impl ContainerCluster {
         Ok(cluster)
     }
 
-    /// A container's address on the cluster's network.
-    pub fn ip(&self, container: &str) -> anyhow::Result<String> {
-        Ok(docker(&["inspect", "--format", IP_FORMAT, container])?
-            .trim()
-            .to_string())
-    }
-
     /// `redis-cli ARGS` inside node `n`.
     pub fn cli(&self, n: usize, args: &[&str]) -> anyhow::Result<String> {
         let mut full = vec!["exec", self.nodes[n].as_str(), "redis-cli"];
@@ -561,11 +551,8 @@ impl ContainerCluster {
                 let (lo, hi) = range.split_once('-').unwrap_or((range, range));
                 matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
             });
-            if serves {
-                let ip = fields[1].split(':').next().unwrap_or_default();
-                if let Some(n) = self.ips.iter().position(|i| i == ip) {
-                    return Ok(n);
-                }
+            if let Some(n) = serves.then(|| self.node_at(fields[1])).flatten() {
+                return Ok(n);
             }
         }
         bail!("no master serves slot {slot} ({tag}): {nodes}")
@@ -579,35 +566,37 @@ impl ContainerCluster {
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() > 3 && fields[3] == id {
-                let ip = fields[1].split(':').next().unwrap_or_default();
-                if let Some(n) = self.ips.iter().position(|i| i == ip) {
-                    replicas.push(n);
-                }
+                replicas.extend(self.node_at(fields[1]));
             }
         }
         Ok(replicas)
     }
 
-    /// `role:master` or `role:slave`, as node `n` reports itself.
-    pub fn role(&self, n: usize) -> anyhow::Result<String> {
+    /// The node a `CLUSTER NODES` address field (`ip:port@cport`) names.
+    fn node_at(&self, address: &str) -> Option<usize> {
+        let ip = address.split(':').next()?;
+        self.ips.iter().position(|i| i == ip)
+    }
+
+    /// Field `name` of node `n`'s `INFO replication`.
+    fn replication(&self, n: usize, name: &str) -> anyhow::Result<String> {
         let info = self.cli(n, &["INFO", "replication"])?;
         info.lines()
-            .find_map(|l| l.trim().strip_prefix("role:").map(str::to_string))
-            .context("no role in INFO replication")
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .map(str::to_string)
+            .with_context(|| format!("no {name} in INFO replication: {info}"))
+    }
+
+    /// `master` or `slave`, as node `n` reports itself.
+    pub fn role(&self, n: usize) -> anyhow::Result<String> {
+        self.replication(n, "role")
     }
 
     /// The replication offset node `n` reports (`master_repl_offset`).
     pub fn repl_offset(&self, n: usize) -> anyhow::Result<u64> {
-        let info = self.cli(n, &["INFO", "replication"])?;
-        info.lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("master_repl_offset:")
-                    .map(str::to_string)
-            })
-            .context("no master_repl_offset")?
+        self.replication(n, "master_repl_offset")?
             .parse()
-            .context("offset")
+            .context("master_repl_offset")
     }
 
     /// Starts a container of the Stem image on the cluster's network running
@@ -647,14 +636,7 @@ impl ContainerCluster {
 
     /// Every line `container` logged.
     pub fn logs(&self, container: &str) -> String {
-        match Command::new("docker").args(["logs", container]).output() {
-            Ok(out) => format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => format!("(docker logs failed: {e})"),
-        }
+        container_logs(container, "0")
     }
 }
 
