@@ -41,31 +41,39 @@ fn connection_info(url: &str) -> Result<ConnectionInfo> {
     Ok(url.into_connection_info()?.set_tcp_settings(tcp_settings()))
 }
 
-/// How long data sent to Redis may stay unacknowledged by the peer's
-/// kernel before the connection is given up (`TCP_USER_TIMEOUT`).
+/// How long data sent to a cluster node may stay unacknowledged by the
+/// peer's kernel before the connection is given up (`TCP_USER_TIMEOUT`).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Every connection's socket settings:
-///
-/// - `TCP_NODELAY`: requests are small and awaited, so Nagle's algorithm
-///   would only hold a second in-flight request back until the first is
-///   acknowledged (the redis crate leaves it off by default);
-/// - `TCP_USER_TIMEOUT` below the command timeout: a node cut off by the
-///   network (not stopped: nothing refuses or resets) leaves the socket
-///   open for as long as the kernel retransmits, a quarter of an hour by
-///   default. The cluster client retries a timed-out request on the same
-///   connection and learns the new slot map only from a connection it
-///   sees fail, so after a partitioned master's replica took over, every
-///   request for its slots stalled on the dead connection. With the
-///   timeout the kernel drops the connection within seconds, the client
-///   reconnects, fails, and reads the slot map again from the nodes that
-///   answer (found by the container partition test, `tests/containers.rs`).
-///   A blocking read is not affected: its request is acknowledged at
-///   once, and waiting for the reply leaves nothing unacknowledged.
+/// Every connection's socket settings: `TCP_NODELAY` on, since requests
+/// are small and awaited, so Nagle's algorithm would only hold a second
+/// in-flight request back until the first is acknowledged (the redis
+/// crate leaves it off by default).
 fn tcp_settings() -> TcpSettings {
-    TcpSettings::default()
-        .set_nodelay(true)
-        .set_user_timeout(TCP_USER_TIMEOUT)
+    TcpSettings::default().set_nodelay(true)
+}
+
+/// A cluster node connection's socket settings: [`tcp_settings`] and
+/// `TCP_USER_TIMEOUT` below the command timeout. A node cut off by the
+/// network (not stopped: nothing refuses or resets) leaves the socket
+/// open for as long as the kernel retransmits, a quarter of an hour by
+/// default. The cluster client retries a timed-out request on the same
+/// connection and learns the new slot map only from a connection it sees
+/// fail, so after a partitioned master's replica took over, every request
+/// for its slots stalled on the dead connection. With the timeout the
+/// kernel drops the connection within seconds, the client reconnects,
+/// fails, and reads the slot map again from the nodes that answer (found
+/// by the container partition test, `tests/containers.rs`). A blocking
+/// read is not affected: its request is acknowledged at once, and waiting
+/// for the reply leaves nothing unacknowledged.
+///
+/// One server has no other node to turn to, and there the dropped
+/// connection only delays the answer: the connection manager reconnects
+/// and retries before its response timeout ends the request (an enqueuer
+/// cut from Redis answered 503 after 13.8 s with it, 5 s without), so
+/// single-server connections keep the command timeout alone.
+fn cluster_tcp_settings() -> TcpSettings {
+    tcp_settings().set_user_timeout(TCP_USER_TIMEOUT)
 }
 
 /// Logs, once per process, that server certificates go unverified.
@@ -242,10 +250,10 @@ pub fn endpoint(url: &str, tls: &TlsConfig) -> Result<Endpoint> {
     let mut builder = ClusterClientBuilder::new(
         seeds
             .iter()
-            .map(|s| connection_info(s))
+            .map(|s| Ok(connection_info(s)?.set_tcp_settings(cluster_tcp_settings())))
             .collect::<Result<Vec<_>>>()?,
     )
-    .tcp_settings(tcp_settings())
+    .tcp_settings(cluster_tcp_settings())
     // Retries (redirects, a failover's refused connections, TRYAGAIN,
     // CLUSTERDOWN) wait 100 ms to 1 s, not the client's 1.28 s and up:
     // every request is bounded by its `Conn` anyway (`Inner::Cluster`'s
