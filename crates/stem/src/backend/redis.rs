@@ -131,10 +131,17 @@ return out
 
 /// The stored form of a status: `"<rank>|<JSON>"`.
 pub(crate) fn status_value(s: &TaskStatus) -> Result<Vec<u8>> {
-    let mut v = format!("{}|", s.rank()).into_bytes();
-    v.extend(serde_json::to_vec(s)?);
+    use std::io::Write as _;
+    // One buffer, sized for a typical status, instead of a rank string
+    // and a JSON vector joined: this runs for every status written.
+    let mut v = Vec::with_capacity(STATUS_CAPACITY);
+    write!(v, "{}|", s.rank()).map_err(serde_json::Error::io)?;
+    serde_json::to_writer(&mut v, s)?;
     Ok(v)
 }
+
+/// Bytes reserved for a stored status: a small result and no error fit.
+const STATUS_CAPACITY: usize = 384;
 
 /// Splits a stored status into its rank and its JSON.
 fn split_stored(raw: &[u8]) -> Option<(u64, &[u8])> {

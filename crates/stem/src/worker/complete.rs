@@ -148,8 +148,8 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                 tracing::debug!(task = %spec.name, task_id = %spec.id, "task succeeded");
                 let mut s = TaskStatus::for_spec(&spec, TaskState::Succeeded, attempt);
                 s.result = value;
-                p.statuses.push(s.clone());
                 if has_follow_ups(&spec) {
+                    p.statuses.push(s.clone());
                     p.finishing.push(Finishing {
                         receipt,
                         spec: Some(spec),
@@ -158,6 +158,7 @@ fn plan(metrics: &super::WorkerMetrics, batch: Vec<Outcome>) -> Plan {
                         wire: Some(wire),
                     });
                 } else {
+                    p.statuses.push(s);
                     p.plain_acks.push(receipt);
                     p.plain_wires.push(wire);
                 }

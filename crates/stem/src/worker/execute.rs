@@ -200,6 +200,7 @@ async fn run(
     let options = handler.options();
     let cancel = CancellationToken::new();
     let marked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let returned = marked.clone();
     shared.inflight.start(
         &d.receipt,
         super::RunningTask {
@@ -301,6 +302,9 @@ async fn run(
             return Outcome::Requeue { receipt: d.receipt, priority: spec.priority, wire: d.wire };
         }
     };
+    // From here the task waits only for its settle: the marker must not
+    // record `running` for it (the terminal status is on its way).
+    returned.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(t) = soft_timer {
         t.abort();
     }

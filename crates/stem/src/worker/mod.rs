@@ -77,7 +77,11 @@ pub(crate) struct RunningTask {
     pub started_ms: i64,
     /// Cancels the body (revocation).
     pub cancel: CancellationToken,
-    /// Set once `running` was recorded (progress or the marker loop).
+    /// Set once `running` was recorded (progress or the marker loop), or
+    /// once the body returned: a finished task waiting for its batched
+    /// settle is past `running`, and recording it then would cost a write
+    /// per task exactly when settling lags behind (see `execute.rs`'s
+    /// `mark_running`).
     pub marked: Arc<std::sync::atomic::AtomicBool>,
 }
 
