@@ -31,6 +31,15 @@ pub const CHAIN_PREV_HEADER: &str = "stem-chain-prev";
 /// Header naming the chord whose callback this is.
 pub const CHORD_HEADER: &str = "stem-chord-id";
 
+/// How long a chain's later steps and a chord's callback are kept signed
+/// and stored until their turn comes, and how long the markers that
+/// publish each of them at most once live. A day, like
+/// [`IDEMPOTENCY_WINDOW`](crate::client::IDEMPOTENCY_WINDOW), but its own
+/// figure: it bounds how long a canvas may take from its first task to its
+/// last, which has nothing to do with how long a client's idempotency key
+/// is remembered.
+pub const CANVAS_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Whether `id` has the form [`Stem::group`] or [`Stem::chord`] generates
 /// (`grp-` or `chord-` and a UUID).
 pub fn is_group_id(id: &str) -> bool {
@@ -192,7 +201,7 @@ impl Stem {
             }
             prepared.push(self.prepare(&r.name, r.args, &r.options)?);
         }
-        let ttl = crate::client::IDEMPOTENCY_WINDOW;
+        let ttl = CANVAS_TTL;
         for (i, p) in prepared.iter().enumerate().skip(1) {
             let stored = serde_json::to_vec(&StoredEnvelope::from_prepared(p)?)?;
             self.backend()
@@ -236,11 +245,7 @@ impl Stem {
         let cb = self.prepare(&callback.name, callback.args, &callback.options)?;
         let stored = serde_json::to_vec(&StoredEnvelope::from_prepared(&cb)?)?;
         self.backend()
-            .put_blob(
-                &chord_callback_key(&chord_id),
-                &stored,
-                crate::client::IDEMPOTENCY_WINDOW,
-            )
+            .put_blob(&chord_callback_key(&chord_id), &stored, CANVAS_TTL)
             .await?;
         self.backend()
             .init_group(&chord_id, prepared.len() as u64)

@@ -351,14 +351,6 @@ pub async fn apply(
     Ok(out)
 }
 
-/// [`apply`] at the current time.
-pub async fn apply_now(
-    store: &dyn ScheduleStore,
-    entries: &[ScheduleEntry],
-) -> Result<Vec<(String, UpsertOutcome)>> {
-    apply(store, entries, chrono::Utc::now()).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,10 +25,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::broker::{DeadLetterReason, NewDeadLetter, Outgoing, Receipt, SubmitOnce};
 use crate::canvas::{
-    chain_step_key, chord_callback_key, StoredEnvelope, CHAIN_HEADER, CHAIN_INDEX_HEADER,
-    GROUP_HEADER,
+    chain_step_key, chord_callback_key, StoredEnvelope, CANVAS_TTL, CHAIN_HEADER,
+    CHAIN_INDEX_HEADER, GROUP_HEADER,
 };
-use crate::client::{submit_once, IDEMPOTENCY_WINDOW};
+use crate::client::submit_once;
 use crate::envelope::{
     now_ms, TaskError, TaskErrorKind, TaskSpec, TaskState, TaskStatus, WireEnvelope,
 };
@@ -517,7 +517,7 @@ async fn publish_stored_once(shared: &Shared, stored: StoredEnvelope, marker: &s
     let once = SubmitOnce {
         marker,
         value: &shared.opts.name,
-        ttl: IDEMPOTENCY_WINDOW,
+        ttl: CANVAS_TTL,
         status: None,
     };
     submit_once(
