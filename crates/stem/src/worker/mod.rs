@@ -304,11 +304,7 @@ async fn register_with_retry(shared: &Arc<Shared>, shutdown: &CancellationToken)
                     tracing::error!(error = %e, "broker unavailable; retrying with backoff");
                 }
                 failures += 1;
-                if shutdown
-                    .run_until_cancelled(tokio::time::sleep(backoff::outage_delay(failures)))
-                    .await
-                    .is_none()
-                {
+                if !backoff::back_off(shutdown, failures).await {
                     return;
                 }
             }
@@ -380,11 +376,7 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                     tracing::error!(worker = %consumer, error = %e, "fetch failed: broker unavailable; retrying with backoff");
                 }
                 failures += 1;
-                if shutdown
-                    .run_until_cancelled(tokio::time::sleep(backoff::outage_delay(failures)))
-                    .await
-                    .is_none()
-                {
+                if !backoff::back_off(shutdown, failures).await {
                     break;
                 }
             }
