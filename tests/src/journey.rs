@@ -100,15 +100,34 @@ pub async fn prometheus_scrapes(gw: &str, mut expected: Vec<String>) -> anyhow::
         Duration::from_secs(90),
         || async {
             let body: Value = http.get(&targets_url).send().await?.json().await?;
-            let mut up: Vec<String> = body["data"]["activeTargets"]
+            let stem: Vec<&Value> = body["data"]["activeTargets"]
                 .as_array()
                 .context("activeTargets")?
                 .iter()
-                .filter(|t| t["labels"]["job"] == "stem" && t["health"] == "up")
+                .filter(|t| t["labels"]["job"] == "stem")
+                .collect();
+            let mut up: Vec<String> = stem
+                .iter()
+                .filter(|t| t["health"] == "up")
                 .filter_map(|t| t["labels"]["instance"].as_str().map(str::to_string))
                 .collect();
             up.sort();
-            Ok((up == expected).then_some(()))
+            if up == expected {
+                return Ok(Some(()));
+            }
+            // Not yet: say which targets are not up and why, so a timeout
+            // names them (the poll reports its last error).
+            let not_up: Vec<String> = stem
+                .iter()
+                .filter(|t| t["health"] != "up")
+                .map(|t| {
+                    format!(
+                        "{} {} ({})",
+                        t["labels"]["instance"], t["health"], t["lastError"]
+                    )
+                })
+                .collect();
+            anyhow::bail!("up: {up:?}; not up: {not_up:?}; expected: {expected:?}")
         },
     )
     .await
