@@ -5,15 +5,15 @@
 //!   `/healthz` while the process runs, `/readyz` while its store answers;
 //! - [`readyz`], the same readiness answer for the services that hold a
 //!   [`Stem`] handle and serve their own router (enqueuer, dashboard);
-//! - the Prometheus endpoint of `STEM_METRIC_EXPORTERS=prometheus[:PORT]`:
-//!   `/metrics` (with `/healthz` beside it), rendered by [`crate::metrics`].
+//! - the serving and 404 helpers [`crate::metrics`] builds the Prometheus
+//!   endpoint of `STEM_METRIC_EXPORTERS=prometheus[:PORT]` on.
 //!
 //! Every other path answers 404 with a JSON body, like the enqueuer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,8 +21,6 @@ use serde_json::json;
 use stem::broker::Broker;
 use stem::client::Stem;
 use tokio_util::sync::CancellationToken;
-
-use crate::metrics::Metrics;
 
 /// How long `/readyz` waits for the store before answering 503.
 const READY_WITHIN: Duration = Duration::from_secs(2);
@@ -91,7 +89,8 @@ fn not_ready(reason: String) -> Response {
         .into_response()
 }
 
-async fn not_found() -> Response {
+/// The JSON 404 every endpoint of this crate answers for unknown paths.
+pub(crate) async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(json!({ "error": "Route not found." })),
@@ -99,47 +98,17 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-async fn serve(port: u16, app: Router, stop: CancellationToken, what: &str) -> anyhow::Result<()> {
+/// Serves `app` on `0.0.0.0:port` until `stop`; `what` names it in the log.
+pub(crate) async fn serve(
+    port: u16,
+    app: Router,
+    stop: CancellationToken,
+    what: &str,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
     tracing::info!("{what} on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
     Ok(())
-}
-
-/// Serves `metrics` in the Prometheus text format on
-/// `0.0.0.0:port/metrics` (and `/healthz`) until `stop`.
-pub async fn serve_prometheus(
-    port: u16,
-    metrics: Metrics,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    // Collecting walks every series; keep it off the
-                    // runtime's worker threads.
-                    let text = tokio::task::spawn_blocking(move || metrics.prometheus_text())
-                        .await
-                        .unwrap_or_default();
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        text,
-                    )
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .fallback(not_found);
-    serve(port, app, stop, "prometheus metrics (/metrics)").await
 }

@@ -19,6 +19,9 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use axum::http::header;
+use axum::routing::get;
+use axum::{Json, Router};
 use opentelemetry::metrics::{Meter, MeterProvider as _, ObservableCounter};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -33,6 +36,7 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 use prometheus::TextEncoder;
+use serde_json::json;
 use stem::telemetry::Exporter;
 use tokio_util::sync::CancellationToken;
 
@@ -92,26 +96,7 @@ impl Metrics {
         }
         for e in exporters {
             if let Exporter::Otlp { url } = e {
-                let url = match url {
-                    Some(u) => u.clone(),
-                    None => format!(
-                        "{}/v1/metrics",
-                        otlp_endpoint
-                            .unwrap_or(DEFAULT_OTLP_ENDPOINT)
-                            .trim_end_matches('/')
-                    ),
-                };
-                let exporter = opentelemetry_otlp::MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_endpoint(url.clone())
-                    .with_timeout(Duration::from_secs(5))
-                    .build()?;
-                let reader = PeriodicReader::builder(exporter)
-                    .with_interval(export_interval())
-                    .build();
-                builder = builder.with_reader(reader);
-                tracing::info!(url = %url, interval_ms = export_interval().as_millis() as u64, "pushing metrics over OTLP/HTTP");
+                builder = builder.with_reader(otlp_reader(url.as_deref(), otlp_endpoint)?);
             }
         }
         let provider = builder.build();
@@ -131,18 +116,31 @@ impl Metrics {
                 _errors: errors,
             })),
         };
+        metrics.spawn_pull_exporters(exporters, stop);
+        let m = metrics.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            m.shutdown().await;
+        });
+        Ok(metrics)
+    }
+
+    /// Starts the pull exporters `exporters` name: each Prometheus
+    /// endpoint and the console log, until `stop`.
+    fn spawn_pull_exporters(&self, exporters: &[Exporter], stop: &CancellationToken) {
         for e in exporters {
             match e {
                 Exporter::Prometheus { port } => {
-                    let (port, m, stop) = (*port, metrics.clone(), stop.clone());
+                    let (port, m, stop) = (*port, self.clone(), stop.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = crate::http::serve_prometheus(port, m, stop).await {
+                        if let Err(e) = serve_prometheus(port, m, stop).await {
                             tracing::error!(port, error = %e, "prometheus exporter failed");
                         }
                     });
                 }
                 Exporter::Console => {
-                    let (m, stop) = (metrics.clone(), stop.clone());
+                    let (m, stop) = (self.clone(), stop.clone());
                     let every = export_interval();
                     tokio::spawn(async move {
                         while stop
@@ -157,13 +155,6 @@ impl Metrics {
                 Exporter::Otlp { .. } => {}
             }
         }
-        let m = metrics.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            m.shutdown().await;
-        });
-        Ok(metrics)
     }
 
     /// The meter to record through; `None` when nothing is exported.
@@ -342,4 +333,68 @@ fn gauge<'a>(attrs: impl Iterator<Item = &'a KeyValue>, value: f64) -> Metric {
     m.set_label(labels(attrs));
     m.set_gauge(g);
     m
+}
+
+/// Serves `metrics` in the Prometheus text format on
+/// `0.0.0.0:port/metrics` (and `/healthz`) until `stop`.
+pub async fn serve_prometheus(
+    port: u16,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    // Collecting walks every series; keep it off the
+                    // runtime's worker threads.
+                    let text = tokio::task::spawn_blocking(move || metrics.prometheus_text())
+                        .await
+                        .unwrap_or_default();
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .fallback(crate::http::not_found);
+    crate::http::serve(port, app, stop, "prometheus metrics (/metrics)").await
+}
+
+/// The periodic OTLP/HTTP reader for `url`, or for `otlp_endpoint` (else
+/// the default collector) + `/v1/metrics`.
+fn otlp_reader(
+    url: Option<&str>,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<PeriodicReader<opentelemetry_otlp::MetricExporter>> {
+    let url = match url {
+        Some(u) => u.to_string(),
+        None => format!(
+            "{}/v1/metrics",
+            otlp_endpoint
+                .unwrap_or(DEFAULT_OTLP_ENDPOINT)
+                .trim_end_matches('/')
+        ),
+    };
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(url.clone())
+        .with_timeout(Duration::from_secs(5))
+        .build()?;
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(export_interval())
+        .build();
+    tracing::info!(url = %url, interval_ms = export_interval().as_millis() as u64, "pushing metrics over OTLP/HTTP");
+    Ok(reader)
 }

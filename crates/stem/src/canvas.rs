@@ -160,7 +160,7 @@ impl Stem {
     }
 
     /// Enqueues `steps` to run one after another; each step sees the
-    /// previous step's result in [`TaskContext::chain_previous`](crate::TaskContext).
+    /// previous step's result in [`TaskContext::chain_previous`](crate::task::TaskContext).
     ///
     /// ```
     /// use serde_json::json;

@@ -38,10 +38,10 @@ pub const LEASES: &str = "stem:leases";
 /// is older than the lease it declares.
 pub const LEASES_AT: &str = "stem:leases:at";
 
-/// Stream of lane `lane` of `queue` (see [`crate::broker::LANES`]):
+/// Stream of lane `lane` of `queue` (see [`crate::lanes::LANES`]):
 /// `p<band>` for a priority band, `p<band>:due` for a band's due lane.
 pub fn lane(queue: &str, lane: u8) -> String {
-    let band = crate::broker::lane_band(lane);
+    let band = crate::lanes::lane_band(lane);
     if lane > MAX_PRIORITY {
         format!("{PREFIX}:{{{queue}}}:p{band}:due")
     } else {
@@ -61,7 +61,7 @@ pub fn parse_lane(key: &str) -> Option<(String, u8)> {
     let tail = &rest[close + 3..];
     let band = |s: &str| s.parse::<u8>().ok().filter(|b| *b <= MAX_PRIORITY);
     let lane = match tail.strip_suffix(":due") {
-        Some(b) => crate::broker::due_lane(band(b)?),
+        Some(b) => crate::lanes::due_lane(band(b)?),
         None => band(tail)?,
     };
     Some((rest[..close].to_string(), lane))
@@ -181,7 +181,7 @@ pub fn lock(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{due_lane, LANES};
+    use crate::lanes::{due_lane, LANES};
 
     #[test]
     fn lane_keys_round_trip_and_share_the_queue_tag() {

@@ -10,7 +10,10 @@
 //!   [`TaskStatus`](envelope::TaskStatus).
 //! - [`signing`]: HMAC-SHA256 and Ed25519 key rings, signer, verifier.
 //! - [`broker`]: the [`Broker`](broker::Broker) trait, Redis Streams and
-//!   in-memory implementations.
+//!   in-memory implementations; [`lanes`]: which stream of a queue holds
+//!   which priority band.
+//! - [`recent`]: finding tasks through the recent-task index;
+//!   [`task_index`]: what that index keeps of one task.
 //! - [`backend`]: the [`ResultBackend`](backend::ResultBackend) trait
 //!   (statuses, groups), Redis and in-memory.
 //! - [`task`]: the [`Task`] trait, registry and task context.
@@ -24,7 +27,8 @@
 //!   leader-leased [`Beat`] scheduler.
 //! - [`keys`]: every Redis key. [`atomic`]: submit and settle in one step
 //!   when broker and backend share a Redis.
-//! - [`redis_conn`]: URL + TLS → connections. [`telemetry`]: the metrics
+//! - [`redis_conn`]: URL + TLS → connections ([`redis_conn::url`]: store
+//!   URLs and TLS settings). [`telemetry`]: the metrics
 //!   exporters' configuration; [`trace`]: a task's `traceparent` and spans. [`error`]: [`StemError`].
 //!
 //! Process concerns (logging, exit codes, signals, HTTP endpoints) live in
@@ -70,12 +74,14 @@ pub mod env;
 pub mod envelope;
 pub mod error;
 pub mod keys;
+pub mod lanes;
 pub mod recent;
 pub mod redis_conn;
 pub mod replay;
 pub mod schedule;
 pub mod signing;
 pub mod task;
+pub mod task_index;
 pub mod telemetry;
 pub mod trace;
 pub mod worker;

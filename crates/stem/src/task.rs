@@ -59,8 +59,8 @@ impl From<&str> for TaskFailure {
         TaskFailure::new(s)
     }
 }
-impl From<crate::StemError> for TaskFailure {
-    fn from(e: crate::StemError) -> Self {
+impl From<crate::error::StemError> for TaskFailure {
+    fn from(e: crate::error::StemError) -> Self {
         TaskFailure::new(e.to_string())
     }
 }
@@ -403,7 +403,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_function_task_decodes_its_arguments_and_encodes_its_result() -> crate::Result<()> {
+    async fn a_function_task_decodes_its_arguments_and_encodes_its_result(
+    ) -> crate::error::Result<()> {
         let registry = TaskRegistry::new();
         let options = TaskOptions {
             queue: "math".into(),

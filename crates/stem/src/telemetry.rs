@@ -30,7 +30,7 @@ pub const PROMETHEUS_PORT: u16 = 9464;
 
 /// Parses `STEM_METRIC_EXPORTERS`: CSV of `prometheus[:PORT]`, `console`,
 /// `otlp[:URL]`. Unknown names are configuration errors.
-pub fn parse_exporters(raw: &str) -> crate::Result<Vec<Exporter>> {
+pub fn parse_exporters(raw: &str) -> crate::error::Result<Vec<Exporter>> {
     let mut out = Vec::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, arg) = match item.split_once(':') {
@@ -42,7 +42,7 @@ pub fn parse_exporters(raw: &str) -> crate::Result<Vec<Exporter>> {
                 port: match arg {
                     None => PROMETHEUS_PORT,
                     Some(p) => p.parse().map_err(|_| {
-                        crate::StemError::config(
+                        crate::error::StemError::config(
                             "STEM_METRIC_EXPORTERS",
                             format!("invalid port in {item:?}"),
                         )
@@ -56,7 +56,7 @@ pub fn parse_exporters(raw: &str) -> crate::Result<Vec<Exporter>> {
                     .transpose()?,
             },
             other => {
-                return Err(crate::StemError::config(
+                return Err(crate::error::StemError::config(
                     "STEM_METRIC_EXPORTERS",
                     format!(
                         "unknown exporter {other:?} (use prometheus[:PORT], console, otlp[:URL])"
@@ -70,7 +70,7 @@ pub fn parse_exporters(raw: &str) -> crate::Result<Vec<Exporter>> {
 
 /// `url` when it is an `http://` or `https://` URL with a host; else a
 /// configuration error naming `variable`.
-pub fn http_url(variable: &str, url: &str) -> crate::Result<String> {
+pub fn http_url(variable: &str, url: &str) -> crate::error::Result<String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
@@ -78,7 +78,7 @@ pub fn http_url(variable: &str, url: &str) -> crate::Result<String> {
         Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
             Ok(url.to_string())
         }
-        _ => Err(crate::StemError::config(
+        _ => Err(crate::error::StemError::config(
             variable,
             format!("expected an http:// or https:// URL, got {url:?}"),
         )),

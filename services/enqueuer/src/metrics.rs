@@ -13,8 +13,6 @@ use axum::response::Response;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 
-use crate::routes::AppState;
-
 /// The API's instruments; [`ApiMetrics::off`] records nothing.
 #[derive(Clone, Default)]
 pub struct ApiMetrics {
@@ -65,8 +63,12 @@ impl ApiMetrics {
 }
 
 /// Times each request (a `from_fn_with_state` middleware).
-pub async fn time_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(i) = st.metrics.inner.clone() else {
+pub async fn time_requests(
+    State(metrics): State<ApiMetrics>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(i) = metrics.inner.clone() else {
         return next.run(req).await;
     };
     let method = req.method().to_string();

@@ -66,7 +66,7 @@ pub fn router(state: AppState) -> Router {
             only_served_hosts,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.metrics.clone(),
             crate::metrics::time_requests,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -7,22 +7,8 @@ use std::path::PathBuf;
 use stem::config::{bool_var, positive_var, process_env, Lookup};
 use stem::StemError;
 
-/// HTTPS material: the files, and the server configuration built from
-/// them while the settings were read.
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA.
-    pub client_ca: Option<PathBuf>,
-}
-
-/// [`TlsFiles`] with the rustls configuration they make.
-#[derive(Clone, Debug)]
-pub struct Tls {
-    pub files: TlsFiles,
-    pub config: std::sync::Arc<rustls::ServerConfig>,
-}
+use crate::tls::server_config;
+pub use crate::tls::{Tls, TlsFiles};
 
 /// Demo traffic generator settings (`ENQUEUER_AUTOFILL_*`).
 #[derive(Clone, Debug)]
@@ -82,7 +68,7 @@ impl EnqueuerConfig {
                         .map(|p| readable("ENQUEUER_TLS_CLIENT_CA", p))
                         .transpose()?,
                 };
-                let config = crate::tls::server_config(&files)?;
+                let config = server_config(&files)?;
                 Some(Tls { files, config })
             }
             (None, None) => {

@@ -4,6 +4,7 @@
 //! configuration error (exit 78) naming its variable, not a failure of
 //! `serve`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -13,7 +14,22 @@ use rustls::{RootCertStore, ServerConfig};
 
 use stem::StemError;
 
-use crate::settings::TlsFiles;
+/// HTTPS material: the files, and the server configuration built from
+/// them while the settings were read.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// [`TlsFiles`] with the rustls configuration they make.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub files: TlsFiles,
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+}
 
 pub(crate) fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, StemError> {
     stem::redis_conn::install_crypto_provider();

@@ -80,7 +80,7 @@ impl State {
         if self.recent_cap == 0 {
             return;
         }
-        let Some(body) = crate::recent::index_body(&wire.body) else {
+        let Some(body) = crate::task_index::index_body(&wire.body) else {
             return;
         };
         let (id, cap, ttl) = (self.id(), self.recent_cap, self.recent_ttl);

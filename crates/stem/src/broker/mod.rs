@@ -13,38 +13,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::envelope::{TaskSpec, TaskStatus, WireEnvelope, MAX_PRIORITY};
+use crate::envelope::{TaskSpec, TaskStatus, WireEnvelope};
 use crate::error::Result;
 
-/// Lanes per queue. Lane `n` (0–9) holds priority band `n` in publish
-/// order; lane `10 + n` ([`due_lane`]) holds band `n`'s delayed and retried
-/// entries, moved there when due and read before lane `n`. Streams only
-/// append, so a due entry promoted into its band would start behind the
-/// band's whole backlog; its own lane lets it start at the next free slot
-/// after the ready work of higher bands (`docs/architecture.md`, "Due
-/// lanes"; priorities still order ready work).
-pub const LANES: u8 = 2 * (MAX_PRIORITY + 1);
-
-/// The lane that band `band`'s promoted (due) entries join.
-pub fn due_lane(band: u8) -> u8 {
-    band.min(MAX_PRIORITY) + MAX_PRIORITY + 1
-}
-
-/// The priority band of `lane`.
-pub fn lane_band(lane: u8) -> u8 {
-    lane % (MAX_PRIORITY + 1)
-}
-
-/// Every lane in the order a fetch reads them: band 9's due lane, band 9,
-/// band 8's due lane, … band 0.
-pub fn lanes_in_fetch_order() -> impl Iterator<Item = u8> {
-    (0..=MAX_PRIORITY).rev().flat_map(|b| [due_lane(b), b])
-}
-
-/// Sort key of a lane in fetch order: higher is read first.
-pub fn lane_rank(lane: u8) -> u8 {
-    lane_band(lane) * 2 + u8::from(lane > MAX_PRIORITY)
-}
+pub use crate::lanes::{due_lane, lane_band, lane_rank, lanes_in_fetch_order, LANES};
 
 /// Identifies one delivery so it can be acknowledged, renewed or retried.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -105,7 +77,7 @@ impl Fetched {
 pub struct Outgoing {
     /// Queue to publish to.
     pub queue: String,
-    /// Priority band, 0 to [`MAX_PRIORITY`]; it picks the lane.
+    /// Priority band, 0 to [`MAX_PRIORITY`](crate::envelope::MAX_PRIORITY); it picks the lane.
     pub priority: u8,
     /// Epoch ms before which the task must not start (countdown, retry).
     pub not_before_ms: Option<i64>,
@@ -232,7 +204,7 @@ pub struct RecentTask {
     pub enqueued_at: i64,
     /// `Some(size of the whole spec body)` when the index keeps only a
     /// preview of it (args cut, as a JSON string; see
-    /// [`crate::recent::index_body`]).
+    /// [`crate::task_index::index_body`]).
     pub truncated: Option<u64>,
     /// The spec's bytes as the producer signed them (the signature is not
     /// kept: the index is for reading, never for running), or their
@@ -460,7 +432,7 @@ pub trait QueueAdmin: Send + Sync + 'static {
     /// recent-task index and its empty streams, when it holds no task
     /// (ready, delayed, in flight or dead): a queue nothing uses any more
     /// stops being listed and polled. `Ok(false)` when it was not known;
-    /// [`crate::StemError::InvalidArgument`] saying what it still holds
+    /// [`crate::error::StemError::InvalidArgument`] saying what it still holds
     /// otherwise. A producer still publishing to it names it again within
     /// a minute, and its tasks are never touched.
     async fn forget_queue(&self, queue: &str) -> Result<bool>;

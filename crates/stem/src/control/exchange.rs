@@ -83,7 +83,7 @@ impl Workers {
     }
 
     /// Cancel these tasks where they run. (Persisting the revocation is
-    /// [`crate::Stem::revoke`]'s job; this only reaches running copies.)
+    /// [`crate::client::Stem::revoke`]'s job; this only reaches running copies.)
     pub async fn revoke(&self, task_ids: &[String]) -> Result<Exchange<RevokeReply>> {
         self.send(&Command::Revoke {
             task_ids: task_ids.to_vec(),

@@ -150,9 +150,9 @@ impl ControlCommand {
                 self.signature.as_deref(),
                 &self.signed_bytes(),
             )
-            .map_err(|e| crate::StemError::Signature(e.to_string()))?;
+            .map_err(|e| crate::error::StemError::Signature(e.to_string()))?;
         if (now_ms - self.issued_at).unsigned_abs() > COMMAND_WINDOW.as_millis() as u64 {
-            return Err(crate::StemError::Signature(format!(
+            return Err(crate::error::StemError::Signature(format!(
                 "issued at {} ms, more than {} s from now",
                 self.issued_at,
                 COMMAND_WINDOW.as_secs()

@@ -10,10 +10,13 @@
 
 mod any_node;
 mod cluster;
+pub mod url;
 
 pub use any_node::AnyNode;
+pub use url::cluster_seeds;
 
 use cluster::by_slot;
+use url::{host_port, TlsConfig};
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -24,7 +27,6 @@ use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, ClientTlsConfig, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
-use crate::config::TlsConfig;
 use crate::error::{Result, StemError};
 
 /// Installs the ring crypto provider for rustls once per process.
@@ -121,43 +123,6 @@ pub fn client(url: &str, tls: &TlsConfig) -> Result<Client> {
     }
 }
 
-/// The seed nodes of a cluster URL (`redis+cluster://[user:pass@]h1:p1,h2:p2[/0]`
-/// or `rediss+cluster://…`) as one single-node URL each (`redis://` or
-/// `rediss://`, with the credentials); `Ok(None)` for any other URL; `Err`
-/// says what is wrong with a malformed one (never quoting the password).
-pub fn cluster_seeds(url: &str) -> std::result::Result<Option<Vec<String>>, String> {
-    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
-        ("redis", rest)
-    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
-        ("rediss", rest)
-    } else {
-        return Ok(None);
-    };
-    // The last '@' ends the credentials (a password may hold a raw '@').
-    let (userinfo, hosts) = match rest.rfind('@') {
-        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
-        None => (None, rest),
-    };
-    let (hosts, db) = hosts.split_once('/').unwrap_or((hosts, ""));
-    if !(db.is_empty() || db == "0") {
-        return Err("a Redis Cluster has only database 0".into());
-    }
-    let mut seeds = Vec::new();
-    for host in hosts.split(',').map(str::trim) {
-        let valid = host.rsplit_once(':').is_some_and(|(name, port)| {
-            !name.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !valid {
-            return Err(format!("seed node {host:?} is not host:port"));
-        }
-        seeds.push(match userinfo {
-            Some(u) => format!("{scheme}://{u}@{host}"),
-            None => format!("{scheme}://{host}"),
-        });
-    }
-    Ok(Some(seeds))
-}
-
 /// Where a store's connections go.
 // Built once per store and cloned a handful of times: the size of a
 // variant does not matter here.
@@ -183,16 +148,6 @@ pub struct ClusterEndpoint {
     seed_nodes: Vec<(String, u16)>,
     /// TLS material for connections to single nodes.
     tls: TlsConfig,
-}
-
-/// The `host` and `port` of a seed URL `scheme://[userinfo@]host:port`
-/// (as [`cluster_seeds`] writes them; `[v6]` brackets removed).
-fn host_port(seed_url: &str) -> Option<(String, u16)> {
-    let rest = seed_url.split_once("://")?.1;
-    let authority = rest.rsplit_once('@').map_or(rest, |(_, a)| a);
-    let (host, port) = authority.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some((host.to_string(), port.parse().ok()?))
 }
 
 impl ClusterEndpoint {

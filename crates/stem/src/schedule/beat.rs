@@ -200,7 +200,7 @@ impl OutageLog {
     fn new(what: &'static str) -> Self {
         OutageLog { what, down: false }
     }
-    fn error(&mut self, e: &crate::StemError) {
+    fn error(&mut self, e: &crate::error::StemError) {
         if self.down {
             tracing::debug!(error = %e, "{} still failing", self.what);
         } else {

@@ -206,7 +206,7 @@ fn authenticate(
     shared: &Shared,
     cmd: &ControlCommand,
     seen: &mut std::collections::HashMap<String, i64>,
-) -> crate::Result<()> {
+) -> crate::error::Result<()> {
     let Some(verifier) = &shared.verifier else {
         return Ok(());
     };
@@ -218,7 +218,7 @@ fn authenticate(
     let window = 2 * COMMAND_WINDOW.as_millis() as i64;
     seen.retain(|_, issued| now - *issued < window);
     if seen.insert(cmd.id.clone(), cmd.issued_at).is_some() {
-        return Err(crate::StemError::Signature(format!(
+        return Err(crate::error::StemError::Signature(format!(
             "command {} was already received (a replay)",
             cmd.id
         )));

@@ -360,7 +360,7 @@ async fn fetch_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                     tokio::spawn(async move { admit::admit_held(&shared, fresh).await });
                 }
             }
-            Err(crate::StemError::BrokenQueue { queue, reason }) => {
+            Err(crate::error::StemError::BrokenQueue { queue, reason }) => {
                 // One broken key fails a read of every queue: set its queue
                 // aside and keep serving the others.
                 if shared.selection.quarantine(&queue) {

@@ -147,7 +147,8 @@ impl RedisBroker {
         let marker = keys::once(&out.queue, once.marker);
         let (status_key, status_value, status_ttl) =
             status.unwrap_or_else(|| (marker.clone(), Vec::new(), 0));
-        let indexed = crate::recent::index_body(&out.wire.body).filter(|_| self.recent_cap() > 0);
+        let indexed =
+            crate::task_index::index_body(&out.wire.body).filter(|_| self.recent_cap() > 0);
         let (target, mode, payload, score) = match Placement::of(out) {
             Placement::Delayed(t) => (
                 keys::delayed(&out.queue),

@@ -22,7 +22,7 @@
 //! `STEM_RECENT_TASKS / (tasks in the entry)` entries (`MAXLEN ~`, whole
 //! stream nodes), so under a steady rate the index holds about
 //! `STEM_RECENT_TASKS` tasks, and a mix of entry sizes keeps at most about
-//! twice that. Bodies over [`crate::recent::INDEX_BODY_MAX`] are indexed
+//! twice that. Bodies over [`crate::task_index::INDEX_BODY_MAX`] are indexed
 //! as previews, so the bytes are bounded too; each write sets the
 //! stream's expiry to `STEM_RESULT_TTL` (one `PEXPIRE` per queue and
 //! write).
@@ -45,7 +45,7 @@ pub(crate) const PER_ENTRY: usize = 100;
 pub(crate) const FLUSH: Duration = Duration::from_millis(100);
 
 /// Adds the `XADD`s that index `bodies` (published to `queue`, in order,
-/// each already [`crate::recent::index_body`]) to `pipe`, [`PER_ENTRY`]
+/// each already [`crate::task_index::index_body`]) to `pipe`, [`PER_ENTRY`]
 /// tasks an entry, each trimming the stream to about `cap` tasks, and the
 /// stream's expiry `ttl` after this write.
 pub(crate) fn push_entries(
@@ -149,7 +149,7 @@ impl RecentLog {
         }
         let mut by_queue: HashMap<&str, Vec<Bytes>> = HashMap::new();
         for o in batch {
-            if let Some(body) = crate::recent::index_body(&o.wire.body) {
+            if let Some(body) = crate::task_index::index_body(&o.wire.body) {
                 by_queue.entry(o.queue.as_str()).or_default().push(body);
             }
         }
