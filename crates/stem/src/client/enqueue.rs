@@ -1,43 +1,23 @@
-//! [`Stem`], the producer API: build envelopes, sign them, record `queued`,
-//! publish; read statuses and wait for results. The canvas entry points
-//! live in [`crate::canvas`] as further `impl Stem` blocks.
+//! Enqueueing: the options of one enqueue, preparing and signing an
+//! envelope, and publishing one task, many, or one per idempotency key
+//! (the submit-once path canvas and beat share).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::atomic::{AtomicStore, RedisAtomicStore};
-use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::RedisBackend;
-use crate::backend::{get_status, ResultBackend};
-use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, Outgoing, QueueAdmin, SubmitOnce};
-use crate::config::{validate_queue_name, StemConfig, StoreUrl};
-use crate::control::memory::MemoryControl;
-use crate::control::redis::RedisControl;
-use crate::control::ControlPlane;
+use crate::atomic::AtomicStore;
+use crate::backend::ResultBackend;
+use crate::broker::{Broker, Outgoing, SubmitOnce};
+use crate::config::validate_queue_name;
 use crate::envelope::{
-    new_task_id, now_ms, TaskErrorKind, TaskSpec, TaskState, TaskStatus, WireEnvelope, MAX_PRIORITY,
+    new_task_id, now_ms, TaskSpec, TaskState, TaskStatus, WireEnvelope, MAX_PRIORITY,
 };
 use crate::error::{Result, StemError};
-use crate::redis_conn;
-use crate::signing::Signer;
-use crate::task::{Task, TaskRegistry};
+use crate::task::Task;
 
-/// How long an idempotency key remembers its task.
-pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
-/// Longest countdown an enqueue accepts. A revocation is kept at least this
-/// long (see [`REVOCATION_TTL`]), so a revoked delayed task cannot outlive
-/// its revocation and run later.
-pub const MAX_COUNTDOWN: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// How long a revocation (`cancelled`) is kept: past the latest not-before
-/// time any task can have, plus a day for a backlog to drain.
-pub const REVOCATION_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
+use super::{Stem, IDEMPOTENCY_WINDOW, MAX_COUNTDOWN};
 
 /// Publishes `out` at most once per `once.marker` (see
 /// [`SubmitOnce`]). With an [`AtomicStore`] (broker and backend on one Redis) the
@@ -155,188 +135,7 @@ impl Prepared {
     }
 }
 
-/// The stores a client and its workers share: the hot-path broker, the
-/// operator's view of the same queues, the result backend, the atomic
-/// submit/settle when broker and backend share one Redis, and the control
-/// plane. [`Stores::connect`] is the one place that turns `STEM_*` URLs
-/// into adapters.
-#[derive(Clone)]
-pub struct Stores {
-    /// Publishes and delivers envelopes (the hot path).
-    pub broker: Arc<dyn Broker>,
-    /// The operator's view of the same queues: counts, purges, dead letters.
-    pub admin: Arc<dyn QueueAdmin>,
-    /// The result backend: statuses, groups, claims and blobs.
-    pub backend: Arc<dyn ResultBackend>,
-    /// Present when the broker and the backend live on the same Redis.
-    pub atomic: Option<Arc<dyn AtomicStore>>,
-    /// Heartbeats, commands to workers and queue pauses.
-    pub control: Arc<dyn ControlPlane>,
-}
-
-impl Stores {
-    /// Builds every store from `config` (Redis or memory). Connections are
-    /// made lazily.
-    pub fn connect(config: &StemConfig) -> Result<Self> {
-        let backend: Arc<dyn ResultBackend> = match &config.result_backend_url {
-            StoreUrl::Memory => Arc::new(MemoryBackend::new(config.result_ttl)),
-            StoreUrl::Redis(url) => Arc::new(RedisBackend::new(
-                redis_conn::endpoint(url, &config.tls)?,
-                config.result_ttl,
-            )?),
-        };
-        Ok(match &config.broker_url {
-            StoreUrl::Memory => Stores::memory_with(
-                backend,
-                MemoryBroker::new()
-                    .with_recent_tasks(config.recent_tasks)
-                    .with_recent_ttl(config.result_ttl),
-            ),
-            StoreUrl::Redis(url) => {
-                let client = redis_conn::endpoint(url, &config.tls)?;
-                let broker = RedisBroker::new(client.clone(), config.dead_letter_maxlen)?
-                    .with_recent_tasks(config.recent_tasks)
-                    .with_recent_ttl(config.result_ttl);
-                // One server holding both stores makes a status and a
-                // publish (or a result and an ack) one atomic step. A
-                // cluster keeps a task's keys and its queue's on different
-                // slots, so there the stores work as on two servers.
-                let atomic: Option<Arc<dyn AtomicStore>> = (config.result_backend_url
-                    == config.broker_url
-                    && !client.is_cluster())
-                .then(|| Arc::new(RedisAtomicStore::new(broker.clone(), config.result_ttl)) as _);
-                let broker = Arc::new(broker);
-                Stores {
-                    broker: broker.clone(),
-                    admin: broker,
-                    backend,
-                    atomic,
-                    control: Arc::new(RedisControl::new(client)?),
-                }
-            }
-        })
-    }
-
-    /// Fresh in-memory stores; statuses kept `result_ttl`.
-    pub fn memory(result_ttl: Duration) -> Self {
-        Stores::memory_with(
-            Arc::new(MemoryBackend::new(result_ttl)),
-            MemoryBroker::new(),
-        )
-    }
-
-    fn memory_with(backend: Arc<dyn ResultBackend>, broker: MemoryBroker) -> Self {
-        let broker = Arc::new(broker);
-        Stores {
-            broker: broker.clone(),
-            admin: broker,
-            backend,
-            atomic: None,
-            control: Arc::new(MemoryControl::new()),
-        }
-    }
-}
-
-/// The producer client. Cheap to clone.
-#[derive(Clone)]
-pub struct Stem {
-    stores: Stores,
-    signer: Option<Signer>,
-    registry: TaskRegistry,
-}
-
 impl Stem {
-    /// A client on `config`'s stores, signing with the producer's key.
-    /// Fails when signing keys are configured without
-    /// `STEM_SIGNING_ACTIVE_KEY`.
-    pub fn connect(config: &StemConfig) -> Result<Self> {
-        Ok(Stem::new(
-            Stores::connect(config)?,
-            config.keys.signer()?,
-            TaskRegistry::new(),
-        ))
-    }
-
-    /// Like [`connect`](Self::connect) for processes that never sign
-    /// (workers: least privilege). Envelopes it would publish go unsigned,
-    /// so use it only to consume.
-    pub fn connect_consumer(config: &StemConfig) -> Result<Self> {
-        Ok(Stem::new(
-            Stores::connect(config)?,
-            None,
-            TaskRegistry::new(),
-        ))
-    }
-
-    /// A client on fresh in-memory stores, without signing.
-    pub fn memory() -> Self {
-        Stem::new(
-            Stores::memory(Duration::from_secs(86_400)),
-            None,
-            TaskRegistry::new(),
-        )
-    }
-
-    /// A client on `stores`.
-    pub fn new(stores: Stores, signer: Option<Signer>, registry: TaskRegistry) -> Self {
-        Stem {
-            stores,
-            signer,
-            registry,
-        }
-    }
-
-    /// The same stores with another signer (`None`: publish unsigned).
-    pub fn with_signer(mut self, signer: Option<Signer>) -> Self {
-        self.signer = signer;
-        self
-    }
-
-    /// The same stores with another registry.
-    pub fn with_registry(mut self, registry: TaskRegistry) -> Self {
-        self.registry = registry;
-        self
-    }
-
-    /// Every store.
-    pub fn stores(&self) -> &Stores {
-        &self.stores
-    }
-    /// The control plane (heartbeats, worker commands, pauses).
-    pub fn control(&self) -> Arc<dyn ControlPlane> {
-        self.stores.control.clone()
-    }
-    /// The broker (hot path).
-    pub fn broker(&self) -> Arc<dyn Broker> {
-        self.stores.broker.clone()
-    }
-    /// The operator's view of the queues.
-    pub fn admin(&self) -> Arc<dyn QueueAdmin> {
-        self.stores.admin.clone()
-    }
-    /// The result backend.
-    pub fn backend(&self) -> Arc<dyn ResultBackend> {
-        self.stores.backend.clone()
-    }
-    /// The atomic submit/settle, when broker and backend share a Redis.
-    pub fn atomic(&self) -> Option<Arc<dyn AtomicStore>> {
-        self.stores.atomic.clone()
-    }
-    /// The registry (task names, queues, retry budgets).
-    pub fn registry(&self) -> &TaskRegistry {
-        &self.registry
-    }
-    /// The signer, when this producer signs.
-    pub fn signer(&self) -> Option<&Signer> {
-        self.signer.as_ref()
-    }
-
-    /// A handle for sending control commands to live workers, signed with
-    /// this client's key when it has one.
-    pub fn workers(&self) -> crate::control::Workers {
-        crate::control::Workers::new(self.control(), self.signer.clone())
-    }
-
     /// The queue a task of `name` enqueued with `opts` goes to: the
     /// override, else the registered task's queue, else `default`.
     pub fn queue_for(&self, name: &str, opts: &EnqueueOptions) -> String {
@@ -545,102 +344,6 @@ impl Stem {
             join(previous).await?;
         }
         Ok(ids)
-    }
-
-    /// The status of task `id`.
-    pub async fn status(&self, id: &str) -> Result<Option<TaskStatus>> {
-        get_status(self.stores.backend.as_ref(), id).await
-    }
-
-    /// Forgets `queue` ([`QueueAdmin::forget_queue`]: it stops being
-    /// listed and polled) when it holds no task and no live worker
-    /// consumes it — a worker would name it again. `Ok(false)` for a queue
-    /// that was not known; [`StemError::InvalidArgument`] saying why not
-    /// otherwise. The CLI's `queue forget` and the dashboard's queue page.
-    pub async fn forget_queue(&self, queue: &str) -> Result<bool> {
-        let serving: Vec<String> = self
-            .control()
-            .workers()
-            .await?
-            .into_iter()
-            .filter(|w| w.queues.iter().any(|q| q == queue))
-            .map(|w| w.name)
-            .collect();
-        if !serving.is_empty() {
-            return Err(StemError::InvalidArgument(format!(
-                "queue {queue:?} is consumed by live workers ({}); stop them or give them other queues first",
-                serving.join(", ")
-            )));
-        }
-        self.admin().forget_queue(queue).await
-    }
-
-    /// Recent tasks matching `query`, newest first, from the recent-task
-    /// index (see [`crate::recent`]).
-    pub async fn find_tasks(
-        &self,
-        query: &crate::recent::TaskQuery,
-    ) -> Result<crate::recent::TaskListing> {
-        crate::recent::find_tasks(
-            self.stores.admin.as_ref(),
-            self.stores.backend.as_ref(),
-            query,
-        )
-        .await
-    }
-
-    /// Revokes task `id`: a queued task will not run, a running task is
-    /// cancelled through its context within about a second. Revocation is
-    /// final and lasts [`REVOCATION_TTL`], longer than any countdown. A task
-    /// that finished first keeps its result: the revocation is only written
-    /// while no terminal status exists. Returns the status before
-    /// revocation (the terminal one when the task finished first), `None`
-    /// for unknown ids.
-    pub async fn revoke(&self, id: &str, reason: &str) -> Result<Option<TaskStatus>> {
-        let Some(before) = self.status(id).await? else {
-            return Ok(None);
-        };
-        if before.state.is_terminal() {
-            return Ok(Some(before));
-        }
-        let mut cancelled = before.clone();
-        cancelled.state = TaskState::Cancelled;
-        // `reason: revoked` is not a dead-letter reason; it tells readers
-        // of the error alone why the task stopped.
-        let mut error = crate::envelope::TaskError::new(TaskErrorKind::Revoked, reason);
-        error.reason = Some("revoked".into());
-        cancelled.error = Some(error);
-        cancelled.updated_at = crate::envelope::format_ms(now_ms());
-        if !self
-            .stores
-            .backend
-            .record_revocation(&cancelled, REVOCATION_TTL)
-            .await?
-        {
-            // The task finished between the read and the write.
-            return self.status(id).await;
-        }
-        Ok(Some(before))
-    }
-
-    /// Polls until task `id` reaches a terminal state or `timeout` passes.
-    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<TaskStatus> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut delay = Duration::from_millis(5);
-        loop {
-            if let Some(s) = self.status(id).await? {
-                if s.state.is_terminal() {
-                    return Ok(s);
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StemError::WaitTimedOut(format!(
-                    "task {id} not finished after {timeout:?}"
-                )));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
-        }
     }
 }
 
