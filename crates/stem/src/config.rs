@@ -120,6 +120,66 @@ pub struct WorkerConfig {
     pub health_port: Option<u16>,
 }
 
+/// `STEM_TLS_*`: the CA, the client certificate and key (set together)
+/// and whether server certificates go unverified.
+fn tls_config(env: &dyn Lookup) -> Result<TlsConfig> {
+    let tls = TlsConfig {
+        ca_cert: read_pem(env, "STEM_TLS_CA_CERT")?,
+        client_cert: read_pem(env, "STEM_TLS_CLIENT_CERT")?,
+        client_key: read_pem(env, "STEM_TLS_CLIENT_KEY")?,
+        allow_insecure: bool_var(env, "STEM_TLS_ALLOW_INSECURE", false)?,
+    };
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        let missing = if tls.client_cert.is_some() {
+            "STEM_TLS_CLIENT_KEY"
+        } else {
+            "STEM_TLS_CLIENT_CERT"
+        };
+        return Err(StemError::config(
+            missing,
+            "client certificate and key must be set together",
+        ));
+    }
+    Ok(tls)
+}
+
+/// `STEM_LOG_FORMAT`: `text` (the default) or `json`.
+fn log_format(env: &dyn Lookup) -> Result<LogFormat> {
+    match non_empty(env, "STEM_LOG_FORMAT").as_deref() {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(StemError::config(
+            "STEM_LOG_FORMAT",
+            format!("expected text or json, got {other:?}"),
+        )),
+    }
+}
+
+/// Whether any of `urls` carries the Redis password shipped in the `.env`
+/// profiles (public in the repository): refused unless
+/// `STEM_ALLOW_DEMO_KEYS` allows a demo, which services then announce.
+fn placeholder_password(env: &dyn Lookup, urls: [(&str, &StoreUrl); 3]) -> Result<bool> {
+    let allow_demo = bool_var(env, crate::signing::ALLOW_DEMO_KEYS, false)?;
+    let mut demo_password = false;
+    for (variable, url) in urls {
+        if url_password(url).is_some_and(|p| p.starts_with(PLACEHOLDER_PASSWORD)) {
+            if !allow_demo {
+                return Err(StemError::config(
+                    variable,
+                    format!(
+                        "the Redis password is the placeholder shipped in the .env profiles, \
+                         public in the repository: set your own (REDIS_PASSWORD and the \
+                         URLs), or set {}=true for a demo nobody else can reach",
+                        crate::signing::ALLOW_DEMO_KEYS
+                    ),
+                ));
+            }
+            demo_password = true;
+        }
+    }
+    Ok(demo_password)
+}
+
 fn read_pem(env: &dyn Lookup, key: &str) -> Result<Option<Vec<u8>>> {
     match non_empty(env, key) {
         None => Ok(None),
@@ -179,33 +239,8 @@ impl StemConfig {
         };
         let result_ttl = duration_var(env, "STEM_RESULT_TTL", Duration::from_secs(86_400))?;
         let keys = KeyRing::from_lookup(env)?;
-        let tls = TlsConfig {
-            ca_cert: read_pem(env, "STEM_TLS_CA_CERT")?,
-            client_cert: read_pem(env, "STEM_TLS_CLIENT_CERT")?,
-            client_key: read_pem(env, "STEM_TLS_CLIENT_KEY")?,
-            allow_insecure: bool_var(env, "STEM_TLS_ALLOW_INSECURE", false)?,
-        };
-        if tls.client_cert.is_some() != tls.client_key.is_some() {
-            let missing = if tls.client_cert.is_some() {
-                "STEM_TLS_CLIENT_KEY"
-            } else {
-                "STEM_TLS_CLIENT_CERT"
-            };
-            return Err(StemError::config(
-                missing,
-                "client certificate and key must be set together",
-            ));
-        }
-        let log_format = match non_empty(env, "STEM_LOG_FORMAT").as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(StemError::config(
-                    "STEM_LOG_FORMAT",
-                    format!("expected text or json, got {other:?}"),
-                ))
-            }
-        };
+        let tls = tls_config(env)?;
+        let log_format = log_format(env)?;
         let dead_letter_maxlen = positive_var(env, "STEM_DEAD_LETTER_MAXLEN", 100_000)?;
         let recent_tasks = count_var(
             env,
@@ -219,28 +254,14 @@ impl StemConfig {
             .map(|url| crate::telemetry::http_url("STEM_OTLP_ENDPOINT", &url))
             .transpose()?
             .map(|url| crate::telemetry::otlp_base(&url));
-        let allow_demo = bool_var(env, crate::signing::ALLOW_DEMO_KEYS, false)?;
-        let mut demo_password = false;
-        for (variable, url) in [
-            ("STEM_BROKER_URL", &broker_url),
-            ("STEM_RESULT_BACKEND_URL", &result_backend_url),
-            ("STEM_SCHEDULE_STORE_URL", &schedule_store_url),
-        ] {
-            if url_password(url).is_some_and(|p| p.starts_with(PLACEHOLDER_PASSWORD)) {
-                if !allow_demo {
-                    return Err(StemError::config(
-                        variable,
-                        format!(
-                            "the Redis password is the placeholder shipped in the .env profiles, \
-                             public in the repository: set your own (REDIS_PASSWORD and the \
-                             URLs), or set {}=true for a demo nobody else can reach",
-                            crate::signing::ALLOW_DEMO_KEYS
-                        ),
-                    ));
-                }
-                demo_password = true;
-            }
-        }
+        let demo_password = placeholder_password(
+            env,
+            [
+                ("STEM_BROKER_URL", &broker_url),
+                ("STEM_RESULT_BACKEND_URL", &result_backend_url),
+                ("STEM_SCHEDULE_STORE_URL", &schedule_store_url),
+            ],
+        )?;
         Ok(StemConfig {
             demo_password,
             otlp_endpoint,

@@ -141,6 +141,88 @@ impl Reader {
     }
 }
 
+/// Every asked queue's index merged newest first: the readers, the ids
+/// already seen (retries and replays keep their entry) and how many tasks
+/// were read.
+struct Merge {
+    readers: Vec<Reader>,
+    seen: HashSet<String>,
+    scanned: usize,
+}
+
+impl Merge {
+    fn new(queues: Vec<String>) -> Self {
+        let readers = queues
+            .into_iter()
+            .map(|queue| Reader {
+                queue,
+                buf: VecDeque::new(),
+                last: None,
+                // An entry holds one task or (on Redis) up to a hundred:
+                // start small, then double.
+                chunk: 2,
+                done: false,
+            })
+            .collect();
+        Merge {
+            readers,
+            seen: HashSet::new(),
+            scanned: 0,
+        }
+    }
+
+    /// Whether every reader has read its whole index.
+    fn exhausted(&self) -> bool {
+        self.readers.iter().all(|r| r.buf.is_empty() && r.done)
+    }
+
+    /// The next batch of up to [`BATCH`] entries, newest first, that
+    /// `query`'s task name matches, each with whether `text` occurs in it.
+    /// Empty when a reader must refill first, or when nothing is left.
+    async fn next_batch(
+        &mut self,
+        admin: &dyn QueueAdmin,
+        query: &TaskQuery,
+        text: Option<&str>,
+    ) -> Result<Vec<(RecentTask, bool)>> {
+        // Every reader with more to read holds at least one entry, so the
+        // newest of their fronts is the newest entry left.
+        let refills = self
+            .readers
+            .iter_mut()
+            .filter(|r| r.buf.is_empty() && !r.done)
+            .map(|r| r.refill(admin));
+        futures::future::try_join_all(refills).await?;
+        let mut batch: Vec<(RecentTask, bool)> = Vec::new();
+        while batch.len() < BATCH && self.scanned < MAX_SCAN {
+            let Some(next) = self
+                .readers
+                .iter_mut()
+                .filter(|r| !r.buf.is_empty())
+                .max_by(|a, b| a.buf.front().map(newer).cmp(&b.buf.front().map(newer)))
+            else {
+                break;
+            };
+            let Some(entry) = next.buf.pop_front() else {
+                break;
+            };
+            let refill = next.buf.is_empty() && !next.done;
+            self.scanned += 1;
+            if self.seen.insert(entry.id.clone())
+                && query.task.as_ref().is_none_or(|t| *t == entry.name)
+            {
+                let text_hit = text.is_some_and(|t| entry_contains(&entry, t));
+                batch.push((entry, text_hit));
+            }
+            if refill {
+                // Merging needs this queue's next entry before going on.
+                break;
+            }
+        }
+        Ok(batch)
+    }
+}
+
 /// Lists the tasks `query` asks for, newest first, from the recent-task
 /// indexes of `admin` and the statuses of `backend`.
 pub async fn find_tasks(
@@ -152,7 +234,6 @@ pub async fn find_tasks(
         Some(q) => vec![q.clone()],
         None => admin.known_queues().await?,
     };
-
     let text = query
         .text
         .as_deref()
@@ -163,59 +244,13 @@ pub async fn find_tasks(
     let skip = query.page.max(1).saturating_sub(1) * page_size;
     // One match past the page says whether another page exists.
     let wanted = skip + page_size + 1;
-    let mut readers: Vec<Reader> = queues
-        .into_iter()
-        .map(|queue| Reader {
-            queue,
-            buf: VecDeque::new(),
-            last: None,
-            // An entry holds one task or (on Redis) up to a hundred: start
-            // small, then double.
-            chunk: 2,
-            done: false,
-        })
-        .collect();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut merge = Merge::new(queues);
     let mut matches: Vec<RecentTask> = Vec::new();
-    let mut scanned = 0usize;
     let mut complete = false;
-    while matches.len() < wanted {
-        if scanned >= MAX_SCAN {
-            break;
-        }
-        // Every reader with more to read holds at least one entry, so the
-        // newest of their fronts is the newest entry left.
-        let refills = readers
-            .iter_mut()
-            .filter(|r| r.buf.is_empty() && !r.done)
-            .map(|r| r.refill(admin));
-        futures::future::try_join_all(refills).await?;
-        let mut batch: Vec<(RecentTask, bool)> = Vec::new();
-        while batch.len() < BATCH && scanned < MAX_SCAN {
-            let Some(next) = readers
-                .iter_mut()
-                .filter(|r| !r.buf.is_empty())
-                .max_by(|a, b| a.buf.front().map(newer).cmp(&b.buf.front().map(newer)))
-            else {
-                break;
-            };
-            let Some(entry) = next.buf.pop_front() else {
-                break;
-            };
-            let refill = next.buf.is_empty() && !next.done;
-            scanned += 1;
-            if seen.insert(entry.id.clone()) && query.task.as_ref().is_none_or(|t| *t == entry.name)
-            {
-                let text_hit = text.as_deref().is_some_and(|t| entry_contains(&entry, t));
-                batch.push((entry, text_hit));
-            }
-            if refill {
-                // Merging needs this queue's next entry before going on.
-                break;
-            }
-        }
+    while matches.len() < wanted && merge.scanned < MAX_SCAN {
+        let batch = merge.next_batch(admin, query, text.as_deref()).await?;
         if batch.is_empty() {
-            if readers.iter().all(|r| r.buf.is_empty() && r.done) {
+            if merge.exhausted() {
                 complete = true;
                 break;
             }
@@ -225,10 +260,20 @@ pub async fn find_tasks(
     }
     let has_more = matches.len() > skip + page_size;
     let page: Vec<RecentTask> = matches.into_iter().skip(skip).take(page_size).collect();
-    // Only the page's rows are decoded whole and read with full statuses.
+    Ok(TaskListing {
+        rows: page_rows(backend, page).await?,
+        has_more,
+        scanned: merge.scanned,
+        complete,
+    })
+}
+
+/// The page's rows: only they are decoded whole and read with their full
+/// statuses.
+async fn page_rows(backend: &dyn ResultBackend, page: Vec<RecentTask>) -> Result<Vec<TaskRow>> {
     let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
     let statuses = backend.get_statuses(&ids).await?;
-    let rows = page
+    Ok(page
         .into_iter()
         .zip(statuses)
         .filter_map(|(entry, status)| {
@@ -239,13 +284,7 @@ pub async fn find_tasks(
                 status,
             })
         })
-        .collect();
-    Ok(TaskListing {
-        rows,
-        has_more,
-        scanned,
-        complete,
-    })
+        .collect())
 }
 
 /// The publish-order key of an index entry: the producer's enqueue

@@ -290,50 +290,14 @@ pub(super) async fn send(
     // Slot groups merged by master; the groups of a master the map does
     // not know keep a request each through the client's routing (`None`).
     let map = slots.current(conn).await;
-    let mut batches: Vec<(Option<Master>, Vec<Vec<usize>>)> = Vec::new();
-    for group in groups {
-        let slot = group.iter().find_map(|&i| keys[i].as_deref()).map(slot_of);
-        let master = map
-            .as_deref()
-            .zip(slot)
-            .and_then(|(m, slot)| m.master_of(slot))
-            .cloned();
-        match batches
-            .iter_mut()
-            .find(|(m, _)| master.is_some() && *m == master)
-        {
-            Some((_, members)) => members.push(group),
-            None => batches.push((master, vec![group])),
-        }
-    }
+    let batches = by_master(groups, &keys, map.as_deref());
     let sends = batches.into_iter().map(|(master, groups)| {
         let conn = conn.clone();
         let cmds = &cmds;
         async move {
-            let Some(master) = master else {
-                return per_slot(&conn, cmds, &groups).await;
-            };
-            let members: Vec<usize> = groups.iter().flatten().copied().collect();
-            let sub = sub_pipeline(cmds, &members);
-            let mut master = slots.master(&master)?;
-            let mut sent = master.req_packed_commands(&sub, 0, members.len()).await;
-            if let Err(e) = &sent {
-                // After a restart the first write meets the dead socket
-                // and never leaves: this part alone goes again (the
-                // manager reconnects on that error).
-                if super::never_sent(e) {
-                    sent = master.req_packed_commands(&sub, 0, members.len()).await;
-                }
-            }
-            match sent {
-                Ok(replies) => Ok(members.into_iter().zip(replies).collect()),
-                Err(e) => {
-                    // The master may be gone (a failover): read the map
-                    // again next time. What ran is unknown, so the error
-                    // goes to the caller, as any failed request's does.
-                    slots.stale();
-                    Err(e)
-                }
+            match master {
+                Some(master) => send_to_master(slots, &master, cmds, &groups).await,
+                None => per_slot(&conn, cmds, &groups).await,
             }
         }
     });
@@ -364,6 +328,65 @@ pub(super) async fn send(
         }
     }
     Ok(out)
+}
+
+/// Slot groups merged by the master `map` says serves them; the groups of
+/// a master the map does not know keep a request each through the client's
+/// routing (`None`).
+fn by_master(
+    groups: Vec<Vec<usize>>,
+    keys: &[Option<Vec<u8>>],
+    map: Option<&SlotMap>,
+) -> Vec<(Option<Master>, Vec<Vec<usize>>)> {
+    let mut batches: Vec<(Option<Master>, Vec<Vec<usize>>)> = Vec::new();
+    for group in groups {
+        let slot = group.iter().find_map(|&i| keys[i].as_deref()).map(slot_of);
+        let master = map
+            .zip(slot)
+            .and_then(|(m, slot)| m.master_of(slot))
+            .cloned();
+        match batches
+            .iter_mut()
+            .find(|(m, _)| master.is_some() && *m == master)
+        {
+            Some((_, members)) => members.push(group),
+            None => batches.push((master, vec![group])),
+        }
+    }
+    batches
+}
+
+/// Sends the commands of `groups` to `master` as one pipeline; each reply
+/// comes back with its command's index.
+async fn send_to_master(
+    slots: &Slots,
+    master: &Master,
+    cmds: &[&Cmd],
+    groups: &[Vec<usize>],
+) -> RedisResult<Vec<(usize, Value)>> {
+    use redis::aio::ConnectionLike;
+    let members: Vec<usize> = groups.iter().flatten().copied().collect();
+    let sub = sub_pipeline(cmds, &members);
+    let mut master = slots.master(master)?;
+    let mut sent = master.req_packed_commands(&sub, 0, members.len()).await;
+    if let Err(e) = &sent {
+        // After a restart the first write meets the dead socket and never
+        // leaves: this part alone goes again (the manager reconnects on
+        // that error).
+        if super::never_sent(e) {
+            sent = master.req_packed_commands(&sub, 0, members.len()).await;
+        }
+    }
+    match sent {
+        Ok(replies) => Ok(members.into_iter().zip(replies).collect()),
+        Err(e) => {
+            // The master may be gone (a failover): read the map again next
+            // time. What ran is unknown, so the error goes to the caller,
+            // as any failed request's does.
+            slots.stale();
+            Err(e)
+        }
+    }
 }
 
 /// The pipeline of `cmds[i]` for each `i` of `members`, in that order.

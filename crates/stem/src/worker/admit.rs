@@ -66,6 +66,20 @@ impl Reject {
             claimed: None,
         }
     }
+
+    /// A reject dead-lettering the delivery's envelope as `reason` with
+    /// `error`, touching nothing else.
+    fn dead_with_wire(d: Delivery, reason: DeadLetterReason, error: String) -> Self {
+        Reject::dead_only(
+            d.receipt,
+            NewDeadLetter {
+                reason,
+                error: Some(error),
+                wire: Some(d.wire),
+                raw: None,
+            },
+        )
+    }
 }
 
 fn failed_status(
@@ -97,46 +111,7 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
             d.wire.signature.as_deref(),
             &d.wire.body,
         ) {
-            let series = shared.metrics.series_of(None, &d.receipt.queue);
-            shared.metrics.signature_invalid(&series);
-            tracing::warn!(
-                queue = %d.receipt.queue, entry = %d.receipt.entry_id,
-                key_id = d.wire.key_id.as_deref().unwrap_or("-"),
-                claimed_task_id = parsed.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
-                error = %e, "signature invalid: entry dead-lettered without running"
-            );
-            // What the entry claims, for the fingerprint's compare-and-set
-            // only, and only where its producer would have delivered it:
-            // from the queue its spec names (a stream writer could copy a
-            // genuine envelope into a queue whose workers hold other keys,
-            // and so fail a task its own workers would run), at an attempt
-            // within the budget.
-            let claimed = parsed
-                .ok()
-                .filter(|spec| {
-                    spec.queue == d.receipt.queue && !attempt_over(shared, spec, d.wire.attempt)
-                })
-                .map(|spec| {
-                    let mut status = failed_status(
-                        &spec,
-                        d.wire.attempt,
-                        DeadLetterReason::SignatureInvalid,
-                        e.to_string(),
-                    );
-                    status.fingerprint = Some(d.wire.fingerprint());
-                    (Arc::new(spec), status)
-                });
-            let mut reject = Reject::dead_only(
-                d.receipt,
-                NewDeadLetter {
-                    reason: DeadLetterReason::SignatureInvalid,
-                    error: Some(e.to_string()),
-                    wire: Some(d.wire),
-                    raw: None,
-                },
-            );
-            reject.claimed = claimed;
-            return Err(Box::new(reject));
+            return Err(signature_reject(shared, d, parsed, e.to_string()));
         }
     }
     let spec = match parsed {
@@ -160,14 +135,10 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
             spec.queue, d.receipt.queue
         );
         tracing::warn!(task_id = %spec.id, task = %spec.name, error = %msg, "envelope in the wrong queue dead-lettered; no status written");
-        return Err(Box::new(Reject::dead_only(
-            d.receipt,
-            NewDeadLetter {
-                reason: DeadLetterReason::WrongQueue,
-                error: Some(msg),
-                wire: Some(d.wire),
-                raw: None,
-            },
+        return Err(Box::new(Reject::dead_with_wire(
+            d,
+            DeadLetterReason::WrongQueue,
+            msg,
         )));
     }
     let handler = shared.registry.get(&spec.name);
@@ -178,14 +149,10 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
             d.wire.attempt
         );
         tracing::warn!(task_id = %spec.id, error = %msg, "entry with an out-of-range attempt dead-lettered; no status written");
-        return Err(Box::new(Reject::dead_only(
-            d.receipt,
-            NewDeadLetter {
-                reason: DeadLetterReason::AttemptOutOfRange,
-                error: Some(msg),
-                wire: Some(d.wire),
-                raw: None,
-            },
+        return Err(Box::new(Reject::dead_with_wire(
+            d,
+            DeadLetterReason::AttemptOutOfRange,
+            msg,
         )));
     }
     let Some(handler) = handler else {
@@ -211,6 +178,45 @@ fn check(shared: &Shared, d: Delivery) -> Result<Runnable, Box<Reject>> {
         }));
     };
     Ok((d, Arc::new(spec), handler))
+}
+
+/// The reject of a delivery whose signature does not verify: dead-lettered
+/// as `signature-invalid`, no status of its own written. What the entry
+/// claims is kept for the fingerprint's compare-and-set only, and only
+/// where its producer would have delivered it: from the queue its spec
+/// names (a stream writer could copy a genuine envelope into a queue whose
+/// workers hold other keys, and so fail a task its own workers would run),
+/// at an attempt within the budget.
+fn signature_reject(
+    shared: &Shared,
+    d: Delivery,
+    parsed: crate::error::Result<TaskSpec>,
+    error: String,
+) -> Box<Reject> {
+    let series = shared.metrics.series_of(None, &d.receipt.queue);
+    shared.metrics.signature_invalid(&series);
+    tracing::warn!(
+        queue = %d.receipt.queue, entry = %d.receipt.entry_id,
+        key_id = d.wire.key_id.as_deref().unwrap_or("-"),
+        claimed_task_id = parsed.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
+        error = %error, "signature invalid: entry dead-lettered without running"
+    );
+    let claimed = parsed
+        .ok()
+        .filter(|spec| spec.queue == d.receipt.queue && !attempt_over(shared, spec, d.wire.attempt))
+        .map(|spec| {
+            let mut status = failed_status(
+                &spec,
+                d.wire.attempt,
+                DeadLetterReason::SignatureInvalid,
+                error.clone(),
+            );
+            status.fingerprint = Some(d.wire.fingerprint());
+            (Arc::new(spec), status)
+        });
+    let mut reject = Reject::dead_with_wire(d, DeadLetterReason::SignatureInvalid, error);
+    reject.claimed = claimed;
+    Box::new(reject)
 }
 
 /// The retry budget of `spec`'s task: the catalogue's, or the spec's when

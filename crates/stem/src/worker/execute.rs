@@ -13,9 +13,11 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,7 @@ use crate::backend::get_status;
 use crate::broker::Delivery;
 use crate::canvas::{CHAIN_PREV_HEADER, CHORD_HEADER};
 use crate::envelope::{now_ms, TaskSpec, TaskState, TaskStatus};
-use crate::task::{TaskContext, TaskFailure, TaskHandler};
+use crate::task::{TaskContext, TaskFailure, TaskHandler, TaskResult};
 
 use super::{Outcome, Shared};
 
@@ -201,39 +203,13 @@ async fn run(
     let cancel = CancellationToken::new();
     let marked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let returned = marked.clone();
-    shared.inflight.start(
-        &d.receipt,
-        super::RunningTask {
-            spec: spec.clone(),
-            attempt: d.wire.attempt,
-            started_ms: crate::envelope::now_ms(),
-            cancel: cancel.clone(),
-            marked: marked.clone(),
-        },
-    );
-    shared.dispatch.started.notify_one();
+    track_running(shared, &d, &spec, &cancel, &marked);
     let series = shared.metrics.series(&spec);
     shared.metrics.started(&series);
     let began = std::time::Instant::now();
     tracing::debug!(task = %spec.name, task_id = %spec.id, attempt = d.wire.attempt, "task started");
 
-    let chain_previous = match spec.headers.get(CHAIN_PREV_HEADER) {
-        Some(prev) => get_status(shared.backend.as_ref(), prev)
-            .await
-            .ok()
-            .flatten()
-            .map(|s| s.result),
-        None => None,
-    };
-    let chord_results = match spec.headers.get(CHORD_HEADER) {
-        Some(gid) => shared.backend.get_group(gid).await.ok().flatten().map(|g| {
-            g.results
-                .into_values()
-                .map(|s| s.result)
-                .collect::<Vec<Value>>()
-        }),
-        None => None,
-    };
+    let (chain_previous, chord_results) = canvas_inputs(shared, &spec).await;
     let soft = CancellationToken::new();
     let ctx = TaskContext {
         task_id: spec.id.clone(),
@@ -250,19 +226,12 @@ async fn run(
         progress: Some((shared.backend.clone(), spec.clone())),
         progressed: marked,
     };
-    let soft_timer = options.soft_time_limit.map(|limit| {
-        let soft = soft.clone();
-        let task_id = spec.id.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            tracing::warn!(task_id = %task_id, limit_ms = limit.as_millis() as u64, "soft time limit reached");
-            soft.cancel();
-        })
-    });
+    let soft_timer = options
+        .soft_time_limit
+        .map(|limit| soft_limit_timer(limit, soft.clone(), spec.id.clone()));
 
-    // The body runs inside this task; a panic is caught at its poll and
-    // reported as a failed attempt. Dropping the future (hard limit,
-    // shutdown) stops it at its next await.
+    // The body runs inside this task ([`call_body`]); dropping its future
+    // (hard limit, shutdown) stops it at its next await.
     let spans = crate::trace::Attempt::open(
         &spec,
         d.wire.attempt,
@@ -274,27 +243,8 @@ async fn run(
         Some(spans) => spans.around(call).boxed(),
         None => call,
     };
-    let body = AssertUnwindSafe(call).catch_unwind();
-    let hard = options.time_limit;
-    let joined = async move {
-        match hard {
-            Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),
-            None => Ok(body.await),
-        }
-    };
     let result = tokio::select! {
-        r = joined => match r {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => {
-                let msg = panic_message(panic);
-                tracing::error!(task_id = %spec.id, panic = %msg, "task panicked");
-                Err(TaskFailure::new(format!("task panicked: {msg}")))
-            }
-            Err(limit) => {
-                cancel.cancel();
-                Err(TaskFailure::new(format!("hard time limit of {}ms exceeded", limit.as_millis())))
-            }
-        },
+        r = call_body(call, options.time_limit, &cancel, &spec.id) => r,
         _ = shared.force.cancelled() => {
             cancel.cancel();
             if let Some(t) = soft_timer { t.abort(); }
@@ -318,6 +268,99 @@ async fn run(
         wire: d.wire,
         result,
         budget: options.max_retries,
+    }
+}
+
+/// Counts the delivery as running (the in-flight table the marker, the
+/// revoker and `inspect` read) and wakes the dispatcher, which waits for a
+/// start before it takes the next task.
+fn track_running(
+    shared: &Shared,
+    d: &Delivery,
+    spec: &Arc<TaskSpec>,
+    cancel: &CancellationToken,
+    marked: &Arc<std::sync::atomic::AtomicBool>,
+) {
+    shared.inflight.start(
+        &d.receipt,
+        super::RunningTask {
+            spec: spec.clone(),
+            attempt: d.wire.attempt,
+            started_ms: crate::envelope::now_ms(),
+            cancel: cancel.clone(),
+            marked: marked.clone(),
+        },
+    );
+    shared.dispatch.started.notify_one();
+}
+
+/// What a canvas step reads before it runs: the previous chain step's
+/// result and a chord callback's member results (each only when its header
+/// is there; an unreadable one is `None`, as for a task outside a canvas).
+async fn canvas_inputs(shared: &Shared, spec: &TaskSpec) -> (Option<Value>, Option<Vec<Value>>) {
+    let chain_previous = match spec.headers.get(CHAIN_PREV_HEADER) {
+        Some(prev) => get_status(shared.backend.as_ref(), prev)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.result),
+        None => None,
+    };
+    let chord_results = match spec.headers.get(CHORD_HEADER) {
+        Some(gid) => shared.backend.get_group(gid).await.ok().flatten().map(|g| {
+            g.results
+                .into_values()
+                .map(|s| s.result)
+                .collect::<Vec<Value>>()
+        }),
+        None => None,
+    };
+    (chain_previous, chord_results)
+}
+
+/// Cancels `soft` once `limit` has passed (the task's soft time limit:
+/// the body is told, and may wind down by itself).
+fn soft_limit_timer(
+    limit: Duration,
+    soft: CancellationToken,
+    task_id: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(limit).await;
+        tracing::warn!(task_id = %task_id, limit_ms = limit.as_millis() as u64, "soft time limit reached");
+        soft.cancel();
+    })
+}
+
+/// Runs the body `call` inside this task: a panic is caught at its poll
+/// and reported as a failed attempt, and a `hard` time limit drops the
+/// future, which stops it at its next await (and cancels `cancel`, so what
+/// the body spawned stops too).
+async fn call_body(
+    call: BoxFuture<'_, TaskResult<Value>>,
+    hard: Option<Duration>,
+    cancel: &CancellationToken,
+    task_id: &str,
+) -> TaskResult<Value> {
+    let body = AssertUnwindSafe(call).catch_unwind();
+    let joined = match hard {
+        Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),
+        None => Ok(body.await),
+    };
+    match joined {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => {
+            let msg = panic_message(panic);
+            tracing::error!(task_id = %task_id, panic = %msg, "task panicked");
+            Err(TaskFailure::new(format!("task panicked: {msg}")))
+        }
+        Err(limit) => {
+            cancel.cancel();
+            Err(TaskFailure::new(format!(
+                "hard time limit of {}ms exceeded",
+                limit.as_millis()
+            )))
+        }
     }
 }
 

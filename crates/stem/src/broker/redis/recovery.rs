@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ::redis::streams::{StreamPendingCountReply, StreamPendingId};
 use ::redis::{AsyncCommands, Value};
 
 use super::entry::{self, elements, id_and_fields};
@@ -13,6 +14,7 @@ use super::{is_nogroup, RedisBroker, GROUP, RECOVER_SCAN};
 use crate::broker::{lanes_in_fetch_order, Fetched, LANES};
 use crate::error::Result;
 use crate::keys;
+use crate::redis_conn::Conn;
 
 impl RedisBroker {
     /// Takes over up to `max` entries of `queues` idle for `min_idle` and
@@ -41,81 +43,20 @@ impl RedisBroker {
                     return Ok(out);
                 }
                 let key = keys::lane(q, lane);
-                let pending: ::redis::RedisResult<::redis::streams::StreamPendingCountReply> =
-                    ::redis::cmd("XPENDING")
-                        .arg(&key)
-                        .arg(GROUP)
-                        .arg("IDLE")
-                        .arg(min_ms)
-                        .arg("-")
-                        .arg("+")
-                        .arg(RECOVER_SCAN)
-                        .query_async(&mut conn)
-                        .await;
-                let pending = match pending {
-                    Ok(p) => p.ids,
-                    Err(e) if is_nogroup(&e) => continue,
-                    Err(e) => {
-                        // One broken key must not stop recovery of the
-                        // others, nor drop what was claimed already.
-                        tracing::warn!(key, error = %e, "recovery skipped a stream it cannot read");
-                        continue;
-                    }
-                };
-                if pending.is_empty() {
+                let Some(pending) = idle_pending(&mut conn, &key, min_ms).await else {
                     continue;
-                }
+                };
                 if leases.is_none() {
                     leases = Some(conn.hgetall(keys::LEASES).await.unwrap_or_default());
                 }
-                let declared = leases.as_ref();
-                let mut pipe = ::redis::pipe();
-                let mut counts = Vec::new();
-                for p in pending {
-                    if out.len() + counts.len() >= max {
-                        break;
-                    }
-                    let lease = declared
-                        .and_then(|l| l.get(&p.consumer))
-                        .copied()
-                        .unwrap_or(0)
-                        .max(min_ms);
-                    // Our own entries count too: a worker restarted under the
-                    // same name recovers what its previous life held.
-                    if (p.last_delivered_ms as u64) < lease {
-                        continue;
-                    }
-                    pipe.cmd("XCLAIM")
-                        .arg(&key)
-                        .arg(GROUP)
-                        .arg(consumer)
-                        .arg(lease)
-                        .arg(&p.id);
-                    counts.push(p.times_delivered as u32);
-                }
-                if counts.is_empty() {
-                    continue;
-                }
-                let claimed: Vec<Value> = match pipe.query_async(&mut conn).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(key, error = %e, "recovery could not claim entries");
-                        continue;
-                    }
+                let lane = Lane {
+                    queue: q,
+                    lane,
+                    key: &key,
                 };
-                for (reply, before) in claimed.into_iter().zip(counts) {
-                    let Some(entry) = elements(reply).into_iter().next() else {
-                        continue; // renewed meanwhile, or deleted
-                    };
-                    let Some((id, fields)) = id_and_fields(entry) else {
-                        continue;
-                    };
-                    let mut f = entry::to_fetched(q, lane, id, fields);
-                    if let Fetched::Task(d) = &mut f {
-                        d.deliveries = before.saturating_add(1);
-                    }
-                    out.push(f);
-                }
+                let room = max - out.len();
+                let claim = Claim::of(pending, leases.as_ref(), min_ms, room);
+                out.extend(lane.claim(&mut conn, consumer, claim).await);
             }
         }
         Ok(out)
@@ -225,5 +166,116 @@ impl RedisBroker {
             tracing::debug!(workers = ?gone, "lease declarations of gone workers removed");
         }
         Ok(())
+    }
+}
+
+/// The entries of lane stream `key` idle for at least `min_ms` (up to
+/// [`RECOVER_SCAN`]), or `None` when there are none or the stream cannot
+/// be read: one broken key must not stop recovery of the others, nor drop
+/// what was claimed already.
+async fn idle_pending(conn: &mut Conn, key: &str, min_ms: u64) -> Option<Vec<StreamPendingId>> {
+    let pending: ::redis::RedisResult<StreamPendingCountReply> = ::redis::cmd("XPENDING")
+        .arg(key)
+        .arg(GROUP)
+        .arg("IDLE")
+        .arg(min_ms)
+        .arg("-")
+        .arg("+")
+        .arg(RECOVER_SCAN)
+        .query_async(conn)
+        .await;
+    match pending {
+        Ok(p) if p.ids.is_empty() => None,
+        Ok(p) => Some(p.ids),
+        Err(e) if is_nogroup(&e) => None,
+        Err(e) => {
+            tracing::warn!(key, error = %e, "recovery skipped a stream it cannot read");
+            None
+        }
+    }
+}
+
+/// The idle entries of one lane to take over, each with the lease it must
+/// have been idle for and how often it was delivered before.
+struct Claim {
+    entries: Vec<(String, u64, u32)>,
+}
+
+impl Claim {
+    /// Of `pending`, at most `room` entries idle past the lease their
+    /// holder declared in `leases` (at least `min_ms`). Our own entries
+    /// count too: a worker restarted under the same name recovers what its
+    /// previous life held.
+    fn of(
+        pending: Vec<StreamPendingId>,
+        leases: Option<&HashMap<String, u64>>,
+        min_ms: u64,
+        room: usize,
+    ) -> Self {
+        let mut entries = Vec::new();
+        for p in pending {
+            if entries.len() >= room {
+                break;
+            }
+            let lease = leases
+                .and_then(|l| l.get(&p.consumer))
+                .copied()
+                .unwrap_or(0)
+                .max(min_ms);
+            if (p.last_delivered_ms as u64) < lease {
+                continue;
+            }
+            entries.push((p.id, lease, p.times_delivered as u32));
+        }
+        Claim { entries }
+    }
+}
+
+/// One lane stream of one queue.
+struct Lane<'a> {
+    queue: &'a str,
+    lane: u8,
+    key: &'a str,
+}
+
+impl Lane<'_> {
+    /// Claims `claim`'s entries for `consumer` in one pipeline of `XCLAIM`s
+    /// (each with its lease as min-idle, so a renewal that landed in
+    /// between wins) and returns what was taken over.
+    async fn claim(&self, conn: &mut Conn, consumer: &str, claim: Claim) -> Vec<Fetched> {
+        if claim.entries.is_empty() {
+            return Vec::new();
+        }
+        let mut pipe = ::redis::pipe();
+        for (id, lease, _) in &claim.entries {
+            pipe.cmd("XCLAIM")
+                .arg(self.key)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(*lease)
+                .arg(id);
+        }
+        let claimed: Vec<Value> = match pipe.query_async(conn).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(key = self.key, error = %e, "recovery could not claim entries");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (reply, (_, _, before)) in claimed.into_iter().zip(claim.entries) {
+            let Some(entry) = elements(reply).into_iter().next() else {
+                continue; // renewed meanwhile, or deleted
+            };
+            let Some((id, fields)) = id_and_fields(entry) else {
+                continue;
+            };
+            let mut f = entry::to_fetched(self.queue, self.lane, id, fields);
+            if let Fetched::Task(d) = &mut f {
+                d.deliveries = before.saturating_add(1);
+            }
+            out.push(f);
+        }
+        out
     }
 }
