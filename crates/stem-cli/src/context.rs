@@ -61,6 +61,15 @@ impl Ctx {
         Ok(stem.with_registry(stem_demo::registry()))
     }
 
+    /// A consumer client for a command on one queue, once the queue is
+    /// known: exit 65 for an invalid name or a queue the broker has never
+    /// seen (a typo, usually), before anything is read or changed.
+    pub async fn consumer_on(&self, queue: &str) -> anyhow::Result<Stem> {
+        let stem = self.consumer()?;
+        known(&stem, queue).await?;
+        Ok(stem)
+    }
+
     /// A client for worker commands: it signs them with
     /// `STEM_SIGNING_ACTIVE_KEY` when the signing keys allow, so workers
     /// with keys accept revoke, shutdown, pause and resume; without a
@@ -84,4 +93,28 @@ impl Ctx {
         ScheduleStores::connect(&self.config)
             .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))
     }
+}
+
+/// Exit 65 for a name no queue may have (the library's rule).
+pub fn check_queue_name(queue: &str) -> anyhow::Result<()> {
+    stem::config::validate_queue_name("queue", queue)
+        .map_err(|e| fail(Exit::Data, format!("invalid queue name: {e}")))
+}
+
+/// Exit 65 for a queue the broker has never seen (a typo, usually).
+async fn known(stem: &Stem, queue: &str) -> anyhow::Result<()> {
+    check_queue_name(queue)?;
+    let queues = stem.admin().known_queues().await?;
+    if queues.iter().any(|q| q == queue) {
+        return Ok(());
+    }
+    let known = if queues.is_empty() {
+        "none".to_string()
+    } else {
+        queues.join(", ")
+    };
+    Err(fail(
+        Exit::Data,
+        format!("unknown queue {queue:?} (known: {known})"),
+    ))
 }

@@ -17,6 +17,23 @@ pub struct Format {
     pub json: bool,
 }
 
+impl Format {
+    /// Prints `value` as pretty JSON with `--json`; otherwise runs `human`,
+    /// which prints what a person reads (a table or a sentence).
+    pub fn print<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        human: impl FnOnce(),
+    ) -> anyhow::Result<()> {
+        if self.json {
+            print_json(value)
+        } else {
+            human();
+            Ok(())
+        }
+    }
+}
+
 /// Writes one line to stdout. A closed pipe (`stem … | head`) ends the
 /// process quietly with 0; any other write error with 70.
 pub fn write_line(args: std::fmt::Arguments<'_>) {
@@ -65,6 +82,15 @@ impl Table {
             align: vec![Align::Left; headers.len()],
             rows: Vec::new(),
         }
+    }
+
+    /// A `Field`/`Value` table of one record, a row per field.
+    pub fn fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> Self {
+        let mut t = Table::new(&["Field", "Value"]);
+        for (k, v) in fields {
+            t.row(vec![k.into(), v]);
+        }
+        t
     }
 
     /// Right-aligns the columns at `columns` (numbers).
@@ -144,6 +170,20 @@ pub fn or_dash(v: Option<impl ToString>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// `items` joined by `sep`, or `-` when there are none.
+pub fn join_or_dash(items: &[String], sep: &str) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(sep)
+    }
+}
+
+/// `yes` or `no`.
+pub fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
 /// A duration as the shortest of `<n>ms`, `<n>s`, `<n>m`, `<n>h` that is
 /// exact (`1500ms`, `5s`, `2m`).
 pub fn short_duration(d: Duration) -> String {
@@ -215,5 +255,11 @@ mod tests {
         assert_eq!(short_duration(Duration::ZERO), "0s");
         assert_eq!(age(0, 3_500), "3s ago");
         assert_eq!(age(10_000, 6_000), "in 4s");
+    }
+
+    #[test]
+    fn empty_lists_are_a_dash() {
+        assert_eq!(join_or_dash(&[], ", "), "-");
+        assert_eq!(join_or_dash(&["a".into(), "b".into()], ","), "a,b");
     }
 }

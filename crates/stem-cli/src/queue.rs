@@ -2,11 +2,12 @@
 
 use clap::Subcommand;
 use serde::Serialize;
+use serde_json::json;
 use stem::client::Stem;
 
 use crate::context::Ctx;
-use crate::fail::{fail, require_yes, Exit};
-use crate::output::{outln, plural, print_json, Format, Table};
+use crate::fail::require_yes;
+use crate::output::{join_or_dash, outln, plural, yes_no, Format, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {
@@ -63,104 +64,101 @@ struct QueueDetail {
     workers: Vec<String>,
 }
 
+/// Runs one `stem queue` command.
 pub async fn run(ctx: &Ctx, cmd: QueueCommand) -> anyhow::Result<i32> {
-    let stem = ctx.consumer()?;
     match cmd {
-        QueueCommand::List(format) => {
-            let admin = stem.admin();
-            let paused = stem.control().paused_queues().await?;
-            let mut rows = Vec::new();
-            for q in admin.known_queues().await? {
-                rows.push(row(&stem, &q, &paused).await?);
-            }
-            if format.json {
-                print_json(&rows)?;
-            } else if rows.is_empty() {
-                outln!("No queues yet (a queue is known once a task is published to it or a worker consumes it).");
-            } else {
-                let mut t =
-                    Table::new(&["Queue", "Ready", "Inflight", "Delayed", "Dead", "Paused"])
-                        .right(&[1, 2, 3, 4]);
-                for r in rows {
-                    t.row(vec![
-                        r.queue,
-                        r.ready.to_string(),
-                        r.inflight.to_string(),
-                        r.delayed.to_string(),
-                        r.dead.to_string(),
-                        if r.paused { "yes" } else { "no" }.into(),
-                    ]);
-                }
-                t.print();
-            }
-            Ok(0)
-        }
-        QueueCommand::Inspect { queue, format } => {
-            known(&stem, &queue).await?;
-            let paused = stem.control().paused_queues().await?;
-            let counts = row(&stem, &queue, &paused).await?;
-            let workers: Vec<String> = stem
-                .control()
-                .workers()
-                .await?
-                .into_iter()
-                .filter(|w| w.queues.contains(&queue))
-                .map(|w| w.name)
-                .collect();
-            let d = QueueDetail { counts, workers };
-            if format.json {
-                print_json(&d)?;
-            } else {
-                let mut t = Table::new(&["Field", "Value"]);
-                for (k, v) in [
-                    ("Queue", d.counts.queue.clone()),
-                    ("Ready", d.counts.ready.to_string()),
-                    ("Inflight", d.counts.inflight.to_string()),
-                    ("Delayed", d.counts.delayed.to_string()),
-                    ("Dead", d.counts.dead.to_string()),
-                    ("Paused", if d.counts.paused { "yes" } else { "no" }.into()),
-                    (
-                        "Workers",
-                        if d.workers.is_empty() {
-                            "-".into()
-                        } else {
-                            d.workers.join(", ")
-                        },
-                    ),
-                ] {
-                    t.row(vec![k.into(), v]);
-                }
-                t.print();
-            }
-            Ok(0)
-        }
-        QueueCommand::Purge { queue, yes, format } => {
-            known(&stem, &queue).await?;
-            require_yes(yes, &format!("purging queue {queue:?}"))?;
-            let n = stem.admin().purge(&queue).await?;
-            if format.json {
-                print_json(&serde_json::json!({ "queue": queue, "purged": n }))?;
-            } else {
-                outln!(
-                    "Purged {} from {queue}.",
-                    plural(n as usize, "task", "tasks")
-                );
-            }
-            Ok(0)
-        }
-        QueueCommand::Forget { queue, format } => {
-            known(&stem, &queue).await?;
-            let forgotten = stem.forget_queue(&queue).await?;
-            if format.json {
-                print_json(&serde_json::json!({ "queue": queue, "forgotten": forgotten }))?;
-            } else {
-                outln!("Forgot queue {queue}: it is no longer listed.");
-            }
-            Ok(0)
-        }
+        QueueCommand::List(format) => list(ctx, format).await,
+        QueueCommand::Inspect { queue, format } => inspect(ctx, &queue, format).await,
+        QueueCommand::Purge { queue, yes, format } => purge(ctx, &queue, yes, format).await,
+        QueueCommand::Forget { queue, format } => forget(ctx, &queue, format).await,
     }
 }
 
+/// `queue list`: the counts of every queue the broker knows.
+async fn list(ctx: &Ctx, format: Format) -> anyhow::Result<i32> {
+    let stem = ctx.consumer()?;
+    let paused = stem.control().paused_queues().await?;
+    let mut rows = Vec::new();
+    for q in stem.admin().known_queues().await? {
+        rows.push(row(&stem, &q, &paused).await?);
+    }
+    format.print(&rows, || {
+        if rows.is_empty() {
+            outln!("No queues yet (a queue is known once a task is published to it or a worker consumes it).");
+            return;
+        }
+        let mut t = Table::new(&["Queue", "Ready", "Inflight", "Delayed", "Dead", "Paused"])
+            .right(&[1, 2, 3, 4]);
+        for r in &rows {
+            t.row(vec![
+                r.queue.clone(),
+                r.ready.to_string(),
+                r.inflight.to_string(),
+                r.delayed.to_string(),
+                r.dead.to_string(),
+                yes_no(r.paused),
+            ]);
+        }
+        t.print();
+    })?;
+    Ok(0)
+}
+
+/// `queue inspect`: one queue's counts and the live workers consuming it.
+async fn inspect(ctx: &Ctx, queue: &str, format: Format) -> anyhow::Result<i32> {
+    let stem = ctx.consumer_on(queue).await?;
+    let paused = stem.control().paused_queues().await?;
+    let counts = row(&stem, queue, &paused).await?;
+    let workers: Vec<String> = stem
+        .control()
+        .workers()
+        .await?
+        .into_iter()
+        .filter(|w| w.queues.iter().any(|q| q == queue))
+        .map(|w| w.name)
+        .collect();
+    let d = QueueDetail { counts, workers };
+    format.print(&d, || {
+        Table::fields([
+            ("Queue", d.counts.queue.clone()),
+            ("Ready", d.counts.ready.to_string()),
+            ("Inflight", d.counts.inflight.to_string()),
+            ("Delayed", d.counts.delayed.to_string()),
+            ("Dead", d.counts.dead.to_string()),
+            ("Paused", yes_no(d.counts.paused)),
+            ("Workers", join_or_dash(&d.workers, ", ")),
+        ])
+        .print()
+    })?;
+    Ok(0)
+}
+
+/// `queue purge`: deletes the ready and delayed tasks of `queue`.
+async fn purge(ctx: &Ctx, queue: &str, yes: bool, format: Format) -> anyhow::Result<i32> {
+    let stem = ctx.consumer_on(queue).await?;
+    require_yes(yes, &format!("purging queue {queue:?}"))?;
+    let n = stem.admin().purge(queue).await?;
+    format.print(&json!({ "queue": queue, "purged": n }), || {
+        outln!(
+            "Purged {} from {queue}.",
+            plural(n as usize, "task", "tasks")
+        )
+    })?;
+    Ok(0)
+}
+
+/// `queue forget`: stops listing an empty queue nothing consumes; refused,
+/// exit 65, while it holds a task or a live worker consumes it.
+async fn forget(ctx: &Ctx, queue: &str, format: Format) -> anyhow::Result<i32> {
+    let stem = ctx.consumer_on(queue).await?;
+    let forgotten = stem.forget_queue(queue).await?;
+    format.print(&json!({ "queue": queue, "forgotten": forgotten }), || {
+        outln!("Forgot queue {queue}: it is no longer listed.")
+    })?;
+    Ok(0)
+}
+
+/// The counts of `queue`; `paused` lists the paused queues.
 async fn row(stem: &Stem, queue: &str, paused: &[String]) -> anyhow::Result<QueueRow> {
     let s = stem.admin().stats(queue).await?;
     Ok(QueueRow {
@@ -171,25 +169,4 @@ async fn row(stem: &Stem, queue: &str, paused: &[String]) -> anyhow::Result<Queu
         dead: s.dead,
         paused: paused.iter().any(|p| p == queue),
     })
-}
-
-/// Exit 65 for a queue the broker has never seen (a typo, usually).
-pub async fn known(stem: &Stem, queue: &str) -> anyhow::Result<()> {
-    stem::config::validate_queue_name("queue", queue)
-        .map_err(|e| fail(Exit::Data, format!("invalid queue name: {e}")))?;
-    let queues = stem.admin().known_queues().await?;
-    if queues.iter().any(|q| q == queue) {
-        return Ok(());
-    }
-    Err(fail(
-        Exit::Data,
-        format!(
-            "unknown queue {queue:?} (known: {})",
-            if queues.is_empty() {
-                "none".to_string()
-            } else {
-                queues.join(", ")
-            }
-        ),
-    ))
 }

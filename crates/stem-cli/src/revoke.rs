@@ -10,7 +10,7 @@ use stem::client::Stem;
 use stem::envelope::TaskState;
 
 use crate::fail::{fail, Exit};
-use crate::output::{outln, print_json, Format, Table};
+use crate::output::{join_or_dash, outln, Format, Table};
 use stem::control::{Answer, RevokeReply};
 
 /// One revoked task in the `revoke` report.
@@ -41,30 +41,9 @@ pub async fn revoke(
     timeout: Duration,
     format: Format,
 ) -> anyhow::Result<i32> {
-    let mut tasks = Vec::new();
-    let mut to_cancel = Vec::new();
-    for id in ids {
-        match stem.revoke(id, reason).await? {
-            None => tasks.push(Revoked {
-                task_id: id.clone(),
-                previous: "unknown".into(),
-                state: "unknown".into(),
-            }),
-            Some(before) if before.state.is_terminal() => tasks.push(Revoked {
-                task_id: id.clone(),
-                previous: before.state.as_str().into(),
-                state: before.state.as_str().into(),
-            }),
-            Some(before) => {
-                to_cancel.push(id.clone());
-                tasks.push(Revoked {
-                    task_id: id.clone(),
-                    previous: before.state.as_str().into(),
-                    state: TaskState::Cancelled.as_str().into(),
-                });
-            }
-        }
-    }
+    let (tasks, to_cancel) = persist(stem, ids, reason).await?;
+    // Only a task not finished before the revoke can have a running copy;
+    // when there is none, no command is sent and no worker is waited for.
     let ex = if to_cancel.is_empty() {
         None
     } else {
@@ -77,35 +56,7 @@ pub async fn revoke(
         )
     };
     let answers: &[Answer<RevokeReply>] = ex.as_ref().map(|e| e.answers.as_slice()).unwrap_or(&[]);
-    if format.json {
-        print_json(&RevokeReport {
-            tasks: &tasks,
-            workers: answers,
-        })?;
-    } else {
-        let mut t = Table::new(&["Task ID", "Previous", "State"]);
-        for r in &tasks {
-            t.row(vec![r.task_id.clone(), r.previous.clone(), r.state.clone()]);
-        }
-        t.print();
-        if !answers.is_empty() {
-            outln!();
-            let mut w = Table::new(&["Worker", "Status", "Cancelled Running"]);
-            for a in answers {
-                let cancelled = a.reply.clone().map(|r| r.cancelled).unwrap_or_default();
-                w.row(vec![
-                    a.worker.clone(),
-                    a.status.into(),
-                    if cancelled.is_empty() {
-                        "-".into()
-                    } else {
-                        cancelled.join(",")
-                    },
-                ]);
-            }
-            w.print();
-        }
-    }
+    print_report(&tasks, answers, format)?;
     if let Some(ex) = &ex {
         let missing = ex.missing();
         if !missing.is_empty() {
@@ -115,7 +66,77 @@ pub async fn revoke(
             );
         }
     }
-    for r in &tasks {
+    outcome(&tasks)
+}
+
+/// Persists the revocation of each id, in order. Returns a report row per
+/// id and the ids that were not finished yet (their running copies must be
+/// cancelled).
+async fn persist(
+    stem: &Stem,
+    ids: &[String],
+    reason: &str,
+) -> anyhow::Result<(Vec<Revoked>, Vec<String>)> {
+    let mut tasks = Vec::new();
+    let mut to_cancel = Vec::new();
+    for id in ids {
+        let row = |previous: &str, state: &str| Revoked {
+            task_id: id.clone(),
+            previous: previous.into(),
+            state: state.into(),
+        };
+        match stem.revoke(id, reason).await? {
+            None => tasks.push(row("unknown", "unknown")),
+            Some(before) if before.state.is_terminal() => {
+                tasks.push(row(before.state.as_str(), before.state.as_str()))
+            }
+            Some(before) => {
+                to_cancel.push(id.clone());
+                tasks.push(row(before.state.as_str(), TaskState::Cancelled.as_str()));
+            }
+        }
+    }
+    Ok((tasks, to_cancel))
+}
+
+/// Prints the tasks and the workers' answers (JSON, or two tables).
+fn print_report(
+    tasks: &[Revoked],
+    answers: &[Answer<RevokeReply>],
+    format: Format,
+) -> anyhow::Result<()> {
+    format.print(
+        &RevokeReport {
+            tasks,
+            workers: answers,
+        },
+        || {
+            let mut t = Table::new(&["Task ID", "Previous", "State"]);
+            for r in tasks {
+                t.row(vec![r.task_id.clone(), r.previous.clone(), r.state.clone()]);
+            }
+            t.print();
+            if answers.is_empty() {
+                return;
+            }
+            outln!();
+            let mut w = Table::new(&["Worker", "Status", "Cancelled Running"]);
+            for a in answers {
+                let cancelled = a.reply.clone().map(|r| r.cancelled).unwrap_or_default();
+                w.row(vec![
+                    a.worker.clone(),
+                    a.status.into(),
+                    join_or_dash(&cancelled, ","),
+                ]);
+            }
+            w.print();
+        },
+    )
+}
+
+/// Notes tasks that had already finished; exit 65 naming the unknown ids.
+fn outcome(tasks: &[Revoked]) -> anyhow::Result<i32> {
+    for r in tasks {
         if r.previous != "unknown" && r.previous == r.state && r.state != "cancelled" {
             eprintln!("task {} already {}; nothing to revoke", r.task_id, r.state);
         }

@@ -16,9 +16,9 @@ use serde_json::json;
 use stem::client::Stem;
 use stem::envelope::now_ms;
 
-use crate::context::{parse_duration, Ctx};
+use crate::context::{check_queue_name, parse_duration, Ctx};
 use crate::fail::{fail, require_yes, Exit};
-use crate::output::{age, outln, print_json, Format, Table};
+use crate::output::{age, join_or_dash, outln, print_json, Format, Table};
 use crate::revoke::revoke;
 use stem::control::{Exchange, Workers};
 
@@ -112,100 +112,14 @@ pub enum WorkerCommand {
     },
 }
 
+/// Runs one `stem worker` command.
 pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
     let stem = ctx.operator()?;
     match cmd {
         WorkerCommand::List(format) => list(&stem, format).await,
-        WorkerCommand::Ping { targets, format } => {
-            let ex = alive(targets.of(&stem).ping().await?, "ping")?;
-            let mut t = Table::new(&["Worker", "Status", "Answered At"]);
-            for a in &ex.answers {
-                t.row(vec![
-                    a.worker.clone(),
-                    a.status.into(),
-                    a.reply.clone().map_or_else(|| "-".into(), |r| r.timestamp),
-                ]);
-            }
-            finish(&ex, format, t, true)
-        }
-        WorkerCommand::Stats { targets, format } => {
-            let ex = alive(targets.of(&stem).stats().await?, "stats")?;
-            let mut t = Table::new(&[
-                "Worker",
-                "Status",
-                "Namespace",
-                "Queues",
-                "Paused",
-                "Concurrency",
-                "Inflight",
-                "Started",
-                "Succeeded",
-                "Failed",
-                "Retried",
-                "Running Since",
-            ])
-            .right(&[5, 6, 7, 8, 9, 10]);
-            for a in &ex.answers {
-                let info = a.reply.clone();
-                let mut row = vec![a.worker.clone(), a.status.into()];
-                match info {
-                    Some(i) => row.extend([
-                        i.namespace,
-                        i.queues.join(","),
-                        or_blank(i.paused.join(",")),
-                        i.concurrency.to_string(),
-                        i.inflight.to_string(),
-                        i.started.to_string(),
-                        i.succeeded.to_string(),
-                        i.failed.to_string(),
-                        i.retried.to_string(),
-                        age(i.started_at, now_ms()),
-                    ]),
-                    None => row.extend(std::iter::repeat_n("-".to_string(), 10)),
-                }
-                t.row(row);
-            }
-            finish(&ex, format, t, true)
-        }
-        WorkerCommand::Inspect { targets, format } => {
-            let ex = alive(targets.of(&stem).inspect().await?, "inspect")?;
-            let mut t = Table::new(&[
-                "Worker",
-                "Status",
-                "Held",
-                "Task ID",
-                "Task",
-                "Queue",
-                "Attempt",
-                "Running For",
-            ])
-            .right(&[2, 6]);
-            for a in &ex.answers {
-                let inspect = a.reply.clone();
-                let held = inspect
-                    .as_ref()
-                    .map_or_else(|| "-".into(), |r| r.held.to_string());
-                let active = inspect.map(|r| r.active).unwrap_or_default();
-                if active.is_empty() {
-                    let mut row = vec![a.worker.clone(), a.status.into(), held.clone()];
-                    row.extend(std::iter::repeat_n("-".to_string(), 5));
-                    t.row(row);
-                }
-                for task in active {
-                    t.row(vec![
-                        a.worker.clone(),
-                        a.status.into(),
-                        held.clone(),
-                        task.id,
-                        task.task,
-                        task.queue,
-                        task.attempt.to_string(),
-                        format!("{:.1}s", task.runtime_ms as f64 / 1000.0),
-                    ]);
-                }
-            }
-            finish(&ex, format, t, true)
-        }
+        WorkerCommand::Ping { targets, format } => ping(&stem, &targets, format).await,
+        WorkerCommand::Stats { targets, format } => stats(&stem, &targets, format).await,
+        WorkerCommand::Inspect { targets, format } => inspect(&stem, &targets, format).await,
         WorkerCommand::Revoke {
             task_ids,
             reason,
@@ -226,23 +140,7 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
             targets,
             yes,
             format,
-        } => {
-            let who = if targets.workers.is_empty() {
-                "shutting down every live worker".to_string()
-            } else {
-                format!("shutting down {}", targets.workers.join(", "))
-            };
-            require_yes(yes, &who)?;
-            let ex = alive(targets.of(&stem).shutdown().await?, "shutdown")?;
-            let mut t = Table::new(&["Worker", "Status", "Reply", "Active Tasks"]).right(&[3]);
-            for a in &ex.answers {
-                let (status, active) = a.reply.clone().map_or(("-".into(), "-".into()), |r| {
-                    (r.status, r.active.to_string())
-                });
-                t.row(vec![a.worker.clone(), a.status.into(), status, active]);
-            }
-            finish(&ex, format, t, true)
-        }
+        } => shutdown(&stem, &targets, yes, format).await,
         WorkerCommand::Pause {
             queues,
             targets,
@@ -256,6 +154,126 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
     }
 }
 
+/// `worker ping`: who answers, and when.
+async fn ping(stem: &Stem, targets: &Targets, format: Format) -> anyhow::Result<i32> {
+    let ex = alive(targets.of(stem).ping().await?, "ping")?;
+    let mut t = Table::new(&["Worker", "Status", "Answered At"]);
+    for a in &ex.answers {
+        t.row(vec![
+            a.worker.clone(),
+            a.status.into(),
+            a.reply.clone().map_or_else(|| "-".into(), |r| r.timestamp),
+        ]);
+    }
+    finish(&ex, format, t, true)
+}
+
+/// `worker stats`: each worker's settings and counters.
+async fn stats(stem: &Stem, targets: &Targets, format: Format) -> anyhow::Result<i32> {
+    let ex = alive(targets.of(stem).stats().await?, "stats")?;
+    let mut t = Table::new(&[
+        "Worker",
+        "Status",
+        "Namespace",
+        "Queues",
+        "Paused",
+        "Concurrency",
+        "Inflight",
+        "Started",
+        "Succeeded",
+        "Failed",
+        "Retried",
+        "Running Since",
+    ])
+    .right(&[5, 6, 7, 8, 9, 10]);
+    for a in &ex.answers {
+        let mut row = vec![a.worker.clone(), a.status.into()];
+        match a.reply.clone() {
+            Some(i) => row.extend([
+                i.namespace,
+                i.queues.join(","),
+                join_or_dash(&i.paused, ","),
+                i.concurrency.to_string(),
+                i.inflight.to_string(),
+                i.started.to_string(),
+                i.succeeded.to_string(),
+                i.failed.to_string(),
+                i.retried.to_string(),
+                age(i.started_at, now_ms()),
+            ]),
+            None => row.extend(std::iter::repeat_n("-".to_string(), 10)),
+        }
+        t.row(row);
+    }
+    finish(&ex, format, t, true)
+}
+
+/// `worker inspect`: the tasks each worker is running, a row per task (one
+/// row of dashes for a worker running none).
+async fn inspect(stem: &Stem, targets: &Targets, format: Format) -> anyhow::Result<i32> {
+    let ex = alive(targets.of(stem).inspect().await?, "inspect")?;
+    let mut t = Table::new(&[
+        "Worker",
+        "Status",
+        "Held",
+        "Task ID",
+        "Task",
+        "Queue",
+        "Attempt",
+        "Running For",
+    ])
+    .right(&[2, 6]);
+    for a in &ex.answers {
+        let inspect = a.reply.clone();
+        let held = inspect
+            .as_ref()
+            .map_or_else(|| "-".into(), |r| r.held.to_string());
+        let active = inspect.map(|r| r.active).unwrap_or_default();
+        if active.is_empty() {
+            let mut row = vec![a.worker.clone(), a.status.into(), held.clone()];
+            row.extend(std::iter::repeat_n("-".to_string(), 5));
+            t.row(row);
+        }
+        for task in active {
+            t.row(vec![
+                a.worker.clone(),
+                a.status.into(),
+                held.clone(),
+                task.id,
+                task.task,
+                task.queue,
+                task.attempt.to_string(),
+                format!("{:.1}s", task.runtime_ms as f64 / 1000.0),
+            ]);
+        }
+    }
+    finish(&ex, format, t, true)
+}
+
+/// `worker shutdown`: asks workers to stop gracefully.
+async fn shutdown(
+    stem: &Stem,
+    targets: &Targets,
+    yes: bool,
+    format: Format,
+) -> anyhow::Result<i32> {
+    let who = if targets.workers.is_empty() {
+        "shutting down every live worker".to_string()
+    } else {
+        format!("shutting down {}", targets.workers.join(", "))
+    };
+    require_yes(yes, &who)?;
+    let ex = alive(targets.of(stem).shutdown().await?, "shutdown")?;
+    let mut t = Table::new(&["Worker", "Status", "Reply", "Active Tasks"]).right(&[3]);
+    for a in &ex.answers {
+        let (status, active) = a.reply.clone().map_or(("-".into(), "-".into()), |r| {
+            (r.status, r.active.to_string())
+        });
+        t.row(vec![a.worker.clone(), a.status.into(), status, active]);
+    }
+    finish(&ex, format, t, true)
+}
+
 /// Exits 75 at once when no worker was alive to `what`.
 fn alive<T>(ex: Exchange<T>, what: &str) -> anyhow::Result<Exchange<T>> {
     if ex.nobody_alive {
@@ -265,14 +283,6 @@ fn alive<T>(ex: Exchange<T>, what: &str) -> anyhow::Result<Exchange<T>> {
         ));
     }
     Ok(ex)
-}
-
-fn or_blank(s: String) -> String {
-    if s.is_empty() {
-        "-".into()
-    } else {
-        s
-    }
 }
 
 /// Prints the exchange (table or JSON) and picks the exit code: 75 when an
@@ -307,6 +317,7 @@ fn finish<T: serde::Serialize>(
     Ok(0)
 }
 
+/// `worker list`: live workers from their heartbeats (no command is sent).
 async fn list(stem: &Stem, format: Format) -> anyhow::Result<i32> {
     let workers = stem.control().workers().await?;
     if format.json {
@@ -337,7 +348,7 @@ async fn list(stem: &Stem, format: Format) -> anyhow::Result<i32> {
             w.name,
             w.namespace,
             w.queues.join(","),
-            or_blank(w.paused.join(",")),
+            join_or_dash(&w.paused, ","),
             w.host,
             w.pid.to_string(),
             w.concurrency.to_string(),
@@ -351,6 +362,8 @@ async fn list(stem: &Stem, format: Format) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `worker pause` (`paused`) and `worker resume`: persists the change for
+/// every worker, then tells the addressed live ones.
 async fn pause(
     stem: &Stem,
     paused: bool,
@@ -359,8 +372,7 @@ async fn pause(
     format: Format,
 ) -> anyhow::Result<i32> {
     for q in queues {
-        stem::config::validate_queue_name("queue", q)
-            .map_err(|e| fail(Exit::Data, format!("invalid queue name: {e}")))?;
+        check_queue_name(q)?;
     }
     let workers = targets.of(stem);
     let ex = if paused {
@@ -369,33 +381,34 @@ async fn pause(
         workers.resume(queues).await?
     };
     let now_paused = stem.control().paused_queues().await?;
-    if format.json {
-        print_json(&json!({
+    format.print(
+        &json!({
             "paused": now_paused,
             "workers": ex.answers,
-        }))?;
-    } else {
-        outln!(
-            "{} {} (persisted). Paused now: {}",
-            if paused { "Paused" } else { "Resumed" },
-            queues.join(", "),
-            or_blank(now_paused.join(", "))
-        );
-        if ex.nobody_alive {
-            outln!("No live workers; workers apply it when they start.");
-        } else {
+        }),
+        || {
+            outln!(
+                "{} {} (persisted). Paused now: {}",
+                if paused { "Paused" } else { "Resumed" },
+                queues.join(", "),
+                join_or_dash(&now_paused, ", ")
+            );
+            if ex.nobody_alive {
+                outln!("No live workers; workers apply it when they start.");
+                return;
+            }
             let mut t = Table::new(&["Worker", "Status", "Paused Queues"]);
             for a in &ex.answers {
                 let list = a.reply.clone().map(|r| r.paused).unwrap_or_default();
                 t.row(vec![
                     a.worker.clone(),
                     a.status.into(),
-                    or_blank(list.join(",")),
+                    join_or_dash(&list, ","),
                 ]);
             }
             t.print();
-        }
-    }
+        },
+    )?;
     let missing = ex.missing();
     if !missing.is_empty() {
         eprintln!(
