@@ -18,9 +18,11 @@ mod scenarios;
 mod store;
 mod timing;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+
+use scenarios::Report;
 
 /// Counts allocations while a phase of `stem-bench phases` runs.
 #[global_allocator]
@@ -148,46 +150,9 @@ async fn main() -> anyhow::Result<()> {
         return sink(port).await;
     }
     // Kept until the end of main: flushes the spans.
-    let mut _traces = None;
-    let mut _sink = None;
-    if cli.traces {
-        let port = stem_testkit::free_port();
-        let exe = std::env::current_exe()?;
-        _sink = Some(stem_testkit::ServiceProcess::spawn_path(
-            "otlp-sink",
-            &exe,
-            &["sink", "--port", &port.to_string()],
-            &[],
-        )?);
-        _traces = Some(stem_service::logging::init_service_logging_to(
-            "stem-bench",
-            stem::config::LogFormat::Text,
-            "info",
-            Some(&format!("http://127.0.0.1:{port}")),
-        ));
-    } else if !matches!(
-        cli.scenario,
-        Scenario::Worker { .. } | Scenario::Phase { .. }
-    ) {
-        stem_service::logging::init_logging(stem::config::LogFormat::Text, "info");
-    }
+    let _telemetry = init_logging(&cli)?;
     let stop_metrics = tokio_util::sync::CancellationToken::new();
-    let metrics = if cli.metrics {
-        let port = stem_testkit::free_port();
-        tracing::info!(port, "workers export metrics (prometheus and otlp)");
-        stem_service::metrics::Metrics::start(
-            "stem-bench",
-            "stem",
-            &[
-                stem::telemetry::Exporter::Prometheus { port },
-                stem::telemetry::Exporter::Otlp { url: None },
-            ],
-            None,
-            &stop_metrics,
-        )?
-    } else {
-        stem_service::metrics::Metrics::off()
-    };
+    let metrics = start_metrics(cli.metrics, &stop_metrics)?;
     let opts = scenarios::Opts {
         tasks: cli.tasks,
         runs: cli.runs.max(1),
@@ -196,8 +161,85 @@ async fn main() -> anyhow::Result<()> {
         cluster: cli.cluster,
         queues: cli.queues.max(1),
     };
-    let reports = match cli.scenario {
-        Scenario::Sink { .. } => return Ok(()),
+    match run(cli.scenario, &opts).await? {
+        Some(reports) => write_reports(&reports, &cli.out),
+        None => Ok(()),
+    }
+}
+
+/// What `--traces` keeps alive until the end of `main`: the OTLP sink
+/// process and the trace pipeline exporting to it. Fields drop in
+/// declaration order: the sink first, then the trace pipeline.
+struct Telemetry {
+    _sink: Option<stem_testkit::ServiceProcess>,
+    _traces: Option<stem_service::logging::Traces>,
+}
+
+/// Logs to stderr, and with `--traces` exports spans to a sink process
+/// started from this executable. The internal `worker` and `phase`
+/// subcommands set up their own logging (or none), so they get none here.
+fn init_logging(cli: &Cli) -> anyhow::Result<Telemetry> {
+    if !cli.traces {
+        if !matches!(
+            cli.scenario,
+            Scenario::Worker { .. } | Scenario::Phase { .. }
+        ) {
+            stem_service::logging::init_logging(stem::config::LogFormat::Text, "info");
+        }
+        return Ok(Telemetry {
+            _sink: None,
+            _traces: None,
+        });
+    }
+    let port = stem_testkit::free_port();
+    let exe = std::env::current_exe()?;
+    let sink = stem_testkit::ServiceProcess::spawn_path(
+        "otlp-sink",
+        &exe,
+        &["sink", "--port", &port.to_string()],
+        &[],
+    )?;
+    let traces = stem_service::logging::init_service_logging_to(
+        "stem-bench",
+        stem::config::LogFormat::Text,
+        "info",
+        Some(&format!("http://127.0.0.1:{port}")),
+    );
+    Ok(Telemetry {
+        _sink: Some(sink),
+        _traces: Some(traces),
+    })
+}
+
+/// With `--metrics`, the pipeline in-process workers record through
+/// (Prometheus on a free port and OTLP); otherwise metrics off.
+fn start_metrics(
+    on: bool,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<stem_service::metrics::Metrics> {
+    if !on {
+        return Ok(stem_service::metrics::Metrics::off());
+    }
+    let port = stem_testkit::free_port();
+    tracing::info!(port, "workers export metrics (prometheus and otlp)");
+    stem_service::metrics::Metrics::start(
+        "stem-bench",
+        "stem",
+        &[
+            stem::telemetry::Exporter::Prometheus { port },
+            stem::telemetry::Exporter::Otlp { url: None },
+        ],
+        None,
+        stop,
+    )
+}
+
+/// Runs `scenario`: the reports to print and write, or `None` for the
+/// subcommands that report nothing (the internal ones, a passed gate).
+/// A failed gate exits with status 1 here.
+async fn run(scenario: Scenario, opts: &scenarios::Opts) -> anyhow::Result<Option<Vec<Report>>> {
+    let reports = match scenario {
+        Scenario::Sink { .. } => return Ok(None),
         Scenario::Worker {
             url,
             concurrency,
@@ -205,57 +247,64 @@ async fn main() -> anyhow::Result<()> {
             keys,
             queues,
         } => {
-            return scenarios::worker_process(
-                &url,
-                concurrency,
-                opts.prefetch,
-                &name,
-                &keys,
-                &queues,
-            )
-            .await;
+            scenarios::worker_process(&url, concurrency, opts.prefetch, &name, &keys, &queues)
+                .await?;
+            return Ok(None);
         }
-        Scenario::Enqueue => vec![scenarios::enqueue(&opts).await?],
-        Scenario::Drain { only } => vec![scenarios::drain(&opts, only.as_deref()).await?],
+        Scenario::Enqueue => vec![scenarios::enqueue(opts).await?],
+        Scenario::Drain { only } => vec![scenarios::drain(opts, only.as_deref()).await?],
         Scenario::Latency { rate, seconds } => {
-            vec![scenarios::latency(&opts, rate, seconds).await?]
+            vec![scenarios::latency(opts, rate, seconds).await?]
         }
         Scenario::Http {
             connections,
             seconds,
-        } => vec![scenarios::http(&opts, connections, seconds).await?],
-        Scenario::Cost => vec![scenarios::cost(&opts).await?],
-        Scenario::Phases => vec![phases::phases(&opts).await?],
+        } => vec![scenarios::http(opts, connections, seconds).await?],
+        Scenario::Cost => vec![scenarios::cost(opts).await?],
+        Scenario::Phases => vec![phases::phases(opts).await?],
         Scenario::Gate { baseline, update } => {
-            if phases::gate(&opts, &baseline, update).await? {
-                return Ok(());
-            }
-            eprintln!(
-                "the performance gate failed: a figure rose more than 10 % over {} \
-                 (if that is the price of a change, rerun with --update and commit the baseline saying why)",
-                baseline.display()
-            );
-            std::process::exit(1);
+            gate(opts, &baseline, update).await?;
+            return Ok(None);
         }
         Scenario::Phase { name, url, keys } => {
-            return phases::phase_process(&name, &url, &keys, &opts).await;
+            phases::phase_process(&name, &url, &keys, opts).await?;
+            return Ok(None);
         }
-        Scenario::Memory => vec![scenarios::memory(&opts).await?],
-        Scenario::Dashboard => vec![scenarios::dashboard(&opts).await?],
+        Scenario::Memory => vec![scenarios::memory(opts).await?],
+        Scenario::Dashboard => vec![scenarios::dashboard(opts).await?],
         Scenario::All => vec![
-            scenarios::enqueue(&opts).await?,
-            scenarios::drain(&opts, None).await?,
-            scenarios::latency(&opts, 1000, 20).await?,
-            scenarios::http(&opts, 64, 10).await?,
-            scenarios::cost(&opts).await?,
-            scenarios::memory(&opts).await?,
-            scenarios::dashboard(&opts).await?,
+            scenarios::enqueue(opts).await?,
+            scenarios::drain(opts, None).await?,
+            scenarios::latency(opts, 1000, 20).await?,
+            scenarios::http(opts, 64, 10).await?,
+            scenarios::cost(opts).await?,
+            scenarios::memory(opts).await?,
+            scenarios::dashboard(opts).await?,
         ],
     };
-    std::fs::create_dir_all(&cli.out)?;
-    for r in &reports {
+    Ok(Some(reports))
+}
+
+/// The performance gate: returns when it passed, exits with status 1
+/// (saying what to do) when a figure rose too much.
+async fn gate(opts: &scenarios::Opts, baseline: &Path, update: bool) -> anyhow::Result<()> {
+    if phases::gate(opts, baseline, update).await? {
+        return Ok(());
+    }
+    eprintln!(
+        "the performance gate failed: a figure rose more than 10 % over {} \
+         (if that is the price of a change, rerun with --update and commit the baseline saying why)",
+        baseline.display()
+    );
+    std::process::exit(1);
+}
+
+/// Prints each report and writes it as `<out>/<name>.json`.
+fn write_reports(reports: &[Report], out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    for r in reports {
         r.print();
-        let path = cli.out.join(format!("{}.json", r.name));
+        let path = out.join(format!("{}.json", r.name));
         std::fs::write(&path, serde_json::to_vec_pretty(r)?)?;
         println!("  → {}", path.display());
     }
