@@ -21,9 +21,9 @@
 //! * [`OtlpReceiver`]: an OTLP/HTTP receiver (what a collector accepts),
 //!   decoding the metrics and spans the services push;
 //! * [`poll`], [`wait_until`], [`holds`]: deadline-bounded polling instead
-//!   of fixed sleeps;
-//! * [`contract_suite!`]: one test per (adapter, contract test) pair, the
-//!   way every contract suite of the workspace is wired.
+//!   of fixed sleeps.
+//!
+//! The contract suites themselves are the `stem-contract` crate.
 //!
 //! Every process started here is killed when its handle is dropped, and all
 //! files live in [`tempfile::TempDir`]s removed at the same time.
@@ -34,7 +34,6 @@ pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod redis;
-mod suite;
 pub mod tls;
 pub mod under_test;
 pub mod wait;

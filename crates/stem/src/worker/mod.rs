@@ -16,7 +16,7 @@
 //!   entries of one read; entries of two reads are admitted concurrently,
 //!   so a later read's entry may start first), which then runs in its own
 //!   tokio task with hard/soft limits, cancellation and panic capture.
-//! - **complete** (`complete.rs`): batches outcomes; writes statuses and
+//! - **complete** (`complete/`): batches outcomes; writes statuses and
 //!   group results, *then* acknowledges, retries or dead-letters. Up to two
 //!   batches are being settled at once.
 //! - **leases**: every `visibility_timeout / 3` the worker renews the

@@ -1,4 +1,7 @@
-//! Adapter factories and polling helpers shared by the contract suites.
+//! Stem's own adapters for the contract suites of `stem_contract`: the
+//! in-memory stores, Redis (with and without the atomic store) and a
+//! three-master Redis Cluster, each on a private server the harness keeps
+//! alive, plus what each can show a suite from outside.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -11,132 +14,129 @@ use stem::broker::redis::RedisBroker;
 use stem::client::Stores;
 use stem::config::TlsConfig;
 use stem::control::redis::RedisControl;
-use stem::envelope::TaskStatus;
-pub use stem_testkit::poll;
+pub use stem_contract::Adapters;
+use stem_contract::Harness;
 use stem_testkit::{RedisCluster, RedisServer};
 
-/// One set of stores under test; keeps its redis-server alive. Derefs to
-/// its [`Stores`], so a test reads `a.broker`, `a.admin`, `a.backend`.
-pub struct Adapters {
-    pub stores: Stores,
-    pub redis: Option<RedisServer>,
-    pub cluster: Option<RedisCluster>,
-}
+/// The in-memory stores: one process, nothing to show from outside.
+struct Memory;
 
-impl std::ops::Deref for Adapters {
-    type Target = Stores;
-    fn deref(&self) -> &Stores {
-        &self.stores
+impl Harness for Memory {
+    fn with_ttl(&self, stores: &Stores, ttl: Duration) -> anyhow::Result<Stores> {
+        let mut stores = stores.clone();
+        stores.backend = Arc::new(MemoryBackend::new(ttl));
+        Ok(stores)
     }
 }
 
-impl Adapters {
-    /// Writes statuses the way production does on these adapters: through
-    /// the atomic settle when broker and backend share a Redis, else
-    /// through the backend.
-    pub async fn set_statuses(&self, statuses: &[TaskStatus]) -> stem::Result<()> {
-        match &self.atomic {
-            Some(atomic) => atomic.settle(statuses, &[]).await,
-            None => self.backend.set_statuses(statuses).await,
-        }
-    }
-
-    /// The same stores with statuses kept only `ttl` (a new backend, and
-    /// atomic store, on the same server).
-    pub fn with_ttl(mut self, ttl: Duration) -> anyhow::Result<Self> {
-        let url = match (&self.redis, &self.cluster) {
-            (Some(server), _) => Some(server.url()),
-            (None, Some(cluster)) => Some(cluster.url()),
-            (None, None) => None,
-        };
-        match url {
-            None => self.stores.backend = Arc::new(MemoryBackend::new(ttl)),
-            Some(url) => {
-                let client = stem::redis_conn::endpoint(&url, &TlsConfig::default())?;
-                self.stores.backend = Arc::new(RedisBackend::new(client.clone(), ttl)?);
-                if self.atomic.is_some() {
-                    let broker = RedisBroker::new(client, 1000)?;
-                    self.stores.atomic = Some(Arc::new(RedisAtomicStore::new(broker, ttl)));
-                }
-            }
-        }
-        Ok(self)
-    }
-
-    /// The adapters as a client's stores.
-    pub fn stores(&self) -> Stores {
-        self.stores.clone()
-    }
+/// Stores on one private redis-server (shared with the Redis-only tests,
+/// which talk to it directly).
+struct Redis {
+    server: Arc<RedisServer>,
 }
 
-pub fn memory_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
-    Ok(Adapters {
-        stores: Stores::memory(ttl),
-        redis: None,
-        cluster: None,
-    })
-}
-
-/// Broker and backend on a private Redis; with `colocated`, the atomic
-/// submit and settle (one round trip each) too, as `Stores::connect`
-/// builds them when both URLs are equal.
-fn redis_stores(ttl: Duration, colocated: bool) -> anyhow::Result<Adapters> {
-    let server = RedisServer::start()?;
-    let client = stem::redis_conn::client(&server.url(), &TlsConfig::default())?;
+/// Broker and backend on `url`; with `colocated`, the atomic submit and
+/// settle (one round trip each) too, as `Stores::connect` builds them when
+/// both URLs are equal.
+fn redis_stores(url: &str, ttl: Duration, colocated: bool) -> anyhow::Result<Stores> {
+    let client = stem::redis_conn::client(url, &TlsConfig::default())?;
     let broker = RedisBroker::new(client.clone(), 1000)?;
     let atomic: Option<Arc<dyn AtomicStore>> =
         colocated.then(|| Arc::new(RedisAtomicStore::new(broker.clone(), ttl)) as _);
     let broker = Arc::new(broker);
-    Ok(Adapters {
-        stores: Stores {
-            broker: broker.clone(),
-            admin: broker,
-            backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
-            atomic,
-            control: Arc::new(RedisControl::new(client)?),
-        },
-        redis: Some(server),
-        cluster: None,
+    Ok(Stores {
+        broker: broker.clone(),
+        admin: broker,
+        backend: Arc::new(RedisBackend::new(client.clone(), ttl)?),
+        atomic,
+        control: Arc::new(RedisControl::new(client)?),
     })
 }
 
-/// Broker, backend and control plane on a private three-master Redis
-/// Cluster, as `Stores::connect` builds them for a `redis+cluster://` URL
-/// (no atomic store: a cluster keeps a task's status and its queue on
-/// different slots).
-pub fn cluster_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
-    let cluster = RedisCluster::start()?;
-    let endpoint = stem::redis_conn::endpoint(&cluster.url(), &TlsConfig::default())?;
+impl Harness for Redis {
+    fn with_ttl(&self, stores: &Stores, ttl: Duration) -> anyhow::Result<Stores> {
+        // A backend (and atomic store) keeping statuses `ttl`; the rest as
+        // they were.
+        let fresh = redis_stores(&self.server.url(), ttl, stores.atomic.is_some())?;
+        Ok(Stores {
+            backend: fresh.backend,
+            atomic: fresh.atomic,
+            ..stores.clone()
+        })
+    }
+
+    fn second_process(&self, stores: &Stores) -> anyhow::Result<Stores> {
+        let mut other = redis_stores(&self.server.url(), Duration::from_secs(600), false)?;
+        other.control = stores.control.clone();
+        Ok(other)
+    }
+
+    fn blocked_fetches(&self) -> Option<anyhow::Result<usize>> {
+        Some(self.server.cli(&["CLIENT", "LIST"]).map(|clients| {
+            clients
+                .lines()
+                .filter(|l| l.contains("cmd=xreadgroup") && l.contains(" flags=b "))
+                .count()
+        }))
+    }
+}
+
+/// Stores on a private three-master Redis Cluster, as `Stores::connect`
+/// builds them for a `redis+cluster://` URL (no atomic store: a cluster
+/// keeps a task's status and its queue on different slots).
+struct Cluster {
+    cluster: RedisCluster,
+}
+
+fn cluster_stores(url: &str, ttl: Duration) -> anyhow::Result<Stores> {
+    let endpoint = stem::redis_conn::endpoint(url, &TlsConfig::default())?;
     let broker = Arc::new(RedisBroker::new(endpoint.clone(), 1000)?);
-    Ok(Adapters {
-        stores: Stores {
-            broker: broker.clone(),
-            admin: broker,
-            backend: Arc::new(RedisBackend::new(endpoint.clone(), ttl)?),
-            atomic: None,
-            control: Arc::new(RedisControl::new(endpoint)?),
-        },
-        redis: None,
-        cluster: Some(cluster),
+    Ok(Stores {
+        broker: broker.clone(),
+        admin: broker,
+        backend: Arc::new(RedisBackend::new(endpoint.clone(), ttl)?),
+        atomic: None,
+        control: Arc::new(RedisControl::new(endpoint)?),
     })
 }
 
-pub fn cluster() -> anyhow::Result<Adapters> {
-    cluster_with_ttl(Duration::from_secs(3600))
+impl Harness for Cluster {
+    fn with_ttl(&self, stores: &Stores, ttl: Duration) -> anyhow::Result<Stores> {
+        let fresh = cluster_stores(&self.cluster.url(), ttl)?;
+        Ok(Stores {
+            backend: fresh.backend,
+            ..stores.clone()
+        })
+    }
 }
 
-pub fn redis_with_ttl(ttl: Duration) -> anyhow::Result<Adapters> {
-    redis_stores(ttl, false)
-}
-
-pub fn redis_colocated() -> anyhow::Result<Adapters> {
-    redis_stores(Duration::from_secs(3600), true)
-}
+const HOUR: Duration = Duration::from_secs(3600);
 
 pub fn memory() -> anyhow::Result<Adapters> {
-    memory_with_ttl(Duration::from_secs(3600))
+    Ok(Adapters::new(Stores::memory(HOUR), Memory))
 }
 
 pub fn redis() -> anyhow::Result<Adapters> {
-    redis_with_ttl(Duration::from_secs(3600))
+    Ok(redis_and_server(false)?.0)
+}
+
+pub fn redis_colocated() -> anyhow::Result<Adapters> {
+    Ok(redis_and_server(true)?.0)
+}
+
+/// Stores on a private redis-server (with the atomic store when
+/// `colocated`), and that server, for the tests of what only Redis shows.
+pub fn redis_and_server(colocated: bool) -> anyhow::Result<(Adapters, Arc<RedisServer>)> {
+    let server = Arc::new(RedisServer::start()?);
+    let stores = redis_stores(&server.url(), HOUR, colocated)?;
+    let harness = Redis {
+        server: server.clone(),
+    };
+    Ok((Adapters::new(stores, harness), server))
+}
+
+pub fn cluster() -> anyhow::Result<Adapters> {
+    let cluster = RedisCluster::start()?;
+    let stores = cluster_stores(&cluster.url(), HOUR)?;
+    Ok(Adapters::new(stores, Cluster { cluster }))
 }
