@@ -494,8 +494,8 @@ pub async fn forged_and_unsigned_envelopes_never_run(a: Adapters) -> anyhow::Res
     };
     // A rejected envelope is dead-lettered and never runs. These two are
     // their producers' own envelopes (the status records their
-    // fingerprints), so their tasks fail as `signature-invalid` (CONTRACT
-    // §3); forged copies of a real task are
+    // fingerprints), so their tasks fail as `signature-invalid` (README
+    // "Security"); forged copies of a real task are
     // `forged_copies_leave_the_real_tasks_status_alone`.
     let forged = r.stem.enqueue::<Flaky>(0).await?;
     let unsigned = r.stem.clone().with_signer(None);

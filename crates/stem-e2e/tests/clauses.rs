@@ -51,8 +51,8 @@ fn record(redis: &RedisServer, name: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
-/// `--help` answers on every binary with its usage and exit 0 (CONTRACT
-/// §1, §7).
+/// `--help` answers on every binary with its usage and exit 0 (README
+/// "Exit codes" and "CLI").
 #[test]
 fn every_binary_prints_its_help() -> anyhow::Result<()> {
     for binary in ["enqueuer", "worker", "beat", "dashboard", "stem"] {
@@ -68,7 +68,7 @@ fn every_binary_prints_its_help() -> anyhow::Result<()> {
 }
 
 /// SIGINT (Ctrl-C in a terminal) stops every service as SIGTERM does:
-/// exit 0 (CONTRACT §1).
+/// exit 0 (README "Exit codes").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_every_service_with_exit_0() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
@@ -98,7 +98,7 @@ async fn sigint_stops_every_service_with_exit_0() -> anyhow::Result<()> {
 /// What an operator must hear at start: a worker without verification
 /// keys runs unsigned envelopes, an enqueuer without a signing key sends
 /// them, a dashboard bound beyond loopback without credentials is open to
-/// whoever reaches it (CONTRACT §1, §3, §8).
+/// whoever reaches it (README "Exit codes"; README "Security"; README "Dashboard").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn risky_settings_are_warned_about_at_start() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
@@ -138,7 +138,7 @@ async fn risky_settings_are_warned_about_at_start() -> anyhow::Result<()> {
 /// `STEM_WORKER_QUEUE` (one queue) is honoured, a worker given no queue
 /// serves `default` — where a task nobody registered lands — and
 /// `STEM_HEARTBEAT_INTERVAL` sets how often the record is refreshed and
-/// how long it lives (three intervals) (CONTRACT §2); the throughput
+/// how long it lives (three intervals) (README "Configuration"); the throughput
 /// history expires too (issue 24, W16).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_queue_and_heartbeat_settings_take_effect() -> anyhow::Result<()> {
@@ -205,7 +205,7 @@ async fn worker_queue_and_heartbeat_settings_take_effect() -> anyhow::Result<()>
 }
 
 /// `STEM_METRIC_EXPORTERS=console` logs the metrics page, at
-/// `OTEL_METRIC_EXPORT_INTERVAL` (CONTRACT §9).
+/// `OTEL_METRIC_EXPORT_INTERVAL` (README "Observability").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_exporter_logs_the_metrics_page() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
@@ -225,7 +225,7 @@ async fn the_console_exporter_logs_the_metrics_page() -> anyhow::Result<()> {
 
 /// The worker's catalogue decides the retry budget, whatever the producer
 /// asked: `reports.aggregate` allows 2 retries, so a producer's 10 end
-/// after 3 attempts (CONTRACT §5).
+/// after 3 attempts (README "Behaviour an operator can rely on").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalogue_retry_budget_overrides_the_producers() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
@@ -263,7 +263,7 @@ async fn the_catalogue_retry_budget_overrides_the_producers() -> anyhow::Result<
 /// A worker whose own connection to Redis is cut while it settles a task
 /// (the fault proxy closes the connection on the settle's request) holds
 /// the result, reconnects, and writes it: the task succeeds, run once
-/// (CONTRACT §5).
+/// (README "Behaviour an operator can rely on").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_worker_connection_loses_nothing_and_runs_nothing_twice() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
@@ -289,7 +289,7 @@ async fn a_cut_worker_connection_loses_nothing_and_runs_nothing_twice() -> anyho
 
 /// During a Redis outage the worker and the dashboard stay up, report
 /// not-ready, log the outage once (not once per retry), and are ready
-/// again by themselves when Redis is back (CONTRACT §5).
+/// again by themselves when Redis is back (README "Behaviour an operator can rely on").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_and_dashboard_are_not_ready_and_log_once_during_an_outage() -> anyhow::Result<()> {
     let mut redis = RedisServer::start()?;
@@ -349,7 +349,7 @@ async fn worker_and_dashboard_are_not_ready_and_log_once_during_an_outage() -> a
 }
 
 /// `stem keys hmac | head -1` (the reader gone before the lines are
-/// written) ends quietly with 0, no panic (CONTRACT §7).
+/// written) ends quietly with 0, no panic (README "CLI").
 #[test]
 fn stem_keys_into_a_closed_pipe_exits_0_without_a_panic() -> anyhow::Result<()> {
     for kind in ["hmac", "ed25519"] {

@@ -611,7 +611,7 @@ async fn dlq_replay_runs_the_task_again_with_its_signature_on(url: &str) -> anyh
     })
     .await
     .map(|letter| assert_eq!(letter["reason"], "signature-invalid", "{letter}"))?;
-    // The producer's own envelope, rejected: its task fails (CONTRACT §3),
+    // The producer's own envelope, rejected: its task fails (README "Security"),
     // and the replay below reopens it, the envelope's fingerprint matching.
     assert_eq!(stem.state(&id)?, "failed");
     let shown = stem.ok(&["dlq", "show", "-q", "greetings", &id])?.json()?;

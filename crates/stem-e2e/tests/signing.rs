@@ -59,7 +59,7 @@ async fn wrong_key_is_rejected_without_running() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CONTRACT §3: a producer signing with a key the worker does not know
+/// README "Security": a producer signing with a key the worker does not know
 /// sees its task end `failed` (`signature-invalid`) in `GET /tasks/{id}`,
 /// and `stem task wait` ends with the failure's exit code instead of
 /// waiting for ever.

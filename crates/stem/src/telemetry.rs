@@ -86,7 +86,7 @@ pub fn http_url(variable: &str, url: &str) -> crate::error::Result<String> {
 }
 
 /// The collector's base URL from a `STEM_OTLP_ENDPOINT` value, which
-/// CONTRACT §2 lets name either the base (`http://otel-collector:4318`)
+/// README "Configuration" lets name either the base (`http://otel-collector:4318`)
 /// or the full traces URL as the reference writes it (`…/v1/traces`);
 /// the exporters add `/v1/traces` and `/v1/metrics` to the base, so a
 /// full URL kept whole posted every span to `/v1/traces/v1/traces`, where

@@ -14,7 +14,7 @@
 //! an attempt whose trace is not sampled costs that decision and nothing
 //! more (a `tracing` span is built, recorded and bridged whether sampled or
 //! not, which cost about 15 µs of worker CPU per task; see
-//! `docs/benchmarks.md`, session 7). A sampled attempt also gets a
+//! `docs/benchmarks.md`, results of 2026-12-01, "cheaper spans"). A sampled attempt also gets a
 //! `tracing` span of target [`LOG_ONLY_TARGET`] holding its `trace_id` and
 //! `span_id`, so the body's log lines name them; the services keep that
 //! span out of their export.

@@ -1,4 +1,4 @@
-//! The actions (POST routes of CONTRACT §8), plain handlers: what may act
+//! The actions (POST routes of README "Dashboard"), plain handlers: what may act
 //! at all (CSRF token, origin, read-only) is decided before them by
 //! [`crate::guard`]. Each goes through the library's typed admin, control
 //! or schedule API and answers `303 See Other` to the page it came from

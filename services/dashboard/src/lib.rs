@@ -2,7 +2,7 @@
 //! `dashboard` binary and `stem dev` serve the same router.
 //!
 //! - [`router`]: the pages, actions, event stream and assets of
-//!   CONTRACT §8, under [`DashboardConfig::base_path`].
+//!   README "Dashboard", under [`DashboardConfig::base_path`].
 //! - [`DashboardConfig`]: `DASHBOARD_*` and `STEM_TRACE_UI_URL`.
 //! - [`serve`]: binds, warns when exposed without auth, serves until
 //!   shutdown.

@@ -1,4 +1,4 @@
-//! The pages (GET routes of CONTRACT §8): each reads what it shows
+//! The pages (GET routes of README "Dashboard"): each reads what it shows
 //! through the library's admin, control and schedule APIs and renders an
 //! askama template; plus the health checks and the 404 page.
 

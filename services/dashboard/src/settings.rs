@@ -1,5 +1,5 @@
 //! Dashboard settings from `DASHBOARD_*` and `STEM_TRACE_UI_URL`
-//! (CONTRACT §2); an invalid value names its variable.
+//! (README "Configuration"); an invalid value names its variable.
 
 use std::net::IpAddr;
 
