@@ -12,12 +12,12 @@ use stem_service::stem_config_or_exit;
 
 use crate::fail::{fail, Exit};
 
-pub use stem_service::flags::{
+pub(crate) use stem_service::flags::{
     duration as parse_duration_or_zero, positive_duration as parse_duration,
 };
 
 /// The configuration plus lazily built clients.
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub config: StemConfig,
     /// The store URLs of this invocation (passwords redacted), e.g.
     /// `redis://127.0.0.1:6379/0`, or `broker redis://…, backend redis://…`
@@ -28,7 +28,7 @@ pub struct Ctx {
 impl Ctx {
     /// Reads `STEM_*`; exits 78 with one line naming the variable when a
     /// value is invalid.
-    pub fn load() -> Self {
+    pub(crate) fn load() -> Self {
         let config = stem_config_or_exit(StemConfig::from_env());
         let urls = [
             ("broker", &config.broker_url),
@@ -55,7 +55,7 @@ impl Ctx {
     }
 
     /// A client that never signs: statuses, queues, dead letters, control.
-    pub fn consumer(&self) -> anyhow::Result<Stem> {
+    pub(crate) fn consumer(&self) -> anyhow::Result<Stem> {
         let stem = Stem::connect_consumer(&self.config)
             .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))?;
         Ok(stem.with_registry(stem_demo::registry()))
@@ -64,7 +64,7 @@ impl Ctx {
     /// A consumer client for a command on one queue, once the queue is
     /// known: exit 65 for an invalid name or a queue the broker has never
     /// seen (a typo, usually), before anything is read or changed.
-    pub async fn consumer_on(&self, queue: &str) -> anyhow::Result<Stem> {
+    pub(crate) async fn consumer_on(&self, queue: &str) -> anyhow::Result<Stem> {
         let stem = self.consumer()?;
         known(&stem, queue).await?;
         Ok(stem)
@@ -74,7 +74,7 @@ impl Ctx {
     /// `STEM_SIGNING_ACTIVE_KEY` when the signing keys allow, so workers
     /// with keys accept revoke, shutdown, pause and resume; without a
     /// usable key it sends them unsigned (read-only commands still work).
-    pub fn operator(&self) -> anyhow::Result<Stem> {
+    pub(crate) fn operator(&self) -> anyhow::Result<Stem> {
         match Stem::connect(&self.config) {
             Ok(stem) => Ok(stem.with_registry(stem_demo::registry())),
             Err(_) => self.consumer(),
@@ -82,21 +82,21 @@ impl Ctx {
     }
 
     /// A client that signs with `STEM_SIGNING_ACTIVE_KEY` (task enqueue).
-    pub fn producer(&self) -> anyhow::Result<Stem> {
+    pub(crate) fn producer(&self) -> anyhow::Result<Stem> {
         let stem = Stem::connect(&self.config)
             .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))?;
         Ok(stem.with_registry(stem_demo::registry()))
     }
 
     /// The schedule store on `STEM_SCHEDULE_STORE_URL`.
-    pub fn schedules(&self) -> anyhow::Result<ScheduleStores> {
+    pub(crate) fn schedules(&self) -> anyhow::Result<ScheduleStores> {
         ScheduleStores::connect(&self.config)
             .map_err(|e| fail(Exit::Config, format!("configuration error: {e}")))
     }
 }
 
 /// Exit 65 for a name no queue may have (the library's rule).
-pub fn check_queue_name(queue: &str) -> anyhow::Result<()> {
+pub(crate) fn check_queue_name(queue: &str) -> anyhow::Result<()> {
     stem::config::validate_queue_name("queue", queue)
         .map_err(|e| fail(Exit::Data, format!("invalid queue name: {e}")))
 }

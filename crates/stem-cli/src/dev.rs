@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Enqueue API port.
     #[arg(long, env = "PORT", default_value_t = 8081)]
     port: u16,
@@ -70,7 +70,7 @@ fn dev_schedule_file(config: &StemConfig) -> Option<PathBuf> {
 
 /// Runs the stack until Ctrl-C / SIGTERM (or the enqueue API fails), then
 /// stops every part; exit 70 when the enqueue API failed.
-pub async fn run(args: DevArgs) -> i32 {
+pub(crate) async fn run(args: DevArgs) -> i32 {
     stem_service::logging::init_logging(stem_service::logging::log_format_from_env(), "info");
     let config = stem_service::stem_config_or_exit(dev_config());
     let stem = config_or_exit(Stem::connect(&config)).with_registry(stem_demo::registry());

@@ -21,7 +21,7 @@ use crate::fail::{fail, require_yes, Exit};
 use crate::output::{or_dash, outln, plural, print_json, Format, Table};
 
 #[derive(Subcommand, Debug)]
-pub enum DlqCommand {
+pub(crate) enum DlqCommand {
     /// Newest dead letters first.
     List {
         /// Queue name.
@@ -113,7 +113,7 @@ impl LetterRow {
 const SCAN: usize = 1_000_000;
 
 /// Runs one `stem dlq` command.
-pub async fn run(ctx: &Ctx, cmd: DlqCommand) -> anyhow::Result<i32> {
+pub(crate) async fn run(ctx: &Ctx, cmd: DlqCommand) -> anyhow::Result<i32> {
     match cmd {
         DlqCommand::List {
             queue,

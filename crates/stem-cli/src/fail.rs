@@ -9,7 +9,7 @@ use stem_service::exit::{
 
 /// The exit codes a command can end with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// 1: the awaited task failed or was cancelled (`task wait`).
     TaskFailed,
     /// 64: usage (bad flags, a destructive command without `--yes`).
@@ -28,7 +28,7 @@ pub enum Exit {
 
 impl Exit {
     /// The process exit code.
-    pub fn code(self) -> i32 {
+    pub(crate) fn code(self) -> i32 {
         match self {
             Exit::TaskFailed => 1,
             Exit::Usage => EXIT_USAGE,
@@ -43,7 +43,7 @@ impl Exit {
 
 /// An error that carries its exit code.
 #[derive(Debug)]
-pub struct Fail {
+pub(crate) struct Fail {
     pub exit: Exit,
     pub message: String,
 }
@@ -57,7 +57,7 @@ impl std::fmt::Display for Fail {
 impl std::error::Error for Fail {}
 
 /// An error ending the command with `exit`.
-pub fn fail(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn fail(exit: Exit, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Fail {
         exit,
         message: message.into(),
@@ -66,7 +66,7 @@ pub fn fail(exit: Exit, message: impl Into<String>) -> anyhow::Error {
 
 /// Exit 65 with the library's message (without its `invalid argument: `
 /// prefix).
-pub fn bad_input(e: &StemError) -> anyhow::Error {
+pub(crate) fn bad_input(e: &StemError) -> anyhow::Error {
     let text = e.to_string();
     let text = text
         .strip_prefix("invalid argument: ")
@@ -76,7 +76,7 @@ pub fn bad_input(e: &StemError) -> anyhow::Error {
 }
 
 /// Exit 64 unless `yes`: destructive commands need `--yes`.
-pub fn require_yes(yes: bool, what: &str) -> anyhow::Result<()> {
+pub(crate) fn require_yes(yes: bool, what: &str) -> anyhow::Result<()> {
     if yes {
         Ok(())
     } else {
@@ -90,7 +90,7 @@ pub fn require_yes(yes: bool, what: &str) -> anyhow::Result<()> {
 /// The exit code and the one line to print for `err`.
 /// `targets` names the stores this invocation talks to (for the
 /// "Redis unavailable" line).
-pub fn classify(err: &anyhow::Error, targets: &str) -> (i32, String) {
+pub(crate) fn classify(err: &anyhow::Error, targets: &str) -> (i32, String) {
     if let Some(f) = err.chain().find_map(|c| c.downcast_ref::<Fail>()) {
         // Context added above the Fail is kept in the message.
         return (f.exit.code(), format!("{err:#}"));

@@ -13,7 +13,7 @@ use crate::fail::Exit;
 use crate::output::{print_json, Format, Table};
 
 #[derive(Args, Debug)]
-pub struct HealthArgs {
+pub(crate) struct HealthArgs {
     /// How long each check may take.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -61,7 +61,7 @@ where
     }
 }
 
-pub async fn run(ctx: &Ctx, args: HealthArgs) -> anyhow::Result<i32> {
+pub(crate) async fn run(ctx: &Ctx, args: HealthArgs) -> anyhow::Result<i32> {
     let stem = ctx.consumer()?;
     let stores = ctx.schedules()?;
     let (broker, backend, schedules) = (stem.broker(), stem.backend(), stores.schedules);

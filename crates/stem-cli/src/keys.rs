@@ -6,7 +6,7 @@ use stem::signing::{generate_ed25519_pair, generate_hmac_secret};
 use crate::output::outln;
 
 #[derive(Subcommand, Debug)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// A 32-byte HMAC-SHA256 secret.
     Hmac {
         /// Key id.
@@ -21,7 +21,7 @@ pub enum KeysCommand {
     },
 }
 
-pub fn run(cmd: KeysCommand) -> i32 {
+pub(crate) fn run(cmd: KeysCommand) -> i32 {
     match cmd {
         KeysCommand::Hmac { id } => {
             outln!("STEM_SIGNING_ALGORITHM=hmac-sha256");

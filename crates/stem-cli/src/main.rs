@@ -72,6 +72,9 @@ enum Command {
     Probe(probe::ProbeArgs),
 }
 
+// A sanctioned exit (`clippy::exit` is denied elsewhere): without a runtime
+// nothing has started yet.
+#[allow(clippy::exit)]
 fn runtime() -> tokio::runtime::Runtime {
     let built = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

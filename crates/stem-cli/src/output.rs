@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// `--json`, flattened into every command that prints data.
 #[derive(Args, Debug, Clone, Copy, Default)]
-pub struct Format {
+pub(crate) struct Format {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -20,7 +20,7 @@ pub struct Format {
 impl Format {
     /// Prints `value` as pretty JSON with `--json`; otherwise runs `human`,
     /// which prints what a person reads (a table or a sentence).
-    pub fn print<T: Serialize + ?Sized>(
+    pub(crate) fn print<T: Serialize + ?Sized>(
         self,
         value: &T,
         human: impl FnOnce(),
@@ -36,7 +36,10 @@ impl Format {
 
 /// Writes one line to stdout. A closed pipe (`stem … | head`) ends the
 /// process quietly with 0; any other write error with 70.
-pub fn write_line(args: std::fmt::Arguments<'_>) {
+// A sanctioned exit (`clippy::exit` is denied elsewhere): output is the
+// CLI's last step, and nowhere to report the failure remains.
+#[allow(clippy::exit)]
+pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -60,7 +63,7 @@ pub(crate) use outln;
 
 /// Column alignment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
@@ -68,7 +71,7 @@ pub enum Align {
 /// A table: a header row and rows of cells, rendered with every column as
 /// wide as its widest cell and two spaces between columns.
 #[derive(Debug, Default)]
-pub struct Table {
+pub(crate) struct Table {
     headers: Vec<String>,
     align: Vec<Align>,
     rows: Vec<Vec<String>>,
@@ -76,7 +79,7 @@ pub struct Table {
 
 impl Table {
     /// A table with left-aligned `headers`.
-    pub fn new(headers: &[&str]) -> Self {
+    pub(crate) fn new(headers: &[&str]) -> Self {
         Table {
             headers: headers.iter().map(|h| h.to_string()).collect(),
             align: vec![Align::Left; headers.len()],
@@ -85,7 +88,7 @@ impl Table {
     }
 
     /// A `Field`/`Value` table of one record, a row per field.
-    pub fn fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> Self {
+    pub(crate) fn fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> Self {
         let mut t = Table::new(&["Field", "Value"]);
         for (k, v) in fields {
             t.row(vec![k.into(), v]);
@@ -94,7 +97,7 @@ impl Table {
     }
 
     /// Right-aligns the columns at `columns` (numbers).
-    pub fn right(mut self, columns: &[usize]) -> Self {
+    pub(crate) fn right(mut self, columns: &[usize]) -> Self {
         for &c in columns {
             if let Some(a) = self.align.get_mut(c) {
                 *a = Align::Right;
@@ -104,14 +107,14 @@ impl Table {
     }
 
     /// Appends a row (missing cells are empty, extra cells are dropped).
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         let mut cells = cells;
         cells.resize(self.headers.len(), String::new());
         self.rows.push(cells);
     }
 
     /// The table as text: header, a dashed rule, rows; no trailing spaces.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let widths: Vec<usize> = (0..self.headers.len())
             .map(|c| {
                 self.rows
@@ -153,25 +156,25 @@ impl Table {
     }
 
     /// Prints the table to stdout.
-    pub fn print(&self) {
+    pub(crate) fn print(&self) {
         let text = self.render();
         outln!("{}", text.trim_end_matches('\n'));
     }
 }
 
 /// Prints `value` as pretty JSON (two-space indent) to stdout.
-pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// `-` for an absent value.
-pub fn or_dash(v: Option<impl ToString>) -> String {
+pub(crate) fn or_dash(v: Option<impl ToString>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
 /// `items` joined by `sep`, or `-` when there are none.
-pub fn join_or_dash(items: &[String], sep: &str) -> String {
+pub(crate) fn join_or_dash(items: &[String], sep: &str) -> String {
     if items.is_empty() {
         "-".into()
     } else {
@@ -180,13 +183,13 @@ pub fn join_or_dash(items: &[String], sep: &str) -> String {
 }
 
 /// `yes` or `no`.
-pub fn yes_no(b: bool) -> String {
+pub(crate) fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
 /// A duration as the shortest of `<n>ms`, `<n>s`, `<n>m`, `<n>h` that is
 /// exact (`1500ms`, `5s`, `2m`).
-pub fn short_duration(d: Duration) -> String {
+pub(crate) fn short_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".into()
@@ -202,7 +205,7 @@ pub fn short_duration(d: Duration) -> String {
 }
 
 /// An age such as `3s ago`, `2m ago`, `in 4s` for an epoch-ms time.
-pub fn age(at_ms: i64, now_ms: i64) -> String {
+pub(crate) fn age(at_ms: i64, now_ms: i64) -> String {
     let delta = now_ms - at_ms;
     let abs = delta.unsigned_abs();
     let text = if abs < 1000 {
@@ -222,7 +225,7 @@ pub fn age(at_ms: i64, now_ms: i64) -> String {
 }
 
 /// `n thing` / `n things`.
-pub fn plural(n: usize, one: &str, many: &str) -> String {
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("{n} {one}")
     } else {

@@ -17,7 +17,7 @@ use crate::context::parse_duration;
 use crate::fail::Exit;
 
 #[derive(Args, Debug)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// The URL to GET (http or https; certificates are verified).
     url: String,
     /// How long the answer may take.
@@ -25,7 +25,7 @@ pub struct ProbeArgs {
     timeout: Duration,
 }
 
-pub fn run(args: ProbeArgs) -> i32 {
+pub(crate) fn run(args: ProbeArgs) -> i32 {
     if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
         eprintln!("error: {:?} is not an http(s) URL", args.url);
         return Exit::Usage.code();

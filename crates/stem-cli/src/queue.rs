@@ -10,7 +10,7 @@ use crate::fail::require_yes;
 use crate::output::{join_or_dash, outln, plural, yes_no, Format, Table};
 
 #[derive(Subcommand, Debug)]
-pub enum QueueCommand {
+pub(crate) enum QueueCommand {
     /// Every known queue: ready, inflight, delayed, dead letters, paused.
     List(Format),
     /// One queue's counts and the live workers consuming it.
@@ -65,7 +65,7 @@ struct QueueDetail {
 }
 
 /// Runs one `stem queue` command.
-pub async fn run(ctx: &Ctx, cmd: QueueCommand) -> anyhow::Result<i32> {
+pub(crate) async fn run(ctx: &Ctx, cmd: QueueCommand) -> anyhow::Result<i32> {
     match cmd {
         QueueCommand::List(format) => list(ctx, format).await,
         QueueCommand::Inspect { queue, format } => inspect(ctx, &queue, format).await,

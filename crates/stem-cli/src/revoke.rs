@@ -33,7 +33,7 @@ struct RevokeReport<'a> {
 /// Revokes `ids` (persisted: status `cancelled`, final), then tells the
 /// addressed workers so running copies stop at once. Unknown ids → exit 65
 /// after the others are revoked. Shared by `task revoke`.
-pub async fn revoke(
+pub(crate) async fn revoke(
     stem: &Stem,
     ids: &[String],
     reason: &str,

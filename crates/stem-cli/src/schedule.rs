@@ -18,7 +18,7 @@ use crate::fail::{bad_input, fail, require_yes, Exit};
 use crate::output::{or_dash, outln, plural, print_json, short_duration, Format, Table};
 
 #[derive(Subcommand, Debug)]
-pub enum ScheduleCommand {
+pub(crate) enum ScheduleCommand {
     /// List every schedule entry (soonest next run first, disabled last).
     List(Format),
     /// Print one entry as JSON: definition and run history.
@@ -73,7 +73,7 @@ pub enum ScheduleCommand {
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["id", "spec"])))]
-pub struct DryRunArgs {
+pub(crate) struct DryRunArgs {
     /// A stored schedule entry.
     #[arg(long)]
     id: Option<String>,
@@ -100,7 +100,7 @@ fn parse_time(v: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("invalid time {v:?}: {e} (use RFC 3339, e.g. 2025-01-31T09:00:00Z)"))
 }
 
-pub async fn run(ctx: &Ctx, cmd: ScheduleCommand) -> anyhow::Result<i32> {
+pub(crate) async fn run(ctx: &Ctx, cmd: ScheduleCommand) -> anyhow::Result<i32> {
     // `dry-run --spec` needs no store.
     if let ScheduleCommand::DryRun(args) = &cmd {
         if args.spec.is_some() {

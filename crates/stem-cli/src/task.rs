@@ -17,7 +17,7 @@ use crate::fail::{fail, Exit};
 use crate::output::{or_dash, outln, print_json, short_duration, Format, Table};
 
 #[derive(Subcommand, Debug)]
-pub enum TaskCommand {
+pub(crate) enum TaskCommand {
     /// A task's status (state, attempt, result, error, progress).
     Status {
         /// Task id.
@@ -57,7 +57,7 @@ pub enum TaskCommand {
 
 /// The flags of `task enqueue`.
 #[derive(Args, Debug)]
-pub struct EnqueueArgs {
+pub(crate) struct EnqueueArgs {
     /// Task name, e.g. greeting.send.
     task: String,
     /// Arguments as a JSON object.
@@ -85,7 +85,7 @@ pub struct EnqueueArgs {
 }
 
 /// Runs one `stem task` command.
-pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
+pub(crate) async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
     match cmd {
         TaskCommand::Status { id, format } => status(ctx, &id, format).await,
         TaskCommand::Wait {

@@ -24,7 +24,7 @@ use stem::control::{Exchange, Workers};
 
 /// Which workers, and how long to wait for them.
 #[derive(Args, Debug, Clone)]
-pub struct Targets {
+pub(crate) struct Targets {
     /// Address only this worker (repeatable); default: every live worker.
     #[arg(short = 'w', long = "worker", value_name = "NAME")]
     workers: Vec<String>,
@@ -41,7 +41,7 @@ impl Targets {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum WorkerCommand {
+pub(crate) enum WorkerCommand {
     /// Live workers from their heartbeats (no command is sent).
     List(Format),
     /// Ask workers to answer; exit 75 if an addressed worker does not.
@@ -113,7 +113,7 @@ pub enum WorkerCommand {
 }
 
 /// Runs one `stem worker` command.
-pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
+pub(crate) async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<i32> {
     let stem = ctx.operator()?;
     match cmd {
         WorkerCommand::List(format) => list(&stem, format).await,

@@ -19,6 +19,10 @@ pub const EXIT_TEMPFAIL: i32 = 75;
 
 /// Returns the value, or prints `configuration error: <VARIABLE>: <why>`
 /// and exits 78.
+// One of the workspace's sanctioned exits (`clippy::exit` is denied
+// elsewhere): a binary's start-up, before anything runs that could be
+// left half done.
+#[allow(clippy::exit)]
 pub fn config_or_exit<T>(result: Result<T, StemError>) -> T {
     match result {
         Ok(v) => v,

@@ -23,7 +23,7 @@ use crate::AppState;
 /// An action's form fields. Unlike axum's `Form`, a missing or malformed
 /// body is no error here but no fields (the guard has let it through on
 /// its `X-CSRF-Token` header): each action then says what is missing.
-pub struct Fields(HashMap<String, String>);
+pub(crate) struct Fields(HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequest<S> for Fields {
     type Rejection = Response;
@@ -91,7 +91,7 @@ where
 }
 
 /// `POST /tasks`: enqueue a registered task with JSON args.
-pub async fn enqueue(
+pub(crate) async fn enqueue(
     State(st): State<AppState>,
     headers: HeaderMap,
     Fields(f): Fields,
@@ -146,7 +146,7 @@ fn request_of(f: &HashMap<String, String>) -> Result<EnqueueRequest, String> {
 }
 
 /// `POST /tasks/{id}/revoke`: persisted, then running copies are told.
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -184,7 +184,7 @@ pub async fn revoke(
 }
 
 /// `POST /dead-letters/{queue}/{entry}/replay`.
-pub async fn replay(
+pub(crate) async fn replay(
     State(st): State<AppState>,
     Path((queue, entry)): Path<(String, String)>,
     headers: HeaderMap,
@@ -210,7 +210,7 @@ pub async fn replay(
 /// `POST /dead-letters/{queue}/replay-all`: starts replaying every dead
 /// letter of the queue in the background ([`crate::replays`]); the
 /// dead-letters page shows how far it got.
-pub async fn replay_all(
+pub(crate) async fn replay_all(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
@@ -224,7 +224,7 @@ pub async fn replay_all(
 }
 
 /// `POST /queues/{queue}/purge`.
-pub async fn purge(
+pub(crate) async fn purge(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
@@ -241,7 +241,7 @@ pub async fn purge(
 /// `POST /queues/{queue}/forget`: an empty queue nothing consumes stops
 /// being listed ([`stem::Stem::forget_queue`]); then the queues page,
 /// since the queue's own page has nothing left to show.
-pub async fn forget(
+pub(crate) async fn forget(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
@@ -264,7 +264,7 @@ pub async fn forget(
 }
 
 /// `POST /queues/{queue}/pause`: persisted, then workers are told.
-pub async fn pause(
+pub(crate) async fn pause(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
@@ -273,7 +273,7 @@ pub async fn pause(
 }
 
 /// `POST /queues/{queue}/resume`.
-pub async fn resume(
+pub(crate) async fn resume(
     State(st): State<AppState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
@@ -301,7 +301,7 @@ async fn set_paused(st: &AppState, queue: &str, paused: bool) -> String {
 }
 
 /// `POST /workers/{name}/ping`.
-pub async fn ping(
+pub(crate) async fn ping(
     State(st): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -322,7 +322,7 @@ pub async fn ping(
 
 /// `POST /workers/{name}/shutdown`: the worker stops fetching, finishes
 /// what it runs (up to its grace) and exits.
-pub async fn shutdown(
+pub(crate) async fn shutdown(
     State(st): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -343,7 +343,7 @@ fn silent(name: &str) -> String {
 }
 
 /// `POST /schedules/{id}/enable`.
-pub async fn enable_schedule(
+pub(crate) async fn enable_schedule(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -352,7 +352,7 @@ pub async fn enable_schedule(
 }
 
 /// `POST /schedules/{id}/disable`.
-pub async fn disable_schedule(
+pub(crate) async fn disable_schedule(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -11,7 +11,7 @@ const CSS: &str = include_str!("../assets/app.css");
 const ICON: &str = include_str!("../assets/favicon.svg");
 
 /// `GET /assets/{file}`.
-pub async fn serve(Path(file): Path<String>) -> Response {
+pub(crate) async fn serve(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "turbo.js" => (TURBO, "text/javascript; charset=utf-8"),
         "app.css" => (CSS, "text/css; charset=utf-8"),

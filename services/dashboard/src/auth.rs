@@ -22,7 +22,7 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
 
 /// Asks for credentials on every route but `/healthz` and `/readyz` when
 /// they are configured.
-pub async fn basic_auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn basic_auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let Some(creds) = &st.config().credentials else {
         return next.run(req).await;
     };
@@ -62,7 +62,7 @@ pub async fn basic_auth(State(st): State<AppState>, req: Request, next: Next) ->
 }
 
 /// Adds the security headers to every answer.
-pub async fn security_headers(req: Request, next: Next) -> Response {
+pub(crate) async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     h.insert(

@@ -36,7 +36,7 @@ use crate::AppState;
 
 /// The header an action may carry its CSRF token in (else the form field
 /// `csrf_token`).
-pub const CSRF_HEADER: &str = "x-csrf-token";
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The session cookie's name.
 const COOKIE: &str = "stem_csrf";
@@ -47,7 +47,7 @@ const MAX_FORM: usize = 2 * 1024 * 1024;
 
 /// The CSRF token of the request's session, for the page to carry.
 #[derive(Clone, Debug, Default)]
-pub struct Session {
+pub(crate) struct Session {
     pub token: String,
 }
 
@@ -66,10 +66,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
 }
 
 /// The key session tokens are made with, drawn once per process.
-pub struct SessionKey(ring::hmac::Key);
+pub(crate) struct SessionKey(ring::hmac::Key);
 
 impl SessionKey {
-    pub fn random() -> Self {
+    pub(crate) fn random() -> Self {
         let rng = ring::rand::SystemRandom::new();
         // The system's generator failing is not something to serve on.
         let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
@@ -131,7 +131,7 @@ fn same_origin(headers: &HeaderMap, host: &str) -> bool {
 /// Why a request was refused (403, or 413 for an oversize form; nothing
 /// changed).
 #[derive(Debug)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Asked for under a name the dashboard does not serve.
     Host(String),
     /// An action from a page of another origin.
@@ -163,7 +163,7 @@ impl IntoResponse for Refusal {
 }
 
 /// The layer (see the module doc).
-pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if st.is_health(req.uri().path()) {
         return next.run(req).await;
     }

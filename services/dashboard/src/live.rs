@@ -37,7 +37,7 @@ use crate::view::{self, Snapshot, TaskView};
 use crate::AppState;
 
 /// How often the poller reads while a page is open.
-pub const TICK: Duration = Duration::from_secs(1);
+pub(crate) const TICK: Duration = Duration::from_secs(1);
 
 /// Most distinct tasks the poller follows for open task pages; pages of
 /// others get the tables only.
@@ -48,7 +48,7 @@ const FULL_RETRY: Duration = Duration::from_secs(30);
 
 /// What the shared fragments carry where a form's CSRF token goes; each
 /// stream writes its page's token there.
-pub const CSRF_SLOT: &str = "STEM-CSRF-SLOT";
+pub(crate) const CSRF_SLOT: &str = "STEM-CSRF-SLOT";
 
 /// The hidden field holding [`CSRF_SLOT`], exactly as the `action` macro
 /// writes it: only this is replaced, never the same text in task data
@@ -56,20 +56,20 @@ pub const CSRF_SLOT: &str = "STEM-CSRF-SLOT";
 const CSRF_FIELD: &str = r#"name="csrf_token" value="STEM-CSRF-SLOT""#;
 
 /// The element id a task's live part has on its page.
-pub fn task_target(id: &str) -> String {
+pub(crate) fn task_target(id: &str) -> String {
     format!("task-{id}")
 }
 
 /// The latest fragments: (target element id, HTML), numbered.
 #[derive(Clone, Default)]
-pub struct Update {
+pub(crate) struct Update {
     pub seq: u64,
     pub fragments: Arc<Vec<(String, Arc<str>)>>,
 }
 
 /// The channel between the poller and the open pages, and the tasks those
 /// pages show.
-pub struct Hub {
+pub(crate) struct Hub {
     tx: watch::Sender<Update>,
     watched: Mutex<HashMap<String, usize>>,
     /// Open pages that list recent tasks.
@@ -79,7 +79,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             tx: watch::Sender::new(Update::default()),
             watched: Mutex::new(HashMap::new()),
@@ -266,7 +266,7 @@ fn render(
 }
 
 /// Reads and publishes while pages are open, until `stop`.
-pub async fn poll(st: AppState, stop: CancellationToken) {
+pub(crate) async fn poll(st: AppState, stop: CancellationToken) {
     let tx = &st.0.hub.tx;
     let slot = Session {
         token: CSRF_SLOT.to_string(),
@@ -412,7 +412,7 @@ impl Page {
 /// `DASHBOARD_MAX_STREAMS` open streams the answer asks the browser to
 /// retry in 30 s and ends. Every stream ends when the process
 /// begins to stop.
-pub async fn events(
+pub(crate) async fn events(
     State(st): State<AppState>,
     session: Session,
     Query(query): Query<HashMap<String, String>>,

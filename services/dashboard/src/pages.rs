@@ -19,13 +19,13 @@ use crate::view::{self, LetterRow, QueueRow, Snapshot, TaskView};
 use crate::AppState;
 
 /// Dead letters listed per queue.
-pub const LETTERS_PER_QUEUE: usize = 100;
+pub(crate) const LETTERS_PER_QUEUE: usize = 100;
 
 /// What every page's frame needs: the base path, the session's CSRF
 /// token, whether actions show, whether the demo keys are in use, the
 /// title, which navigation entry is current and a notice left by the last
 /// action.
-pub struct Chrome {
+pub(crate) struct Chrome {
     pub base: String,
     pub csrf: String,
     pub read_only: bool,
@@ -42,7 +42,7 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    pub fn new(
+    pub(crate) fn new(
         st: &AppState,
         session: &Session,
         title: impl Into<String>,
@@ -67,12 +67,12 @@ impl Chrome {
     }
 
     /// Whether the navigation entry `href` is this page's.
-    pub fn is_current(&self, href: &str) -> bool {
+    pub(crate) fn is_current(&self, href: &str) -> bool {
         href == self.nav
     }
 
     /// The navigation: (path under the base, label).
-    pub fn links(&self) -> [(&'static str, &'static str); 6] {
+    pub(crate) fn links(&self) -> [(&'static str, &'static str); 6] {
         [
             ("/", "Overview"),
             ("/queues", "Queues"),
@@ -85,7 +85,7 @@ impl Chrome {
 }
 
 /// A page that could not be read: the store did not answer.
-pub struct Unavailable(stem::StemError);
+pub(crate) struct Unavailable(stem::StemError);
 
 impl From<stem::StemError> for Unavailable {
     fn from(e: stem::StemError) -> Self {
@@ -108,12 +108,12 @@ type Page<T> = Result<T, Unavailable>;
 
 #[derive(Template, WebTemplate)]
 #[template(path = "overview.html")]
-pub struct Overview {
+pub(crate) struct Overview {
     chrome: Chrome,
     snap: Snapshot,
 }
 
-pub async fn overview(
+pub(crate) async fn overview(
     State(st): State<AppState>,
     session: Session,
     Query(q): Query<HashMap<String, String>>,
@@ -126,12 +126,12 @@ pub async fn overview(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "queues.html")]
-pub struct Queues {
+pub(crate) struct Queues {
     chrome: Chrome,
     snap: Snapshot,
 }
 
-pub async fn queues(
+pub(crate) async fn queues(
     State(st): State<AppState>,
     session: Session,
     Query(q): Query<HashMap<String, String>>,
@@ -144,13 +144,13 @@ pub async fn queues(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "queue.html")]
-pub struct QueuePage {
+pub(crate) struct QueuePage {
     chrome: Chrome,
     row: QueueRow,
     letters: Vec<LetterRow>,
 }
 
-pub async fn queue(
+pub(crate) async fn queue(
     State(st): State<AppState>,
     session: Session,
     Path(name): Path<String>,
@@ -175,12 +175,12 @@ pub async fn queue(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "workers.html")]
-pub struct Workers {
+pub(crate) struct Workers {
     chrome: Chrome,
     snap: Snapshot,
 }
 
-pub async fn workers(
+pub(crate) async fn workers(
     State(st): State<AppState>,
     session: Session,
     Query(q): Query<HashMap<String, String>>,
@@ -192,7 +192,7 @@ pub async fn workers(
 }
 
 /// A schedule entry as the table shows it.
-pub struct ScheduleRow {
+pub(crate) struct ScheduleRow {
     pub id: String,
     pub task: String,
     pub queue: String,
@@ -222,12 +222,12 @@ impl From<ScheduleSummary> for ScheduleRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "schedules.html")]
-pub struct Schedules {
+pub(crate) struct Schedules {
     chrome: Chrome,
     rows: Vec<ScheduleRow>,
 }
 
-pub async fn schedules(
+pub(crate) async fn schedules(
     State(st): State<AppState>,
     session: Session,
     Query(q): Query<HashMap<String, String>>,
@@ -243,7 +243,7 @@ pub async fn schedules(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "dead_letters.html")]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     chrome: Chrome,
     queues: Vec<String>,
     queue: String,
@@ -253,7 +253,7 @@ pub struct DeadLetters {
     replays: Vec<String>,
 }
 
-pub async fn dead_letters(
+pub(crate) async fn dead_letters(
     State(st): State<AppState>,
     session: Session,
     Query(q): Query<HashMap<String, String>>,
@@ -287,7 +287,7 @@ pub async fn dead_letters(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "tasks.html")]
-pub struct Tasks {
+pub(crate) struct Tasks {
     chrome: Chrome,
     filters: Filters,
     rows: Vec<task_list::Row>,
@@ -302,7 +302,7 @@ pub struct Tasks {
     page_sizes: [usize; 4],
 }
 
-pub async fn tasks(
+pub(crate) async fn tasks(
     State(st): State<AppState>,
     session: Session,
     Query(query): Query<HashMap<String, String>>,
@@ -342,7 +342,7 @@ pub async fn tasks(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "task.html")]
-pub struct TaskPage {
+pub(crate) struct TaskPage {
     chrome: Chrome,
     task: TaskView,
     /// The spec as published, when the recent-task index still holds it.
@@ -350,7 +350,7 @@ pub struct TaskPage {
 }
 
 /// What the recent-task index adds to a task's page.
-pub struct Published {
+pub(crate) struct Published {
     pub args: String,
     /// "1024.0 KiB"-style size of the whole spec when the index keeps only
     /// the first KiB of its arguments.
@@ -362,7 +362,7 @@ pub struct Published {
     pub trace_id: Option<String>,
 }
 
-pub async fn task(
+pub(crate) async fn task(
     State(st): State<AppState>,
     session: Session,
     Path(id): Path<String>,
@@ -425,7 +425,7 @@ pub async fn task(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "not_found.html")]
-pub struct NotFound {
+pub(crate) struct NotFound {
     chrome: Chrome,
     what: String,
 }
@@ -441,17 +441,17 @@ fn not_found_page(st: &AppState, session: &Session, what: String) -> Response {
         .into_response()
 }
 
-pub async fn not_found(State(st): State<AppState>, session: Session) -> Response {
+pub(crate) async fn not_found(State(st): State<AppState>, session: Session) -> Response {
     not_found_page(&st, &session, "There is no page at this address.".into())
 }
 
 /// `GET /healthz`: the process answers.
-pub async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: 200 when the broker and backend answer (the
 /// enqueuer's check and body).
-pub async fn readyz(State(st): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
     stem_service::http::readyz(st.stem()).await
 }

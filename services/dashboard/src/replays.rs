@@ -21,14 +21,14 @@ use tokio::task::JoinHandle;
 use crate::AppState;
 
 /// Letters read and replayed per step.
-pub const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 
 /// Most dead letters one replay-all moves.
-pub const REPLAY_ALL_MAX: usize = 10_000;
+pub(crate) const REPLAY_ALL_MAX: usize = 10_000;
 
 /// Where one queue's replay-all stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub queue: String,
     /// Letters the job set out to replay.
     pub total: usize,
@@ -42,7 +42,7 @@ pub struct Progress {
 
 impl Progress {
     /// What the page says of it.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let skipped = match self.skipped {
             0 => String::new(),
             n => format!("; {n} not replayed (gone already, or holding no task)"),
@@ -69,7 +69,7 @@ impl Progress {
 /// The jobs of this process, by queue: running ones and the last finished
 /// one of each queue, and the tasks running them.
 #[derive(Default)]
-pub struct Replays {
+pub(crate) struct Replays {
     progress: Mutex<BTreeMap<String, Progress>>,
     running: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -81,7 +81,7 @@ impl Replays {
 
     /// Waits (at most `within`) for the jobs to stop, which they do
     /// between two letters once the dashboard is closing.
-    pub async fn wait(&self, within: Duration) {
+    pub(crate) async fn wait(&self, within: Duration) {
         let handles: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
         if handles.is_empty() {
@@ -96,7 +96,7 @@ impl Replays {
     }
 
     /// Every job's progress, by queue name.
-    pub fn all(&self) -> Vec<Progress> {
+    pub(crate) fn all(&self) -> Vec<Progress> {
         self.jobs().values().cloned().collect()
     }
 
@@ -109,7 +109,7 @@ impl Replays {
 
 /// Starts replaying `queue`'s dead letters in the background; the notice
 /// to show, or the store's error when the queue could not be read.
-pub async fn start(st: &AppState, queue: &str) -> stem::Result<String> {
+pub(crate) async fn start(st: &AppState, queue: &str) -> stem::Result<String> {
     let total = (st.stem().admin().stats(queue).await?.dead as usize).min(REPLAY_ALL_MAX);
     if total == 0 {
         return Ok(format!("{queue} has no dead letters to replay"));

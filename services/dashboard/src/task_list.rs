@@ -12,11 +12,11 @@ use stem::recent::{TaskListing, TaskQuery, TaskRow};
 use crate::view::age;
 
 /// Rows a page shows unless `pageSize` says otherwise.
-pub const DEFAULT_PAGE_SIZE: usize = 25;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 25;
 /// The page sizes offered; a `pageSize` outside 25–200 is brought inside.
-pub const PAGE_SIZES: [usize; 4] = [25, 50, 100, 200];
+pub(crate) const PAGE_SIZES: [usize; 4] = [25, 50, 100, 200];
 /// The states a filter offers, in life-cycle order.
-pub const STATES: [&str; 6] = [
+pub(crate) const STATES: [&str; 6] = [
     "queued",
     "running",
     "retried",
@@ -29,7 +29,7 @@ const SNIPPET: usize = 90;
 
 /// The filters of one tasks page, as read from its query string.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Filters {
+pub(crate) struct Filters {
     pub state: String,
     pub queue: String,
     pub task: String,
@@ -41,7 +41,7 @@ pub struct Filters {
 impl Filters {
     /// Reads the query string leniently: an unknown state or a bad number
     /// falls back to no filter and the defaults.
-    pub fn parse(query: &HashMap<String, String>) -> Self {
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Self {
         let text = |k: &str| {
             query
                 .get(k)
@@ -67,7 +67,7 @@ impl Filters {
     }
 
     /// The library query these filters ask.
-    pub fn query(&self) -> TaskQuery {
+    pub(crate) fn query(&self) -> TaskQuery {
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
         TaskQuery {
             state: self.state.parse::<TaskState>().ok(),
@@ -80,7 +80,7 @@ impl Filters {
     }
 
     /// Whether any filter is set (the live list follows only page 1).
-    pub fn is_filtered(&self) -> bool {
+    pub(crate) fn is_filtered(&self) -> bool {
         !(self.state.is_empty()
             && self.queue.is_empty()
             && self.task.is_empty()
@@ -89,7 +89,7 @@ impl Filters {
 
     /// The query string of page `page` with these filters (empty ones
     /// left out), starting with `?`.
-    pub fn href(&self, page: usize) -> String {
+    pub(crate) fn href(&self, page: usize) -> String {
         let mut pairs: Vec<(&str, String)> = Vec::new();
         for (k, v) in [
             ("state", &self.state),
@@ -116,7 +116,7 @@ impl Filters {
 
 /// One row of the tasks table.
 #[derive(Clone, Debug)]
-pub struct Row {
+pub(crate) struct Row {
     pub id: String,
     pub task: String,
     pub queue: String,
@@ -130,7 +130,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn of(r: &TaskRow, now: i64) -> Self {
+    pub(crate) fn of(r: &TaskRow, now: i64) -> Self {
         let status = r.status.as_ref();
         Self {
             id: r.spec.id.clone(),
@@ -161,7 +161,7 @@ fn snippet(text: &str) -> String {
 }
 
 /// What the page shows below the table about how far the search looked.
-pub fn reach(listing: &TaskListing) -> String {
+pub(crate) fn reach(listing: &TaskListing) -> String {
     if listing.complete {
         format!(
             "Searched all {} tasks the recent-task index holds.",
@@ -178,7 +178,7 @@ pub fn reach(listing: &TaskListing) -> String {
 }
 
 /// The rows of `listing`.
-pub fn rows(listing: &TaskListing) -> Vec<Row> {
+pub(crate) fn rows(listing: &TaskListing) -> Vec<Row> {
     let now = now_ms();
     listing.rows.iter().map(|r| Row::of(r, now)).collect()
 }

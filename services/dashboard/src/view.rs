@@ -14,7 +14,7 @@ use stem::envelope::{now_ms, TaskState, TaskStatus};
 
 /// One queue's counts.
 #[derive(Clone, Debug, PartialEq)]
-pub struct QueueRow {
+pub(crate) struct QueueRow {
     pub name: String,
     pub ready: u64,
     pub running: u64,
@@ -27,7 +27,7 @@ pub struct QueueRow {
 
 /// One live worker, from its heartbeat.
 #[derive(Clone, Debug, PartialEq)]
-pub struct WorkerRow {
+pub(crate) struct WorkerRow {
     pub name: String,
     pub namespace: String,
     pub host: String,
@@ -45,7 +45,7 @@ pub struct WorkerRow {
 
 /// The overview's totals.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub backlog: u64,
     pub running: u64,
     pub delayed: u64,
@@ -58,7 +58,7 @@ pub struct Totals {
 
 /// One minute of the throughput chart, laid out in the SVG's units.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Bar {
+pub(crate) struct Bar {
     pub x: u32,
     /// Succeeded: from `ok_y` down to the baseline.
     pub ok_y: u32,
@@ -72,7 +72,7 @@ pub struct Bar {
 
 /// Tasks finished per minute over the last hour, as SVG bars.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Chart {
+pub(crate) struct Chart {
     pub bars: Vec<Bar>,
     /// The busiest minute's count (the top of the scale).
     pub peak: u64,
@@ -81,8 +81,8 @@ pub struct Chart {
 }
 
 /// Chart area: width, height of the bars' area.
-pub const CHART_W: u32 = 600;
-pub const CHART_H: u32 = 100;
+pub(crate) const CHART_W: u32 = 600;
+pub(crate) const CHART_H: u32 = 100;
 const MINUTES: i64 = 60;
 
 impl Chart {
@@ -135,7 +135,7 @@ impl Chart {
 
 /// Queues, workers, totals and the last hour's throughput at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub queues: Vec<QueueRow>,
     pub workers: Vec<WorkerRow>,
     pub totals: Totals,
@@ -145,7 +145,7 @@ pub struct Snapshot {
 /// Reads the queues the broker knows and the workers consume, their
 /// counts, pauses, the live workers' heartbeats and the last hour of the
 /// throughput history.
-pub async fn snapshot(stem: &Stem) -> stem::Result<Snapshot> {
+pub(crate) async fn snapshot(stem: &Stem) -> stem::Result<Snapshot> {
     let admin = stem.admin();
     let control = stem.control();
     let now = now_ms();
@@ -212,7 +212,7 @@ fn worker_row(w: &WorkerInfo, now: i64) -> WorkerRow {
 
 /// One task as its page shows it: the status and what is derived from it.
 #[derive(Clone, Debug)]
-pub struct TaskView {
+pub(crate) struct TaskView {
     pub status: TaskStatus,
     pub state: &'static str,
     pub terminal: bool,
@@ -224,7 +224,7 @@ pub struct TaskView {
 }
 
 impl TaskView {
-    pub fn of(status: TaskStatus) -> Self {
+    pub(crate) fn of(status: TaskStatus) -> Self {
         let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
         Self {
             state: status.state.as_str(),
@@ -265,7 +265,7 @@ fn timeline(s: &TaskStatus) -> Vec<(String, String)> {
 
 /// One dead letter as the list shows it.
 #[derive(Clone, Debug)]
-pub struct LetterRow {
+pub(crate) struct LetterRow {
     pub id: String,
     pub queue: String,
     pub task_id: String,
@@ -277,7 +277,7 @@ pub struct LetterRow {
 }
 
 impl LetterRow {
-    pub fn of(d: &DeadLetter) -> Self {
+    pub(crate) fn of(d: &DeadLetter) -> Self {
         let spec = d.wire.as_ref().and_then(|w| w.spec().ok());
         Self {
             id: d.id.clone(),
@@ -302,7 +302,7 @@ impl LetterRow {
 
 /// A duration in ms as an operator reads it: `4s`, `3m 20s`, `2h 5m`,
 /// `3d 4h`.
-pub fn age(ms: i64) -> String {
+pub(crate) fn age(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     match s {
         0..=59 => format!("{s}s"),

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 
 /// A request body deserialised into `T` (see the module doc for what is
 /// refused and how).
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 /// True when `headers` declare a JSON body: `application/json`, any case,
 /// with or without parameters such as `charset`.
@@ -29,7 +29,7 @@ fn declares_json(headers: &HeaderMap) -> bool {
 }
 
 /// `bytes` as a `T`, or the API's 400 saying what is wrong.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match bytes.trim_ascii_start().first() {
         None => {
             return Err(ApiError::BadRequest(

@@ -23,9 +23,9 @@ use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
 
 /// Most names a single `POST /group` accepts.
-pub const MAX_GROUP: usize = 10_000;
+pub(crate) const MAX_GROUP: usize = 10_000;
 /// Largest request body.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use stem::config::{bool_var, positive_var, process_env, Lookup};
 use stem::StemError;
 
 use crate::tls::server_config;
-pub use crate::tls::{Tls, TlsFiles};
+pub(crate) use crate::tls::{Tls, TlsFiles};
 
 /// Demo traffic generator settings (`ENQUEUER_AUTOFILL_*`).
 #[derive(Clone, Debug)]

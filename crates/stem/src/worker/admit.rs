@@ -42,7 +42,7 @@ use super::{execute, Shared};
 /// Dead-letter replays a task may go through beyond its retry budget. The
 /// attempt is delivery state, not signed: a stream writer could set it to
 /// anything, and a huge attempt would outrank every status of the task.
-pub const MAX_REPLAYS: u32 = 100;
+pub(super) const MAX_REPLAYS: u32 = 100;
 
 /// A rejected entry: dead-lettered; `authentic` is only set for authentic
 /// entries (`unregistered-task`, `delivery-limit`), whose task fails.

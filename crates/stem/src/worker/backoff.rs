@@ -18,7 +18,7 @@ pub fn retry_delay(attempt: u32) -> Duration {
 }
 
 /// Backoff for reconnect loops: 100 ms doubling to 5 s.
-pub fn outage_delay(failures: u32) -> Duration {
+pub(super) fn outage_delay(failures: u32) -> Duration {
     Duration::from_millis((100u64 << failures.min(6)).min(5_000))
 }
 

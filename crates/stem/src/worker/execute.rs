@@ -32,7 +32,7 @@ use super::{Outcome, Shared};
 
 /// How long a body runs before its `running` status is written (by
 /// [`mark_running`], in one batch per tick).
-pub const RUNNING_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+pub(super) const RUNNING_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A delivery admitted but not started.
 struct Waiting {

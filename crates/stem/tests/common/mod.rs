@@ -14,7 +14,7 @@ use stem::broker::redis::RedisBroker;
 use stem::client::Stores;
 use stem::config::TlsConfig;
 use stem::control::redis::RedisControl;
-pub use stem_contract::Adapters;
+pub(crate) use stem_contract::Adapters;
 use stem_contract::Harness;
 use stem_testkit::{RedisCluster, RedisServer};
 
@@ -112,21 +112,21 @@ impl Harness for Cluster {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-pub fn memory() -> anyhow::Result<Adapters> {
+pub(crate) fn memory() -> anyhow::Result<Adapters> {
     Ok(Adapters::new(Stores::memory(HOUR), Memory))
 }
 
-pub fn redis() -> anyhow::Result<Adapters> {
+pub(crate) fn redis() -> anyhow::Result<Adapters> {
     Ok(redis_and_server(false)?.0)
 }
 
-pub fn redis_colocated() -> anyhow::Result<Adapters> {
+pub(crate) fn redis_colocated() -> anyhow::Result<Adapters> {
     Ok(redis_and_server(true)?.0)
 }
 
 /// Stores on a private redis-server (with the atomic store when
 /// `colocated`), and that server, for the tests of what only Redis shows.
-pub fn redis_and_server(colocated: bool) -> anyhow::Result<(Adapters, Arc<RedisServer>)> {
+pub(crate) fn redis_and_server(colocated: bool) -> anyhow::Result<(Adapters, Arc<RedisServer>)> {
     let server = Arc::new(RedisServer::start()?);
     let stores = redis_stores(&server.url(), HOUR, colocated)?;
     let harness = Redis {
@@ -135,7 +135,7 @@ pub fn redis_and_server(colocated: bool) -> anyhow::Result<(Adapters, Arc<RedisS
     Ok((Adapters::new(stores, harness), server))
 }
 
-pub fn cluster() -> anyhow::Result<Adapters> {
+pub(crate) fn cluster() -> anyhow::Result<Adapters> {
     let cluster = RedisCluster::start()?;
     let stores = cluster_stores(&cluster.url(), HOUR)?;
     Ok(Adapters::new(stores, Cluster { cluster }))
