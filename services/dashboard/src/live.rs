@@ -14,12 +14,13 @@
 //! open at once (one more is told to come back later), and every one
 //! ends when the process begins to stop.
 
+use parking_lot::Mutex;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use askama::Template;
@@ -88,8 +89,8 @@ impl Hub {
         }
     }
 
-    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    fn watched(&self) -> parking_lot::MutexGuard<'_, HashMap<String, usize>> {
+        self.watched.lock()
     }
 }
 
@@ -412,10 +413,18 @@ impl Page {
 /// `DASHBOARD_MAX_STREAMS` open streams the answer asks the browser to
 /// retry in 30 s and ends. Every stream ends when the process
 /// begins to stop.
+/// The event stream's query: the task page that opened it (`?task=ID`),
+/// or the tasks list (`?list=tasks`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct EventsQuery {
+    task: Option<String>,
+    list: Option<String>,
+}
+
 pub(crate) async fn events(
     State(st): State<AppState>,
     session: Session,
-    Query(query): Query<HashMap<String, String>>,
+    Query(EventsQuery { task, list }): Query<EventsQuery>,
 ) -> Response {
     let Some(open) = Open::start(&st) else {
         // A browser's EventSource gives up for good on any answer but a
@@ -426,10 +435,7 @@ pub(crate) async fn events(
             .comment("too many open event streams; retrying later");
         return Sse::new(futures::stream::iter([Ok::<_, Infallible>(later)])).into_response();
     };
-    let mut task = query
-        .get("task")
-        .cloned()
-        .filter(|id| stem::envelope::is_task_id(id));
+    let mut task = task.filter(|id| stem::envelope::is_task_id(id));
     if let Some(id) = &task {
         // One read per opened page; an id without a status is not followed.
         match st.stem().status(id).await {
@@ -447,10 +453,7 @@ pub(crate) async fn events(
     let page = Page {
         rx,
         _watching: task.as_deref().and_then(|id| Watching::start(&st, id)),
-        listing: query
-            .get("list")
-            .is_some_and(|l| l == "tasks")
-            .then(|| Listing::start(&st)),
+        listing: (list.as_deref() == Some("tasks")).then(|| Listing::start(&st)),
         task,
         token: session.token,
         sent: HashMap::new(),

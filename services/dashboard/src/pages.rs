@@ -8,13 +8,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
 use stem::envelope::{format_ms, is_task_id, now_ms, parse_ms, TaskStatus};
 use stem::schedule::ScheduleSummary;
 
 use crate::guard::Session;
-use crate::task_list::{self, Filters};
+use crate::task_list::{self, FilterQuery, Filters};
 use crate::view::{self, LetterRow, QueueRow, Snapshot, TaskView};
 use crate::AppState;
 
@@ -61,8 +61,8 @@ impl Chrome {
         }
     }
 
-    fn with_notice(mut self, query: &HashMap<String, String>) -> Self {
-        self.notice = query.get("notice").filter(|n| !n.is_empty()).cloned();
+    fn with_notice(mut self, query: &NoticeQuery) -> Self {
+        self.notice = query.notice.clone().filter(|n| !n.is_empty());
         self
     }
 
@@ -82,6 +82,20 @@ impl Chrome {
             ("/dead-letters", "Dead letters"),
         ]
     }
+}
+
+/// The part of every page's query string the chrome reads: the notice an
+/// action leaves for the page it redirects to (`?notice=…`).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NoticeQuery {
+    notice: Option<String>,
+}
+
+/// The dead-letter page's query: which queue to show (all when absent).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LettersQuery {
+    #[serde(default)]
+    queue: String,
 }
 
 /// A page that could not be read: the store did not answer.
@@ -116,7 +130,7 @@ pub(crate) struct Overview {
 pub(crate) async fn overview(
     State(st): State<AppState>,
     session: Session,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<NoticeQuery>,
 ) -> Page<Overview> {
     Ok(Overview {
         chrome: Chrome::new(&st, &session, "Overview", "/").with_notice(&q),
@@ -134,7 +148,7 @@ pub(crate) struct Queues {
 pub(crate) async fn queues(
     State(st): State<AppState>,
     session: Session,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<NoticeQuery>,
 ) -> Page<Queues> {
     Ok(Queues {
         chrome: Chrome::new(&st, &session, "Queues", "/queues").with_notice(&q),
@@ -154,7 +168,7 @@ pub(crate) async fn queue(
     State(st): State<AppState>,
     session: Session,
     Path(name): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<NoticeQuery>,
 ) -> Result<Response, Unavailable> {
     let snap = view::snapshot(st.stem()).await?;
     let Some(row) = snap.queues.into_iter().find(|r| r.name == name) else {
@@ -183,7 +197,7 @@ pub(crate) struct Workers {
 pub(crate) async fn workers(
     State(st): State<AppState>,
     session: Session,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<NoticeQuery>,
 ) -> Page<Workers> {
     Ok(Workers {
         chrome: Chrome::new(&st, &session, "Workers", "/workers").with_notice(&q),
@@ -230,7 +244,7 @@ pub(crate) struct Schedules {
 pub(crate) async fn schedules(
     State(st): State<AppState>,
     session: Session,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<NoticeQuery>,
 ) -> Page<Schedules> {
     let mut entries = st.0.schedules.list().await?;
     // Soonest next run first, disabled last (as `stem schedule list`).
@@ -256,12 +270,12 @@ pub(crate) struct DeadLetters {
 pub(crate) async fn dead_letters(
     State(st): State<AppState>,
     session: Session,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<NoticeQuery>,
+    Query(LettersQuery { queue }): Query<LettersQuery>,
 ) -> Page<DeadLetters> {
     let admin = st.stem().admin();
     let mut queues = admin.known_queues().await?;
     queues.sort();
-    let queue = q.get("queue").cloned().unwrap_or_default();
     let shown: Vec<String> = if queue.is_empty() {
         queues.clone()
     } else {
@@ -305,7 +319,8 @@ pub(crate) struct Tasks {
 pub(crate) async fn tasks(
     State(st): State<AppState>,
     session: Session,
-    Query(query): Query<HashMap<String, String>>,
+    Query(notice): Query<NoticeQuery>,
+    Query(query): Query<FilterQuery>,
 ) -> Result<Response, Unavailable> {
     let filters = Filters::parse(&query);
     let listing = st.stem().find_tasks(&filters.query()).await?;
@@ -318,7 +333,7 @@ pub(crate) async fn tasks(
     queues.sort();
     let mut task_names = st.stem().registry().names();
     task_names.sort();
-    let mut chrome = Chrome::new(&st, &session, "Tasks", "/tasks").with_notice(&query);
+    let mut chrome = Chrome::new(&st, &session, "Tasks", "/tasks").with_notice(&notice);
     // Only the unfiltered first page follows new tasks: a filtered page
     // re-runs its whole scan (up to 20 000 tasks) on every refresh, and
     // would be refreshed about once a second under any traffic; it shows
@@ -366,7 +381,7 @@ pub(crate) async fn task(
     State(st): State<AppState>,
     session: Session,
     Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<NoticeQuery>,
 ) -> Result<Response, Unavailable> {
     let Some(status) = st.stem().status(&id).await? else {
         return Ok(not_found_page(

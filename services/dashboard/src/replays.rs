@@ -12,8 +12,8 @@
 //! stops between two letters when the dashboard begins to stop, and the
 //! process waits for it (a letter is never left half replayed).
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -75,15 +75,14 @@ pub(crate) struct Replays {
 }
 
 impl Replays {
-    fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Progress>> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    fn jobs(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, Progress>> {
+        self.progress.lock()
     }
 
     /// Waits (at most `within`) for the jobs to stop, which they do
     /// between two letters once the dashboard is closing.
     pub(crate) async fn wait(&self, within: Duration) {
-        let handles: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.running.lock());
         if handles.is_empty() {
             return;
         }
@@ -132,11 +131,7 @@ pub(crate) async fn start(st: &AppState, queue: &str) -> stem::Result<String> {
         );
     }
     let job = tokio::spawn(run(st.clone(), queue.to_string(), total));
-    let mut running =
-        st.0.replays
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    let mut running = st.0.replays.running.lock();
     running.retain(|h| !h.is_finished());
     running.push(job);
     drop(running);

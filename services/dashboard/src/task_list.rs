@@ -4,8 +4,7 @@
 //! recent-task index ([`stem::recent`]); a task id typed into `q` that the
 //! index no longer holds is still found by its status.
 
-use std::collections::HashMap;
-
+use serde::Deserialize;
 use stem::envelope::{now_ms, TaskState};
 use stem::recent::{TaskListing, TaskQuery, TaskRow};
 
@@ -27,6 +26,20 @@ pub(crate) const STATES: [&str; 6] = [
 /// Longest args or error text a row shows before cutting it.
 const SNIPPET: usize = 90;
 
+/// The tasks page's query string as sent: every filter optional and still
+/// text, so that a bad value is read leniently by [`Filters::parse`]
+/// instead of refusing the page.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct FilterQuery {
+    state: Option<String>,
+    queue: Option<String>,
+    task: Option<String>,
+    q: Option<String>,
+    page: Option<String>,
+    #[serde(rename = "pageSize")]
+    page_size: Option<String>,
+}
+
 /// The filters of one tasks page, as read from its query string.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Filters {
@@ -41,26 +54,21 @@ pub(crate) struct Filters {
 impl Filters {
     /// Reads the query string leniently: an unknown state or a bad number
     /// falls back to no filter and the defaults.
-    pub(crate) fn parse(query: &HashMap<String, String>) -> Self {
-        let text = |k: &str| {
-            query
-                .get(k)
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        let number = |k: &str| query.get(k).and_then(|v| v.trim().parse::<usize>().ok());
-        let state = text("state");
+    pub(crate) fn parse(query: &FilterQuery) -> Self {
+        let text = |v: &Option<String>| v.as_deref().map(str::trim).unwrap_or_default().to_string();
+        let number = |v: &Option<String>| v.as_deref().and_then(|v| v.trim().parse::<usize>().ok());
+        let state = text(&query.state);
         Self {
             state: if STATES.contains(&state.as_str()) {
                 state
             } else {
                 String::new()
             },
-            queue: text("queue"),
-            task: text("task"),
-            q: text("q"),
-            page: number("page").unwrap_or(1).clamp(1, 10_000),
-            page_size: number("pageSize")
+            queue: text(&query.queue),
+            task: text(&query.task),
+            q: text(&query.q),
+            page: number(&query.page).unwrap_or(1).clamp(1, 10_000),
+            page_size: number(&query.page_size)
                 .unwrap_or(DEFAULT_PAGE_SIZE)
                 .clamp(PAGE_SIZES[0], PAGE_SIZES[PAGE_SIZES.len() - 1]),
         }
@@ -187,13 +195,11 @@ pub(crate) fn rows(listing: &TaskListing) -> Vec<Row> {
 mod tests {
     use super::*;
 
+    /// The filters of a query string made of `pairs`, decoded as axum's
+    /// `Query` extractor decodes it.
     fn parse(pairs: &[(&str, &str)]) -> Filters {
-        Filters::parse(
-            &pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        let query = serde_urlencoded::to_string(pairs).expect("encodable");
+        Filters::parse(&serde_urlencoded::from_str(&query).expect("a filter query"))
     }
 
     #[test]
