@@ -15,9 +15,9 @@
 //! stack is dropped. Dropping a stack runs `down -v`, so a failed test
 //! leaves no containers, volumes or networks behind.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -64,7 +64,7 @@ impl Compose {
     /// `docker-compose up -d`. Fails, saying what to run, when an image
     /// is missing.
     pub fn up(profile_file: &str) -> anyhow::Result<Compose> {
-        let one = ONE_STACK.lock().unwrap_or_else(|p| p.into_inner());
+        let one = ONE_STACK.lock();
         let repo = repo_root();
         for tool in ["docker", "docker-compose"] {
             stem_testkit::installed(tool, "docker.io docker-compose")?;

@@ -10,8 +10,8 @@
 //! stack maps with [`Loopback::port`]) is the only change the harness
 //! makes to what the compose file and the configs say.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use stem_testkit::free_port;
 
@@ -38,10 +38,7 @@ impl Loopback {
     /// The loopback port standing for `service`'s container port `port`
     /// (picked on first use, the same ever after).
     pub fn port(&self, service: &str, port: u16) -> u16 {
-        let mut ports = self
-            .ports
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ports = self.ports.lock();
         *ports
             .entry((service.to_string(), port))
             .or_insert_with(free_port)

@@ -3,8 +3,9 @@
 //! the default path when broker and backend share a Redis), for
 //! enqueue-to-result latency. The other calls pass through untouched.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use stem::atomic::AtomicStore;
@@ -22,7 +23,7 @@ impl AtomicStore for TimingAtomic {
     async fn settle(&self, statuses: &[TaskStatus], acks: &[Receipt]) -> Result<()> {
         self.inner.settle(statuses, acks).await?;
         let now = Instant::now();
-        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stored = self.stored.lock();
         for s in statuses.iter().filter(|s| s.state == TaskState::Succeeded) {
             stored.insert(s.id.clone(), now);
         }

@@ -6,7 +6,8 @@
 //! several processes may report the same queue: the dashboards take
 //! `max by (queue)`, not the sum.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::metrics::Meter;
@@ -31,7 +32,7 @@ pub fn sample(
         .u64_observable_gauge("stem_queue_depth")
         .with_description("Tasks waiting in the queue (ready, not yet delivered).")
         .with_callback(move |o| {
-            for (queue, depth) in read.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for (queue, depth) in read.lock().iter() {
                 o.observe(*depth, &[KeyValue::new("queue", queue.clone())]);
             }
         })
@@ -56,7 +57,7 @@ pub fn sample(
             match read {
                 Ok(()) => {
                     failing = false;
-                    *depths.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                    *depths.lock() = now;
                 }
                 Err(e) if !failing => {
                     failing = true;

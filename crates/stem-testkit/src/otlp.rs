@@ -3,8 +3,9 @@
 //! with the protocol's own message types and kept for assertions. The
 //! services under test push to it exactly as they would to a collector.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -69,8 +70,8 @@ fn service_name(resource: &Option<Resource>) -> String {
         .unwrap_or_default()
 }
 
-fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Received> {
-    r.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(r: &Shared) -> parking_lot::MutexGuard<'_, Received> {
+    r.lock()
 }
 
 async fn metrics(State(r): State<Shared>, body: Bytes) -> StatusCode {

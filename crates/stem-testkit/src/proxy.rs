@@ -24,9 +24,10 @@
 //! the traffic it is observing. Dropping the proxy stops it and closes every
 //! connection.
 
+use parking_lot::Mutex;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -135,7 +136,7 @@ struct State {
 impl State {
     /// The fault of the first live rule that `window` matches, if any.
     fn check(&self, window: &[u8]) -> Option<Fault> {
-        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rules = self.rules.lock();
         for r in rules.iter_mut() {
             if r.left == 0 || !r.pattern.matches(window) {
                 continue;
@@ -152,7 +153,7 @@ impl State {
     }
 
     fn window(&self) -> usize {
-        let rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let rules = self.rules.lock();
         rules.iter().map(|r| r.pattern.longest()).max().unwrap_or(0)
     }
 }
@@ -259,26 +260,18 @@ impl FaultProxy {
     /// Applies `fault` up to `times` times to matches of `pattern`, after
     /// letting the first `skip` matches through untouched.
     pub fn rule(&self, pattern: Pattern, fault: Fault, skip: usize, times: usize) {
-        self.state
-            .rules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Rule {
-                pattern,
-                fault,
-                skip,
-                left: times,
-                seen: 0,
-            });
+        self.state.rules.lock().push(Rule {
+            pattern,
+            fault,
+            skip,
+            left: times,
+            seen: 0,
+        });
     }
 
     /// Removes every rule; traffic flows untouched from now on.
     pub fn clear(&self) {
-        self.state
-            .rules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.state.rules.lock().clear();
     }
 
     /// How many times a rule has fired so far.
@@ -377,16 +370,13 @@ mod tests {
     #[test]
     fn a_rule_fires_after_its_skips_and_at_most_its_times() {
         let s = State::default();
-        s.rules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Rule {
-                pattern: Pattern::contains("X"),
-                fault: Fault::Cut,
-                skip: 1,
-                left: 1,
-                seen: 0,
-            });
+        s.rules.lock().push(Rule {
+            pattern: Pattern::contains("X"),
+            fault: Fault::Cut,
+            skip: 1,
+            left: 1,
+            seen: 0,
+        });
         assert!(s.check(b"X").is_none(), "first match is skipped");
         assert!(s.check(b"X").is_some(), "second match fires");
         assert!(s.check(b"X").is_none(), "fired its one time");

@@ -2,10 +2,11 @@
 //! the worker dispatches through, and the [`TaskContext`] a running task
 //! gets (progress, cancellation, soft time limit, canvas inputs).
 
+use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -271,18 +272,13 @@ impl TaskRegistry {
     pub fn register_handler(&self, handler: Arc<dyn TaskHandler>) -> &Self {
         self.inner
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(handler.name().to_string(), handler);
         self
     }
 
     /// The handler for `name`.
     pub fn get(&self, name: &str) -> Option<Arc<dyn TaskHandler>> {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.inner.read().get(name).cloned()
     }
 
     /// Options of `name`, when registered.
@@ -292,13 +288,7 @@ impl TaskRegistry {
 
     /// Registered names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let mut v: Vec<String> = self.inner.read().keys().cloned().collect();
         v.sort();
         v
     }

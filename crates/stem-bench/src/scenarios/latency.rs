@@ -3,7 +3,8 @@
 //! a timing wrapper around the shared Redis store.
 
 use anyhow::Context;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -58,7 +59,7 @@ pub async fn latency(opts: &Opts, rate: u64, seconds: u64) -> anyhow::Result<Rep
         wait_drained(&stem, &r.queues, Duration::from_secs(60)).await?;
         stop.cancel();
         handle.await??;
-        let stored = timing.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = timing.stored.lock();
         let mut lat: Vec<f64> = sent
             .iter()
             .filter_map(|(id, at)| {

@@ -1,8 +1,9 @@
 //! In-process result backend with TTLs, the same monotonic status rule and
 //! group semantics as the Redis backend.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 // tokio's clock, so tests of leases and TTLs can run on paused time.
@@ -51,8 +52,8 @@ impl MemoryBackend {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 }
 

@@ -104,14 +104,14 @@ impl State {
 /// The in-memory broker. Clones share state.
 #[derive(Clone)]
 pub struct MemoryBroker {
-    state: Arc<std::sync::Mutex<State>>,
+    state: Arc<parking_lot::Mutex<State>>,
     notify: Arc<Notify>,
 }
 
 impl Default for MemoryBroker {
     fn default() -> Self {
         Self {
-            state: Arc::new(std::sync::Mutex::new(State {
+            state: Arc::new(parking_lot::Mutex::new(State {
                 recent_cap: super::DEFAULT_RECENT_TASKS,
                 recent_ttl: super::DEFAULT_RECENT_TTL,
                 ..State::default()
@@ -141,10 +141,8 @@ impl MemoryBroker {
         self
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A poisoned lock only means another thread panicked mid-update;
-        // the state is still structurally valid.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 }
 

@@ -1,8 +1,9 @@
 //! In-process control plane (`stem dev`, tests): a broadcast channel for
 //! commands and per-command reply channels.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 // tokio's clock, so tests of leases and TTLs can run on paused time.
@@ -57,8 +58,8 @@ impl MemoryControl {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn channel(&self, id: &str) -> mpsc::UnboundedSender<ControlReply> {

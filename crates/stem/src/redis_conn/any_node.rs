@@ -21,8 +21,8 @@
 //! network) — when a `PING` on it goes unanswered for [`ATTEMPT`]; the
 //! caller subscribes again, through the next node.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -60,7 +60,7 @@ impl AnyNode {
     /// The nodes to try, each once: the live nodes last learnt, then the
     /// seeds, rotated one further than the previous round.
     fn candidates(&self) -> Vec<(String, u16)> {
-        let mut nodes = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut nodes = self.known.lock().clone();
         for seed in self.endpoint.seed_nodes() {
             if !nodes.contains(seed) {
                 nodes.push(seed.clone());
@@ -86,7 +86,7 @@ impl AnyNode {
         if let Ok(Ok(text)) = tokio::time::timeout(ATTEMPT, asked).await {
             let live = live_nodes(&text);
             if !live.is_empty() {
-                *self.known.lock().unwrap_or_else(|p| p.into_inner()) = live;
+                *self.known.lock() = live;
             }
         }
     }

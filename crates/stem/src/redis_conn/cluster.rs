@@ -30,8 +30,9 @@
 //! any request's failure does; a write that never left (a dead socket
 //! after a restart) is sent again to that master alone.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -208,7 +209,7 @@ impl Slots {
                 e.to_string(),
             ))
         };
-        let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut masters = self.masters.lock();
         if let Some(conn) = masters.get(master) {
             return Ok(conn.clone());
         }
@@ -225,7 +226,7 @@ impl Slots {
     /// `None` when it cannot be read (every command then takes the
     /// client's routing).
     async fn current(&self, conn: &mut ClusterConnection) -> Option<Arc<SlotMap>> {
-        if let Some(map) = self.map.read().ok()?.as_ref() {
+        if let Some(map) = self.map.read().as_ref() {
             return Some(map.clone());
         }
         let reply = redis::aio::ConnectionLike::req_packed_command(
@@ -235,20 +236,18 @@ impl Slots {
         .await
         .ok()?;
         let map = Arc::new(SlotMap::parse(&reply)?);
-        *self.map.write().ok()? = Some(map.clone());
+        *self.map.write() = Some(map.clone());
         // Connections to nodes that serve no slot any more (a demoted
         // master, a removed node) are closed.
-        if let Ok(mut masters) = self.masters.lock() {
-            masters.retain(|master, _| map.ranges.iter().any(|r| &r.2 == master));
-        }
+        self.masters
+            .lock()
+            .retain(|master, _| map.ranges.iter().any(|r| &r.2 == master));
         Some(map)
     }
 
     /// Forgets the map: the next pipeline reads it again.
     fn stale(&self) {
-        if let Ok(mut map) = self.map.write() {
-            *map = None;
-        }
+        *self.map.write() = None;
     }
 }
 

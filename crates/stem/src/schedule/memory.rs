@@ -2,8 +2,9 @@
 //! and single-process embedding). Same rules as the Redis store; clones
 //! share state; expiry uses tokio's clock (monotonic; paused in tests).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ impl MemoryScheduleStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 }
 
@@ -208,7 +209,7 @@ impl MemoryLockStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner())
+        self.locks.lock()
     }
 }
 

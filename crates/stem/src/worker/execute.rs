@@ -9,10 +9,11 @@
 //! delivery (earliest admitted first within a priority), so prefetched
 //! entries start in priority order whatever order tokio polls tasks in.
 
+use parking_lot::Mutex;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -113,11 +114,7 @@ pub(super) fn spawn(
     handler: Arc<dyn TaskHandler>,
 ) {
     {
-        let mut q = shared
-            .dispatch
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut q = shared.dispatch.waiting.lock();
         if !q.closed {
             let seq = q.next_seq;
             q.next_seq += 1;
@@ -149,13 +146,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
         let Some(permit) = permit else { break };
         let next = loop {
             let changed = shared.dispatch.waiting_changed.notified();
-            let popped = shared
-                .dispatch
-                .waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .heap
-                .pop();
+            let popped = shared.dispatch.waiting.lock().heap.pop();
             if let Some(w) = popped {
                 break Some(w);
             }
@@ -179,11 +170,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
         });
     }
     let left: Vec<Waiting> = {
-        let mut q = shared
-            .dispatch
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut q = shared.dispatch.waiting.lock();
         q.closed = true;
         std::mem::take(&mut q.heap).into_vec()
     };

@@ -10,9 +10,10 @@
 //! waiters: `room` wakes the fetch loop (something started or settled),
 //! `settled` wakes a draining shutdown (something left for good).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -49,10 +50,9 @@ impl Inflight {
         }
     }
 
-    /// The held entries. A poisoned lock only means another thread
-    /// panicked mid-update; the map is still structurally valid.
+    /// The held entries.
     pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<Receipt, Held>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        self.held.lock()
     }
 
     /// How many entries are held.

@@ -10,9 +10,10 @@
 //! but the atomics is touched, so a worker with exporters off pays nothing
 //! for them. Names and labels: `docs/architecture.md`, "Metrics".
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::metrics::{
@@ -206,7 +207,6 @@ impl WorkerMetrics {
         if let Some(series) = e
             .series
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .get(queue)
             .and_then(|by_task| by_task.get(task_key))
         {
@@ -229,7 +229,7 @@ impl WorkerMetrics {
             dead_lettered: OnceLock::new(),
             duration: OnceLock::new(),
         });
-        let mut all = e.series.write().unwrap_or_else(|p| p.into_inner());
+        let mut all = e.series.write();
         // Bounded like the SDK's own series limit: past it a task's series
         // are bound per use instead of kept.
         if all.len() < MAX_CACHED || all.contains_key(queue) {

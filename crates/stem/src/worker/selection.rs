@@ -6,9 +6,10 @@
 //! refresh of persisted pauses) and one reads it; the gate that makes a
 //! `pause` reply mean "nothing more is fetched" lives here too.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::WorkerMetrics;
@@ -30,10 +31,6 @@ pub(super) struct QueueSelection {
     /// read; a pause takes it before answering (see [`Self::settled`]).
     gate: tokio::sync::Mutex<()>,
     metrics: Arc<WorkerMetrics>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl QueueSelection {
@@ -65,8 +62,8 @@ impl QueueSelection {
 
     /// The queues to read now; forgets quarantines that have run out.
     pub(super) fn active(&self) -> Vec<String> {
-        let paused = lock(&self.paused);
-        let mut quarantined = lock(&self.quarantined);
+        let paused = self.paused.lock();
+        let mut quarantined = self.quarantined.lock();
         quarantined.retain(|_, since| since.elapsed() < QUARANTINE);
         self.count_quarantined(quarantined.len());
         self.queues
@@ -78,7 +75,7 @@ impl QueueSelection {
 
     /// Sets `queue` aside for [`QUARANTINE`]; true when it was not already.
     pub(super) fn quarantine(&self, queue: &str) -> bool {
-        let mut quarantined = lock(&self.quarantined);
+        let mut quarantined = self.quarantined.lock();
         let fresh = quarantined
             .insert(queue.to_string(), Instant::now())
             .is_none();
@@ -92,7 +89,7 @@ impl QueueSelection {
 
     /// The paused queues, sorted.
     pub(super) fn paused(&self) -> Vec<String> {
-        let mut paused: Vec<String> = lock(&self.paused).iter().cloned().collect();
+        let mut paused: Vec<String> = self.paused.lock().iter().cloned().collect();
         paused.sort();
         paused
     }
@@ -101,7 +98,7 @@ impl QueueSelection {
     /// the paused set, sorted.
     pub(super) fn set_paused(&self, queues: &[String], pause: bool) -> Vec<String> {
         {
-            let mut paused = lock(&self.paused);
+            let mut paused = self.paused.lock();
             for q in queues.iter().filter(|q| self.consumes(q)) {
                 if pause {
                     paused.insert(q.clone());
@@ -117,7 +114,7 @@ impl QueueSelection {
     /// this worker consumes); true when it changed.
     pub(super) fn adopt_paused(&self, persisted: Vec<String>) -> bool {
         let mine: HashSet<String> = persisted.into_iter().filter(|q| self.consumes(q)).collect();
-        let mut paused = lock(&self.paused);
+        let mut paused = self.paused.lock();
         if *paused == mine {
             return false;
         }

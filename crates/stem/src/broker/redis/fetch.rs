@@ -153,11 +153,7 @@ impl RedisBroker {
     }
 
     fn take_blocking(&self, block: Duration) -> Result<Conn> {
-        let pooled = self
-            .blocking
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let pooled = self.blocking.lock().pop();
         match pooled {
             Some(c) => Ok(c),
             None => connection(self.endpoint.clone(), block + COMMAND_TIMEOUT),
@@ -165,9 +161,6 @@ impl RedisBroker {
     }
 
     fn give_blocking(&self, c: Conn) {
-        self.blocking
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(c);
+        self.blocking.lock().push(c);
     }
 }

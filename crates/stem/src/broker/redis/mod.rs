@@ -34,8 +34,9 @@ pub(crate) mod recent;
 mod recovery;
 mod scripts;
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::AsyncCommands;
@@ -191,7 +192,7 @@ impl RedisBroker {
     /// within that time.
     pub(crate) async fn remember(&self, queues: impl Iterator<Item = &String>) -> Result<()> {
         let new: Vec<String> = {
-            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            let mut known = self.known.lock();
             let now = std::time::Instant::now();
             queues
                 .filter(|q| match known.get_mut(q.as_str()) {
@@ -216,10 +217,7 @@ impl RedisBroker {
 
     /// Lets the next publish to `queue` name it in `stem:queues` again.
     pub(crate) fn forget_locally(&self, queue: &str) {
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(queue);
+        self.known.lock().remove(queue);
     }
 
     /// Creates the consumer group of every lane of `queues` (with its

@@ -27,8 +27,9 @@
 //! stream's expiry to `STEM_RESULT_TTL` (one `PEXPIRE` per queue and
 //! write).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ::redis::streams::StreamId;
@@ -136,8 +137,8 @@ impl RecentLog {
         self.ttl
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, LogState> {
+        self.state.lock()
     }
 
     /// Indexes `batch`: in `pipe` when this process wrote no index entry

@@ -72,7 +72,7 @@ impl RedisBroker {
     async fn prune_consumers(&self, queues: &[String], vt: Duration) {
         let stale = (vt * 10).max(Duration::from_secs(10));
         {
-            let mut last = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.pruned.lock();
             if last.is_some_and(|t| t.elapsed() < stale / 2) {
                 return;
             }

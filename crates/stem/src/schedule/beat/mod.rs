@@ -165,7 +165,7 @@ pub struct Beat {
     /// The slot each entry was being fired at when an error cut the firing
     /// short (it may be recorded, even published): the next pass finishes
     /// that slot before moving on, instead of coalescing it away.
-    unfinished: Arc<std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>>,
+    unfinished: Arc<parking_lot::Mutex<std::collections::HashMap<String, DateTime<Utc>>>>,
 }
 
 /// Logs the first error of an outage at warn, later ones at debug.
@@ -215,13 +215,13 @@ impl Beat {
 
     /// The slot an error cut short for entry `id`, if any.
     fn unfinished_slot(&self, id: &str) -> Option<DateTime<Utc>> {
-        let unfinished = self.unfinished.lock().unwrap_or_else(|p| p.into_inner());
+        let unfinished = self.unfinished.lock();
         unfinished.get(id).copied()
     }
 
     /// Marks `slot` of entry `id` as being fired (`None`: booked).
     fn set_unfinished(&self, id: &str, slot: Option<DateTime<Utc>>) {
-        let mut unfinished = self.unfinished.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unfinished = self.unfinished.lock();
         match slot {
             Some(slot) => unfinished.insert(id.to_string(), slot),
             None => unfinished.remove(id),
