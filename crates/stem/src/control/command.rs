@@ -18,8 +18,11 @@ use serde_json::{json, Value};
 
 use crate::error::{Result, StemError};
 
-/// A command to workers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A command to workers. Serde writes and reads it: the variant is the
+/// wire name (`name`), its fields the payload, so the table above is the
+/// type itself rather than code that builds or reads JSON by key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
 pub enum Command {
     /// Are you alive?
     Ping,
@@ -30,6 +33,7 @@ pub enum Command {
     /// Cancel these tasks if you run them.
     Revoke {
         /// Ids of the tasks to cancel.
+        #[serde(rename = "taskIds", default)]
         task_ids: Vec<String>,
     },
     /// Stop as on SIGTERM.
@@ -37,11 +41,13 @@ pub enum Command {
     /// Stop fetching from these queues.
     Pause {
         /// Queues to pause (a worker acts on those it consumes).
+        #[serde(default)]
         queues: Vec<String>,
     },
     /// Fetch from these queues again.
     Resume {
         /// Queues to resume (a worker acts on those it consumes).
+        #[serde(default)]
         queues: Vec<String>,
     },
 }
@@ -66,48 +72,31 @@ impl Command {
         is_mutating(self.name())
     }
 
-    /// The payload on the wire.
+    /// The payload on the wire: the command's fields (`{}` for none).
     pub fn payload(&self) -> Value {
-        match self {
-            Command::Revoke { task_ids } => json!({ "taskIds": task_ids }),
-            Command::Pause { queues } | Command::Resume { queues } => json!({ "queues": queues }),
-            _ => json!({}),
+        let mut doc = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
+        if let Some(fields) = doc.as_object_mut() {
+            fields.remove("name");
         }
+        doc
     }
 
-    /// Reads a command back from its wire name and payload.
+    /// Reads a command back from its wire name and payload; an unknown
+    /// name or a payload of the wrong shape is an error the worker answers
+    /// with (and acts on nothing).
     pub fn parse(name: &str, payload: &Value) -> Result<Self> {
-        let list = |key: &str| -> Vec<String> {
-            payload
-                .get(key)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Ok(match name {
-            "ping" => Command::Ping,
-            "stats" => Command::Stats,
-            "inspect" => Command::Inspect,
-            "revoke" => Command::Revoke {
-                task_ids: list("taskIds"),
-            },
-            "shutdown" => Command::Shutdown,
-            "pause" => Command::Pause {
-                queues: list("queues"),
-            },
-            "resume" => Command::Resume {
-                queues: list("queues"),
-            },
+        let mut doc = match payload {
+            Value::Object(fields) => fields.clone(),
+            Value::Null => serde_json::Map::new(),
             other => {
                 return Err(StemError::InvalidArgument(format!(
-                    "unknown command {other:?}"
+                    "the payload of {name:?} is not an object: {other}"
                 )))
             }
-        })
+        };
+        doc.insert("name".into(), Value::String(name.to_string()));
+        serde_json::from_value(Value::Object(doc))
+            .map_err(|e| StemError::InvalidArgument(format!("command {name:?}: {e}")))
     }
 }
 
@@ -200,6 +189,19 @@ mod tests {
             assert_eq!(c.is_mutating(), is_mutating(c.name()));
         }
         assert!(Command::parse("reboot", &json!({})).is_err());
+        // What older or other producers may send: fields a command does
+        // not take are ignored, missing lists are empty, a list of the
+        // wrong shape is refused rather than read as something else.
+        assert_eq!(
+            Command::parse("ping", &json!({"extra": 1})).ok(),
+            Some(Command::Ping)
+        );
+        assert_eq!(
+            Command::parse("pause", &json!({})).ok(),
+            Some(Command::Pause { queues: vec![] })
+        );
+        assert!(Command::parse("revoke", &json!({"taskIds": "t1"})).is_err());
+        assert!(Command::parse("stats", &json!([1])).is_err());
         assert!(!is_mutating("reboot"));
     }
 
