@@ -11,7 +11,7 @@ use stem::backend::ResultBackend;
 use stem::broker::memory::MemoryBroker;
 use stem::broker::{Broker, Outgoing};
 use stem::control::memory::MemoryControl;
-use stem::control::{ControlPlane, WorkerInfo};
+use stem::control::{WorkerInfo, WorkerRegistry};
 use stem::envelope::{new_task_id, now_ms, TaskSpec, TaskState, TaskStatus, WireEnvelope};
 use stem::schedule::memory::MemoryLockStore;
 use stem::schedule::LockStore;

@@ -97,7 +97,7 @@ impl Workers {
     }
 
     /// Stop fetching from `queues`: persisted first
-    /// ([`ControlPlane::set_paused`]), so workers that miss the command or
+    /// ([`QueuePauses::set_paused`](super::QueuePauses::set_paused)), so workers that miss the command or
     /// start later apply it at their next heartbeat; the command makes it
     /// immediate for the ones that answer.
     pub async fn pause(&self, queues: &[String]) -> Result<Exchange<PausedReply>> {

@@ -15,8 +15,8 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    minutes_between, ControlCommand, ControlPlane, ControlReply, Throughput, WorkerInfo,
-    THROUGHPUT_TTL,
+    minutes_between, CommandBus, ControlCommand, ControlReply, QueuePauses, Throughput,
+    ThroughputLog, WorkerInfo, WorkerRegistry, THROUGHPUT_TTL,
 };
 use crate::error::Result;
 
@@ -76,7 +76,7 @@ impl MemoryControl {
 }
 
 #[async_trait]
-impl ControlPlane for MemoryControl {
+impl WorkerRegistry for MemoryControl {
     async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
         self.lock()
             .workers
@@ -102,7 +102,10 @@ impl ControlPlane for MemoryControl {
         st.workers.retain(|_, (_, expires)| *expires > now);
         Ok(st.workers.values().map(|(i, _)| i.clone()).collect())
     }
+}
 
+#[async_trait]
+impl CommandBus for MemoryControl {
     async fn send(&self, command: &ControlCommand) -> Result<()> {
         self.channel(&command.id);
         let _ = self.commands.send(command.clone());
@@ -145,7 +148,10 @@ impl ControlPlane for MemoryControl {
         self.lock().replies.remove(id);
         Ok(out)
     }
+}
 
+#[async_trait]
+impl QueuePauses for MemoryControl {
     async fn paused_queues(&self) -> Result<Vec<String>> {
         Ok(self.lock().paused.iter().cloned().collect())
     }
@@ -161,7 +167,10 @@ impl ControlPlane for MemoryControl {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl ThroughputLog for MemoryControl {
     async fn add_throughput(&self, minute_ms: i64, counts: &Throughput) -> Result<()> {
         let oldest = crate::envelope::now_ms() - THROUGHPUT_TTL.as_millis() as i64;
         let mut st = self.lock();

@@ -221,9 +221,9 @@ pub fn minute_of(ms: i64) -> i64 {
     ms - ms.rem_euclid(60_000)
 }
 
-/// Heartbeats, commands, replies, pauses and the throughput history.
+/// Who is alive: each worker's heartbeat record.
 #[async_trait]
-pub trait ControlPlane: Send + Sync + 'static {
+pub trait WorkerRegistry: Send + Sync + 'static {
     /// Records `info` as alive for `ttl`.
     async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<()>;
     /// Removes the record of a worker that stopped cleanly, only while it
@@ -232,6 +232,11 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn forget(&self, worker: &str, started_at: i64) -> Result<()>;
     /// Live workers, sorted by name (expired ones are pruned).
     async fn workers(&self) -> Result<Vec<WorkerInfo>>;
+}
+
+/// Commands to workers and their replies.
+#[async_trait]
+pub trait CommandBus: Send + Sync + 'static {
     /// Broadcasts a command to every subscribed worker.
     async fn send(&self, command: &ControlCommand) -> Result<()>;
     /// The commands sent from now on. The stream ends when the connection
@@ -247,10 +252,21 @@ pub trait ControlPlane: Send + Sync + 'static {
         expected: usize,
         timeout: Duration,
     ) -> Result<Vec<ControlReply>>;
-    /// Queues paused by operators (persisted; workers skip them).
+}
+
+/// Queues paused by operators, persisted so that every worker, also one
+/// started later, skips them.
+#[async_trait]
+pub trait QueuePauses: Send + Sync + 'static {
+    /// Queues paused by operators.
     async fn paused_queues(&self) -> Result<Vec<String>>;
     /// Pauses or resumes queues.
     async fn set_paused(&self, queues: &[String], paused: bool) -> Result<()>;
+}
+
+/// Finished tasks per minute, kept [`THROUGHPUT_TTL`].
+#[async_trait]
+pub trait ThroughputLog: Send + Sync + 'static {
     /// Adds `counts` to the minute starting at `minute_ms` (see
     /// [`minute_of`]).
     async fn add_throughput(&self, minute_ms: i64, counts: &Throughput) -> Result<()>;
@@ -259,6 +275,16 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// recorded or the record expired).
     async fn throughput(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, Throughput)>>;
 }
+
+/// The control plane a store provides: the worker registry, the command
+/// bus, queue pauses and the throughput log, split by job like `Broker`
+/// and `QueueAdmin` (each a small trait a caller names for what it uses)
+/// and held together as one object, since every store keeps all four in
+/// one place (one Redis, or one process). Any type implementing the four
+/// is a `ControlPlane`.
+pub trait ControlPlane: WorkerRegistry + CommandBus + QueuePauses + ThroughputLog {}
+
+impl<T: WorkerRegistry + CommandBus + QueuePauses + ThroughputLog> ControlPlane for T {}
 
 /// The minutes of `from_ms..=to_ms`, at most a day of them (a longer span
 /// is cut at its newest day).

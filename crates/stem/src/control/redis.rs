@@ -16,8 +16,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::{
-    minutes_between, ControlCommand, ControlPlane, ControlReply, Throughput, WorkerInfo,
-    THROUGHPUT_TTL,
+    minutes_between, CommandBus, ControlCommand, ControlReply, QueuePauses, Throughput,
+    ThroughputLog, WorkerInfo, WorkerRegistry, THROUGHPUT_TTL,
 };
 use crate::error::Result;
 use crate::keys;
@@ -74,7 +74,7 @@ return 1
 });
 
 #[async_trait]
-impl ControlPlane for RedisControl {
+impl WorkerRegistry for RedisControl {
     async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
         let mut pipe = ::redis::pipe();
         pipe.cmd("SET")
@@ -127,7 +127,10 @@ impl ControlPlane for RedisControl {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
 
+#[async_trait]
+impl CommandBus for RedisControl {
     async fn send(&self, command: &ControlCommand) -> Result<()> {
         let payload = serde_json::to_vec(command)?;
         match &self.channel {
@@ -202,7 +205,10 @@ impl ControlPlane for RedisControl {
         let _: () = conn.del(&key).await?;
         Ok(out)
     }
+}
 
+#[async_trait]
+impl QueuePauses for RedisControl {
     async fn paused_queues(&self) -> Result<Vec<String>> {
         let mut v: Vec<String> = self.conn.clone().smembers(keys::PAUSED).await?;
         v.sort();
@@ -221,7 +227,10 @@ impl ControlPlane for RedisControl {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl ThroughputLog for RedisControl {
     async fn add_throughput(&self, minute_ms: i64, counts: &Throughput) -> Result<()> {
         let key = keys::throughput(minute_ms);
         let mut pipe = ::redis::pipe();
