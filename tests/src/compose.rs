@@ -1,19 +1,24 @@
-//! The compose project as `docker compose` reads it: `docker-compose.yml`
-//! with its YAML merge keys (`<<: *stem`) applied and `${VAR:-default}`
-//! interpolated from the profile copied to `.env`; per service the image,
-//! command, environment (`env_file: .env` first, `environment:` over it),
-//! healthcheck, volumes, published ports and dependencies; and the files
-//! `deploy/Dockerfile` copies into the Stem image (the schedule file).
+//! The compose project as compose itself reads it: `docker-compose config`
+//! (docker-compose 1.29) resolves `docker-compose.yml` for a profile —
+//! merge keys, `${VAR:-default}` and `${VAR:?message}` interpolation,
+//! `env_file: .env` read into each service's environment, every field in
+//! one form — and this module types what it prints: per service the image,
+//! command, environment, healthcheck, volumes, published ports and
+//! dependencies; plus the files `deploy/Dockerfile` copies into the Stem
+//! image (the schedule file), which compose does not know.
 //!
-//! Only what the stack test needs is modelled, and anything it does not
-//! understand is an error rather than a silent default, so a change to the
-//! compose file that the harness cannot follow fails the test loudly.
+//! Compose does the parsing (until 2026-12-08 the harness interpolated
+//! and merged the YAML itself); the typed structs model only what the
+//! stack test needs, and a form they do not know is an error rather than
+//! a silent default, so a change the harness cannot follow fails loudly.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use serde::Deserialize;
 use serde_norway::Value;
+use stem_testkit::installed;
 
 /// A `.env` profile (`.env.hmac`, …): `KEY=VALUE` lines, `#` comments.
 #[derive(Debug, Clone)]
@@ -118,33 +123,55 @@ pub struct Project {
 }
 
 impl Project {
-    /// Reads `docker-compose.yml` and `deploy/Dockerfile` of `repo` with
-    /// `profile` as the `.env`.
+    /// The project as `docker-compose config` resolves it for `profile`:
+    /// compose itself applies the merge keys, interpolates `${…}` (and
+    /// refuses a `${VAR:?…}` the profile leaves unset), reads `env_file`
+    /// into each service's environment and writes every field in one
+    /// form; this only types what it prints. The profile is written as
+    /// `.env` of a scratch project directory (compose resolves relative
+    /// paths against it; [`Service::volumes`] gives them back relative).
     pub fn load(repo: &Path, profile: &Profile) -> anyhow::Result<Self> {
-        let path = repo.join("docker-compose.yml");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut doc: Value =
-            serde_norway::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        doc.apply_merge()
-            .context("applying the compose file's merge keys")?;
-        let services = doc
-            .get("services")
-            .and_then(Value::as_mapping)
-            .context("docker-compose.yml has no services")?;
-        let mut out = BTreeMap::new();
-        for (name, spec) in services {
-            let name = name
-                .as_str()
-                .context("a service name that is not a string")?;
-            let service = Service::parse(name, spec, profile)
-                .with_context(|| format!("service {name} of docker-compose.yml"))?;
-            out.insert(name.to_string(), service);
+        let compose = installed("docker-compose", "docker-compose")?;
+        let dir = tempfile::tempdir().context("a scratch project directory")?;
+        let env: String = profile
+            .vars
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        std::fs::write(dir.path().join(".env"), env).context("writing the profile as .env")?;
+        let out = std::process::Command::new(compose)
+            .arg("--project-directory")
+            .arg(dir.path())
+            .arg("-f")
+            .arg(repo.join("docker-compose.yml"))
+            .arg("config")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+            .context("running docker-compose config")?;
+        if !out.status.success() {
+            bail!(
+                "docker-compose config refuses the project with {}: {}",
+                profile.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        let image_files = dockerfile_copies(repo)?;
+        let config: Config = serde_norway::from_slice(&out.stdout)
+            .context("reading docker-compose config's output")?;
+        let root = format!("{}/", dir.path().display());
+        let services = config
+            .services
+            .into_iter()
+            .map(|(name, raw)| {
+                let service = raw
+                    .typed(&name, &root)
+                    .with_context(|| format!("service {name} of docker-compose.yml"))?;
+                Ok((name, service))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Project {
-            services: out,
-            image_files,
+            services,
+            image_files: dockerfile_copies(repo)?,
         })
     }
 
@@ -177,95 +204,109 @@ impl Project {
     }
 }
 
-impl Service {
-    fn parse(name: &str, spec: &Value, profile: &Profile) -> anyhow::Result<Self> {
-        let image = spec
-            .get("image")
-            .and_then(Value::as_str)
-            .context("no image")?
-            .to_string();
-        let command = match spec.get("command") {
+/// What `docker-compose config` prints, as far as the harness reads it;
+/// the rest (build, restart, stop_grace_period, …) is compose's business.
+#[derive(Debug, Deserialize)]
+struct Config {
+    services: BTreeMap<String, RawService>,
+}
+
+/// One service as compose prints it: every field in one form (a command
+/// is a string or a list, depends_on always a mapping with conditions).
+#[derive(Debug, Deserialize)]
+struct RawService {
+    image: String,
+    command: Option<Words>,
+    #[serde(default)]
+    environment: BTreeMap<String, Option<Value>>,
+    healthcheck: Option<RawHealthcheck>,
+    #[serde(default)]
+    volumes: Vec<String>,
+    #[serde(default)]
+    ports: Vec<String>,
+    #[serde(default)]
+    depends_on: BTreeMap<String, RawDependency>,
+}
+
+/// A command or a healthcheck test: one shell line or a list of words.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Words {
+    Line(String),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHealthcheck {
+    test: Words,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDependency {
+    condition: String,
+}
+
+impl RawService {
+    /// The service as the harness reads it; `root` is the scratch project
+    /// directory compose resolved relative paths against.
+    fn typed(self, name: &str, root: &str) -> anyhow::Result<Service> {
+        let command = match self.command {
             None => Vec::new(),
-            Some(Value::String(s)) => interpolate(s, profile)?
-                .split_whitespace()
-                .map(str::to_string)
-                .collect(),
-            Some(Value::Sequence(words)) => words
-                .iter()
-                .map(|w| scalar(w).and_then(|w| interpolate(&w, profile)))
-                .collect::<anyhow::Result<_>>()?,
-            Some(other) => bail!("command is neither a string nor a list: {other:?}"),
+            Some(Words::Line(line)) => line.split_whitespace().map(str::to_string).collect(),
+            Some(Words::List(words)) => words,
         };
-        let mut environment = BTreeMap::new();
-        match spec.get("env_file") {
-            None => {}
-            Some(Value::String(f)) if f == ".env" => environment.extend(profile.vars.clone()),
-            Some(other) => bail!("env_file other than .env: {other:?}"),
-        }
-        if let Some(env) = spec.get("environment") {
-            let env = env.as_mapping().context("environment is not a mapping")?;
-            for (k, v) in env {
-                let k = k
-                    .as_str()
-                    .context("an environment key that is not a string")?;
-                environment.insert(k.to_string(), interpolate(&scalar(v)?, profile)?);
-            }
-        }
-        let healthcheck = match spec.get("healthcheck").and_then(|h| h.get("test")) {
+        let environment = self
+            .environment
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_ref().map(scalar).transpose()?.unwrap_or_default())))
+            .collect::<anyhow::Result<_>>()?;
+        let healthcheck = match self.healthcheck.map(|h| h.test) {
             None => None,
-            Some(Value::String(s)) => Some(Healthcheck::Shell(interpolate(s, profile)?)),
-            Some(Value::Sequence(words)) => {
-                let words: Vec<String> = words
-                    .iter()
-                    .map(|w| scalar(w).and_then(|w| interpolate(&w, profile)))
-                    .collect::<anyhow::Result<_>>()?;
-                match words.split_first() {
-                    Some((kind, rest)) if kind == "CMD" => Some(Healthcheck::Exec(rest.to_vec())),
-                    Some((kind, [cmd])) if kind == "CMD-SHELL" => {
-                        Some(Healthcheck::Shell(cmd.clone()))
-                    }
-                    _ => bail!("healthcheck test neither CMD nor CMD-SHELL: {words:?}"),
-                }
-            }
-            Some(other) => bail!("healthcheck test is neither a string nor a list: {other:?}"),
+            Some(Words::Line(line)) => Some(Healthcheck::Shell(line)),
+            Some(Words::List(words)) => match words.split_first() {
+                Some((kind, rest)) if kind == "CMD" => Some(Healthcheck::Exec(rest.to_vec())),
+                Some((kind, [cmd])) if kind == "CMD-SHELL" => Some(Healthcheck::Shell(cmd.clone())),
+                Some((kind, _)) if kind == "NONE" => None,
+                _ => bail!("healthcheck test neither CMD nor CMD-SHELL: {words:?}"),
+            },
         };
-        let volumes = list_of_strings(spec.get("volumes"))?
+        let volumes = self
+            .volumes
             .iter()
             .map(|v| {
                 let mut parts = v.split(':');
                 match (parts.next(), parts.next()) {
-                    (Some(src), Some(dst)) => Ok((src.to_string(), dst.to_string())),
+                    // Back to `./path`: what the harness maps to the
+                    // repository's files or the stack's certificates.
+                    (Some(src), Some(dst)) => Ok((
+                        src.strip_prefix(root)
+                            .map_or_else(|| src.to_string(), |rest| format!("./{rest}")),
+                        dst.to_string(),
+                    )),
                     _ => bail!("volume {v:?} is not source:target[:mode]"),
                 }
             })
             .collect::<anyhow::Result<_>>()?;
-        let ports = list_of_strings(spec.get("ports"))?
+        let ports = self
+            .ports
             .iter()
             .map(|p| parse_port(p))
             .collect::<anyhow::Result<_>>()?;
-        let depends_on = match spec.get("depends_on") {
-            None => Vec::new(),
-            Some(Value::Sequence(names)) => names
-                .iter()
-                .map(|n| Ok((scalar(n)?, Condition::Started)))
-                .collect::<anyhow::Result<_>>()?,
-            Some(Value::Mapping(m)) => m
-                .iter()
-                .map(|(k, v)| {
-                    let dep = scalar(k)?;
-                    let cond = match v.get("condition").and_then(Value::as_str) {
-                        None | Some("service_started") => Condition::Started,
-                        Some("service_healthy") => Condition::Healthy,
-                        Some(other) => bail!("depends_on {dep}: condition {other}"),
-                    };
-                    Ok((dep, cond))
-                })
-                .collect::<anyhow::Result<_>>()?,
-            Some(other) => bail!("depends_on is neither a list nor a mapping: {other:?}"),
-        };
+        let depends_on = self
+            .depends_on
+            .into_iter()
+            .map(|(dep, d)| {
+                let condition = match d.condition.as_str() {
+                    "service_started" => Condition::Started,
+                    "service_healthy" => Condition::Healthy,
+                    other => bail!("depends_on {dep}: condition {other}"),
+                };
+                Ok((dep, condition))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Service {
             name: name.to_string(),
-            image,
+            image: self.image,
             command,
             environment,
             healthcheck,
@@ -286,17 +327,10 @@ fn scalar(v: &Value) -> anyhow::Result<String> {
     }
 }
 
-fn list_of_strings(v: Option<&Value>) -> anyhow::Result<Vec<String>> {
-    match v {
-        None => Ok(Vec::new()),
-        Some(Value::Sequence(items)) => items.iter().map(scalar).collect(),
-        Some(other) => bail!("expected a list, got {other:?}"),
-    }
-}
-
-/// `[ip:]host:container`.
+/// `[ip:]host:container[/tcp]` (compose prints the protocol).
 fn parse_port(p: &str) -> anyhow::Result<Published> {
-    let parts: Vec<&str> = p.split(':').collect();
+    let bare = p.strip_suffix("/tcp").unwrap_or(p);
+    let parts: Vec<&str> = bare.split(':').collect();
     let port = |s: &str| {
         s.parse::<u16>()
             .with_context(|| format!("port {p:?}: {s:?} is not a port"))
@@ -314,46 +348,6 @@ fn parse_port(p: &str) -> anyhow::Result<Published> {
         }),
         _ => bail!("port {p:?} is not [ip:]host:container"),
     }
-}
-
-/// Compose's interpolation of `${NAME}`, `${NAME:-default}` and
-/// `${NAME:?message}` from the `.env` (a variable the profile leaves out is
-/// empty, as compose makes it with a warning; with `:?` compose refuses
-/// the file, and so does this); `$$` is a literal `$`.
-pub fn interpolate(text: &str, profile: &Profile) -> anyhow::Result<String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(inner) = after.strip_prefix('{') {
-            let end = inner
-                .find('}')
-                .with_context(|| format!("unclosed ${{ in {text:?}"))?;
-            let expr = &inner[..end];
-            let value = |name: &str| profile.vars.get(name).filter(|v| !v.is_empty());
-            if let Some((name, message)) = expr.split_once(":?") {
-                let v = value(name).with_context(|| {
-                    format!("{name} is unset or empty in {}: {message}", profile.name)
-                })?;
-                out.push_str(v);
-            } else {
-                let (name, default) = match expr.split_once(":-") {
-                    Some((n, d)) => (n, Some(d)),
-                    None => (expr, None),
-                };
-                out.push_str(value(name).map(String::as_str).or(default).unwrap_or(""));
-            }
-            rest = &inner[end + 1..];
-        } else {
-            bail!("unsupported interpolation in {text:?} (use ${{NAME}} or ${{NAME:-default}})");
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// `COPY <source> <absolute target>` lines of `deploy/Dockerfile` that copy
@@ -378,32 +372,6 @@ fn dockerfile_copies(repo: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
 mod tests {
     use super::*;
 
-    fn profile(pairs: &[(&str, &str)]) -> Profile {
-        Profile {
-            name: ".env".into(),
-            vars: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn interpolation_follows_compose() -> anyhow::Result<()> {
-        let p = profile(&[("A", "--tls-port 6379"), ("EMPTY", "")]);
-        assert_eq!(interpolate("x ${A:-} y", &p)?, "x --tls-port 6379 y");
-        assert_eq!(interpolate("${EMPTY:-d}", &p)?, "d");
-        assert_eq!(interpolate("${MISSING}", &p)?, "");
-        assert_eq!(interpolate("$$HOME", &p)?, "$HOME");
-        assert!(interpolate("$A", &p).is_err());
-        assert_eq!(interpolate("${A:?set A}", &p)?, "--tls-port 6379");
-        for required in ["${MISSING:?set it}", "${EMPTY:?set it}"] {
-            let e = interpolate(required, &p).expect_err(required);
-            assert!(format!("{e:#}").contains("set it"), "{e:#}");
-        }
-        Ok(())
-    }
-
     #[test]
     fn ports_parse_with_and_without_address() -> anyhow::Result<()> {
         let p = parse_port("127.0.0.1:8080:80")?;
@@ -412,6 +380,7 @@ mod tests {
             (Some("127.0.0.1"), 8080, 80)
         );
         assert_eq!(parse_port("4317:4317")?.host_port, 4317);
+        assert_eq!(parse_port("127.0.0.1:6379:6379/tcp")?.container_port, 6379);
         assert!(parse_port("8080").is_err());
         Ok(())
     }
