@@ -164,11 +164,38 @@ pub fn cluster_seeds(url: &str) -> std::result::Result<Option<Vec<String>>, Stri
 }
 
 /// The `host` and `port` of a seed URL `scheme://[userinfo@]host:port`
-/// (as [`cluster_seeds`] writes them; `[v6]` brackets removed).
+/// (as [`cluster_seeds`] writes them), read by the redis crate's own URL
+/// parser, the one that connects to it.
 pub(crate) fn host_port(seed_url: &str) -> Option<(String, u16)> {
-    let rest = seed_url.split_once("://")?.1;
-    let authority = rest.rsplit_once('@').map_or(rest, |(_, a)| a);
-    let (host, port) = authority.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some((host.to_string(), port.parse().ok()?))
+    let info = redis::IntoConnectionInfo::into_connection_info(seed_url).ok()?;
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seed addresses as the redis crate reads them: with or without
+    /// credentials, plain or TLS, IPv6 without its brackets (what a node
+    /// client is then built from, brackets put back).
+    #[test]
+    fn seed_urls_name_their_host_and_port() {
+        assert_eq!(
+            host_port("redis://user:p%40ss@h1:7000"),
+            Some(("h1".to_string(), 7000))
+        );
+        assert_eq!(
+            host_port("rediss://10.0.0.5:7001"),
+            Some(("10.0.0.5".to_string(), 7001))
+        );
+        assert_eq!(
+            host_port("redis://[::1]:7002"),
+            Some(("::1".to_string(), 7002))
+        );
+        assert_eq!(host_port("not a url"), None);
+    }
 }
