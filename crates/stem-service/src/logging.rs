@@ -38,14 +38,16 @@ impl Drop for Traces {
     }
 }
 
-/// [`init_logging`] for the service `service` (the spans'
-/// `service.name`): when `STEM_OTLP_ENDPOINT` holds an http(s) URL, spans
-/// are exported in batches to `<endpoint>/v1/traces` and
-/// [`stem::trace::enable`] turns them on. (An invalid endpoint is left to
-/// the configuration check, which exits 78 naming it.)
-pub fn init_service_logging(service: &str, format: LogFormat, default_filter: &str) -> Traces {
+/// The logging a service binary starts with, for the service `service`
+/// (the spans' `service.name`): [`init_logging`] in the format
+/// `STEM_LOG_FORMAT` names, at `info` unless `RUST_LOG` says otherwise;
+/// when `STEM_OTLP_ENDPOINT` holds an http(s) URL, spans are exported in
+/// batches to `<endpoint>/v1/traces` and [`stem::trace::enable`] turns
+/// them on. (An invalid endpoint is left to the configuration check,
+/// which exits 78 naming it.) Hold the returned [`Traces`] until exit.
+pub fn init_service_logging(service: &str) -> Traces {
     let endpoint = std::env::var("STEM_OTLP_ENDPOINT").ok();
-    init_service_logging_to(service, format, default_filter, endpoint.as_deref())
+    init_service_logging_to(service, log_format_from_env(), "info", endpoint.as_deref())
 }
 
 /// [`init_service_logging`] with the OTLP endpoint given instead of read

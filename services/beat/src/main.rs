@@ -39,11 +39,7 @@ struct Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let _traces = stem_service::logging::init_service_logging(
-        "stem-beat",
-        stem_service::logging::log_format_from_env(),
-        "info",
-    );
+    let _traces = stem_service::logging::init_service_logging("stem-beat");
     let env = FlagsOverEnv::new()
         .flag(
             "STEM_SCHEDULE_FILE",

@@ -23,11 +23,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _traces = stem_service::logging::init_service_logging(
-        "stem-dashboard",
-        stem_service::logging::log_format_from_env(),
-        "info",
-    );
+    let _traces = stem_service::logging::init_service_logging("stem-dashboard");
     let env = FlagsOverEnv::new()
         .flag("STEM_BROKER_URL", args.broker)
         .flag("DASHBOARD_PORT", args.port);

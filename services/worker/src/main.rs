@@ -26,11 +26,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _traces = stem_service::logging::init_service_logging(
-        "stem-worker",
-        stem_service::logging::log_format_from_env(),
-        "info",
-    );
+    let _traces = stem_service::logging::init_service_logging("stem-worker");
     let env = FlagsOverEnv::new()
         .flag("STEM_WORKER_QUEUES", args.queues)
         .flag("STEM_WORKER_CONCURRENCY", args.concurrency)
