@@ -67,12 +67,14 @@ fn back(st: &AppState, headers: &HeaderMap, fallback: &str, notice: &str) -> Res
 /// where the action came from.
 fn local_path(referer: &str, headers: &HeaderMap) -> Option<String> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
-    let rest = referer
-        .strip_prefix("http://")
-        .or_else(|| referer.strip_prefix("https://"))?;
-    let (authority, path) = rest.split_at(rest.find('/')?);
-    let (name, _) = split_authority(authority);
-    (name == split_authority(host).0 && !path.starts_with("//")).then(|| path.to_string())
+    let uri: axum::http::Uri = referer.parse().ok()?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return None;
+    }
+    let name = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let path = uri.path_and_query()?.as_str();
+    (name.eq_ignore_ascii_case(&split_authority(host).0) && !path.starts_with("//"))
+        .then(|| path.to_string())
 }
 
 /// What an action reports when the store failed under it.
@@ -384,6 +386,18 @@ mod tests {
         assert_eq!(local_path("http://evil.example/ops/queues", &h), None);
         assert_eq!(local_path("http://127.0.0.1:3080//evil.example/", &h), None);
         assert_eq!(local_path("javascript:alert(1)", &h), None);
+        assert_eq!(local_path("ftp://127.0.0.1:3080/ops", &h), None);
+        assert_eq!(
+            local_path("http://user@127.0.0.1/ops?notice=x", &h).as_deref(),
+            Some("/ops?notice=x"),
+            "user information is no part of the host, and a proxy may drop the port"
+        );
+        let mut v6 = HeaderMap::new();
+        v6.insert(header::HOST, "[::1]:3080".parse().expect("host"));
+        assert_eq!(
+            local_path("http://[::1]:3080/tasks", &v6).as_deref(),
+            Some("/tasks")
+        );
     }
 
     #[test]
