@@ -109,14 +109,7 @@ async fn inspect(ctx: &Ctx, queue: &str, format: Format) -> anyhow::Result<i32> 
     let stem = ctx.consumer_on(queue).await?;
     let paused = stem.control().paused_queues().await?;
     let counts = row(&stem, queue, &paused).await?;
-    let workers: Vec<String> = stem
-        .control()
-        .workers()
-        .await?
-        .into_iter()
-        .filter(|w| w.queues.iter().any(|q| q == queue))
-        .map(|w| w.name)
-        .collect();
+    let workers = stem.workers_consuming(queue).await?;
     let d = QueueDetail { counts, workers };
     format.print(&d, || {
         Table::fields([

@@ -16,20 +16,25 @@ impl Stem {
         get_status(self.stores.backend.as_ref(), id).await
     }
 
-    /// Forgets `queue` ([`QueueAdmin::forget_queue`](crate::broker::QueueAdmin::forget_queue): it stops being
-    /// listed and polled) when it holds no task and no live worker
-    /// consumes it — a worker would name it again. `Ok(false)` for a queue
-    /// that was not known; [`StemError::InvalidArgument`] saying why not
-    /// otherwise. The CLI's `queue forget` and the dashboard's queue page.
-    pub async fn forget_queue(&self, queue: &str) -> Result<bool> {
-        let serving: Vec<String> = self
+    /// The names of the live workers that consume `queue`.
+    pub async fn workers_consuming(&self, queue: &str) -> Result<Vec<String>> {
+        Ok(self
             .control()
             .workers()
             .await?
             .into_iter()
             .filter(|w| w.queues.iter().any(|q| q == queue))
             .map(|w| w.name)
-            .collect();
+            .collect())
+    }
+
+    /// Forgets `queue` ([`QueueAdmin::forget_queue`](crate::broker::QueueAdmin::forget_queue): it stops being
+    /// listed and polled) when it holds no task and no live worker
+    /// consumes it — a worker would name it again. `Ok(false)` for a queue
+    /// that was not known; [`StemError::InvalidArgument`] saying why not
+    /// otherwise. The CLI's `queue forget` and the dashboard's queue page.
+    pub async fn forget_queue(&self, queue: &str) -> Result<bool> {
+        let serving = self.workers_consuming(queue).await?;
         if !serving.is_empty() {
             return Err(StemError::InvalidArgument(format!(
                 "queue {queue:?} is consumed by live workers ({}); stop them or give them other queues first",
